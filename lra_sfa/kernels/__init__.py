@@ -1,0 +1,71 @@
+"""Pure tensor functions for SFA: references, Triton kernels, one entry point.
+
+``sfa_attention`` is the functional API (re-exported as
+``lra_sfa.sfa_attention``). No Hydra and no nn.Module in this package.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lra_sfa.kernels.sfa_ref import sfa_chunked, sfa_dense_reference, sparsify, topk_support
+
+IMPLS = ("auto", "reference", "triton")
+
+__all__ = ["IMPLS", "resolve_impl", "sfa_attention", "sfa_chunked", "sfa_dense_reference", "sparsify", "topk_support"]
+
+
+def _validate(q, k, v, topk_q: int, topk_k: int, key_padding_mask, impl: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"sfa_attention: impl={impl!r} is not one of {IMPLS}")
+    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            "sfa_attention: q, k, v must be (batch, heads, length, head_dim) with equal batch, heads and "
+            f"length and q.shape == k.shape; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    head_dim = q.shape[-1]
+    for name, value in (("topk_q", topk_q), ("topk_k", topk_k)):
+        if not isinstance(value, int) or not 1 <= value <= head_dim:
+            raise ValueError(f"sfa_attention: {name}={value!r} must be an int in 1..head_dim={head_dim}")
+    if key_padding_mask is not None:
+        expected = (q.shape[0], q.shape[2])
+        if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != expected:
+            raise ValueError(
+                f"sfa_attention: key_padding_mask must be bool of shape (batch, length)={expected} with "
+                f"True = real token; got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+            )
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """``auto`` is Triton on CUDA and the PyTorch reference elsewhere."""
+    if impl == "auto":
+        return "triton" if device.type == "cuda" else "reference"
+    return impl
+
+
+def sfa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    topk_q: int,
+    topk_k: int | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Exact Sparse Feature Attention.
+
+    q, k, v: (B, H, L, D); key_padding_mask: (B, L) bool, True = real token.
+    Computes softmax(Q~ K~^T / sqrt(D)) V where Q~, K~ keep each row's top-k
+    entries by magnitude (signs kept); gradients are masked to that support.
+    ``impl``: "reference" (chunked PyTorch, any device), "triton" (the
+    FlashSFA kernels; CUDA, or CPU under TRITON_INTERPRET=1), or "auto".
+    Never builds an L x L tensor for the whole sequence.
+    """
+    topk_k = topk_q if topk_k is None else topk_k
+    _validate(q, k, v, topk_q, topk_k, key_padding_mask, impl)
+    chosen = resolve_impl(impl, q.device)
+    if chosen == "reference":
+        return sfa_chunked(q, k, v, topk_q, topk_k, key_padding_mask)
+    from lra_sfa.kernels.flash_sfa import flash_sfa  # imports triton
+
+    return flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask)

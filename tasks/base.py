@@ -1,0 +1,104 @@
+"""What every task provides: a ``Task`` object that loads three splits.
+
+A task module in ``tasks/`` (installed as ``lra_sfa.tasks``) defines a
+subclass of ``Task``; ``conf/task/<name>.yaml`` names it in ``_target_`` with
+its arguments. The runner calls ``task.load(cache_dir)`` and gets
+``TaskData``: integer token arrays (numpy, any integer dtype, possibly
+memory-mapped) and integer labels.
+
+* single inputs: ``inputs`` is (N, seq_len); pad id 0.
+* pairs (retrieval): ``inputs`` is (N, 2, seq_len) and ``Task.dual`` is True.
+* ``meta``: optional per-example arrays (N,) kept for analysis, e.g. the
+  needle task's length and depth; the runner reports accuracy per group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PAD_ID = 0
+
+
+class TaskDataError(ValueError):
+    """Missing or malformed task data; the message names the file and what is wrong."""
+
+
+@dataclass
+class Split:
+    inputs: np.ndarray  # (N, L) or (N, 2, L) integer tokens, pad = 0
+    labels: np.ndarray  # (N,) integer class ids
+    meta: dict[str, np.ndarray] = field(default_factory=dict)  # (N,) arrays
+
+    def __post_init__(self) -> None:
+        if len(self.inputs) != len(self.labels):
+            raise ValueError(f"Split: {len(self.inputs)} inputs but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TaskData:
+    train: Split
+    val: Split
+    test: Split
+    source: str  # where the data came from: a path, "generated:<key>", "hf:<name>"
+
+
+class Task:
+    """Base class. Subclasses set the class attributes and implement ``load``."""
+
+    name: str = "task"
+    vocab_size: int = 0
+    num_classes: int = 0
+    dual: bool = False  # True: inputs are pairs (N, 2, L) for a dual encoder
+
+    def __init__(self, seq_len: int, pooling: str = "cls", data_dir: str | None = None) -> None:
+        if pooling not in ("cls", "mean", "last"):
+            raise ValueError(f"task {self.name}: pooling={pooling!r} must be one of cls, mean, last")
+        if int(seq_len) < 1:
+            raise ValueError(f"task {self.name}: seq_len={seq_len!r} must be a positive int")
+        self.seq_len = int(seq_len)
+        self.pooling = pooling
+        self.data_dir = data_dir
+
+    def load(self, cache_dir: str | Path) -> TaskData:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Parameters that go into the run record."""
+        return {"task": self.name, "seq_len": self.seq_len, "pooling": self.pooling, "data_dir": self.data_dir}
+
+
+def cache_key(**params) -> str:
+    """A short stable hash of the parameters that determine generated data."""
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_arrays_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """Write an .npz atomically (temp file + rename), so a kill leaves no partial cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def pad_to(tokens: list[int] | np.ndarray, length: int, dtype=np.int16) -> np.ndarray:
+    """Truncate or right-pad (with PAD_ID) a token sequence to ``length``."""
+    out = np.zeros(length, dtype=dtype)
+    seq = np.asarray(tokens, dtype=dtype)[:length]
+    out[: len(seq)] = seq
+    return out

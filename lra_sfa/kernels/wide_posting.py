@@ -1,0 +1,248 @@
+"""Wide-code SFA through per-feature posting lists (PyTorch, any device).
+
+Computes the attention defined in ``wide_ref`` (overlap or exact mode, optional
+cap, padding, self-attending fallback) without ever forming an L x L tensor.
+
+Plan (``build_plan``), per flattened group g = (batch, head):
+* every real key token j contributes one entry per active feature f; the
+  entries are sorted by (g * D + f, j), giving one posting list per bucket
+  (g, f) in position order: ``key_tok`` and ``bucket_ptr``.
+* every query entry (token i, slot t) with feature f gets a key range
+  [lo, hi) in ``key_tok``: the whole list of (g, f), or with ``cap=C`` the
+  window of C entries that holds i's rank in the list (see wide_ref).
+
+Attention (``wide_posting_attention``): queries are processed in chunks of
+about ``chunk_incidences`` (query, key, feature) incidences. Each incidence
+(i, j, f) is expanded, the pair's full score is computed from the two codes
+(k x k comparison), and the pair is kept only in the bucket of its smallest
+shared feature, so pairs sharing several features count once. A
+segment softmax per query and an index_add of the weighted V rows finish the
+chunk. Exact mode adds the background of all real keys at score 0 in closed
+form: num += exp(-m) * sum_j v_j, den += exp(-m) * n_real, and every
+candidate's weight becomes exp(s - m) - exp(-m). Backward recomputes each
+chunk (activation checkpointing), so memory is O(n * k) plus one chunk.
+
+Work: O(n * k * mean list length) incidences, each O(k^2) for the score.
+Cap: with ``cap=C`` each query entry sees at most C keys, so work is
+O(n * k * C); the (query, key, feature) incidences outside the window are
+counted in ``incidences_total - incidences_kept``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from lra_sfa.kernels.wide_ref import MODES
+
+IMPLS = ("posting", "triton")
+
+
+@dataclass
+class WidePlan:
+    """Posting lists and per-query-entry key ranges for G groups of L tokens."""
+
+    num_features: int
+    groups: int
+    length: int
+    key_tok: torch.Tensor  # (E,) flat token id (g * L + j) of each posting entry
+    bucket_ptr: torch.Tensor  # (G * D + 1,) start of each bucket's list in key_tok
+    entry_lo: torch.Tensor  # (N * k,) first key_tok position for query entry tok * k + t
+    entry_hi: torch.Tensor  # (N * k,) one past the last
+    key_count: torch.Tensor  # (G,) real keys per group
+    full_lo: torch.Tensor  # (N * k,) entry ranges before the cap
+    full_hi: torch.Tensor
+
+    @property
+    def incidences_total(self) -> torch.Tensor:
+        return (self.full_hi - self.full_lo).sum()
+
+    @property
+    def incidences_kept(self) -> torch.Tensor:
+        return (self.entry_hi - self.entry_lo).sum()
+
+
+def validate_codes(q_idx, q_val, k_idx, k_val, v, num_features: int, mode: str, cap, key_padding_mask) -> None:
+    """Raise ValueError naming the bad argument."""
+    if mode not in MODES:
+        raise ValueError(f"wide attention: mode={mode!r} must be one of {MODES}")
+    if cap is not None and (not isinstance(cap, int) or cap < 1 or mode != "overlap"):
+        raise ValueError(f"wide attention: cap={cap!r} must be None or an int >= 1, and only with mode='overlap'")
+    if q_idx.dim() != 4 or q_idx.shape != k_idx.shape or q_val.shape != q_idx.shape or k_val.shape != k_idx.shape:
+        raise ValueError(
+            "wide attention: q_idx, q_val, k_idx, k_val must share one (B, H, L, k) shape; got "
+            f"{tuple(q_idx.shape)}, {tuple(q_val.shape)}, {tuple(k_idx.shape)}, {tuple(k_val.shape)}"
+        )
+    if v.dim() != 4 or v.shape[:3] != q_idx.shape[:3]:
+        raise ValueError(f"wide attention: v must be (B, H, L, dv) matching codes {tuple(q_idx.shape[:3])}")
+    if q_idx.dtype != torch.int64 or k_idx.dtype != torch.int64:
+        raise ValueError(f"wide attention: indices must be int64, got {q_idx.dtype}, {k_idx.dtype}")
+    if key_padding_mask is not None and (
+        key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (q_idx.shape[0], q_idx.shape[2])
+    ):
+        raise ValueError("wide attention: key_padding_mask must be bool (B, L), True = real token")
+    if not 1 <= q_idx.shape[-1] <= num_features:
+        raise ValueError(f"wide attention: k={q_idx.shape[-1]} must be in 1..D={num_features}")
+
+
+def build_plan(
+    q_idx: torch.Tensor, k_idx: torch.Tensor, key_real: torch.Tensor | None, num_features: int, cap: int | None
+) -> WidePlan:
+    """Posting lists from flattened codes q_idx, k_idx: (G, L, k); key_real: (G, L) bool or None."""
+    G, L, K = k_idx.shape
+    dev = k_idx.device
+    group = torch.arange(G, device=dev)[:, None, None]
+    pos = torch.arange(L, device=dev)[None, :, None]
+    key_comp = ((group * num_features + k_idx) * L + pos)  # (G, L, K) sort key (bucket, position)
+    if key_real is not None:
+        key_comp = key_comp[key_real[:, :, None].expand(G, L, K)]  # (E,)
+    sorted_comp, _ = torch.sort(key_comp.reshape(-1))  # (E,)
+    bucket_of = torch.div(sorted_comp, L, rounding_mode="floor")  # (E,) g * D + f
+    key_tok = torch.div(bucket_of, num_features, rounding_mode="floor") * L + sorted_comp % L
+    starts = torch.arange(G * num_features + 1, device=dev) * L
+    bucket_ptr = torch.searchsorted(sorted_comp, starts)  # (G * D + 1,)
+    q_bucket = (group * num_features + q_idx).reshape(-1)  # (N * K,)
+    lo, hi = bucket_ptr[q_bucket], bucket_ptr[q_bucket + 1]
+    full_lo, full_hi = lo, hi
+    if cap is not None:
+        q_comp = (group * num_features + q_idx) * L + pos  # (G, L, K)
+        rank = torch.searchsorted(sorted_comp, q_comp.reshape(-1)) - lo
+        last = torch.div(hi - lo - 1, cap, rounding_mode="floor").clamp(min=0)
+        window = torch.minimum(torch.div(rank, cap, rounding_mode="floor"), last)
+        lo = torch.minimum(lo + window * cap, hi)
+        hi = torch.minimum(lo + cap, hi)
+    key_count = torch.full((G,), L, device=dev) if key_real is None else key_real.sum(1)
+    return WidePlan(num_features, G, L, key_tok, bucket_ptr, lo, hi, key_count, full_lo, full_hi)
+
+
+def _chunk_bounds(plan: WidePlan, K: int, budget: int) -> list[tuple[int, int]]:
+    """Token ranges whose incidences sum to about ``budget`` each."""
+    per_tok = (plan.entry_hi - plan.entry_lo).view(-1, K).sum(1)  # (N,)
+    cum = torch.cumsum(per_tok, 0).cpu()
+    n_tok = cum.numel()
+    bounds, start = [], 0
+    while start < n_tok:
+        base = cum[start - 1].item() if start else 0
+        stop = int(torch.searchsorted(cum, torch.tensor(base + budget)).item())
+        stop = min(n_tok, max(stop, start + 1))
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def _expand_chunk(plan: WidePlan, q_idx: torch.Tensor, k_idx: torch.Tensor, t0: int, t1: int):
+    """Counted candidate pairs (i, j) of tokens [t0, t1) and their (k, k) feature matches."""
+    K = q_idx.shape[1]
+    ent = torch.arange(t0 * K, t1 * K, device=q_idx.device)
+    lo, lens = plan.entry_lo[ent], plan.entry_hi[ent] - plan.entry_lo[ent]
+    ent_rep = torch.repeat_interleave(torch.arange(ent.numel(), device=ent.device), lens)  # (n_inc,)
+    offs = torch.arange(ent_rep.numel(), device=ent.device) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
+    j = plan.key_tok[lo[ent_rep] + offs]
+    i = t0 + torch.div(ent_rep, K, rounding_mode="floor")
+    feat = q_idx.view(-1)[t0 * K + ent_rep]
+    qi, ki = q_idx[i], k_idx[j]  # (n_inc, K)
+    eq = qi[:, :, None] == ki[:, None, :]  # (n_inc, K, K)
+    smallest = torch.where(eq.any(-1), qi, plan.num_features).amin(-1)
+    keep = smallest == feat
+    return i[keep], j[keep], eq[keep]
+
+
+def _chunk_forward(q_val, k_val, v, sum_v, i, j, eq, t0, t1, groups_of_chunk, count_of_chunk, scale, exact):
+    """Softmax over the counted candidates of tokens [t0, t1); returns (t1 - t0, dv)."""
+    n_tok = t1 - t0
+    local = i - t0
+    s = (eq * q_val[i][:, :, None] * k_val[j][:, None, :]).sum((1, 2)) * scale  # (n_cand,)
+    m = torch.full((n_tok,), float("-inf"), dtype=s.dtype, device=s.device)
+    m = m.scatter_reduce(0, local, s.detach(), "amax")
+    if exact:
+        m = m.clamp(min=0.0)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    w = torch.exp(s - m[local])
+    background = torch.exp(-m)
+    if exact:
+        w = w - background[local]
+    num = torch.zeros(n_tok, v.shape[1], dtype=w.dtype, device=v.device).index_add(0, local, w[:, None] * v[j])
+    den = torch.zeros(n_tok, dtype=w.dtype, device=v.device).index_add(0, local, w)
+    if exact:
+        num = num + background[:, None] * sum_v[groups_of_chunk]
+        den = den + background * count_of_chunk
+        has = count_of_chunk > 0
+    else:
+        has = torch.bincount(local, minlength=n_tok) > 0
+    out = num / torch.where(has, den, torch.ones_like(den))[:, None]
+    return torch.where(has[:, None], out.to(v.dtype), v[t0:t1])
+
+
+def wide_posting_attention(
+    q_idx: torch.Tensor,
+    q_val: torch.Tensor,
+    k_idx: torch.Tensor,
+    k_val: torch.Tensor,
+    v: torch.Tensor,
+    num_features: int,
+    scale: float,
+    mode: str = "overlap",
+    cap: int | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    chunk_incidences: int = 1 << 17,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Posting-list wide attention; returns (out (B, H, L, dv), stats)."""
+    validate_codes(q_idx, q_val, k_idx, k_val, v, num_features, mode, cap, key_padding_mask)
+    B, H, L, K = q_idx.shape
+    dv = v.shape[-1]
+    qi, ki = q_idx.reshape(B * H, L, K), k_idx.reshape(B * H, L, K)  # (G, L, K)
+    real = None if key_padding_mask is None else key_padding_mask[:, None, :].expand(B, H, L).reshape(B * H, L)
+    plan = build_plan(qi, ki, real, num_features, cap)
+    qi, ki = qi.reshape(-1, K), ki.reshape(-1, K)  # (N, K)
+    qv, kv, vf = q_val.reshape(-1, K), k_val.reshape(-1, K), v.reshape(-1, dv)  # (N, K), (N, dv)
+    vm = vf if real is None else vf * real.reshape(-1, 1).to(vf.dtype)
+    sum_v = vm.reshape(B * H, L, dv).sum(1)  # (G, dv)
+    exact = mode == "exact"
+    pieces, candidates = [], torch.zeros((), dtype=torch.long, device=v.device)
+    for t0, t1 in _chunk_bounds(plan, K, chunk_incidences):
+        i, j, eq = _expand_chunk(plan, qi, ki, t0, t1)
+        candidates = candidates + i.numel()
+        groups = torch.div(torch.arange(t0, t1, device=v.device), L, rounding_mode="floor")
+        counts = plan.key_count[groups].to(v.dtype)
+        args = (qv, kv, vf, sum_v, i, j, eq, t0, t1, groups, counts, scale, exact)
+        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (qv, kv, vf))
+        pieces.append(checkpoint(_chunk_forward, *args, use_reentrant=False) if needs_grad else _chunk_forward(*args))
+    out = torch.cat(pieces).reshape(B, H, L, dv)  # (B, H, L, dv)
+    stats = {
+        "candidates": candidates,
+        "incidences_total": plan.incidences_total,
+        "incidences_kept": plan.incidences_kept,
+    }
+    return out, stats
+
+
+def wide_attention(
+    q_idx: torch.Tensor,
+    q_val: torch.Tensor,
+    k_idx: torch.Tensor,
+    k_val: torch.Tensor,
+    v: torch.Tensor,
+    num_features: int,
+    scale: float | None = None,
+    mode: str = "overlap",
+    cap: int | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    impl: str = "posting",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Functional entry point: ``impl`` "posting" (PyTorch) or "triton" (CUDA or TRITON_INTERPRET=1).
+
+    ``scale`` defaults to 1/sqrt(k). Returns (out, stats) with stats
+    ``candidates`` (counted query-key pairs), ``incidences_total`` and
+    ``incidences_kept`` ((query, key, feature) triples before/after the cap).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"wide_attention: impl={impl!r} must be one of {IMPLS}")
+    scale = 1.0 / math.sqrt(q_idx.shape[-1]) if scale is None else scale
+    if impl == "posting":
+        return wide_posting_attention(q_idx, q_val, k_idx, k_val, v, num_features, scale, mode, cap, key_padding_mask)
+    from lra_sfa.kernels.wide_triton import wide_triton_attention  # imports triton
+
+    return wide_triton_attention(q_idx, q_val, k_idx, k_val, v, num_features, scale, mode, cap, key_padding_mask)

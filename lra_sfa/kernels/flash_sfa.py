@@ -1,0 +1,180 @@
+"""FlashSFA launcher and autograd.Function: ``flash_sfa(q, k, v, topk_q, topk_k, mask)``.
+
+Pipeline (forward): ``topk_pack`` on q and on k (one fused pass each: packed
+values + int8/int16 indices + zero-filled codes), then the FlashSFA forward
+kernel (``flash_sfa_fwd.py``) on the codes and dense v. Backward: the three
+kernels of ``flash_sfa_bwd.py``; dQ and dK are masked to the top-k support.
+
+The launcher checks device, dtypes, head dim, shapes and the mask, and raises
+a ValueError naming the offending value; it never falls back to another
+implementation. Kernels run on CUDA, or on CPU when TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from lra_sfa.kernels import flash_sfa_bwd as bwd
+from lra_sfa.kernels import flash_sfa_fwd as fwd
+from lra_sfa.kernels.topk_pack import topk_pack
+
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_inputs(q, k, v, topk_q: int, topk_k: int, key_padding_mask) -> None:
+    """Raise ValueError for anything the kernels do not support."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"flash_sfa: {name} must be a 4-d tensor (batch, heads, length, head_dim)")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"flash_sfa: {name}.dtype={t.dtype} is not one of {SUPPORTED_DTYPES}")
+        if t.device.type != "cuda" and not fwd.interpreting():
+            raise ValueError(f"flash_sfa: {name} is on {t.device}; the Triton kernels need CUDA "
+                             "(or TRITON_INTERPRET=1 for the CPU interpreter)")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"flash_sfa: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"flash_sfa: q, k, v must share one shape (B, H, L, D); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    batch, _, length, head_dim = q.shape
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"flash_sfa: head_dim={head_dim} is not one of {SUPPORTED_HEAD_DIMS}")
+    if length < 1 or batch < 1 or q.shape[1] < 1:
+        raise ValueError(f"flash_sfa: empty input of shape {tuple(q.shape)}")
+    for name, value in (("topk_q", topk_q), ("topk_k", topk_k)):
+        if not isinstance(value, int) or not 1 <= value <= head_dim:
+            raise ValueError(f"flash_sfa: {name}={value!r} must be an int in 1..head_dim={head_dim}")
+    if key_padding_mask is not None:
+        expected = (batch, length)
+        if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != expected:
+            raise ValueError(f"flash_sfa: key_padding_mask must be bool of shape {expected} (True = real "
+                             f"token); got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+
+
+def aligned_rows(x: torch.Tensor) -> torch.Tensor:
+    """Contiguous, 16-byte aligned view of x (copies only when needed, e.g. a strided slice)."""
+    x = x.contiguous()
+    return x if x.data_ptr() % 16 == 0 else x.clone()
+
+
+def pad_bias(key_padding_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """(B, L) fp32 additive bias, 0 for real tokens and -inf for padding; a 1-element dummy if no mask."""
+    if key_padding_mask is None:
+        return torch.zeros(1, dtype=torch.float32, device=device)
+    bias = torch.zeros(key_padding_mask.shape, dtype=torch.float32, device=device)
+    return bias.masked_fill_(~key_padding_mask.to(device), float("-inf"))
+
+
+def _descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:
+    batch_heads, length, head_dim = x.shape
+    return TensorDescriptor(x, [batch_heads, length, head_dim], [length * head_dim, head_dim, 1], [1, rows, head_dim])
+
+
+def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, heads: int,
+                   has_bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """qd, kd, v: (B*H, L, D) contiguous. Returns out (B*H, L, D) and lse2 (B*H, L) fp32 (base 2)."""
+    batch_heads, length, head_dim = qd.shape
+    out = torch.empty_like(v)
+    lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
+    descs = {name: _descriptor(t, 16) for name, t in (("Q_desc", qd), ("K_desc", kd), ("V_desc", v), ("O_desc", out))}
+    args = dict(Bias=bias, Lse=lse2, L=length, H=heads, qk_scale=fwd.LOG2E / math.sqrt(head_dim),
+                l_bucket=triton.next_power_of_2(length), HEAD_DIM=head_dim, HAS_BIAS=has_bias,
+                IEEE=qd.dtype == torch.float32, **descs)
+    grid = lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch_heads)  # noqa: E731
+    if fwd.interpreting():
+        config = fwd.INTERPRETER_CONFIG
+        fwd.set_block_shapes({**args, **config.kwargs})
+        fwd._flash_sfa_fwd_kernel[grid](**args, **config.kwargs, num_warps=config.num_warps,
+                                        num_stages=config.num_stages)
+    else:
+        fwd.flash_sfa_fwd_tuned[grid](**args)
+    return out, lse2
+
+
+def _run_bwd_kernel(tuned, plain, grid, args: dict) -> None:
+    if fwd.interpreting():
+        config = bwd.INTERPRETER_BWD_CONFIG
+        plain[grid](**args, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    else:
+        tuned[grid](**args)
+
+
+def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool, topk_q: int, topk_k: int):
+    """Returns dq, dk, dv as (B*H, L, D), dq/dk masked to the top-k supports."""
+    qd, kd, v, out, lse2, bias, q_idx, k_idx = saved
+    batch_heads, length, head_dim = qd.shape
+    dout = dout.reshape(batch_heads, length, head_dim).contiguous()  # (B*H, L, D)
+    delta = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
+    rows = batch_heads * length
+    block_r = max(1, 4096 // head_dim)
+    bwd.delta_kernel[(triton.cdiv(rows, block_r),)](out, dout, delta, rows, HEAD_DIM=head_dim, BLOCK_R=block_r)
+    dq, dk, dv = torch.empty_like(qd), torch.empty_like(kd), torch.empty_like(v)
+    common = dict(Q=qd, K=kd, V=v, DO=dout, Lse=lse2, Delta=delta, Bias=bias, L=length, H=heads,
+                  qk_scale=fwd.LOG2E / math.sqrt(head_dim), sm_scale=1.0 / math.sqrt(head_dim),
+                  l_bucket=triton.next_power_of_2(length), HEAD_DIM=head_dim, HAS_BIAS=has_bias,
+                  IEEE=qd.dtype == torch.float32)
+    dkdv_args = dict(common, Kidx=k_idx, DK=dk, DV=dv, TOPK=topk_k, FULL_SUPPORT=topk_k == head_dim)
+    dq_args = dict(common, Qidx=q_idx, DQ=dq, TOPK=topk_q, FULL_SUPPORT=topk_q == head_dim)
+    _run_bwd_kernel(bwd.dkdv_tuned, bwd.dkdv_kernel,
+                    lambda meta: (triton.cdiv(length, meta["BLOCK_N"]), batch_heads), dkdv_args)
+    _run_bwd_kernel(bwd.dq_tuned, bwd.dq_kernel,
+                    lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch_heads), dq_args)
+    return dq, dk, dv
+
+
+class FlashSFAFunction(torch.autograd.Function):
+    """Autograd wrapper: forward saves the codes, indices, out and lse2; backward runs the kernels."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, topk_q, topk_k, key_padding_mask):
+        batch, heads, length, head_dim = q.shape
+        flat = (batch * heads, length, head_dim)
+        _, q_idx, qd = topk_pack(q, topk_q)
+        _, k_idx, kd = topk_pack(k, topk_k)
+        v_flat = aligned_rows(v).reshape(flat)  # (B*H, L, D)
+        bias = pad_bias(key_padding_mask, q.device)
+        qd, kd = aligned_rows(qd).reshape(flat), aligned_rows(kd).reshape(flat)  # (B*H, L, D)
+        out, lse2 = launch_forward(qd, kd, v_flat, bias, heads, key_padding_mask is not None)
+        ctx.save_for_backward(qd, kd, v_flat, out, lse2, bias, q_idx, k_idx)
+        ctx.meta = (q.shape, heads, key_padding_mask is not None, topk_q, topk_k)
+        return out.reshape(q.shape)  # (B, H, L, D)
+
+    @staticmethod
+    def backward(ctx, dout):
+        shape, heads, has_bias, topk_q, topk_k = ctx.meta
+        dq, dk, dv = launch_backward(ctx.saved_tensors, dout, heads, has_bias, topk_q, topk_k)
+        return dq.reshape(shape), dk.reshape(shape), dv.reshape(shape), None, None, None  # (B, H, L, D)
+
+
+def flash_sfa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, topk_k: int | None = None,
+              key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact SFA, softmax(Q~K~^T/sqrt(D)) V, by the FlashSFA Triton kernels; differentiable.
+
+    q, k, v: (B, H, L, D) fp16/bf16/fp32 with D in 16, 32, 64, 128;
+    key_padding_mask: (B, L) bool, True = real token. Rows whose keys are all
+    padding give 0.
+    """
+    topk_k = topk_q if topk_k is None else topk_k
+    check_inputs(q, k, v, topk_q, topk_k, key_padding_mask)
+    return FlashSFAFunction.apply(q, k, v, topk_q, topk_k, key_padding_mask)
+
+
+def flash_sfa_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, topk_k: int | None = None,
+                      key_padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward only: (out (B, H, L, D), logsumexp (B, H, L) fp32, natural log; 0 for all-padding rows)."""
+    topk_k = topk_q if topk_k is None else topk_k
+    check_inputs(q, k, v, topk_q, topk_k, key_padding_mask)
+    batch, heads, length, head_dim = q.shape
+    flat = (batch * heads, length, head_dim)
+    with torch.no_grad():
+        _, _, qd = topk_pack(q, topk_q)
+        _, _, kd = topk_pack(k, topk_k)
+        qd, kd, v_flat = (aligned_rows(t).reshape(flat) for t in (qd, kd, v))  # (B*H, L, D)
+        out, lse2 = launch_forward(qd, kd, v_flat, pad_bias(key_padding_mask, q.device), heads,
+                                   key_padding_mask is not None)
+    return out.reshape(q.shape), (lse2 / fwd.LOG2E).reshape(batch, heads, length)  # (B, H, L, D), (B, H, L)

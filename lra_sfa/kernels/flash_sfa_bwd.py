@@ -1,0 +1,160 @@
+"""FlashSFA backward: dQ and dK masked to the top-k support, and dV.
+
+What it computes
+    With P = exp2(Q~K~^T * qk_scale - lse2) recomputed tile by tile from the
+    forward's base-2 log-sum-exp, delta = rowsum(dO * O) and sm = 1/sqrt(D):
+        dV  = P^T dO
+        dS  = P * (dO V^T - delta)
+        dQ~ = sm * dS K~,   dK~ = sm * dS^T Q~
+    and then dQ = dQ~ * support(Q), dK = dK~ * support(K): the top-k support
+    is held constant (the masked, straight-through gradient of the paper),
+    rebuilt in-kernel from the packed int8/int16 indices. Three kernels:
+    ``_delta_kernel`` (rowsum), ``_dkdv_kernel`` (one program per key block,
+    looping over query blocks) and ``_dq_kernel`` (one program per query
+    block, looping over key blocks); no atomics, so results are deterministic.
+
+Masking
+    Query rows past L load lse2 = +inf, so their P is 0. Keys past L (or
+    padded keys) get P = 0 in ``_dq_kernel``; in ``_dkdv_kernel`` key rows
+    past L are simply not stored and padded keys get P = 0.
+
+Limits
+    As the forward: head_dim 16..128, fp16 / bf16 / fp32 (IEEE dots), any L.
+
+Block sizes
+    dK/dV keeps two fp32 (BLOCK_N, D) accumulators in registers, so BLOCK_N
+    64 with 4 warps (or 128 with 8) at D=128; dQ keeps one, so BLOCK_M 64-128.
+    The autotune lists hold the configurations tried on the H200 (NOTES.md).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _delta_kernel(O, DO, Delta, n_rows, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, HEAD_DIM)
+    ok = rows < n_rows
+    o = tl.load(O + rows[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    do = tl.load(DO + rows[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    tl.store(Delta + rows, tl.sum(o * do, axis=1), mask=ok)
+
+
+@triton.jit
+def support_mask(Idx, rows, row_ok, cols, TOPK: tl.constexpr):
+    """(R, D) bool: feature d is among row r's kept indices (loaded from (rows, TOPK) int ids)."""
+    keep = cols[None, :] < 0
+    for j in tl.static_range(TOPK):
+        ids = tl.load(Idx + rows * TOPK + j, mask=row_ok, other=-1).to(tl.int32)
+        keep = keep | (cols[None, :] == ids[:, None])
+    return keep
+
+
+@triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _dkdv_kernel(
+    Q, K, V, DO, Lse, Delta, Bias, Kidx, DK, DV,
+    L, H, qk_scale, sm_scale, l_bucket,
+    HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
+):
+    bh = tl.program_id(1).to(tl.int64)
+    base = bh * L * HEAD_DIM
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, HEAD_DIM)
+    n_ok = offs_n < L
+    kv_off = base + offs_n[:, None].to(tl.int64) * HEAD_DIM + cols[None, :]
+    k = tl.load(K + kv_off, mask=n_ok[:, None], other=0.0)
+    v = tl.load(V + kv_off, mask=n_ok[:, None], other=0.0)
+    key_ok = n_ok
+    if HAS_BIAS:
+        key_ok = tl.load(Bias + (bh // H) * L + offs_n, mask=n_ok, other=float("-inf")) == 0.0
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    for start_m in tl.range(0, L, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < L
+        row_off = base + offs_m[:, None].to(tl.int64) * HEAD_DIM + cols[None, :]
+        q = tl.load(Q + row_off, mask=m_ok[:, None], other=0.0)
+        do = tl.load(DO + row_off, mask=m_ok[:, None], other=0.0)
+        lse = tl.load(Lse + bh * L + offs_m, mask=m_ok, other=float("inf"))
+        dlt = tl.load(Delta + bh * L + offs_m, mask=m_ok, other=0.0)
+        qk_t = _dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
+        p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])
+        if HAS_BIAS:
+            p_t = tl.where(key_ok[:, None], p_t, 0.0)
+        dv = _dot(p_t.to(do.dtype), do, dv, IEEE)
+        dp_t = _dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
+        ds_t = p_t * (dp_t - dlt[None, :])
+        dk = _dot(ds_t.to(q.dtype), q, dk, IEEE)
+    dk = dk * sm_scale
+    if not FULL_SUPPORT:
+        dk = tl.where(support_mask(Kidx, bh * L + offs_n, n_ok, cols, TOPK), dk, 0.0)
+    tl.store(DK + kv_off, dk.to(DK.dtype.element_ty), mask=n_ok[:, None])
+    tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=n_ok[:, None])
+
+
+@triton.jit
+def _dq_kernel(
+    Q, K, V, DO, Lse, Delta, Bias, Qidx, DQ,
+    L, H, qk_scale, sm_scale, l_bucket,
+    HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
+):
+    bh = tl.program_id(1).to(tl.int64)
+    base = bh * L * HEAD_DIM
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, HEAD_DIM)
+    m_ok = offs_m < L
+    row_off = base + offs_m[:, None].to(tl.int64) * HEAD_DIM + cols[None, :]
+    q = tl.load(Q + row_off, mask=m_ok[:, None], other=0.0)
+    do = tl.load(DO + row_off, mask=m_ok[:, None], other=0.0)
+    lse = tl.load(Lse + bh * L + offs_m, mask=m_ok, other=float("inf"))
+    dlt = tl.load(Delta + bh * L + offs_m, mask=m_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    for start_n in tl.range(0, L, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < L
+        kv_off = base + offs_n[:, None].to(tl.int64) * HEAD_DIM + cols[None, :]
+        k = tl.load(K + kv_off, mask=n_ok[:, None], other=0.0)
+        v = tl.load(V + kv_off, mask=n_ok[:, None], other=0.0)
+        qk = _dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
+        p = tl.math.exp2(qk * qk_scale - lse[:, None])
+        key_ok = n_ok
+        if HAS_BIAS:
+            key_ok = tl.load(Bias + (bh // H) * L + offs_n, mask=n_ok, other=float("-inf")) == 0.0
+        p = tl.where(key_ok[None, :], p, 0.0)
+        dp = _dot(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
+        ds = p * (dp - dlt[:, None])
+        dq = _dot(ds.to(k.dtype), k, dq, IEEE)
+    dq = dq * sm_scale
+    if not FULL_SUPPORT:
+        dq = tl.where(support_mask(Qidx, bh * L + offs_m, m_ok, cols, TOPK), dq, 0.0)
+    tl.store(DQ + row_off, dq.to(DQ.dtype.element_ty), mask=m_ok[:, None])
+
+
+def bwd_config(block_m: int, block_n: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+
+
+INTERPRETER_BWD_CONFIG = bwd_config(32, 32, 4, 1)
+DKDV_CONFIGS = [bwd_config(64, 64, 4, 3), bwd_config(64, 128, 8, 2), bwd_config(32, 128, 8, 3),
+                bwd_config(128, 64, 8, 2)]
+DQ_CONFIGS = [bwd_config(64, 64, 4, 3), bwd_config(128, 64, 8, 2), bwd_config(128, 32, 4, 3),
+              bwd_config(64, 128, 8, 2)]
+BWD_KEY = ["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "FULL_SUPPORT"]
+
+dkdv_tuned = triton.autotune(configs=DKDV_CONFIGS, key=BWD_KEY)(_dkdv_kernel)
+dq_tuned = triton.autotune(configs=DQ_CONFIGS, key=BWD_KEY)(_dq_kernel)
+delta_kernel = _delta_kernel
+dkdv_kernel = _dkdv_kernel
+dq_kernel = _dq_kernel

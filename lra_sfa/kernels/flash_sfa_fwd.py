@@ -1,0 +1,174 @@
+"""FlashSFA forward: softmax(Q~ K~^T / sqrt(D) + pad_bias) V without an L x L matrix.
+
+What it computes
+    For zero-filled sparse codes Q~, K~ (B*H, L, D) (from ``topk_pack``) and
+    dense V, one program per (BLOCK_M query rows, batch*head) streams key
+    tiles of BLOCK_N rows: S = Q~ K~^T on tensor cores (``tl.dot``; exact:
+    a pair with no shared feature gets 0, not -inf), an online softmax in the
+    base-2 domain (``exp2`` with log2(e)/sqrt(D) folded into one scale), and
+    O += P V on tensor cores with fp32 accumulation. It writes O and the
+    row log-sum-exp in base 2 (``lse2``; the backward recomputes P from it).
+    K/V/Q/O tiles move by TMA tensor descriptors over a (B*H, L, D) view, so
+    out-of-range rows of a partial last tile are zero-filled by hardware.
+
+Masking
+    Only the last key tile, when L is not a multiple of BLOCK_N, pays for a
+    bounds mask; a key padding mask is an additive fp32 bias (0 / -inf) per
+    key, loaded per tile only when present. The running max starts at -1e30
+    (finite), so a fully padded tile yields p = 0 instead of NaN, and a query
+    whose keys are all padding gets output 0 and lse2 = 0 (the reference does
+    the same).
+
+Limits
+    head_dim in 16, 32, 64, 128; fp16 / bf16 (fp32 for tests: dots then run
+    in IEEE fp32); any L >= 1. Launcher checks live in ``flash_sfa.py``.
+
+Score-stage designs tried (H200, bf16, L=16384, B*H=16, d=128, k=8; numbers
+in results/kernels/NOTES.md, variants in ``flash_sfa_variants.py``):
+    A. tensor-core tl.dot over the zero-filled codes (this file): the winner.
+    B. gather: each query's k (value, index) pairs times the key tile's
+       column at that index (k gathered loads of BLOCK_M x BLOCK_N).
+    C. packed K: K stored as k values + int8 ids (fewer bytes), scattered
+       into a dense tile in registers per key tile, then tl.dot.
+Block sizes: BLOCK_M 128 with 8 warps (two warpgroups of 64 rows each for
+wgmma) and BLOCK_N 64 or 128 at 2-4 pipeline stages were tried on the
+device; the autotune list below keeps the ones that won somewhere.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+from lra_sfa.kernels.interpret_compat import install as _install_interpreter_compat
+
+_install_interpreter_compat()
+NEG_BIG = -1.0e30  # finite start for the running max: no NaN on all-padding tiles
+LOG2E = 1.4426950408889634
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def softmax_pv_update(acc, l_i, m_i, qk, v, valid, qk_scale, bias, MASKED: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      IEEE: tl.constexpr):
+    """One online-softmax step: qk (M, N) raw scores, v (N, D); returns acc, l_i, m_i."""
+    if HAS_BIAS:
+        qk = qk * qk_scale + bias[None, :]
+        if MASKED:
+            qk = tl.where(valid[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_new[:, None])
+    elif MASKED:
+        qk = tl.where(valid[None, :], qk * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_new[:, None])
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if IEEE:
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def finish_rows(acc, l_i, m_i, Lse, O_desc, bh, start_m, offs_m, L, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Normalise, zero rows with no valid key, store O (through its descriptor) and lse2."""
+    empty = l_i == 0.0
+    inv = tl.where(empty, 0.0, 1.0 / tl.where(empty, 1.0, l_i))
+    lse2 = tl.where(empty, 0.0, m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    out = acc * inv[:, None]
+    tl.store(Lse + bh.to(tl.int64) * L + offs_m, lse2, mask=offs_m < L)
+    O_desc.store([bh, start_m, 0], out.to(O_desc.dtype).reshape([1, BLOCK_M, HEAD_DIM]))
+
+
+@triton.jit
+def _flash_sfa_fwd_kernel(
+    Q_desc, K_desc, V_desc, O_desc, Bias, Lse,
+    L, H, qk_scale, l_bucket,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    bias_row = Bias + (bh // H).to(tl.int64) * L
+    m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
+    n_full = L - L % BLOCK_N
+    bias = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPEC):
+        k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
+        v = V_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
+        if IEEE:
+            qk = tl.dot(q, k.T, input_precision="ieee")
+        else:
+            qk = tl.dot(q, k.T)
+        if HAS_BIAS:
+            bias = tl.load(bias_row + start_n + offs_n)
+        acc, l_i, m_i = softmax_pv_update(acc, l_i, m_i, qk, v, offs_n < BLOCK_N, qk_scale, bias,
+                                          False, HAS_BIAS, IEEE)
+    if n_full < L:
+        k = K_desc.load([bh, n_full, 0]).reshape([BLOCK_N, HEAD_DIM])
+        v = V_desc.load([bh, n_full, 0]).reshape([BLOCK_N, HEAD_DIM])
+        if IEEE:
+            qk = tl.dot(q, k.T, input_precision="ieee")
+        else:
+            qk = tl.dot(q, k.T)
+        valid = (n_full + offs_n) < L
+        if HAS_BIAS:
+            bias = tl.load(bias_row + n_full + offs_n, mask=valid, other=float("-inf"))
+        acc, l_i, m_i = softmax_pv_update(acc, l_i, m_i, qk, v, valid, qk_scale, bias, True, HAS_BIAS, IEEE)
+    finish_rows(acc, l_i, m_i, Lse, O_desc, bh, start_m, offs_m, L, BLOCK_M, HEAD_DIM)
+
+
+def set_block_shapes(nargs: dict) -> None:
+    """Autotune pre-hook: TMA boxes follow the config's block sizes."""
+    block_m, block_n, head_dim = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["HEAD_DIM"]
+    nargs["Q_desc"].block_shape = [1, block_m, head_dim]
+    nargs["O_desc"].block_shape = [1, block_m, head_dim]
+    nargs["K_desc"].block_shape = [1, block_n, head_dim]
+    nargs["V_desc"].block_shape = [1, block_n, head_dim]
+
+
+def fwd_config(block_m: int, block_n: int, warps: int, stages: int, warp_spec: bool = False) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "WARP_SPEC": warp_spec},
+                         num_warps=warps, num_stages=stages, pre_hook=set_block_shapes)
+
+
+INTERPRETER_CONFIG = fwd_config(32, 32, 4, 1)
+GPU_CONFIGS = [
+    fwd_config(128, 128, 8, 2),
+    fwd_config(128, 128, 8, 3),
+    fwd_config(128, 64, 8, 3),
+    fwd_config(128, 64, 4, 3),
+    fwd_config(64, 64, 4, 3),
+]
+
+
+def prune_fwd_configs(configs, named_args, **kwargs):
+    """Drop key tiles wider than a small head dim can use."""
+    head_dim = named_args["HEAD_DIM"] if "HEAD_DIM" in named_args else kwargs["HEAD_DIM"]
+    kept = [c for c in configs if not (head_dim <= 32 and c.kwargs["BLOCK_N"] > 64)]
+    return kept or configs
+
+
+flash_sfa_fwd_tuned = triton.autotune(
+    configs=GPU_CONFIGS,
+    key=["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE"],
+    prune_configs_by={"early_config_prune": prune_fwd_configs},
+)(_flash_sfa_fwd_kernel)

@@ -1,0 +1,178 @@
+"""Wide-code SFA backend (``attn=sfa_wide``): k-sparse codes in D >> d features.
+
+Per head, queries and keys go through one code map d -> D (a linear map, or
+a small MLP with ``mlp_hidden > 0``; ``codes="lsh"`` uses a fixed random
+projection instead, never trained). Each token keeps its ``k`` largest
+logits: the code is (feature indices, logit values). Attention is then
+computed only from the codes (``lra_sfa.kernels.wide_posting``):
+
+    s(i, j) = scale * sum over shared features f of qcode(i, f) * kcode(j, f)
+
+* ``mode="overlap"``: only pairs sharing a feature are attended (others have
+  exactly zero weight); ``mode="exact"``: every key, score 0 if nothing shared.
+* ``cap=C`` (overlap): each query sees at most C keys per feature, the window
+  of the feature's posting list around its own position (dropped incidences
+  are counted in ``stats()["dropped_frac"]``); ``cap=null``: exact overlap.
+* Defined fallback: a query with no candidate key (overlap), or with no real
+  key at all (exact), attends to itself: its output is its own value row.
+  Padding keys are never attended.
+
+Training of the codes (``codes="learned"``):
+* ``relax="ste"``: hard top-k forward; the gradient of each kept value goes
+  straight to its logit (the top-k selection is held fixed, as in SFA).
+* ``relax="gumbel"``: while training, the top-k of z + tau * Gumbel noise is
+  selected and each kept value is multiplied by a straight-through gate
+  1 + w - stopgrad(w), w = softmax(z / tau + noise) over all D features, so
+  the forward is hard and every logit gets a gradient. tau anneals
+  geometrically from ``tau_start`` to ``tau_end`` over the run (``on_step``).
+  Eval is hard top-k of z without noise.
+* ``balance_weight > 0`` adds a Switch-style load-balance loss
+  D * sum_f usage_f * mean_prob_f (``extra_loss``).
+The code map materialises the (B, H, L, D) logits; the attention itself never
+forms an L x L tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lra_sfa.attention import AttentionBackend
+from lra_sfa.kernels.wide_posting import wide_attention
+
+CODES = ("learned", "lsh")
+RELAXES = ("ste", "gumbel")
+MODES = ("overlap", "exact")
+IMPLS = ("auto", "posting", "triton")
+
+
+def _feature_entropy(idx: torch.Tensor, num_features: int) -> torch.Tensor:
+    """Mean over heads of the normalised entropy of feature usage; idx: (B, H, L, k)."""
+    heads = idx.shape[1]
+    flat = idx.transpose(0, 1).reshape(heads, -1)  # (H, B * L * k)
+    counts = torch.zeros(heads, num_features, device=idx.device).scatter_add_(
+        1, flat, torch.ones_like(flat, dtype=torch.float32))
+    p = counts / counts.sum(1, keepdim=True)
+    ent = -(p * torch.log(p.clamp_min(1e-30))).sum(1) / math.log(num_features)
+    return ent.mean()
+
+
+class SFAWideAttention(AttentionBackend):
+    """Wide-code Sparse Feature Attention through per-feature posting lists."""
+
+    def __init__(self, num_heads: int, head_dim: int, D: int = 4096, k: int = 16, codes: str = "learned",
+                 relax: str = "ste", mode: str = "overlap", cap: int | None = None, mlp_hidden: int = 0,
+                 balance_weight: float = 0.0, tau_start: float = 1.0, tau_end: float = 0.1,
+                 scale: float | None = None, impl: str = "auto") -> None:
+        super().__init__()
+        for key, value, valid in (("codes", codes, CODES), ("relax", relax, RELAXES), ("mode", mode, MODES),
+                                  ("impl", impl, IMPLS)):
+            if value not in valid:
+                raise ValueError(f"attn sfa_wide: {key}={value!r} must be one of {valid}")
+        if not isinstance(k, int) or not isinstance(D, int) or not 1 <= k <= D:
+            raise ValueError(f"attn sfa_wide: need ints 1 <= k <= D, got k={k!r}, D={D!r}")
+        if cap is not None and (not isinstance(cap, int) or cap < 1 or mode != "overlap"):
+            raise ValueError(f"attn sfa_wide: cap={cap!r} must be null or an int >= 1, and needs mode=overlap")
+        if tau_start <= 0 or tau_end <= 0:
+            raise ValueError(f"attn sfa_wide: tau_start={tau_start}, tau_end={tau_end} must be > 0")
+        self.num_heads, self.head_dim, self.D, self.k = num_heads, head_dim, D, k
+        self.codes, self.relax, self.mode, self.cap, self.impl = codes, relax, mode, cap, impl
+        self.balance_weight, self.tau_start, self.tau_end = balance_weight, tau_start, tau_end
+        self.scale = 1.0 / math.sqrt(k) if scale is None else scale
+        self.tau = tau_start
+        width = mlp_hidden if mlp_hidden > 0 else head_dim
+        self.hidden = None
+        if mlp_hidden > 0:
+            self.hidden = nn.Parameter(torch.randn(num_heads, head_dim, mlp_hidden) / math.sqrt(head_dim))
+        out_w = torch.randn(num_heads, width, D) / math.sqrt(width)  # (H, e, D)
+        if codes == "lsh":
+            self.register_buffer("code_map", out_w)
+        else:
+            self.code_map = nn.Parameter(out_w)
+        self._loss: torch.Tensor | None = None
+        self._diag: dict[str, torch.Tensor] = {}
+
+    def unsupported_reasons(self, q, k, v, key_padding_mask=None):
+        reasons = super().unsupported_reasons(q, k, v, key_padding_mask)
+        if q.dim() == 4 and (q.shape[1] != self.num_heads or q.shape[-1] != self.head_dim):
+            reasons.append(f"SFAWideAttention: built for {self.num_heads} heads of dim {self.head_dim}, "
+                           f"got {tuple(q.shape)}")
+        if self._impl(q.device) == "triton":
+            for name, value in (("k", self.k), ("v head dim", v.shape[-1])):
+                if value & (value - 1):
+                    reasons.append(f"SFAWideAttention: impl=triton needs {name}={value} to be a power of two")
+        return reasons
+
+    def _impl(self, device: torch.device) -> str:
+        if self.impl == "auto":
+            return "triton" if device.type == "cuda" else "posting"
+        return self.impl
+
+    def on_step(self, step: int, max_steps: int) -> None:
+        frac = min(1.0, step / max(1, max_steps))
+        self.tau = self.tau_start * (self.tau_end / self.tau_start) ** frac
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, L, d) -> (B, H, L, D) code logits."""
+        if self.hidden is not None:
+            x = torch.nn.functional.gelu(torch.einsum("bhld,hde->bhle", x, self.hidden.to(x.dtype)))
+        return torch.einsum("bhle,hef->bhlf", x, self.code_map.to(x.dtype))
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Codes of x: indices (B, H, L, k) int64, values (B, H, L, k), logits (B, H, L, D)."""
+        z = self._logits(x)
+        if self.codes == "learned" and self.relax == "gumbel" and self.training:
+            uniform = torch.rand_like(z, dtype=torch.float32).clamp(1e-10, 1.0 - 1e-7)
+            gumbel = -torch.log(-torch.log(uniform)).to(z.dtype)
+            idx = torch.topk((z + self.tau * gumbel).detach(), self.k, dim=-1).indices
+            soft = torch.softmax(z.float() / self.tau + gumbel.float(), dim=-1).gather(-1, idx)
+            gate = 1.0 + soft - soft.detach()
+            return idx, z.gather(-1, idx) * gate.to(z.dtype), z
+        idx = torch.topk(z.detach(), self.k, dim=-1).indices
+        return idx, z.gather(-1, idx), z
+
+    def _balance_loss(self, idx: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Switch-style D * sum_f usage_f * mean softmax prob_f, averaged over heads."""
+        heads = idx.shape[1]
+        flat = idx.transpose(0, 1).reshape(heads, -1)  # (H, tokens * k)
+        usage = torch.zeros(heads, self.D, device=z.device).scatter_add_(
+            1, flat, torch.ones_like(flat, dtype=torch.float32))
+        usage = usage / usage.sum(1, keepdim=True)
+        probs = torch.softmax(z.float(), dim=-1).mean(dim=(0, 2))  # (H, D)
+        return self.D * (usage * probs).sum(1).mean()
+
+    def forward(self, q, k, v, key_padding_mask=None):
+        impl = self._impl(q.device)
+        q_idx, q_val, q_logits = self._encode(q)
+        k_idx, k_val, k_logits = self._encode(k)
+        out, stats = wide_attention(q_idx, q_val, k_idx, k_val, v, self.D, self.scale, self.mode, self.cap,
+                                    key_padding_mask, impl=impl)
+        self.last_path = impl
+        self._loss = None
+        if self.balance_weight > 0 and self.training and self.codes == "learned":
+            both = torch.cat([q_idx, k_idx], dim=2)  # (B, H, 2L, k)
+            self._loss = self.balance_weight * self._balance_loss(both, torch.cat([q_logits, k_logits], dim=2))
+        with torch.no_grad():
+            queries = q.shape[0] * q.shape[1] * q.shape[2]
+            self._diag = {
+                "feature_entropy_q": _feature_entropy(q_idx, self.D),
+                "feature_entropy_k": _feature_entropy(k_idx, self.D),
+                "mean_candidates": stats["candidates"] / queries,
+                "dropped_frac": 1.0 - stats["incidences_kept"] / max(1, int(stats["incidences_total"])),
+            }
+        return out
+
+    def extra_loss(self) -> torch.Tensor | None:
+        return self._loss
+
+    def stats(self) -> dict[str, float]:
+        diag = {key: float(value) for key, value in self._diag.items()}
+        if self.codes == "learned" and self.relax == "gumbel":
+            diag["tau"] = float(self.tau)
+        return diag
+
+    def extra_repr(self) -> str:
+        return (f"D={self.D}, k={self.k}, codes={self.codes}, relax={self.relax}, mode={self.mode}, "
+                f"cap={self.cap}, scale={self.scale:.4g}, impl={self.impl}")

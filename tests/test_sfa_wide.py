@@ -1,0 +1,188 @@
+"""Wide-code SFA: posting-list and Triton (interpreter) paths against the dense reference."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lra_sfa.attention import build_attention
+from lra_sfa.kernels.wide_posting import wide_attention, wide_posting_attention
+from lra_sfa.kernels.wide_ref import capped_candidates, wide_dense_reference
+
+CONF = os.path.join(os.path.dirname(__file__), "..", "conf", "attn", "sfa_wide.yaml")
+CASES = [("overlap", None), ("exact", None), ("overlap", 3)]
+
+
+def random_codes(shape, num_features, dtype, gen):
+    """Distinct random feature indices per token and random values."""
+    idx = torch.rand(*shape[:-1], num_features, generator=gen).topk(shape[-1], dim=-1).indices
+    return idx, torch.randn(*shape, generator=gen, dtype=dtype)
+
+
+def make_inputs(B, H, L, K, D, dv, dtype, masked, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q_idx, q_val = random_codes((B, H, L, K), D, dtype, gen)
+    k_idx, k_val = random_codes((B, H, L, K), D, dtype, gen)
+    v = torch.randn(B, H, L, dv, generator=gen, dtype=dtype)
+    mask = None
+    if masked:
+        mask = torch.rand(B, L, generator=gen) > 0.3
+        mask[:, 0] = True
+    return q_idx, q_val, k_idx, k_val, v, mask
+
+
+def fwd_bwd(fn, q_val, k_val, v, grad):
+    leaves = [x.detach().clone().requires_grad_(True) for x in (q_val, k_val, v)]
+    out = fn(*leaves)
+    grads = torch.autograd.grad((out * grad.to(out.dtype)).sum(), leaves)
+    return [out.detach(), *grads]
+
+
+@pytest.mark.parametrize("mode,cap", CASES)
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("length", [1, 29])
+def test_posting_equals_dense_reference(mode, cap, masked, length):
+    D, K = 20, 4
+    q_idx, q_val, k_idx, k_val, v, mask = make_inputs(2, 2, length, K, D, 6, torch.float64, masked, seed=length)
+    grad = torch.randn_like(v)
+
+    def ref(qv, kv, vv):
+        return wide_dense_reference(q_idx, qv, k_idx, kv, vv, D, 0.6, mode, cap, mask)
+
+    def posting(qv, kv, vv):
+        return wide_posting_attention(q_idx, qv, k_idx, kv, vv, D, 0.6, mode, cap, mask, chunk_incidences=64)[0]
+
+    for got, want in zip(fwd_bwd(posting, q_val, k_val, v, grad), fwd_bwd(ref, q_val, k_val, v, grad)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode,cap", CASES)
+def test_triton_interpreter_equals_dense_reference(mode, cap):
+    """Pass rule: err(triton fp32 vs fp64 ref) <= 2 err(dense PyTorch fp32 vs fp64 ref) + 1e-5."""
+    D, K = 16, 4
+    q_idx, q_val, k_idx, k_val, v, mask = make_inputs(1, 2, 21, K, D, 16, torch.float32, True, seed=7)
+    grad = torch.randn_like(v)
+
+    def ref(qv, kv, vv):
+        return wide_dense_reference(q_idx, qv, k_idx, kv, vv, D, 0.6, mode, cap, mask)
+
+    def triton_path(qv, kv, vv):
+        from lra_sfa.kernels.wide_triton import wide_triton_attention
+
+        return wide_triton_attention(q_idx, qv, k_idx, kv, vv, D, 0.6, mode, cap, mask, blocks=(16, 16))[0]
+
+    exact = fwd_bwd(ref, q_val.double(), k_val.double(), v.double(), grad.double())
+    plain = fwd_bwd(ref, q_val, k_val, v, grad)
+    got = fwd_bwd(triton_path, q_val, k_val, v, grad)
+    for name, g, p, e in zip(("out", "dq", "dk", "dv"), got, plain, exact):
+        err = (g.double() - e).abs().max().item()
+        base = (p.double() - e).abs().max().item()
+        assert err <= 2 * base + 1e-5, f"{name}: triton err {err:.3g} vs plain fp32 err {base:.3g}"
+
+
+def test_unshared_pair_has_exactly_zero_weight_in_overlap_mode():
+    D, K, L = 12, 3, 6
+    q_idx, q_val, k_idx, k_val, v, _ = make_inputs(1, 1, L, K, D, 5, torch.float64, False, seed=3)
+    k_idx[0, 0, 4] = torch.tensor([9, 10, 11])
+    q_idx[0, 0, 0] = torch.tensor([0, 1, 2])
+    k_idx[0, 0, 1] = torch.tensor([0, 5, 6])  # query 0 shares only with key 1 (at least)
+    v = v.clone().requires_grad_(True)
+    out, _ = wide_posting_attention(q_idx, q_val, k_idx, k_val, v, D, 1.0, "overlap")
+    (grad_v,) = torch.autograd.grad(out[0, 0, 0].sum(), v)
+    assert torch.all(grad_v[0, 0, 4] == 0), "key 4 shares nothing with query 0 but got weight"
+    ref = wide_dense_reference(q_idx, q_val, k_idx, k_val, v.detach(), D, 1.0, "overlap")
+    (grad_ref,) = torch.autograd.grad(
+        wide_dense_reference(q_idx, q_val, k_idx, k_val, v, D, 1.0, "overlap")[0, 0, 0].sum(), v)
+    assert torch.all(grad_ref[0, 0, 4] == 0)
+    torch.testing.assert_close(out.detach(), ref)
+
+
+@pytest.mark.parametrize("impl", ["posting", "triton"])
+def test_query_without_candidate_attends_to_itself(impl):
+    D, K, L = 16, 4, 8
+    q_idx, q_val, k_idx, k_val, v, _ = make_inputs(1, 1, L, K, D, 16, torch.float32, False, seed=5)
+    k_idx[..., :] = torch.tensor([0, 1, 2, 3])  # every key uses features 0..3
+    q_idx[0, 0, 2] = torch.tensor([12, 13, 14, 15])  # query 2 shares nothing
+    out, stats = wide_attention(q_idx, q_val, k_idx, k_val, v, D, 0.5, "overlap", impl=impl)
+    assert torch.equal(out[0, 0, 2], v[0, 0, 2])
+    assert not torch.equal(out[0, 0, 3], v[0, 0, 3])
+    mask = torch.zeros(1, L, dtype=torch.bool)  # exact mode with no real key at all
+    out_exact, _ = wide_attention(q_idx, q_val, k_idx, k_val, v, D, 0.5, "exact", key_padding_mask=mask, impl=impl)
+    assert torch.equal(out_exact, v)
+
+
+def test_capping_is_counted():
+    D, K, L, cap = 8, 3, 40, 4
+    q_idx, q_val, k_idx, k_val, v, mask = make_inputs(1, 2, L, K, D, 4, torch.float64, True, seed=11)
+    _, stats = wide_posting_attention(q_idx, q_val, k_idx, k_val, v, D, 1.0, "overlap", cap, mask)
+    real = mask[:, None, :, None]  # (B, 1, L, 1)
+    onehot = torch.zeros(1, 2, L, D).scatter_(-1, k_idx, 1.0) * real
+    list_len = onehot.sum(2)  # (B, H, D)
+    total = torch.gather(list_len, 2, q_idx.reshape(1, 2, -1)).sum()  # every (query, feature) sees its list
+    kept_dense = capped_candidates(q_idx, k_idx, D, cap, mask).sum()
+    assert int(stats["incidences_total"]) == int(total)
+    assert int(stats["incidences_kept"]) < int(total)
+    assert int(stats["candidates"]) == int(kept_dense)
+    _, uncapped = wide_posting_attention(q_idx, q_val, k_idx, k_val, v, D, 1.0, "overlap", None, mask)
+    assert int(uncapped["candidates"]) > int(stats["candidates"])
+    assert int(uncapped["incidences_kept"]) == int(total)
+
+
+def build(**overrides):
+    cfg = OmegaConf.merge(OmegaConf.load(CONF), {"D": 64, "k": 4, **overrides})
+    return build_attention(cfg, num_heads=2, head_dim=8, max_seq_len=32)
+
+
+@pytest.mark.parametrize("relax", ["ste", "gumbel"])
+def test_gradients_reach_code_map(relax):
+    torch.manual_seed(0)
+    module = build(relax=relax, balance_weight=0.0).train()
+    module.on_step(3, 10)
+    selected = []
+    encode = module._encode
+
+    def recording_encode(x):
+        idx, val, logits = encode(x)
+        selected.append(idx)
+        return idx, val, logits
+
+    module._encode = recording_encode
+    q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
+    module(q, k, v).square().sum().backward()
+    grad_per_feature = module.code_map.grad.abs().sum(1)  # (H, D)
+    used = torch.zeros(2, 64, dtype=torch.bool)
+    for idx in selected:
+        used.scatter_(1, idx.transpose(0, 1).reshape(2, -1), True)  # (H, B * L * k)
+    assert grad_per_feature[used].sum() > 0
+    outside = grad_per_feature[~used].sum()
+    if relax == "ste":  # the hard selection is held fixed
+        assert outside == 0
+    else:  # the relaxation also sends gradient to logits that were not selected
+        assert outside > 0
+    assert module.last_path == "posting"
+
+
+def test_module_padding_balance_stats_and_lsh():
+    torch.manual_seed(1)
+    module = build(balance_weight=0.1, cap=3).train()
+    q, k, v = (torch.randn(2, 2, 20, 8) for _ in range(3))
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    mask[1, 12:] = False
+    out = module(q, k, v, mask)
+    v2 = v.clone()
+    v2[1, :, 12:] += 5.0  # change only padded keys
+    out2 = module(q, k, v2, mask)
+    changed_rows = (out2 - out).abs().amax(-1) > 0  # (B, H, L)
+    assert not changed_rows[0].any() and not changed_rows[1, :, :12].any()
+    loss = module.extra_loss()
+    assert loss is not None and loss.requires_grad and loss.item() > 0
+    stats = module.stats()
+    assert 0 < stats["feature_entropy_q"] <= 1 and stats["mean_candidates"] > 0 and 0 <= stats["dropped_frac"] < 1
+    lsh = build(codes="lsh", mode="exact")
+    assert "code_map" not in dict(lsh.named_parameters())
+    assert lsh(q, k, v, mask).shape == q.shape

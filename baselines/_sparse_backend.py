@@ -1,0 +1,106 @@
+"""Base class of the token-sparse backends (windowed, Longformer, BigBird, SFA-window).
+
+A subclass builds a ``SparsePattern`` for a sequence length; this class picks
+the engine, caches patterns and FlexAttention block masks, and records the
+path that ran in ``last_path``:
+
+* ``impl: auto`` -- "flex" on CUDA when the head dim is a power of two in
+  16..256 (FlexAttention's kernels need one), else "blocked". The choice is a
+  fixed rule, recorded in ``last_path``; nothing is retried on failure.
+* ``impl: flex`` -- FlexAttention; a clear error on CPU or an unsupported head dim.
+* ``impl: blocked`` -- the blocked PyTorch engine on any device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lra_sfa.attention import AttentionBackend
+from lra_sfa.baselines._common import check_inputs
+from lra_sfa.baselines._engines import (
+    blocked_attention,
+    build_block_mask,
+    flex_attention_sparse,
+    flex_supported_head_dim,
+)
+from lra_sfa.baselines._patterns import SparsePattern
+
+IMPLS = ("auto", "flex", "blocked")
+
+
+class BlockSparseAttention(AttentionBackend):
+    """Exact softmax attention restricted to a token-level sparsity pattern."""
+
+    blocked_tile: int = 64  # query/key tile of the blocked engine
+
+    def __init__(self, impl: str = "auto") -> None:
+        super().__init__()
+        if impl not in IMPLS:
+            raise ValueError(f"{type(self).__name__}: impl={impl!r} is not one of {IMPLS}")
+        self.impl = impl
+        self._patterns: dict[tuple[int, str], SparsePattern] = {}
+        self._block_masks: dict[tuple[int, str, int], object] = {}
+
+    def make_pattern(self, seq_len: int, device: torch.device) -> SparsePattern:
+        raise NotImplementedError
+
+    def prepare_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hook to transform q and k before attention (SFA-window sparsifies them)."""
+        return q, k
+
+    def pattern(self, seq_len: int, device: torch.device) -> SparsePattern:
+        key = (seq_len, str(device))
+        if key not in self._patterns:
+            self._patterns[key] = self.make_pattern(seq_len, device)
+        return self._patterns[key]
+
+    def resolve_impl(self, q: torch.Tensor) -> str:
+        head_dim = q.shape[-1]
+        if self.impl == "auto":
+            return "flex" if q.is_cuda and flex_supported_head_dim(head_dim) else "blocked"
+        if self.impl == "flex" and not q.is_cuda:
+            raise ValueError(f"{type(self).__name__}: impl='flex' needs CUDA tensors, got {q.device}")
+        if self.impl == "flex" and not flex_supported_head_dim(head_dim):
+            raise ValueError(
+                f"{type(self).__name__}: impl='flex' needs a power-of-two head_dim in 16..256, got {head_dim}"
+            )
+        return self.impl
+
+    def unsupported_reasons(self, q, k, v, key_padding_mask=None) -> list[str]:
+        reasons = super().unsupported_reasons(q, k, v, key_padding_mask)
+        if self.impl == "flex" and not q.is_cuda:
+            reasons.append(f"{type(self).__name__}: impl='flex' needs CUDA, got {q.device}")
+        if self.impl == "flex" and not flex_supported_head_dim(q.shape[-1]):
+            reasons.append(f"{type(self).__name__}: impl='flex' needs a power-of-two head_dim in 16..256")
+        return reasons
+
+    def _block_mask(self, pattern: SparsePattern, key_padding_mask: torch.Tensor | None, batch: int):
+        if key_padding_mask is not None:
+            return build_block_mask(pattern, key_padding_mask, batch)
+        key = (pattern.seq_len, str(pattern.device), batch)
+        if key not in self._block_masks:
+            self._block_masks[key] = build_block_mask(pattern, None, batch)
+        return self._block_masks[key]
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        check_inputs(type(self).__name__, q, k, v, key_padding_mask)
+        B, _, L, D = q.shape
+        path = self.resolve_impl(q)
+        pattern = self.pattern(L, q.device)
+        q, k = self.prepare_qk(q, k)
+        scale = 1.0 / math.sqrt(D)
+        if path == "flex":
+            out = flex_attention_sparse(q, k, v, self._block_mask(pattern, key_padding_mask, B), scale)
+        else:
+            out = blocked_attention(q, k, v, pattern, self.blocked_tile, key_padding_mask, scale)
+        self.last_path = path
+        return out
+

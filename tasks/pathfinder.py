@@ -1,0 +1,290 @@
+"""Pathfinder and Path-X (LRA): are the two circle markers on the same snake? Pixels as tokens.
+
+Tokens are the 0..255 grey levels of a ``resolution`` x ``resolution`` image read row by
+row (vocab 256, no padding: 0 is a black pixel, so ``has_padding = False`` and the model
+must not derive a mask from token 0). Difficulty easy / intermediate / hard = contour
+length 6 / 9 / 14 (``curv_baseline``, ``curv_contour_length_9``, ``curv_contour_length_14``);
+LRA's Pathfinder is 32 px hard, Path-X 128 px hard (16384 tokens).
+
+Sources:
+* ``data_dir``: the LRA release layout, a folder holding ``imgs/<b>/sample_<i>.png`` and
+  ``metadata/<b>.npy`` (text lines ``imgs/<b> sample_<i>.png <i> <label> ...``: field 0 the
+  sub-folder, field 1 the file, field 3 the label); or a folder above it
+  (``pathfinder32/curv_contour_length_14`` is then found from resolution and difficulty).
+  Images are read in metadata order (batches in numeric order), empty images (the release's
+  ``pathfinder32/curv_baseline/imgs/0/sample_172.png``) are skipped and counted in the
+  source string, and the rest is split 80/10/10 in that order (as LRA's input pipeline),
+  each part capped at num_train / num_val / num_test.
+* otherwise generated (``tasks/snakes.py``, ``tasks/pathfinder_gen.py``: the published
+  snakes2 algorithm with LRA's per-resolution parameters), each split from its own seed
+  stream, over ``n_workers`` processes, cached as .npz under ``cache_dir/pathfinder``.
+
+Generation speed (``python -m lra_sfa.tasks.pathfinder bench``, this 2-core CI machine,
+2026-11-28, other jobs running; images/s per core, 1 worker process):
+SPEED_TABLE
+
+CLI: ``python -m lra_sfa.tasks.pathfinder samples --out results/plots/pathfinder_samples.png``
+writes a labelled PNG grid; ``bench`` measures speed; ``export`` writes the release layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lra_sfa.tasks.base import Split, Task, TaskData, TaskDataError, cache_key, save_arrays_atomic
+from lra_sfa.tasks.pathfinder_gen import generate, generate_image
+from lra_sfa.tasks.snakes import CONTOUR_LENGTH, lra_params
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+RELEASE_FOLDER = {"easy": "curv_baseline", "intermediate": "curv_contour_length_9", "hard": "curv_contour_length_14"}
+
+
+# ---- the LRA release layout ------------------------------------------------------------------------
+def find_release(data_dir: Path, resolution: int, difficulty: str) -> Path:
+    """The folder with ``metadata/`` and ``imgs/``: ``data_dir`` itself or ``pathfinder<res>/<difficulty>`` below."""
+    for folder in (data_dir, data_dir / RELEASE_FOLDER[difficulty],
+                   data_dir / f"pathfinder{resolution}" / RELEASE_FOLDER[difficulty]):
+        if (folder / "metadata").is_dir():
+            return folder
+    raise TaskDataError(
+        f"pathfinder: no metadata/ folder in {data_dir} (nor in {RELEASE_FOLDER[difficulty]}/ or "
+        f"pathfinder{resolution}/{RELEASE_FOLDER[difficulty]}/ below it). Expected the LRA release layout "
+        f"imgs/<b>/sample_<i>.png + metadata/<b>.npy, from lra_release.gz (see the LRA README), e.g. "
+        f"task.data_dir=.../lra_release/pathfinder{resolution}/{RELEASE_FOLDER[difficulty]}")
+
+
+def _metadata_lines(path: Path) -> list[str]:
+    raw = path.read_bytes()
+    if raw.startswith(b"\x93NUMPY"):  # a real .npy array of strings, one row per image
+        rows = np.load(path, allow_pickle=False)
+        return [" ".join(str(v) for v in np.atleast_1d(row)) for row in rows]
+    try:
+        return raw.decode("utf-8").split("\n")
+    except UnicodeDecodeError as err:
+        raise TaskDataError(f"pathfinder: {path} is neither UTF-8 text nor a .npy array ({err})") from err
+
+
+def read_metadata(folder: Path) -> list[tuple[str, int, str]]:
+    """(image path relative to ``folder``, label, 'metadata file:line') for every listed image."""
+    files = sorted((folder / "metadata").glob("*.npy"), key=lambda f: (not f.stem.isdigit(), int(f.stem)
+                                                                         if f.stem.isdigit() else 0, f.stem))
+    if not files:
+        raise TaskDataError(f"pathfinder: {folder / 'metadata'} holds no <batch>.npy files")
+    entries = []
+    for path in files:
+        for line_no, line in enumerate(_metadata_lines(path), start=1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            where = f"{path}:{line_no}"
+            if len(fields) < 4:
+                raise TaskDataError(f"pathfinder: {where}: expected >= 4 space-separated fields, got {line!r}")
+            if fields[3] not in ("0", "1"):
+                raise TaskDataError(f"pathfinder: {where}: label (field 3) {fields[3]!r} is not 0 or 1")
+            entries.append((f"{fields[0]}/{fields[1]}", int(fields[3]), where))
+    return entries
+
+
+def _read_pngs(args: tuple[str, int, list[tuple[str, int, str]]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    folder, resolution, entries = args
+    images = np.empty((len(entries), resolution * resolution), np.uint8)
+    keep = np.ones(len(entries), bool)
+    empty = []
+    for i, (rel, _, where) in enumerate(entries):
+        path = Path(folder) / rel
+        if not path.is_file():
+            raise TaskDataError(f"pathfinder: {path} (listed at {where}) does not exist")
+        if path.stat().st_size == 0:
+            keep[i] = False
+            empty.append(rel)
+            continue
+        try:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("L") if image.mode != "L" else image)
+        except OSError as err:
+            raise TaskDataError(f"pathfinder: {path} (listed at {where}) is not a readable PNG: {err}") from err
+        if pixels.shape != (resolution, resolution):
+            raise TaskDataError(f"pathfinder: {path} is {pixels.shape}, expected ({resolution}, {resolution})")
+        if pixels.max() == 0:
+            keep[i] = False
+            empty.append(rel)
+        images[i] = pixels.reshape(-1)  # (res, res) -> (res * res,)
+    return images[keep], keep, empty
+
+
+def read_release(folder: Path, resolution: int, workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list]:
+    """All images (N, res*res) uint8 and labels (N,) in metadata order, and the skipped empty images."""
+    entries = read_metadata(folder)
+    step = 2048
+    jobs = [(str(folder), resolution, entries[i : i + step]) for i in range(0, len(entries), step)]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    if workers == 1:
+        parts = list(map(_read_pngs, jobs))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            parts = list(pool.map(_read_pngs, jobs))
+    labels = np.asarray([label for _, label, _ in entries], np.int64)
+    keep = np.concatenate([k for _, k, _ in parts])
+    return np.concatenate([im for im, _, _ in parts]), labels[keep], [e for _, _, em in parts for e in em]
+
+
+def write_release(folder: Path, images: np.ndarray, labels: np.ndarray, per_batch: int = 1000) -> None:
+    """Write (N, res*res) images in the LRA release layout (PNG files + text metadata)."""
+    resolution = int(round(images.shape[1] ** 0.5))
+    for start in range(0, len(labels), per_batch):
+        batch = start // per_batch
+        (folder / "imgs" / str(batch)).mkdir(parents=True, exist_ok=True)
+        (folder / "metadata").mkdir(parents=True, exist_ok=True)
+        lines = []
+        for i in range(start, min(start + per_batch, len(labels))):
+            name = f"sample_{i - start}.png"
+            Image.fromarray(images[i].reshape(resolution, resolution)).save(folder / "imgs" / str(batch) / name)
+            lines.append(f"imgs/{batch} {name} {i - start} {int(labels[i])}\n")
+        (folder / "metadata" / f"{batch}.npy").write_text("".join(lines))
+
+
+# ---- the task ------------------------------------------------------------------------------------
+class Pathfinder(Task):
+    """Pathfinder at ``resolution`` 32/64/128/256 and ``difficulty`` easy/intermediate/hard."""
+
+    name = "pathfinder"
+    vocab_size = 256
+    num_classes = 2
+    has_padding = False  # pixel value 0 is a real token
+
+    def __init__(self, seq_len: int = 1024, pooling: str = "mean", data_dir: str | None = None,
+                 resolution: int = 32, difficulty: str = "hard", num_train: int = 160_000, num_val: int = 20_000,
+                 num_test: int = 20_000, seed: int = 0, n_workers: int | None = None) -> None:
+        super().__init__(seq_len, pooling, data_dir)
+        self.params = lra_params(int(resolution), difficulty)
+        if self.seq_len != resolution * resolution:
+            raise ValueError(f"task {self.name}: seq_len={seq_len} must be resolution^2 = {resolution ** 2} "
+                             f"for resolution={resolution} (set task.seq_len={resolution ** 2})")
+        self.resolution, self.difficulty, self.seed, self.n_workers = int(resolution), difficulty, seed, n_workers
+        self.sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
+
+    def describe(self) -> dict:
+        return {**super().describe(), "resolution": self.resolution, "difficulty": self.difficulty,
+                "contour_length": CONTOUR_LENGTH[self.difficulty], "data_seed": self.seed,
+                **{f"num_{k}": v for k, v in self.sizes.items()}}
+
+    def load(self, cache_dir) -> TaskData:
+        root = Path(cache_dir).expanduser() / "pathfinder"
+        if self.data_dir:
+            return self._load_release(root)
+        splits = {}
+        for index, split in enumerate(SPLITS):
+            key = cache_key(task="pathfinder", v=1, params=asdict(self.params), seed=self.seed, split=split,
+                            num=self.sizes[split])
+            path = root / f"{self.resolution}px_{self.difficulty}_{split}_{key}.npz"
+            if not path.is_file():
+                started = time.perf_counter()
+                images, labels = generate(self.params, self.sizes[split], seed=f"{self.seed}-{index}",
+                                          workers=self.n_workers)
+                save_arrays_atomic(path, inputs=images, labels=labels)
+                log.info("pathfinder: generated %d %s images in %.1f s -> %s", len(labels), split,
+                         time.perf_counter() - started, path)
+            with np.load(path) as data:
+                splits[split] = Split(data["inputs"], data["labels"])
+        return TaskData(**splits, source=f"generated:{root}/{self.resolution}px_{self.difficulty}")
+
+    def _load_release(self, root: Path) -> TaskData:
+        folder = find_release(Path(self.data_dir).expanduser().resolve(), self.resolution, self.difficulty)
+        path = root / f"release_{cache_key(folder=str(folder), resolution=self.resolution, v=1)}.npz"
+        if path.is_file():
+            with np.load(path) as data:
+                images, labels, skipped = data["inputs"], data["labels"], list(data["skipped"])
+        else:
+            images, labels, skipped = read_release(folder, self.resolution, self.n_workers)
+            save_arrays_atomic(path, inputs=images, labels=labels, skipped=np.asarray(skipped, dtype=str))
+        n = len(labels)
+        bounds = [0, int(0.8 * n), int(0.9 * n), n]
+        splits = {}
+        for i, split in enumerate(SPLITS):
+            stop = min(bounds[i + 1], bounds[i] + self.sizes[split])
+            splits[split] = Split(images[bounds[i] : stop], labels[bounds[i] : stop])
+        note = f" (skipped {len(skipped)} empty image(s): {', '.join(skipped[:5])})" if skipped else ""
+        if skipped:
+            log.warning("pathfinder: skipped %d empty image(s) in %s: %s", len(skipped), folder, skipped[:5])
+        return TaskData(**splits, source=f"{folder}{note}")
+
+
+class PathX(Pathfinder):
+    """Path-X: Pathfinder at 128 px, hard (16384 tokens)."""
+
+    name = "pathx"
+
+    def __init__(self, seq_len: int = 16384, pooling: str = "mean", data_dir: str | None = None,
+                 resolution: int = 128, difficulty: str = "hard", **kwargs) -> None:
+        super().__init__(seq_len, pooling, data_dir, resolution=resolution, difficulty=difficulty, **kwargs)
+
+
+# ---- command line ----------------------------------------------------------------------------------
+def save_samples(out: Path, resolution: int = 32, difficulty: str = "hard", num: int = 16, seed: int = 0) -> Path:
+    """A PNG grid of generated images titled with their labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    params, rng = lra_params(resolution, difficulty), random.Random(f"samples-{seed}")
+    cols = min(num, 4)
+    rows = -(-num // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax in axes.ravel()[:num]:
+        image, label, _ = generate_image(params, rng)
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(f"label {label}: {'connected' if label else 'not connected'}", fontsize=8)
+    fig.suptitle(f"Pathfinder {resolution} px, {difficulty} (contour length {CONTOUR_LENGTH[difficulty]})")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def bench(resolution: int, difficulty: str, num: int, workers: int) -> float:
+    """Generate ``num`` images with ``workers`` processes; print and return images/s."""
+    started = time.perf_counter()
+    generate(lra_params(resolution, difficulty), num, seed="bench", workers=workers)
+    rate = num / (time.perf_counter() - started)
+    print(f"pathfinder {resolution}px {difficulty}: {num} images, {workers} worker(s): "
+          f"{rate:.1f} images/s ({rate / workers:.1f} per worker)")
+    return rate
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lra_sfa.tasks.pathfinder")
+    parser.add_argument("command", choices=["samples", "bench", "export"])
+    parser.add_argument("--out", default="results/plots/pathfinder_samples.png", help="PNG (samples) or folder (export)")
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--difficulty", default="hard", choices=list(CONTOUR_LENGTH))
+    parser.add_argument("--num", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.command == "samples":
+        print(save_samples(Path(args.out), args.resolution, args.difficulty, args.num, args.seed))
+    elif args.command == "bench":
+        bench(args.resolution, args.difficulty, args.num, args.workers)
+    else:
+        images, labels = generate(lra_params(args.resolution, args.difficulty), args.num, args.seed, args.workers)
+        write_release(Path(args.out), images, labels)
+        print(f"wrote {len(labels)} images to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

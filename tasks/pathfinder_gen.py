@@ -1,0 +1,150 @@
+"""Whole Pathfinder images from ``snakes.Canvas``, and parallel generation of many of them.
+
+``generate(params, num, seed, workers)`` splits the work into fixed chunks of
+``CHUNK`` images, each with its own ``random.Random((seed, chunk))`` stream, so the
+result depends on (params, num, seed) only, not on the number of worker processes.
+Speed: see the ``pathfinder`` module docstring (``python -m lra_sfa.tasks.pathfinder bench``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from lra_sfa.tasks.snakes import Canvas, SnakeParams, _Cache
+
+log = logging.getLogger(__name__)
+CHUNK = 256
+MAX_TARGET_ATTEMPTS = 50_000  # 64 px hard accepts ~1 in 2000 (measured), see the pathfinder docstring
+_CACHES: dict[SnakeParams, _Cache] = {}
+
+
+def _cache(p: SnakeParams) -> _Cache:
+    if p not in _CACHES:
+        _CACHES[p] = _Cache(p)
+    return _CACHES[p]
+
+
+def _two_targets(canvas: Canvas) -> list | None:
+    """Both target snakes (the original ``two_snakes``), or None when any step fails."""
+    p, rng = canvas.p, canvas.rng
+    mu = list(p.snake_contrasts) * 2
+    rng.shuffle(mu)
+    first = canvas.seed(2 * p.seed_distance, rng.choice(p.paddle_contrasts) * mu[0])
+    if first is None:
+        return None
+    second = canvas.second_seed(first, rng.choice(p.paddle_contrasts) * mu[1])
+    if second is None:
+        return None
+    targets = [first, second]
+    views = [canvas.mask.copy(), canvas.mask.copy()]  # what each target avoids: committed + partner's newest
+    canvas.add_mask(views[0], *second.pending)
+    canvas.add_mask(views[1], *first.pending)
+    for _ in range(p.contour_length - 1):
+        contrast = rng.choice(p.paddle_contrasts)
+        for i, snake in enumerate(targets):
+            if not canvas.extend(snake, contrast * mu[i], views[i], views[1 - i]):
+                return None
+    canvas.mask = np.maximum(views[0], views[1])  # every target paddle committed
+    return targets
+
+
+def _distractor(canvas: Canvas) -> bool:
+    """One distractor snake (the original ``make_snake``); the canvas is unchanged on failure."""
+    p, rng = canvas.p, canvas.rng
+    if float((canvas.view(canvas.mask) <= 0.3).mean()) < 0.01:
+        return False
+    image, mask = canvas.image.copy(), canvas.mask.copy()
+    snake = canvas.seed(1, rng.choice(p.snake_contrasts))
+    ok = snake is not None and all(
+        canvas.extend(snake, rng.choice(p.snake_contrasts), canvas.mask) for _ in range(p.distractor_length - 1))
+    if not ok:
+        canvas.image, canvas.mask = image, mask
+        return False
+    canvas.add_mask(canvas.mask, *snake.pending)
+    return True
+
+
+def bytescale(image: np.ndarray) -> np.ndarray:
+    """Map min..max to 0..255 with rounding (scipy.misc.imsave's conversion of float images)."""
+    lo, hi = float(image.min()), float(image.max())
+    if hi <= lo:
+        return np.zeros(image.shape, np.uint8)
+    return ((image - lo) * (255.0 / (hi - lo))).clip(0, 255).__add__(0.5).astype(np.uint8)
+
+
+def generate_image(p: SnakeParams, rng: random.Random, keep_layers: bool = False) -> tuple[np.ndarray, int, dict]:
+    """One image (size, size) uint8, its label (1 = markers on the same snake) and bookkeeping.
+
+    The bookkeeping dict holds ``margin``, ``targets`` (per target, its paddles as (start, angle)),
+    ``marker_snakes`` (target index under the origin and terminal marker), ``markers`` (their
+    centres) and, with ``keep_layers``, ``layers``: each target's own rendering (float, size x size).
+    """
+    cache = _cache(p)
+    label = rng.randrange(2)
+    margin = p.paddle_margins[rng.randrange(len(p.paddle_margins))]
+    for _ in range(MAX_TARGET_ATTEMPTS):
+        canvas = Canvas(p, cache, margin, rng, keep_layers)
+        targets = _two_targets(canvas)
+        if targets is not None:
+            break
+    else:
+        raise RuntimeError(f"pathfinder: no two target snakes fit after {MAX_TARGET_ATTEMPTS} attempts with {p}")
+    for _ in range(p.num_distractors):
+        for _ in range(p.max_distractor_retrial + 1):
+            if _distractor(canvas):
+                break
+    origin = rng.randrange(2)
+    terminal = origin if label == 1 else 1 - origin
+    markers = (targets[origin].tail, targets[terminal].head)
+    for centre in markers:
+        canvas.paste(canvas.image, cache.marker, centre)
+    image = bytescale(canvas.view(canvas.image))
+    info = {"margin": margin, "targets": [t.paddles for t in targets], "marker_snakes": (origin, terminal),
+            "markers": markers}
+    if keep_layers:
+        info["layers"] = [canvas.view(t.layer).copy() for t in targets]
+    return image, label, info
+
+
+def _chunk(args: tuple[SnakeParams, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    p, seed, chunk, count = args
+    rng = random.Random(f"pathfinder-{seed}-{chunk}")
+    images = np.empty((count, p.size * p.size), np.uint8)
+    labels = np.empty(count, np.int64)
+    for i in range(count):
+        image, labels[i], _ = generate_image(p, rng)
+        images[i] = image.reshape(-1)  # (size, size) -> (size * size,)
+    return images, labels
+
+
+def generate(p: SnakeParams, num: int, seed: int = 0, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``num`` images as (num, size * size) uint8 tokens and (num,) labels, over ``workers`` processes."""
+    workers = max(1, workers or os.cpu_count() or 1)
+    jobs = [(p, seed, c, min(CHUNK, num - c * CHUNK)) for c in range(-(-num // CHUNK))]
+    images = np.empty((num, p.size * p.size), np.uint8)
+    labels = np.empty(num, np.int64)
+    start, t0 = time.perf_counter(), 0
+    if workers == 1 or len(jobs) == 1:
+        results = map(_chunk, jobs)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(min(workers, len(jobs)))
+        results = pool.map(_chunk, jobs)
+    try:
+        for c, (chunk_images, chunk_labels) in enumerate(results):
+            images[c * CHUNK : c * CHUNK + len(chunk_labels)] = chunk_images
+            labels[c * CHUNK : c * CHUNK + len(chunk_labels)] = chunk_labels
+            t0 += len(chunk_labels)
+            if c % 50 == 49:
+                rate = t0 / (time.perf_counter() - start)
+                log.info("pathfinder: %d / %d images (%.0f images/s)", t0, num, rate)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return images, labels

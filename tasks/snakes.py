@@ -1,0 +1,331 @@
+"""Pathfinder images: snake contours made of paddles, distractor snakes and two circle markers.
+
+A re-implementation of the algorithm of the published generator (drewlinsley/pathfinder
+``snakes2.py``/``snakes.py``; parameters per resolution from LRA ``data/pathfinder.py``),
+written for speed: paddles are rendered once per orientation and cached (PIL line at
+``aa_scale`` x, Lanczos down-sampling, as the original), images are composed on a padded
+float canvas with slicing, and the candidate directions of each growth step are precomputed.
+
+Per image (as the original): label ~ Bernoulli(0.5); a paddle margin is drawn from the
+list; two target snakes of ``contour_length`` paddles grow from seeds ``seed_distance``
+apart (the first seed keeps 2 x seed_distance from the border); each step moves the pivot
+``length + 2 margin`` ahead and samples the next paddle's far end on a circle of radius
+``length + margin``, weighted by ``cos(min(continuity * turn, pi/2))^2`` and by the free
+space (mask dilated by the margin), retrying ``max_paddle_retrial`` times when the new
+paddle's margin mask overlaps the occupied mask; any failure restarts both targets. Then
+``num_distractors`` snakes of ``distractor_length`` paddles are added (each retried up to
+``max_distractor_retrial`` times, skipped when it cannot be placed, stopping when < 1% of
+the area is free). Targets use paddle_contrast x snake_contrast, distractors snake_contrast
+(as the original). Markers (disks of ``marker_radius``, drawn at ``aa_scale`` x and
+Lanczos-resized) go on the first paddle's tail of one target and the last paddle's head of
+the same target (label 1) or of the other one (label 0). The image is byte-scaled to
+0..255 (what ``scipy.misc.imsave`` did).
+
+Deliberate differences, all to keep the label true to the image: the second seed paddle
+must not overlap the first; while the targets grow, each one's newest paddle is visible to
+the other's collision check (the original commits a paddle's mask one step late, so the two
+targets could touch); both targets' last paddles are committed before distractors are placed
+(the original commits only the second's). The seed availability uses the paddle footprint
+placed exactly at the tail (the original's dilation kernel is off by one pixel). Single-paddle
+filler (``use_single_paddles``) is off, as in the published wrapper script.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CONTOUR_LENGTH = {"easy": 6, "intermediate": 9, "hard": 14}
+
+
+@dataclass(frozen=True)
+class SnakeParams:
+    size: int
+    padding: int
+    paddle_margins: tuple[int, ...]
+    paddle_length: int
+    thickness: float
+    marker_radius: float
+    seed_distance: int
+    continuity: float
+    contour_length: int
+    distractor_length: int
+    num_distractors: int
+    snake_contrasts: tuple[float, ...]
+    paddle_contrasts: tuple[float, ...]
+    aa_scale: int = 2
+    max_paddle_retrial: int = 2
+    max_distractor_retrial: int = 4
+
+
+# Per resolution: padding, margins, paddle length, thickness, marker radius, seed distance,
+# continuity, distractor budget (num_distractors = budget // distractor_length), contrasts.
+_RESOLUTION = {
+    32: dict(padding=1, paddle_margins=(1,), paddle_length=2, thickness=0.5, marker_radius=1.5, seed_distance=7,
+             continuity=1.0, budget=20, snake_contrasts=(2.0,), paddle_contrasts=(0.75,)),
+    64: dict(padding=1, paddle_margins=(1,), paddle_length=5, thickness=1.0, marker_radius=2.5, seed_distance=12,
+             continuity=1.8, budget=22, snake_contrasts=(0.8,), paddle_contrasts=(1.0,)),
+    128: dict(padding=1, paddle_margins=(2, 3), paddle_length=5, thickness=1.5, marker_radius=3.0, seed_distance=20,
+              continuity=1.8, budget=35, snake_contrasts=(0.9,), paddle_contrasts=(1.0,)),
+    256: dict(padding=22, paddle_margins=(3,), paddle_length=5, thickness=2.0, marker_radius=5.0, seed_distance=27,
+              continuity=1.8, budget=30, snake_contrasts=(1.0,), paddle_contrasts=(1.0,)),
+}
+
+
+def lra_params(resolution: int, difficulty: str) -> SnakeParams:
+    """The LRA release's generator settings for ``resolution`` (32/64/128/256) and difficulty."""
+    if resolution not in _RESOLUTION:
+        raise ValueError(f"pathfinder: resolution={resolution!r} must be one of {sorted(_RESOLUTION)}")
+    if difficulty not in CONTOUR_LENGTH:
+        raise ValueError(f"pathfinder: difficulty={difficulty!r} must be one of {list(CONTOUR_LENGTH)}")
+    cfg = dict(_RESOLUTION[resolution])
+    contour_length = CONTOUR_LENGTH[difficulty]
+    distractor_length = contour_length // 3  # Python 2 integer division in the original scripts
+    budget = cfg.pop("budget")
+    return SnakeParams(size=resolution, contour_length=contour_length, distractor_length=distractor_length,
+                       num_distractors=budget // distractor_length, **cfg)
+
+
+def _translate(y: float, x: float, theta: float, dist: float) -> tuple[int, int]:
+    """Move (y, x) by ``dist`` along ``theta`` and round up, as the original ``translate_coord``."""
+    return int(math.ceil(y + dist * math.sin(theta))), int(math.ceil(x + dist * math.cos(theta)))
+
+
+def _flip(theta: float) -> float:
+    return theta + math.pi if theta < 0 else theta - math.pi
+
+
+def _disk(radius: float) -> np.ndarray:
+    """Integer offsets (n, 2) with y^2 + x^2 <= radius^2."""
+    r = int(math.floor(radius))
+    ys, xs = np.mgrid[-r : r + 1, -r : r + 1]  # (2r+1, 2r+1) each
+    keep = ys**2 + xs**2 <= radius**2
+    return np.stack([ys[keep], xs[keep]], axis=1)
+
+
+def _dilate(binary: np.ndarray, radius: int) -> np.ndarray:
+    out = np.zeros_like(binary)
+    padded = np.pad(binary, radius)
+    h, w = binary.shape
+    for dy, dx in _disk(radius):
+        out |= padded[radius + dy : radius + dy + h, radius + dx : radius + dx + w]
+    return out
+
+
+def _lanczos(array: np.ndarray, size: int) -> np.ndarray:
+    """uint8 array -> (size, size) Lanczos resize, as float in [0, 1]."""
+    return np.asarray(Image.fromarray(array).resize((size, size), Image.LANCZOS), dtype=np.float32) / 255.0
+
+
+@dataclass
+class Paddle:
+    line: np.ndarray  # (n, n) float in [0, 1], the paddle starting at the centre
+    mask: np.ndarray  # (n, n) float in [0, 1], the paddle dilated by the margin
+    struct: np.ndarray  # (k, 2) offsets where the mask is saturated (seed availability)
+
+
+def render_paddle(length: int, thickness: float, margin: int, aa: int, theta: float) -> Paddle:
+    """A paddle from the sprite centre along ``theta``, drawn at ``aa`` x and Lanczos-resized."""
+    if round(thickness * aa) != thickness * aa:
+        raise ValueError(f"pathfinder: thickness {thickness} x aa_scale {aa} must be an integer")
+    half = length + math.ceil(thickness) + margin
+    blown_size, centre = 2 * half * aa + 1, half * aa
+    head_y, head_x = _translate(centre, centre, theta, length * aa)
+    image = Image.new("L", (blown_size, blown_size), 0)
+    ImageDraw.Draw(image).line([(centre, centre), (head_x, head_y)], fill=255, width=round(thickness * aa))
+    blown = np.asarray(image)
+    size = 2 * half + 1
+    dilated = _dilate(blown > 0, margin * aa).astype(np.uint8) * 255
+    mask_u8 = np.asarray(Image.fromarray(dilated).resize((size, size), Image.LANCZOS))
+    struct = np.argwhere(mask_u8 == 255) - half  # (k, 2)
+    return Paddle(_lanczos(blown, size), mask_u8.astype(np.float32) / 255.0, struct)
+
+
+def render_marker(radius: float, aa: int) -> np.ndarray:
+    """A disk centred on the sprite's middle pixel, drawn at ``aa`` x and Lanczos-resized."""
+    half = int(math.ceil(radius)) + 2
+    size = 2 * half + 1
+    ys, xs = np.ogrid[: size * aa, : size * aa]
+    disk = ((ys - half * aa) ** 2 + (xs - half * aa) ** 2 <= (radius * aa) ** 2).astype(np.uint8) * 255
+    return _lanczos(disk, size)
+
+
+class _Cache:
+    """Per-process renderings and geometry: paddles per (margin, angle), the marker, growth candidates."""
+
+    def __init__(self, p: SnakeParams) -> None:
+        self.p = p
+        self.paddles: dict[tuple[int, float], Paddle] = {}
+        self.marker = render_marker(p.marker_radius, p.aa_scale)
+        half = p.paddle_length + math.ceil(p.thickness) + max(p.paddle_margins)
+        reach = p.paddle_length + 3 * max(p.paddle_margins) + 2  # candidate + disk beyond an off-image pivot
+        self.border = max(half, reach, self.marker.shape[0] // 2) + 1
+        self.full = p.size + 2 * self.border
+        self.steps = {m: self._step_candidates(p.paddle_length + m, m) for m in p.paddle_margins}
+
+    def paddle(self, margin: int, theta: float) -> Paddle:
+        key = (margin, round(theta, 9))
+        if key not in self.paddles:
+            p = self.p
+            self.paddles[key] = render_paddle(p.paddle_length, p.thickness, margin, p.aa_scale, theta)
+        return self.paddles[key]
+
+    def _step_candidates(self, radius: int, margin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Unique pixel offsets on a circle of ``radius`` (one sample per pixel of arc), their angles, and
+        the flat canvas offsets of each one's margin disk (U, D) for the dilated-mask lookup."""
+        angles = np.deg2rad(np.arange(0, 360, 360.0 / (2 * radius * math.pi)))
+        offsets = np.stack([np.floor(radius * np.sin(angles)), np.floor(radius * np.cos(angles))], 1).astype(int)
+        offsets = np.unique(offsets, axis=0)  # (U, 2)
+        near = offsets[:, None, :] + _disk(margin)[None, :, :]  # (U, D, 2)
+        return offsets, np.arctan2(offsets[:, 0], offsets[:, 1]), near[..., 0] * self.full + near[..., 1]
+
+
+@dataclass
+class Snake:
+    pivot: tuple[int, int]
+    theta: float
+    tail: tuple[int, int]  # origin tip (first paddle's start)
+    head: tuple[int, int]  # terminal tip (last paddle's far end)
+    paddles: list[tuple[tuple[int, int], float]] = field(default_factory=list)  # (start, orientation)
+    pending: tuple[np.ndarray, tuple[int, int]] | None = None  # newest paddle's mask, not yet committed
+    layer: np.ndarray | None = None  # this snake's own rendering (bookkeeping for tests)
+
+
+class Canvas:
+    """Image and occupancy mask on a zero border, so that paddles paste by slicing."""
+
+    def __init__(self, p: SnakeParams, cache: _Cache, margin: int, rng: random.Random, keep_layers: bool) -> None:
+        self.p, self.cache, self.margin, self.rng, self.keep_layers = p, cache, margin, rng, keep_layers
+        self.size, self.border = p.size, cache.border
+        self.image = np.zeros((cache.full, cache.full), np.float32)
+        self.mask = np.zeros((cache.full, cache.full), np.float32)
+        inner, pad = self.view(self.mask), p.padding
+        inner[:pad, :], inner[-pad:, :], inner[:, :pad], inner[:, -pad:] = 1, 1, 1, 1
+
+    def view(self, canvas: np.ndarray) -> np.ndarray:
+        b = self.border
+        return canvas[b : b + self.size, b : b + self.size]
+
+    def region(self, sprite: np.ndarray, at: tuple[int, int]) -> tuple[slice, slice]:
+        half = sprite.shape[0] // 2
+        y, x = at[0] + self.border - half, at[1] + self.border - half
+        return slice(y, y + sprite.shape[0]), slice(x, x + sprite.shape[1])
+
+    def paste(self, canvas: np.ndarray, sprite: np.ndarray, at: tuple[int, int], scale: float = 1.0) -> None:
+        ys, xs = self.region(sprite, at)
+        np.maximum(canvas[ys, xs], sprite * scale if scale != 1.0 else sprite, out=canvas[ys, xs])
+
+    def add_mask(self, mask: np.ndarray, sprite: np.ndarray, at: tuple[int, int]) -> None:
+        """Paste a paddle mask; the part outside the image is dropped (the original clips it)."""
+        self.paste(mask, sprite, at)
+        half, lo, hi = sprite.shape[0] // 2, min(at), max(at)
+        if lo - half < 0 or hi + half >= self.size:
+            b = self.border
+            mask[:b], mask[-b:], mask[:, :b], mask[:, -b:] = 0, 0, 0, 0
+
+    def inside(self, *points: tuple[int, int]) -> bool:
+        return all(0 <= y < self.size and 0 <= x < self.size for y, x in points)
+
+    def collides(self, mask: np.ndarray, sprite: np.ndarray, at: tuple[int, int]) -> bool:
+        ys, xs = self.region(sprite, at)
+        return float((mask[ys, xs] + sprite).max()) >= 1.8
+
+    def draw(self, snake: Snake, paddle: Paddle, at: tuple[int, int], theta: float, contrast: float) -> None:
+        self.paste(self.image, paddle.line, at, contrast)
+        if snake.layer is not None:
+            self.paste(snake.layer, paddle.line, at, contrast)
+        snake.paddles.append((at, theta))
+
+    # ---- seeds -------------------------------------------------------------------------------------
+    def available(self, theta: float, border: int) -> np.ndarray:
+        """Flat indices of tails where a paddle along ``theta`` hits no occupied pixel."""
+        occupied = self.mask > 0.3  # padded, (full, full)
+        inner = self.view(occupied)
+        inner[:border, :], inner[-border:, :], inner[:, :border], inner[:, -border:] = True, True, True, True
+        blocked = np.zeros((self.size, self.size), bool)
+        b, s = self.border, self.size
+        for dy, dx in self.cache.paddle(self.margin, theta).struct:
+            blocked |= occupied[b + dy : b + dy + s, b + dx : b + dx + s]
+        return np.flatnonzero(~blocked)
+
+    def seed(self, border: int, contrast: float) -> Snake | None:
+        """A first paddle at a free place (the original ``seed_snake``); None when nothing fits."""
+        p, rng = self.p, self.rng
+        for _ in range(p.max_paddle_retrial + 1):
+            theta = math.radians(rng.randrange(-180, 180))
+            free = self.available(theta, border)
+            if len(free) == 0:
+                return None
+            tail = divmod(int(free[rng.randrange(len(free))]), self.size)
+            head = _translate(*tail, theta, p.paddle_length)
+            pivot = _translate(*head, _flip(theta), p.paddle_length + self.margin)
+            if self.inside(head, pivot):
+                return self._start(tail, theta, pivot, contrast)
+        return None
+
+    def second_seed(self, first: Snake, contrast: float) -> Snake | None:
+        """The other target's first paddle, ``seed_distance`` from the first one's tail."""
+        p, rng = self.p, self.rng
+        for _ in range(p.max_paddle_retrial + 1):
+            theta = math.radians(rng.randrange(-180, 180))
+            phi = math.radians(rng.randrange(0, 360))
+            tail = (int(np.round(first.tail[0] + p.seed_distance * math.sin(phi))),
+                    int(np.round(first.tail[1] + p.seed_distance * math.cos(phi))))
+            head = _translate(*tail, theta, p.paddle_length)
+            pivot = _translate(*head, _flip(theta), p.paddle_length + self.margin)
+            if not self.inside(head, pivot, tail):
+                continue
+            mask = self.mask.copy()
+            self.add_mask(mask, *first.pending)
+            if not self.collides(mask, self.cache.paddle(self.margin, theta).mask, tail):
+                return self._start(tail, theta, pivot, contrast)
+        return None
+
+    def _start(self, tail, theta, pivot, contrast) -> Snake:
+        snake = Snake(pivot=pivot, theta=theta, tail=tail, head=tail,
+                      layer=np.zeros_like(self.image) if self.keep_layers else None)
+        paddle = self.cache.paddle(self.margin, theta)
+        self.draw(snake, paddle, tail, theta, contrast)
+        snake.pending = (paddle.mask, tail)
+        return snake
+
+    # ---- growth ------------------------------------------------------------------------------------
+    def extend(self, snake: Snake, contrast: float, mask: np.ndarray, partner_mask: np.ndarray | None = None) -> bool:
+        """Add one paddle ahead of the snake (the original ``extend_snake``); False at a dead end.
+
+        ``mask`` is what this snake must avoid (committed paddles, plus the partner target's newest);
+        on success the snake's previous paddle is committed to it, and its new paddle goes into
+        ``partner_mask`` (the other target's view) when given.
+        """
+        p, m, rng = self.p, self.margin, self.rng
+        pivot = _translate(*snake.pivot, snake.theta, p.paddle_length + 2 * m)
+        offsets, angles, near = self.cache.steps[m]
+        cy, cx = offsets[:, 0] + pivot[0], offsets[:, 1] + pivot[1]  # (U,) each
+        inside = (cy >= 0) & (cy < self.size) & (cx >= 0) & (cx < self.size)
+        base = (pivot[0] + self.border) * self.cache.full + pivot[1] + self.border
+        dilated = mask.ravel()[near + base].max(1)  # (U,) mask dilated by the margin, at each candidate
+        turn = np.abs(angles - snake.theta)
+        turn = np.minimum(np.minimum(turn, 2 * np.pi - turn) * p.continuity, 0.5 * np.pi)
+        pmf = inside * (1.0 - dilated) * np.maximum(np.cos(turn), 0.0) ** 2
+        total = pmf.sum()
+        if total < 1e-4:
+            return False
+        cmf = np.cumsum(pmf / total)
+        for _ in range(p.max_paddle_retrial + 1):
+            index = int(np.argmax(cmf > rng.random()))
+            theta, head = float(angles[index]), (int(cy[index]), int(cx[index]))
+            paddle = self.cache.paddle(m, _flip(theta))
+            if not self.collides(mask, paddle.mask, head):
+                break
+        else:
+            return False
+        self.draw(snake, paddle, head, _flip(theta), contrast)
+        self.add_mask(mask, *snake.pending)
+        if partner_mask is not None:
+            self.add_mask(partner_mask, paddle.mask, head)
+        snake.pending, snake.pivot, snake.theta, snake.head = (paddle.mask, head), pivot, theta, head
+        return True

@@ -34,3 +34,8 @@ def masked_softmax_pv(scores: torch.Tensor, ok: torch.Tensor, v: torch.Tensor) -
     p = torch.exp(s - row_max)
     p = p / p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
     return p.to(v.dtype) @ v
+
+
+def full_precision(device: torch.device):
+    """Context that turns autocast off, for backends whose sums must stay in float32 under bf16 autocast."""
+    return torch.autocast(device_type=device.type, enabled=False)

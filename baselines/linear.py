@@ -4,7 +4,8 @@
     out_i  = phi(q_i) . sum_j phi(k_j) v_j^T  /  phi(q_i) . sum_j phi(k_j)
 
 Non-causal, O(L d^2) time and O(L d) memory, never L x L; the same PyTorch
-code on CPU and CUDA (``last_path = "torch"``), sums in float32. Padded keys
+code on CPU and CUDA (``last_path = "torch"``), sums in float32
+(float64 for float64 inputs). Padded keys
 get zero features, so a fully padded row gives 0.
 """
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lra_sfa.attention import AttentionBackend
-from lra_sfa.baselines._common import check_inputs
+from lra_sfa.baselines._common import check_inputs, full_precision, working_dtype
 
 
 class LinearAttention(AttentionBackend):
@@ -22,11 +23,14 @@ class LinearAttention(AttentionBackend):
 
     def forward(self, q, k, v, key_padding_mask=None):
         check_inputs(type(self).__name__, q, k, v, key_padding_mask)
-        phi_q = F.elu(q.float()) + 1.0  # (B, H, L, D)
-        phi_k = F.elu(k.float()) + 1.0
-        if key_padding_mask is not None:
-            phi_k = phi_k * key_padding_mask[:, None, :, None]
-        kv = phi_k.transpose(-1, -2) @ v.float()  # (B, H, D, Dv)
-        den = phi_q @ phi_k.sum(-2)[..., None]  # (B, H, L, 1)
+        work = working_dtype(q.dtype)
+        with full_precision(q.device):
+            phi_q = F.elu(q.to(work)) + 1.0  # (B, H, L, D)
+            phi_k = F.elu(k.to(work)) + 1.0
+            if key_padding_mask is not None:
+                phi_k = phi_k * key_padding_mask[:, None, :, None]
+            kv = phi_k.transpose(-1, -2) @ v.to(work)  # (B, H, D, Dv)
+            den = phi_q @ phi_k.sum(-2)[..., None]  # (B, H, L, 1)
+            out = (phi_q @ kv) / den.clamp_min(torch.finfo(work).tiny)
         self.last_path = "torch"
-        return ((phi_q @ kv) / den.clamp_min(torch.finfo(torch.float32).tiny)).to(v.dtype)
+        return out.to(v.dtype)

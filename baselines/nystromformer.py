@@ -21,7 +21,7 @@ import math
 import torch
 
 from lra_sfa.attention import AttentionBackend
-from lra_sfa.baselines._common import check_inputs, masked_softmax_pv
+from lra_sfa.baselines._common import check_inputs, full_precision, masked_softmax_pv, working_dtype
 
 
 def iterative_pinv(a: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -66,17 +66,18 @@ class NystromformerAttention(AttentionBackend):
         B, H, L, D = q.shape
         m = min(self.num_landmarks, L)
         scale = 1.0 / math.sqrt(D)
-        work = torch.float64 if q.dtype == torch.float64 else torch.float32
-        qf, kf, vf = q.to(work), k.to(work), v.to(work)
-        q_land = segment_means(qf, m, key_padding_mask)  # (B, H, m, D)
-        k_land = segment_means(kf, m, key_padding_mask)  # (B, H, m, D)
-        kernel_1 = torch.softmax(qf @ k_land.transpose(-1, -2) * scale, dim=-1)  # (B, H, L, m)
-        kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2) * scale, dim=-1)  # (B, H, m, m)
-        ok = torch.ones(1, 1, 1, L, dtype=torch.bool, device=q.device)
-        if key_padding_mask is not None:
-            ok = key_padding_mask[:, None, None, :]
-        kernel_3v = masked_softmax_pv(q_land @ kf.transpose(-1, -2) * scale, ok, vf)  # (B, H, m, Dv)
-        out = kernel_1 @ (iterative_pinv(kernel_2, self.pinv_iterations) @ kernel_3v)
+        work = working_dtype(q.dtype)
+        with full_precision(q.device):
+            qf, kf, vf = q.to(work), k.to(work), v.to(work)
+            q_land = segment_means(qf, m, key_padding_mask)  # (B, H, m, D)
+            k_land = segment_means(kf, m, key_padding_mask)  # (B, H, m, D)
+            kernel_1 = torch.softmax(qf @ k_land.transpose(-1, -2) * scale, dim=-1)  # (B, H, L, m)
+            kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2) * scale, dim=-1)  # (B, H, m, m)
+            ok = torch.ones(1, 1, 1, L, dtype=torch.bool, device=q.device)
+            if key_padding_mask is not None:
+                ok = key_padding_mask[:, None, None, :]
+            kernel_3v = masked_softmax_pv(q_land @ kf.transpose(-1, -2) * scale, ok, vf)  # (B, H, m, Dv)
+            out = kernel_1 @ (iterative_pinv(kernel_2, self.pinv_iterations) @ kernel_3v)
         self.last_path = "torch"
         return out.to(v.dtype)
 

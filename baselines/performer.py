@@ -10,7 +10,8 @@ so E[phi(q) . phi(k)] = exp(q . k / sqrt(d)) for the softmax kernel. W stacks
 d x d blocks of orthogonal rows (QR of a Gaussian), each row rescaled by the
 norm of a fresh Gaussian vector, so rows keep the Gaussian norm law. Non-causal,
 O(L m d) time and O(L m) memory, never L x L; the same PyTorch code on CPU and
-CUDA (``last_path = "torch"``); features and sums in float32.
+CUDA (``last_path = "torch"``); features and sums in float32 (float64 for
+float64 inputs).
 
 Stabilisers (they cancel exactly in the ratio): the query row factor
 exp(-|q'|^2/2 - max_r w_r.q') and one key factor per (batch, head), the max
@@ -26,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from lra_sfa.attention import AttentionBackend
-from lra_sfa.baselines._common import check_inputs
+from lra_sfa.baselines._common import check_inputs, full_precision, working_dtype
 
 KERNELS = ("softmax", "relu")
 RELU_EPS = 1e-3
@@ -81,9 +82,9 @@ class PerformerAttention(AttentionBackend):
         return {"performer_redraws": float(self.redraws)}
 
     def _features(self, x: torch.Tensor, is_query: bool, real: torch.Tensor | None) -> torch.Tensor:
-        """phi(x): (B, H, L, m) float32; ``real`` (B, 1, L, 1) zeroes padded keys."""
-        x = x.float() * self.head_dim**-0.25
-        proj = x @ self.projection.T  # (B, H, L, m)
+        """phi(x): (B, H, L, m) in float32 (float64 for float64 x); ``real`` (B, 1, L, 1) zeroes padded keys."""
+        x = x.to(working_dtype(x.dtype)) * self.head_dim**-0.25
+        proj = x @ self.projection.T.to(x.dtype)  # (B, H, L, m)
         if self.kernel == "relu":
             feats = torch.relu(proj) + RELU_EPS
         elif is_query:
@@ -104,12 +105,13 @@ class PerformerAttention(AttentionBackend):
         if q.shape[-1] != self.head_dim:
             raise ValueError(f"PerformerAttention: built for head_dim={self.head_dim}, got {q.shape[-1]}")
         real = None if key_padding_mask is None else key_padding_mask[:, None, :, None]  # (B, 1, L, 1)
-        phi_q = self._features(q, True, None)  # (B, H, L, m)
-        phi_k = self._features(k, False, real)  # (B, H, L, m)
-        kv = phi_k.transpose(-1, -2) @ v.float()  # (B, H, m, Dv)
-        k_sum = phi_k.sum(-2)  # (B, H, m)
-        num = phi_q @ kv  # (B, H, L, Dv)
-        den = (phi_q @ k_sum[..., None]).clamp_min(torch.finfo(torch.float32).tiny)  # (B, H, L, 1)
+        with full_precision(q.device):
+            phi_q = self._features(q, True, None)  # (B, H, L, m)
+            phi_k = self._features(k, False, real)  # (B, H, L, m)
+            kv = phi_k.transpose(-1, -2) @ v.to(phi_k.dtype)  # (B, H, m, Dv)
+            k_sum = phi_k.sum(-2)  # (B, H, m)
+            num = phi_q @ kv  # (B, H, L, Dv)
+            den = (phi_q @ k_sum[..., None]).clamp_min(torch.finfo(phi_q.dtype).tiny)  # (B, H, L, 1)
         self.last_path = "torch"
         return (num / den).to(v.dtype)
 

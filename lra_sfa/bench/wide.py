@@ -1,0 +1,238 @@
+"""Benchmark wide-code SFA (Triton bucket kernels) against cuDNN SDPA, 4K to 1M tokens.
+
+    python -m lra_sfa.bench.wide --out results/kernels
+
+Shapes: B=1, H=8, head dim 64 (q, k, v bf16 random normal). Codes: LSH (a
+fixed random projection of q and k to D features, top-k per token), so
+feature use is near uniform and a query meets about L k^2 / D keys per list
+set. Variants: ``overlap`` with ``cap=None`` (exact overlap) and with each
+``--variants`` cap. Times include building the posting lists (sorts) but not
+the codes. cuDNN at large L is measured with fewer heads and scaled to 8
+(heads are independent; ``baseline_note`` says so).
+
+Columns: the kernel CSV columns plus mean_candidates (counted pairs per
+query), dropped_frac (pairs lost to the cap, 1 - capped / exact candidates,
+where the exact run exists at that L), dropped_incidence_frac ((query, key,
+feature) incidences outside the windows), mode, cap, D, baseline_note.
+Correctness: at lengths <= --check-max-len, forward and gradients against
+``wide_dense_reference`` in fp32 from the same codes; ``max_rel_err`` is the
+kernel's ||err|| / ||ref||, ``plain_rel_err`` the same dense reference run in
+bf16, and ``check`` the DESIGN.md verdict (err <= 2 plain + 1e-2).
+Lengths whose projected time exceeds --max-call-s are skipped (printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from lra_sfa.kernels.wide_ref import wide_dense_reference
+from lra_sfa.kernels.wide_triton import wide_triton_attention
+
+COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "ms", "baseline",
+           "baseline_ms", "speedup", "max_rel_err", "peak_mem_mb", "device", "date", "mean_candidates",
+           "dropped_frac", "mode", "cap", "D", "dropped_incidence_frac", "plain_rel_err", "check", "baseline_note"]
+
+
+def time_ms(fn, budget_ms: float = 400.0, max_reps: int = 20) -> tuple[float, float]:
+    """(median ms, peak MiB during the timed calls) after one warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    while len(times) < max_reps and (not times or sum(times) < budget_ms):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
+
+
+@torch.no_grad()
+def lsh_codes(x: torch.Tensor, proj: torch.Tensor, k: int, chunk: int = 1 << 16):
+    """Top-k of a fixed random projection, chunked over tokens; x: (1, H, L, d), proj: (H, d, D)."""
+    idx = torch.empty(*x.shape[:3], k, dtype=torch.long, device=x.device)
+    val = torch.empty(*x.shape[:3], k, dtype=x.dtype, device=x.device)
+    for start in range(0, x.shape[2], chunk):
+        z = torch.einsum("bhld,hdf->bhlf", x[:, :, start:start + chunk], proj)  # (1, H, c, D)
+        top = z.topk(k, dim=-1)
+        idx[:, :, start:start + chunk], val[:, :, start:start + chunk] = top.indices, top.values
+    return idx, val
+
+
+def cudnn_ms(length: int, heads: int, dim: int, backward: bool) -> tuple[float, str]:
+    """cuDNN SDPA ms for (1, heads, length, dim), measured on fewer heads at large L and scaled."""
+    measured_heads = max(1, min(heads, heads * 131072 // length))
+    q, k, v = (torch.randn(1, measured_heads, length, dim, device="cuda", dtype=torch.bfloat16,
+                           requires_grad=backward) for _ in range(3))
+    grad = torch.randn_like(q)
+
+    def run():
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        if backward:
+            out.backward(grad)
+
+    ms, _ = time_ms(run)
+    note = "" if measured_heads == heads else f"measured at H={measured_heads}, scaled x{heads // measured_heads}"
+    return ms * heads / measured_heads, note
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def check(codes, v, D, scale, cap, grad) -> tuple[float, float]:
+    """(kernel rel err, plain bf16 rel err) vs the fp32 dense reference, output and grads (max)."""
+    q_idx, q_val, k_idx, k_val = codes
+    heads = q_idx.shape[1]
+
+    def grads(fn, dtype):
+        leaves = [x.detach().to(dtype).requires_grad_(True) for x in (q_val, k_val, v)]
+        out = fn(*leaves)
+        return [out.detach(), *torch.autograd.grad((out.float() * grad).sum(), leaves)]
+
+    def dense(qv, kv, vv):  # per head: the capped reference compares k x k codes of every pair
+        outs = [wide_dense_reference(q_idx[:, h:h + 1], qv[:, h:h + 1], k_idx[:, h:h + 1], kv[:, h:h + 1],
+                                     vv[:, h:h + 1], D, scale, "overlap", cap) for h in range(heads)]
+        return torch.cat(outs, dim=1)
+
+    def kernel(qv, kv, vv):
+        return wide_triton_attention(q_idx, qv, k_idx, kv, vv, D, scale, "overlap", cap)[0]
+
+    ref = grads(dense, torch.float32)
+    plain = grads(dense, torch.bfloat16)
+    got = grads(kernel, torch.bfloat16)
+    return max(rel(g, r) for g, r in zip(got, ref)), max(rel(p, r) for p, r in zip(plain, ref))
+
+
+def measure_variant(codes, v, D, scale, cap, backward: bool):
+    """(ms, peak MiB, stats) for one sfa_wide call (plus backward)."""
+    q_idx, q_val, k_idx, k_val = codes
+    leaves = [x.detach().requires_grad_(backward) for x in (q_val, k_val, v)]
+    grad = torch.randn_like(v)
+    holder = {}
+
+    def run():
+        out, stats = wide_triton_attention(q_idx, leaves[0], k_idx, leaves[1], leaves[2], D, scale, "overlap", cap)
+        holder.update(stats)
+        if backward:
+            out.backward(grad)
+
+    ms, peak = time_ms(run)
+    return ms, peak, {key: float(value) for key, value in holder.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", default="2048,4096,16384,65536,131072,262144,524288,1048576")
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--D", type=int, default=4096)
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--variants", default="null,64", help="caps to run; null = exact overlap (no cap)")
+    parser.add_argument("--ops", default="fwd,fwd_bwd")
+    parser.add_argument("--check-max-len", type=int, default=2048)
+    parser.add_argument("--max-call-s", type=float, default=6.0, help="skip a run projected to take longer")
+    parser.add_argument("--deadline-s", type=float, default=480.0, help="stop starting new runs after this")
+    parser.add_argument("--out", default="results/kernels")
+    parser.add_argument("--date", default=datetime.date.today().isoformat())
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("lra_sfa.bench.wide needs a CUDA device (timings and the cuDNN baseline are GPU-only)")
+    run_bench(args)
+
+
+def run_bench(args) -> None:
+    began = time.time()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    variants = [None if c == "null" else int(c) for c in args.variants.split(",") if c]
+    H, d, D, K = args.heads, args.head_dim, args.D, args.k
+    scale = 1.0 / math.sqrt(K)
+    base = dict(impl="sfa_wide", batch=1, heads=H, head_dim=d, topk=K, dtype="bf16", baseline="cudnn",
+                device=torch.cuda.get_device_name(), date=args.date, mode="overlap", D=D)
+    proj = torch.randn(H, d, D, device="cuda", dtype=torch.bfloat16)
+    last: dict[tuple, tuple[int, float]] = {}
+    candidates_exact: dict[int, float] = {}
+    with (out_dir / "sfa_wide.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for length in [int(x) for x in args.lengths.split(",")]:
+            q, k, v = (torch.randn(1, H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+            codes = (*lsh_codes(q, proj, K), *lsh_codes(k, proj, K))  # q_idx, q_val, k_idx, k_val
+            del q, k
+            for op in args.ops.split(","):
+                backward = op == "fwd_bwd"
+                base_ms, note = cudnn_ms(length, H, d, backward)
+                for cap in variants:
+                    key = (cap, backward)
+                    if key in last:
+                        prev_len, prev_ms = last[key]
+                        growth = (length / prev_len) ** (2 if cap is None else 1)
+                        projected = prev_ms * growth / 1e3
+                        if projected > args.max_call_s or time.time() - began > args.deadline_s:
+                            print(f"skip cap={cap} {op} L={length}: projected {projected:.1f} s", flush=True)
+                            continue
+                    ms, peak, stats = measure_variant(codes, v, D, scale, cap, backward)
+                    last[key] = (length, ms)
+                    cands = stats["candidates"]
+                    if cap is None:
+                        candidates_exact[length] = cands
+                    row = dict(base, op=op, seq_len=length, cap="null" if cap is None else cap, ms=f"{ms:.3f}",
+                               baseline_ms=f"{base_ms:.3f}", speedup=f"{base_ms / ms:.3f}",
+                               peak_mem_mb=f"{peak:.0f}", mean_candidates=f"{cands / (H * length):.1f}",
+                               dropped_incidence_frac=f"{1 - stats['incidences_kept'] / stats['incidences_total']:.4f}",
+                               baseline_note=note)
+                    if length in candidates_exact:
+                        row["dropped_frac"] = f"{1 - cands / candidates_exact[length]:.4f}"
+                    if length <= args.check_max_len:
+                        err, plain = check(codes, v, D, scale, cap, torch.randn_like(v, dtype=torch.float32))
+                        row.update(max_rel_err=f"{err:.2e}", plain_rel_err=f"{plain:.2e}",
+                                   check="pass" if err <= 2 * plain + 1e-2 else "FAIL")
+                    writer.writerow(row)
+                    handle.flush()
+                    print(f"L={length:>8} {op:7} cap={str(cap):5} {ms:10.2f} ms  cudnn {base_ms:10.2f} ms  "
+                          f"x{base_ms / ms:6.2f}  cand/q {cands / (H * length):9.1f}  "
+                          f"peak {peak:8.0f} MiB  {row.get('check', '')}", flush=True)
+    plot(out_dir)
+
+
+def plot(out_dir: Path) -> None:
+    """sfa_wide.png: ms against L per variant and op, beside cuDNN."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    frame = pd.read_csv(out_dir / "sfa_wide.csv")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, op in zip(axes, ("fwd", "fwd_bwd")):
+        part = frame[frame["op"] == op]
+        for cap, rows in part.groupby("cap"):
+            ax.loglog(rows["seq_len"], rows["ms"], "o-", label=f"sfa_wide cap={cap}")
+        base = part.drop_duplicates("seq_len")
+        ax.loglog(base["seq_len"], base["baseline_ms"], "k--", label="cuDNN SDPA")
+        ax.set_title(f"{op}, B=1 H=8 d=64 bf16, D={frame['D'].iloc[0]} k={frame['topk'].iloc[0]}")
+        ax.set_xlabel("tokens")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("ms")
+    axes[0].legend()
+    fig.suptitle(f"wide-code SFA, {frame['device'].iloc[0]}, {frame['date'].iloc[0]}")
+    fig.tight_layout()
+    fig.savefig(out_dir / "sfa_wide.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -24,6 +24,7 @@ from lra_sfa.kernels.topk_pack import topk_pack
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TUNE_LENGTH_CAP = 16384  # autotune once per power-of-two L up to this; longer L reuse the 16K choice
 
 
 def check_inputs(q, k, v, topk_q: int, topk_k: int, key_padding_mask) -> None:
@@ -76,18 +77,23 @@ def _descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:
 
 
 def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, heads: int,
-                   has_bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """qd, kd, v: (B*H, L, D) contiguous. Returns out (B*H, L, D) and lse2 (B*H, L) fp32 (base 2)."""
+                   has_bias: bool, config: triton.Config | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """qd, kd, v: (B*H, L, D) contiguous. Returns out (B*H, L, D) and lse2 (B*H, L) fp32 (base 2).
+
+    ``config`` forces one tile configuration (benchmarks); by default the
+    autotuned kernel runs on GPU and ``INTERPRETER_CONFIG`` under the interpreter.
+    """
     batch_heads, length, head_dim = qd.shape
     out = torch.empty_like(v)
     lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
     descs = {name: _descriptor(t, 16) for name, t in (("Q_desc", qd), ("K_desc", kd), ("V_desc", v), ("O_desc", out))}
     args = dict(Bias=bias, Lse=lse2, L=length, H=heads, qk_scale=fwd.LOG2E / math.sqrt(head_dim),
-                l_bucket=triton.next_power_of_2(length), HEAD_DIM=head_dim, HAS_BIAS=has_bias,
+                l_bucket=min(triton.next_power_of_2(length), TUNE_LENGTH_CAP), HEAD_DIM=head_dim, HAS_BIAS=has_bias,
                 IEEE=qd.dtype == torch.float32, **descs)
     grid = lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch_heads)  # noqa: E731
-    if fwd.interpreting():
+    if config is None and fwd.interpreting():
         config = fwd.INTERPRETER_CONFIG
+    if config is not None:
         fwd.set_block_shapes({**args, **config.kwargs})
         fwd._flash_sfa_fwd_kernel[grid](**args, **config.kwargs, num_warps=config.num_warps,
                                         num_stages=config.num_stages)
@@ -116,7 +122,7 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
     dq, dk, dv = torch.empty_like(qd), torch.empty_like(kd), torch.empty_like(v)
     common = dict(Q=qd, K=kd, V=v, DO=dout, Lse=lse2, Delta=delta, Bias=bias, L=length, H=heads,
                   qk_scale=fwd.LOG2E / math.sqrt(head_dim), sm_scale=1.0 / math.sqrt(head_dim),
-                  l_bucket=triton.next_power_of_2(length), HEAD_DIM=head_dim, HAS_BIAS=has_bias,
+                  l_bucket=min(triton.next_power_of_2(length), TUNE_LENGTH_CAP), HEAD_DIM=head_dim, HAS_BIAS=has_bias,
                   IEEE=qd.dtype == torch.float32)
     dkdv_args = dict(common, Kidx=k_idx, DK=dk, DV=dv, TOPK=topk_k, FULL_SUPPORT=topk_k == head_dim)
     dq_args = dict(common, Qidx=q_idx, DQ=dq, TOPK=topk_q, FULL_SUPPORT=topk_q == head_dim)

@@ -146,7 +146,7 @@ def bwd_config(block_m: int, block_n: int, warps: int, stages: int) -> triton.Co
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
 
 
-INTERPRETER_BWD_CONFIG = bwd_config(32, 32, 4, 1)
+INTERPRETER_BWD_CONFIG = bwd_config(64, 64, 4, 1)
 DKDV_CONFIGS = [bwd_config(64, 64, 4, 3), bwd_config(64, 128, 8, 2), bwd_config(32, 128, 8, 3),
                 bwd_config(128, 64, 8, 2)]
 DQ_CONFIGS = [bwd_config(64, 64, 4, 3), bwd_config(128, 64, 8, 2), bwd_config(128, 32, 4, 3),

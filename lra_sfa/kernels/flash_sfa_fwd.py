@@ -45,7 +45,7 @@ import triton.language as tl
 from lra_sfa.kernels.interpret_compat import install as _install_interpreter_compat
 
 _install_interpreter_compat()
-NEG_BIG = -1.0e30  # finite start for the running max: no NaN on all-padding tiles
+NEG_BIG = tl.constexpr(-1.0e30)  # finite start for the running max: no NaN on all-padding tiles
 LOG2E = 1.4426950408889634
 
 
@@ -150,7 +150,7 @@ def fwd_config(block_m: int, block_n: int, warps: int, stages: int, warp_spec: b
                          num_warps=warps, num_stages=stages, pre_hook=set_block_shapes)
 
 
-INTERPRETER_CONFIG = fwd_config(32, 32, 4, 1)
+INTERPRETER_CONFIG = fwd_config(64, 64, 4, 1)
 GPU_CONFIGS = [
     fwd_config(128, 128, 8, 2),
     fwd_config(128, 128, 8, 3),

@@ -1,0 +1,383 @@
+"""Benchmark the SFA Triton kernels against cuDNN and FlashAttention-2 SDPA.
+
+    python -m lra_sfa.bench.kernels --mode sweep   --out results/kernels
+    python -m lra_sfa.bench.kernels --mode explore --out $OUT
+
+``sweep`` writes ``sfa_vs_sdpa.csv`` (one row per shape, op and baseline;
+rows are flushed as they are measured, so a timeout keeps what was done),
+``sfa_checks.csv`` (kernel and plain-PyTorch errors and the DESIGN.md
+verdict per row) and the plot ``sfa_vs_sdpa.png``. ``explore`` times the
+forward designs and tile configurations at one shape (``sfa_explore.csv``).
+
+Timing: one warm-up call (compilation, autotuning), then CUDA-event medians
+over enough calls to fill ``--rep-ms``. Dense baselines are timed on random
+q, k and on the top-k-sparsified q, k; the faster (less favourable) is used.
+SFA times include the fused top-k of q and k. Errors: sampled query rows
+recomputed in float64 (``lra_sfa.kernels.sfa_check``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from lra_sfa.kernels import sfa_check
+from lra_sfa.kernels.flash_sfa import flash_sfa
+from lra_sfa.kernels.sfa_decode import cache_bytes_per_token, pack_k_cache, sfa_decode
+from lra_sfa.kernels.topk_pack import topk_pack
+
+COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "ms", "baseline",
+           "baseline_ms", "speedup", "max_rel_err", "peak_mem_mb", "device", "date"]
+BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "fa2": SDPBackend.FLASH_ATTENTION}
+CHECK_ROWS, CHECK_HEADS = 128, 2
+DEVICE = "cuda"
+EXPLORE_CHECKS = [(1, 64, 8, False, torch.bfloat16), (100, 128, 8, True, torch.bfloat16),
+                  (1000, 128, 16, True, torch.bfloat16), (4097, 64, 8, False, torch.bfloat16),
+                  (777, 32, 4, True, torch.float16), (300, 128, 8, True, torch.float32),
+                  (2048, 128, 128, False, torch.bfloat16)]  # (L, D, topk, padding, dtype), full reference
+
+
+def time_ms(fn, rep_ms: float = 300.0, min_reps: int = 3, max_reps: int = 50) -> tuple[float, float]:
+    """(median ms, peak MiB allocated during one call) after one warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(max_reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+        if len(times) >= min_reps and sum(times) >= rep_ms:
+            break
+    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
+
+
+class RowWriter:
+    """Appends dict rows to a CSV, flushing each one."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.columns, self.file = columns, path.open("w", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=columns)
+        self.writer.writeheader()
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow({c: row.get(c, "") for c in self.columns})
+        self.file.flush()
+
+
+def shape_for(length: int, tokens: int, max_heads: int = 16) -> tuple[int, int]:
+    """(batch, heads) with batch * heads * length = tokens (at least one head)."""
+    heads = max(1, min(max_heads, tokens // length))
+    return max(1, tokens // (length * heads)), heads
+
+
+def random_qkv(batch: int, heads: int, length: int, dim: int, dtype: torch.dtype, seed: int):
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    return [torch.randn(batch, heads, length, dim, device=DEVICE, dtype=dtype, generator=gen) for _ in range(3)]
+
+
+def sdpa_call(backend: str, q, k, v, grad_out=None):
+    """A closure running SDPA on one backend; with grad_out, forward and backward."""
+    def run():
+        with sdpa_kernel([BACKENDS[backend]]):
+            if grad_out is None:
+                with torch.no_grad():
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            torch.nn.functional.scaled_dot_product_attention(q, k, v).backward(grad_out)
+    return run
+
+
+def sfa_call(q, k, v, topk: int, grad_out=None):
+    def run():
+        if grad_out is None:
+            with torch.no_grad():
+                return flash_sfa(q, k, v, topk, topk)
+        flash_sfa(q, k, v, topk, topk).backward(grad_out)
+    return run
+
+
+def leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().clone().requires_grad_(True)
+
+
+def check_prefill(q, k, v, topk: int, out, dq, grad_out) -> dict:
+    """Sampled-row errors of the kernel's out (and dq) against float64, with plain-PyTorch errors."""
+    batch, heads, length, dim = q.shape
+    flat = (batch * heads, length, dim)
+    q_vals, q_idx, qd = topk_pack(q.detach(), topk)
+    k_vals, _, kd = topk_pack(k.detach(), topk)
+    topk_ok = sfa_check.topk_agrees(q.detach(), q_vals, topk) and sfa_check.topk_agrees(k.detach(), k_vals, topk)
+    heads_used = slice(0, min(CHECK_HEADS, batch * heads))
+    rows = torch.randperm(length, device=DEVICE)[:CHECK_ROWS].sort().values
+    qd, kd, vf = (t.reshape(flat)[heads_used] for t in (qd, kd, v.detach()))  # (h, L, D)
+    g = support = None
+    if grad_out is not None:
+        g = grad_out.reshape(flat)[heads_used][:, rows]  # (h, R, D)
+        idx = q_idx.reshape(*flat[:2], -1)[heads_used][:, rows].long()  # (h, R, k)
+        support = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, idx, True)
+    ref_out, ref_dq = sfa_check.rows_attention(qd, kd, vf, rows, torch.float64, g, support)
+    pt_out, pt_dq = sfa_check.rows_attention(qd, kd, vf, rows, q.dtype, g, support)
+    got = out.reshape(flat)[heads_used][:, rows]
+    result = {"kernel_err": sfa_check.rel_err(got, ref_out), "torch_err": sfa_check.rel_err(pt_out, ref_out)}
+    if dq is not None:
+        result["kernel_err"] = max(result["kernel_err"],
+                                   sfa_check.rel_err(dq.reshape(flat)[heads_used][:, rows], ref_dq))
+        result["torch_err"] = max(result["torch_err"], sfa_check.rel_err(pt_dq, ref_dq))
+    result["ok"] = topk_ok and sfa_check.passes(result["kernel_err"], result["torch_err"], q.dtype)
+    return result
+
+
+def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, cache: dict, rep_ms: float) -> None:
+    batch, heads, length, dim, topk = (meta[k] for k in ("batch", "heads", "seq_len", "head_dim", "topk"))
+    q, k, v = random_qkv(batch, heads, length, dim, torch.bfloat16, seed=length + dim)
+    grad = None if op == "fwd" else torch.randn_like(q)
+    leaves = (q, k, v) if grad is None else tuple(leaf(t) for t in (q, k, v))
+    sfa_ms, peak = time_ms(sfa_call(*leaves, topk, grad), rep_ms)
+    for t in leaves:
+        t.grad = None
+    out = flash_sfa(*leaves, topk, topk)
+    dq = None
+    if grad is not None:
+        out.backward(grad)
+        dq = leaves[0].grad
+    check = check_prefill(q, k, v, topk, out.detach(), dq, grad)
+    _, _, qd = topk_pack(q, topk)
+    _, _, kd = topk_pack(k, topk)
+    for name in BACKENDS:
+        key = (name, op, batch, heads, length, dim)
+        if key not in cache:
+            args = (q, k, v) if grad is None else tuple(leaf(t) for t in (q, k, v))
+            cache[key] = time_ms(sdpa_call(name, *args, grad), rep_ms)[0]
+        sparse_args = (qd, kd, v) if grad is None else tuple(leaf(t) for t in (qd, kd, v))
+        sparse_ms = time_ms(sdpa_call(name, *sparse_args, grad), rep_ms)[0]
+        base_ms = min(cache[key], sparse_ms)
+        row = dict(meta, impl="sfa_triton", op=op, ms=round(sfa_ms, 4), baseline=f"sdpa_{name}",
+                   baseline_ms=round(base_ms, 4), speedup=round(base_ms / sfa_ms, 4),
+                   max_rel_err=f"{check['kernel_err']:.3e}", peak_mem_mb=round(peak, 1))
+        out_rows.write(row)
+        checks.write(dict(row, baseline_random_ms=round(cache[key], 4), baseline_sparse_ms=round(sparse_ms, 4),
+                          torch_err=f"{check['torch_err']:.3e}", passes=check["ok"]))
+        print(f"{op:8s} L={length:>7d} d={dim:3d} k={topk:2d} B={batch} H={heads}: sfa {sfa_ms:8.3f} ms  "
+              f"{name} {base_ms:8.3f} ms  x{base_ms / sfa_ms:5.2f}  err {check['kernel_err']:.2e} "
+              f"(torch {check['torch_err']:.2e}) {'ok' if check['ok'] else 'FAIL'}", flush=True)
+
+
+def bench_decode(out_rows: RowWriter, checks: RowWriter, meta: dict, rep_ms: float) -> None:
+    batch, heads, length, dim, topk = (meta[k] for k in ("batch", "heads", "seq_len", "head_dim", "topk"))
+    _, k, v = random_qkv(batch, heads, length, dim, torch.bfloat16, seed=7 + length)
+    q = torch.randn(batch, heads, 1, dim, device=DEVICE, dtype=torch.bfloat16)
+    k_vals, k_idx = pack_k_cache(k, topk)
+    del k
+    sfa_ms, peak = time_ms(lambda: sfa_decode(q, k_vals, k_idx, v, topk), rep_ms)
+    out = sfa_decode(q, k_vals, k_idx, v, topk)
+    kd = torch.zeros(batch, heads, length, dim, device=DEVICE, dtype=torch.bfloat16)
+    kd.scatter_(-1, k_idx.long(), k_vals)  # (B, H, L, D) dense codes of the cache
+    _, _, qd = topk_pack(q, topk)
+    flat = (batch * heads, 1, dim)
+    qf, kf, vf = qd.reshape(flat), kd.reshape(batch * heads, length, dim), v.reshape(batch * heads, length, dim)
+    rows = torch.zeros(1, dtype=torch.long, device=DEVICE)
+    ref, _ = sfa_check.rows_attention(qf[:8], kf[:8], vf[:8], rows, torch.float64)
+    plain, _ = sfa_check.rows_attention(qf[:8], kf[:8], vf[:8], rows, torch.bfloat16)
+    kernel_err = sfa_check.rel_err(out.reshape(flat)[:8], ref)
+    torch_err = sfa_check.rel_err(plain, ref)
+    sparse_bytes, dense_bytes = cache_bytes_per_token(dim, topk, torch.bfloat16)
+    for name in BACKENDS:
+        base_rand = time_ms(sdpa_call(name, q, kd.normal_(), v), rep_ms)[0]
+        kd.zero_().scatter_(-1, k_idx.long(), k_vals)
+        base_sparse = time_ms(sdpa_call(name, q, kd, v), rep_ms)[0]
+        base_ms = min(base_rand, base_sparse)
+        row = dict(meta, impl="sfa_triton", op="decode", ms=round(sfa_ms, 4), baseline=f"sdpa_{name}",
+                   baseline_ms=round(base_ms, 4), speedup=round(base_ms / sfa_ms, 4),
+                   max_rel_err=f"{kernel_err:.3e}", peak_mem_mb=round(peak, 1))
+        out_rows.write(row)
+        checks.write(dict(row, baseline_random_ms=round(base_rand, 4), baseline_sparse_ms=round(base_sparse, 4),
+                          torch_err=f"{torch_err:.3e}", passes=sfa_check.passes(kernel_err, torch_err, q.dtype),
+                          cache_bytes_per_token=sparse_bytes, dense_bytes_per_token=dense_bytes))
+        print(f"decode   L={length:>7d} d={dim:3d} k={topk:2d} B={batch} H={heads}: sfa {sfa_ms:8.3f} ms  {name} "
+              f"{base_ms:8.3f} ms  x{base_ms / sfa_ms:5.2f}  err {kernel_err:.2e} (torch {torch_err:.2e}) "
+              f"bytes/token {sparse_bytes} vs {dense_bytes}", flush=True)
+
+
+def explore(args) -> None:
+    """GPU correctness on small shapes, then the forward designs and configs at one long shape."""
+    from lra_sfa.kernels import flash_sfa_fwd as fwd
+    from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
+    from lra_sfa.kernels.flash_sfa_variants import ABLATION_MODES, run_variant
+
+    log = RowWriter(Path(args.out) / "sfa_explore.csv", ["section", "name", "ms", "note"])
+
+    def record(section: str, name: str, ms: float, note: str = "") -> None:
+        log.write(dict(section=section, name=name, ms=round(ms, 4), note=note))
+        print(f"{section:8s} {name:44s} {ms:9.4f} ms  {note}", flush=True)
+
+    for length, dim, topk, pad, dtype in EXPLORE_CHECKS:
+        q, k, v = random_qkv(2, 3, length, dim, dtype, seed=length)
+        mask = (torch.rand(2, length, device=DEVICE) > 0.3) if pad else None
+        if mask is not None:
+            mask[1] = False
+        res = sfa_check.full_check(q, k, v, topk, mask, flash_sfa)
+        errs = " ".join(f"{n}={res[n + '_err']:.1e}/{res[n + '_torch_err']:.1e}" for n in ("out", "dq", "dk", "dv"))
+        record("check", f"L={length} d={dim} k={topk} pad={pad} {dtype}", 0.0, f"{errs} ok={res['ok']}")
+    x = torch.randn(args.topk_rows, 128, device=DEVICE, dtype=torch.bfloat16)
+    for topk in args.topks:
+        record("topk", f"topk_pack {x.shape[0]}x128 k={topk}", time_ms(lambda: topk_pack(x, topk))[0])
+        record("topk", f"torch.topk+scatter {x.shape[0]}x128 k={topk}", time_ms(lambda: torch.zeros_like(x).scatter_(
+            -1, torch.topk(x.abs(), topk, dim=-1).indices, 1.0))[0])
+    del x
+    length, dim, topk = args.explore_length, 128, args.topks[0]
+    q, k, v = random_qkv(1, 16, length, dim, torch.bfloat16, seed=1)
+    flat = (16, length, dim)
+    packs = {}
+    for name, t in (("q", q), ("k", k)):
+        vals, idx, dense = topk_pack(t, topk)
+        packs.update({f"{name}_vals": vals.reshape(16, length, topk), f"{name}_idx": idx.reshape(16, length, topk),
+                      f"{name}_dense": dense.reshape(flat)})
+    vf, bias = v.reshape(flat), pad_bias(None, q.device)
+    ref, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False)
+    for bm, bn, warps, stages, ws in args.fwd_configs:
+        cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws))
+        try:
+            ms = time_ms(lambda: launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg))[0]
+            got, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg)
+            record("design_A", f"tma {bm}x{bn} w{warps} s{stages} ws{ws}", ms,
+                   f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e}")
+        except Exception as exc:  # a config the compiler rejects is reported, not fatal
+            record("design_A", f"tma {bm}x{bn} w{warps} s{stages} ws{ws}", float("nan"), repr(exc)[:160])
+    for name in ("gather", "packed_k", *ABLATION_MODES):
+        for bn, stages in ((64, 3), (128, 2)):
+            ms = time_ms(lambda: run_variant(name, packs, vf, 128, bn, 8, stages))[0]
+            got = run_variant(name, packs, vf, 128, bn, 8, stages)
+            record("variant", f"{name} 128x{bn} w8 s{stages}", ms,
+                   f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e}")
+    record("full", "flash_sfa fwd (top-k + autotuned kernel)", time_ms(sfa_call(q, k, v, topk))[0],
+           str(fwd.flash_sfa_fwd_tuned.best_config))
+    record("full", "topk_pack q and k", time_ms(lambda: (topk_pack(q, topk), topk_pack(k, topk)))[0])
+    grad = torch.randn_like(q)
+    leaves = tuple(leaf(t) for t in (q, k, v))
+    from lra_sfa.kernels import flash_sfa_bwd as bwd
+
+    record("full", "flash_sfa fwd+bwd", time_ms(sfa_call(*leaves, topk, grad))[0],
+           f"dkdv {bwd.dkdv_tuned.best_config} dq {bwd.dq_tuned.best_config}")
+    sparse = (packs["q_dense"].reshape(q.shape), packs["k_dense"].reshape(k.shape), v)
+    for name in BACKENDS:
+        for label, inputs in (("random", (q, k, v)), ("sparse", sparse)):
+            record("sdpa", f"{name} fwd {label}", time_ms(sdpa_call(name, *inputs))[0])
+            record("sdpa", f"{name} fwd+bwd {label}", time_ms(sdpa_call(name, *(leaf(t) for t in inputs), grad))[0])
+    del q, k, v, leaves, packs, sparse, grad
+    batch, heads = shape_for(args.decode_lengths[-2], args.decode_tokens)
+    _, kc, vc = random_qkv(batch, heads, args.decode_lengths[-2], dim, torch.bfloat16, seed=3)
+    qc = torch.randn(batch, heads, 1, dim, device=DEVICE, dtype=torch.bfloat16)
+    k_vals, k_idx = pack_k_cache(kc, topk)
+    for block_n, warps in ((64, 4), (128, 8), (32, 4), (128, 4)):
+        record("decode", f"sfa_decode L={kc.shape[2]} B*H={batch * heads} bn{block_n} w{warps}",
+               time_ms(lambda: sfa_decode(qc, k_vals, k_idx, vc, topk, block_n=block_n, num_warps=warps))[0])
+    for name in BACKENDS:
+        record("decode", f"{name} decode L={kc.shape[2]}", time_ms(sdpa_call(name, qc, kc, vc))[0])
+
+
+def run_sweep(args) -> None:
+    out_dir = Path(args.out)
+    rows = RowWriter(out_dir / "sfa_vs_sdpa.csv", COLUMNS)
+    checks = RowWriter(out_dir / "sfa_checks.csv", COLUMNS + ["baseline_random_ms", "baseline_sparse_ms",
+                                                             "torch_err", "passes", "cache_bytes_per_token",
+                                                             "dense_bytes_per_token"])
+    base = dict(dtype="bf16", device=torch.cuda.get_device_name(), date=args.date)
+    started, cache = time.time(), {}
+    for dim in args.dims:
+        for length in args.decode_lengths:
+            for topk in args.topks:
+                batch, heads = shape_for(length, args.decode_tokens)
+                bench_decode(rows, checks, dict(base, batch=batch, heads=heads, seq_len=length, head_dim=dim,
+                                                topk=topk), args.rep_ms)
+    jobs = [(dim, topk, length, op) for dim in args.dims for topk in args.topks for length in args.lengths
+            for op in ("fwd", "fwd_bwd")]
+    jobs += [(dim, args.topks[0], length, "fwd") for dim in args.dims for length in args.fwd_extra_lengths]
+    for dim, topk, length, op in jobs:
+        if time.time() - started > args.budget_s:
+            print(f"budget of {args.budget_s} s spent: skipping {op} L={length} d={dim} k={topk}", flush=True)
+            continue
+        batch, heads = shape_for(length, args.tokens)
+        meta = dict(base, batch=batch, heads=heads, seq_len=length, head_dim=dim, topk=topk)
+        bench_prefill(rows, checks, meta, op, cache, args.rep_ms)
+    plot(out_dir / "sfa_vs_sdpa.csv", out_dir / "sfa_vs_sdpa.png")
+
+
+def plot(csv_path: Path, png_path: Path) -> None:
+    """Speedup over each SDPA backend against L, one panel per op."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    frame = pd.read_csv(csv_path)
+    ops = [op for op in ("fwd", "fwd_bwd", "decode") if op in set(frame["op"])]
+    fig, axes = plt.subplots(1, len(ops), figsize=(5.5 * len(ops), 4.2), squeeze=False)
+    for ax, op in zip(axes[0], ops):
+        part = frame[frame["op"] == op]
+        for (dim, topk, baseline), group in part.groupby(["head_dim", "topk", "baseline"]):
+            group = group.sort_values("seq_len")
+            style = "-" if baseline.endswith("cudnn") else "--"
+            ax.plot(group["seq_len"], group["speedup"], style, marker="o", ms=3,
+                    label=f"d={dim} k={topk} vs {baseline.removeprefix('sdpa_')}")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length L")
+        ax.set_ylabel("speedup (SDPA ms / SFA ms)")
+        ax.set_title(f"SFA Triton {op}, bf16, {frame['device'].iloc[0]}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("sweep", "explore", "plot"), default="sweep")
+    parser.add_argument("--out", default="results/kernels")
+    parser.add_argument("--date", default=datetime.date.today().isoformat())
+    parser.add_argument("--dims", type=int, nargs="+", default=[128, 64])
+    parser.add_argument("--topks", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2**i for i in range(10, 18)])
+    parser.add_argument("--fwd-extra-lengths", type=int, nargs="+", default=[2**18, 2**19])
+    parser.add_argument("--decode-lengths", type=int, nargs="+", default=[2**13, 2**15, 2**17, 2**19])
+    parser.add_argument("--tokens", type=int, default=2**19, help="batch*heads*L per prefill shape")
+    parser.add_argument("--decode-tokens", type=int, default=2**24, help="batch*heads*L per decode shape")
+    parser.add_argument("--rep-ms", type=float, default=300.0)
+    parser.add_argument("--budget-s", type=float, default=420.0)
+    parser.add_argument("--explore-length", type=int, default=16384)
+    parser.add_argument("--topk-rows", type=int, default=2**20)
+    parser.add_argument("--fwd-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
+                        default=[(128, 128, 8, 2, 0), (128, 128, 8, 3, 0), (128, 64, 8, 3, 0), (128, 64, 8, 4, 0),
+                                 (128, 64, 4, 3, 0), (64, 64, 4, 3, 0), (128, 128, 8, 2, 1), (128, 64, 8, 3, 1),
+                                 (128, 128, 4, 2, 1)],
+                        help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize tuples for --mode explore")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.mode == "plot":
+        plot(Path(args.out) / "sfa_vs_sdpa.csv", Path(args.out) / "sfa_vs_sdpa.png")
+        return
+    if not torch.cuda.is_available():
+        raise SystemExit("lra_sfa.bench.kernels needs a CUDA device (the SDPA baselines and timings are GPU-only)")
+    if args.mode == "explore":
+        explore(args)
+        return
+    run_sweep(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""SFA decode: a few query steps against a sparse-K cache (k values + int8 ids, V dense).
+
+What it computes
+    out[t] = softmax(q~_t K~^T / sqrt(D) + pad_bias) V for each of the T new
+    query rows, where the cache keeps K as (values (B, H, L, k), indices
+    (B, H, L, k) int8/int16) and V dense (B, H, L, D). The score of key n is
+    sum_j kv[n, j] * q~[ki[n, j]]: k gathered products from the query's
+    zero-filled code, exact (no shared feature -> 0). Flash-decoding layout:
+    ``_split_kernel`` gives each (split of the keys, query row) program a
+    contiguous key range and keeps an fp32 (BLOCK_N, D) accumulator (no
+    cross-thread reduction inside the loop), writing a partial (max, sum,
+    acc); ``_combine_kernel`` merges the splits. Scores and softmax in fp32.
+
+Bytes per token and head (read once per decode step)
+    sparse: k * (value bytes + index bytes) + D * value bytes
+    dense:  2 * D * value bytes
+    d = 128, k = 8, bf16: 280 B against 512 B (45% fewer); k = 16: 304 B.
+
+Limits
+    head_dim 16..128 (gather of any D up to 256 works, the launcher allows
+    16..256), topk 1..D, T >= 1 query rows per (batch, head), any L >= 1;
+    fp16 / bf16 / fp32.
+
+Block sizes
+    BLOCK_N 64 keys x D=128 with 4 warps keeps the accumulator at 64 fp32
+    registers per thread; the number of splits makes about 4 programs per SM.
+    Measured numbers: results/kernels/NOTES.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from lra_sfa.kernels.flash_sfa_fwd import LOG2E, NEG_BIG, interpreting
+from lra_sfa.kernels.topk_pack import index_dtype, topk_pack
+
+
+@triton.jit
+def _split_kernel(
+    Qd, Kv, Ki, V, Bias, Mpart, Lpart, Apart,
+    L, H, T, chunk, n_splits, qk_scale,
+    HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, TOPK_POW2: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
+    split = tl.program_id(0)
+    row = tl.program_id(1)
+    bh = (row // T).to(tl.int64)
+    start = split * chunk
+    end = tl.minimum(start + chunk, L)
+    cols = tl.arange(0, HEAD_DIM)
+    slots = tl.arange(0, TOPK_POW2)
+    q_row = Qd + row.to(tl.int64) * HEAD_DIM
+    m_i = tl.full([], NEG_BIG, tl.float32)
+    l_vec = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    for n0 in tl.range(start, end, BLOCK_N):
+        offs = n0 + tl.arange(0, BLOCK_N)
+        ok = offs < end
+        key_rows = bh * L + offs
+        slot_ok = ok[:, None] & (slots[None, :] < TOPK)
+        kv = tl.load(Kv + key_rows[:, None] * TOPK + slots[None, :], mask=slot_ok, other=0.0).to(tl.float32)
+        ki = tl.load(Ki + key_rows[:, None] * TOPK + slots[None, :], mask=slot_ok, other=0).to(tl.int32)
+        qg = tl.load(q_row + ki).to(tl.float32)
+        s = tl.sum(kv * qg, axis=1) * qk_scale
+        if HAS_BIAS:
+            s += tl.load(Bias + (bh // H) * L + offs, mask=ok, other=float("-inf"))
+        s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new)
+        v = tl.load(V + key_rows[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        l_vec = l_vec * alpha + p
+        acc = acc * alpha + p[:, None] * v
+        m_i = m_new
+    part = row.to(tl.int64) * n_splits + split
+    tl.store(Mpart + part, m_i)
+    tl.store(Lpart + part, tl.sum(l_vec, axis=0))
+    tl.store(Apart + part * HEAD_DIM + cols, tl.sum(acc, axis=0))
+
+
+@triton.jit
+def _combine_kernel(Mpart, Lpart, Apart, Out, n_splits, HEAD_DIM: tl.constexpr, SPLITS_POW2: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    splits = tl.arange(0, SPLITS_POW2)
+    cols = tl.arange(0, HEAD_DIM)
+    ok = splits < n_splits
+    m = tl.load(Mpart + row * n_splits + splits, mask=ok, other=float("-inf"))
+    lp = tl.load(Lpart + row * n_splits + splits, mask=ok, other=0.0)
+    a = tl.load(Apart + (row * n_splits + splits)[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0)
+    w = tl.math.exp2(m - tl.max(m, axis=0))
+    total = tl.sum(w * lp, axis=0)
+    out = tl.sum(w[:, None] * a, axis=0) / tl.where(total > 0.0, total, 1.0)
+    tl.store(Out + row * HEAD_DIM + cols, out.to(Out.dtype.element_ty))
+
+
+def pack_k_cache(k: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k (B, H, L, D) -> sparse cache (values (B, H, L, topk), indices (B, H, L, topk) int8/int16)."""
+    values, indices, _ = topk_pack(k, topk, write_dense=False)
+    return values, indices
+
+
+def cache_bytes_per_token(head_dim: int, topk: int, dtype: torch.dtype) -> tuple[int, int]:
+    """(sparse-K + dense-V bytes, dense K + V bytes) per token and head."""
+    item = torch.empty(0, dtype=dtype).element_size()
+    index_bytes = torch.empty(0, dtype=index_dtype(head_dim)).element_size()
+    return topk * (item + index_bytes) + head_dim * item, 2 * head_dim * item
+
+
+def _check_decode(q, k_vals, k_idx, v, topk_q: int, key_padding_mask) -> None:
+    if q.dim() != 4 or k_vals.dim() != 4 or k_idx.shape != k_vals.shape or v.dim() != 4:
+        raise ValueError(f"sfa_decode: expected q (B,H,T,D), k_vals/k_idx (B,H,L,k), v (B,H,L,D); got "
+                         f"{tuple(q.shape)}, {tuple(k_vals.shape)}, {tuple(k_idx.shape)}, {tuple(v.shape)}")
+    batch, heads, _, head_dim = q.shape
+    if v.shape[:2] != (batch, heads) or v.shape[3] != head_dim or k_vals.shape[:3] != v.shape[:3]:
+        raise ValueError(f"sfa_decode: cache shapes {tuple(k_vals.shape)}, {tuple(v.shape)} do not match q "
+                         f"{tuple(q.shape)}")
+    if head_dim not in (16, 32, 64, 128, 256):
+        raise ValueError(f"sfa_decode: head_dim={head_dim} is not one of (16, 32, 64, 128, 256)")
+    if not (q.dtype == k_vals.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"sfa_decode: q, k_vals, v must share one of fp16/bf16/fp32; got {q.dtype}, "
+                         f"{k_vals.dtype}, {v.dtype}")
+    if k_idx.dtype not in (torch.int8, torch.int16, torch.int32):
+        raise ValueError(f"sfa_decode: k_idx.dtype={k_idx.dtype} must be int8, int16 or int32")
+    if not 1 <= topk_q <= head_dim:
+        raise ValueError(f"sfa_decode: topk_q={topk_q} must be in 1..head_dim={head_dim}")
+    if q.device.type != "cuda" and not interpreting():
+        raise ValueError(f"sfa_decode: tensors are on {q.device}; needs CUDA or TRITON_INTERPRET=1")
+    if key_padding_mask is not None and (key_padding_mask.dtype != torch.bool
+                                         or tuple(key_padding_mask.shape) != (batch, v.shape[2])):
+        raise ValueError(f"sfa_decode: key_padding_mask must be bool (B, L)={(batch, v.shape[2])}; got "
+                         f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+
+
+def _num_splits(rows: int, length: int, block_n: int, device: torch.device) -> int:
+    sms = 8 if device.type != "cuda" else torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(triton.cdiv(4 * sms, rows), triton.cdiv(length, block_n)))
+
+
+def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: torch.Tensor, topk_q: int,
+               key_padding_mask: torch.Tensor | None = None, block_n: int = 64, num_warps: int = 4,
+               num_splits: int | None = None) -> torch.Tensor:
+    """SFA for T new query rows q (B, H, T, D) against a sparse-K cache; returns (B, H, T, D)."""
+    _check_decode(q, k_vals, k_idx, v, topk_q, key_padding_mask)
+    batch, heads, steps, head_dim = q.shape
+    length, topk = v.shape[2], k_vals.shape[3]
+    _, _, qd = topk_pack(q, topk_q)
+    rows = batch * heads * steps
+    splits = num_splits or _num_splits(rows, length, block_n, q.device)
+    chunk = triton.cdiv(triton.cdiv(length, splits), block_n) * block_n
+    splits = triton.cdiv(length, chunk)
+    m_part = torch.empty(rows, splits, dtype=torch.float32, device=q.device)
+    l_part = torch.empty_like(m_part)
+    a_part = torch.empty(rows, splits, head_dim, dtype=torch.float32, device=q.device)
+    bias = torch.zeros(1, dtype=torch.float32, device=q.device)
+    if key_padding_mask is not None:
+        bias = torch.zeros(key_padding_mask.shape, dtype=torch.float32, device=q.device)
+        bias.masked_fill_(~key_padding_mask, float("-inf"))
+    _split_kernel[(splits, rows)](
+        qd.contiguous(), k_vals.contiguous(), k_idx.contiguous(), v.contiguous(), bias, m_part, l_part, a_part,
+        length, heads, steps, chunk, splits, LOG2E / math.sqrt(head_dim),
+        HEAD_DIM=head_dim, TOPK=topk, TOPK_POW2=triton.next_power_of_2(topk), BLOCK_N=block_n,
+        HAS_BIAS=key_padding_mask is not None, num_warps=num_warps, num_stages=3,
+    )
+    out = torch.empty(batch, heads, steps, head_dim, dtype=q.dtype, device=q.device)
+    _combine_kernel[(rows,)](m_part, l_part, a_part, out, splits, HEAD_DIM=head_dim,
+                             SPLITS_POW2=triton.next_power_of_2(splits), num_warps=4)
+    return out

@@ -79,7 +79,7 @@ def synchronize() -> None:
 
 def empty_cache() -> None:
     if DEVICE == "cuda":
-        empty_cache()
+        torch.cuda.empty_cache()
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -272,6 +272,33 @@ def sweep(args, dtype: torch.dtype, checks: dict, writer, deadline: float) -> No
         empty_cache()
 
 
+def probe(name: str, length: int, args, dtype: torch.dtype) -> None:
+    """Print where one forward of ``name`` spends its time: host wall clock vs CUDA kernels (profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    B, H = shape_for(length, args.tokens)
+    q, k, v, g = (torch.randn(B, H, length, args.head_dim, device=DEVICE, dtype=dtype) for _ in range(4))
+    for x in (q, k, v):
+        x.requires_grad_(True)
+    backend = load_backend(name, H, args.head_dim, length).to(DEVICE)
+    ops = make_ops(backend, q, k, v, g)
+    for op in ("fwd", "fwd_bwd"):
+        ops[op]()
+        synchronize()
+        start = time.perf_counter()
+        for _ in range(5):
+            ops[op]()
+        synchronize()
+        host_ms = 1e3 * (time.perf_counter() - start) / 5
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            ops[op]()
+            synchronize()
+        print(f"probe {name} L={length} B={B} H={H} {op}: wall {host_ms:.3f} ms/call, path {backend.last_path}")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=60))
+    print("dynamo counters:", {key: dict(value) for key, value in torch._dynamo.utils.counters.items()
+                               if key in ("stats", "recompiles", "graph_break")})
+
+
 class RowWriter:
     """Appends dict rows to a CSV (flushed per row) and keeps them for the summary."""
 
@@ -319,6 +346,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=240.0, help="stop timing new rows after this")
     parser.add_argument("--date", default=datetime.date.today().isoformat())
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: checks the script's logic only")
+    parser.add_argument("--probe", nargs="*", default=[], metavar="NAME",
+                        help="profile one forward of these backends at the first length before the checks")
     return parser.parse_args(argv)
 
 
@@ -335,6 +364,8 @@ def main(argv=None) -> None:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     deadline = time.time() + args.budget_s
     out = Path(args.out)
+    for name in args.probe:
+        probe(name, args.lengths[0], args, dtype)
     check_writer = RowWriter(out / "baselines_checks.csv", CHECK_COLUMNS)
     checks = {}
     for name in args.names:

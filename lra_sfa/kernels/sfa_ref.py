@@ -61,10 +61,12 @@ def sfa_dense_reference(
     topk_k = topk_q if topk_k is None else topk_k
     qs, ks = sparsify(q, topk_q), sparsify(k, topk_k)
     scores = qs @ ks.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, Lq, Lk)
-    bias = _pad_bias(key_padding_mask, scores.dtype)
-    if bias is not None:
-        scores = scores + bias
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # all-padding rows -> 0
+    if key_padding_mask is None:
+        return torch.softmax(scores, dim=-1) @ v
+    has_key = key_padding_mask.any(-1)  # (B,); rows without any real key give 0 and no gradient
+    attend = key_padding_mask | ~has_key[:, None]  # (B, Lk)
+    scores = scores.masked_fill(~attend[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1) * has_key[:, None, None, None].to(scores.dtype)
     return probs @ v
 
 
@@ -74,24 +76,31 @@ def _chunk_size(batch_heads: int, length: int, budget: int = 1 << 22) -> int:
 
 
 class _ChunkedSoftmaxAttention(torch.autograd.Function):
-    """softmax(q k^T * scale + bias) v, chunked over queries, recomputing in backward."""
+    """softmax(q k^T * scale + bias) v, chunked over queries, recomputing in backward.
+
+    Scores are computed in the inputs' dtype with fp32 softmax statistics; the
+    in-place updates keep each chunk to a few passes over its (c, L) scores.
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, bias, scale):  # q, k, v: (B, H, L, D); bias: (B, 1, 1, L) or None
         B, H, L, _ = q.shape
         step = _chunk_size(B * H, k.shape[2])
-        out = torch.empty_like(v[:, :, :L])
-        lse = torch.empty(B, H, L, dtype=torch.float32, device=q.device)
+        q_scaled, k_t = q * scale, k.transpose(-1, -2)  # (B, H, L, D), (B, H, D, L)
+        out = torch.empty_like(v)
+        acc = torch.promote_types(q.dtype, torch.float32)  # fp32 statistics (fp64 for fp64 inputs)
+        lse = torch.empty(B, H, L, dtype=acc, device=q.device)
         for start in range(0, L, step):
             rows = slice(start, start + step)
-            s = (q[:, :, rows] @ k.transpose(-1, -2)).float() * scale  # (B, H, c, Lk)
+            s = (q_scaled[:, :, rows] @ k_t).to(acc)  # (B, H, c, Lk)
             if bias is not None:
-                s = s + bias
-            row_lse = torch.logsumexp(s, dim=-1)  # (B, H, c)
-            safe = torch.where(torch.isinf(row_lse), torch.zeros_like(row_lse), row_lse)
-            p = torch.exp(s - safe[..., None])
-            out[:, :, rows] = (p.to(v.dtype) @ v).to(out.dtype)
-            lse[:, :, rows] = safe
+                s.add_(bias)
+            row_max = s.amax(-1, keepdim=True).nan_to_num_(0.0, neginf=0.0)  # (B, H, c, 1)
+            p = s.sub_(row_max).exp_()  # unnormalised probabilities, in place
+            row_sum = p.sum(-1, keepdim=True)  # (B, H, c, 1); 0 where every key is padding
+            out[:, :, rows] = ((p.to(v.dtype) @ v) / row_sum.clamp_min(1e-30)).to(out.dtype)
+            lse[:, :, rows] = (row_max + row_sum.log()).squeeze(-1).nan_to_num_(posinf=float("inf"))
+        lse.masked_fill_(lse == float("-inf"), float("inf"))  # empty rows: exp(s - lse) = 0 in backward
         ctx.save_for_backward(q, k, v, bias if bias is not None else torch.empty(0), out, lse)
         ctx.scale, ctx.has_bias = scale, bias is not None
         return out
@@ -99,26 +108,29 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, bias, out, lse = ctx.saved_tensors
+        acc = lse.dtype
+        grad_out = grad_out.contiguous().to(acc)  # may arrive expanded (stride 0) or transposed: slow matmuls
         bias = bias if ctx.has_bias else None
         scale = ctx.scale
         L = q.shape[2]
         step = _chunk_size(q.shape[0] * q.shape[1], k.shape[2])
+        qf, kf, vf = q.to(acc) * scale, k.to(acc), v.to(acc)
+        k_t, v_t = kf.transpose(-1, -2), vf.transpose(-1, -2)  # (B, H, D, L)
         dq = torch.empty_like(q)
-        dk = torch.zeros_like(k, dtype=torch.float32)
-        dv = torch.zeros_like(v, dtype=torch.float32)
-        delta = (grad_out.float() * out.float()).sum(-1)  # (B, H, L)
+        dk = torch.zeros_like(kf)
+        dv = torch.zeros_like(vf)
+        delta = (grad_out * out.to(acc)).sum(-1, keepdim=True)  # (B, H, L, 1)
         for start in range(0, L, step):
             rows = slice(start, start + step)
-            s = (q[:, :, rows] @ k.transpose(-1, -2)).float() * scale  # (B, H, c, Lk)
+            s = qf[:, :, rows] @ k_t  # (B, H, c, Lk)
             if bias is not None:
-                s = s + bias
-            p = torch.exp(s - lse[:, :, rows, None])  # (B, H, c, Lk)
-            g = grad_out[:, :, rows].float()  # (B, H, c, Dv)
+                s.add_(bias)
+            p = s.sub_(lse[:, :, rows, None]).exp_()  # (B, H, c, Lk)
+            g = grad_out[:, :, rows]  # (B, H, c, Dv)
             dv += p.transpose(-1, -2) @ g
-            dp = g @ v.float().transpose(-1, -2)  # (B, H, c, Lk)
-            ds = p * (dp - delta[:, :, rows, None]) * scale
-            dq[:, :, rows] = (ds @ k.float()).to(dq.dtype)
-            dk += ds.transpose(-1, -2) @ q[:, :, rows].float()
+            ds = (g @ v_t).sub_(delta[:, :, rows]).mul_(p)  # dS / scale, (B, H, c, Lk)
+            dq[:, :, rows] = ((ds @ kf) * scale).to(dq.dtype)
+            dk += ds.transpose(-1, -2) @ qf[:, :, rows]  # qf already carries the scale
         return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
 
 
@@ -133,5 +145,5 @@ def sfa_chunked(
     """SFA with memory linear in L (query chunks; backward recomputes)."""
     topk_k = topk_q if topk_k is None else topk_k
     qs, ks = sparsify(q, topk_q), sparsify(k, topk_k)
-    bias = _pad_bias(key_padding_mask, torch.float32)
+    bias = _pad_bias(key_padding_mask, torch.promote_types(q.dtype, torch.float32))
     return _ChunkedSoftmaxAttention.apply(qs, ks, v, bias, 1.0 / math.sqrt(q.shape[-1]))

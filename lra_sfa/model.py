@@ -1,0 +1,146 @@
+"""The LRA encoder: embeddings, pre-LayerNorm blocks with a pluggable attention, pooling, classifier head.
+
+Follows the LRA release's classifier (lra_benchmarks/models/transformer):
+token embeddings N(0, 1), sinusoidal or learned positions, pre-LN blocks
+(bias-free q/k/v projections, GELU MLP), a final LayerNorm, pooling (a
+zero-initialised CLS vector prepended, the mean over real tokens, or the
+last real token), and a head Dense(mlp_dim) -> ReLU -> Dense(classes).
+For a dual task (retrieval) both documents go through the same encoder and
+the head takes [x1, x2, x1 * x2, x1 - x2].
+
+The attention backend is built per layer from ``attn_cfg`` (a conf/attn YAML).
+Attention dropout is applied to the attention output (backends do not expose
+their probabilities), which differs from LRA's dropout on the weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lra_sfa.attention import AttentionBackend, build_attention
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """(length, dim) fixed sin/cos position table."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]  # (L, 1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))  # (dim/2,)
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: dim // 2])
+    return table
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention around one AttentionBackend."""
+
+    def __init__(self, d_model: int, num_heads: int, attention: AttentionBackend, dropout: float) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"model: d_model={d_model} must be divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.proj = nn.Linear(d_model, d_model)
+        self.attention = attention
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        B, L, C = x.shape
+        qkv = self.qkv(x).view(B, L, 3, self.num_heads, C // self.num_heads)  # (B, L, 3, H, Dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
+        out = self.attention(q, k, v, key_padding_mask)  # (B, H, L, Dh)
+        out = out.transpose(1, 2).reshape(B, L, C)  # (B, L, C)
+        return self.proj(self.dropout(out))
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, num_heads: int, mlp_dim: int, attention: AttentionBackend,
+                 dropout: float, attn_dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attn = SelfAttention(d_model, num_heads, attention, attn_dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, d_model)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), key_padding_mask))
+        return x + self.dropout(self.mlp(self.norm2(x)))
+
+
+class LRAClassifier(nn.Module):
+    """Encoder + pooling + classifier for LRA tasks; ``forward(tokens) -> logits``.
+
+    tokens: (B, L) long, pad id 0 (or (B, 2, L) when ``dual``).
+    """
+
+    def __init__(self, vocab_size: int, num_classes: int, seq_len: int, attn_cfg, d_model: int = 64,
+                 num_heads: int = 4, num_layers: int = 2, mlp_dim: int = 128, pooling: str = "cls",
+                 dropout: float = 0.1, attn_dropout: float = 0.1, pos: str = "sin", dual: bool = False,
+                 has_padding: bool = True) -> None:
+        super().__init__()
+        if pooling not in ("cls", "mean", "last"):
+            raise ValueError(f"model: pooling={pooling!r} must be one of cls, mean, last")
+        if pos not in ("sin", "learned"):
+            raise ValueError(f"model: pos={pos!r} must be 'sin' or 'learned'")
+        self.pooling, self.dual, self.has_padding = pooling, dual, has_padding
+        total_len = seq_len + (pooling == "cls")
+        self.embed = nn.Embedding(vocab_size, d_model)
+        nn.init.normal_(self.embed.weight, std=1.0)
+        if pos == "sin":
+            self.register_buffer("pos", sinusoidal_positions(total_len, d_model), persistent=False)
+        else:
+            self.pos = nn.Parameter(torch.randn(total_len, d_model) * 0.02)
+        self.cls = nn.Parameter(torch.zeros(1, 1, d_model)) if pooling == "cls" else None
+        head_dim = d_model // num_heads
+        self.blocks = nn.ModuleList(
+            Block(d_model, num_heads, mlp_dim,
+                  build_attention(attn_cfg, num_heads=num_heads, head_dim=head_dim, max_seq_len=total_len),
+                  dropout, attn_dropout)
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        head_in = 4 * d_model if dual else d_model
+        self.head = nn.Sequential(nn.Linear(head_in, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, num_classes))
+
+    def attention_modules(self) -> list[AttentionBackend]:
+        return [block.attn.attention for block in self.blocks]
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) tokens -> (B, d_model) pooled representation."""
+        B, L = tokens.shape
+        mask = tokens != 0 if self.has_padding else torch.ones_like(tokens, dtype=torch.bool)  # (B, L)
+        x = self.embed(tokens)  # (B, L, C)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(B, -1, -1), x], dim=1)  # (B, 1 + L, C)
+            mask = torch.cat([mask.new_ones(B, 1), mask], dim=1)  # (B, 1 + L)
+        x = self.dropout(x + self.pos[: x.shape[1]])
+        key_padding_mask = mask if self.has_padding else None  # no host sync to check for padding
+        for block in self.blocks:
+            x = block(x, key_padding_mask)
+        x = self.norm(x)
+        if self.pooling == "cls":
+            return x[:, 0]
+        if self.pooling == "mean":
+            weights = mask.to(x.dtype)[..., None]  # (B, L, 1)
+            return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        last = mask.long().cumsum(1).argmax(1)  # index of the last real token, (B,)
+        return x[torch.arange(B, device=x.device), last]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.dual:
+            x1, x2 = self.encode(tokens[:, 0]), self.encode(tokens[:, 1])  # each (B, C)
+            features = torch.cat([x1, x2, x1 * x2, x1 - x2], dim=-1)  # (B, 4C)
+        else:
+            features = self.encode(tokens)
+        return self.head(features)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), labels)

@@ -1,0 +1,104 @@
+"""Building a run's record from its config and results, and the task from its config."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lra_sfa import distributed as dist
+from lra_sfa.records import config_hash, git_commit, now_iso, store_record, write_json_atomic
+from lra_sfa.tasks.base import Task
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated CUDA memory since the last reset, or this process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def build_task(task_cfg: DictConfig) -> Task:
+    """Instantiate ``conf/task/<name>.yaml``; a bad value gets a clear error naming the key."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        task = instantiate(task_cfg)
+    except InstantiationException as exc:
+        raise ValueError(f"task config ({task_cfg.get('_target_')}): {exc}") from None
+    if not isinstance(task, Task):
+        raise ValueError(f"task config: _target_ {task_cfg.get('_target_')} did not build an lra_sfa Task")
+    return task
+
+
+class RunRecord:
+    """Accumulates one flat record; ``finish`` writes it (rank 0 only) and returns it."""
+
+    def __init__(self, cfg: DictConfig, device: torch.device, dtype: torch.dtype, world_size: int) -> None:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        attn = dict(resolved["attn"])
+        self.results_dir = cfg.results_dir
+        self.data = {
+            "kind": "run",
+            "task": str(resolved["task"]["_target_"]).rsplit(".", 1)[-1].lower(),
+            "attn": attn.pop("name", None) or str(attn["_target_"]).rsplit(".", 1)[-1],
+            "attn_target": attn.pop("_target_"),
+            "attn_args": attn,
+            "seq_len": int(cfg.task.seq_len),
+            "model": resolved["model"],
+            "trainer": resolved["trainer"],
+            "protocol": cfg.get("protocol", "custom"),
+            "dtype": str(dtype).replace("torch.", ""),
+            "device": device_name(device),
+            "world_size": world_size,
+            "seed": int(cfg.seed),
+            "batch_size": int(cfg.trainer.batch_size),
+            "max_steps": int(cfg.trainer.max_steps),
+            "status": "error",
+            "reason": None,
+            "val_accuracy": None,
+            "test_accuracy": None,
+            "train_seconds": None,
+            "steps_per_second": None,
+            "tokens_per_second": None,
+            "peak_memory_mb": None,
+            "steps": 0,
+            "git_commit": git_commit(),
+            "config_hash": config_hash(resolved),
+            "date": now_iso(),
+            "torch_version": torch.__version__,
+        }
+        self.device = device
+
+    def update(self, **fields) -> None:
+        self.data.update(fields)
+
+    def set_timing(self, seconds: float, steps: int, batch_size: int, seq_len: int) -> None:
+        """Training throughput over the timed steps (tokens include padding)."""
+        self.data["train_seconds"] = round(seconds, 4)
+        self.data["timed_steps"] = steps
+        if seconds > 0 and steps > 0:
+            self.data["steps_per_second"] = steps / seconds
+            self.data["tokens_per_second"] = steps * batch_size * seq_len / seconds
+
+    def finish(self, status: str, reason: str | None, run_dir: Path, env: dist.DistEnv) -> dict:
+        self.data["status"], self.data["reason"] = status, reason
+        if self.data["peak_memory_mb"] is None:
+            self.data["peak_memory_mb"] = peak_memory_mb(self.device)
+        if env.is_main:
+            write_json_atomic(Path(run_dir) / "record.json", self.data)
+            if self.results_dir:
+                store_record(self.data, self.results_dir)
+        return self.data

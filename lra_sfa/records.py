@@ -1,0 +1,111 @@
+"""Run records: one flat JSON per run, written atomically, never edited.
+
+A record lands in the run directory (``record.json``) and is copied into a
+results store (a folder of ``<date>_<task>_<attn>_<id>.json`` files). Writes go
+to a temporary file in the same folder, are fsynced and renamed into place,
+so a reader never sees a partial record, and concurrent writers (parallel
+sweep jobs) never collide: each record has its own unique file name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+REQUIRED_FIELDS = (
+    "task", "attn", "attn_args", "seq_len", "model", "dtype", "device", "status", "val_accuracy",
+    "test_accuracy", "train_seconds", "steps_per_second", "tokens_per_second", "peak_memory_mb", "steps",
+    "git_commit", "config_hash", "date",
+)
+STATUSES = ("ok", "oom", "diverged", "unsupported", "error")
+
+
+def git_commit() -> str:
+    """The current commit of the source tree (with '+dirty' when modified), or 'unknown'."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def config_hash(config: dict) -> str:
+    """A stable hash of a resolved config (independent of key order)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write JSON to ``path`` through a temp file + fsync + rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OSError(f"cannot write {path}: the folder {path.parent} is not writable ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def store_record(record: dict, store_dir: str | Path) -> Path:
+    """Copy a record into the results store under a unique name."""
+    date = str(record.get("date", now_iso()))[:10]
+    name = f"{date}_{record.get('task', 'task')}_{record.get('attn', 'attn')}_{uuid.uuid4().hex[:8]}.json"
+    return write_json_atomic(Path(store_dir) / name, record)
+
+
+def validate_record(record: Any) -> list[str]:
+    """Problems that make a record unusable for tables; empty when valid."""
+    if not isinstance(record, dict):
+        return [f"not a JSON object ({type(record).__name__})"]
+    problems = [f"missing field '{key}'" for key in REQUIRED_FIELDS if key not in record]
+    if record.get("status") not in STATUSES:
+        problems.append(f"status {record.get('status')!r} not in {STATUSES}")
+    return problems
+
+
+def load_records(folder: str | Path, kind: str = "run") -> tuple[list[dict], list[tuple[Path, str]]]:
+    """Valid records of ``kind`` under ``folder`` (recursively), and the invalid files with reasons.
+
+    Records carry ``kind`` ("run" for training runs, "bench" for benchmark
+    cells); other kinds are skipped silently, unreadable or incomplete files
+    are returned as invalid.
+    """
+    valid, invalid = [], []
+    for path in sorted(Path(folder).rglob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            invalid.append((path, f"unreadable JSON: {exc}"))
+            continue
+        if isinstance(record, dict) and record.get("kind", "run") != kind:
+            continue
+        problems = validate_record(record) if kind == "run" else []
+        if problems:
+            invalid.append((path, "; ".join(problems)))
+        else:
+            valid.append(record)
+    return valid, invalid

@@ -1,0 +1,45 @@
+"""SFA attention backends (the subject of the project, not baselines).
+
+``SFAAttention`` wraps ``lra_sfa.sfa_attention``: each query and key keeps its
+``topk`` largest-magnitude features and attention is exact on those codes.
+"""
+
+from __future__ import annotations
+
+from lra_sfa.attention import AttentionBackend
+from lra_sfa.kernels import IMPLS, resolve_impl, sfa_attention
+
+
+class SFAAttention(AttentionBackend):
+    """Sparse Feature Attention, paper form (top-k of each d-dim q and k).
+
+    topk: features kept per query (and per key unless ``topk_k`` is given).
+    impl: "auto" (Triton on CUDA, reference on CPU), "triton" or "reference".
+    """
+
+    def __init__(self, topk: int = 8, topk_k: int | None = None, impl: str = "auto", head_dim: int | None = None):
+        super().__init__()
+        if impl not in IMPLS:
+            raise ValueError(f"attn sfa: impl={impl!r} must be one of {IMPLS}")
+        for key, value in (("topk", topk), ("topk_k", topk_k)):
+            if value is None:
+                continue
+            if not isinstance(value, int) or value < 1 or (head_dim is not None and value > head_dim):
+                raise ValueError(
+                    f"attn sfa: {key}={value!r} must be an int in 1..head_dim={head_dim} "
+                    f"(the model's d_model / num_heads)"
+                )
+        self.topk, self.topk_k, self.impl = topk, topk_k, impl
+
+    def unsupported_reasons(self, q, k, v, key_padding_mask=None):
+        reasons = super().unsupported_reasons(q, k, v, key_padding_mask)
+        if max(self.topk, self.topk_k or 0) > q.shape[-1]:
+            reasons.append(f"SFAAttention: topk={self.topk} exceeds head_dim {q.shape[-1]}")
+        return reasons
+
+    def forward(self, q, k, v, key_padding_mask=None):
+        self.last_path = resolve_impl(self.impl, q.device)
+        return sfa_attention(q, k, v, self.topk, self.topk_k, key_padding_mask, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return f"topk={self.topk}, topk_k={self.topk_k}, impl={self.impl}"

@@ -1,0 +1,51 @@
+# lra-sfa: the two commands are `make run` and `make test`; each sets itself up.
+# On a machine without a local CPU build of torch, point pip at PyTorch's CPU
+# wheel index first, e.g.  make test PIP_TORCH_ARGS="--index-url <PyTorch CPU index>"
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+PIP_TORCH_ARGS ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: help install run test test-all lint tables bench bench-kernels pathfinder-samples clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install lra-sfa with its dev extras (CPU torch)
+
+run: $(STAMP) ## the main job: full vs SFA on a reduced ListOps (2-core CPU, < 10 min), then the comparison table
+	$(PY) -m lra_sfa.demo
+
+test: $(STAMP) ## the CPU test suite (Triton kernels under TRITON_INTERPRET=1), slow tests excluded
+	$(PY) -m pytest -q -m "not slow" -n 2 tests
+
+test-all: $(STAMP) ## every test, slow ones included
+	$(PY) -m pytest -q -n 2 tests
+
+lint: $(STAMP) ## ruff
+	$(PY) -m ruff check lra_sfa tasks baselines tests
+
+tables: $(STAMP) ## regenerate results/tables and results/plots from the records in results/
+	$(PY) -m lra_sfa.report
+
+bench: $(STAMP) ## efficiency sweep of every conf/attn backend (GPU; small lengths on CPU)
+	$(PY) -m lra_sfa.bench
+
+bench-kernels: $(STAMP) ## SFA Triton kernels against cuDNN / FlashAttention-2 (GPU)
+	$(PY) -m lra_sfa.bench.kernels
+
+pathfinder-samples: $(STAMP) ## a PNG grid of generated Pathfinder examples with their labels
+	$(PY) -m lra_sfa.tasks.pathfinder samples --out results/plots/pathfinder_samples.png
+
+clean: ## remove outputs and caches (not .venv)
+	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,34 @@
+"""Shared fixtures: composed configs with temporary caches and results stores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """compose(overrides) -> a config whose run dir, results store and cache are under tmp_path."""
+
+    def _make(*overrides: str):
+        with initialize_config_module("lra_sfa.conf", version_base=None):
+            return compose("config", overrides=[
+                f"run_dir={tmp_path / 'run'}", f"results_dir={tmp_path / 'store'}",
+                f"paths.cache_dir={tmp_path / 'cache'}", "trainer.progress=false", *overrides,
+            ])
+
+    return _make
+
+
+def attn_names() -> list[str]:
+    """Every backend in the registry folder conf/attn/."""
+    return sorted(path.stem for path in (CONF / "attn").glob("*.yaml"))

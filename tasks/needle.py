@@ -56,6 +56,7 @@ def make_split(rng: np.random.Generator, num: int, seq_len: int, depths: np.ndar
                filler_vocab: int, num_keys: int, num_values: int) -> Split:
     """``num`` sequences with the queried needle at ``depths`` (num,) fractions in [0, 1]."""
     haystack = seq_len - 2
+    depths = np.round(depths, 4)  # the recorded depth; positions follow from it exactly
     first_key, first_value = 2 + filler_vocab, 2 + filler_vocab + num_keys
     inputs = np.empty((num, seq_len), np.int16)
     block = max(1, BLOCK_TOKENS // seq_len)
@@ -70,7 +71,7 @@ def make_split(rng: np.random.Generator, num: int, seq_len: int, depths: np.ndar
     inputs[rows, starts + 1] = first_value + values
     inputs[:, -2] = QUERY
     inputs[:, -1] = first_key + keys[:, 0]
-    meta = {"depth": np.round(depths, 4), "length": np.full(num, seq_len, np.int64)}
+    meta = {"depth": depths, "length": np.full(num, seq_len, np.int64)}
     return Split(inputs, values[:, 0].astype(np.int64), meta)
 
 

@@ -269,7 +269,8 @@ def bench(resolution: int, difficulty: str, num: int, workers: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lra_sfa.tasks.pathfinder")
     parser.add_argument("command", choices=["samples", "bench", "export"])
-    parser.add_argument("--out", default="results/plots/pathfinder_samples.png", help="PNG (samples) or folder (export)")
+    parser.add_argument("--out", default="results/plots/pathfinder_samples.png",
+                        help="PNG (samples) or folder (export)")
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--difficulty", default="hard", choices=list(CONTOUR_LENGTH))
     parser.add_argument("--num", type=int, default=16)

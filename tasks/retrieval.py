@@ -43,7 +43,8 @@ def read_pairs(path: Path, seq_len: int) -> Split:
             try:
                 label = float(fields[0])
             except ValueError:
-                raise TaskDataError(f"retrieval: {path} line {line_no}: label {fields[0][:20]!r} is not a number")
+                raise TaskDataError(
+                    f"retrieval: {path} line {line_no}: label {fields[0][:20]!r} is not a number") from None
             if label not in (0.0, 1.0):
                 raise TaskDataError(f"retrieval: {path} line {line_no}: label {label} is not 0 or 1")
             pair = np.zeros((2, seq_len), np.int16)  # (2 documents, seq_len)

@@ -87,10 +87,12 @@ class Text(Task):
             source = str(folder)
         else:
             stamp, source = [], f"hf:{self.hf_name}"
-        path = Path(cache_dir).expanduser() / "text" / f"{cache_key(source=source, seq_len=self.seq_len, stamp=stamp, v=1)}.npz"
+        key = cache_key(source=source, seq_len=self.seq_len, stamp=stamp, v=1)
+        path = Path(cache_dir).expanduser() / "text" / f"{key}.npz"
         if not path.is_file():
             splits = self._read(folder) if self.data_dir else self._read_hf()
-            save_arrays_atomic(path, **{f"{s}_{f}": getattr(splits[s], f) for s in splits for f in ("inputs", "labels")})
+            save_arrays_atomic(path, **{f"{s}_{f}": getattr(part, f) for s, part in splits.items()
+                                        for f in ("inputs", "labels")})
         with np.load(path) as data:
             train = Split(data["train_inputs"], data["train_labels"])
             test = Split(data["test_inputs"], data["test_labels"])

@@ -301,9 +301,20 @@ def run_sweep(args) -> None:
                 batch, heads = shape_for(length, args.decode_tokens)
                 bench_decode(rows, checks, dict(base, batch=batch, heads=heads, seq_len=length, head_dim=dim,
                                                 topk=topk), args.rep_ms)
-    jobs = [(dim, topk, length, op) for dim in args.dims for topk in args.topks for length in args.lengths
-            for op in ("fwd", "fwd_bwd")]
-    jobs += [(dim, args.topks[0], length, "fwd") for dim in args.dims for length in args.fwd_extra_lengths]
+    topk_rows = RowWriter(out_dir / "sfa_topk.csv", ["rows", "head_dim", "topk", "topk_pack_ms", "torch_topk_ms",
+                                                      "device", "date"])
+    x = torch.randn(args.topk_rows, 128, device=DEVICE, dtype=torch.bfloat16)
+    for topk in args.topks:
+        pack_ms, torch_ms = time_ms(lambda: topk_pack(x, topk))[0], time_ms(lambda: torch.topk(x.abs(), topk, -1))[0]
+        topk_rows.write(dict(rows=args.topk_rows, head_dim=128, topk=topk, topk_pack_ms=round(pack_ms, 4),
+                             torch_topk_ms=round(torch_ms, 4), device=base["device"], date=args.date))
+        print(f"top-k {args.topk_rows} rows x 128, k={topk}: topk_pack {pack_ms:.3f} ms, torch.topk {torch_ms:.3f} ms")
+    del x
+    pairs = [(dim, topk) for topk in args.topks for dim in args.dims]
+    jobs = [(dim, topk, length, op) for dim, topk in pairs for length in args.lengths for op in ("fwd", "fwd_bwd")]
+    extra = [(dim, args.topks[0], length, "fwd") for dim in args.dims for length in args.fwd_extra_lengths]
+    jobs = jobs[:2 * len(args.lengths)] + extra[:len(args.fwd_extra_lengths)] + jobs[2 * len(args.lengths):] + \
+        extra[len(args.fwd_extra_lengths):]
     for dim, topk, length, op in jobs:
         if time.time() - started > args.budget_s:
             print(f"budget of {args.budget_s} s spent: skipping {op} L={length} d={dim} k={topk}", flush=True)

@@ -23,16 +23,26 @@ Limits
     head_dim in 16, 32, 64, 128; fp16 / bf16 (fp32 for tests: dots then run
     in IEEE fp32); any L >= 1. Launcher checks live in ``flash_sfa.py``.
 
-Score-stage designs tried (H200, bf16, L=16384, B*H=16, d=128, k=8; numbers
-in results/kernels/NOTES.md, variants in ``flash_sfa_variants.py``):
-    A. tensor-core tl.dot over the zero-filled codes (this file): the winner.
+Score-stage designs tried (H200, 2026-11-28, bf16, L=16384, B*H=16, d=128,
+k=8; kernel time without top-k; variants in ``flash_sfa_variants.py``):
+    A. tensor-core tl.dot over the zero-filled codes (this file): 3.74 ms
+       (TMA, 128x128 tiles, 8 warps, 3 stages). The winner.
     B. gather: each query's k (value, index) pairs times the key tile's
-       column at that index (k gathered loads of BLOCK_M x BLOCK_N).
-    C. packed K: K stored as k values + int8 ids (fewer bytes), scattered
-       into a dense tile in registers per key tile, then tl.dot.
-Block sizes: BLOCK_M 128 with 8 warps (two warpgroups of 64 rows each for
-wgmma) and BLOCK_N 64 or 128 at 2-4 pipeline stages were tried on the
-device; the autotune list below keeps the ones that won somewhere.
+       column at that index: 16.6 ms (4.4x slower).
+    C. packed K: K read as k values + int8 ids (3k instead of 2D bytes per
+       key), scattered into a dense register tile per key tile, then tl.dot:
+       28.1 ms (BLOCK_N 64), 38.7 ms (BLOCK_N 128): the scatter costs k
+       selects over the whole tile, far more than the bytes it saves.
+Where the time goes (design A with pointer loads, 128x64, 4.36 ms in all):
+    scores only (Q.K^T + row max/sum) 1.76 ms; + softmax (exp2, rescale)
+    2.62 ms; + P.V 4.36 ms. So P.V adds 1.74 ms and the softmax 0.86 ms; a
+    free Q.K^T could save at most about 1.8 ms of 4.4.
+Tiles (kernel only, same shape): 128x128 w8 s3 3.74 ms; 128x128 w8 s2 4.48;
+    128x64 w8 s3 4.12; 128x64 w8 s4 4.23; 128x64 w4 s3 4.47; 64x64 w4 s3
+    4.05. Triton 3.6's automatic warp specialisation (tl.range
+    warp_specialize=True) compiled on sm_90 but lost: 128x128 w8 s2 4.56,
+    128x64 w8 s3 4.29, 128x128 w4 s2 9.58 ms. TMA vs pointer loads at 128x64
+    w8 s3: 4.12 vs 4.36 ms.
 """
 
 from __future__ import annotations
@@ -151,11 +161,9 @@ def fwd_config(block_m: int, block_n: int, warps: int, stages: int, warp_spec: b
 
 
 INTERPRETER_CONFIG = fwd_config(64, 64, 4, 1)
-GPU_CONFIGS = [
-    fwd_config(128, 128, 8, 2),
+GPU_CONFIGS = [  # the three fastest of nine tried at L=16K, d=128 (NOTES.md); warp specialisation lost
     fwd_config(128, 128, 8, 3),
     fwd_config(128, 64, 8, 3),
-    fwd_config(128, 64, 4, 3),
     fwd_config(64, 64, 4, 3),
 ]
 

@@ -8,8 +8,13 @@ What it computes
     tensor-core ``tl.dot``. One read of x, one write of each output.
 
 Selection
-    ``topk`` rounds of (row max of |x|, lowest index attaining it, mark it
-    taken). Ties are broken towards the lowest feature index, deterministically;
+    fp16 / bf16 (``_topk_pack_keys_kernel``): each entry becomes one unique
+    int32 key (|x| bits, then D-1-index, then the sign bit), and each of the
+    ``topk`` rounds is a row max and one compare-select; the winning key
+    carries index, magnitude and sign. fp32 (``_topk_pack_kernel``): rounds
+    of (row max of |x|, lowest index attaining it, mark it taken), about 7
+    operations per element per round instead of 3.
+    Ties are broken towards the lowest feature index, deterministically;
     torch.topk leaves the order of equal magnitudes unspecified, so on inputs
     with ties at the k-th magnitude the chosen support can differ from the
     reference's while the kept magnitudes are identical (the tests compare
@@ -45,6 +50,7 @@ def _topk_pack_kernel(
     D: tl.constexpr, K: tl.constexpr, K_POW2: tl.constexpr,
     BLOCK_R: tl.constexpr, WRITE_DENSE: tl.constexpr,
 ):
+    """Generic path (any float dtype): k rounds of row max, lowest index, mark taken."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, D)
     slots = tl.arange(0, K_POW2)
@@ -66,6 +72,41 @@ def _topk_pack_kernel(
     tl.store(Idx + rows[:, None] * K + slots[None, :], idxs.to(Idx.dtype.element_ty), mask=out_mask)
     if WRITE_DENSE:
         dense = tl.where(mag < 0.0, x, 0.0)
+        tl.store(Dense + rows[:, None] * D + cols[None, :], dense.to(Dense.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _topk_pack_keys_kernel(
+    X, Vals, Idx, Dense, n_rows,
+    D: tl.constexpr, K: tl.constexpr, K_POW2: tl.constexpr,
+    BLOCK_R: tl.constexpr, WRITE_DENSE: tl.constexpr,
+):
+    """16-bit floats: one int32 key per entry, (|x| bits << 16) | ((D-1-col) << 8) | sign.
+
+    Keys are unique and order by magnitude, then by lower index, so a round is
+    one row max plus one compare-select; the winner's key holds its index,
+    magnitude and sign, so the value needs no extra gather.
+    """
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, D)
+    slots = tl.arange(0, K_POW2)
+    row_ok = rows < n_rows
+    x = tl.load(X + rows[:, None] * D + cols[None, :], mask=row_ok[:, None], other=0.0)
+    bits = x.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    key = ((bits & 0x7FFF) << 16) | ((D - 1 - cols[None, :]) << 8) | (bits >> 15)
+    picked = tl.zeros([BLOCK_R, K_POW2], dtype=tl.int32)
+    for j in tl.static_range(K):
+        best = tl.max(key, axis=1)
+        key = tl.where(key == best[:, None], -1, key)
+        picked = tl.where(slots[None, :] == j, best[:, None], picked)
+    idxs = D - 1 - ((picked >> 8) & 0xFF)
+    val_bits = ((picked >> 16) & 0x7FFF) | ((picked & 1) << 15)
+    vals = val_bits.to(tl.int16).to(Vals.dtype.element_ty, bitcast=True)
+    out_mask = row_ok[:, None] & (slots[None, :] < K)
+    tl.store(Vals + rows[:, None] * K + slots[None, :], vals, mask=out_mask)
+    tl.store(Idx + rows[:, None] * K + slots[None, :], idxs.to(Idx.dtype.element_ty), mask=out_mask)
+    if WRITE_DENSE:
+        dense = tl.where(key < 0, x, 0.0)
         tl.store(Dense + rows[:, None] * D + cols[None, :], dense.to(Dense.dtype.element_ty), mask=row_ok[:, None])
 
 
@@ -102,7 +143,8 @@ def topk_pack(
         return vals, idx, (dense if write_dense else None)
     block_r = max(1, 4096 // head_dim)
     grid = (triton.cdiv(n_rows, block_r),)
-    _topk_pack_kernel[grid](
+    kernel = _topk_pack_keys_kernel if x.element_size() == 2 and head_dim <= 256 else _topk_pack_kernel
+    kernel[grid](
         x, vals, idx, dense, n_rows,
         D=head_dim, K=topk, K_POW2=triton.next_power_of_2(topk), BLOCK_R=block_r,
         WRITE_DENSE=write_dense, num_warps=4,

@@ -94,7 +94,9 @@ def train_loop(cfg, model, data, device, dtype, env, record: RunRecord, run_dir:
     progress = TrainProgress(max_steps, enabled=env.is_main and bool(tcfg.progress))
     progress.start(state.step)
     model.train()
-    while state.step < max_steps:
+    budget = float(tcfg.max_seconds) if tcfg.get("max_seconds") else None
+    loop_start, out_of_time = time.perf_counter(), False
+    while state.step < max_steps and not out_of_time:
         if state.step - state.start_step == timing_warmup and segment_start is None:
             dist.synchronize(device)
             segment_start = time.perf_counter()
@@ -116,7 +118,9 @@ def train_loop(cfg, model, data, device, dtype, env, record: RunRecord, run_dir:
             timed_steps += 1
         loss_sum += loss.detach()
         loss_count += 1
-        is_eval = state.step % eval_every == 0 or state.step == max_steps
+        if budget is not None and state.step % log_every == 0:
+            out_of_time = time.perf_counter() - loop_start > budget  # checked where we sync anyway
+        is_eval = state.step % eval_every == 0 or state.step == max_steps or out_of_time
         if state.step % log_every == 0 or is_eval:
             mean_loss = float(loss_sum) / loss_count  # one host sync per log interval
             loss_sum.zero_()
@@ -148,7 +152,7 @@ def train_loop(cfg, model, data, device, dtype, env, record: RunRecord, run_dir:
     record.update(
         val_accuracy=state.best_val, best_step=state.best_step, test_accuracy=test["accuracy"],
         steps=state.step, final_train_loss=state.last_loss, history=state.history,
-        resumed_from_step=state.start_step if cfg.resume else None,
+        resumed_from_step=state.start_step if cfg.resume else None, stopped_by_time_budget=out_of_time,
         attn_path=attention[0].last_path, attn_stats=_attention_stats(attention),
         **{f"test_{key}": value for key, value in test.items() if key.startswith("accuracy_by_")},
     )

@@ -75,6 +75,11 @@ def _chunk_size(batch_heads: int, length: int, budget: int = 1 << 22) -> int:
     return max(1, min(length, budget // max(1, batch_heads * length)))
 
 
+def _budget(x: torch.Tensor) -> int:
+    """Score elements per chunk: 16 MiB of fp32 on CPU (cache-sized), 512 MiB on a GPU (few launches)."""
+    return 1 << 27 if x.is_cuda else 1 << 22
+
+
 class _ChunkedSoftmaxAttention(torch.autograd.Function):
     """softmax(q k^T * scale + bias) v, chunked over queries, recomputing in backward.
 
@@ -85,7 +90,7 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, scale):  # q, k, v: (B, H, L, D); bias: (B, 1, 1, L) or None
         B, H, L, _ = q.shape
-        step = _chunk_size(B * H, k.shape[2])
+        step = _chunk_size(B * H, k.shape[2], _budget(q))
         q_scaled, k_t = q * scale, k.transpose(-1, -2)  # (B, H, L, D), (B, H, D, L)
         out = torch.empty_like(v)
         acc = torch.promote_types(q.dtype, torch.float32)  # fp32 statistics (fp64 for fp64 inputs)
@@ -113,7 +118,7 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
         bias = bias if ctx.has_bias else None
         scale = ctx.scale
         L = q.shape[2]
-        step = _chunk_size(q.shape[0] * q.shape[1], k.shape[2])
+        step = _chunk_size(q.shape[0] * q.shape[1], k.shape[2], _budget(q))
         qf, kf, vf = q.to(acc) * scale, k.to(acc), v.to(acc)
         k_t, v_t = kf.transpose(-1, -2), vf.transpose(-1, -2)  # (B, H, D, L)
         dq = torch.empty_like(q)

@@ -129,6 +129,7 @@ def build_block_mask(pattern: SparsePattern, key_padding_mask: torch.Tensor | No
 
     Tiles holding only padding are dropped; tiles mixing real and padded keys
     are partial, so the mask_mod (pattern plus padding lookup) runs there.
+    Without padding the mask_mod has no padding lookup.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -139,8 +140,9 @@ def build_block_mask(pattern: SparsePattern, key_padding_mask: torch.Tensor | No
     kv_num, kv_ids = _ordered(any_b & ~full_b)
     full_num, full_ids = _ordered(full_b)
     L = pattern.seq_len
+    mask_mod = pattern.mask_mod(None if key_padding_mask is None else valid)
     return BlockMask.from_kv_blocks(
-        kv_num, kv_ids, full_num, full_ids, BLOCK_SIZE=FLEX_TILE, mask_mod=pattern.mask_mod(valid), seq_lengths=(L, L)
+        kv_num, kv_ids, full_num, full_ids, BLOCK_SIZE=FLEX_TILE, mask_mod=mask_mod, seq_lengths=(L, L)
     )
 
 

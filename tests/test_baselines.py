@@ -174,6 +174,7 @@ FLEX_CASES = [
     ("windowed", lambda H: WindowedAttention(window=7), 300),
     ("windowed_wide", lambda H: WindowedAttention(window=200), 700),
     ("longformer", lambda H: LongformerAttention(window=150, global_tokens=[0, 5, -1]), 700),
+    ("longformer_cls", lambda H: LongformerAttention(window=100), 700),
     ("bigbird64", lambda H: BigBirdAttention(num_heads=H, block_size=64), 700),
     ("bigbird32", lambda H: BigBirdAttention(num_heads=H, block_size=32, global_blocks=[1]), 520),
     ("bigbird256", lambda H: BigBirdAttention(num_heads=H, block_size=256, num_random_blocks=1), 1100),
@@ -191,16 +192,16 @@ def test_flex_block_mask_covers_exactly_the_pattern(name, make, L, padded):
     part, full = _computed_pairs(block_mask, L)
     valid, _ = key_validity(mask, B, pattern)
     pos = torch.arange(L)
-    mask_mod = pattern.mask_mod(valid)
+    mask_mod = pattern.mask_mod(None if mask is None else valid)
     mod = mask_mod(torch.arange(B).view(B, 1, 1, 1), torch.arange(pattern.heads).view(1, -1, 1, 1),
                    pos.view(1, 1, L, 1), pos.view(1, 1, 1, L))  # (B, H', L, L)
     real = torch.ones(B, L, dtype=torch.bool) if mask is None else mask
     expected = dense_pattern_mask(pattern)[None] & real[:, None, None, :]
     assert torch.equal(full | (part & mod), expected)
-    assert torch.equal(mod, expected), "mask_mod must equal the pattern with padding"
+    assert torch.equal(mod.expand_as(expected), expected), "mask_mod must equal the pattern with padding"
 
 
-@pytest.mark.parametrize("name,make,L", FLEX_CASES[:4], ids=[c[0] for c in FLEX_CASES[:4]])
+@pytest.mark.parametrize("name,make,L", FLEX_CASES[:5], ids=[c[0] for c in FLEX_CASES[:5]])
 def test_eager_flex_attention_with_our_block_mask_equals_blocked(name, make, L):
     from torch.nn.attention.flex_attention import flex_attention
 

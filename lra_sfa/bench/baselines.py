@@ -302,29 +302,28 @@ def probe(name: str, length: int, args, dtype: torch.dtype) -> None:
 
 
 def probe_flex_variants(backend, q, k, v, args) -> None:
-    """Forward-only (no grad) ms of FlexAttention: our mask vs a pure band mask_mod, dynamic vs static compile."""
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+    """Forward-only (no grad) ms of FlexAttention: our mask without and with the padding lookup, and a bare band."""
+    from torch.nn.attention.flex_attention import BlockMask
 
-    from lra_sfa.baselines._engines import FLEX_TILE, compiled_flex
+    from lra_sfa.baselines._engines import FLEX_TILE, build_block_mask, compiled_flex
 
     B, _, L, D = q.shape
     pattern = backend.pattern(L, q.device)
-    ours = backend._block_mask(pattern, None, B)
-    static = torch.compile(flex_attention)
-    variants = {"ours_dynamic": (compiled_flex(), ours), "ours_static": (static, ours)}
+    all_real = torch.ones(B, L, dtype=torch.bool, device=q.device)
+    ours = build_block_mask(pattern, None, B)
+    variants = {"ours": ours, "ours+padding_lookup": build_block_mask(pattern, all_real, B)}
     radius = getattr(pattern, "radius_value", None)
     if radius is not None:
-        band = BlockMask.from_kv_blocks(ours.kv_num_blocks, ours.kv_indices, ours.full_kv_num_blocks,
-                                        ours.full_kv_indices, BLOCK_SIZE=FLEX_TILE, seq_lengths=(L, L),
-                                        mask_mod=lambda b, h, q_idx, kv_idx: (q_idx - kv_idx).abs() <= radius)
-        variants.update(band_dynamic=(compiled_flex(), band), band_static=(static, band))
-    for label, (flex, block_mask) in variants.items():
+        variants["bare_band"] = BlockMask.from_kv_blocks(
+            ours.kv_num_blocks, ours.kv_indices, ours.full_kv_num_blocks, ours.full_kv_indices, BLOCK_SIZE=FLEX_TILE,
+            seq_lengths=(L, L), mask_mod=lambda b, h, q_idx, kv_idx: (q_idx - kv_idx).abs() <= radius)
+    for label, block_mask in variants.items():
         with torch.no_grad():
             try:
-                ms, _ = time_ms(lambda: flex(q, k, v, block_mask=block_mask, scale=D**-0.5), args.rep_ms)
-                print(f"probe flex variant {label:14s} fwd(no grad) {ms:.3f} ms")
+                ms, _ = time_ms(lambda: compiled_flex()(q, k, v, block_mask=block_mask, scale=D**-0.5), args.rep_ms)
+                print(f"probe flex variant {label:20s} fwd(no grad) {ms:.3f} ms")
             except Exception as exc:
-                print(f"probe flex variant {label:14s} error {type(exc).__name__}: {str(exc)[:200]}")
+                print(f"probe flex variant {label:20s} error {type(exc).__name__}: {str(exc)[:200]}")
 
 
 class RowWriter:

@@ -1,0 +1,172 @@
+"""FlashSFA Triton kernels on the CPU interpreter (TRITON_INTERPRET=1) against the references.
+
+Pass rule (DESIGN.md): err(kernel vs float64) <= 2 * err(plain PyTorch in the
+same dtype vs float64) + a small dtype margin (``sfa_check.passes``).
+"""
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported by the kernels
+
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from lra_sfa.kernels import sfa_attention  # noqa: E402
+from lra_sfa.kernels.sfa_ref import sfa_chunked, sparsify  # noqa: E402
+
+triton = pytest.importorskip("triton")
+
+from lra_sfa.kernels import sfa_check  # noqa: E402
+from lra_sfa.kernels.flash_sfa import flash_sfa, flash_sfa_forward  # noqa: E402
+from lra_sfa.kernels.sfa_decode import cache_bytes_per_token, pack_k_cache, sfa_decode  # noqa: E402
+from lra_sfa.kernels.topk_pack import topk_pack  # noqa: E402
+
+HEAD_DIM = 16
+
+
+def _jit_is_interpreted() -> bool:
+    from lra_sfa.kernels import flash_sfa_fwd
+
+    return type(flash_sfa_fwd._flash_sfa_fwd_kernel).__name__ == "InterpretedFunction"
+
+
+def _inputs(batch, heads, length, dim, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, length, dim, generator=gen).to(dtype) for _ in range(3)]
+
+
+def _mask(batch, length, seed):
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(batch, length, generator=gen) > 0.3
+    mask[:, 0] = True
+    return mask
+
+
+@pytest.fixture(autouse=True)
+def _require_interpreter():
+    if not _jit_is_interpreted():
+        pytest.skip("Triton kernels were compiled for GPU before TRITON_INTERPRET=1 was set")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dim,topk", [(16, 1), (16, 4), (32, 8), (32, 32)])
+def test_topk_pack_matches_torch_topk(dtype, dim, topk):
+    x = torch.randn(2, 3, 37, dim).to(dtype)
+    values, indices, dense = topk_pack(x, topk)
+    assert values.shape == (2, 3, 37, topk) and indices.dtype == torch.int8
+    expected = torch.topk(x.float().abs(), topk, dim=-1).values
+    assert torch.equal(values.float().abs().sort(-1, descending=True).values, expected)
+    assert torch.equal(torch.gather(x, -1, indices.long()), values)
+    assert torch.equal(dense, torch.zeros_like(x).scatter(-1, indices.long(), values))
+
+
+def test_topk_pack_breaks_ties_towards_lowest_index():
+    x = torch.zeros(1, 16, dtype=torch.bfloat16)
+    x[0, 3], x[0, 9], x[0, 12] = 2.0, -2.0, 1.0
+    _, indices, _ = topk_pack(x, 2)
+    assert sorted(indices[0].tolist()) == [3, 9]
+    _, indices, _ = topk_pack(torch.zeros(1, 16), 3)
+    assert sorted(indices[0].tolist()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("padding", [False, True])
+@pytest.mark.parametrize("topk", [1, 4, 8, HEAD_DIM])
+@pytest.mark.parametrize("length", [1, 17, 100, 257])
+def test_forward_backward_pass_rule(length, topk, padding, dtype):
+    q, k, v = _inputs(1, 2, length, HEAD_DIM, dtype, seed=length * 31 + topk)
+    mask = _mask(1, length, seed=length) if padding else None
+    result = sfa_check.full_check(q, k, v, topk, mask, flash_sfa)
+    assert result["topk_ok"]
+    for name in ("out", "dq", "dk", "dv"):
+        assert result[f"{name}_ok"], (name, result[f"{name}_err"], result[f"{name}_torch_err"])
+
+
+def test_matches_reference_end_to_end_fp32():
+    q, k, v = (t.requires_grad_(True) for t in _inputs(2, 2, 50, 32, torch.float32, seed=5))
+    mask = _mask(2, 50, seed=6)
+    out = sfa_attention(q, k, v, 6, 5, key_padding_mask=mask, impl="triton")
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    ref = sfa_attention(*(t.double() for t in (q, k, v)), 6, 5, key_padding_mask=mask, impl="reference")
+    expected = torch.autograd.grad(ref, (q, k, v), grad.double())
+    assert sfa_check.rel_err(out, ref) < 1e-5
+    for mine, exact in zip(got, expected):
+        assert sfa_check.rel_err(mine, exact) < 1e-5
+    assert int((got[0] != 0).sum(-1).max()) <= 6 and int((got[1] != 0).sum(-1).max()) <= 5
+
+
+def test_all_padding_rows_give_zero_and_finite_grads():
+    q, k, v = (t.requires_grad_(True) for t in _inputs(2, 2, 40, HEAD_DIM, torch.float32, seed=8))
+    mask = _mask(2, 40, seed=9)
+    mask[1] = False
+    out = flash_sfa(q, k, v, 4, 4, mask)
+    out.sum().backward()
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    assert out[0].abs().sum() > 0
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all() and torch.equal(t.grad[1], torch.zeros_like(t.grad[1]))
+
+
+def test_forward_returns_natural_logsumexp():
+    q, k, v = _inputs(1, 2, 70, HEAD_DIM, torch.float32, seed=11)
+    out, lse = flash_sfa_forward(q, k, v, 4, 4)
+    scores = sparsify(q.double(), 4) @ sparsify(k.double(), 4).transpose(-1, -2) / math.sqrt(HEAD_DIM)
+    assert torch.allclose(lse.double(), torch.logsumexp(scores, dim=-1), atol=1e-5)
+    assert sfa_check.rel_err(out, sfa_chunked(q.double(), k.double(), v.double(), 4)) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("length,steps,padding", [(1, 1, False), (100, 3, True), (257, 1, False), (257, 2, True)])
+def test_decode_sparse_cache(length, steps, padding, dtype):
+    gen = torch.Generator().manual_seed(length + steps)
+    q = torch.randn(2, 2, steps, 32, generator=gen).to(dtype)
+    k, v = (torch.randn(2, 2, length, 32, generator=gen).to(dtype) for _ in range(2))
+    mask = _mask(2, length, seed=length) if padding else None
+    k_vals, k_idx = pack_k_cache(k, 4)
+    out = sfa_decode(q, k_vals, k_idx, v, 4, key_padding_mask=mask, num_splits=3)
+    _, _, qd = topk_pack(q, 4)
+    kd = torch.zeros_like(k).scatter(-1, k_idx.long(), k_vals)
+    exact = sfa_check.plain_attention(qd.double(), kd.double(), v.double(), mask)  # (B, H, T, D)
+    plain = sfa_check.plain_attention(qd, kd, v, mask)
+    assert sfa_check.passes(sfa_check.rel_err(out, exact), sfa_check.rel_err(plain, exact), dtype)
+
+
+def test_cache_bytes_per_token():
+    assert cache_bytes_per_token(128, 8, torch.bfloat16) == (280, 512)
+    assert cache_bytes_per_token(128, 16, torch.bfloat16) == (304, 512)
+
+
+@pytest.mark.parametrize("name", ["gather", "packed_k", "pointer_loads"])
+def test_losing_designs_compute_the_same_function(name):
+    from lra_sfa.kernels.flash_sfa_variants import run_variant
+
+    q, k, v = _inputs(1, 2, 64, HEAD_DIM, torch.float32, seed=13)
+    packs = {}
+    for prefix, t in (("q", q), ("k", k)):
+        vals, idx, dense = topk_pack(t[0], 4)
+        packs.update({f"{prefix}_vals": vals, f"{prefix}_idx": idx, f"{prefix}_dense": dense})
+    out = run_variant(name, packs, v[0].contiguous(), block_m=32, block_n=32, num_warps=4, num_stages=1)
+    assert sfa_check.rel_err(out, sfa_chunked(q.double(), k.double(), v.double(), 4)[0]) < 1e-5
+
+
+@pytest.mark.parametrize("bad", ["head_dim", "dtype", "topk", "mask", "mixed"])
+def test_unsupported_inputs_raise_clear_errors(bad):
+    q, k, v = _inputs(1, 2, 8, HEAD_DIM, torch.float32, seed=1)
+    mask, topk = None, 4
+    expected = {"head_dim": "head_dim=24", "dtype": "float64", "topk": "topk_q=0", "mask": "key_padding_mask",
+                "mixed": "dtypes differ"}[bad]
+    if bad == "head_dim":
+        q, k, v = _inputs(1, 2, 8, 24, torch.float32, seed=1)
+    elif bad == "dtype":
+        q, k, v = (t.double() for t in (q, k, v))
+    elif bad == "topk":
+        topk = 0
+    elif bad == "mask":
+        mask = torch.ones(1, 8, dtype=torch.int64)
+    else:
+        v = v.to(torch.bfloat16)
+    with pytest.raises(ValueError, match=expected):
+        flash_sfa(q, k, v, topk, topk, mask)

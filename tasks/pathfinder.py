@@ -13,15 +13,28 @@ Sources:
   (``pathfinder32/curv_contour_length_14`` is then found from resolution and difficulty).
   Images are read in metadata order (batches in numeric order), empty images (the release's
   ``pathfinder32/curv_baseline/imgs/0/sample_172.png``) are skipped and counted in the
-  source string, and the rest is split 80/10/10 in that order (as LRA's input pipeline),
+  source string, and the rest is split 80/10/10 (LRA's proportions) in that order,
   each part capped at num_train / num_val / num_test.
 * otherwise generated (``tasks/snakes.py``, ``tasks/pathfinder_gen.py``: the published
   snakes2 algorithm with LRA's per-resolution parameters), each split from its own seed
   stream, over ``n_workers`` processes, cached as .npz under ``cache_dir/pathfinder``.
 
-Generation speed (``python -m lra_sfa.tasks.pathfinder bench``, this 2-core CI machine,
-2026-11-28, other jobs running; images/s per core, 1 worker process):
-SPEED_TABLE
+Generation speed, measured 2026-11-28 on this 2-core CI machine while other jobs ran (load
+average 6.5-8), one worker process (``python -m lra_sfa.tasks.pathfinder bench``); images per
+CPU second is the per-core rate, wall rate in brackets:
+
+    px   easy         intermediate  hard
+    32   559 (276)    294 (192)     86 (40)
+    64   376 (371)     36 (27)      1.9 (1.2)
+    128  166 (111)     94 (62)      5.6 (3.9)
+    256  110 (91)         -         64 (43)
+
+So the 200k-image 32 px hard set takes ~200k / (16 x 86) = 2.4 min on 16 free cores (estimate,
+from the per-core rate; workers are independent processes), Path-X (128 hard) ~37 min. Hard
+images are slow because both target snakes must grow 14 paddles without a dead end: with the
+published parameters 1 attempt in ~30 (32 px), ~250 (128 px) and ~2000 (64 px) succeeds, as in
+the original, which restarts the same way. (The speed-ups, cached renderings and memoised first
+seeds, leave the output unchanged: checked bit for bit against the first version.)
 
 CLI: ``python -m lra_sfa.tasks.pathfinder samples --out results/plots/pathfinder_samples.png``
 writes a labelled PNG grid; ``bench`` measures speed; ``export`` writes the release layout.
@@ -33,6 +46,7 @@ import argparse
 import logging
 import os
 import random
+import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -256,14 +270,20 @@ def save_samples(out: Path, resolution: int = 32, difficulty: str = "hard", num:
     return out
 
 
-def bench(resolution: int, difficulty: str, num: int, workers: int) -> float:
-    """Generate ``num`` images with ``workers`` processes; print and return images/s."""
-    started = time.perf_counter()
+def bench(resolution: int, difficulty: str, num: int, workers: int) -> tuple[float, float]:
+    """Generate ``num`` images with ``workers`` processes; print and return (images per wall second,
+    images per CPU second). The CPU rate is the per-core speed even on a machine busy with other work."""
+    started, cpu = time.perf_counter(), _cpu_seconds()
     generate(lra_params(resolution, difficulty), num, seed="bench", workers=workers)
-    rate = num / (time.perf_counter() - started)
-    print(f"pathfinder {resolution}px {difficulty}: {num} images, {workers} worker(s): "
-          f"{rate:.1f} images/s ({rate / workers:.1f} per worker)")
-    return rate
+    wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+    print(f"pathfinder {resolution}px {difficulty}: {num} images, {workers} worker(s): {num / wall:.1f} images/s wall, "
+          f"{num / cpu:.1f} images per CPU second (load average {os.getloadavg()[0]:.1f})")
+    return num / wall, num / cpu
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main(argv: list[str] | None = None) -> None:

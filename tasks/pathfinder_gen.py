@@ -16,17 +16,17 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from lra_sfa.tasks.snakes import Canvas, SnakeParams, _Cache
+from lra_sfa.tasks.snakes import Canvas, RenderCache, SnakeParams
 
 log = logging.getLogger(__name__)
 CHUNK = 256
 MAX_TARGET_ATTEMPTS = 50_000  # 64 px hard accepts ~1 in 2000 (measured), see the pathfinder docstring
-_CACHES: dict[SnakeParams, _Cache] = {}
+_CACHES: dict[SnakeParams, RenderCache] = {}
 
 
-def _cache(p: SnakeParams) -> _Cache:
+def _cache(p: SnakeParams) -> RenderCache:
     if p not in _CACHES:
-        _CACHES[p] = _Cache(p)
+        _CACHES[p] = RenderCache(p)
     return _CACHES[p]
 
 
@@ -35,7 +35,7 @@ def _two_targets(canvas: Canvas) -> list | None:
     p, rng = canvas.p, canvas.rng
     mu = list(p.snake_contrasts) * 2
     rng.shuffle(mu)
-    first = canvas.seed(2 * p.seed_distance, rng.choice(p.paddle_contrasts) * mu[0])
+    first = canvas.seed(2 * p.seed_distance, rng.choice(p.paddle_contrasts) * mu[0], fresh=True)
     if first is None:
         return None
     second = canvas.second_seed(first, rng.choice(p.paddle_contrasts) * mu[1])
@@ -59,13 +59,14 @@ def _distractor(canvas: Canvas) -> bool:
     p, rng = canvas.p, canvas.rng
     if float((canvas.view(canvas.mask) <= 0.3).mean()) < 0.01:
         return False
-    image, mask = canvas.image.copy(), canvas.mask.copy()
+    mask = canvas.mask.copy()
     snake = canvas.seed(1, rng.choice(p.snake_contrasts))
     ok = snake is not None and all(
         canvas.extend(snake, rng.choice(p.snake_contrasts), canvas.mask) for _ in range(p.distractor_length - 1))
     if not ok:
-        canvas.image, canvas.mask = image, mask
+        canvas.mask = mask
         return False
+    canvas.paint(snake)
     canvas.add_mask(canvas.mask, *snake.pending)
     return True
 
@@ -95,6 +96,7 @@ def generate_image(p: SnakeParams, rng: random.Random, keep_layers: bool = False
             break
     else:
         raise RuntimeError(f"pathfinder: no two target snakes fit after {MAX_TARGET_ATTEMPTS} attempts with {p}")
+    layers = [canvas.paint(t) for t in targets]
     for _ in range(p.num_distractors):
         for _ in range(p.max_distractor_retrial + 1):
             if _distractor(canvas):
@@ -108,7 +110,7 @@ def generate_image(p: SnakeParams, rng: random.Random, keep_layers: bool = False
     info = {"margin": margin, "targets": [t.paddles for t in targets], "marker_snakes": (origin, terminal),
             "markers": markers}
     if keep_layers:
-        info["layers"] = [canvas.view(t.layer).copy() for t in targets]
+        info["layers"] = layers
     return image, label, info
 
 

@@ -154,7 +154,7 @@ def render_marker(radius: float, aa: int) -> np.ndarray:
     return _lanczos(disk, size)
 
 
-class _Cache:
+class RenderCache:
     """Per-process renderings and geometry: paddles per (margin, angle), the marker, growth candidates."""
 
     def __init__(self, p: SnakeParams) -> None:
@@ -166,6 +166,10 @@ class _Cache:
         self.border = max(half, reach, self.marker.shape[0] // 2) + 1
         self.full = p.size + 2 * self.border
         self.steps = {m: self._step_candidates(p.paddle_length + m, m) for m in p.paddle_margins}
+        self.turn_weights: dict[tuple[int, float], np.ndarray] = {}
+        self.fresh_free: dict[tuple[int, float, int], np.ndarray] = {}
+        self.inside = np.zeros((self.full, self.full), np.float32)  # 1 on the image, 0 on the border
+        self.inside[self.border : self.border + p.size, self.border : self.border + p.size] = 1.0
 
     def paddle(self, margin: int, theta: float) -> Paddle:
         key = (margin, round(theta, 9))
@@ -174,14 +178,24 @@ class _Cache:
             self.paddles[key] = render_paddle(p.paddle_length, p.thickness, margin, p.aa_scale, theta)
         return self.paddles[key]
 
-    def _step_candidates(self, radius: int, margin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Unique pixel offsets on a circle of ``radius`` (one sample per pixel of arc), their angles, and
-        the flat canvas offsets of each one's margin disk (U, D) for the dilated-mask lookup."""
+    def turn_weight(self, margin: int, theta: float) -> np.ndarray:
+        """cos(min(continuity * turn, pi/2))^2 for each growth candidate after heading ``theta`` (U,)."""
+        key = (margin, round(theta, 9))
+        if key not in self.turn_weights:
+            turn = np.abs(self.steps[margin][1] - theta)
+            turn = np.minimum(np.minimum(turn, 2 * np.pi - turn) * self.p.continuity, 0.5 * np.pi)
+            self.turn_weights[key] = np.maximum(np.cos(turn), 0.0) ** 2
+        return self.turn_weights[key]
+
+    def _step_candidates(self, radius: int, margin: int) -> tuple[np.ndarray, ...]:
+        """Unique pixel offsets on a circle of ``radius`` (one sample per pixel of arc), their angles, their
+        flat canvas offsets (U,), and those of each one's margin disk (U, D) for the dilated-mask lookup."""
         angles = np.deg2rad(np.arange(0, 360, 360.0 / (2 * radius * math.pi)))
         offsets = np.stack([np.floor(radius * np.sin(angles)), np.floor(radius * np.cos(angles))], 1).astype(int)
         offsets = np.unique(offsets, axis=0)  # (U, 2)
         near = offsets[:, None, :] + _disk(margin)[None, :, :]  # (U, D, 2)
-        return offsets, np.arctan2(offsets[:, 0], offsets[:, 1]), near[..., 0] * self.full + near[..., 1]
+        flat = offsets[:, 0] * self.full + offsets[:, 1]
+        return offsets, np.arctan2(offsets[:, 0], offsets[:, 1]), flat, near[..., 0] * self.full + near[..., 1]
 
 
 @dataclass
@@ -192,13 +206,14 @@ class Snake:
     head: tuple[int, int]  # terminal tip (last paddle's far end)
     paddles: list[tuple[tuple[int, int], float]] = field(default_factory=list)  # (start, orientation)
     pending: tuple[np.ndarray, tuple[int, int]] | None = None  # newest paddle's mask, not yet committed
-    layer: np.ndarray | None = None  # this snake's own rendering (bookkeeping for tests)
+    strokes: list[tuple[np.ndarray, tuple[int, int], float]] = field(default_factory=list)  # painted on success
 
 
 class Canvas:
     """Image and occupancy mask on a zero border, so that paddles paste by slicing."""
 
-    def __init__(self, p: SnakeParams, cache: _Cache, margin: int, rng: random.Random, keep_layers: bool) -> None:
+    def __init__(self, p: SnakeParams, cache: RenderCache, margin: int, rng: random.Random,
+                 keep_layers: bool = False) -> None:
         self.p, self.cache, self.margin, self.rng, self.keep_layers = p, cache, margin, rng, keep_layers
         self.size, self.border = p.size, cache.border
         self.image = np.zeros((cache.full, cache.full), np.float32)
@@ -235,14 +250,28 @@ class Canvas:
         return float((mask[ys, xs] + sprite).max()) >= 1.8
 
     def draw(self, snake: Snake, paddle: Paddle, at: tuple[int, int], theta: float, contrast: float) -> None:
-        self.paste(self.image, paddle.line, at, contrast)
-        if snake.layer is not None:
-            self.paste(snake.layer, paddle.line, at, contrast)
         snake.paddles.append((at, theta))
+        snake.strokes.append((paddle.line, at, contrast))
+
+    def paint(self, snake: Snake) -> np.ndarray | None:
+        """Put a finished snake's paddles on the image; with ``keep_layers`` also return its own layer."""
+        layer = np.zeros_like(self.image) if self.keep_layers else None
+        for line, at, contrast in snake.strokes:
+            self.paste(self.image, line, at, contrast)
+            if layer is not None:
+                self.paste(layer, line, at, contrast)
+        return None if layer is None else self.view(layer)
 
     # ---- seeds -------------------------------------------------------------------------------------
-    def available(self, theta: float, border: int) -> np.ndarray:
-        """Flat indices of tails where a paddle along ``theta`` hits no occupied pixel."""
+    def available(self, theta: float, border: int, fresh: bool = False) -> np.ndarray:
+        """Flat indices of tails where a paddle along ``theta`` hits no occupied pixel.
+
+        ``fresh``: the mask is still the empty canvas's (first target seed), so the answer depends
+        on (margin, theta, border) only and is memoised.
+        """
+        key = (self.margin, round(theta, 9), border)
+        if fresh and key in self.cache.fresh_free:
+            return self.cache.fresh_free[key]
         occupied = self.mask > 0.3  # padded, (full, full)
         inner = self.view(occupied)
         inner[:border, :], inner[-border:, :], inner[:, :border], inner[:, -border:] = True, True, True, True
@@ -250,14 +279,17 @@ class Canvas:
         b, s = self.border, self.size
         for dy, dx in self.cache.paddle(self.margin, theta).struct:
             blocked |= occupied[b + dy : b + dy + s, b + dx : b + dx + s]
-        return np.flatnonzero(~blocked)
+        free = np.flatnonzero(~blocked)
+        if fresh:
+            self.cache.fresh_free[key] = free
+        return free
 
-    def seed(self, border: int, contrast: float) -> Snake | None:
+    def seed(self, border: int, contrast: float, fresh: bool = False) -> Snake | None:
         """A first paddle at a free place (the original ``seed_snake``); None when nothing fits."""
         p, rng = self.p, self.rng
         for _ in range(p.max_paddle_retrial + 1):
             theta = math.radians(rng.randrange(-180, 180))
-            free = self.available(theta, border)
+            free = self.available(theta, border, fresh)
             if len(free) == 0:
                 return None
             tail = divmod(int(free[rng.randrange(len(free))]), self.size)
@@ -286,8 +318,7 @@ class Canvas:
         return None
 
     def _start(self, tail, theta, pivot, contrast) -> Snake:
-        snake = Snake(pivot=pivot, theta=theta, tail=tail, head=tail,
-                      layer=np.zeros_like(self.image) if self.keep_layers else None)
+        snake = Snake(pivot=pivot, theta=theta, tail=tail, head=tail)
         paddle = self.cache.paddle(self.margin, theta)
         self.draw(snake, paddle, tail, theta, contrast)
         snake.pending = (paddle.mask, tail)
@@ -303,21 +334,19 @@ class Canvas:
         """
         p, m, rng = self.p, self.margin, self.rng
         pivot = _translate(*snake.pivot, snake.theta, p.paddle_length + 2 * m)
-        offsets, angles, near = self.cache.steps[m]
-        cy, cx = offsets[:, 0] + pivot[0], offsets[:, 1] + pivot[1]  # (U,) each
-        inside = (cy >= 0) & (cy < self.size) & (cx >= 0) & (cx < self.size)
+        offsets, angles, flat, near = self.cache.steps[m]
         base = (pivot[0] + self.border) * self.cache.full + pivot[1] + self.border
+        inside = self.cache.inside.ravel()[flat + base]  # (U,) 1 where the candidate is on the image
         dilated = mask.ravel()[near + base].max(1)  # (U,) mask dilated by the margin, at each candidate
-        turn = np.abs(angles - snake.theta)
-        turn = np.minimum(np.minimum(turn, 2 * np.pi - turn) * p.continuity, 0.5 * np.pi)
-        pmf = inside * (1.0 - dilated) * np.maximum(np.cos(turn), 0.0) ** 2
+        pmf = inside * (1.0 - dilated) * self.cache.turn_weight(m, snake.theta)
         total = pmf.sum()
         if total < 1e-4:
             return False
         cmf = np.cumsum(pmf / total)
         for _ in range(p.max_paddle_retrial + 1):
             index = int(np.argmax(cmf > rng.random()))
-            theta, head = float(angles[index]), (int(cy[index]), int(cx[index]))
+            theta = float(angles[index])
+            head = (pivot[0] + int(offsets[index, 0]), pivot[1] + int(offsets[index, 1]))
             paddle = self.cache.paddle(m, _flip(theta))
             if not self.collides(mask, paddle.mask, head):
                 break

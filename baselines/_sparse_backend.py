@@ -16,8 +16,6 @@ from __future__ import annotations
 import math
 
 import torch
-
-from lra_sfa.attention import AttentionBackend
 from lra_sfa.baselines._common import check_inputs
 from lra_sfa.baselines._engines import (
     blocked_attention,
@@ -26,6 +24,8 @@ from lra_sfa.baselines._engines import (
     flex_supported_head_dim,
 )
 from lra_sfa.baselines._patterns import SparsePattern
+
+from lra_sfa.attention import AttentionBackend
 
 IMPLS = ("auto", "flex", "blocked")
 

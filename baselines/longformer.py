@@ -11,7 +11,6 @@ Negative positions count from the end.
 from __future__ import annotations
 
 import torch
-
 from lra_sfa.baselines._patterns import BandGlobalPattern, SparsePattern
 from lra_sfa.baselines._sparse_backend import BlockSparseAttention
 
@@ -19,13 +18,17 @@ from lra_sfa.baselines._sparse_backend import BlockSparseAttention
 class LongformerAttention(BlockSparseAttention):
     """Sliding window of ``window`` keys each side plus global token positions."""
 
-    def __init__(self, window: int = 256, global_tokens: list[int] | tuple[int, ...] = (0,), impl: str = "auto") -> None:
+    def __init__(
+        self, window: int = 256, global_tokens: list[int] | tuple[int, ...] = (0,), impl: str = "auto"
+    ) -> None:
         super().__init__(impl)
         if not isinstance(window, int) or window < 0:
             raise ValueError(f"LongformerAttention: window must be an int >= 0 (keys on each side), got {window!r}")
         tokens = list(global_tokens)
         if not all(isinstance(t, int) for t in tokens):
-            raise ValueError(f"LongformerAttention: global_tokens must be a list of int positions, got {global_tokens!r}")
+            raise ValueError(
+                f"LongformerAttention: global_tokens must be a list of int positions, got {global_tokens!r}"
+            )
         self.window = window
         self.global_tokens = tokens
 

@@ -15,9 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
-from lra_sfa.attention import build_attention
 from lra_sfa.baselines._engines import FLEX_TILE, blocked_attention, build_block_mask, key_validity
 from lra_sfa.baselines._patterns import dense_pattern_mask
 from lra_sfa.baselines.bigbird import BigBirdAttention
@@ -28,6 +25,9 @@ from lra_sfa.baselines.nystromformer import NystromformerAttention
 from lra_sfa.baselines.performer import PerformerAttention
 from lra_sfa.baselines.sfa_window import SFAWindowAttention
 from lra_sfa.baselines.windowed import WindowedAttention
+from omegaconf import OmegaConf
+
+from lra_sfa.attention import build_attention
 from lra_sfa.kernels.sfa_ref import sparsify
 
 ATTN_DIR = Path(__file__).resolve().parents[1] / "conf" / "attn"
@@ -192,7 +192,7 @@ def test_flex_block_mask_covers_exactly_the_pattern(name, make, L, padded):
     part, full = _computed_pairs(block_mask, L)
     valid, _ = key_validity(mask, B, pattern)
     pos = torch.arange(L)
-    mask_mod = pattern.mask_mod(None if mask is None else valid)
+    mask_mod = pattern.mask_mod(None if mask is None else valid.to(torch.int32))
     mod = mask_mod(torch.arange(B).view(B, 1, 1, 1), torch.arange(pattern.heads).view(1, -1, 1, 1),
                    pos.view(1, 1, L, 1), pos.view(1, 1, 1, L))  # (B, H', L, L)
     real = torch.ones(B, L, dtype=torch.bool) if mask is None else mask
@@ -302,7 +302,7 @@ def test_forward_backward_finite_in_tiny_model(path):
     assert qkv_grad is not None and qkv_grad.abs().sum() > 0, f"{path.stem}: no gradient reached q/k/v"
 
 
-# ----------------------------------------------------------------------------- Performer, Nystromformer, Linear, Linformer
+# ------------------------------------------------------------ Performer, Nystromformer, Linear, Linformer
 
 
 def performer_error(num_features: int, seeds: range, scale: float = 0.6) -> float:

@@ -85,7 +85,8 @@ def test_user_attention_from_outside_the_package_trains_and_records(user_folder)
 @pytest.mark.parametrize(
     "yaml_text,expected",
     [
-        ("_target_: my_clipped_attention.ClipedAttention\nname: mine\n", r"attention config 'mine'.*cannot be imported"),
+        ("_target_: my_clipped_attention.ClipedAttention\nname: mine\n",
+         r"attention config 'mine'.*cannot be imported"),
         ("_target_: my_clipped_attention.ClippedAttention\nname: mine\nclip_value: 3.0\n",
          r"attention config 'mine'.*clip_value.*valid arguments: \['clip'\]"),
     ],

@@ -19,7 +19,7 @@ straight from conf/attn/ with PyYAML, no Hydra needed):
    status, not crashes; ``--budget-s`` stops timing early (rows say so).
 
 Writes ``baselines.csv`` (the SFA kernel CSV's columns plus ``status``) and
-``baselines_checks.csv``; prints a short table last.
+``baselines.checks.csv``; prints a short table last.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def measure(ops: dict, args, meta: dict, impl: str, baseline: dict | None, write
     for op, fn in ops.items():
         row = dict(meta, impl=impl, op=op)
         if baseline is not None:
-            row.update(baseline="sdpa_cudnn", baseline_ms=baseline.get(op, ""))
+            row.update(baseline="sdpa_cudnn", baseline_ms=round(baseline[op], 4) if op in baseline else "")
         if time.time() > deadline:
             writer(dict(row, status="skipped: --budget-s reached"))
             continue
@@ -320,7 +320,8 @@ def probe_flex_variants(backend, q, k, v, args) -> None:
     for label, block_mask in variants.items():
         with torch.no_grad():
             try:
-                ms, _ = time_ms(lambda: compiled_flex()(q, k, v, block_mask=block_mask, scale=D**-0.5), args.rep_ms)
+                call = lambda bm=block_mask: compiled_flex()(q, k, v, block_mask=bm, scale=D**-0.5)
+                ms, _ = time_ms(call, args.rep_ms)
                 print(f"probe flex variant {label:20s} fwd(no grad) {ms:.3f} ms")
             except Exception as exc:
                 print(f"probe flex variant {label:20s} error {type(exc).__name__}: {str(exc)[:200]}")
@@ -393,7 +394,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     for name in args.probe:
         probe(name, args.lengths[0], args, dtype)
-    check_writer = RowWriter(out / "baselines_checks.csv", CHECK_COLUMNS)
+    check_writer = RowWriter(out / "baselines.checks.csv", CHECK_COLUMNS)
     checks = {}
     for name in args.names:
         try:

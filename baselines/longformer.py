@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from lra_sfa.baselines._patterns import BandGlobalPattern, SparsePattern
-from lra_sfa.baselines._sparse_backend import BlockSparseAttention
+from lra_sfa.baselines._sparse_backend import BlockSparseAttention, band_tile
 
 
 class LongformerAttention(BlockSparseAttention):
@@ -30,6 +30,7 @@ class LongformerAttention(BlockSparseAttention):
                 f"LongformerAttention: global_tokens must be a list of int positions, got {global_tokens!r}"
             )
         self.window = window
+        self.blocked_tile = band_tile(window)
         self.global_tokens = tokens
 
     def make_pattern(self, seq_len: int, device: torch.device) -> SparsePattern:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 from lra_sfa.baselines._patterns import BandGlobalPattern, SparsePattern
-from lra_sfa.baselines._sparse_backend import BlockSparseAttention
+from lra_sfa.baselines._sparse_backend import BlockSparseAttention, band_tile
 
 from lra_sfa.kernels.sfa_ref import sparsify
 
@@ -36,6 +36,7 @@ class SFAWindowAttention(BlockSparseAttention):
         self.topk = topk
         self.topk_k = topk if topk_k is None else topk_k
         self.window = window
+        self.blocked_tile = band_tile(window)
 
     def make_pattern(self, seq_len: int, device: torch.device) -> SparsePattern:
         return BandGlobalPattern(seq_len, device, radius=self.window, global_tokens=[])

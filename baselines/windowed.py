@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 from lra_sfa.baselines._patterns import BandGlobalPattern, SparsePattern
-from lra_sfa.baselines._sparse_backend import BlockSparseAttention
+from lra_sfa.baselines._sparse_backend import BlockSparseAttention, band_tile
 
 
 class WindowedAttention(BlockSparseAttention):
@@ -21,6 +21,7 @@ class WindowedAttention(BlockSparseAttention):
         if not isinstance(window, int) or window < 0:
             raise ValueError(f"WindowedAttention: window must be an int >= 0 (keys on each side), got {window!r}")
         self.window = window
+        self.blocked_tile = band_tile(window)
 
     def make_pattern(self, seq_len: int, device: torch.device) -> SparsePattern:
         return BandGlobalPattern(seq_len, device, radius=self.window, global_tokens=[])

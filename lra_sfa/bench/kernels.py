@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import math
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -108,6 +108,17 @@ def sfa_call(q, k, v, topk: int, grad_out=None):
     return run
 
 
+def _torch_topk_codes(x: torch.Tensor, topk: int, scatter: bool = True) -> torch.Tensor:
+    """torch.topk on |x| (and, with ``scatter``, a 0/1 code tensor built from it): the torch baseline."""
+    indices = torch.topk(x.abs(), topk, dim=-1).indices
+    return torch.zeros_like(x).scatter_(-1, indices, 1.0) if scatter else indices
+
+
+def _topk_both(q: torch.Tensor, k: torch.Tensor, topk: int) -> None:
+    topk_pack(q, topk)
+    topk_pack(k, topk)
+
+
 def leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clone().requires_grad_(True)
 
@@ -180,7 +191,7 @@ def bench_decode(out_rows: RowWriter, checks: RowWriter, meta: dict, rep_ms: flo
     q = torch.randn(batch, heads, 1, dim, device=DEVICE, dtype=torch.bfloat16)
     k_vals, k_idx = pack_k_cache(k, topk)
     del k
-    sfa_ms, peak = time_ms(lambda: sfa_decode(q, k_vals, k_idx, v, topk), rep_ms)
+    sfa_ms, peak = time_ms(partial(sfa_decode, q, k_vals, k_idx, v, topk), rep_ms)
     out = sfa_decode(q, k_vals, k_idx, v, topk)
     kd = torch.zeros(batch, heads, length, dim, device=DEVICE, dtype=torch.bfloat16)
     kd.scatter_(-1, k_idx.long(), k_vals)  # (B, H, L, D) dense codes of the cache
@@ -232,9 +243,8 @@ def explore(args) -> None:
         record("check", f"L={length} d={dim} k={topk} pad={pad} {dtype}", 0.0, f"{errs} ok={res['ok']}")
     x = torch.randn(args.topk_rows, 128, device=DEVICE, dtype=torch.bfloat16)
     for topk in args.topks:
-        record("topk", f"topk_pack {x.shape[0]}x128 k={topk}", time_ms(lambda: topk_pack(x, topk))[0])
-        record("topk", f"torch.topk+scatter {x.shape[0]}x128 k={topk}", time_ms(lambda: torch.zeros_like(x).scatter_(
-            -1, torch.topk(x.abs(), topk, dim=-1).indices, 1.0))[0])
+        record("topk", f"topk_pack {x.shape[0]}x128 k={topk}", time_ms(partial(topk_pack, x, topk))[0])
+        record("topk", f"torch.topk+scatter {x.shape[0]}x128 k={topk}", time_ms(partial(_torch_topk_codes, x, topk))[0])
     del x
     length, dim, topk = args.explore_length, 128, args.topks[0]
     q, k, v = random_qkv(1, 16, length, dim, torch.bfloat16, seed=1)
@@ -249,7 +259,7 @@ def explore(args) -> None:
     for bm, bn, warps, stages, ws in args.fwd_configs:
         cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws))
         try:
-            ms = time_ms(lambda: launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg))[0]
+            ms = time_ms(partial(launch_forward, packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg))[0]
             got, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg)
             record("design_A", f"tma {bm}x{bn} w{warps} s{stages} ws{ws}", ms,
                    f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e}")
@@ -257,13 +267,13 @@ def explore(args) -> None:
             record("design_A", f"tma {bm}x{bn} w{warps} s{stages} ws{ws}", float("nan"), repr(exc)[:160])
     for name in ("gather", "packed_k", *ABLATION_MODES):
         for bn, stages in ((64, 3), (128, 2)):
-            ms = time_ms(lambda: run_variant(name, packs, vf, 128, bn, 8, stages))[0]
+            ms = time_ms(partial(run_variant, name, packs, vf, 128, bn, 8, stages))[0]
             got = run_variant(name, packs, vf, 128, bn, 8, stages)
             record("variant", f"{name} 128x{bn} w8 s{stages}", ms,
                    f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e}")
     record("full", "flash_sfa fwd (top-k + autotuned kernel)", time_ms(sfa_call(q, k, v, topk))[0],
            str(fwd.flash_sfa_fwd_tuned.best_config))
-    record("full", "topk_pack q and k", time_ms(lambda: (topk_pack(q, topk), topk_pack(k, topk)))[0])
+    record("full", "topk_pack q and k", time_ms(partial(_topk_both, q, k, topk))[0])
     grad = torch.randn_like(q)
     leaves = tuple(leaf(t) for t in (q, k, v))
     from lra_sfa.kernels import flash_sfa_bwd as bwd
@@ -282,7 +292,7 @@ def explore(args) -> None:
     k_vals, k_idx = pack_k_cache(kc, topk)
     for block_n, warps in ((64, 4), (128, 8), (32, 4), (128, 4)):
         record("decode", f"sfa_decode L={kc.shape[2]} B*H={batch * heads} bn{block_n} w{warps}",
-               time_ms(lambda: sfa_decode(qc, k_vals, k_idx, vc, topk, block_n=block_n, num_warps=warps))[0])
+               time_ms(partial(sfa_decode, qc, k_vals, k_idx, vc, topk, block_n=block_n, num_warps=warps))[0])
     for name in BACKENDS:
         record("decode", f"{name} decode L={kc.shape[2]}", time_ms(sdpa_call(name, qc, kc, vc))[0])
 
@@ -305,7 +315,8 @@ def run_sweep(args) -> None:
                                                       "device", "date"])
     x = torch.randn(args.topk_rows, 128, device=DEVICE, dtype=torch.bfloat16)
     for topk in args.topks:
-        pack_ms, torch_ms = time_ms(lambda: topk_pack(x, topk))[0], time_ms(lambda: torch.topk(x.abs(), topk, -1))[0]
+        pack_ms = time_ms(partial(topk_pack, x, topk))[0]
+        torch_ms = time_ms(partial(_torch_topk_codes, x, topk, False))[0]
         topk_rows.write(dict(rows=args.topk_rows, head_dim=128, topk=topk, topk_pack_ms=round(pack_ms, 4),
                              torch_topk_ms=round(torch_ms, 4), device=base["device"], date=args.date))
         print(f"top-k {args.topk_rows} rows x 128, k={topk}: topk_pack {pack_ms:.3f} ms, torch.topk {torch_ms:.3f} ms")

@@ -21,6 +21,13 @@ Masking
 Limits
     As the forward: head_dim 16..128, fp16 / bf16 / fp32 (IEEE dots), any L.
 
+Measured (H200, 2026-11-28, bf16, 2^19 tokens): fwd+bwd at d=128, k=8 is
+    39.2 ms at L=16K and 330 ms at L=128K against cuDNN 25.7 / 200 ms
+    (0.65x / 0.61x) and FA2 48.3 / 377 ms (1.23x / 1.14x); d=64 reaches
+    0.79-0.82x cuDNN. The backward (about 31.6 ms of the 39.2 at 16K) is a
+    plain FA2-style pair of kernels with pointer loads; it is the first
+    thing to improve (TMA loads, larger dK/dV tiles, one fused kernel).
+
 Block sizes
     dK/dV keeps two fp32 (BLOCK_N, D) accumulators in registers, so BLOCK_N
     64 with 4 warps (or 128 with 8) at D=128; dQ keeps one, so BLOCK_M 64-128.
@@ -35,11 +42,11 @@ import triton.language as tl
 
 
 @triton.jit
-def _delta_kernel(O, DO, Delta, n_rows, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr):
+def _delta_kernel(Out, DO, Delta, n_rows, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, HEAD_DIM)
     ok = rows < n_rows
-    o = tl.load(O + rows[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    o = tl.load(Out + rows[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
     do = tl.load(DO + rows[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
     tl.store(Delta + rows, tl.sum(o * do, axis=1), mask=ok)
 

@@ -26,9 +26,9 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     (dQ and dK at L = 1, where the softmax is constant) compares rounding noise
     on an absolute scale instead of dividing by zero.
     """
-    ref = ref.double()
+    x, ref = x.detach().double(), ref.detach().double()
     floor = 1e-2 * math.sqrt(max(ref.numel(), 1))
-    return float((x.double() - ref).norm() / max(float(ref.norm()), floor))
+    return float((x - ref).norm() / max(float(ref.norm()), floor))
 
 
 def passes(kernel_err: float, torch_err: float, dtype: torch.dtype) -> bool:

@@ -13,6 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if not torch.cuda.is_available():
+    # CPU CI runs the Triton kernels in the interpreter; @triton.jit reads this when kernels are defined,
+    # so it must be set before any test module imports them.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ token embeddings N(0, 1), sinusoidal or learned positions, pre-LN blocks
 (bias-free q/k/v projections, GELU MLP), a final LayerNorm, pooling (a
 zero-initialised CLS vector prepended, the mean over real tokens, or the
 last real token), and a head Dense(mlp_dim) -> ReLU -> Dense(classes).
+``qkv_dim`` (default ``d_model``) is the q/k/v width, as LRA's ``qkv_dim``.
 For a dual task (retrieval) both documents go through the same encoder and
 the head takes [x1, x2, x1 * x2, x1 - x2].
 
@@ -35,33 +36,35 @@ def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention around one AttentionBackend."""
+    """Multi-head self-attention around one AttentionBackend; q/k/v width ``qkv_dim``."""
 
-    def __init__(self, d_model: int, num_heads: int, attention: AttentionBackend, dropout: float) -> None:
+    def __init__(self, d_model: int, num_heads: int, attention: AttentionBackend, dropout: float,
+                 qkv_dim: int | None = None) -> None:
         super().__init__()
-        if d_model % num_heads:
-            raise ValueError(f"model: d_model={d_model} must be divisible by num_heads={num_heads}")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.proj = nn.Linear(d_model, d_model)
+        qkv_dim = qkv_dim or d_model
+        if qkv_dim % num_heads:
+            raise ValueError(f"model: qkv_dim={qkv_dim} (d_model when null) must be divisible by num_heads={num_heads}")
+        self.num_heads, self.qkv_dim = num_heads, qkv_dim
+        self.qkv = nn.Linear(d_model, 3 * qkv_dim, bias=False)
+        self.proj = nn.Linear(qkv_dim, d_model)
         self.attention = attention
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
-        B, L, C = x.shape
-        qkv = self.qkv(x).view(B, L, 3, self.num_heads, C // self.num_heads)  # (B, L, 3, H, Dh)
+        B, L, _ = x.shape
+        qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.qkv_dim // self.num_heads)  # (B, L, 3, H, Dh)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
         out = self.attention(q, k, v, key_padding_mask)  # (B, H, L, Dh)
-        out = out.transpose(1, 2).reshape(B, L, C)  # (B, L, C)
+        out = out.transpose(1, 2).reshape(B, L, self.qkv_dim)  # (B, L, qkv_dim)
         return self.proj(self.dropout(out))
 
 
 class Block(nn.Module):
     def __init__(self, d_model: int, num_heads: int, mlp_dim: int, attention: AttentionBackend,
-                 dropout: float, attn_dropout: float) -> None:
+                 dropout: float, attn_dropout: float, qkv_dim: int | None = None) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model)
-        self.attn = SelfAttention(d_model, num_heads, attention, attn_dropout)
+        self.attn = SelfAttention(d_model, num_heads, attention, attn_dropout, qkv_dim)
         self.norm2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, d_model)
@@ -82,7 +85,7 @@ class LRAClassifier(nn.Module):
     def __init__(self, vocab_size: int, num_classes: int, seq_len: int, attn_cfg, d_model: int = 64,
                  num_heads: int = 4, num_layers: int = 2, mlp_dim: int = 128, pooling: str = "cls",
                  dropout: float = 0.1, attn_dropout: float = 0.1, pos: str = "sin", dual: bool = False,
-                 has_padding: bool = True) -> None:
+                 has_padding: bool = True, qkv_dim: int | None = None) -> None:
         super().__init__()
         if pooling not in ("cls", "mean", "last"):
             raise ValueError(f"model: pooling={pooling!r} must be one of cls, mean, last")
@@ -97,11 +100,11 @@ class LRAClassifier(nn.Module):
         else:
             self.pos = nn.Parameter(torch.randn(total_len, d_model) * 0.02)
         self.cls = nn.Parameter(torch.zeros(1, 1, d_model)) if pooling == "cls" else None
-        head_dim = d_model // num_heads
+        head_dim = (qkv_dim or d_model) // num_heads
         self.blocks = nn.ModuleList(
             Block(d_model, num_heads, mlp_dim,
                   build_attention(attn_cfg, num_heads=num_heads, head_dim=head_dim, max_seq_len=total_len),
-                  dropout, attn_dropout)
+                  dropout, attn_dropout, qkv_dim)
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(d_model)

@@ -72,7 +72,8 @@ def _resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 def _check_supported(model: LRAClassifier, cfg, device, dtype, seq_len: int) -> list[str]:
-    heads, dim = int(cfg.model.num_heads), int(cfg.model.d_model) // int(cfg.model.num_heads)
+    heads = int(cfg.model.num_heads)
+    dim = int(cfg.model.get("qkv_dim") or cfg.model.d_model) // heads
     probe = torch.zeros(1, heads, seq_len, dim, device=device, dtype=dtype)
     return model.attention_modules()[0].unsupported_reasons(probe, probe, probe, None)
 

@@ -17,8 +17,8 @@ SECS=$LISTOPS_S one listops_full experiment=lra_listops attn=full trainer.max_se
 SECS=$LISTOPS_S one listops_sfa experiment=lra_listops attn=sfa trainer.max_seconds=$LISTOPS_S
 PF="experiment=lra_pathfinder task.num_train=40000 task.num_val=2000 task.num_test=2000 trainer.eval_every=500"
 SECS=$PF_S one pf32_full $PF attn=full trainer.max_seconds=$PF_S
-# Pathfinder-32's model has head_dim 8 (width 32, 4 heads): below the Triton kernel's head dims, so the
-# chunked PyTorch path runs (recorded as attn_path=reference), with k=2 of 8 features.
+# Pathfinder-32's model has head_dim 4 (qkv_dim 16, 4 heads): below the Triton kernel's head dims, so the
+# chunked PyTorch path runs (recorded as attn_path=reference), with k=2 of 4 features.
 SECS=$PF_S one pf32_sfa $PF attn=sfa attn.topk=2 attn.impl=reference trainer.max_seconds=$PF_S
 SECS=$NEEDLE_S one needle_full experiment=lra_needle attn=full trainer.max_seconds=$NEEDLE_S
 SECS=$NEEDLE_S one needle_sfa experiment=lra_needle attn=sfa trainer.max_seconds=$NEEDLE_S

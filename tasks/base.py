@@ -59,6 +59,7 @@ class Task:
     vocab_size: int = 0
     num_classes: int = 0
     dual: bool = False  # True: inputs are pairs (N, 2, L) for a dual encoder
+    has_padding: bool = True  # False: token 0 is real data (pixels), so no padding mask is derived
 
     def __init__(self, seq_len: int, pooling: str = "cls", data_dir: str | None = None) -> None:
         if pooling not in ("cls", "mean", "last"):

@@ -198,7 +198,8 @@ class ListOps(Task):
         self.workers = workers
 
     def describe(self) -> dict:
-        return {**super().describe(), **self.gen, **{f"num_{k}": v for k, v in self.sizes.items()}}
+        generator = {("data_seed" if key == "seed" else key): value for key, value in self.gen.items()}
+        return {**super().describe(), **generator, **{f"num_{k}": v for k, v in self.sizes.items()}}
 
     def load(self, cache_dir) -> TaskData:
         if self.data_dir:

@@ -36,9 +36,9 @@ def comparison_table(records: list[dict]) -> pd.DataFrame:
 
 
 def main(overrides: list[str]) -> pd.DataFrame:
-    console = Console()
+    console = Console(width=max(120, Console().width))
     console.print(
-        "[bold yellow]REDUCED PROTOCOL[/]: ListOps with expressions of 60-250 tokens, 8k training examples, "
+        "[bold yellow]REDUCED PROTOCOL[/]: ListOps with expressions of 41-127 tokens, 8k training examples, "
         "a 2-layer width-64 model, 600 steps on the CPU. Not comparable with published LRA numbers; "
         "`python -m lra_sfa experiment=lra_listops attn=...` runs the paper protocol."
     )

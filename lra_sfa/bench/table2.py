@@ -1,0 +1,175 @@
+"""The LRA paper's Table 2 protocol: training-step speed and memory of the Text model.
+
+``python -m lra_sfa.bench bench=lra_table2`` trains the LRA Text classifier
+(``conf/bench/lra_table2.yaml``: 4 layers, 4 heads, width 256, MLP 1024,
+batch 32) for ``warmup_steps`` untimed and ``timed_steps`` timed steps at each
+length (1K, 2K, 3K, 4K) with each backend, and records steps/s, tokens/s and
+peak memory; the report divides by full attention's numbers at the same
+length (the paper's "speed-up" and memory columns).
+
+The inputs are synthetic: uniform byte ids 1..256 and random labels,
+pre-staged on the device (two batches, alternated), so the numbers are the
+model's training step alone (forward, loss, backward, AdamW, schedule), with
+no data loading. The paper ran on 4x4 TPU v3; compare ratios, not absolutes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lra_sfa.bench import common
+from lra_sfa.bench.sweep import autocast
+from lra_sfa.model import LRAClassifier, cross_entropy
+from lra_sfa.optim import build_optimizer
+
+
+def _build(attn_cfg: DictConfig, length: int, bench: DictConfig, device: torch.device) -> LRAClassifier:
+    model_args = OmegaConf.to_container(bench.model, resolve=True)
+    return LRAClassifier(vocab_size=int(bench.vocab_size), num_classes=int(bench.num_classes), seq_len=length,
+                         attn_cfg=attn_cfg, pooling=str(bench.pooling), **model_args).to(device)
+
+
+def _train_step_fn(model: LRAClassifier, bench: DictConfig, length: int, device, dtype):
+    """One closure per cell: a full training step on alternating pre-staged batches."""
+    optimizer, schedule = build_optimizer(model, bench.optimizer)
+    batch = int(bench.batch)
+    tokens = torch.randint(1, int(bench.vocab_size), (2, batch, length), device=device)  # (2, B, L)
+    labels = torch.randint(0, int(bench.num_classes), (2, batch), device=device)  # (2, B)
+    attention = model.attention_modules()
+    max_steps = int(bench.optimizer.max_steps)
+    state = {"step": 0}
+
+    def step() -> None:
+        index = state["step"] % 2
+        for module in attention:
+            module.on_step(state["step"], max_steps)
+        with autocast(device, dtype):
+            loss = cross_entropy(model(tokens[index]), labels[index])
+            extras = [t for t in (m.extra_loss() for m in attention) if t is not None]
+            total = loss + sum(extras) if extras else loss
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        schedule.step()
+        state["step"] += 1
+    return step
+
+
+def _time_steps(step, device: torch.device, bench: DictConfig) -> dict[str, Any]:
+    """Warm-up steps, then steps/s over up to ``timed_steps`` steps between synchronised clock reads."""
+    start = time.perf_counter()
+    step()
+    common.synchronize(device)
+    first_s = time.perf_counter() - start
+    result: dict[str, Any] = {"first_step_ms": first_s * 1e3, "timed_out": first_s > float(bench.max_seconds)}
+    if result["timed_out"]:
+        return result
+    for _ in range(max(0, int(bench.warmup_steps) - 1)):
+        step()
+    common.synchronize(device)
+    result["memory_source"] = common.reset_peak_memory(device)
+    done, start = 0, time.perf_counter()
+    while done < int(bench.timed_steps):
+        step()
+        done += 1
+        if done % 5 == 0 and time.perf_counter() - start > float(bench.max_seconds):
+            break  # host clock only; the synchronise below closes the interval
+    common.synchronize(device)
+    seconds = time.perf_counter() - start
+    result.update(timed_steps=done, train_seconds=seconds, steps_per_second=done / seconds,
+                  ms=seconds / done * 1e3, peak_memory_mb=common.peak_memory_mb(device))
+    return result
+
+
+def run_train_cell(attn_cfg: DictConfig, length: int, bench: DictConfig, device: torch.device,
+                   dtype: torch.dtype) -> dict[str, Any]:
+    """Measure one (backend, length) cell; returns measured fields and status."""
+    torch.manual_seed(int(bench.seed))
+    fields: dict[str, Any] = {"status": "error", "reason": None}
+    try:
+        model = _build(attn_cfg, length, bench, device)
+    except ValueError as exc:
+        return {**fields, "status": "unsupported", "reason": f"cannot build for this shape: {exc}"}
+    heads = int(bench.model.num_heads)
+    total = length + (bench.pooling == "cls")
+    probe = torch.empty(1, dtype=dtype, device=device).expand(int(bench.batch), heads, total,
+                                                              int(bench.model.d_model) // heads)
+    reasons = model.attention_modules()[0].unsupported_reasons(probe, probe, probe, None)
+    if reasons:
+        return {**fields, "status": "unsupported", "reason": "; ".join(reasons)}
+    model.train()
+    step, failure = None, None
+    try:
+        step = _train_step_fn(model, bench, length, device, dtype)
+        timing = _time_steps(step, device, bench)
+    except Exception as exc:  # every failure becomes a record; the run goes on
+        failure = {"status": "oom" if common.is_oom(exc) else "error", "reason": common.first_line(exc)}
+    step = None
+    attn_path = model.attention_modules()[0].last_path
+    del model
+    common.free_memory(device)
+    if failure:
+        return {**fields, **failure}
+    fields.update(timing, attn_path=attn_path)
+    if timing["timed_out"]:
+        return {**fields, "status": "timeout", "reason": f"one step took {timing['first_step_ms'] / 1e3:.1f} s "
+                                                         f"> bench.max_seconds={bench.max_seconds}"}
+    return {**fields, "status": "ok", "tokens_per_second": timing["steps_per_second"] * int(bench.batch) * length}
+
+
+def run_table2(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> list[dict[str, Any]]:
+    """Every backend at every length (ascending; a failure stops that backend's lengths)."""
+    bench = cfg.bench
+    names = common.selected_attns(bench.attns)
+    base = common.base_record("lra_table2", device, dtype)
+    model = OmegaConf.to_container(bench.model, resolve=True)
+    budget = float(bench.budget_seconds) if bench.get("budget_seconds") else None
+    start, records = time.perf_counter(), []
+    for name in names:
+        attn_cfg = common.load_attn_cfg(name, (bench.attn_args or {}).get(name))
+        args = OmegaConf.to_container(attn_cfg, resolve=True)
+        args.pop("name", None)
+        target = args.pop("_target_", None)
+        for length in sorted(int(value) for value in bench.lengths):
+            if budget is not None and time.perf_counter() - start > budget:
+                print(f"bench: budget_seconds={budget:g} spent; stopping before {name} L={length}")
+                return records
+            measured = run_train_cell(attn_cfg, length, bench, device, dtype)
+            record = {**base, "task": "text", "data": "synthetic bytes (uniform ids 1..256), pre-staged",
+                      "attn": name, "attn_target": target, "attn_args": args, "part": "train", "op": "train_step",
+                      "seq_len": length, "batch": int(bench.batch), "model": model, "pooling": str(bench.pooling),
+                      "steps_per_second": None, "tokens_per_second": None, "peak_memory_mb": None, "ms": None,
+                      **measured}
+            common.write_bench_record(record, cfg.out_dir)
+            records.append(record)
+            print(format_train_cell(record), flush=True)
+            if record["status"] != "ok":
+                break
+    return records
+
+
+def format_train_cell(record: dict) -> str:
+    sps = f"{record['steps_per_second']:8.2f} steps/s" if record.get("steps_per_second") else " " * 16
+    mem = f"{record['peak_memory_mb']:9.1f} MB" if record.get("peak_memory_mb") is not None else ""
+    reason = f"  ({record['reason']})" if record.get("reason") else ""
+    return f"{record['attn']:<15} L={record['seq_len']:<6} {record['status']:<11} {sps} {mem}{reason}"
+
+
+def relative_to_full(records: list[dict]) -> list[dict]:
+    """Per (backend, length): steps/s and memory divided by full attention's at that length."""
+    full = {r["seq_len"]: r for r in records if r["attn"] == "full" and r["status"] == "ok"}
+    rows = []
+    for record in records:
+        reference = full.get(record["seq_len"])
+        ok = record["status"] == "ok" and reference is not None
+        rows.append({
+            "attn": record["attn"], "seq_len": record["seq_len"], "status": record["status"],
+            "steps_per_second": record.get("steps_per_second"), "peak_memory_mb": record.get("peak_memory_mb"),
+            "speedup_vs_full": record["steps_per_second"] / reference["steps_per_second"] if ok else None,
+            "memory_vs_full": record["peak_memory_mb"] / reference["peak_memory_mb"] if ok else None,
+        })
+    return rows

@@ -1,0 +1,121 @@
+"""The efficiency benchmarks on the CPU: sweep records, failures, the Table 2 protocol, harness overhead."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from lra_sfa.bench import common, overhead, sweep
+from lra_sfa.bench.__main__ import run_bench
+from lra_sfa.records import load_records
+from lra_sfa.report_data import bench_problem
+
+TINY = ["device=cpu", "bench.lengths=[64,128]", "bench.heads=2", "bench.head_dim=16", "bench.repeats=2",
+        "bench.warmup=1", "bench.mlp_ratio=2"]
+
+
+def _bench_cfg(tmp_path, *overrides: str):
+    with initialize_config_module("lra_sfa.conf", version_base=None):
+        return compose("bench", overrides=[f"out_dir={tmp_path / 'store'}", *TINY, *overrides])
+
+
+def test_sweep_writes_one_valid_record_per_cell_including_unsupported(tmp_path):
+    cfg = _bench_cfg(tmp_path, "bench.attns=[full,sfa,longformer]", "bench.attn_args={longformer:{impl:flex}}")
+    returned = run_bench(cfg)
+    records, invalid = load_records(tmp_path / "store", kind="bench")
+    assert not invalid and len(records) == len(returned) == 2 * 4 * 2 + 4
+    assert all(bench_problem(r) is None and r["kind"] == "bench" and r["mode"] == "sweep" for r in records)
+    cells = {(r["attn"], r["part"], r["op"], r["seq_len"]): r for r in records}
+    for attn, path in (("full", "sdpa"), ("sfa", "reference")):
+        for part in ("attention", "block"):
+            for op in ("fwd", "fwd_bwd"):
+                for length in (64, 128):
+                    record = cells[(attn, part, op, length)]
+                    assert record["status"] == "ok" and record["attn_path"] == path
+                    assert record["ms"] > 0 and record["ms_min"] <= record["ms"] <= record["ms_max"]
+                    assert record["tokens_per_second"] == pytest.approx(length / (record["ms"] / 1e3))
+                    assert record["peak_memory_mb"] > 0 and record["memory_source"].startswith("cpu_peak_rss")
+                    assert record["device_type"] == "cpu" and record["dtype"] == "float32"
+    unsupported = [r for r in records if r["attn"] == "longformer"]
+    assert {r["seq_len"] for r in unsupported} == {64}  # the series stopped growing L
+    assert all(r["status"] == "unsupported" and "flex" in r["reason"] for r in unsupported)
+    assert cells[("sfa", "block", "fwd", 64)]["mlp_dim"] == 2 * 2 * 16
+    assert cells[("sfa", "attention", "fwd", 64)]["attn_args"]["topk"] == 8
+
+
+def test_oom_and_timeout_are_recorded_and_stop_the_series(tmp_path, monkeypatch):
+    real = common.time_calls
+
+    def fake(fn, device, warmup, repeats, max_seconds):
+        if fake.calls == 1:
+            fake.calls += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        fake.calls += 1
+        return real(fn, device, warmup, repeats, max_seconds)
+
+    fake.calls = 0
+    monkeypatch.setattr(common, "time_calls", fake)
+    cfg = _bench_cfg(tmp_path, "bench.attns=[linear]", "bench.parts=[attention]", "bench.ops=[fwd]",
+                     "bench.lengths=[32,64,128]")
+    statuses = [(r["seq_len"], r["status"]) for r in run_bench(cfg)]
+    assert statuses == [(32, "ok"), (64, "oom")]
+    monkeypatch.setattr(common, "time_calls", real)
+    cfg = _bench_cfg(tmp_path, "bench.attns=[full]", "bench.parts=[block]", "bench.ops=[fwd_bwd]",
+                     "bench.max_seconds=0")
+    records = run_bench(cfg)
+    assert [(r["seq_len"], r["status"]) for r in records] == [(64, "timeout")]
+    assert "bench.max_seconds=0" in records[0]["reason"] and records[0]["first_call_ms"] > 0
+
+
+def test_bad_names_and_values_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="nosuch.*valid names.*full"):
+        common.load_attn_cfg("nosuch")
+    with pytest.raises(ValueError, match="bench.parts"):
+        run_bench(_bench_cfg(tmp_path, "bench.attns=[full]", "bench.parts=[mlp]"))
+    with pytest.raises(ValueError, match="bench.dtype"):
+        run_bench(_bench_cfg(tmp_path, "dtype=fp8"))
+    assert common.selected_attns(None) == common.attn_registry() and "sfa" in common.attn_registry()
+
+
+def test_padding_mask_keeps_a_prefix():
+    mask = sweep.padding_mask(6, 40, torch.device("cpu"))
+    assert mask.shape == (6, 40) and mask[:, :21].all()
+    kept = mask.sum(1)
+    assert torch.equal(mask, torch.arange(40)[None, :] < kept[:, None])
+
+
+def test_table2_protocol_from_the_cli(tmp_path):
+    env = {**os.environ, "LRA_SFA_BENCH_RESULTS": str(tmp_path / "store")}
+    args = ["bench=lra_table2", "device=cpu", "bench.attns=[full,sfa]", "bench.lengths=[64,128]", "bench.batch=2",
+            "bench.model.d_model=32", "bench.model.num_heads=2", "bench.model.num_layers=1", "bench.model.mlp_dim=64",
+            "bench.warmup_steps=1", "bench.timed_steps=2", f"hydra.run.dir={tmp_path / 'out'}"]
+    result = subprocess.run([sys.executable, "-m", "lra_sfa.bench", *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "relative to full" in result.stdout and "4 cells ok=4" in result.stdout
+    records, invalid = load_records(tmp_path / "store", kind="bench")
+    assert not invalid and len(records) == 4
+    for record in records:
+        assert record["mode"] == "lra_table2" and record["status"] == "ok" and bench_problem(record) is None
+        assert record["steps_per_second"] > 0 and record["timed_steps"] == 2 and record["peak_memory_mb"] > 0
+        assert record["batch"] == 2 and record["model"]["d_model"] == 32 and "synthetic" in record["data"]
+        assert record["tokens_per_second"] == pytest.approx(record["steps_per_second"] * 2 * record["seq_len"])
+
+
+def test_harness_overhead_on_cpu(tmp_path):
+    overrides = ["task.seq_len=64", "task.num_train=64", "task.num_val=16", "task.num_test=16",
+                 "model.d_model=32", "model.num_heads=2", "model.num_layers=1", "model.mlp_dim=64",
+                 "trainer.batch_size=4", f"paths.cache_dir={tmp_path / 'cache'}"]
+    record = overhead.main(["--steps", "4", "--repeats", "1", "--out", str(tmp_path / "store"), *overrides])
+    assert record["runner_step_ms"] > 0 and record["bare_step_ms"] > 0
+    assert math.isfinite(record["overhead_fraction"]) and record["overhead_fraction"] < 1
+    assert record["overhead_fraction"] == pytest.approx(1 - record["bare_step_ms"] / record["runner_step_ms"])
+    assert record["seq_len"] == 64 and record["task"] == "needle" and record["batch"] == 4
+    stored, invalid = load_records(tmp_path / "store", kind="bench")
+    assert not invalid and len(stored) == 1 and bench_problem(stored[0]) is None

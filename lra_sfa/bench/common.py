@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lra_sfa.records import git_commit, now_iso, write_json_atomic
 from lra_sfa.recording import device_name
+from lra_sfa.records import git_commit, now_iso, write_json_atomic
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BENCH_STATUSES = ("ok", "oom", "timeout", "unsupported", "error")

@@ -1,0 +1,162 @@
+"""``python -m lra_sfa.report in_dir=results out_dir=results`` (``make tables``): tables, plots, RESULTS.md.
+
+Everything is regenerated from the records alone: every JSON record under
+``in_dir`` (run records, ``"kind": "bench"`` records), the published numbers
+in ``results/published/`` and the SFA kernel CSV. Writes, under ``out_dir``:
+
+    tables/accuracy.md, tables/accuracy.csv       LRA Table 1 form (val and test), published beside
+    tables/efficiency.md, tables/efficiency.csv   LRA Table 2 form, the length sweep, harness overhead,
+                                                  SFA kernels vs SDPA beside the SFA paper
+    plots/*.png                                   see lra_sfa/report_plots.py
+    RESULTS.md                                    all of the above in one page (the README links it)
+
+Bad or partial records are listed (here and at the end of RESULTS.md) and
+skipped; they never stop the report. The output depends only on the inputs
+(no clock), so rerunning on unchanged records changes no file.
+
+Arguments are ``key=value``: in_dir (default results), out_dir (default
+in_dir), published_dir (default <in_dir>/published, else the source tree's
+results/published), kernels_csv (default <in_dir>/kernels/sfa_vs_sdpa.csv).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from lra_sfa.report_data import Inputs, load_inputs
+from lra_sfa.report_efficiency import efficiency_section
+from lra_sfa.report_tables import accuracy_section
+
+KEYS = ("in_dir", "out_dir", "published_dir", "kernels_csv")
+REPO_PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published"
+PLOT_FILES = {
+    "speed_vs_length.png": "Speed against length (sweep, log-log)",
+    "memory_vs_length.png": "Peak memory against length (sweep, log-log)",
+    "accuracy_speed_memory.png": "Accuracy vs speed vs memory (LRA Figure 3 form)",
+    "needle_heatmap.png": "Needle accuracy over length and depth",
+    "sfa_kernel_speedup.png": "SFA Triton kernels: speed-up over SDPA",
+}
+
+
+def parse_args(argv: list[str]) -> dict[str, Path | None]:
+    """``key=value`` arguments; an unknown key or a bare word is a clear error."""
+    values: dict[str, str] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in KEYS:
+            raise ValueError(f"report: bad argument {arg!r}; use key=value with key in {KEYS}")
+        values[key] = value
+    in_dir = Path(values.get("in_dir", "results"))
+    published = values.get("published_dir")
+    if published is None:
+        published_dir = in_dir / "published" if (in_dir / "published").is_dir() else REPO_PUBLISHED
+    else:
+        published_dir = Path(published) if published else None
+    kernels = values.get("kernels_csv")
+    return {"in_dir": in_dir, "out_dir": Path(values.get("out_dir", str(in_dir))), "published_dir": published_dir,
+            "kernels_csv": Path(kernels) if kernels else in_dir / "kernels" / "sfa_vs_sdpa.csv"}
+
+
+def _demote(markdown: str) -> str:
+    """## -> ###, ### -> ####: a section embedded one level deeper."""
+    return "\n".join("#" + line if line.startswith("##") else line for line in markdown.splitlines())
+
+
+def make_plots(inputs: Inputs, plots_dir: Path) -> dict[str, Path | None]:
+    """Every figure; a figure with no data is not written (and an old copy is removed)."""
+    from lra_sfa import report_plots as plots
+
+    made = {
+        "speed_vs_length.png": plots.plot_sweep(inputs.bench, "ms", "ms per call (median)",
+                                                plots_dir / "speed_vs_length.png"),
+        "memory_vs_length.png": plots.plot_sweep(inputs.bench, "peak_memory_mb", "peak memory (MB)",
+                                                 plots_dir / "memory_vs_length.png"),
+        "accuracy_speed_memory.png": plots.plot_accuracy_speed_memory(inputs.runs,
+                                                                      plots_dir / "accuracy_speed_memory.png"),
+        "needle_heatmap.png": plots.plot_needle(inputs.runs, plots_dir / "needle_heatmap.png"),
+        "sfa_kernel_speedup.png": plots.plot_kernel_speedup(inputs.kernels_csv, plots_dir / "sfa_kernel_speedup.png"),
+    }
+    for name, path in made.items():
+        if path is None and (plots_dir / name).exists():
+            (plots_dir / name).unlink()
+    return made
+
+
+def _skipped_md(inputs: Inputs) -> str:
+    if not inputs.skipped:
+        return "None."
+    return "\n".join(f"- `{path}`: {reason}" for path, reason in inputs.skipped)
+
+
+def _plots_md(made: dict[str, Path | None]) -> str:
+    lines = []
+    for name, title in PLOT_FILES.items():
+        if made.get(name) is not None:
+            lines += [f"### {title}", f"![{title}](plots/{name})"]
+        else:
+            lines += [f"### {title}", "Not generated: no records for it yet."]
+    return "\n\n".join(lines)
+
+
+def results_page(inputs: Inputs, accuracy_md: str, efficiency_md: str, made: dict[str, Path | None]) -> str:
+    devices = sorted({str(r.get("device")) for r in [*inputs.runs, *inputs.bench]})
+    dates = sorted(str(r.get("date", ""))[:10] for r in [*inputs.runs, *inputs.bench])
+    span = f"{dates[0]} to {dates[-1]}" if dates else "none"
+    return "\n\n".join([
+        "# Results",
+        "<!-- Generated by `make tables` (python -m lra_sfa.report); edits here are overwritten. -->",
+        f"Regenerated from {len(inputs.runs)} run records and {len(inputs.bench)} benchmark records "
+        f"(dates {span}; devices: {', '.join(devices) or 'none'}); {len(inputs.skipped)} files skipped "
+        "(listed at the end). Published numbers are data in `results/published/`, always labelled "
+        "\"published\" and never mixed with measured ones. Tables as files: `tables/accuracy.{md,csv}`, "
+        "`tables/efficiency.{md,csv}`.",
+        "## Accuracy (LRA Table 1 form)", _demote(accuracy_md),
+        "## Efficiency", _demote(efficiency_md),
+        "## Plots", _plots_md(made),
+        "## Skipped records", _skipped_md(inputs),
+    ]) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def build_report(in_dir: Path, out_dir: Path, published_dir: Path | None = None,
+                 kernels_csv: Path | None = None) -> Inputs:
+    """Load, write tables, plots and RESULTS.md; returns what was loaded (skipped files included)."""
+    inputs = load_inputs(Path(in_dir), published_dir, kernels_csv)
+    accuracy_md, accuracy_csv = accuracy_section(inputs.runs, inputs.published)
+    efficiency_md, efficiency_csv = efficiency_section(inputs.bench, inputs.published, inputs.kernels_csv)
+    tables = Path(out_dir) / "tables"
+    _write_text(tables / "accuracy.md", "# Accuracy (LRA Table 1 form)\n\n" + accuracy_md)
+    _write_text(tables / "efficiency.md", "# Efficiency (LRA Table 2 form and the length sweep)\n\n" + efficiency_md)
+    _write_text(tables / "accuracy.csv", accuracy_csv.convert_dtypes().to_csv(index=False))
+    _write_text(tables / "efficiency.csv", efficiency_csv.convert_dtypes().to_csv(index=False))
+    made = make_plots(inputs, Path(out_dir) / "plots")
+    _write_text(Path(out_dir) / "RESULTS.md", results_page(inputs, accuracy_md, efficiency_md, made))
+    return inputs
+
+
+def main(argv: list[str] | None = None) -> int:
+    start = time.perf_counter()
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        inputs = build_report(**args)
+    except ValueError as exc:
+        print(f"lra-sfa report: error: {exc}", file=sys.stderr)
+        return 2
+    for path, reason in inputs.skipped:
+        print(f"lra-sfa report: skipped {path}: {reason}", file=sys.stderr)
+    print(f"lra-sfa report: {len(inputs.runs)} run + {len(inputs.bench)} bench records -> "
+          f"{args['out_dir']}/RESULTS.md, tables/, plots/ ({len(inputs.skipped)} skipped, "
+          f"{time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""Loading for the report: run and bench records (valid ones, and the skipped with reasons), published CSVs.
+
+Run records are validated with ``lra_sfa.records.validate_record`` (the
+schema ``load_records`` applies); a run that says ``ok`` without a test
+accuracy is partial and skipped too. Bench
+records (``"kind": "bench"``) are checked for the fields their mode needs.
+Nothing raises on a bad file: it is returned with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from lra_sfa.records import validate_record
+
+BENCH_FIELDS = ("mode", "attn", "seq_len", "status", "device", "date")
+BENCH_STATUSES = ("ok", "oom", "timeout", "unsupported", "error")
+BENCH_OK_FIELDS = {"sweep": ("ms", "peak_memory_mb"), "lra_table2": ("steps_per_second", "peak_memory_mb"),
+                   "overhead": ("runner_step_ms", "bare_step_ms", "overhead_fraction")}
+
+
+@dataclass
+class Inputs:
+    runs: list[dict] = field(default_factory=list)
+    bench: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    published: dict[str, pd.DataFrame] = field(default_factory=dict)
+    kernels_csv: Path | None = None
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def run_problem(record: dict) -> str | None:
+    """Why a schema-valid run record still cannot go into the accuracy tables."""
+    if record["status"] == "ok" and not _number(record.get("test_accuracy")):
+        return "partial: status ok but no numeric test_accuracy"
+    if not _number(record.get("seq_len")):
+        return f"seq_len {record.get('seq_len')!r} is not a number"
+    return None
+
+
+def bench_problem(record: dict) -> str | None:
+    """Why a bench record cannot be used; None when it can."""
+    missing = [key for key in BENCH_FIELDS if key not in record]
+    if missing:
+        return f"bench record missing field(s) {missing}"
+    if record["status"] not in BENCH_STATUSES:
+        return f"status {record['status']!r} not in {BENCH_STATUSES}"
+    if record["mode"] not in BENCH_OK_FIELDS:
+        return f"mode {record['mode']!r} not in {tuple(BENCH_OK_FIELDS)}"
+    if not _number(record["seq_len"]):
+        return f"seq_len {record['seq_len']!r} is not a number"
+    if record["status"] == "ok":
+        bad = [key for key in BENCH_OK_FIELDS[record["mode"]] if not _number(record.get(key))]
+        if bad:
+            return f"partial: status ok but no numeric {bad}"
+    return None
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _check(record, path: Path) -> tuple[str | None, str | None]:
+    """(kind, problem): kind 'run' or 'bench' (None = another kind, ignored); problem None when usable."""
+    if not isinstance(record, dict):
+        return "run", f"not a JSON object ({type(record).__name__})"
+    kind = record.get("kind", "run")
+    if kind == "run":
+        problems = validate_record(record)
+        return kind, "; ".join(problems) if problems else run_problem(record)
+    if kind == "bench":
+        return kind, bench_problem(record)
+    return None, None
+
+
+def load_inputs(in_dir: Path, published_dir: Path | None, kernels_csv: Path | None) -> Inputs:
+    """Every record under ``in_dir`` (recursively, as ``records.load_records``) and the published tables.
+
+    Run records are checked with ``records.validate_record`` (the schema
+    ``load_records`` applies) plus ``run_problem``; bench records with
+    ``bench_problem``. Each skipped file is kept with its path and reason.
+    """
+    if not in_dir.is_dir():
+        raise ValueError(f"report: in_dir={in_dir} is not a folder")
+    inputs = Inputs()
+    for path in sorted(in_dir.rglob("*.json")):
+        name = _relative(path, in_dir)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            inputs.skipped.append((name, f"unreadable JSON: {exc}"))
+            continue
+        kind, problem = _check(record, path)
+        if problem:
+            inputs.skipped.append((name, problem))
+        elif kind == "run":
+            inputs.runs.append(record)
+        elif kind == "bench":
+            inputs.bench.append(record)
+    inputs.published = load_published(published_dir)
+    inputs.kernels_csv = kernels_csv if kernels_csv is not None and kernels_csv.is_file() else None
+    return inputs
+
+
+def load_published(folder: Path | None) -> dict[str, pd.DataFrame]:
+    """``results/published/*.csv`` by stem; each must carry a ``source`` column."""
+    tables: dict[str, pd.DataFrame] = {}
+    if folder is None or not folder.is_dir():
+        return tables
+    for path in sorted(folder.glob("*.csv")):
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)  # numbers kept as printed
+        if "source" not in frame.columns:
+            raise ValueError(f"report: published table {path} has no 'source' column (every row names its source)")
+        tables[path.stem] = frame
+    return tables
+
+
+def latest(records: list[dict], key) -> dict:
+    """One record per ``key(record)``: the latest by date (ties: the later in the list)."""
+    chosen: dict = {}
+    for record in records:
+        k = key(record)
+        if k not in chosen or str(record.get("date", "")) >= str(chosen[k].get("date", "")):
+            chosen[k] = record
+    return chosen
+
+
+def length_label(length: int) -> str:
+    """1024 -> 1K, 1048576 -> 1M, 3072 -> 3K, 1000 -> 1K, 64 -> 64."""
+    length = int(length)
+    for unit, suffix in ((2**20, "M"), (2**10, "K")):
+        if length >= unit and length % unit == 0:
+            return f"{length // unit}{suffix}"
+    if length >= 1000 and length % 1000 == 0:
+        return f"{length // 1000}K"
+    return str(length)
+
+
+def attn_order(name: str) -> tuple[int, str]:
+    """full first, then the SFA backends, then the rest alphabetically."""
+    return (0 if name == "full" else 1 if str(name).startswith("sfa") else 2, str(name))

@@ -1,0 +1,57 @@
+"""The SFA kernel section: our measured speed-ups over SDPA beside the SFA paper's headline numbers.
+
+Measured: ``results/kernels/sfa_vs_sdpa.csv`` (written by
+``python -m lra_sfa.bench.kernels``), speed-up = SDPA ms / SFA ms per
+(op, head_dim, top-k, baseline) and length. Published: ``sfa_paper.csv``,
+with the paper's ratio dense / SFA computed from its two columns. The two
+are different setups (our baseline is tensor-core cuDNN / FlashAttention-2
+on an H200; the paper's is a CUDA-core FlashAttention on an A800), which the
+section says.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lra_sfa.report_data import length_label
+from lra_sfa.report_tables import md_table
+
+
+def measured_kernels(csv_path: Path | None) -> str:
+    if csv_path is None:
+        return "No SFA kernel results (`results/kernels/sfa_vs_sdpa.csv`); run `python -m lra_sfa.bench.kernels`."
+    frame = pd.read_csv(csv_path)
+    lengths = sorted(frame["seq_len"].unique())
+    rows = []
+    for (op, head_dim, topk, baseline), group in frame.groupby(["op", "head_dim", "topk", "baseline"], sort=True):
+        by_length = dict(zip(group["seq_len"], group["speedup"]))
+        rows.append([op, head_dim, topk, baseline, *[f"{by_length[n]:.2f}" if n in by_length else "" for n in lengths]])
+    devices = ", ".join(sorted(set(frame["device"].astype(str)))) if "device" in frame else "unknown device"
+    dates = ", ".join(sorted(set(frame["date"].astype(str)))) if "date" in frame else ""
+    return (f"Speed-up of the SFA Triton kernels over SDPA (> 1: SFA faster), {devices}, {dates}, from "
+            f"`{csv_path.name}` (bf16; batch x heads varies with length, see the CSV).\n\n"
+            + md_table(["op", "head_dim", "top-k", "baseline", *[length_label(n) for n in lengths]], rows))
+
+
+def published_sfa(published: dict[str, pd.DataFrame]) -> str:
+    frame = published.get("sfa_paper")
+    if frame is None:
+        return "No published SFA numbers (`results/published/sfa_paper.csv`)."
+    rows = []
+    for row in frame.to_dict("records"):
+        dense, sfa = float(row["dense"]), float(row["sfa"])
+        ratio = f"{dense / sfa:.2f}x" if row["unit"] in ("ms", "s", "TFLOP") else ""
+        length = length_label(int(row["seq_len"])) if row["seq_len"] else ""
+        rows.append([row["metric"], row["setting"], length, f"{row['dense']} {row['unit']}",
+                     f"{row['sfa']} {row['unit']}", ratio, row["table"]])
+    return (f"Source: {frame['source'].iloc[0]} (`results/published/sfa_paper.csv`). Their dense baseline is a "
+            "CUDA-core FlashAttention on an A800, not tensor-core FlashAttention-2, so their speed-ups are not "
+            "comparable with the measured ones above.\n\n"
+            + md_table(["metric (published)", "setting", "L", "dense", "SFA", "dense / SFA", "table"], rows))
+
+
+def kernels_section(csv_path: Path | None, published: dict[str, pd.DataFrame]) -> str:
+    return "\n\n".join(["### Measured: SFA Triton kernels vs SDPA", measured_kernels(csv_path),
+                        "### Published: SFA paper headline numbers (not measured here)", published_sfa(published)])

@@ -1,0 +1,154 @@
+"""The report's figures (matplotlib, Agg backend), each from records or a results CSV alone.
+
+* ``speed_vs_length.png`` / ``memory_vs_length.png``: the sweep, log-log, one
+  line per backend, one panel per part and pass; a legend entry says what
+  stopped a backend (e.g. "oom at 512K").
+* ``accuracy_speed_memory.png``: the LRA paper's Figure 3 form, one panel per
+  task: training steps/s (x) against test accuracy (y), marker area
+  proportional to peak memory, from the run records.
+* ``needle_heatmap.png``: accuracy over (length, depth) per backend
+  (``lra_sfa.tasks.needle.plot_needle_heatmap``).
+* ``sfa_kernel_speedup.png``: the SFA Triton kernels' speed-up over SDPA from
+  ``results/kernels/sfa_vs_sdpa.csv``.
+
+Each function returns the path written, or None when there is nothing to plot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from lra_sfa.report_data import attn_order, length_label  # noqa: E402
+from lra_sfa.report_efficiency import SERIES, SERIES_LABEL, _cells, _config_title, _configs, sweep_config  # noqa: E402
+from lra_sfa.report_tables import LRA_COLUMNS, group_runs  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _length_axis(ax, lengths: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(lengths, [length_label(n) for n in lengths], fontsize=7, rotation=45)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def plot_sweep(records: list[dict], key: str, ylabel: str, path: Path) -> Path | None:
+    """The first sweep shape (GPU first): ``key`` against length, one line per backend."""
+    sweep = [r for r in records if r["mode"] == "sweep"]
+    if not sweep:
+        return None
+    config = _configs(sweep)[0]
+    cells = _cells([r for r in sweep if sweep_config(r) == config])
+    present = [s for s in SERIES if any(k[1:] == s for k in cells)]
+    cols = min(2, len(present))
+    rows = -(-len(present) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
+    lengths = sorted({n for by_length in cells.values() for n in by_length})
+    for ax in axes.flat[len(present):]:
+        ax.set_visible(False)
+    for ax, series in zip(axes.flat, present):
+        for attn in sorted({k[0] for k in cells if k[1:] == series}, key=attn_order):
+            by_length = cells[(attn, *series)]
+            ok = sorted(n for n, r in by_length.items() if r["status"] == "ok")
+            failed = sorted((n, r["status"]) for n, r in by_length.items() if r["status"] != "ok")
+            label = attn + (f" ({failed[0][1]} at {length_label(failed[0][0])})" if failed else "")
+            if ok:
+                ax.plot(ok, [by_length[n][key] for n in ok], marker="o", markersize=3, label=label,
+                        linestyle="-" if attn == "full" or attn.startswith("sfa") else "--")
+        _length_axis(ax, lengths)
+        ax.set_title(SERIES_LABEL[series], fontsize=9)
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=6)
+    fig.suptitle(_config_title(config), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_accuracy_speed_memory(runs: list[dict], path: Path) -> Path | None:
+    """LRA Figure 3 form per task: steps/s vs test accuracy, marker area ~ peak memory."""
+    frame = group_runs(runs)
+    if frame.empty:
+        return None
+    frame = frame[(frame["runs"] > 0) & frame["test_pct"].notna() & frame["steps_per_second"].notna()]
+    if frame.empty:
+        return None
+    groups = list(frame.groupby(["task", "protocol", "seq_len"], sort=True))
+    cols = min(3, len(groups))
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    largest = float(frame["peak_memory_mb"].max() or 1.0)
+    colours = sorted(set(frame["attn"]), key=attn_order)  # one colour per backend in every panel
+    for ax, ((task, protocol, length), group) in zip(axes.flat, groups):
+        for row in group.itertuples():
+            size = 40 + 600 * float(row.peak_memory_mb or 0.0) / largest
+            ax.scatter(row.steps_per_second, row.test_pct, s=size, alpha=0.5, color=f"C{colours.index(row.attn) % 10}")
+            label = f"{row.attn}{' †' if row.short else ''}\n{row.peak_memory_mb:.0f} MB"
+            ax.annotate(label, (row.steps_per_second, row.test_pct), fontsize=7, ha="center", va="center")
+        title = LRA_COLUMNS.get(str(group["column"].iloc[0]), task) if group["column"].notna().all() else task
+        ax.set_title(f"{title} ({protocol}, L={length_label(length)})", fontsize=9)
+        ax.set_xlabel("training steps/s")
+        ax.set_ylabel("test accuracy (%)")
+        ax.margins(0.3)
+        ax.grid(True, alpha=0.3)
+    devices = ", ".join(sorted(set(frame["device"])))
+    fig.suptitle(f"accuracy vs speed vs memory (marker area ~ peak memory; † = shorter than the protocol); "
+                 f"{devices}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_needle(runs: list[dict], path: Path) -> Path | None:
+    from lra_sfa.tasks.needle import plot_needle_heatmap
+
+    needle = [r for r in runs if str(r["task"]).startswith("needle") and r.get("test_accuracy_by_depth")
+              and r["status"] == "ok"]
+    if not needle:
+        return None
+    ordered = sorted(needle, key=lambda r: str(r.get("date", "")))  # later records win on duplicates
+    return plot_needle_heatmap(ordered, path)
+
+
+def plot_kernel_speedup(csv_path: Path | None, path: Path) -> Path | None:
+    """SFA Triton speed-up over SDPA against length, one panel per op, a line per (head_dim, topk, baseline)."""
+    if csv_path is None:
+        return None
+    frame = pd.read_csv(csv_path)
+    needed = {"op", "seq_len", "head_dim", "topk", "baseline", "speedup"}
+    if not needed <= set(frame.columns) or frame.empty:
+        raise ValueError(f"report: {csv_path} lacks columns {sorted(needed - set(frame.columns))}")
+    ops = [op for op in ("fwd", "fwd_bwd", "decode") if op in set(frame["op"])]
+    fig, axes = plt.subplots(1, len(ops), figsize=(4.5 * len(ops), 3.8), squeeze=False)
+    for ax, op in zip(axes[0], ops):
+        part = frame[frame["op"] == op]
+        shapes = sorted({(int(d), int(k)) for d, k in zip(frame["head_dim"], frame["topk"])})
+        for (head_dim, topk, baseline), line in part.groupby(["head_dim", "topk", "baseline"]):
+            line = line.sort_values("seq_len")
+            ax.plot(line["seq_len"], line["speedup"], marker="o", markersize=3,
+                    color=f"C{shapes.index((int(head_dim), int(topk)))}",
+                    linestyle="-" if "cudnn" in str(baseline) else ":", label=f"d={head_dim} k={topk} vs {baseline}")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        lengths = sorted(part["seq_len"].unique())
+        ax.set_xticks(lengths, [length_label(n) for n in lengths], fontsize=7)
+        ax.set_title(f"SFA Triton {op}", fontsize=9)
+        ax.set_xlabel("sequence length")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("speed-up over SDPA (>1 = SFA faster)")
+    device = ", ".join(sorted(set(frame["device"].astype(str)))) if "device" in frame else ""
+    fig.suptitle(f"SFA kernels vs SDPA ({device}; {csv_path.name})", fontsize=9)
+    return _save(fig, path)

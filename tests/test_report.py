@@ -1,0 +1,198 @@
+"""The report: tables, plots and RESULTS.md from records alone; bad files skipped and listed; fast."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lra_sfa import report
+from lra_sfa.records import REQUIRED_FIELDS, load_records, store_record, write_json_atomic
+from lra_sfa.report_data import length_label
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_RUNS = REPO / "results" / "runs"
+PUBLISHED = REPO / "results" / "published"
+KERNELS_CSV = REPO / "results" / "kernels" / "sfa_vs_sdpa.csv"
+LRA_TASKS = (("listops", 2000, "lra_listops"), ("text", 4096, "lra_text"), ("retrieval", 4000, "lra_retrieval"),
+             ("image", 1024, "lra_image"), ("pathfinder", 1024, "lra_pathfinder"))
+SWEEP_LENGTHS = [2**n for n in range(10, 21)]
+
+
+def run_record(rng: random.Random, task: str, attn: str, seq_len: int, protocol: str, **extra) -> dict:
+    record = {field: None for field in REQUIRED_FIELDS}
+    record.update(
+        kind="run", task=task, attn=attn, attn_args={}, seq_len=seq_len, model={"d_model": 64}, dtype="bfloat16",
+        device="NVIDIA H200", status="ok", val_accuracy=rng.uniform(0.3, 0.9), test_accuracy=rng.uniform(0.3, 0.9),
+        train_seconds=rng.uniform(10, 100), steps_per_second=rng.uniform(5, 50), tokens_per_second=1e6,
+        peak_memory_mb=rng.uniform(500, 9000), steps=1000, max_steps=1000, git_commit="abc", config_hash="h",
+        date=f"2026-11-{rng.randint(10, 28):02d}T10:00:00+00:00", protocol=protocol, stopped_by_time_budget=False,
+    )
+    record.update(extra)
+    return record
+
+
+def sweep_record(attn: str, part: str, op: str, length: int, status: str = "ok") -> dict:
+    ms = 1e-6 * length ** (2 if attn == "full" else 1) + 0.05
+    return {"kind": "bench", "mode": "sweep", "task": "bench", "attn": attn, "part": part, "op": op,
+            "seq_len": length, "batch": 1, "heads": 8, "head_dim": 64, "dtype": "bfloat16", "mask": False,
+            "device": "NVIDIA H200", "device_type": "cuda", "date": "2026-11-28T12:00:00+00:00", "status": status,
+            "reason": None if status == "ok" else "CUDA out of memory",
+            "ms": ms if status == "ok" else None, "tokens_per_second": length / ms * 1e3 if status == "ok" else None,
+            "peak_memory_mb": length / 1000 if status == "ok" else None}
+
+
+def synthetic_store(folder: Path, seed: int = 0) -> int:
+    """~300 records: LRA runs (full complete), needle runs, a 1K-1M sweep with OOMs, Table 2, overhead."""
+    rng, count = random.Random(seed), 0
+    for attn in ("full", "sfa", "linear", "performer_relu"):
+        for task, length, protocol in LRA_TASKS:
+            if attn == "full" or task in ("listops", "pathfinder"):
+                for _ in range(3):
+                    store_record(run_record(rng, task, attn, length, protocol), folder / "runs")
+                    count += 1
+        for length in (1024, 4096):
+            depths = {f"{d:g}": rng.random() for d in (0.0, 0.25, 0.5, 0.75, 1.0)}
+            store_record(run_record(rng, "needle", attn, length, "needle", test_accuracy_by_depth=depths),
+                         folder / "runs")
+            count += 1
+    for attn, oom_at in (("full", 2**19), ("sfa", None), ("linear", None), ("bigbird", 2**18), ("performer", None),
+                         ("windowed", None)):
+        for part in ("attention", "block"):
+            for op in ("fwd", "fwd_bwd"):
+                for length in SWEEP_LENGTHS:
+                    status = "oom" if oom_at is not None and length == oom_at else "ok"
+                    write_json_atomic(folder / "bench" / f"{attn}_{part}_{op}_{length}.json",
+                                      sweep_record(attn, part, op, length, status))
+                    count += 1
+                    if status != "ok":
+                        break
+    for attn in ("full", "sfa", "linear"):
+        for length in (1024, 2048, 3072, 4096):
+            write_json_atomic(folder / "bench" / f"t2_{attn}_{length}.json", {
+                "kind": "bench", "mode": "lra_table2", "attn": attn, "seq_len": length, "status": "ok",
+                "device": "NVIDIA H200", "date": "2026-11-28T12:00:00+00:00", "dtype": "bfloat16", "batch": 32,
+                "steps_per_second": 40.0 / (length / 1024) ** (2 if attn == "full" else 1),
+                "peak_memory_mb": 100.0 * length / 1024 * (2 if attn == "full" else 1)})
+            count += 1
+    write_json_atomic(folder / "bench" / "overhead.json", {
+        "kind": "bench", "mode": "overhead", "attn": "full", "seq_len": 4096, "status": "ok", "batch": 32,
+        "device": "NVIDIA H200", "date": "2026-11-28T12:00:00+00:00", "runner_step_ms": 50.0, "bare_step_ms": 48.5,
+        "overhead_fraction": 0.03})
+    return count + 1
+
+
+def add_bad_files(folder: Path) -> None:
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    (folder / "runs" / "corrupt.json").write_text('{"kind": "run", "task": "listo')
+    partial = run_record(random.Random(1), "listops", "sfa", 2000, "lra_listops", test_accuracy=None)
+    write_json_atomic(folder / "runs" / "partial.json", partial)
+    write_json_atomic(folder / "bench" / "no_mode.json", {"kind": "bench", "attn": "full", "status": "ok"})
+    write_json_atomic(folder / "runs" / "no_fields.json", {"kind": "run", "task": "listops"})
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    folder = tmp_path / "results"
+    shutil.copytree(REAL_RUNS, folder / "real_runs")
+    shutil.copytree(PUBLISHED, folder / "published")
+    (folder / "kernels").mkdir()
+    shutil.copy(KERNELS_CSV, folder / "kernels" / KERNELS_CSV.name)
+    return folder
+
+
+def test_three_hundred_records_build_every_table_and_plot_in_under_30_s(store):
+    count = synthetic_store(store)
+    add_bad_files(store)
+    assert count >= 290
+    start = time.perf_counter()
+    assert report.main([f"in_dir={store}", f"out_dir={store}"]) == 0
+    assert time.perf_counter() - start < 30
+    for name in ("tables/accuracy.md", "tables/accuracy.csv", "tables/efficiency.md", "tables/efficiency.csv",
+                 "RESULTS.md", *[f"plots/{plot}" for plot in report.PLOT_FILES]):
+        assert (store / name).is_file() and (store / name).stat().st_size > 0, name
+    page = (store / "RESULTS.md").read_text()
+    for bad in ("corrupt.json", "no_mode.json", "no_fields.json", "partial: status ok but no numeric test_accuracy"):
+        assert bad in page
+    accuracy = (store / "tables" / "accuracy.md").read_text()
+    assert "needs data" not in accuracy.split("## Measured: validation")[0].split("| full |")[1].split("\n")[0]
+    frame = pd.read_csv(store / "tables" / "accuracy.csv")
+    full = frame[(frame["source"] == "measured") & (frame["attn"] == "full") & frame["column"].notna()
+                 & (frame["column"] != "pathx")]
+    assert len(full) == 5 and (full["runs"] >= 3).all()  # 3 synthetic (+ the real H200 run for two tasks)
+    full_row = next(line for line in accuracy.splitlines() if line.startswith("| full |"))
+    assert full_row.rstrip(" |").endswith(f"{full['test_pct'].mean():.2f}")  # the 5-task average
+    assert frame["source"].str.startswith("published: Tay et al. 2021").sum() == 11 * 7
+    efficiency = (store / "tables" / "efficiency.md").read_text()
+    reach = {}
+    for line in efficiency.split("Longest length reached")[1].splitlines():
+        if line.startswith("| "):
+            reach.setdefault(line.split("|")[1].strip(), line)  # the first table after the heading
+    assert "| 256K (oom at 512K) |" in reach["full"] and "| 1M | 1M | 1M | 1M |" in reach["sfa"]
+    assert "128K (oom at 256K)" in reach["bigbird"]
+    assert "40.00 (1.00x)" in efficiency and "3.0%" in efficiency and "Published: Tay et al. 2021" in efficiency
+    eff = pd.read_csv(store / "tables" / "efficiency.csv")
+    t2 = eff[(eff["source"] == "measured") & (eff["mode"] == "lra_table2") & (eff["seq_len"] == 4096)]
+    assert t2.set_index("attn").loc["linear", "speedup_vs_full"] == pytest.approx(4.0)
+    assert t2.set_index("attn").loc["linear", "memory_vs_full"] == pytest.approx(0.5)
+
+
+def test_real_records_only_say_needs_data_and_keep_published_apart(store, capsys):
+    (store / "runs").mkdir()
+    (store / "runs" / "corrupt.json").write_text("not json")
+    out = store / "out"
+    assert report.main([f"in_dir={store}", f"out_dir={out}"]) == 0
+    assert "skipped runs/corrupt.json" in capsys.readouterr().err
+    accuracy = (out / "tables" / "accuracy.md").read_text()
+    measured, published = accuracy.split("## Published")
+    rows = {}
+    for line in measured.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split("|")[1].strip(), line)  # the test-accuracy table comes first
+    assert rows["full"].count("needs data") == 3 and "34.35 †" in rows["full"] and "36.45 †" in rows["sfa"]
+    assert "36.37" in published and "36.37" not in measured
+    assert "NVIDIA H200" in measured and "2010 of 5000 †" in measured
+    efficiency = (out / "tables" / "efficiency.md").read_text()
+    assert "No sweep records yet" in efficiency and "No Table 2 records yet" in efficiency
+    measured_kernels, published_sfa = efficiency.split("### Published: SFA paper")
+    assert "| fwd | 128 | 8 | sdpa_cudnn | 0.49 |" in measured_kernels  # from sfa_vs_sdpa.csv
+    assert "| 7879 ms | 3324 ms | 2.37x | Table 9 |" in published_sfa and "7879" not in measured_kernels
+    assert not (out / "plots" / "speed_vs_length.png").exists()
+    assert (out / "plots" / "sfa_kernel_speedup.png").is_file()
+    first = {p.name: p.read_text() for p in (out / "tables").iterdir()}
+    report.main([f"in_dir={store}", f"out_dir={out}"])
+    assert first == {p.name: p.read_text() for p in (out / "tables").iterdir()}  # no clock in the output
+
+
+def test_committed_records_are_valid():
+    runs, invalid = load_records(REAL_RUNS, kind="run")
+    assert len(runs) >= 3 and not invalid
+    assert all(json.loads(path.read_text())["device"] for path in REAL_RUNS.glob("*.json"))
+
+
+def test_cli_arguments(tmp_path):
+    folder = tmp_path / "results"
+    (folder / "runs").mkdir(parents=True)
+    shutil.copy(next(REAL_RUNS.glob("*.json")), folder / "runs")
+    ok = subprocess.run([sys.executable, "-m", "lra_sfa.report", f"in_dir={folder}", f"out_dir={tmp_path / 'o'}"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "o" / "RESULTS.md").is_file() and "1 run + 0 bench records" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "lra_sfa.report", "indir=x"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "indir=x" in bad.stderr and "in_dir" in bad.stderr
+    missing = report.main([f"in_dir={tmp_path / 'nope'}"])
+    assert missing == 2
+
+
+@pytest.mark.parametrize(("length", "label"), [(64, "64"), (1024, "1K"), (3072, "3K"), (1000, "1K"),
+                                               (2**20, "1M"), (1536, "1536")])
+def test_length_labels(length, label):
+    assert length_label(length) == label

@@ -1,8 +1,17 @@
-"""``python -m lra_sfa`` / ``lra-sfa``: the Hydra app around ``lra_sfa.train.run``."""
+"""``python -m lra_sfa`` / ``lra-sfa``: the Hydra app around ``lra_sfa.train.run``.
+
+Single run: a clear error (bad value, unusable checkpoint, unwritable folder,
+bad data) is one line on stderr and exit code 2. Multirun (``-m``): a job that
+fails gets an ``error`` record in its folder and in the results store, and
+the sweep goes on. Under torchrun every rank runs this app; ranks other than
+0 write no Hydra files and print nothing but errors.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -13,6 +22,12 @@ from lra_sfa.checkpoint import CheckpointError
 from lra_sfa.tasks.base import TaskDataError
 
 CLEAR_ERRORS = (ValueError, TaskDataError, CheckpointError, OSError)
+LAUNCHER_PLUGINS = {  # launcher choice prefix -> (plugin module, pip name)
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+    "lra_joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+    "submitit": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "lra_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+}
 
 
 def _summary(record: dict) -> str:
@@ -20,10 +35,15 @@ def _summary(record: dict) -> str:
     sps = record.get("steps_per_second")
     parts = [f"status={record['status']}", f"task={record['task']}", f"attn={record['attn']}",
              f"steps={record['steps']}"]
+    parts += [f"world_size={record['world_size']}"] if record.get("world_size", 1) > 1 else []
     parts += [f"test_accuracy={acc:.4f}"] if acc is not None else []
     parts += [f"steps/s={sps:.2f}"] if sps else []
     parts += [f"reason={record['reason']}"] if record.get("reason") else []
     return "lra-sfa: " + " ".join(parts)
+
+
+def _is_main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 @hydra.main(version_base=None, config_path="pkg://lra_sfa.conf", config_name="config")
@@ -52,11 +72,63 @@ def _app(cfg: DictConfig) -> dict | None:
         record_failure(cfg, exc)
         print(f"lra-sfa: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
-    print(_summary(record))
+    if _is_main_rank():
+        print(_summary(record))
     return record
 
 
+def _arg_value(argv: list[str], key: str) -> str | None:
+    values = [arg.split("=", 1)[1] for arg in argv if arg.split("=", 1)[0].lstrip("+") == key and "=" in arg]
+    return values[-1] if values else None
+
+
+def _check_output_root(argv: list[str]) -> str | None:
+    """Why Hydra could not create its output folder, or None (checked before Hydra tries, which would trace)."""
+    multirun = "-m" in argv or "--multirun" in argv
+    key, default = ("hydra.sweep.dir", "multirun") if multirun else ("hydra.run.dir", "outputs")
+    target = Path((_arg_value(argv, key) or default).split("${", 1)[0] or ".").expanduser().absolute()
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{key}={target} is not writable: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{key}={target} is not writable: no write permission on {existing}"
+    return None
+
+
+def _check_launcher(argv: list[str]) -> str | None:
+    """A missing launcher plugin, named with the install command."""
+    choice = _arg_value(argv, "hydra/launcher")
+    if not choice:
+        return None
+    for prefix, (module, package) in LAUNCHER_PLUGINS.items():
+        if choice.startswith(prefix):
+            try:
+                __import__(module)
+            except ImportError:
+                return (f"hydra/launcher={choice} needs the {package} plugin: "
+                        f"pip install 'lra-sfa[launchers]' (or pip install {package})")
+    return None
+
+
+def _quiet_other_ranks(argv: list[str]) -> list[str]:
+    """Under torchrun, ranks > 0 write no .hydra/ files or logs and create no folder of their own."""
+    if _is_main_rank():
+        return argv
+    extra = {"hydra.output_subdir": "null", "hydra/job_logging": "disabled", "hydra/hydra_logging": "disabled",
+             "hydra.run.dir": "."}
+    return argv + [f"{key}={value}" for key, value in extra.items() if _arg_value(argv, key) is None]
+
+
 def main() -> None:
+    argv = sys.argv[1:]
+    if "--help" not in argv and "-h" not in argv and "--cfg" not in argv and "-c" not in argv:
+        problem = _check_launcher(argv) or _check_output_root(argv)
+        if problem:
+            print(f"lra-sfa: error: {problem}", file=sys.stderr)
+            raise SystemExit(2)
+    sys.argv = sys.argv[:1] + _quiet_other_ranks(argv)
     _app()
 
 

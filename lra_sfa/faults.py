@@ -1,18 +1,202 @@
-"""Recording a failed job, so that a sweep keeps a trace of every job it ran."""
+"""Faults a run checks for up front, and the record of a job that failed.
+
+Each check raises ``ValueError`` (or ``OSError`` for the file system) with one
+line naming the key, file or value and what is valid; ``python -m lra_sfa``
+prints that line and exits with code 2 (a sweep records the job as ``error``
+and goes on). Checked before any training step:
+
+- config values of the wrong type (``trainer.max_steps=abc``),
+- output folders that cannot be written (run dir, results store),
+- inputs outside the vocabulary, labels outside the classes, NaN or Inf in a
+  floating-point split (checked once per split at load, in chunks).
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from lra_sfa import distributed as dist
-from lra_sfa.recording import RunRecord
+from lra_sfa.recording import RunRecord, peak_memory_mb
+from lra_sfa.records import REQUIRED_FIELDS, git_commit, now_iso, store_record, write_json_atomic
+
+# key -> (expected kind, allow null). Kinds: int, float (ints accepted), bool, str, floats (a list of floats).
+CONFIG_TYPES: dict[str, tuple[str, bool]] = {
+    "seed": ("int", False),
+    "task.seq_len": ("int", False),
+    "trainer.max_steps": ("int", False),
+    "trainer.max_seconds": ("float", True),
+    "trainer.batch_size": ("int", False),
+    "trainer.eval_batch_size": ("int", True),
+    "trainer.eval_every": ("int", False),
+    "trainer.log_every": ("int", False),
+    "trainer.lr": ("float", False),
+    "trainer.schedule": ("str", False),
+    "trainer.warmup_steps": ("int", False),
+    "trainer.weight_decay": ("float", False),
+    "trainer.betas": ("floats", False),
+    "trainer.eps": ("float", False),
+    "trainer.grad_clip": ("float", True),
+    "trainer.timing_warmup_steps": ("int", False),
+    "trainer.checkpoint_every": ("int", False),
+    "trainer.progress": ("bool", False),
+    "trainer.device": ("str", False),
+    "trainer.precision": ("str", False),
+    "model.d_model": ("int", False),
+    "model.num_heads": ("int", False),
+    "model.num_layers": ("int", False),
+    "model.mlp_dim": ("int", False),
+    "model.dropout": ("float", False),
+    "model.attn_dropout": ("float", False),
+}
+POSITIVE = ("task.seq_len", "trainer.max_steps", "trainer.batch_size", "trainer.eval_every", "trainer.log_every")
+NON_NEGATIVE = ("trainer.warmup_steps", "trainer.timing_warmup_steps", "trainer.checkpoint_every")
+_ABSENT = object()
+KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+              "floats": "a list of numbers"}
+
+
+def _has_kind(value, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    return isinstance(value, (list, tuple)) and all(_has_kind(item, "float") for item in value)
+
+
+def check_config_types(cfg: DictConfig) -> None:
+    """Raise ValueError naming the first key whose value has the wrong type or range."""
+    for key, (kind, nullable) in CONFIG_TYPES.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+        if value is _ABSENT:
+            continue
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        if value is None and nullable:
+            continue
+        if not _has_kind(value, kind):
+            expected = KIND_WORDS[kind] + (" or null" if nullable else "")
+            raise ValueError(f"config {key}={value!r} has the wrong type: expected {expected}")
+        if key in POSITIVE and value < 1:
+            raise ValueError(f"config {key}={value!r} must be at least 1")
+        if key in NON_NEGATIVE and value < 0:
+            raise ValueError(f"config {key}={value!r} must be 0 or more")
+    resume = cfg.get("resume")
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"config resume={resume!r} has the wrong type: expected true, false or auto")
+
+
+def check_writable(folder: str | Path, what: str) -> Path:
+    """Create ``folder`` if needed and prove a file can be written in it; OSError naming it otherwise."""
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OSError(f"{what} {folder} is not writable ({reason}); choose another folder") from None
+    return folder
+
+
+def _first_bad(chunk: np.ndarray, low: int, high: int) -> tuple[int, object] | None:
+    """(row in chunk, value) of the first non-finite, non-integral or out-of-range entry, or None."""
+    flat = chunk.reshape(len(chunk), -1)  # (rows, values per example)
+    if np.issubdtype(flat.dtype, np.floating):
+        bad = ~np.isfinite(flat) | (flat != np.round(flat)) | (flat < low) | (flat >= high)
+    else:
+        bad = (flat < low) | (flat >= high)
+    rows = np.flatnonzero(bad.any(axis=1))
+    if not len(rows):
+        return None
+    return int(rows[0]), flat[rows[0]][bad[rows[0]]][0].item()
+
+
+def check_split(split, split_name: str, task_name: str, vocab_size: int, num_classes: int,
+                chunk: int = 4096) -> None:
+    """Token ids in [0, vocab_size), labels in [0, num_classes), no NaN/Inf; ValueError naming the example."""
+    for field, array, high, what in (("inputs", split.inputs, vocab_size, "token id"),
+                                     ("labels", split.labels, num_classes, "label")):
+        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+            raise ValueError(f"task {task_name}: {split_name} {field} have dtype {array.dtype}, expected numbers")
+        for start in range(0, len(array), chunk):
+            found = _first_bad(np.asarray(array[start : start + chunk]), 0, high)
+            if found is not None:
+                row, value = found
+                raise ValueError(
+                    f"task {task_name}: {split_name} {field} of example {start + row} hold {what} {value}, "
+                    f"expected a finite integer in [0, {high})"
+                )
+
+
+def check_task_data(data, task) -> None:
+    """Validate every split of a loaded task once (cheap next to training)."""
+    for name in ("train", "val", "test"):
+        check_split(getattr(data, name), name, getattr(task, "name", type(task).__name__),
+                    int(task.vocab_size), int(task.num_classes))
+
+
+def describe_oom(exc: BaseException, where: dict, cfg: DictConfig, dtype: torch.dtype) -> tuple[str, dict]:
+    """The record's reason and ``oom`` fields for a CUDA out-of-memory error at ``where``."""
+    shape = list(where.get("shape") or [])
+    model = {key: cfg.model.get(key) for key in ("d_model", "num_heads", "num_layers", "mlp_dim")}
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    reason = (f"CUDA out of memory in {where.get('phase', 'setup')} at tokens shape {tuple(shape)} "
+              f"(seq_len={cfg.task.seq_len}, {dtype}, model {model}): {detail}")
+    return reason, {"oom_phase": where.get("phase", "setup"), "oom_shape": shape}
+
+
+def _job_overrides() -> tuple[dict, list[str]]:
+    """The Hydra job's group choices and command-line overrides (empty outside a Hydra app)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return {}, []
+    return dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task)
+
+
+def _minimal_record(cfg: DictConfig) -> dict:
+    """The required fields from a config that RunRecord cannot read (a value of the wrong type)."""
+    record = {key: None for key in REQUIRED_FIELDS}
+    choices, _ = _job_overrides()
+    record.update(kind="run", task=choices.get("task", "unknown"), attn=choices.get("attn", "unknown"),
+                  attn_args={}, model={}, steps=0, date=now_iso(), world_size=1, git_commit=git_commit())
+    return record
 
 
 def record_failure(cfg: DictConfig, exc: BaseException) -> dict:
-    """Write an ``error`` record for a job that raised ``exc`` before it could record itself."""
-    record = RunRecord(cfg, torch.device("cpu"), torch.float32, world_size=1)
-    env = dist.DistEnv(rank=0, world_size=1, device=torch.device("cpu"))
-    return record.finish("error", f"{type(exc).__name__}: {exc}", Path(cfg.run_dir), env)
+    """Write an ``error`` record for a job that raised ``exc`` before it could record itself.
+
+    Never raises: a folder that cannot be written (possibly the job's very
+    fault) is skipped with a note on stderr, and the other copy is still made.
+    """
+    reason = f"{type(exc).__name__}: {exc}"
+    try:
+        data = RunRecord(cfg, torch.device("cpu"), torch.float32, world_size=1).data
+        data["peak_memory_mb"] = peak_memory_mb(torch.device("cpu"))
+    except Exception:  # the config itself is what failed: keep what can be read
+        data = _minimal_record(cfg)
+    data.update(status="error", reason=reason, overrides=_job_overrides()[1])
+    targets = []
+    if cfg.get("run_dir"):
+        targets.append(lambda: write_json_atomic(Path(str(cfg.run_dir)) / "record.json", data))
+    if cfg.get("results_dir"):
+        targets.append(lambda: store_record(data, str(cfg.results_dir)))
+    for write in targets:
+        try:
+            write()
+        except OSError as write_error:
+            print(f"lra-sfa: could not write the error record: {write_error}", file=sys.stderr)
+    return data

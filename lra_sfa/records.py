@@ -49,9 +49,8 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write JSON to ``path`` through a temp file + fsync + rename."""
-    path = Path(path)
+def _write_temp(path: Path, data: Any) -> str:
+    """JSON into a fsynced temp file beside ``path``; returns the temp file's name."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -63,18 +62,64 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename durable (best effort: not every file system allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write JSON to ``path`` through a temp file + fsync + rename (replaces an existing file)."""
+    path = Path(path)
+    tmp = _write_temp(path, data)
+    try:
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    _fsync_folder(path.parent)
     return path
 
 
 def store_record(record: dict, store_dir: str | Path) -> Path:
-    """Copy a record into the results store under a unique name."""
+    """Copy a record into the results store under a new unique name (never replaces a file).
+
+    The name is claimed with a hard link from the fsynced temp file, which
+    fails if the name exists: two writers can never overwrite each other
+    (on a file system without hard links, a rename to the random name).
+    """
     date = str(record.get("date", now_iso()))[:10]
-    name = f"{date}_{record.get('task', 'task')}_{record.get('attn', 'attn')}_{uuid.uuid4().hex[:8]}.json"
-    return write_json_atomic(Path(store_dir) / name, record)
+    folder = Path(store_dir)
+    tmp = _write_temp(folder / ".record.json", record)
+    try:
+        while True:
+            name = f"{date}_{record.get('task', 'task')}_{record.get('attn', 'attn')}_{uuid.uuid4().hex[:8]}.json"
+            try:
+                os.link(tmp, folder / name)
+                break
+            except FileExistsError:
+                continue
+            except OSError:  # no hard links on this file system: a random 32-bit name, renamed into place
+                os.replace(tmp, folder / name)
+                break
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _fsync_folder(folder)
+    return folder / name
 
 
 def validate_record(record: Any) -> list[str]:
@@ -92,9 +137,12 @@ def load_records(folder: str | Path, kind: str = "run") -> tuple[list[dict], lis
 
     Records carry ``kind`` ("run" for training runs, "bench" for benchmark
     cells); other kinds are skipped silently, unreadable or incomplete files
-    are returned as invalid.
+    are returned as invalid, and so are temp files that a killed writer left
+    (never read as records; safe to delete).
     """
     valid, invalid = [], []
+    for path in sorted(Path(folder).rglob(".*.json.*.tmp")):
+        invalid.append((path, "unfinished write (temp file of a killed writer, not a record; safe to delete)"))
     for path in sorted(Path(folder).rglob("*.json")):
         try:
             record = json.loads(path.read_text())

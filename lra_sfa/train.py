@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lra_sfa import checkpoint as ckpt
 from lra_sfa import distributed as dist
+from lra_sfa import faults
 from lra_sfa.data import EpochSampler, eval_batches, to_tensors
 from lra_sfa.model import LRAClassifier, cross_entropy
 from lra_sfa.optim import build_optimizer
@@ -41,13 +43,20 @@ def _autocast(device: torch.device, dtype: torch.dtype):
 
 
 @torch.no_grad()
-def evaluate(model, split: Split, batch_size: int, device, dtype, env: dist.DistEnv) -> dict[str, float]:
-    """Accuracy on a split (reduced across ranks), plus accuracy per value of each meta key."""
+def evaluate(model, split: Split, batch_size: int, device, dtype, env: dist.DistEnv,
+             where: dict | None = None) -> dict[str, float]:
+    """Accuracy on a split (reduced across ranks), plus accuracy per value of each meta key.
+
+    ``model`` is the plain module (not the DDP wrapper): ranks evaluate
+    different numbers of batches, so no collective may run inside forward.
+    """
     model.eval()
     correct = np.zeros(len(split), dtype=bool)
     seen = np.zeros(len(split), dtype=bool)
     for indices in eval_batches(len(split), batch_size, env.rank, env.world_size):
         tokens, labels = to_tensors(split, indices, device)
+        if where is not None:
+            where["shape"] = list(tokens.shape)
         with _autocast(device, dtype):
             logits = model(tokens)
         correct[indices] = (logits.argmax(-1) == labels).cpu().numpy()
@@ -78,15 +87,66 @@ def _check_supported(model: LRAClassifier, cfg, device, dtype, seq_len: int) -> 
     return model.attention_modules()[0].unsupported_reasons(probe, probe, probe, None)
 
 
-def train_loop(cfg, model, data, device, dtype, env, record: RunRecord, run_dir: Path) -> None:
+@dataclass
+class LoopContext:
+    """What the loop needs besides the model: data, device, ranks, where to write, what it is doing."""
+
+    cfg: DictConfig
+    data: object
+    device: torch.device
+    dtype: torch.dtype
+    env: dist.DistEnv
+    run_dir: Path
+    resume: bool
+    where: dict = field(default_factory=lambda: {"phase": "setup", "shape": []})
+
+
+def _train_step(model, raw_model, attention, optimizer, schedule, tokens, labels, ctx: LoopContext, step: int):
+    """One optimiser step; returns the (undetached-free) task loss for logging."""
+    tcfg = ctx.cfg.trainer
+    for module in attention:
+        module.on_step(step, int(tcfg.max_steps))
+    with _autocast(ctx.device, ctx.dtype):
+        loss = cross_entropy(model(tokens), labels)
+        extras = [t for t in (m.extra_loss() for m in attention) if t is not None]
+        total = loss + sum(extras) if extras else loss
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if tcfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), float(tcfg.grad_clip))
+    optimizer.step()
+    schedule.step()
+    return loss.detach()
+
+
+def _reduced_loss(loss_sum: torch.Tensor, loss_count: int, over_budget: bool, env) -> tuple[float, bool]:
+    """Mean training loss over the interval and all ranks, and whether any rank ran out of time (one sync)."""
+    both = dist.sum_across(torch.stack([loss_sum.float(), torch.tensor(float(over_budget), device=loss_sum.device)]),
+                           env)
+    return float(both[0]) / (loss_count * env.world_size), bool(both[1] > 0)
+
+
+def _eval_point(raw_model, state: ckpt.TrainState, ctx: LoopContext) -> None:
+    tcfg = ctx.cfg.trainer
+    ctx.where["phase"] = "eval on val"
+    val = evaluate(raw_model, ctx.data.val, int(tcfg.eval_batch_size or tcfg.batch_size), ctx.device, ctx.dtype,
+                   ctx.env, ctx.where)
+    state.history.append({"step": state.step, "loss": state.last_loss, "val_accuracy": val["accuracy"]})
+    if val["accuracy"] > state.best_val:
+        state.best_val, state.best_step = val["accuracy"], state.step
+        state.best_weights = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
+
+
+def train_loop(model, ctx: LoopContext, record: RunRecord) -> None:
     """Train, evaluate and fill ``record``; raises Diverged on a non-finite loss."""
+    cfg, data, device, env, run_dir = ctx.cfg, ctx.data, ctx.device, ctx.env, ctx.run_dir
     tcfg = cfg.trainer
     raw_model = model.module if hasattr(model, "module") else model
     optimizer, schedule = build_optimizer(raw_model, tcfg)
     sampler = EpochSampler(len(data.train), int(tcfg.batch_size), int(cfg.seed), env.rank, env.world_size)
     state = ckpt.TrainState()
-    if cfg.resume:
-        state = ckpt.load(run_dir, raw_model, optimizer, schedule, sampler, device, cfg)
+    if ctx.resume:
+        state = ckpt.load(run_dir, raw_model, optimizer, schedule, sampler, device, cfg, env)
     max_steps, eval_every, log_every = int(tcfg.max_steps), int(tcfg.eval_every), int(tcfg.log_every)
     timing_warmup = min(int(tcfg.timing_warmup_steps), max(0, max_steps - state.step - 1))
     attention = raw_model.attention_modules()
@@ -102,58 +162,49 @@ def train_loop(cfg, model, data, device, dtype, env, record: RunRecord, run_dir:
             dist.synchronize(device)
             segment_start = time.perf_counter()
         tokens, labels = to_tensors(data.train, sampler.next_indices(), device)
-        for module in attention:
-            module.on_step(state.step, max_steps)
-        with _autocast(device, dtype):
-            loss = cross_entropy(model(tokens), labels)
-            extras = [t for t in (m.extra_loss() for m in attention) if t is not None]
-            total = loss + sum(extras) if extras else loss
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if tcfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), float(tcfg.grad_clip))
-        optimizer.step()
-        schedule.step()
+        ctx.where.update(phase="train step", shape=list(tokens.shape))
+        loss_sum += _train_step(model, raw_model, attention, optimizer, schedule, tokens, labels, ctx, state.step)
         state.step += 1
-        if segment_start is not None:
-            timed_steps += 1
-        loss_sum += loss.detach()
         loss_count += 1
-        if budget is not None and state.step % log_every == 0:
-            out_of_time = time.perf_counter() - loop_start > budget  # checked where we sync anyway
-        is_eval = state.step % eval_every == 0 or state.step == max_steps or out_of_time
-        if state.step % log_every == 0 or is_eval:
-            mean_loss = float(loss_sum) / loss_count  # one host sync per log interval
+        timed_steps += int(segment_start is not None)
+        is_eval = state.step % eval_every == 0 or state.step == max_steps
+        if state.step % log_every == 0 or is_eval:  # one host sync (and one all-reduce) per log interval
+            over_budget = budget is not None and time.perf_counter() - loop_start > budget
+            mean_loss, out_of_time = _reduced_loss(loss_sum, loss_count, over_budget, env)
             loss_sum.zero_()
             loss_count = 0
             if not math.isfinite(mean_loss):
                 raise Diverged(f"loss became {mean_loss} by step {state.step}")
             state.last_loss = mean_loss
             progress.update(state.step, loss=mean_loss, val=state.best_val)
-        if is_eval:
+        if is_eval or out_of_time:
             if segment_start is not None:
                 dist.synchronize(device)
                 timed_seconds += time.perf_counter() - segment_start
-            val = evaluate(model, data.val, int(tcfg.eval_batch_size or tcfg.batch_size), device, dtype, env)
-            state.history.append({"step": state.step, "loss": state.last_loss, "val_accuracy": val["accuracy"]})
-            if val["accuracy"] > state.best_val:
-                state.best_val, state.best_step = val["accuracy"], state.step
-                state.best_weights = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
+            _eval_point(raw_model, state, ctx)
             progress.update(state.step, loss=state.last_loss, val=state.best_val)
             if segment_start is not None:
                 dist.synchronize(device)
                 segment_start = time.perf_counter()
-        if tcfg.checkpoint_every and state.step % int(tcfg.checkpoint_every) == 0 and env.is_main:
-            ckpt.save(run_dir, raw_model, optimizer, schedule, sampler, state, cfg)
+        if tcfg.checkpoint_every and state.step % int(tcfg.checkpoint_every) == 0:
+            ckpt.save(run_dir, raw_model, optimizer, schedule, sampler, state, cfg, env)
     progress.stop()
-    record.set_timing(timed_seconds, timed_steps, int(tcfg.batch_size), int(cfg.task.seq_len))
+    _finish_loop(raw_model, state, attention, out_of_time, timed_seconds, timed_steps, ctx, record)
+
+
+def _finish_loop(raw_model, state, attention, out_of_time, timed_seconds, timed_steps, ctx, record) -> None:
+    """Best-val weights on test; fill the record."""
+    tcfg = ctx.cfg.trainer
+    record.set_timing(timed_seconds, timed_steps, int(tcfg.batch_size), int(ctx.cfg.task.seq_len))
     if state.best_weights is not None:
         raw_model.load_state_dict(state.best_weights)
-    test = evaluate(model, data.test, int(tcfg.eval_batch_size or tcfg.batch_size), device, dtype, env)
+    ctx.where["phase"] = "eval on test"
+    test = evaluate(raw_model, ctx.data.test, int(tcfg.eval_batch_size or tcfg.batch_size), ctx.device, ctx.dtype,
+                    ctx.env, ctx.where)
     record.update(
         val_accuracy=state.best_val, best_step=state.best_step, test_accuracy=test["accuracy"],
         steps=state.step, final_train_loss=state.last_loss, history=state.history,
-        resumed_from_step=state.start_step if cfg.resume else None, stopped_by_time_budget=out_of_time,
+        resumed_from_step=state.start_step if ctx.resume else None, stopped_by_time_budget=out_of_time,
         attn_path=attention[0].last_path, attn_stats=_attention_stats(attention),
         **{f"test_{key}": value for key, value in test.items() if key.startswith("accuracy_by_")},
     )
@@ -166,37 +217,76 @@ def _attention_stats(modules) -> dict[str, float]:
     return stats
 
 
+def _build_model(cfg, task, device) -> LRAClassifier:
+    return LRAClassifier(
+        vocab_size=task.vocab_size, num_classes=task.num_classes, seq_len=int(cfg.task.seq_len),
+        attn_cfg=cfg.attn, pooling=task.pooling, dual=task.dual, has_padding=getattr(task, "has_padding", True),
+        **OmegaConf.to_container(cfg.model, resolve=True),
+    ).to(device)
+
+
+def _wrap_for_ranks(model: LRAClassifier, cfg, data, env: dist.DistEnv, record: RunRecord):
+    """DDP around the model when there are several ranks; unused parameters are found by a probe step."""
+    if env.world_size == 1:
+        return model
+    choice = cfg.trainer.get("find_unused_parameters", "auto")
+    if choice == "auto":
+        unused = dist.unused_parameters(model, to_tensors(data.train, np.arange(1), env.device)[0])
+        choice = bool(unused)
+        record.update(ddp_unused_parameters=unused[:20])
+    record.update(ddp_find_unused_parameters=bool(choice))
+    return dist.wrap_ddp(model, env.device, find_unused=bool(choice))
+
+
+def _resume_mode(cfg, run_dir: Path, env: dist.DistEnv) -> bool:
+    """resume=true/false as given; resume=auto continues when <run_dir>/checkpoint.pt exists (rank 0 decides)."""
+    if cfg.resume == "auto":
+        return bool(dist.broadcast_object(ckpt.exists(run_dir), env))
+    return bool(cfg.resume)
+
+
 def run(cfg: DictConfig) -> dict:
     """One training run from a composed config; returns (and writes) its record."""
+    faults.check_config_types(cfg)
     env = dist.setup(cfg.trainer.device)
+    try:
+        return _run(cfg, env)
+    finally:
+        dist.teardown(env)
+
+
+def _run(cfg: DictConfig, env: dist.DistEnv) -> dict:
     device = env.device
+    run_dir = Path(dist.broadcast_object(str(Path(str(cfg.run_dir)).expanduser()), env))  # rank 0's folder
+    faults.check_writable(run_dir, "run dir")
+    if cfg.results_dir:
+        faults.check_writable(cfg.results_dir, "results store (results_dir)")
     torch.manual_seed(int(cfg.seed) + env.rank)
-    run_dir = Path(cfg.run_dir).expanduser()
     dtype = _resolve_dtype(cfg.trainer.precision, device)
     record = RunRecord(cfg, device, dtype, env.world_size)
     task = build_task(cfg.task)
     record.update(**task.describe())
     data = task.load(cfg.paths.cache_dir)
+    faults.check_task_data(data, task)
     record.update(data_source=data.source, num_train=len(data.train))
-    seq_len = int(cfg.task.seq_len)
-    model = LRAClassifier(
-        vocab_size=task.vocab_size, num_classes=task.num_classes, seq_len=seq_len, attn_cfg=cfg.attn,
-        pooling=task.pooling, dual=task.dual, has_padding=getattr(task, "has_padding", True),
-        **OmegaConf.to_container(cfg.model, resolve=True),
-    ).to(device)
-    record.update(num_parameters=sum(p.numel() for p in model.parameters()))
-    reasons = _check_supported(model, cfg, device, dtype, seq_len)
-    if reasons:
-        return record.finish("unsupported", "; ".join(reasons), run_dir, env)
-    if env.world_size > 1:
-        model = dist.wrap_ddp(model, device)
-    dist.reset_peak_memory(device)
+    ctx = LoopContext(cfg, data, device, dtype, env, run_dir, _resume_mode(cfg, run_dir, env))
     try:
-        train_loop(cfg, model, data, device, dtype, env, record, run_dir)
+        model = _build_model(cfg, task, device)
+        record.update(num_parameters=sum(p.numel() for p in model.parameters()))
+        reasons = _check_supported(model, cfg, device, dtype, int(cfg.task.seq_len))
+        if reasons:
+            return record.finish("unsupported", "; ".join(reasons), run_dir, env)
+        model = _wrap_for_ranks(model, cfg, data, env, record)
+        dist.reset_peak_memory(device)
+        train_loop(model, ctx, record)
     except torch.cuda.OutOfMemoryError as exc:
-        shape = f"batch={cfg.trainer.batch_size}, seq_len={seq_len}, model={dict(cfg.model)}"
-        return record.finish("oom", f"CUDA out of memory at {shape}: {str(exc).splitlines()[0]}", run_dir, env)
+        reason, fields = faults.describe_oom(exc, ctx.where, cfg, dtype)
+        record.update(**fields)
+        model = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return record.finish("oom", reason, run_dir, env)
     except Diverged as exc:
         return record.finish("diverged", str(exc), run_dir, env)
-    record.update(peak_memory_mb=peak_memory_mb(device))
+    record.update(peak_memory_mb=dist.max_across(peak_memory_mb(device), env))
     return record.finish("ok", None, run_dir, env)

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -70,7 +71,19 @@ def test_oom_and_timeout_are_recorded_and_stop_the_series(tmp_path, monkeypatch)
                      "bench.max_seconds=0")
     records = run_bench(cfg)
     assert [(r["seq_len"], r["status"]) for r in records] == [(64, "timeout")]
-    assert "bench.max_seconds=0" in records[0]["reason"] and records[0]["first_call_ms"] > 0
+    assert "bench.max_seconds=0" in records[0]["reason"] and records[0]["second_call_ms"] > 0
+
+
+def test_a_slow_first_call_is_compilation_not_a_timeout():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.2 if len(calls) == 1 else 0.001)  # the first call "compiles"
+
+    timing = common.time_calls(fn, torch.device("cpu"), warmup=2, repeats=3, max_seconds=0.1)
+    assert not timing["timed_out"] and timing["first_call_ms"] >= 200 and timing["second_call_ms"] < 100
+    assert timing["repeats"] == 3 and timing["ms"] < 100 and len(calls) == 2 + 3
 
 
 def test_bad_names_and_values_are_clear(tmp_path):

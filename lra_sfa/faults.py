@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lra_sfa.recording import RunRecord, peak_memory_mb
+from lra_sfa.recording import RunRecord, hydra_job, peak_memory_mb
 from lra_sfa.records import REQUIRED_FIELDS, git_commit, now_iso, store_record, write_json_atomic
 
 # key -> (expected kind, allow null). Kinds: int, float (ints accepted), bool, str, floats (a list of floats).
@@ -156,23 +156,15 @@ def describe_oom(exc: BaseException, where: dict, cfg: DictConfig, dtype: torch.
     return reason, {"oom_phase": where.get("phase", "setup"), "oom_shape": shape}
 
 
-def _job_overrides() -> tuple[dict, list[str]]:
-    """The Hydra job's group choices and command-line overrides (empty outside a Hydra app)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        hydra_cfg = HydraConfig.get()
-    except ValueError:
-        return {}, []
-    return dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task)
-
-
 def _minimal_record(cfg: DictConfig) -> dict:
     """The required fields from a config that RunRecord cannot read (a value of the wrong type)."""
     record = {key: None for key in REQUIRED_FIELDS}
-    choices, _ = _job_overrides()
-    record.update(kind="run", task=choices.get("task", "unknown"), attn=choices.get("attn", "unknown"),
-                  attn_args={}, model={}, steps=0, date=now_iso(), world_size=1, git_commit=git_commit())
+    choices, _ = hydra_job()
+    target = OmegaConf.select(cfg, "task._target_", default=None, throw_on_missing=False)
+    task = str(target).rsplit(".", 1)[-1].lower() if target else choices.get("task", "unknown")
+    attn = OmegaConf.select(cfg, "attn.name", default=None, throw_on_missing=False) or choices.get("attn", "unknown")
+    record.update(kind="run", task=task, attn=attn, attn_args={}, model={}, steps=0, date=now_iso(), world_size=1,
+                  git_commit=git_commit())
     return record
 
 
@@ -188,7 +180,7 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> dict:
         data["peak_memory_mb"] = peak_memory_mb(torch.device("cpu"))
     except Exception:  # the config itself is what failed: keep what can be read
         data = _minimal_record(cfg)
-    data.update(status="error", reason=reason, overrides=_job_overrides()[1])
+    data.update(status="error", reason=reason, overrides=hydra_job()[1])
     targets = []
     if cfg.get("run_dir"):
         targets.append(lambda: write_json_atomic(Path(str(cfg.run_dir)) / "record.json", data))

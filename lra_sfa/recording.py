@@ -29,6 +29,16 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def hydra_job() -> tuple[dict, list[str]]:
+    """The Hydra job's group choices and command-line overrides (empty outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}, []
+    hydra_cfg = HydraConfig.get()
+    return dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task)
+
+
 def build_task(task_cfg: DictConfig) -> Task:
     """Instantiate ``conf/task/<name>.yaml``; a bad value gets a clear error naming the key."""
     from hydra.errors import InstantiationException
@@ -79,6 +89,7 @@ class RunRecord:
             "config_hash": config_hash(resolved),
             "date": now_iso(),
             "torch_version": torch.__version__,
+            "overrides": hydra_job()[1],  # the job's command-line overrides (a sweep's axes)
         }
         self.device = device
 

@@ -90,8 +90,8 @@ def run_train_cell(attn_cfg: DictConfig, length: int, bench: DictConfig, device:
         return {**fields, "status": "unsupported", "reason": f"cannot build for this shape: {exc}"}
     heads = int(bench.model.num_heads)
     total = length + (bench.pooling == "cls")
-    probe = torch.empty(1, dtype=dtype, device=device).expand(int(bench.batch), heads, total,
-                                                              int(bench.model.d_model) // heads)
+    probe = torch.empty(1, dtype=dtype, device=device).expand(  # (B, H, 1 + L, Dh), one element allocated
+        int(bench.batch), heads, total, int(bench.model.d_model) // heads)
     reasons = model.attention_modules()[0].unsupported_reasons(probe, probe, probe, None)
     if reasons:
         return {**fields, "status": "unsupported", "reason": "; ".join(reasons)}

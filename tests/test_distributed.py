@@ -102,3 +102,17 @@ def test_ddp_checkpoint_resumes_with_the_same_world_size_only(tmp_path):
     record = json.loads((run_dir / "record.json").read_text())
     assert record["steps"] == 40 and record["resumed_from_step"] == 20 and record["world_size"] == 2
     assert [h["step"] for h in record["history"]] == [20, 40]
+
+
+def test_submitit_slurm_tasks_become_torchrun_ranks(monkeypatch):
+    """Inside a 2-task submitit SLURM job, task 1 of node gpu[3-4] gets RANK=1 and gpu3 as master."""
+    pytest.importorskip("submitit")
+    from lra_sfa import distributed
+
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_JOB_NUM_NODES": "2",
+             "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[3-4]", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
+    environ = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    monkeypatch.setattr(os, "environ", environ | slurm)
+    distributed._export_submitit_env()
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("1", "2", "0")
+    assert os.environ["MASTER_ADDR"] == "gpu3" and int(os.environ["MASTER_PORT"]) > 0

@@ -74,6 +74,13 @@ def _app(cfg: DictConfig) -> dict | None:
         return None
     if _is_main_rank():
         print(_summary(record))
+    if record["status"] == "oom" and record.get("world_size", 1) > 1:
+        # One rank out of memory leaves the others waiting in a collective: end this process now so that
+        # torchrun stops them (rank 0 has written the record; an OOM on another rank is reported here only).
+        print(f"lra-sfa: error: rank {os.environ.get('RANK', '0')} {record['reason']}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(3)
     return record
 
 

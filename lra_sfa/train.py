@@ -225,13 +225,16 @@ def _build_model(cfg, task, device) -> LRAClassifier:
     ).to(device)
 
 
-def _wrap_for_ranks(model: LRAClassifier, cfg, data, env: dist.DistEnv, record: RunRecord):
+def _wrap_for_ranks(model: LRAClassifier, ctx: LoopContext, record: RunRecord):
     """DDP around the model when there are several ranks; unused parameters are found by a probe step."""
+    cfg, env = ctx.cfg, ctx.env
     if env.world_size == 1:
         return model
     choice = cfg.trainer.get("find_unused_parameters", "auto")
     if choice == "auto":
-        unused = dist.unused_parameters(model, to_tensors(data.train, np.arange(1), env.device)[0])
+        tokens = to_tensors(ctx.data.train, np.arange(1), env.device)[0]
+        ctx.where.update(phase="DDP probe step", shape=list(tokens.shape))
+        unused = dist.unused_parameters(model, tokens)
         choice = bool(unused)
         record.update(ddp_unused_parameters=unused[:20])
     record.update(ddp_find_unused_parameters=bool(choice))
@@ -249,10 +252,13 @@ def run(cfg: DictConfig) -> dict:
     """One training run from a composed config; returns (and writes) its record."""
     faults.check_config_types(cfg)
     env = dist.setup(cfg.trainer.device)
+    record = None
     try:
-        return _run(cfg, env)
+        record = _run(cfg, env)
+        return record
     finally:
-        dist.teardown(env)
+        if record is None or record["status"] != "oom" or env.world_size == 1:
+            dist.teardown(env)  # after an OOM on one rank the others may sit in a collective: no teardown
 
 
 def _run(cfg: DictConfig, env: dist.DistEnv) -> dict:
@@ -271,12 +277,13 @@ def _run(cfg: DictConfig, env: dist.DistEnv) -> dict:
     record.update(data_source=data.source, num_train=len(data.train))
     ctx = LoopContext(cfg, data, device, dtype, env, run_dir, _resume_mode(cfg, run_dir, env))
     try:
+        ctx.where["phase"] = "model set-up"
         model = _build_model(cfg, task, device)
         record.update(num_parameters=sum(p.numel() for p in model.parameters()))
         reasons = _check_supported(model, cfg, device, dtype, int(cfg.task.seq_len))
         if reasons:
             return record.finish("unsupported", "; ".join(reasons), run_dir, env)
-        model = _wrap_for_ranks(model, cfg, data, env, record)
+        model = _wrap_for_ranks(model, ctx, record)
         dist.reset_peak_memory(device)
         train_loop(model, ctx, record)
     except torch.cuda.OutOfMemoryError as exc:

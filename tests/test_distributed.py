@@ -116,3 +116,32 @@ def test_submitit_slurm_tasks_become_torchrun_ranks(monkeypatch):
     distributed._export_submitit_env()
     assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("1", "2", "0")
     assert os.environ["MASTER_ADDR"] == "gpu3" and int(os.environ["MASTER_PORT"]) > 0
+
+
+OOM_ON_RANK_0 = """
+import os
+import torch
+from lra_sfa.model import LRAClassifier
+_forward, _calls = LRAClassifier.forward, [0]
+def _forward_or_oom(self, tokens):
+    _calls[0] += 1  # call 1: the unused-parameter probe, 2: step 1, 3: step 2
+    if os.environ.get("RANK") == "0" and _calls[0] == 3:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+    return _forward(self, tokens)
+LRAClassifier.forward = _forward_or_oom
+"""
+
+
+def test_oom_on_one_rank_records_and_ends_the_job(tmp_path):
+    """Rank 0 runs out of memory while rank 1 waits in the gradient all-reduce: the job ends, recorded."""
+    prelude_file = tmp_path / "sitecustomize.py"  # runs first in every torchrun worker
+    prelude_file.write_text(OOM_ON_RANK_0)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lra_sfa",
+               *DDP_ARGS, f"hydra.run.dir={tmp_path / 'run'}"]
+    env = cli_env(tmp_path, tmp_path / "cache") | {
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0
+    assert "rank 0 CUDA out of memory in train step at tokens shape (8, 16)" in result.stderr
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["status"] == "oom" and record["oom_shape"] == [8, 16] and record["world_size"] == 2

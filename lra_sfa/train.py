@@ -220,7 +220,7 @@ def _attention_stats(modules) -> dict[str, float]:
 def _build_model(cfg, task, device) -> LRAClassifier:
     return LRAClassifier(
         vocab_size=task.vocab_size, num_classes=task.num_classes, seq_len=int(cfg.task.seq_len),
-        attn_cfg=cfg.attn, pooling=task.pooling, dual=task.dual, has_padding=getattr(task, "has_padding", True),
+        attn_cfg=cfg.attn, pooling=task.pooling, dual=task.dual, has_padding=task.has_padding,
         **OmegaConf.to_container(cfg.model, resolve=True),
     ).to(device)
 
@@ -272,13 +272,13 @@ def _run(cfg: DictConfig, env: dist.DistEnv) -> dict:
     record = RunRecord(cfg, device, dtype, env.world_size)
     task = build_task(cfg.task)
     record.update(**task.describe())
+    model = _build_model(cfg, task, device)  # before the data: a bad attention config fails in seconds
     data = task.load(cfg.paths.cache_dir)
     faults.check_task_data(data, task)
     record.update(data_source=data.source, num_train=len(data.train))
     ctx = LoopContext(cfg, data, device, dtype, env, run_dir, _resume_mode(cfg, run_dir, env))
     try:
         ctx.where["phase"] = "model set-up"
-        model = _build_model(cfg, task, device)
         record.update(num_parameters=sum(p.numel() for p in model.parameters()))
         reasons = _check_supported(model, cfg, device, dtype, int(cfg.task.seq_len))
         if reasons:

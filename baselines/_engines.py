@@ -28,6 +28,7 @@ measured 2026-11-28, ../shared/research/device.md).
 from __future__ import annotations
 
 import torch
+
 from lra_sfa.baselines._common import masked_softmax_pv
 from lra_sfa.baselines._patterns import SparsePattern
 

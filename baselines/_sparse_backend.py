@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from lra_sfa.attention import AttentionBackend
 from lra_sfa.baselines._common import check_inputs
 from lra_sfa.baselines._engines import (
     blocked_attention,
@@ -24,8 +26,6 @@ from lra_sfa.baselines._engines import (
     flex_supported_head_dim,
 )
 from lra_sfa.baselines._patterns import SparsePattern
-
-from lra_sfa.attention import AttentionBackend
 
 IMPLS = ("auto", "flex", "blocked")
 

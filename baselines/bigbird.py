@@ -18,6 +18,7 @@ Defaults from LRA: block 64, 3 random blocks.
 from __future__ import annotations
 
 import torch
+
 from lra_sfa.baselines._patterns import BigBirdPattern, SparsePattern
 from lra_sfa.baselines._sparse_backend import BlockSparseAttention
 

@@ -7,7 +7,6 @@ its fused or math kernel. ``last_path`` says "sdpa" or "sdpa+mask".
 
 from __future__ import annotations
 
-import torch
 from torch.nn import functional as F
 
 from lra_sfa.attention import AttentionBackend

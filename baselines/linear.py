@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lra_sfa.baselines._common import check_inputs, full_precision, working_dtype
 
 from lra_sfa.attention import AttentionBackend
+from lra_sfa.baselines._common import check_inputs, full_precision, working_dtype
 
 
 class LinearAttention(AttentionBackend):

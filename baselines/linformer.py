@@ -19,10 +19,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from lra_sfa.baselines._common import check_inputs
 from torch import nn
 
 from lra_sfa.attention import AttentionBackend
+from lra_sfa.baselines._common import check_inputs
 
 
 class LinformerAttention(AttentionBackend):

@@ -11,6 +11,7 @@ Negative positions count from the end.
 from __future__ import annotations
 
 import torch
+
 from lra_sfa.baselines._patterns import BandGlobalPattern, SparsePattern
 from lra_sfa.baselines._sparse_backend import BlockSparseAttention, band_tile
 

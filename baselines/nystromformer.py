@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 
 import torch
-from lra_sfa.baselines._common import check_inputs, full_precision, masked_softmax_pv, working_dtype
 
 from lra_sfa.attention import AttentionBackend
+from lra_sfa.baselines._common import check_inputs, full_precision, masked_softmax_pv, working_dtype
 
 
 def iterative_pinv(a: torch.Tensor, iterations: int) -> torch.Tensor:

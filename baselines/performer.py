@@ -25,9 +25,9 @@ LRA's runs used the generalized ReLU kernel (``performer_relu.yaml``).
 from __future__ import annotations
 
 import torch
-from lra_sfa.baselines._common import check_inputs, full_precision, working_dtype
 
 from lra_sfa.attention import AttentionBackend
+from lra_sfa.baselines._common import check_inputs, full_precision, working_dtype
 
 KERNELS = ("softmax", "relu")
 RELU_EPS = 1e-3

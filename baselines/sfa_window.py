@@ -17,9 +17,9 @@ paper's choice), window as ``longformer``.
 from __future__ import annotations
 
 import torch
+
 from lra_sfa.baselines._patterns import BandGlobalPattern, SparsePattern
 from lra_sfa.baselines._sparse_backend import BlockSparseAttention, band_tile
-
 from lra_sfa.kernels.sfa_ref import sparsify
 
 

@@ -9,6 +9,7 @@ window of 25 on each side gives each query the same 51-key budget, sliding.
 from __future__ import annotations
 
 import torch
+
 from lra_sfa.baselines._patterns import BandGlobalPattern, SparsePattern
 from lra_sfa.baselines._sparse_backend import BlockSparseAttention, band_tile
 

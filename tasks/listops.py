@@ -220,5 +220,6 @@ class ListOps(Task):
             splits = {s: Split(data[f"{s}_inputs"], data[f"{s}_labels"]) for s in SPLITS}
         else:
             splits = {s: read_tsv(folder / f"basic_{s}.tsv", self.seq_len) for s in SPLITS}
-            save_arrays_atomic(arrays, **{f"{s}_{f}": getattr(splits[s], f) for s in SPLITS for f in ("inputs", "labels")})
+            fields = {f"{s}_{f}": getattr(splits[s], f) for s in SPLITS for f in ("inputs", "labels")}
+            save_arrays_atomic(arrays, **fields)
         return TaskData(**splits, source=f"generated:{folder}")

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
+
+from lra_sfa.attention import build_attention
 from lra_sfa.baselines._engines import FLEX_TILE, blocked_attention, build_block_mask, key_validity
 from lra_sfa.baselines._patterns import dense_pattern_mask
 from lra_sfa.baselines.bigbird import BigBirdAttention
@@ -25,9 +28,6 @@ from lra_sfa.baselines.nystromformer import NystromformerAttention
 from lra_sfa.baselines.performer import PerformerAttention
 from lra_sfa.baselines.sfa_window import SFAWindowAttention
 from lra_sfa.baselines.windowed import WindowedAttention
-from omegaconf import OmegaConf
-
-from lra_sfa.attention import build_attention
 from lra_sfa.kernels.sfa_ref import sparsify
 
 ATTN_DIR = Path(__file__).resolve().parents[1] / "conf" / "attn"

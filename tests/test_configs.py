@@ -58,5 +58,6 @@ def test_contract_keys_exist(make_cfg):
 def test_lra_listops_protocol_values(make_cfg):
     cfg = make_cfg("experiment=lra_listops")
     assert (cfg.model.num_layers, cfg.model.num_heads, cfg.model.d_model, cfg.model.mlp_dim) == (4, 8, 512, 1024)
-    assert (cfg.trainer.batch_size, cfg.trainer.max_steps, cfg.trainer.lr, cfg.trainer.schedule) == (32, 5000, 0.05, "rsqrt")
+    trainer = cfg.trainer
+    assert (trainer.batch_size, trainer.max_steps, trainer.lr, trainer.schedule) == (32, 5000, 0.05, "rsqrt")
     assert cfg.trainer.warmup_steps == 1000 and cfg.trainer.weight_decay == 0.1 and cfg.task.pooling == "cls"

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lra_sfa.baselines.full import FullAttention
 
+from lra_sfa.baselines.full import FullAttention
 from lra_sfa.data import EpochSampler
 
 from .test_faults import TINY, cli, cli_env

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from lra_sfa.tasks.listops import ListOps
 
 from lra_sfa.records import REQUIRED_FIELDS, load_records, store_record, write_json_atomic
+from lra_sfa.tasks.listops import ListOps
 from lra_sfa.train import run
 
 ORIGINAL_LISTOPS_LOAD = ListOps.load

@@ -139,7 +139,8 @@ def _expand_chunk(plan: WidePlan, q_idx: torch.Tensor, k_idx: torch.Tensor, t0: 
     ent = torch.arange(t0 * K, t1 * K, device=q_idx.device)
     lo, lens = plan.entry_lo[ent], plan.entry_hi[ent] - plan.entry_lo[ent]
     ent_rep = torch.repeat_interleave(torch.arange(ent.numel(), device=ent.device), lens)  # (n_inc,)
-    offs = torch.arange(ent_rep.numel(), device=ent.device) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
+    starts = torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
+    offs = torch.arange(ent_rep.numel(), device=ent.device) - starts
     j = plan.key_tok[lo[ent_rep] + offs]
     i = t0 + torch.div(ent_rep, K, rounding_mode="floor")
     feat = q_idx.view(-1)[t0 * K + ent_rep]

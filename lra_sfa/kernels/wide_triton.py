@@ -199,7 +199,8 @@ def _work_items(plan: WidePlan, q_bucket: torch.Tensor, block_m: int):
     row_tile, rows = row_tile[row_has_tile], q_order.long()[row_has_tile]
     n_items = tile_bucket.numel()
     big = torch.iinfo(torch.long).max
-    tile_lo = torch.full((n_items,), big, device=q_bucket.device).scatter_reduce(0, row_tile, plan.entry_lo[rows], "amin")
+    tile_lo = torch.full((n_items,), big, device=q_bucket.device)
+    tile_lo = tile_lo.scatter_reduce(0, row_tile, plan.entry_lo[rows], "amin")
     tile_hi = torch.zeros(n_items, dtype=torch.long, device=q_bucket.device).scatter_reduce(
         0, row_tile, plan.entry_hi[rows], "amax")
     as32 = (tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr)
@@ -224,7 +225,8 @@ class _WideTritonFunction(torch.autograd.Function):
         lo, hi, key_tok = plan.entry_lo.to(torch.int32), plan.entry_hi.to(torch.int32), plan.key_tok.to(torch.int32)
         if tile_bucket.numel():
             _wide_fwd_kernel[(tile_bucket.numel(),)](
-                tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order, lo, hi, key_tok, q_idx, q_val, k_idx, k_val, v,
+                tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order, lo, hi, key_tok,
+                q_idx, q_val, k_idx, k_val, v,
                 part_m, part_l, part_acc, part_cnt, scale * LOG2E, plan.num_features,
                 K=K, DV=DV, EXACT=exact, IEEE=ieee, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
         pm = part_m.view(N, K)  # (N, K) partial maxima, log2 units
@@ -263,7 +265,8 @@ class _WideTritonFunction(torch.autograd.Function):
         dv = torch.zeros(N, DV, dtype=torch.float32, device=v.device)
         if tile_bucket.numel():
             _wide_bwd_kernel[(tile_bucket.numel(),)](
-                tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order, lo, hi, key_tok, q_idx, q_val, k_idx, k_val, v,
+                tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order, lo, hi, key_tok,
+                q_idx, q_val, k_idx, k_val, v,
                 do, lse2, delta, dq, dk, dv, scale, plan.num_features,
                 K=K, DV=DV, EXACT=exact, IEEE=v.dtype == torch.float32, BLOCK_M=blocks[0], BLOCK_N=blocks[1],
                 num_warps=4)

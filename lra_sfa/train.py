@@ -102,7 +102,7 @@ class LoopContext:
 
 
 def _train_step(model, raw_model, attention, optimizer, schedule, tokens, labels, ctx: LoopContext, step: int):
-    """One optimiser step; returns the (undetached-free) task loss for logging."""
+    """One optimiser step; returns the detached task loss (without auxiliary terms) for logging."""
     tcfg = ctx.cfg.trainer
     for module in attention:
         module.on_step(step, int(tcfg.max_steps))

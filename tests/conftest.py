@@ -36,3 +36,19 @@ def make_cfg(tmp_path):
 def attn_names() -> list[str]:
     """Every backend in the registry folder conf/attn/."""
     return sorted(path.stem for path in (CONF / "attn").glob("*.yaml"))
+
+
+def train_smoke(tmp_path, overrides: list[str]) -> dict:
+    """Two training steps of the tiny model through the real runner; returns the record."""
+    from lra_sfa.train import run
+
+    base = ["model=tiny", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_every=2", "trainer.device=cpu",
+            "trainer.progress=false", f"run_dir={tmp_path / 'run'}", "results_dir=null",
+            f"paths.cache_dir={tmp_path / 'cache'}"]
+    with initialize_config_module("lra_sfa.conf", version_base=None):
+        cfg = compose("config", overrides=base + overrides)
+    record = run(cfg)
+    assert record["status"] == "ok", record
+    assert (tmp_path / "run" / "record.json").is_file()
+    return record
+

@@ -8,6 +8,8 @@ from PIL import Image
 
 from lra_sfa.tasks.needle import QUERY, Needle, make_split, plot_needle_heatmap
 
+from .conftest import train_smoke
+
 
 def _layout(task: Needle):
     g = task.gen
@@ -79,23 +81,6 @@ def test_heatmap_from_records(tmp_path):
         assert image.size[0] > image.size[1] > 100
     with pytest.raises(ValueError, match="no needle records"):
         plot_needle_heatmap(records[-1:], tmp_path / "x.png")
-
-
-def train_smoke(tmp_path, overrides: list[str]) -> dict:
-    """Two training steps of the tiny model through the real runner; returns the record."""
-    from hydra import compose, initialize_config_module
-
-    from lra_sfa.train import run
-
-    base = ["model=tiny", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_every=2", "trainer.device=cpu",
-            "trainer.progress=false", f"run_dir={tmp_path / 'run'}", "results_dir=null",
-            f"paths.cache_dir={tmp_path / 'cache'}"]
-    with initialize_config_module("lra_sfa.conf", version_base=None):
-        cfg = compose("config", overrides=base + overrides)
-    record = run(cfg)
-    assert record["status"] == "ok", record
-    assert (tmp_path / "run" / "record.json").is_file()
-    return record
 
 
 def test_trains_and_records_accuracy_by_depth(tmp_path):

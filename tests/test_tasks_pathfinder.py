@@ -14,6 +14,8 @@ from lra_sfa.tasks.pathfinder import Pathfinder, PathX, main, read_metadata, wri
 from lra_sfa.tasks.pathfinder_gen import generate, generate_image
 from lra_sfa.tasks.snakes import CONTOUR_LENGTH, _dilate, lra_params
 
+from .conftest import train_smoke
+
 
 def components(binary: np.ndarray) -> np.ndarray:
     """8-connected component labels (0 = background), by flood fill."""
@@ -166,23 +168,6 @@ def test_samples_cli_writes_png(tmp_path):
     main(["samples", "--out", str(out), "--num", "4", "--difficulty", "easy"])
     with Image.open(out) as image:
         assert image.size[0] > 200 and image.size[1] > 200
-
-
-def train_smoke(tmp_path, overrides: list[str]) -> dict:
-    """Two training steps of the tiny model through the real runner; returns the record."""
-    from hydra import compose, initialize_config_module
-
-    from lra_sfa.train import run
-
-    base = ["model=tiny", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_every=2", "trainer.device=cpu",
-            "trainer.progress=false", f"run_dir={tmp_path / 'run'}", "results_dir=null",
-            f"paths.cache_dir={tmp_path / 'cache'}"]
-    with initialize_config_module("lra_sfa.conf", version_base=None):
-        cfg = compose("config", overrides=base + overrides)
-    record = run(cfg)
-    assert record["status"] == "ok", record
-    assert (tmp_path / "run" / "record.json").is_file()
-    return record
 
 
 def test_trains_from_release_files_and_generated(tmp_path):

@@ -10,6 +10,8 @@ import pytest
 from lra_sfa.tasks.base import TaskDataError
 from lra_sfa.tasks.retrieval import FILES, Retrieval
 
+from .conftest import train_smoke
+
 
 def write_aan(folder, counts=(12, 5, 6), seed=0):
     """new_aan_pairs.{train,eval,test}.tsv with random documents; returns {split: [(label, text1, text2)]}."""
@@ -77,23 +79,6 @@ def test_errors_name_file_and_line(tmp_path):
         Retrieval(seq_len=16, data_dir=str(folder)).load(tmp_path / "cache")
     with pytest.raises(TaskDataError, match=r"data_dir is required.*tsv_data"):
         Retrieval(seq_len=16).load(tmp_path / "cache")
-
-
-def train_smoke(tmp_path, overrides: list[str]) -> dict:
-    """Two training steps of the tiny model through the real runner; returns the record."""
-    from hydra import compose, initialize_config_module
-
-    from lra_sfa.train import run
-
-    base = ["model=tiny", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_every=2", "trainer.device=cpu",
-            "trainer.progress=false", f"run_dir={tmp_path / 'run'}", "results_dir=null",
-            f"paths.cache_dir={tmp_path / 'cache'}"]
-    with initialize_config_module("lra_sfa.conf", version_base=None):
-        cfg = compose("config", overrides=base + overrides)
-    record = run(cfg)
-    assert record["status"] == "ok", record
-    assert (tmp_path / "run" / "record.json").is_file()
-    return record
 
 
 def test_trains_from_official_files(tmp_path):

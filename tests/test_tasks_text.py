@@ -11,6 +11,8 @@ import pytest
 from lra_sfa.tasks.base import TaskDataError
 from lra_sfa.tasks.text import Text
 
+from .conftest import train_smoke
+
 
 def write_aclimdb(root, counts=(5, 4), seed=0):
     """aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt with random UTF-8 reviews; returns {path: (text, label)}."""
@@ -83,23 +85,6 @@ def test_offline_without_data_fails_fast(tmp_path, monkeypatch):
     with pytest.raises(TaskDataError, match=r"aclImdb.*datasets.load_dataset\('stanfordnlp/imdb'\)"):
         Text(seq_len=16, hf_name="stanfordnlp/imdb").load(tmp_path / "cache")
     assert time.perf_counter() - started < 10.0
-
-
-def train_smoke(tmp_path, overrides: list[str]) -> dict:
-    """Two training steps of the tiny model through the real runner; returns the record."""
-    from hydra import compose, initialize_config_module
-
-    from lra_sfa.train import run
-
-    base = ["model=tiny", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_every=2", "trainer.device=cpu",
-            "trainer.progress=false", f"run_dir={tmp_path / 'run'}", "results_dir=null",
-            f"paths.cache_dir={tmp_path / 'cache'}"]
-    with initialize_config_module("lra_sfa.conf", version_base=None):
-        cfg = compose("config", overrides=base + overrides)
-    record = run(cfg)
-    assert record["status"] == "ok", record
-    assert (tmp_path / "run" / "record.json").is_file()
-    return record
 
 
 def test_trains_from_official_files(tmp_path):

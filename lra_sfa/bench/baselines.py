@@ -30,11 +30,12 @@ import csv
 import datetime
 import importlib
 import inspect
-import statistics
 import time
 from pathlib import Path
 
 import torch
+
+from lra_sfa.bench.timing import time_ms
 
 CONF_ATTN = Path(__file__).resolve().parents[1].parent / "conf" / "attn"
 DEFAULT_NAMES = ["windowed", "longformer", "bigbird", "sfa_window", "performer", "performer_relu", "linformer",
@@ -130,32 +131,7 @@ def check_backend(name: str, args, dtype: torch.dtype) -> dict:
     return row
 
 
-def time_ms(fn, rep_ms: float, min_reps: int = 3, max_reps: int = 30) -> tuple[float, float]:
-    """(median ms, peak MiB allocated over the timed calls) after one warm-up call.
 
-    CUDA: event timing and ``max_memory_allocated``; CPU (``--dry-run``): a host clock, no memory.
-    """
-    fn()
-    if DEVICE != "cuda":
-        times = []
-        for _ in range(min_reps):
-            start = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - start))
-        return statistics.median(times), float("nan")
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(max_reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-        if len(times) >= min_reps and sum(times) >= rep_ms:
-            break
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
 
 
 def shape_for(length: int, tokens: int, max_heads: int = 16) -> tuple[int, int]:
@@ -222,7 +198,7 @@ def measure(ops: dict, args, meta: dict, impl: str, baseline: dict | None, write
             writer(dict(row, status="skipped: --budget-s reached"))
             continue
         try:
-            ms, peak = time_ms(fn, args.rep_ms)
+            ms, peak = time_ms(fn, args.rep_ms, max_reps=30, cuda=DEVICE == "cuda")
         except torch.cuda.OutOfMemoryError:
             writer(dict(row, status="oom"))
             empty_cache()
@@ -321,7 +297,7 @@ def probe_flex_variants(backend, q, k, v, args) -> None:
         with torch.no_grad():
             try:
                 call = lambda bm=block_mask: compiled_flex()(q, k, v, block_mask=bm, scale=D**-0.5)
-                ms, _ = time_ms(call, args.rep_ms)
+                ms, _ = time_ms(call, args.rep_ms, max_reps=30, cuda=DEVICE == "cuda")
                 print(f"probe flex variant {label:20s} fwd(no grad) {ms:.3f} ms")
             except Exception as exc:
                 print(f"probe flex variant {label:20s} error {type(exc).__name__}: {str(exc)[:200]}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import statistics
 import time
 from functools import partial
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from lra_sfa.bench.timing import time_ms
 from lra_sfa.kernels import sfa_check
 from lra_sfa.kernels.flash_sfa import flash_sfa
 from lra_sfa.kernels.sfa_decode import cache_bytes_per_token, pack_k_cache, sfa_decode
@@ -43,24 +43,6 @@ EXPLORE_CHECKS = [(1, 64, 8, False, torch.bfloat16), (100, 128, 8, True, torch.b
                   (1000, 128, 16, True, torch.bfloat16), (4097, 64, 8, False, torch.bfloat16),
                   (777, 32, 4, True, torch.float16), (300, 128, 8, True, torch.float32),
                   (2048, 128, 128, False, torch.bfloat16)]  # (L, D, topk, padding, dtype), full reference
-
-
-def time_ms(fn, rep_ms: float = 300.0, min_reps: int = 3, max_reps: int = 50) -> tuple[float, float]:
-    """(median ms, peak MiB allocated during one call) after one warm-up call."""
-    fn()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(max_reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-        if len(times) >= min_reps and sum(times) >= rep_ms:
-            break
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
 
 
 class RowWriter:

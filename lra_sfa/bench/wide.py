@@ -27,35 +27,19 @@ import argparse
 import csv
 import datetime
 import math
-import statistics
 import time
 from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from lra_sfa.bench.timing import time_ms
 from lra_sfa.kernels.wide_ref import wide_dense_reference
 from lra_sfa.kernels.wide_triton import wide_triton_attention
 
 COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "ms", "baseline",
            "baseline_ms", "speedup", "max_rel_err", "peak_mem_mb", "device", "date", "mean_candidates",
            "dropped_frac", "mode", "cap", "D", "dropped_incidence_frac", "plain_rel_err", "check", "baseline_note"]
-
-
-def time_ms(fn, budget_ms: float = 400.0, max_reps: int = 20) -> tuple[float, float]:
-    """(median ms, peak MiB during the timed calls) after one warm-up call."""
-    fn()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    while len(times) < max_reps and (not times or sum(times) < budget_ms):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
 
 
 @torch.no_grad()
@@ -83,7 +67,7 @@ def cudnn_ms(length: int, heads: int, dim: int, backward: bool) -> tuple[float, 
         if backward:
             out.backward(grad)
 
-    ms, _ = time_ms(run)
+    ms, _ = time_ms(run, rep_ms=400.0, min_reps=1, max_reps=20)
     note = "" if measured_heads == heads else f"measured at H={measured_heads}, scaled x{heads // measured_heads}"
     return ms * heads / measured_heads, note
 
@@ -129,7 +113,7 @@ def measure_variant(codes, v, D, scale, cap, backward: bool):
         if backward:
             out.backward(grad)
 
-    ms, peak = time_ms(run)
+    ms, peak = time_ms(run, rep_ms=400.0, min_reps=1, max_reps=20)
     return ms, peak, {key: float(value) for key, value in holder.items()}
 
 

@@ -38,8 +38,8 @@ def comparison_table(records: list[dict]) -> pd.DataFrame:
 def main(overrides: list[str]) -> pd.DataFrame:
     console = Console(width=max(120, Console().width))
     console.print(
-        "[bold yellow]REDUCED PROTOCOL[/]: ListOps with expressions of 61-249 tokens, 16k training examples, "
-        "a 2-layer width-64 model, 1200 steps on the CPU. Not comparable with published LRA numbers; "
+        "[bold yellow]REDUCED PROTOCOL[/]: ListOps with expressions of 41-127 tokens, 8k training examples, "
+        "a 2-layer width-64 model, 600 steps on the CPU. Not comparable with published LRA numbers; "
         "`python -m lra_sfa experiment=lra_listops attn=...` runs the paper protocol."
     )
     records = []

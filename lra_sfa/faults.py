@@ -51,6 +51,7 @@ CONFIG_TYPES: dict[str, tuple[str, bool]] = {
     "model.num_heads": ("int", False),
     "model.num_layers": ("int", False),
     "model.mlp_dim": ("int", False),
+    "model.qkv_dim": ("int", True),
     "model.dropout": ("float", False),
     "model.attn_dropout": ("float", False),
 }

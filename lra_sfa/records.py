@@ -28,7 +28,13 @@ STATUSES = ("ok", "oom", "diverged", "unsupported", "error")
 
 
 def git_commit() -> str:
-    """The current commit of the source tree (with '+dirty' when modified), or 'unknown'."""
+    """The current commit of the source tree (with '+dirty' when modified), or 'unknown'.
+
+    ``LRA_SFA_GIT_COMMIT`` overrides it, for copies of the tree without ``.git``
+    (the GPU machine receives the working tree only).
+    """
+    if os.environ.get("LRA_SFA_GIT_COMMIT"):
+        return os.environ["LRA_SFA_GIT_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine: LRA-protocol training runs under a per-run wall-clock budget
 # (trainer.max_seconds; the record says how many steps ran and stopped_by_time_budget).
-# Usage there: bash scripts/gpu_lra_runs.sh <seconds for listops> <seconds for pathfinder> <seconds for needle>
+# Usage there: LRA_SFA_GIT_COMMIT=<local HEAD> bash scripts/gpu_lra_runs.sh <seconds for listops> <seconds for
+# pathfinder> <seconds for needle>   (the device gets no .git: pass the commit so records name it)
 set -u
 LISTOPS_S=${1:-100}; PF_S=${2:-50}; NEEDLE_S=${3:-40}
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site

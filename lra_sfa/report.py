@@ -38,6 +38,13 @@ PLOT_FILES = {
     "needle_heatmap.png": "Needle accuracy over length and depth",
     "sfa_kernel_speedup.png": "SFA Triton kernels: speed-up over SDPA",
 }
+PLOT_SOURCES = {  # where each plot's device, date and settings are written
+    "speed_vs_length.png": "the efficiency tables above",
+    "memory_vs_length.png": "the efficiency tables above",
+    "accuracy_speed_memory.png": "the accuracy tables above",
+    "needle_heatmap.png": "the needle rows of the accuracy tables above (one run per cell)",
+    "sfa_kernel_speedup.png": "the SFA kernel table above and results/kernels/README.md",
+}
 
 
 def parse_args(argv: list[str]) -> dict[str, Path | None]:
@@ -94,7 +101,8 @@ def _plots_md(made: dict[str, Path | None]) -> str:
     lines = []
     for name, title in PLOT_FILES.items():
         if made.get(name) is not None:
-            lines += [f"### {title}", f"![{title}](plots/{name})"]
+            lines += [f"### {title}", f"![{title}](plots/{name})",
+                      f"Measured; device, date and settings of every point: {PLOT_SOURCES[name]}."]
         else:
             lines += [f"### {title}", "Not generated: no records for it yet."]
     return "\n\n".join(lines)

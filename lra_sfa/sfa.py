@@ -35,6 +35,14 @@ class SFAAttention(AttentionBackend):
         reasons = super().unsupported_reasons(q, k, v, key_padding_mask)
         if max(self.topk, self.topk_k or 0) > q.shape[-1]:
             reasons.append(f"SFAAttention: topk={self.topk} exceeds head_dim {q.shape[-1]}")
+        if resolve_impl(self.impl, q.device) == "triton":
+            from lra_sfa.kernels.flash_sfa import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS
+
+            if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+                reasons.append(f"SFAAttention: the Triton kernels take head_dim in {SUPPORTED_HEAD_DIMS}, got "
+                               f"{q.shape[-1]}; use attn.impl=reference")
+            if q.dtype not in SUPPORTED_DTYPES:
+                reasons.append(f"SFAAttention: the Triton kernels take dtypes {SUPPORTED_DTYPES}, got {q.dtype}")
         return reasons
 
     def forward(self, q, k, v, key_padding_mask=None):

@@ -110,3 +110,13 @@ def test_bad_mask_and_impl_are_clear_errors():
         sfa_attention(q, q, q, 2, key_padding_mask=torch.ones(2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="impl"):
         sfa_attention(q, q, q, 2, impl="cuda")
+
+
+def test_backend_reports_triton_head_dim_limit():
+    """attn=sfa with impl=triton names the kernel's head dims instead of failing mid-run."""
+    from lra_sfa.sfa import SFAAttention
+
+    probe = torch.zeros(1, 2, 8, 4)
+    reasons = SFAAttention(topk=2, impl="triton", head_dim=4).unsupported_reasons(probe, probe, probe)
+    assert any("head_dim in" in reason and "impl=reference" in reason for reason in reasons)
+    assert SFAAttention(topk=2, impl="reference", head_dim=4).unsupported_reasons(probe, probe, probe) == []

@@ -53,3 +53,12 @@ def test_nan_loss_ends_as_diverged_with_record(make_cfg, tmp_path):
     assert record["status"] == "diverged"
     assert "loss became" in record["reason"]
     assert json.loads((tmp_path / "run" / "record.json").read_text())["status"] == "diverged"
+
+
+def test_unsupported_backend_is_recorded_not_crashed(make_cfg, tmp_path):
+    """head_dim 4 is below the Triton kernels' sizes: the run ends as `unsupported` with the reason."""
+    cfg = make_cfg(*EASY_LISTOPS, "attn=sfa", "attn.topk=2", "attn.impl=triton", "model.qkv_dim=8",
+                   "trainer.max_steps=2")
+    record = run(cfg)
+    assert record["status"] == "unsupported" and "impl=reference" in record["reason"]
+    assert json.loads((tmp_path / "run" / "record.json").read_text())["status"] == "unsupported"

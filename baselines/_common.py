@@ -1,24 +1,12 @@
-"""Helpers shared by the baseline backends: input checks and a masked softmax."""
+"""Helpers shared by the baseline backends: input checks (``check_inputs``) and a masked softmax."""
 
 from __future__ import annotations
 
 import torch
 
+from lra_sfa.kernels import check_qkv as check_inputs  # one validator for kernels and baselines
 
-def check_inputs(name: str, q, k, v, key_padding_mask) -> None:
-    """Raise a ValueError naming the backend on misshapen q, k, v or mask."""
-    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"{name}: q, k, v must be (batch, heads, length, head_dim) with equal batch/heads/length; "
-            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if key_padding_mask is not None:
-        expected = (q.shape[0], q.shape[2])
-        if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != expected:
-            raise ValueError(
-                f"{name}: key_padding_mask must be bool of shape (batch, length)={expected} with True = real "
-                f"token; got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
-            )
+__all__ = ["check_inputs", "full_precision", "masked_softmax_pv", "working_dtype"]
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -12,28 +12,42 @@ from lra_sfa.kernels.sfa_ref import sfa_chunked, sfa_dense_reference, sparsify, 
 
 IMPLS = ("auto", "reference", "triton")
 
-__all__ = ["IMPLS", "resolve_impl", "sfa_attention", "sfa_chunked", "sfa_dense_reference", "sparsify", "topk_support"]
+__all__ = [
+    "IMPLS",
+    "check_qkv",
+    "resolve_impl",
+    "sfa_attention",
+    "sfa_chunked",
+    "sfa_dense_reference",
+    "sparsify",
+    "topk_support",
+]
+
+
+def check_qkv(name: str, q, k, v, key_padding_mask) -> None:
+    """Raise a ValueError naming ``name`` on misshapen (B, H, L, D) q, k, v or a bad (B, L) bool mask."""
+    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"{name}: q, k, v must be (batch, heads, length, head_dim) with equal batch, heads and length "
+            f"and q.shape == k.shape; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if key_padding_mask is not None:
+        expected = (q.shape[0], q.shape[2])
+        if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != expected:
+            raise ValueError(
+                f"{name}: key_padding_mask must be bool of shape (batch, length)={expected} with "
+                f"True = real token; got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+            )
 
 
 def _validate(q, k, v, topk_q: int, topk_k: int, key_padding_mask, impl: str) -> None:
     if impl not in IMPLS:
         raise ValueError(f"sfa_attention: impl={impl!r} is not one of {IMPLS}")
-    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            "sfa_attention: q, k, v must be (batch, heads, length, head_dim) with equal batch, heads and "
-            f"length and q.shape == k.shape; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
+    check_qkv("sfa_attention", q, k, v, key_padding_mask)
     head_dim = q.shape[-1]
     for name, value in (("topk_q", topk_q), ("topk_k", topk_k)):
         if not isinstance(value, int) or not 1 <= value <= head_dim:
             raise ValueError(f"sfa_attention: {name}={value!r} must be an int in 1..head_dim={head_dim}")
-    if key_padding_mask is not None:
-        expected = (q.shape[0], q.shape[2])
-        if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != expected:
-            raise ValueError(
-                f"sfa_attention: key_padding_mask must be bool of shape (batch, length)={expected} with "
-                f"True = real token; got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
-            )
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:

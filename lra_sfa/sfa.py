@@ -38,9 +38,10 @@ class SFAAttention(AttentionBackend):
         if resolve_impl(self.impl, q.device) == "triton":
             from lra_sfa.kernels.flash_sfa import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS
 
-            if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
-                reasons.append(f"SFAAttention: the Triton kernels take head_dim in {SUPPORTED_HEAD_DIMS}, got "
-                               f"{q.shape[-1]}; use attn.impl=reference")
+            if q.shape[-1] > max(SUPPORTED_HEAD_DIMS):  # smaller ones run zero-padded, exactly
+                reasons.append(f"SFAAttention: the Triton kernels take head_dim up to {max(SUPPORTED_HEAD_DIMS)} "
+                               f"({SUPPORTED_HEAD_DIMS}; smaller ones zero-padded), got {q.shape[-1]}; "
+                               "use attn.impl=reference")
             if q.dtype not in SUPPORTED_DTYPES:
                 reasons.append(f"SFAAttention: the Triton kernels take dtypes {SUPPORTED_DTYPES}, got {q.dtype}")
         return reasons

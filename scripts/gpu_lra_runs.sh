@@ -1,33 +1,45 @@
 #!/usr/bin/env bash
 # On the GPU machine: LRA-protocol training runs under a per-run wall-clock budget
 # (trainer.max_seconds; the record says how many steps ran and stopped_by_time_budget).
-# Usage there: LRA_SFA_GIT_COMMIT=<local HEAD> bash scripts/gpu_lra_runs.sh <seconds for listops> <seconds for
-# pathfinder> <seconds for needle>   (the device gets no .git: pass the commit so records name it)
+# Every backend of one task gets the same budget, so their accuracies compare at equal training time.
+#
+#   LRA_SFA_GIT_COMMIT=<local HEAD> bash scripts/gpu_lra_runs.sh SPEC...
+#   SPEC = <preset>=<attn>[,<attn>...]@<seconds>
+#   presets: listops (experiment=lra_listops), pf32 (experiment=lra_pathfinder, 40k generated images),
+#            needle1k / needle4k (experiment=lra_needle at seq_len 1024 / 4096)
+#   e.g.   bash scripts/gpu_lra_runs.sh listops=performer,bigbird,linformer@90 pf32=sfa@45 needle1k=full,sfa@30
+# The device gets no .git: pass the commit so records name it. Records go to $OUT/runs.
 set -u
-LISTOPS_S=${1:-100}; PF_S=${2:-50}; NEEDLE_S=${3:-40}
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH=/tmp/site:$PWD
 export LRA_SFA_RESULTS=$OUT/runs LRA_SFA_CACHE=/tmp/lra_cache PYTHONUNBUFFERED=1
-common="trainer.progress=false"
-one() {  # one run with a hard outer timeout; failures are recorded by the runner itself where it can
-  local name=$1; shift
-  echo "=== $name: $*"
-  timeout $(( ${SECS} + 150 )) python3 -m lra_sfa "$@" $common hydra.run.dir=/tmp/runs/$name 2>&1 | tail -4
+mkdir -p "$OUT/runs"
+preset() {  # the overrides of one preset and attention
+  case $1 in
+    listops) echo "experiment=lra_listops" ;;
+    pf32) echo "experiment=lra_pathfinder task.num_train=40000 task.num_val=2000 task.num_test=2000 trainer.eval_every=500" ;;
+    needle1k) echo "experiment=lra_needle task.seq_len=1024" ;;
+    needle4k) echo "experiment=lra_needle task.seq_len=4096" ;;
+    *) echo "unknown preset '$1' (valid: listops pf32 needle1k needle4k)" >&2; exit 2 ;;
+  esac
 }
-SECS=$LISTOPS_S one listops_full experiment=lra_listops attn=full trainer.max_seconds=$LISTOPS_S
-SECS=$LISTOPS_S one listops_sfa experiment=lra_listops attn=sfa trainer.max_seconds=$LISTOPS_S
-PF="experiment=lra_pathfinder task.num_train=40000 task.num_val=2000 task.num_test=2000 trainer.eval_every=500"
-SECS=$PF_S one pf32_full $PF attn=full trainer.max_seconds=$PF_S
-# Pathfinder-32's model has head_dim 4 (qkv_dim 16, 4 heads): below the Triton kernel's head dims, so the
-# chunked PyTorch path runs (recorded as attn_path=reference), with k=2 of 4 features.
-SECS=$PF_S one pf32_sfa $PF attn=sfa attn.topk=2 attn.impl=reference trainer.max_seconds=$PF_S
-SECS=$NEEDLE_S one needle_full experiment=lra_needle attn=full trainer.max_seconds=$NEEDLE_S
-SECS=$NEEDLE_S one needle_sfa experiment=lra_needle attn=sfa trainer.max_seconds=$NEEDLE_S
-ls $OUT/runs
+for spec in "$@"; do
+  name=${spec%%=*}; rest=${spec#*=}; attns=${rest%@*}; secs=${rest##*@}
+  args=$(preset "$name") || exit 2
+  for attn in ${attns//,/ }; do
+    extra="attn=$attn"
+    # Pathfinder-32's model has head_dim 4 (qkv_dim 16, 4 heads): below the Triton kernels' sizes, so
+    # the Triton kernels run zero-padded to 16 (exact), with k=2 of 4 features.
+    [[ $name == pf32 && $attn == sfa ]] && extra="attn=sfa attn.topk=2"
+    echo "=== $name $attn ($secs s): $args $extra"
+    timeout $(( secs + 180 )) python3 -m lra_sfa $args $extra trainer.max_seconds=$secs trainer.progress=false \
+      hydra.run.dir=/tmp/runs/${name}_$attn 2>&1 | tail -3
+  done
+done
 python3 - <<'PY'
 import json, glob, os
 for p in sorted(glob.glob(os.environ["OUT"] + "/runs/*.json")):
     r = json.load(open(p))
-    print(f"{r['task']:10s} {r['attn']:5s} {r['status']:8s} steps={r['steps']:5d} val={r['val_accuracy']} test={r['test_accuracy']} "
-          f"sps={r['steps_per_second']} path={r.get('attn_path')} mem={r['peak_memory_mb']:.0f}MB")
+    print(f"{r['task']:10s} L={r['seq_len']:5d} {r['attn']:12s} {r['status']:8s} steps={r['steps']} val={r['val_accuracy']} "
+          f"test={r['test_accuracy']} sps={r['steps_per_second']} path={r.get('attn_path')} mem={r['peak_memory_mb']}MB")
 PY

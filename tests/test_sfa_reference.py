@@ -116,7 +116,28 @@ def test_backend_reports_triton_head_dim_limit():
     """attn=sfa with impl=triton names the kernel's head dims instead of failing mid-run."""
     from lra_sfa.sfa import SFAAttention
 
-    probe = torch.zeros(1, 2, 8, 4)
-    reasons = SFAAttention(topk=2, impl="triton", head_dim=4).unsupported_reasons(probe, probe, probe)
-    assert any("head_dim in" in reason and "impl=reference" in reason for reason in reasons)
-    assert SFAAttention(topk=2, impl="reference", head_dim=4).unsupported_reasons(probe, probe, probe) == []
+    probe = torch.zeros(1, 2, 8, 256)
+    reasons = SFAAttention(topk=2, impl="triton", head_dim=256).unsupported_reasons(probe, probe, probe)
+    assert any("head_dim up to 128" in reason and "impl=reference" in reason for reason in reasons)
+    assert SFAAttention(topk=2, impl="reference", head_dim=256).unsupported_reasons(probe, probe, probe) == []
+    small = torch.zeros(1, 2, 8, 4)  # below the kernel sizes: runs zero-padded, so supported
+    assert SFAAttention(topk=2, impl="triton", head_dim=4).unsupported_reasons(small, small, small) == []
+
+
+@pytest.mark.parametrize("head_dim", [4, 24])
+def test_triton_pads_small_head_dims_exactly(head_dim):
+    """A head dim between the kernel sizes runs the kernels zero-padded and equals the reference."""
+    torch.manual_seed(head_dim)
+    q, k, v = (torch.randn(2, 2, 19, head_dim, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 19, dtype=torch.bool)
+    mask[1, 13:] = False
+    grad = torch.randn(2, 2, 19, head_dim, dtype=torch.float64)
+    outs = []
+    for impl in ("reference", "triton"):
+        args = [t.float().detach().requires_grad_() for t in (q, k, v)]
+        out = sfa_attention(*args, 2, key_padding_mask=mask, impl=impl)
+        out.backward(grad.float())
+        outs.append([out.detach()] + [t.grad for t in args])
+    for ref, got in zip(*outs):
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got, ref, atol=2e-3, rtol=2e-3)

@@ -56,8 +56,8 @@ def test_nan_loss_ends_as_diverged_with_record(make_cfg, tmp_path):
 
 
 def test_unsupported_backend_is_recorded_not_crashed(make_cfg, tmp_path):
-    """head_dim 4 is below the Triton kernels' sizes: the run ends as `unsupported` with the reason."""
-    cfg = make_cfg(*EASY_LISTOPS, "attn=sfa", "attn.topk=2", "attn.impl=triton", "model.qkv_dim=8",
+    """head_dim 256 is above the Triton kernels' sizes: the run ends as `unsupported` with the reason."""
+    cfg = make_cfg(*EASY_LISTOPS, "attn=sfa", "attn.topk=2", "attn.impl=triton", "model.qkv_dim=512",
                    "trainer.max_steps=2")
     record = run(cfg)
     assert record["status"] == "unsupported" and "impl=reference" in record["reason"]

@@ -73,6 +73,8 @@ def sfa_attention(
     entries by magnitude (signs kept); gradients are masked to that support.
     ``impl``: "reference" (chunked PyTorch, any device), "triton" (the
     FlashSFA kernels; CUDA, or CPU under TRITON_INTERPRET=1), or "auto".
+    The kernels take head dims 16, 32, 64 and 128; a smaller or in-between
+    head dim runs them exactly on zero-padded q, k, v (see _padded_flash_sfa).
     Never builds an L x L tensor for the whole sequence.
     """
     topk_k = topk_q if topk_k is None else topk_k
@@ -80,6 +82,27 @@ def sfa_attention(
     chosen = resolve_impl(impl, q.device)
     if chosen == "reference":
         return sfa_chunked(q, k, v, topk_q, topk_k, key_padding_mask)
-    from lra_sfa.kernels.flash_sfa import flash_sfa  # imports triton
+    from lra_sfa.kernels.flash_sfa import SUPPORTED_HEAD_DIMS, flash_sfa  # imports triton
 
-    return flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask)
+    head_dim = q.shape[-1]
+    if head_dim in SUPPORTED_HEAD_DIMS or head_dim > max(SUPPORTED_HEAD_DIMS):
+        return flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask)  # (an unsupported size raises there)
+    return _padded_flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, SUPPORTED_HEAD_DIMS)
+
+
+def _padded_flash_sfa(q, k, v, topk_q: int, topk_k: int, key_padding_mask, sizes: tuple[int, ...]) -> torch.Tensor:
+    """FlashSFA for a head dim between the kernels' sizes (e.g. LRA Pathfinder's 4): exact, by zero padding.
+
+    q, k, v are zero-padded to the next kernel size P. Padded features are zero, so they never beat a
+    nonzero feature in the top-k and add nothing to a score; zero V columns are sliced off. The kernel
+    scales by 1/sqrt(P), so q is first multiplied by sqrt(P/D) (a positive factor: same top-k support).
+    """
+    from torch.nn import functional as F
+
+    head_dim = q.shape[-1]
+    padded = min(size for size in sizes if size > head_dim)
+    q = q * (padded / head_dim) ** 0.5
+    q, k, v = (F.pad(t, (0, padded - head_dim)) for t in (q, k, v))  # (B, H, L, P)
+    from lra_sfa.kernels.flash_sfa import flash_sfa
+
+    return flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask)[..., :head_dim]  # (B, H, L, D)

@@ -161,6 +161,27 @@ def key_validity(
     return valid, (tiles.any(-1), (tiles | ~in_range).all(-1))
 
 
+FLEX_RECOMPILE_LIMIT = 64  # compiled variants of flex_attention kept (shapes, mask_mods, strides, grad mode)
+
+
 def flex_attention_sparse(q, k, v, block_mask, scale: float) -> torch.Tensor:
-    """Run the compiled FlexAttention with a prepared block mask."""
-    return compiled_flex()(q, k, v, block_mask=block_mask, scale=scale)
+    """Run the compiled FlexAttention with a prepared block mask; never its unfused fallback.
+
+    Each new block-mask shape, mask_mod, stride pattern or grad mode compiles
+    one more variant. Past torch.compile's recompile limit, dynamo would run
+    flex_attention eagerly, which builds the full L x L score matrix: that
+    happened once in a GPU sweep (128 GiB asked for at L = 64K). The limit
+    is raised here for this call, and hitting it is a clear error instead.
+    """
+    import torch._dynamo
+
+    limit = max(int(torch._dynamo.config.recompile_limit), FLEX_RECOMPILE_LIMIT)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True):
+            return compiled_flex()(q, k, v, block_mask=block_mask, scale=scale)
+    except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
+        raise RuntimeError(
+            f"FlexAttention: torch.compile's recompile limit ({limit}) was hit for flex_attention; its eager "
+            "fallback would build the L x L score matrix, so it is refused. Call torch._dynamo.reset() between "
+            "shapes, or raise torch._dynamo.config.recompile_limit"
+        ) from exc

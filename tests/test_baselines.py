@@ -411,3 +411,30 @@ def test_bad_values_give_clear_errors():
         SFAWindowAttention(topk=20)(*rand_qkv(1, 2, 32, 8))
     with pytest.raises(ValueError, match="built for num_heads=4"):
         BigBirdAttention(num_heads=4)(*rand_qkv(1, 2, 32, 8))
+
+
+def test_compiled_flex_equals_blocked_and_refuses_its_unfused_fallback(monkeypatch):
+    """The compiled FlexAttention (forward, on CPU) matches the blocked engine; past the recompile limit
+    it raises a clear error instead of running the eager path that builds the L x L scores."""
+    import torch._dynamo
+
+    from lra_sfa.baselines import _engines
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(_engines, "FLEX_RECOMPILE_LIMIT", 1)
+    backend = LongformerAttention()
+    scale = 16**-0.5
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for length, raises in ((256, False), (512, True)):
+            q, k, v = (torch.randn(1, 2, length, 16) for _ in range(3))
+            pattern = backend.pattern(length, q.device)
+            block_mask = build_block_mask(pattern, None, 1)
+            if raises:
+                with pytest.raises(RuntimeError, match="recompile limit .1. was hit for flex_attention"):
+                    _engines.flex_attention_sparse(q, k, v, block_mask, scale)
+            else:
+                _engines.flex_attention_sparse(q, k, v, block_mask, scale)
+                out = _engines.flex_attention_sparse(q, k, v, block_mask, scale)  # same variant: no recompile
+                expected = blocked_attention(q, k, v, pattern, backend.blocked_tile, None, scale)
+                torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()

@@ -92,6 +92,20 @@ def peak_memory_mb(device: torch.device) -> float:
     return kib / 2**10
 
 
+def fresh_cell(seed: int) -> None:
+    """Start a benchmark cell as a separate process would: seeded, and no compiled variants left over.
+
+    Without the reset, the cells of a sweep pile compiled variants of one
+    function (FlexAttention) onto each other until torch.compile's recompile
+    limit; a first GPU sweep ran later cells through the unfused fallback.
+    Compilation happens in the untimed warm-up calls.
+    """
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch.manual_seed(seed)
+
+
 def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":

@@ -100,7 +100,7 @@ def run_cell(attn_cfg: DictConfig, part: str, op: str, length: int, bench: DictC
     """Time one (backend, part, pass, length) cell; returns the record's measured fields and status."""
     shape = (int(bench.batch), int(bench.heads), length, int(bench.head_dim))
     fields: dict[str, Any] = {"status": "error", "reason": None}
-    torch.manual_seed(int(bench.seed))
+    common.fresh_cell(int(bench.seed))
     try:
         backend, module = _build(attn_cfg, part, bench, length, device)
     except ValueError as exc:

@@ -82,7 +82,7 @@ def _time_steps(step, device: torch.device, bench: DictConfig) -> dict[str, Any]
 def run_train_cell(attn_cfg: DictConfig, length: int, bench: DictConfig, device: torch.device,
                    dtype: torch.dtype) -> dict[str, Any]:
     """Measure one (backend, length) cell; returns measured fields and status."""
-    torch.manual_seed(int(bench.seed))
+    common.fresh_cell(int(bench.seed))
     fields: dict[str, Any] = {"status": "error", "reason": None}
     try:
         model = _build(attn_cfg, length, bench, device)

@@ -102,9 +102,17 @@ def _dense_rows(q, k, v, rows: torch.Tensor, key_padding_mask: torch.Tensor | No
 # --------------------------------------------------------------------------- FlexAttention
 
 
+FLEX_MAX_HEAD_DIM = 256
+
+
 def flex_supported_head_dim(head_dim: int) -> bool:
     """FlexAttention's Triton kernels need a power-of-two head dim of at least 16."""
-    return head_dim >= 16 and head_dim & (head_dim - 1) == 0 and head_dim <= 256
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0 and head_dim <= FLEX_MAX_HEAD_DIM
+
+
+def flex_padded_head_dim(head_dim: int) -> int:
+    """The kernel head dim a smaller or in-between one is zero-padded to: the next power of two, at least 16."""
+    return max(16, 1 << (head_dim - 1).bit_length())
 
 
 def compiled_flex():

@@ -4,10 +4,13 @@ A subclass builds a ``SparsePattern`` for a sequence length; this class picks
 the engine, caches patterns and FlexAttention block masks, and records the
 path that ran in ``last_path``:
 
-* ``impl: auto`` -- "flex" on CUDA when the head dim is a power of two in
-  16..256 (FlexAttention's kernels need one), else "blocked". The choice is a
-  fixed rule, recorded in ``last_path``; nothing is retried on failure.
-* ``impl: flex`` -- FlexAttention; a clear error on CPU or an unsupported head dim.
+* ``impl: auto`` -- "flex" on CUDA for head dims up to 256, else "blocked".
+  The choice is a fixed rule, recorded in ``last_path``; nothing is retried
+  on failure. FlexAttention's kernels need a power-of-two head dim of at
+  least 16; others (LRA Pathfinder's 4) run zero-padded to one, exactly:
+  zero features add nothing to q.k, the scale stays 1/sqrt(real head dim),
+  and the zero columns of the output are sliced off.
+* ``impl: flex`` -- FlexAttention; a clear error on CPU or a head dim above 256.
 * ``impl: blocked`` -- the blocked PyTorch engine on any device.
 """
 
@@ -20,9 +23,11 @@ import torch
 from lra_sfa.attention import AttentionBackend
 from lra_sfa.baselines._common import check_inputs
 from lra_sfa.baselines._engines import (
+    FLEX_MAX_HEAD_DIM,
     blocked_attention,
     build_block_mask,
     flex_attention_sparse,
+    flex_padded_head_dim,
     flex_supported_head_dim,
 )
 from lra_sfa.baselines._patterns import SparsePattern
@@ -64,12 +69,12 @@ class BlockSparseAttention(AttentionBackend):
     def resolve_impl(self, q: torch.Tensor) -> str:
         head_dim = q.shape[-1]
         if self.impl == "auto":
-            return "flex" if q.is_cuda and flex_supported_head_dim(head_dim) else "blocked"
+            return "flex" if q.is_cuda and head_dim <= FLEX_MAX_HEAD_DIM else "blocked"
         if self.impl == "flex" and not q.is_cuda:
             raise ValueError(f"{type(self).__name__}: impl='flex' needs CUDA tensors, got {q.device}")
-        if self.impl == "flex" and not flex_supported_head_dim(head_dim):
+        if self.impl == "flex" and head_dim > FLEX_MAX_HEAD_DIM:
             raise ValueError(
-                f"{type(self).__name__}: impl='flex' needs a power-of-two head_dim in 16..256, got {head_dim}"
+                f"{type(self).__name__}: impl='flex' needs head_dim <= {FLEX_MAX_HEAD_DIM}, got {head_dim}"
             )
         return self.impl
 
@@ -77,8 +82,8 @@ class BlockSparseAttention(AttentionBackend):
         reasons = super().unsupported_reasons(q, k, v, key_padding_mask)
         if self.impl == "flex" and not q.is_cuda:
             reasons.append(f"{type(self).__name__}: impl='flex' needs CUDA, got {q.device}")
-        if self.impl == "flex" and not flex_supported_head_dim(q.shape[-1]):
-            reasons.append(f"{type(self).__name__}: impl='flex' needs a power-of-two head_dim in 16..256")
+        if self.impl == "flex" and q.shape[-1] > FLEX_MAX_HEAD_DIM:
+            reasons.append(f"{type(self).__name__}: impl='flex' needs head_dim <= {FLEX_MAX_HEAD_DIM}")
         return reasons
 
     def _block_mask(self, pattern: SparsePattern, key_padding_mask: torch.Tensor | None, batch: int):
@@ -103,7 +108,13 @@ class BlockSparseAttention(AttentionBackend):
         q, k = self.prepare_qk(q, k)
         scale = 1.0 / math.sqrt(D)
         if path == "flex":
-            out = flex_attention_sparse(q, k, v, self._block_mask(pattern, key_padding_mask, B), scale)
+            block_mask = self._block_mask(pattern, key_padding_mask, B)
+            if flex_supported_head_dim(D):
+                out = flex_attention_sparse(q, k, v, block_mask, scale)
+            else:  # zero-padded to a kernel head dim (exact; see the module docstring)
+                padding = (0, flex_padded_head_dim(D) - D)
+                q, k, v = (torch.nn.functional.pad(t, padding) for t in (q, k, v))  # (B, H, L, P)
+                out = flex_attention_sparse(q, k, v, block_mask, scale)[..., :D]  # (B, H, L, D)
         else:
             out = blocked_attention(q, k, v, pattern, self.blocked_tile, key_padding_mask, scale)
         self.last_path = path

@@ -438,3 +438,24 @@ def test_compiled_flex_equals_blocked_and_refuses_its_unfused_fallback(monkeypat
                 expected = blocked_attention(q, k, v, pattern, backend.blocked_tile, None, scale)
                 torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     torch._dynamo.reset()
+
+
+def test_flex_path_zero_pads_small_head_dims_exactly(monkeypatch):
+    """Head dim 4 (LRA Pathfinder) runs FlexAttention zero-padded to 16 and equals the blocked engine."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from lra_sfa.baselines import _engines
+
+    # eager FlexAttention: the CPU inductor cannot compile this mask_mod (a C++ codegen error in torch 2.13)
+    monkeypatch.setattr(_engines, "compiled_flex", lambda: flex_attention)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 200, 4) for _ in range(3))
+    mask = torch.ones(2, 200, dtype=torch.bool)
+    mask[1, 150:] = False
+    expected = BigBirdAttention(num_heads=2, block_size=16, impl="blocked")(q, k, v, mask)
+    flex = BigBirdAttention(num_heads=2, block_size=16, impl="blocked")
+    monkeypatch.setattr(flex, "resolve_impl", lambda q: "flex")  # the flex path on CPU tensors (forward only)
+    out = flex(q, k, v, mask)
+    assert out.shape == expected.shape and flex.last_path == "flex"
+    real = mask[:, None, :, None].expand_as(out)
+    torch.testing.assert_close(out[real], expected[real], atol=1e-5, rtol=1e-5)

@@ -8,7 +8,8 @@
 #   presets: listops (experiment=lra_listops), pf32 (experiment=lra_pathfinder, 40k generated images),
 #            needle1k / needle4k (experiment=lra_needle at seq_len 1024 / 4096)
 #   e.g.   bash scripts/gpu_lra_runs.sh listops=performer,bigbird,linformer@90 pf32=sfa@45 needle1k=full,sfa@30
-# The device gets no .git: pass the commit so records name it. Records go to $OUT/runs.
+# The device gets no .git: pass the commit so records name it. Records go to $OUT/runs, then into one
+# archive, $OUT/runs_lra.tgz (the device returns at most 8 files): unpack it and copy runs/*.json to results/runs.
 set -u
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH=/tmp/site:$PWD
@@ -43,3 +44,4 @@ for p in sorted(glob.glob(os.environ["OUT"] + "/runs/*.json")):
     print(f"{r['task']:10s} L={r['seq_len']:5d} {r['attn']:12s} {r['status']:8s} steps={r['steps']} val={r['val_accuracy']} "
           f"test={r['test_accuracy']} sps={r['steps_per_second']} path={r.get('attn_path')} mem={r['peak_memory_mb']}MB")
 PY
+tar czf "$OUT/runs_lra.tgz" -C "$OUT" runs && rm -rf "$OUT/runs"

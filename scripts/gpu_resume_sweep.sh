@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (issue 7): a run killed with SIGKILL after its first checkpoint and resumed, beside the
 # same run uninterrupted; then a 2-job Hydra multirun sweep. Records go to $OUT/runs (the results store),
-# and a summary comparing the step counts is printed.
+# and a summary comparing the step counts is printed; they come back as one archive, $OUT/runs_resume.tgz.
 #   LRA_SFA_GIT_COMMIT=<local HEAD> bash scripts/gpu_resume_sweep.sh   (after gpu_lra_runs.sh's set-up)
 set -u
 export LRA_SFA_RESULTS=$OUT/runs LRA_SFA_CACHE=/tmp/lra_cache PYTHONUNBUFFERED=1
@@ -31,3 +31,4 @@ import glob
 for p in sorted(glob.glob("/tmp/sweep2/*/record.json")):
     r = json.load(open(p)); print(p, r["attn"], r["status"], r["steps"], r["test_accuracy"])
 PY
+tar czf "$OUT/runs_resume.tgz" -C "$OUT" runs && rm -rf "$OUT/runs"

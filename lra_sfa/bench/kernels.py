@@ -238,15 +238,17 @@ def explore(args) -> None:
                       f"{name}_dense": dense.reshape(flat)})
     vf, bias = v.reshape(flat), pad_bias(None, q.device)
     ref, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False)
-    for bm, bn, warps, stages, ws in args.fwd_configs:
-        cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws))
+    for bm, bn, warps, stages, ws, *split in args.fwd_configs:
+        split = bool(split and split[0])
+        cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), split)
         try:
             ms = time_ms(partial(launch_forward, packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg))[0]
             got, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg)
-            record("design_A", f"tma {bm}x{bn} w{warps} s{stages} ws{ws}", ms,
+            record("design_A", f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}", ms,
                    f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e}")
         except Exception as exc:  # a config the compiler rejects is reported, not fatal
-            record("design_A", f"tma {bm}x{bn} w{warps} s{stages} ws{ws}", float("nan"), repr(exc)[:160])
+            record("design_A", f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}", float("nan"),
+                   repr(exc)[:160])
     for name in ("gather", "packed_k", *ABLATION_MODES):
         for bn, stages in ((64, 3), (128, 2)):
             ms = time_ms(partial(run_variant, name, packs, vf, 128, bn, 8, stages))[0]
@@ -365,8 +367,8 @@ def parse_args(argv=None):
     parser.add_argument("--fwd-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
                         default=[(128, 128, 8, 2, 0), (128, 128, 8, 3, 0), (128, 64, 8, 3, 0), (128, 64, 8, 4, 0),
                                  (128, 64, 4, 3, 0), (64, 64, 4, 3, 0), (128, 128, 8, 2, 1), (128, 64, 8, 3, 1),
-                                 (128, 128, 4, 2, 1)],
-                        help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize tuples for --mode explore")
+                                 (128, 128, 4, 2, 1), (128, 128, 8, 3, 0, 1), (128, 64, 8, 3, 0, 1)],
+                        help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize[,exp2_split] tuples for --mode explore")
     return parser.parse_args(argv)
 
 

@@ -43,6 +43,12 @@ Tiles (kernel only, same shape): 128x128 w8 s3 3.74 ms; 128x128 w8 s2 4.48;
     warp_specialize=True) compiled on sm_90 but lost: 128x128 w8 s2 4.56,
     128x64 w8 s3 4.29, 128x128 w4 s2 9.58 ms. TMA vs pointer loads at 128x64
     w8 s3: 4.12 vs 4.36 ms.
+Exponentials on the FMA units (``EXP2_SPLIT``, off in the tuned configs):
+    half of each tile's exp2 by ``exp2_poly`` (FlashAttention-4's trick), to
+    take the softmax's special-function load off the critical path. Written
+    on 2026-11-29 after the device time was spent: checked against the
+    reference in the interpreter, not yet timed on the H200 (``--mode
+    explore`` times it beside the plain configs).
 """
 
 from __future__ import annotations
@@ -65,22 +71,55 @@ def interpreting() -> bool:
 
 
 @triton.jit
+def exp2_poly(x):
+    """2^x for x <= 0 on the FMA units: 2^floor(x) by exponent bits times a cubic for 2^frac(x).
+
+    The cubic (a minimax fit with p(0) = 1) has a relative error below 9e-5, far
+    under the bf16 rounding of P (3.9e-3). Below -126 it returns 0, so a fully
+    masked row still sums to exactly 0.
+    """
+    x = tl.maximum(x, -127.0)
+    whole = tl.floor(x)
+    frac = x - whole
+    poly = 1.0 + frac * (0.69511657 + frac * (0.22764593 + frac * 0.07706618))  # in [1, 2)
+    bits = poly.to(tl.int32, bitcast=True) + (whole.to(tl.int32) << 23)
+    return tl.where(x < -126.0, 0.0, bits.to(tl.float32, bitcast=True))
+
+
+@triton.jit
+def exp2_split(x, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """2^x of an (M, N) tile; with SPLIT, half the columns on the FMA units (exp2_poly) and half on MUFU.
+
+    The special-function units do 4.13e12 exp2/s on the H200 (device.md), a
+    quarter of a forward's time at d = 128; sharing them with the FMA pipes
+    (FlashAttention-4's trick) may overlap the two. Adjacent column pairs are
+    split, which stays in each thread's registers.
+    """
+    if SPLIT:
+        xa, xb = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_N // 2, 2]))
+        return tl.reshape(tl.join(tl.math.exp2(xa), exp2_poly(xb)), [BLOCK_M, BLOCK_N])
+    else:
+        return tl.math.exp2(x)
+
+
+@triton.jit
 def softmax_pv_update(acc, l_i, m_i, qk, v, valid, qk_scale, bias, MASKED: tl.constexpr, HAS_BIAS: tl.constexpr,
-                      IEEE: tl.constexpr):
+                      IEEE: tl.constexpr, EXP2_SPLIT: tl.constexpr = False, BLOCK_M: tl.constexpr = 1,
+                      BLOCK_N: tl.constexpr = 1):
     """One online-softmax step: qk (M, N) raw scores, v (N, D); returns acc, l_i, m_i."""
     if HAS_BIAS:
         qk = qk * qk_scale + bias[None, :]
         if MASKED:
             qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_new[:, None])
+        p = exp2_split(qk - m_new[:, None], EXP2_SPLIT, BLOCK_M, BLOCK_N)
     elif MASKED:
         qk = tl.where(valid[None, :], qk * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_new[:, None])
+        p = exp2_split(qk - m_new[:, None], EXP2_SPLIT, BLOCK_M, BLOCK_N)
     else:
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+        p = exp2_split(qk * qk_scale - m_new[:, None], EXP2_SPLIT, BLOCK_M, BLOCK_N)
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
@@ -107,7 +146,7 @@ def _flash_sfa_fwd_kernel(
     Q_desc, K_desc, V_desc, O_desc, Bias, Lse,
     L, H, qk_scale, l_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr,
+    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr, EXP2_SPLIT: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -131,7 +170,7 @@ def _flash_sfa_fwd_kernel(
         if HAS_BIAS:
             bias = tl.load(bias_row + start_n + offs_n)
         acc, l_i, m_i = softmax_pv_update(acc, l_i, m_i, qk, v, offs_n < BLOCK_N, qk_scale, bias,
-                                          False, HAS_BIAS, IEEE)
+                                          False, HAS_BIAS, IEEE, EXP2_SPLIT, BLOCK_M, BLOCK_N)
     if n_full < L:
         k = K_desc.load([bh, n_full, 0]).reshape([BLOCK_N, HEAD_DIM])
         v = V_desc.load([bh, n_full, 0]).reshape([BLOCK_N, HEAD_DIM])
@@ -142,7 +181,8 @@ def _flash_sfa_fwd_kernel(
         valid = (n_full + offs_n) < L
         if HAS_BIAS:
             bias = tl.load(bias_row + n_full + offs_n, mask=valid, other=float("-inf"))
-        acc, l_i, m_i = softmax_pv_update(acc, l_i, m_i, qk, v, valid, qk_scale, bias, True, HAS_BIAS, IEEE)
+        acc, l_i, m_i = softmax_pv_update(acc, l_i, m_i, qk, v, valid, qk_scale, bias, True, HAS_BIAS, IEEE,
+                                          EXP2_SPLIT, BLOCK_M, BLOCK_N)
     finish_rows(acc, l_i, m_i, Lse, O_desc, bh, start_m, offs_m, L, BLOCK_M, HEAD_DIM)
 
 
@@ -155,8 +195,9 @@ def set_block_shapes(nargs: dict) -> None:
     nargs["V_desc"].block_shape = [1, block_n, head_dim]
 
 
-def fwd_config(block_m: int, block_n: int, warps: int, stages: int, warp_spec: bool = False) -> triton.Config:
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "WARP_SPEC": warp_spec},
+def fwd_config(block_m: int, block_n: int, warps: int, stages: int, warp_spec: bool = False,
+               exp2_split: bool = False) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "WARP_SPEC": warp_spec, "EXP2_SPLIT": exp2_split},
                          num_warps=warps, num_stages=stages, pre_hook=set_block_shapes)
 
 

@@ -30,7 +30,10 @@ CPU second is the per-core rate, wall rate in brackets:
     256  110 (91)         -         64 (43)
 
 So the 200k-image 32 px hard set takes ~200k / (16 x 86) = 2.4 min on 16 free cores (estimate,
-from the per-core rate; workers are independent processes), Path-X (128 hard) ~37 min. Hard
+from the per-core rate; workers are independent processes), Path-X (128 hard) ~37 min. Measured
+on the 16-core GPU host (2026-11-29, 16 workers): 2,000-image 32 px hard splits took 5.7-6.8 s,
+294-350 images/s with the process-pool start included; at that rate 200k would take ~10 min
+(the 40k training split's time was not logged). Hard
 images are slow because both target snakes must grow 14 paddles without a dead end: with the
 published parameters 1 attempt in ~30 (32 px), ~250 (128 px) and ~2000 (64 px) succeeds, as in
 the original, which restarts the same way. (The speed-ups, cached renderings and memoised first

@@ -97,12 +97,10 @@ def _padded_flash_sfa(q, k, v, topk_q: int, topk_k: int, key_padding_mask, sizes
     nonzero feature in the top-k and add nothing to a score; zero V columns are sliced off. The kernel
     scales by 1/sqrt(P), so q is first multiplied by sqrt(P/D) (a positive factor: same top-k support).
     """
-    from torch.nn import functional as F
+    from lra_sfa.kernels.flash_sfa import flash_sfa  # imports triton
 
     head_dim = q.shape[-1]
     padded = min(size for size in sizes if size > head_dim)
     q = q * (padded / head_dim) ** 0.5
-    q, k, v = (F.pad(t, (0, padded - head_dim)) for t in (q, k, v))  # (B, H, L, P)
-    from lra_sfa.kernels.flash_sfa import flash_sfa
-
+    q, k, v = (torch.nn.functional.pad(t, (0, padded - head_dim)) for t in (q, k, v))  # (B, H, L, P)
     return flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask)[..., :head_dim]  # (B, H, L, D)

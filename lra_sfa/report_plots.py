@@ -99,7 +99,8 @@ def plot_accuracy_speed_memory(runs: list[dict], path: Path) -> Path | None:
             label = f"{row.attn}{' †' if row.short else ''}\n{row.peak_memory_mb:.0f} MB"
             ax.annotate(label, (row.steps_per_second, row.test_pct), fontsize=7, ha="center", va="center")
         title = LRA_COLUMNS.get(str(group["column"].iloc[0]), task) if group["column"].notna().all() else task
-        ax.set_title(f"{title} ({protocol}, L={length_label(length)})", fontsize=9)
+        where = ", ".join(sorted({str(d).split(" (")[0] for d in group["device"]}))
+        ax.set_title(f"{title} ({protocol}, L={length_label(length)}; {where})", fontsize=9)
         ax.set_xlabel("training steps/s")
         ax.set_ylabel("test accuracy (%)")
         ax.margins(0.3)

@@ -181,6 +181,12 @@ def plot_needle_heatmap(records: list[dict], out_png: str | Path) -> Path:
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                         color="black" if value > 0.5 else "white")
     fig.colorbar(image, ax=axes[0].tolist(), label="test accuracy")
+    where = {}  # length -> devices, so a grid that mixes machines says which row ran where
+    for record in records:
+        if str(record.get("task", "")).startswith("needle") and record.get("device"):
+            where.setdefault(int(record["seq_len"]), set()).add(str(record["device"]).split(" (")[0])
+    if where:
+        fig.suptitle("; ".join(f"L={n}: {', '.join(sorted(d))}" for n, d in sorted(where.items())), fontsize=8, y=1.02)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120, bbox_inches="tight")

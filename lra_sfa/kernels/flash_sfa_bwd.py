@@ -40,6 +40,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from lra_sfa.kernels.flash_sfa_fwd import dot
+
 
 @triton.jit
 def _delta_kernel(Out, DO, Delta, n_rows, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr):
@@ -59,13 +61,6 @@ def support_mask(Idx, rows, row_ok, cols, TOPK: tl.constexpr):
         ids = tl.load(Idx + rows * TOPK + j, mask=row_ok, other=-1).to(tl.int32)
         keep = keep | (cols[None, :] == ids[:, None])
     return keep
-
-
-@triton.jit
-def _dot(a, b, acc, IEEE: tl.constexpr):
-    if IEEE:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -96,14 +91,14 @@ def _dkdv_kernel(
         do = tl.load(DO + row_off, mask=m_ok[:, None], other=0.0)
         lse = tl.load(Lse + bh * L + offs_m, mask=m_ok, other=float("inf"))
         dlt = tl.load(Delta + bh * L + offs_m, mask=m_ok, other=0.0)
-        qk_t = _dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
+        qk_t = dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
         p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])
         if HAS_BIAS:
             p_t = tl.where(key_ok[:, None], p_t, 0.0)
-        dv = _dot(p_t.to(do.dtype), do, dv, IEEE)
-        dp_t = _dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
+        dv = dot(p_t.to(do.dtype), do, dv, IEEE)
+        dp_t = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
         ds_t = p_t * (dp_t - dlt[None, :])
-        dk = _dot(ds_t.to(q.dtype), q, dk, IEEE)
+        dk = dot(ds_t.to(q.dtype), q, dk, IEEE)
     dk = dk * sm_scale
     if not FULL_SUPPORT:
         dk = tl.where(support_mask(Kidx, bh * L + offs_n, n_ok, cols, TOPK), dk, 0.0)
@@ -135,15 +130,15 @@ def _dq_kernel(
         kv_off = base + offs_n[:, None].to(tl.int64) * HEAD_DIM + cols[None, :]
         k = tl.load(K + kv_off, mask=n_ok[:, None], other=0.0)
         v = tl.load(V + kv_off, mask=n_ok[:, None], other=0.0)
-        qk = _dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
+        qk = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
         p = tl.math.exp2(qk * qk_scale - lse[:, None])
         key_ok = n_ok
         if HAS_BIAS:
             key_ok = tl.load(Bias + (bh // H) * L + offs_n, mask=n_ok, other=float("-inf")) == 0.0
         p = tl.where(key_ok[None, :], p, 0.0)
-        dp = _dot(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
+        dp = dot(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
         ds = p * (dp - dlt[:, None])
-        dq = _dot(ds.to(k.dtype), k, dq, IEEE)
+        dq = dot(ds.to(k.dtype), k, dq, IEEE)
     dq = dq * sm_scale
     if not FULL_SUPPORT:
         dq = tl.where(support_mask(Qidx, bh * L + offs_m, m_ok, cols, TOPK), dq, 0.0)

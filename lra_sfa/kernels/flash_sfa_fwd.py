@@ -71,6 +71,14 @@ def interpreting() -> bool:
 
 
 @triton.jit
+def dot(a, b, acc, IEEE: tl.constexpr):
+    """acc + a @ b on tensor cores; IEEE fp32 (no TF32) for the fp32 test inputs."""
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
 def exp2_poly(x):
     """2^x for x <= 0 on the FMA units: 2^floor(x) by exponent bits times a cubic for 2^frac(x).
 
@@ -122,11 +130,7 @@ def softmax_pv_update(acc, l_i, m_i, qk, v, valid, qk_scale, bias, MASKED: tl.co
         p = exp2_split(qk * qk_scale - m_new[:, None], EXP2_SPLIT, BLOCK_M, BLOCK_N)
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    if IEEE:
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
-    else:
-        acc = tl.dot(p.to(v.dtype), v, acc)
+    acc = dot(p.to(v.dtype), v, acc * alpha[:, None], IEEE)
     return acc, l_i, m_new
 
 
@@ -139,6 +143,15 @@ def finish_rows(acc, l_i, m_i, Lse, O_desc, bh, start_m, offs_m, L, BLOCK_M: tl.
     out = acc * inv[:, None]
     tl.store(Lse + bh.to(tl.int64) * L + offs_m, lse2, mask=offs_m < L)
     O_desc.store([bh, start_m, 0], out.to(O_desc.dtype).reshape([1, BLOCK_M, HEAD_DIM]))
+
+
+@triton.jit
+def tile_scores(q, K_desc, V_desc, bh, start_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                HEAD_DIM: tl.constexpr, IEEE: tl.constexpr):
+    """Load the key/value tile at start_n; returns raw scores q K~^T (M, N) fp32 and v (N, D)."""
+    k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
+    v = V_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
+    return dot(q, k.T, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE), v
 
 
 @triton.jit
@@ -161,23 +174,13 @@ def _flash_sfa_fwd_kernel(
     n_full = L - L % BLOCK_N
     bias = tl.zeros([BLOCK_N], dtype=tl.float32)
     for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPEC):
-        k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
-        v = V_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
-        if IEEE:
-            qk = tl.dot(q, k.T, input_precision="ieee")
-        else:
-            qk = tl.dot(q, k.T)
+        qk, v = tile_scores(q, K_desc, V_desc, bh, start_n, BLOCK_M, BLOCK_N, HEAD_DIM, IEEE)
         if HAS_BIAS:
             bias = tl.load(bias_row + start_n + offs_n)
         acc, l_i, m_i = softmax_pv_update(acc, l_i, m_i, qk, v, offs_n < BLOCK_N, qk_scale, bias,
                                           False, HAS_BIAS, IEEE, EXP2_SPLIT, BLOCK_M, BLOCK_N)
-    if n_full < L:
-        k = K_desc.load([bh, n_full, 0]).reshape([BLOCK_N, HEAD_DIM])
-        v = V_desc.load([bh, n_full, 0]).reshape([BLOCK_N, HEAD_DIM])
-        if IEEE:
-            qk = tl.dot(q, k.T, input_precision="ieee")
-        else:
-            qk = tl.dot(q, k.T)
+    if n_full < L:  # the partial last key tile: bounds mask (TMA zero-fills the rows past L)
+        qk, v = tile_scores(q, K_desc, V_desc, bh, n_full, BLOCK_M, BLOCK_N, HEAD_DIM, IEEE)
         valid = (n_full + offs_n) < L
         if HAS_BIAS:
             bias = tl.load(bias_row + n_full + offs_n, mask=valid, other=float("-inf"))

@@ -2,6 +2,7 @@
 
     python -m lra_sfa.bench.kernels --mode sweep   --out results/kernels
     python -m lra_sfa.bench.kernels --mode explore --out $OUT
+    python -m lra_sfa.bench.kernels --mode check   --out $OUT   # GPU correctness only
 
 ``sweep`` writes ``sfa_vs_sdpa.csv`` (one row per shape, op and baseline;
 rows are flushed as they are measured, so a timeout keeps what was done),
@@ -203,18 +204,20 @@ def bench_decode(out_rows: RowWriter, checks: RowWriter, meta: dict, rep_ms: flo
               f"bytes/token {sparse_bytes} vs {dense_bytes}", flush=True)
 
 
-def explore(args) -> None:
-    """GPU correctness on small shapes, then the forward designs and configs at one long shape."""
-    from lra_sfa.kernels import flash_sfa_fwd as fwd
-    from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
-    from lra_sfa.kernels.flash_sfa_variants import ABLATION_MODES, run_variant
-
-    log = RowWriter(Path(args.out) / "sfa_explore.csv", ["section", "name", "ms", "note"])
+def explore_log(out: str):
+    """record(section, name, ms, note): one row of sfa_explore.csv, echoed to stdout."""
+    log = RowWriter(Path(out) / "sfa_explore.csv", ["section", "name", "ms", "note"])
 
     def record(section: str, name: str, ms: float, note: str = "") -> None:
         log.write(dict(section=section, name=name, ms=round(ms, 4), note=note))
         print(f"{section:8s} {name:44s} {ms:9.4f} ms  {note}", flush=True)
 
+    return record
+
+
+def gpu_checks(record) -> bool:
+    """Forward and backward of the compiled kernels against the float64 reference at EXPLORE_CHECKS."""
+    all_ok = True
     for length, dim, topk, pad, dtype in EXPLORE_CHECKS:
         q, k, v = random_qkv(2, 3, length, dim, dtype, seed=length)
         mask = (torch.rand(2, length, device=DEVICE) > 0.3) if pad else None
@@ -223,6 +226,18 @@ def explore(args) -> None:
         res = sfa_check.full_check(q, k, v, topk, mask, flash_sfa)
         errs = " ".join(f"{n}={res[n + '_err']:.1e}/{res[n + '_torch_err']:.1e}" for n in ("out", "dq", "dk", "dv"))
         record("check", f"L={length} d={dim} k={topk} pad={pad} {dtype}", 0.0, f"{errs} ok={res['ok']}")
+        all_ok &= bool(res["ok"])
+    return all_ok
+
+
+def explore(args) -> None:
+    """GPU correctness on small shapes, then the forward designs and configs at one long shape."""
+    from lra_sfa.kernels import flash_sfa_fwd as fwd
+    from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
+    from lra_sfa.kernels.flash_sfa_variants import ABLATION_MODES, run_variant
+
+    record = explore_log(args.out)
+    gpu_checks(record)
     x = torch.randn(args.topk_rows, 128, device=DEVICE, dtype=torch.bfloat16)
     for topk in args.topks:
         record("topk", f"topk_pack {x.shape[0]}x128 k={topk}", time_ms(partial(topk_pack, x, topk))[0])
@@ -350,7 +365,7 @@ def plot(csv_path: Path, png_path: Path) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("sweep", "explore", "plot"), default="sweep")
+    parser.add_argument("--mode", choices=("sweep", "explore", "check", "plot"), default="sweep")
     parser.add_argument("--out", default="results/kernels")
     parser.add_argument("--date", default=datetime.date.today().isoformat())
     parser.add_argument("--dims", type=int, nargs="+", default=[128, 64])
@@ -379,6 +394,10 @@ def main(argv=None) -> None:
         return
     if not torch.cuda.is_available():
         raise SystemExit("lra_sfa.bench.kernels needs a CUDA device (the SDPA baselines and timings are GPU-only)")
+    if args.mode == "check":
+        if not gpu_checks(explore_log(args.out)):
+            raise SystemExit("lra_sfa.bench.kernels: a GPU check failed the DESIGN.md rule (see sfa_explore.csv)")
+        return
     if args.mode == "explore":
         explore(args)
         return

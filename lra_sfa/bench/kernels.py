@@ -44,6 +44,7 @@ EXPLORE_CHECKS = [(1, 64, 8, False, torch.bfloat16), (100, 128, 8, True, torch.b
                   (1000, 128, 16, True, torch.bfloat16), (4097, 64, 8, False, torch.bfloat16),
                   (777, 32, 4, True, torch.float16), (300, 128, 8, True, torch.float32),
                   (2048, 128, 128, False, torch.bfloat16)]  # (L, D, topk, padding, dtype), full reference
+EXPLORE_SECTIONS = ("checks", "topk", "fwd", "variants", "full", "decode")
 
 
 class RowWriter:
@@ -231,18 +232,33 @@ def gpu_checks(record) -> bool:
 
 
 def explore(args) -> None:
-    """GPU correctness on small shapes, then the forward designs and configs at one long shape."""
+    """GPU correctness on small shapes, then the forward designs and configs at one long shape, then decode.
+
+    ``--sections`` picks the parts (see EXPLORE_SECTIONS), so one device call can time just one of them.
+    """
+    record, sections = explore_log(args.out), set(args.sections)
+    if "checks" in sections:
+        gpu_checks(record)
+    if "topk" in sections:
+        x = torch.randn(args.topk_rows, 128, device=DEVICE, dtype=torch.bfloat16)
+        for topk in args.topks:
+            record("topk", f"topk_pack {x.shape[0]}x128 k={topk}", time_ms(partial(topk_pack, x, topk))[0])
+            record("topk", f"torch.topk+scatter {x.shape[0]}x128 k={topk}",
+                   time_ms(partial(_torch_topk_codes, x, topk))[0])
+        del x
+    if sections & {"fwd", "variants", "full"}:
+        explore_prefill(args, record, sections)
+    if "decode" in sections:
+        explore_decode(args, record)
+
+
+def explore_prefill(args, record, sections: set[str]) -> None:
+    """Forward tile configs (design A), the losing designs and ablations, then the full op beside SDPA."""
+    from lra_sfa.kernels import flash_sfa_bwd as bwd
     from lra_sfa.kernels import flash_sfa_fwd as fwd
     from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
     from lra_sfa.kernels.flash_sfa_variants import ABLATION_MODES, run_variant
 
-    record = explore_log(args.out)
-    gpu_checks(record)
-    x = torch.randn(args.topk_rows, 128, device=DEVICE, dtype=torch.bfloat16)
-    for topk in args.topks:
-        record("topk", f"topk_pack {x.shape[0]}x128 k={topk}", time_ms(partial(topk_pack, x, topk))[0])
-        record("topk", f"torch.topk+scatter {x.shape[0]}x128 k={topk}", time_ms(partial(_torch_topk_codes, x, topk))[0])
-    del x
     length, dim, topk = args.explore_length, 128, args.topks[0]
     q, k, v = random_qkv(1, 16, length, dim, torch.bfloat16, seed=1)
     flat = (16, length, dim)
@@ -253,30 +269,29 @@ def explore(args) -> None:
                       f"{name}_dense": dense.reshape(flat)})
     vf, bias = v.reshape(flat), pad_bias(None, q.device)
     ref, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False)
-    for bm, bn, warps, stages, ws, *split in args.fwd_configs:
+    for bm, bn, warps, stages, ws, *split in args.fwd_configs if "fwd" in sections else ():
         split = bool(split and split[0])
         cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), split)
+        name = f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}"
         try:
             ms = time_ms(partial(launch_forward, packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg))[0]
             got, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg)
-            record("design_A", f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}", ms,
-                   f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e}")
+            record("design_A", name, ms, f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e}")
         except Exception as exc:  # a config the compiler rejects is reported, not fatal
-            record("design_A", f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}", float("nan"),
-                   repr(exc)[:160])
-    for name in ("gather", "packed_k", *ABLATION_MODES):
+            record("design_A", name, float("nan"), repr(exc)[:160])
+    for name in ("gather", "packed_k", *ABLATION_MODES) if "variants" in sections else ():
         for bn, stages in ((64, 3), (128, 2)):
             ms = time_ms(partial(run_variant, name, packs, vf, 128, bn, 8, stages))[0]
             got = run_variant(name, packs, vf, 128, bn, 8, stages)
             record("variant", f"{name} 128x{bn} w8 s{stages}", ms,
                    f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e}")
+    if "full" not in sections:
+        return
     record("full", "flash_sfa fwd (top-k + autotuned kernel)", time_ms(sfa_call(q, k, v, topk))[0],
            str(fwd.flash_sfa_fwd_tuned.best_config))
     record("full", "topk_pack q and k", time_ms(partial(_topk_both, q, k, topk))[0])
     grad = torch.randn_like(q)
     leaves = tuple(leaf(t) for t in (q, k, v))
-    from lra_sfa.kernels import flash_sfa_bwd as bwd
-
     record("full", "flash_sfa fwd+bwd", time_ms(sfa_call(*leaves, topk, grad))[0],
            f"dkdv {bwd.dkdv_tuned.best_config} dq {bwd.dq_tuned.best_config}")
     sparse = (packs["q_dense"].reshape(q.shape), packs["k_dense"].reshape(k.shape), v)
@@ -284,14 +299,22 @@ def explore(args) -> None:
         for label, inputs in (("random", (q, k, v)), ("sparse", sparse)):
             record("sdpa", f"{name} fwd {label}", time_ms(sdpa_call(name, *inputs))[0])
             record("sdpa", f"{name} fwd+bwd {label}", time_ms(sdpa_call(name, *(leaf(t) for t in inputs), grad))[0])
-    del q, k, v, leaves, packs, sparse, grad
+
+
+def explore_decode(args, record) -> None:
+    """The decode kernel's block, warp, stage and split grid at the second-longest decode length, beside SDPA."""
+    dim, topk = 128, args.topks[0]
     batch, heads = shape_for(args.decode_lengths[-2], args.decode_tokens)
     _, kc, vc = random_qkv(batch, heads, args.decode_lengths[-2], dim, torch.bfloat16, seed=3)
     qc = torch.randn(batch, heads, 1, dim, device=DEVICE, dtype=torch.bfloat16)
     k_vals, k_idx = pack_k_cache(kc, topk)
-    for block_n, warps in ((64, 4), (128, 8), (32, 4), (128, 4)):
-        record("decode", f"sfa_decode L={kc.shape[2]} B*H={batch * heads} bn{block_n} w{warps}",
-               time_ms(partial(sfa_decode, qc, k_vals, k_idx, vc, topk, block_n=block_n, num_warps=warps))[0])
+    ref = sfa_decode(qc, k_vals, k_idx, vc, topk)
+    for block_n, warps, stages, per_sm in args.decode_configs:
+        run = partial(sfa_decode, qc, k_vals, k_idx, vc, topk, block_n=block_n, num_warps=warps, num_stages=stages,
+                      programs_per_sm=per_sm)
+        diff = (run().float() - ref.float()).abs().max().item()
+        record("decode", f"sfa_decode L={kc.shape[2]} B*H={batch * heads} bn{block_n} w{warps} s{stages} "
+               f"p{per_sm}", time_ms(run)[0], f"maxdiff={diff:.1e}")
     for name in BACKENDS:
         record("decode", f"{name} decode L={kc.shape[2]}", time_ms(sdpa_call(name, qc, kc, vc))[0])
 
@@ -379,6 +402,12 @@ def parse_args(argv=None):
     parser.add_argument("--budget-s", type=float, default=420.0)
     parser.add_argument("--explore-length", type=int, default=16384)
     parser.add_argument("--topk-rows", type=int, default=2**20)
+    parser.add_argument("--decode-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
+                        default=[(64, 4, 3, 4), (64, 4, 3, 8), (64, 4, 3, 16), (32, 4, 3, 16), (32, 2, 3, 16),
+                                 (128, 8, 3, 8), (64, 4, 4, 8), (64, 8, 3, 8), (32, 4, 4, 32)],
+                        help="BLOCK_N,warps,stages,programs_per_sm tuples for the decode part of --mode explore")
+    parser.add_argument("--sections", nargs="+", default=list(EXPLORE_SECTIONS), choices=EXPLORE_SECTIONS,
+                        help="parts of --mode explore to run")
     parser.add_argument("--fwd-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
                         default=[(128, 128, 8, 2, 0), (128, 128, 8, 3, 0), (128, 64, 8, 3, 0), (128, 64, 8, 4, 0),
                                  (128, 64, 4, 3, 0), (64, 64, 4, 3, 0), (128, 128, 8, 2, 1), (128, 64, 8, 3, 1),

@@ -141,21 +141,25 @@ def _check_decode(q, k_vals, k_idx, v, topk_q: int, key_padding_mask) -> None:
                          f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
 
 
-def _num_splits(rows: int, length: int, block_n: int, device: torch.device) -> int:
+def _num_splits(rows: int, length: int, block_n: int, device: torch.device, programs_per_sm: int) -> int:
     sms = 8 if device.type != "cuda" else torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(triton.cdiv(4 * sms, rows), triton.cdiv(length, block_n)))
+    return max(1, min(triton.cdiv(programs_per_sm * sms, rows), triton.cdiv(length, block_n)))
 
 
 def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: torch.Tensor, topk_q: int,
                key_padding_mask: torch.Tensor | None = None, block_n: int = 64, num_warps: int = 4,
-               num_splits: int | None = None) -> torch.Tensor:
-    """SFA for T new query rows q (B, H, T, D) against a sparse-K cache; returns (B, H, T, D)."""
+               num_splits: int | None = None, num_stages: int = 3, programs_per_sm: int = 4) -> torch.Tensor:
+    """SFA for T new query rows q (B, H, T, D) against a sparse-K cache; returns (B, H, T, D).
+
+    Without ``num_splits`` the keys are split so that there are about ``programs_per_sm`` split
+    programs per SM.
+    """
     _check_decode(q, k_vals, k_idx, v, topk_q, key_padding_mask)
     batch, heads, steps, head_dim = q.shape
     length, topk = v.shape[2], k_vals.shape[3]
     _, _, qd = topk_pack(q, topk_q)
     rows = batch * heads * steps
-    splits = num_splits or _num_splits(rows, length, block_n, q.device)
+    splits = num_splits or _num_splits(rows, length, block_n, q.device, programs_per_sm)
     chunk = triton.cdiv(triton.cdiv(length, splits), block_n) * block_n
     splits = triton.cdiv(length, chunk)
     m_part = torch.empty(rows, splits, dtype=torch.float32, device=q.device)
@@ -169,7 +173,7 @@ def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: to
         qd.contiguous(), k_vals.contiguous(), k_idx.contiguous(), v.contiguous(), bias, m_part, l_part, a_part,
         length, heads, steps, chunk, splits, LOG2E / math.sqrt(head_dim),
         HEAD_DIM=head_dim, TOPK=topk, TOPK_POW2=triton.next_power_of_2(topk), BLOCK_N=block_n,
-        HAS_BIAS=key_padding_mask is not None, num_warps=num_warps, num_stages=3,
+        HAS_BIAS=key_padding_mask is not None, num_warps=num_warps, num_stages=num_stages,
     )
     out = torch.empty(batch, heads, steps, head_dim, dtype=q.dtype, device=q.device)
     _combine_kernel[(rows,)](m_part, l_part, a_part, out, splits, HEAD_DIM=head_dim,

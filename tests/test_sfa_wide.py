@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from lra_sfa.attention import build_attention
 from lra_sfa.kernels.wide_posting import wide_attention, wide_posting_attention
 from lra_sfa.kernels.wide_ref import capped_candidates, wide_dense_reference
+from lra_sfa.sfa_wide import SFAWideAttention
 
 CONF = os.path.join(os.path.dirname(__file__), "..", "conf", "attn", "sfa_wide.yaml")
 CASES = [("overlap", None), ("exact", None), ("overlap", 3)]
@@ -186,3 +187,21 @@ def test_module_padding_balance_stats_and_lsh():
     lsh = build(codes="lsh", mode="exact")
     assert "code_map" not in dict(lsh.named_parameters())
     assert lsh(q, k, v, mask).shape == q.shape
+
+
+def test_selected_codes_match_gathered_logits_and_their_gradients():
+    """ste codes come from the selected code-map columns: same values and gradients as z.gather."""
+    torch.manual_seed(5)
+    module = SFAWideAttention(num_heads=2, head_dim=8, D=64, k=4, mlp_hidden=12).train()
+    x = torch.randn(3, 2, 10, 8, requires_grad=True)
+    idx, values, _ = module._encode(x)
+    z = module._logits(x)
+    ref_idx = torch.topk(z.detach(), 4, dim=-1).indices
+    ref_values = z.gather(-1, ref_idx)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(values, ref_values)
+    weights = torch.randn_like(values)
+    grads = torch.autograd.grad((values * weights).sum(), (x, module.code_map, module.hidden))
+    ref_grads = torch.autograd.grad((ref_values * weights).sum(), (x, module.code_map, module.hidden))
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want)

@@ -44,6 +44,7 @@ EXPLORE_CHECKS = [(1, 64, 8, False, torch.bfloat16), (100, 128, 8, True, torch.b
                   (1000, 128, 16, True, torch.bfloat16), (4097, 64, 8, False, torch.bfloat16),
                   (777, 32, 4, True, torch.float16), (300, 128, 8, True, torch.float32),
                   (2048, 128, 128, False, torch.bfloat16)]  # (L, D, topk, padding, dtype), full reference
+DECODE_CONFIG = (64, 4, 3, 4)  # sfa_decode's defaults: BLOCK_N, warps, stages, programs per SM
 EXPLORE_SECTIONS = ("checks", "topk", "fwd", "variants", "full", "decode")
 
 
@@ -169,14 +170,18 @@ def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, c
               f"(torch {check['torch_err']:.2e}) {'ok' if check['ok'] else 'FAIL'}", flush=True)
 
 
-def bench_decode(out_rows: RowWriter, checks: RowWriter, meta: dict, rep_ms: float) -> None:
+def bench_decode(out_rows: RowWriter, checks: RowWriter, meta: dict, rep_ms: float,
+                 config: tuple[int, int, int, int] = DECODE_CONFIG) -> None:
     batch, heads, length, dim, topk = (meta[k] for k in ("batch", "heads", "seq_len", "head_dim", "topk"))
     _, k, v = random_qkv(batch, heads, length, dim, torch.bfloat16, seed=7 + length)
     q = torch.randn(batch, heads, 1, dim, device=DEVICE, dtype=torch.bfloat16)
     k_vals, k_idx = pack_k_cache(k, topk)
     del k
-    sfa_ms, peak = time_ms(partial(sfa_decode, q, k_vals, k_idx, v, topk), rep_ms)
-    out = sfa_decode(q, k_vals, k_idx, v, topk)
+    block_n, warps, stages, per_sm = config
+    run = partial(sfa_decode, q, k_vals, k_idx, v, topk, block_n=block_n, num_warps=warps, num_stages=stages,
+                  programs_per_sm=per_sm)
+    sfa_ms, peak = time_ms(run, rep_ms)
+    out = run()
     kd = torch.zeros(batch, heads, length, dim, device=DEVICE, dtype=torch.bfloat16)
     kd.scatter_(-1, k_idx.long(), k_vals)  # (B, H, L, D) dense codes of the cache
     _, _, qd = topk_pack(q, topk)
@@ -327,12 +332,15 @@ def run_sweep(args) -> None:
                                                              "dense_bytes_per_token"])
     base = dict(dtype="bf16", device=torch.cuda.get_device_name(), date=args.date)
     started, cache = time.time(), {}
-    for dim in args.dims:
+    for dim in args.dims if "decode" in args.ops else ():
         for length in args.decode_lengths:
             for topk in args.topks:
                 batch, heads = shape_for(length, args.decode_tokens)
                 bench_decode(rows, checks, dict(base, batch=batch, heads=heads, seq_len=length, head_dim=dim,
-                                                topk=topk), args.rep_ms)
+                                                topk=topk), args.rep_ms, args.decode_config)
+    if "fwd" not in args.ops and "fwd_bwd" not in args.ops:
+        plot(out_dir / "sfa_vs_sdpa.csv", out_dir / "sfa_vs_sdpa.png")
+        return
     topk_rows = RowWriter(out_dir / "sfa_topk.csv", ["rows", "head_dim", "topk", "topk_pack_ms", "torch_topk_ms",
                                                       "device", "date"])
     x = torch.randn(args.topk_rows, 128, device=DEVICE, dtype=torch.bfloat16)
@@ -344,10 +352,12 @@ def run_sweep(args) -> None:
         print(f"top-k {args.topk_rows} rows x 128, k={topk}: topk_pack {pack_ms:.3f} ms, torch.topk {torch_ms:.3f} ms")
     del x
     pairs = [(dim, topk) for topk in args.topks for dim in args.dims]
-    jobs = [(dim, topk, length, op) for dim, topk in pairs for length in args.lengths for op in ("fwd", "fwd_bwd")]
-    extra = [(dim, args.topks[0], length, "fwd") for dim in args.dims for length in args.fwd_extra_lengths]
-    jobs = jobs[:2 * len(args.lengths)] + extra[:len(args.fwd_extra_lengths)] + jobs[2 * len(args.lengths):] + \
-        extra[len(args.fwd_extra_lengths):]
+    jobs = [(dim, topk, length, op) for dim, topk in pairs for length in args.lengths for op in ("fwd", "fwd_bwd")
+            if op in args.ops]
+    extra = [(dim, args.topks[0], length, "fwd") for dim in args.dims for length in args.fwd_extra_lengths
+             if "fwd" in args.ops]
+    per_dim = len(jobs) // len(pairs)  # the first (dim, topk) pair's jobs, then its extra lengths, then the rest
+    jobs = jobs[:per_dim] + extra[:len(args.fwd_extra_lengths)] + jobs[per_dim:] + extra[len(args.fwd_extra_lengths):]
     for dim, topk, length, op in jobs:
         if time.time() - started > args.budget_s:
             print(f"budget of {args.budget_s} s spent: skipping {op} L={length} d={dim} k={topk}", flush=True)
@@ -402,6 +412,10 @@ def parse_args(argv=None):
     parser.add_argument("--budget-s", type=float, default=420.0)
     parser.add_argument("--explore-length", type=int, default=16384)
     parser.add_argument("--topk-rows", type=int, default=2**20)
+    parser.add_argument("--ops", nargs="+", default=["fwd", "fwd_bwd", "decode"], choices=("fwd", "fwd_bwd", "decode"),
+                        help="ops the sweep measures")
+    parser.add_argument("--decode-config", type=lambda text: tuple(int(x) for x in text.split(",")),
+                        default=DECODE_CONFIG, help="BLOCK_N,warps,stages,programs_per_sm of the sweep's decode")
     parser.add_argument("--decode-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
                         default=[(64, 4, 3, 4), (64, 4, 3, 8), (64, 4, 3, 16), (32, 4, 3, 16), (32, 2, 3, 16),
                                  (128, 8, 3, 8), (64, 4, 4, 8), (64, 8, 3, 8), (32, 4, 4, 32)],

@@ -186,12 +186,14 @@ def _expand_shared(plan: WidePlan, t0: int, t1: int, K: int, keys: int):
 
 
 def _pair_scores(q_val, k_val, i, j, match) -> torch.Tensor:
-    """Raw fp32 score sum_{shared f} qv * kv of each pair; ``match`` from _expand_matches or _expand_shared."""
+    """Raw score sum_{shared f} qv * kv of each pair, at least fp32; ``match`` from _expand_matches or
+    _expand_shared."""
+    acc = torch.promote_types(q_val.dtype, torch.float32)
     if isinstance(match, tuple):
         q_ent, k_ent, pair_of = match
-        prod = q_val.reshape(-1)[q_ent].float() * k_val.reshape(-1)[k_ent].float()  # (n_inc,)
-        return torch.zeros(i.numel(), dtype=prod.dtype, device=prod.device).index_add(0, pair_of, prod)
-    return (match * q_val[i].float()[:, :, None] * k_val[j].float()[:, None, :]).sum((1, 2))
+        prod = q_val.reshape(-1)[q_ent].to(acc) * k_val.reshape(-1)[k_ent].to(acc)  # (n_inc,)
+        return torch.zeros(i.numel(), dtype=acc, device=prod.device).index_add(0, pair_of, prod)
+    return (match * q_val[i].to(acc)[:, :, None] * k_val[j].to(acc)[:, None, :]).sum((1, 2))
 
 
 def _chunk_forward(q_val, k_val, v, sum_v, i, j, match, t0, t1, groups_of_chunk, count_of_chunk, scale, exact):

@@ -32,7 +32,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lra_sfa.bench.timing import time_ms
 from lra_sfa.kernels import sfa_check
 from lra_sfa.kernels.flash_sfa import flash_sfa
-from lra_sfa.kernels.sfa_decode import cache_bytes_per_token, pack_k_cache, sfa_decode
+from lra_sfa.kernels.sfa_decode import cache_bytes_per_token, launch_defaults, pack_k_cache, sfa_decode
 from lra_sfa.kernels.topk_pack import topk_pack
 
 COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "ms", "baseline",
@@ -44,7 +44,6 @@ EXPLORE_CHECKS = [(1, 64, 8, False, torch.bfloat16), (100, 128, 8, True, torch.b
                   (1000, 128, 16, True, torch.bfloat16), (4097, 64, 8, False, torch.bfloat16),
                   (777, 32, 4, True, torch.float16), (300, 128, 8, True, torch.float32),
                   (2048, 128, 128, False, torch.bfloat16)]  # (L, D, topk, padding, dtype), full reference
-DECODE_CONFIG = (64, 4, 3, 4)  # sfa_decode's defaults: BLOCK_N, warps, stages, programs per SM
 EXPLORE_SECTIONS = ("checks", "topk", "fwd", "variants", "full", "decode")
 
 
@@ -171,13 +170,13 @@ def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, c
 
 
 def bench_decode(out_rows: RowWriter, checks: RowWriter, meta: dict, rep_ms: float,
-                 config: tuple[int, int, int, int] = DECODE_CONFIG) -> None:
+                 config: tuple[int, int, int, int] | None = None) -> None:
     batch, heads, length, dim, topk = (meta[k] for k in ("batch", "heads", "seq_len", "head_dim", "topk"))
     _, k, v = random_qkv(batch, heads, length, dim, torch.bfloat16, seed=7 + length)
     q = torch.randn(batch, heads, 1, dim, device=DEVICE, dtype=torch.bfloat16)
     k_vals, k_idx = pack_k_cache(k, topk)
     del k
-    block_n, warps, stages, per_sm = config
+    block_n, warps, stages, per_sm = config or launch_defaults(dim)
     run = partial(sfa_decode, q, k_vals, k_idx, v, topk, block_n=block_n, num_warps=warps, num_stages=stages,
                   programs_per_sm=per_sm)
     sfa_ms, peak = time_ms(run, rep_ms)
@@ -415,7 +414,8 @@ def parse_args(argv=None):
     parser.add_argument("--ops", nargs="+", default=["fwd", "fwd_bwd", "decode"], choices=("fwd", "fwd_bwd", "decode"),
                         help="ops the sweep measures")
     parser.add_argument("--decode-config", type=lambda text: tuple(int(x) for x in text.split(",")),
-                        default=DECODE_CONFIG, help="BLOCK_N,warps,stages,programs_per_sm of the sweep's decode")
+                        default=None, help="BLOCK_N,warps,stages,programs_per_sm of the sweep's decode "
+                        "(default: sfa_decode's launch_defaults per head dim)")
     parser.add_argument("--decode-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
                         default=[(64, 4, 3, 4), (64, 4, 3, 8), (64, 4, 3, 16), (32, 4, 3, 16), (32, 2, 3, 16),
                                  (128, 8, 3, 8), (64, 4, 4, 8), (64, 8, 3, 8), (32, 4, 4, 32)],

@@ -21,16 +21,28 @@ Limits
     16..256), topk 1..D, T >= 1 query rows per (batch, head), any L >= 1;
     fp16 / bf16 / fp32.
 
-Block sizes
-    BLOCK_N 64 keys x D=128 with 4 warps keeps the accumulator at 64 fp32
-    registers per thread; the number of splits makes about 4 programs per SM.
-    Not tuned on the device yet (the exploration call ran out of time first).
+Launch grid (``launch_defaults``)
+    The split count matters most. With 4 split programs per SM (the first
+    default) a 128K context at B*H=128 made 640 programs, more than one wave
+    at 4 resident per SM: a second, mostly idle wave. Grid at L=128K, d=128,
+    k=8, B*H=128 (H200, 2026-11-29, results/kernels/sfa_decode_grid_2026-11-29.csv):
+    BLOCK_N 64 / 4 warps / 3 stages: 2.06 ms at 4 programs per SM, 1.76 at 8,
+    1.66 at 16 (4 stages); BLOCK_N 32 / 4 warps at 16 per SM: 1.52 ms (3 or 5
+    stages), 1.73 (4 stages, noise is about +-0.1 ms between calls); 32 per
+    SM 1.53-1.54; BLOCK_N 16 / 2 warps 1.77; 8 warps 2.2-2.4. So head dim 128
+    takes (32, 4, 5, 16). Head dim 64 keeps (64, 4, 3, 4): with (32, 4, 5, 16)
+    its sweep rows got worse at 32K (1.39 vs 1.12 ms).
 
-Measured (H200, 2026-11-28, bf16, one query step, 2^24 cached token-heads):
-    d=128 k=8: 1.81 ms at L=128K (8 x 16 heads) against cuDNN 1.93 ms and FA2
-    2.06 ms: 1.06x / 1.13x. That is 2.6 TB/s of the 280 B per token-head,
-    about 57% of the rate cuDNN reads a dense cache at; the 280 B floor at
-    cuDNN's rate would be about 1.04 ms.
+Measured (H200, bf16, one query step, 2^24 cached token-heads; sfa_vs_sdpa.csv):
+    d=128 k=8, 2026-11-29 with (32, 4, 5, 16): 1.55 ms at L=128K (8 x 16
+    heads) against cuDNN 1.96 ms and FA2 1.94 ms: 1.27x / 1.25x (was 1.81 ms,
+    1.06x, on 2026-11-28 with (64, 4, 3, 4)); 1.24x at 8K, 1.11x at 32K,
+    1.23x at 512K; k=16 0.97-1.02x. That is 3.0 TB/s of the 280 B per
+    token-head, about 68% of the rate cuDNN reads a dense cache at (4.4 TB/s);
+    the 280 B floor at cuDNN's rate would be about 1.05 ms, so 1.5x is within
+    reach only with the rest of the latency hidden. Not yet found: the gather of
+    q at the key's indices depends on the index load, which limits how far
+    the loop's loads run ahead.
 """
 
 from __future__ import annotations
@@ -146,16 +158,26 @@ def _num_splits(rows: int, length: int, block_n: int, device: torch.device, prog
     return max(1, min(triton.cdiv(programs_per_sm * sms, rows), triton.cdiv(length, block_n)))
 
 
+def launch_defaults(head_dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, warps, stages, programs per SM) measured best on the H200 (module docstring)."""
+    return (32, 4, 5, 16) if head_dim == 128 else (64, 4, 3, 4)
+
+
 def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: torch.Tensor, topk_q: int,
-               key_padding_mask: torch.Tensor | None = None, block_n: int = 64, num_warps: int = 4,
-               num_splits: int | None = None, num_stages: int = 3, programs_per_sm: int = 4) -> torch.Tensor:
+               key_padding_mask: torch.Tensor | None = None, block_n: int | None = None,
+               num_warps: int | None = None, num_splits: int | None = None, num_stages: int | None = None,
+               programs_per_sm: int | None = None) -> torch.Tensor:
     """SFA for T new query rows q (B, H, T, D) against a sparse-K cache; returns (B, H, T, D).
 
-    Without ``num_splits`` the keys are split so that there are about ``programs_per_sm`` split
-    programs per SM.
+    Launch parameters left at None take ``launch_defaults(D)``. Without ``num_splits`` the keys are
+    split so that there are about ``programs_per_sm`` split programs per SM.
     """
     _check_decode(q, k_vals, k_idx, v, topk_q, key_padding_mask)
     batch, heads, steps, head_dim = q.shape
+    defaults = launch_defaults(head_dim)
+    block_n, num_warps, num_stages, programs_per_sm = (
+        given if given is not None else default
+        for given, default in zip((block_n, num_warps, num_stages, programs_per_sm), defaults))
     length, topk = v.shape[2], k_vals.shape[3]
     _, _, qd = topk_pack(q, topk_q)
     rows = batch * heads * steps

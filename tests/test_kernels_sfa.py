@@ -120,13 +120,14 @@ def test_forward_returns_natural_logsumexp():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("length,steps,padding", [(1, 1, False), (100, 3, True), (257, 1, False), (257, 2, True)])
-def test_decode_sparse_cache(length, steps, padding, dtype):
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_decode_sparse_cache(length, steps, padding, dtype, two_pass):
     gen = torch.Generator().manual_seed(length + steps)
     q = torch.randn(2, 2, steps, 32, generator=gen).to(dtype)
     k, v = (torch.randn(2, 2, length, 32, generator=gen).to(dtype) for _ in range(2))
     mask = _mask(2, length, seed=length) if padding else None
     k_vals, k_idx = pack_k_cache(k, 4)
-    out = sfa_decode(q, k_vals, k_idx, v, 4, key_padding_mask=mask, num_splits=3)
+    out = sfa_decode(q, k_vals, k_idx, v, 4, key_padding_mask=mask, num_splits=3, two_pass=two_pass)
     _, _, qd = topk_pack(q, 4)
     kd = torch.zeros_like(k).scatter(-1, k_idx.long(), k_vals)
     exact = sfa_check.plain_attention(qd.double(), kd.double(), v.double(), mask)  # (B, H, T, D)

@@ -170,15 +170,15 @@ def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, c
 
 
 def bench_decode(out_rows: RowWriter, checks: RowWriter, meta: dict, rep_ms: float,
-                 config: tuple[int, int, int, int] | None = None) -> None:
+                 config: tuple[int, ...] | None = None) -> None:
     batch, heads, length, dim, topk = (meta[k] for k in ("batch", "heads", "seq_len", "head_dim", "topk"))
     _, k, v = random_qkv(batch, heads, length, dim, torch.bfloat16, seed=7 + length)
     q = torch.randn(batch, heads, 1, dim, device=DEVICE, dtype=torch.bfloat16)
     k_vals, k_idx = pack_k_cache(k, topk)
     del k
-    block_n, warps, stages, per_sm = config or launch_defaults(dim)
+    block_n, warps, stages, per_sm, *two_pass = config or launch_defaults(dim)
     run = partial(sfa_decode, q, k_vals, k_idx, v, topk, block_n=block_n, num_warps=warps, num_stages=stages,
-                  programs_per_sm=per_sm)
+                  programs_per_sm=per_sm, two_pass=bool(two_pass and two_pass[0]))
     sfa_ms, peak = time_ms(run, rep_ms)
     out = run()
     kd = torch.zeros(batch, heads, length, dim, device=DEVICE, dtype=torch.bfloat16)
@@ -313,12 +313,13 @@ def explore_decode(args, record) -> None:
     qc = torch.randn(batch, heads, 1, dim, device=DEVICE, dtype=torch.bfloat16)
     k_vals, k_idx = pack_k_cache(kc, topk)
     ref = sfa_decode(qc, k_vals, k_idx, vc, topk)
-    for block_n, warps, stages, per_sm in args.decode_configs:
+    for block_n, warps, stages, per_sm, *two_pass in args.decode_configs:
+        two_pass = bool(two_pass and two_pass[0])
         run = partial(sfa_decode, qc, k_vals, k_idx, vc, topk, block_n=block_n, num_warps=warps, num_stages=stages,
-                      programs_per_sm=per_sm)
+                      programs_per_sm=per_sm, two_pass=two_pass)
         diff = (run().float() - ref.float()).abs().max().item()
         record("decode", f"sfa_decode L={kc.shape[2]} B*H={batch * heads} bn{block_n} w{warps} s{stages} "
-               f"p{per_sm}", time_ms(run)[0], f"maxdiff={diff:.1e}")
+               f"p{per_sm}{' twopass' * two_pass}", time_ms(run)[0], f"maxdiff={diff:.1e}")
     for name in BACKENDS:
         record("decode", f"{name} decode L={kc.shape[2]}", time_ms(sdpa_call(name, qc, kc, vc))[0])
 
@@ -414,12 +415,13 @@ def parse_args(argv=None):
     parser.add_argument("--ops", nargs="+", default=["fwd", "fwd_bwd", "decode"], choices=("fwd", "fwd_bwd", "decode"),
                         help="ops the sweep measures")
     parser.add_argument("--decode-config", type=lambda text: tuple(int(x) for x in text.split(",")),
-                        default=None, help="BLOCK_N,warps,stages,programs_per_sm of the sweep's decode "
+                        default=None, help="BLOCK_N,warps,stages,programs_per_sm[,two_pass] of the sweep's decode "
                         "(default: sfa_decode's launch_defaults per head dim)")
     parser.add_argument("--decode-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
                         default=[(64, 4, 3, 4), (64, 4, 3, 8), (64, 4, 3, 16), (32, 4, 3, 16), (32, 2, 3, 16),
                                  (128, 8, 3, 8), (64, 4, 4, 8), (64, 8, 3, 8), (32, 4, 4, 32)],
-                        help="BLOCK_N,warps,stages,programs_per_sm tuples for the decode part of --mode explore")
+                        help="BLOCK_N,warps,stages,programs_per_sm[,two_pass] tuples for the decode part of "
+                        "--mode explore")
     parser.add_argument("--sections", nargs="+", default=list(EXPLORE_SECTIONS), choices=EXPLORE_SECTIONS,
                         help="parts of --mode explore to run")
     parser.add_argument("--fwd-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",

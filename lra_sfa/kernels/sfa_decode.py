@@ -21,6 +21,17 @@ Limits
     16..256), topk 1..D, T >= 1 query rows per (batch, head), any L >= 1;
     fp16 / bf16 / fp32.
 
+Second design, ``two_pass=True`` (written 2026-11-29, not yet timed on the GPU)
+    ``_scores_kernel`` reads only the sparse K (24 B per key at d=128, k=8),
+    gathers q at the key's indices, writes every key's score (4 B, fp32) and
+    each split's max; ``_weighted_v_kernel`` then streams the scores and V
+    with the max known, so its loop has no dependent gather and no rescaling
+    of the (BLOCK_N, D) accumulator. 8 more bytes per key (288 against 280),
+    one more launch. Prediction: if the single-pass loop is latency-bound on
+    the index -> q gather (its 68% of cuDNN's read rate says something is),
+    pass 2 runs near the dense streaming rate and the total nears ~1.2 ms at
+    128K (1.6x cuDNN); if it is bound elsewhere, no gain.
+
 Launch grid (``launch_defaults``)
     The split count matters most. With 4 split programs per SM (the first
     default) a 128K context at B*H=128 made 640 programs, more than one wave
@@ -101,6 +112,66 @@ def _split_kernel(
 
 
 @triton.jit
+def _scores_kernel(
+    Qd, Kv, Ki, Bias, S, Mpart,
+    L, H, T, chunk, n_splits, qk_scale,
+    HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, TOPK_POW2: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
+    """Two-pass design, pass 1: the log2-scaled score of every key (S, rows x L fp32) and each split's max."""
+    split = tl.program_id(0)
+    row = tl.program_id(1)
+    bh = (row // T).to(tl.int64)
+    start = split * chunk
+    end = tl.minimum(start + chunk, L)
+    slots = tl.arange(0, TOPK_POW2)
+    q_row = Qd + row.to(tl.int64) * HEAD_DIM
+    m_i = tl.full([], NEG_BIG, tl.float32)
+    for n0 in tl.range(start, end, BLOCK_N):
+        offs = n0 + tl.arange(0, BLOCK_N)
+        ok = offs < end
+        key_rows = bh * L + offs
+        slot_ok = ok[:, None] & (slots[None, :] < TOPK)
+        kv = tl.load(Kv + key_rows[:, None] * TOPK + slots[None, :], mask=slot_ok, other=0.0).to(tl.float32)
+        ki = tl.load(Ki + key_rows[:, None] * TOPK + slots[None, :], mask=slot_ok, other=0).to(tl.int32)
+        s = tl.sum(kv * tl.load(q_row + ki).to(tl.float32), axis=1) * qk_scale
+        if HAS_BIAS:
+            s += tl.load(Bias + (bh // H) * L + offs, mask=ok, other=float("-inf"))
+        s = tl.where(ok, s, float("-inf"))
+        tl.store(S + row.to(tl.int64) * L + offs, s, mask=ok)
+        m_i = tl.maximum(m_i, tl.max(s, axis=0))
+    tl.store(Mpart + row.to(tl.int64) * n_splits + split, m_i)
+
+
+@triton.jit
+def _weighted_v_kernel(
+    S, V, Mpart, Lpart, Apart,
+    L, T, chunk, n_splits,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Two-pass design, pass 2: with the split's max known, stream S and V with no rescaling."""
+    split = tl.program_id(0)
+    row = tl.program_id(1)
+    bh = (row // T).to(tl.int64)
+    start = split * chunk
+    end = tl.minimum(start + chunk, L)
+    cols = tl.arange(0, HEAD_DIM)
+    part = row.to(tl.int64) * n_splits + split
+    m_i = tl.load(Mpart + part)
+    l_vec = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    for n0 in tl.range(start, end, BLOCK_N):
+        offs = n0 + tl.arange(0, BLOCK_N)
+        ok = offs < end
+        p = tl.math.exp2(tl.load(S + row.to(tl.int64) * L + offs, mask=ok, other=float("-inf")) - m_i)
+        v = tl.load(V + (bh * L + offs)[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0)
+        l_vec += p
+        acc += p[:, None] * v.to(tl.float32)
+    tl.store(Lpart + part, tl.sum(l_vec, axis=0))
+    tl.store(Apart + part * HEAD_DIM + cols, tl.sum(acc, axis=0))
+
+
+@triton.jit
 def _combine_kernel(Mpart, Lpart, Apart, Out, n_splits, HEAD_DIM: tl.constexpr, SPLITS_POW2: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     splits = tl.arange(0, SPLITS_POW2)
@@ -166,11 +237,12 @@ def launch_defaults(head_dim: int) -> tuple[int, int, int, int]:
 def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: torch.Tensor, topk_q: int,
                key_padding_mask: torch.Tensor | None = None, block_n: int | None = None,
                num_warps: int | None = None, num_splits: int | None = None, num_stages: int | None = None,
-               programs_per_sm: int | None = None) -> torch.Tensor:
+               programs_per_sm: int | None = None, two_pass: bool = False) -> torch.Tensor:
     """SFA for T new query rows q (B, H, T, D) against a sparse-K cache; returns (B, H, T, D).
 
     Launch parameters left at None take ``launch_defaults(D)``. Without ``num_splits`` the keys are
-    split so that there are about ``programs_per_sm`` split programs per SM.
+    split so that there are about ``programs_per_sm`` split programs per SM. ``two_pass`` runs the
+    second design (module docstring): scores first, then V.
     """
     _check_decode(q, k_vals, k_idx, v, topk_q, key_padding_mask)
     batch, heads, steps, head_dim = q.shape
@@ -191,12 +263,19 @@ def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: to
     if key_padding_mask is not None:
         bias = torch.zeros(key_padding_mask.shape, dtype=torch.float32, device=q.device)
         bias.masked_fill_(~key_padding_mask, float("-inf"))
-    _split_kernel[(splits, rows)](
-        qd.contiguous(), k_vals.contiguous(), k_idx.contiguous(), v.contiguous(), bias, m_part, l_part, a_part,
-        length, heads, steps, chunk, splits, LOG2E / math.sqrt(head_dim),
-        HEAD_DIM=head_dim, TOPK=topk, TOPK_POW2=triton.next_power_of_2(topk), BLOCK_N=block_n,
-        HAS_BIAS=key_padding_mask is not None, num_warps=num_warps, num_stages=num_stages,
-    )
+    qd, k_vals, k_idx, v = qd.contiguous(), k_vals.contiguous(), k_idx.contiguous(), v.contiguous()
+    consts = dict(TOPK=topk, TOPK_POW2=triton.next_power_of_2(topk), BLOCK_N=block_n,
+                  HAS_BIAS=key_padding_mask is not None, num_warps=num_warps, num_stages=num_stages)
+    if two_pass:
+        scores = torch.empty(rows, length, dtype=torch.float32, device=q.device)  # (rows, L) log2-scaled
+        _scores_kernel[(splits, rows)](qd, k_vals, k_idx, bias, scores, m_part, length, heads, steps, chunk, splits,
+                                       LOG2E / math.sqrt(head_dim), HEAD_DIM=head_dim, **consts)
+        _weighted_v_kernel[(splits, rows)](scores, v, m_part, l_part, a_part, length, steps, chunk, splits,
+                                           HEAD_DIM=head_dim, BLOCK_N=block_n, num_warps=num_warps,
+                                           num_stages=num_stages)
+    else:
+        _split_kernel[(splits, rows)](qd, k_vals, k_idx, v, bias, m_part, l_part, a_part, length, heads, steps,
+                                      chunk, splits, LOG2E / math.sqrt(head_dim), HEAD_DIM=head_dim, **consts)
     out = torch.empty(batch, heads, steps, head_dim, dtype=q.dtype, device=q.device)
     _combine_kernel[(rows,)](m_part, l_part, a_part, out, splits, HEAD_DIM=head_dim,
                              SPLITS_POW2=triton.next_power_of_2(splits), num_warps=4)

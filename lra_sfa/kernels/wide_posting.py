@@ -222,6 +222,24 @@ def _chunk_forward(q_val, k_val, v, sum_v, i, j, match, t0, t1, groups_of_chunk,
     return torch.where(has[:, None], out.to(v.dtype), v[t0:t1])
 
 
+def _chunk_attention(q_val, k_val, v, sum_v, plan: WidePlan, q_idx, k_idx, t0: int, t1: int, scale: float,
+                     exact: bool, capped: bool):
+    """Expand the candidates of tokens [t0, t1) and attend over them; returns (out (t1 - t0, dv), pairs).
+
+    The expansion happens in here so that a checkpointed chunk keeps none of its incidence tensors
+    for the backward (they are rebuilt): memory stays O(n * k) plus one chunk.
+    """
+    K = q_val.shape[1]
+    if capped:
+        i, j, match = _expand_matches(plan, q_idx, k_idx, t0, t1)
+    else:
+        i, j, match = _expand_shared(plan, t0, t1, K, q_idx.shape[0])
+    groups = torch.div(torch.arange(t0, t1, device=v.device), plan.length, rounding_mode="floor")
+    counts = plan.key_count[groups].to(v.dtype)
+    out = _chunk_forward(q_val, k_val, v, sum_v, i, j, match, t0, t1, groups, counts, scale, exact)
+    return out, i.numel()
+
+
 def wide_posting_attention(
     q_idx: torch.Tensor,
     q_val: torch.Tensor,
@@ -253,21 +271,17 @@ def wide_posting_attention(
     vm = vf if real is None else vf * real.reshape(-1, 1).to(vf.dtype)
     sum_v = vm.reshape(B * H, L, dv).sum(1)  # (G, dv)
     exact = mode == "exact"
-    pieces, candidates = [], torch.zeros((), dtype=torch.long, device=v.device)
+    pieces, candidates = [], 0
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (qv, kv, vf))
     for t0, t1 in _chunk_bounds(plan, K, chunk_incidences):
-        if cap is None:
-            i, j, match = _expand_shared(plan, t0, t1, K, qi.shape[0])
-        else:
-            i, j, match = _expand_matches(plan, qi, ki, t0, t1)
-        candidates = candidates + i.numel()
-        groups = torch.div(torch.arange(t0, t1, device=v.device), L, rounding_mode="floor")
-        counts = plan.key_count[groups].to(v.dtype)
-        args = (qv, kv, vf, sum_v, i, j, match, t0, t1, groups, counts, scale, exact)
-        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (qv, kv, vf))
-        pieces.append(checkpoint(_chunk_forward, *args, use_reentrant=False) if needs_grad else _chunk_forward(*args))
+        args = (qv, kv, vf, sum_v, plan, qi, ki, t0, t1, scale, exact, cap is not None)
+        piece, pairs = (checkpoint(_chunk_attention, *args, use_reentrant=False) if needs_grad
+                        else _chunk_attention(*args))
+        pieces.append(piece)
+        candidates += pairs
     out = torch.cat(pieces).reshape(B, H, L, dv)  # (B, H, L, dv)
     stats = {
-        "candidates": candidates,
+        "candidates": torch.tensor(candidates, device=v.device),
         "incidences_total": plan.incidences_total,
         "incidences_kept": plan.incidences_kept,
     }

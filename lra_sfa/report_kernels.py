@@ -23,6 +23,8 @@ def measured_kernels(csv_path: Path | None) -> str:
     if csv_path is None:
         return "No SFA kernel results (`results/kernels/sfa_vs_sdpa.csv`); run `python -m lra_sfa.bench.kernels`."
     frame = pd.read_csv(csv_path)
+    if "impl" in frame:
+        frame = frame[frame["impl"] == "sfa_triton"]  # wide-code rows: results/kernels/sfa_wide.md
     lengths = sorted(frame["seq_len"].unique())
     rows = []
     for (op, head_dim, topk, baseline), group in frame.groupby(["op", "head_dim", "topk", "baseline"], sort=True):

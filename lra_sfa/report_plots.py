@@ -131,6 +131,10 @@ def plot_kernel_speedup(csv_path: Path | None, path: Path) -> Path | None:
     needed = {"op", "seq_len", "head_dim", "topk", "baseline", "speedup"}
     if not needed <= set(frame.columns) or frame.empty:
         raise ValueError(f"report: {csv_path} lacks columns {sorted(needed - set(frame.columns))}")
+    if "impl" in frame:
+        frame = frame[frame["impl"] == "sfa_triton"]  # wide-code rows have their own plot
+        if frame.empty:
+            return None
     ops = [op for op in ("fwd", "fwd_bwd", "decode") if op in set(frame["op"])]
     fig, axes = plt.subplots(1, len(ops), figsize=(4.5 * len(ops), 3.8), squeeze=False)
     for ax, op in zip(axes[0], ops):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import subprocess
@@ -132,3 +133,26 @@ def test_harness_overhead_on_cpu(tmp_path):
     assert record["seq_len"] == 64 and record["task"] == "needle" and record["batch"] == 4
     stored, invalid = load_records(tmp_path / "store", kind="bench")
     assert not invalid and len(stored) == 1 and bench_problem(stored[0]) is None
+
+
+def test_kernel_csv_keeps_each_impls_rows(tmp_path):
+    """sfa_vs_sdpa.csv holds FlashSFA and wide-code rows; rewriting one impl's rows keeps the other's,
+    and the kernel report and plot read the FlashSFA rows only."""
+    from lra_sfa.bench.kernels import KERNEL_CSV_COLUMNS, SFA_IMPL, RowWriter, replace_impl_rows
+    from lra_sfa.report_kernels import measured_kernels
+
+    path = tmp_path / "sfa_vs_sdpa.csv"
+    base = dict(op="fwd", batch=1, heads=8, head_dim=64, topk=16, dtype="bf16", baseline="sdpa_cudnn",
+                device="test", date="2026-11-29")
+    writer = RowWriter(path, KERNEL_CSV_COLUMNS)
+    writer.write(dict(base, impl=SFA_IMPL, seq_len=1024, ms=1.0, baseline_ms=2.0, speedup=2.0))
+    writer.file.close()
+    replace_impl_rows(path, "sfa_wide", [dict(base, impl="sfa_wide", seq_len=2048, ms=4.0, baseline_ms=1.0,
+                                              speedup=0.25, mode="overlap", cap="null", D=4096)], KERNEL_CSV_COLUMNS)
+    writer = RowWriter(path, KERNEL_CSV_COLUMNS, keep_other_than=SFA_IMPL)  # a new FlashSFA sweep
+    writer.write(dict(base, impl=SFA_IMPL, seq_len=4096, ms=1.0, baseline_ms=3.0, speedup=3.0))
+    writer.file.close()
+    rows = list(csv.DictReader(path.open()))
+    assert [(r["impl"], r["seq_len"]) for r in rows] == [("sfa_wide", "2048"), (SFA_IMPL, "4096")]
+    table = measured_kernels(path)
+    assert "3.00" in table and "0.25" not in table

@@ -5,7 +5,8 @@
     python -m lra_sfa.bench.kernels --mode check   --out $OUT   # GPU correctness only
 
 ``sweep`` writes ``sfa_vs_sdpa.csv`` (one row per shape, op and baseline;
-rows are flushed as they are measured, so a timeout keeps what was done),
+rows are flushed as they are measured, so a timeout keeps what was done; the
+file's ``impl=sfa_wide`` rows, written by ``lra_sfa.bench.wide``, are kept),
 ``sfa_checks.csv`` (kernel and plain-PyTorch errors and the DESIGN.md
 verdict per row) and the plot ``sfa_vs_sdpa.png``. ``explore`` times the
 forward designs and tile configurations at one shape (``sfa_explore.csv``).
@@ -37,6 +38,11 @@ from lra_sfa.kernels.topk_pack import topk_pack
 
 COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "ms", "baseline",
            "baseline_ms", "speedup", "max_rel_err", "peak_mem_mb", "device", "date"]
+# sfa_vs_sdpa.csv also holds the wide-code rows (impl=sfa_wide, from lra_sfa.bench.wide); these columns
+# say which variant a wide row is, and stay empty on the sfa_triton rows.
+WIDE_COLUMNS = ["mode", "cap", "D", "mean_candidates", "dropped_frac"]
+KERNEL_CSV_COLUMNS = COLUMNS + WIDE_COLUMNS
+SFA_IMPL = "sfa_triton"
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "fa2": SDPBackend.FLASH_ATTENTION}
 CHECK_ROWS, CHECK_HEADS = 128, 2
 DEVICE = "cuda"
@@ -47,14 +53,39 @@ EXPLORE_CHECKS = [(1, 64, 8, False, torch.bfloat16), (100, 128, 8, True, torch.b
 EXPLORE_SECTIONS = ("checks", "topk", "fwd", "variants", "full", "decode")
 
 
-class RowWriter:
-    """Appends dict rows to a CSV, flushing each one."""
+def rows_of_other_impls(path: Path, impl: str) -> list[dict]:
+    """The rows of an existing kernel CSV whose ``impl`` is not ``impl`` (none if there is no file)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row.get("impl") != impl]
 
-    def __init__(self, path: Path, columns: list[str]):
+
+def replace_impl_rows(path: Path, impl: str, rows: list[dict], columns: list[str]) -> None:
+    """Rewrite the CSV at ``path`` with its rows of other impls kept and ``impl``'s replaced by ``rows``
+    (written to a temporary file, then renamed)."""
+    kept = rows_of_other_impls(path, impl)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in [*kept, *rows]:
+            writer.writerow({c: row.get(c, "") for c in columns})
+    tmp.replace(path)
+
+
+class RowWriter:
+    """Writes dict rows to a CSV, flushing each one. With ``keep_other_than``, the rows of an existing
+    file whose ``impl`` differs from it are copied first (the sweep keeps the wide-code rows)."""
+
+    def __init__(self, path: Path, columns: list[str], keep_other_than: str | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
+        kept = rows_of_other_impls(path, keep_other_than) if keep_other_than else []
         self.columns, self.file = columns, path.open("w", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=columns)
         self.writer.writeheader()
+        for row in kept:
+            self.write(row)
 
     def write(self, row: dict) -> None:
         self.writer.writerow({c: row.get(c, "") for c in self.columns})
@@ -158,7 +189,7 @@ def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, c
         sparse_args = (qd, kd, v) if grad is None else tuple(leaf(t) for t in (qd, kd, v))
         sparse_ms = time_ms(sdpa_call(name, *sparse_args, grad), rep_ms)[0]
         base_ms = min(cache[key], sparse_ms)
-        row = dict(meta, impl="sfa_triton", op=op, ms=round(sfa_ms, 4), baseline=f"sdpa_{name}",
+        row = dict(meta, impl=SFA_IMPL, op=op, ms=round(sfa_ms, 4), baseline=f"sdpa_{name}",
                    baseline_ms=round(base_ms, 4), speedup=round(base_ms / sfa_ms, 4),
                    max_rel_err=f"{check['kernel_err']:.3e}", peak_mem_mb=round(peak, 1))
         out_rows.write(row)
@@ -197,7 +228,7 @@ def bench_decode(out_rows: RowWriter, checks: RowWriter, meta: dict, rep_ms: flo
         kd.zero_().scatter_(-1, k_idx.long(), k_vals)
         base_sparse = time_ms(sdpa_call(name, q, kd, v), rep_ms)[0]
         base_ms = min(base_rand, base_sparse)
-        row = dict(meta, impl="sfa_triton", op="decode", ms=round(sfa_ms, 4), baseline=f"sdpa_{name}",
+        row = dict(meta, impl=SFA_IMPL, op="decode", ms=round(sfa_ms, 4), baseline=f"sdpa_{name}",
                    baseline_ms=round(base_ms, 4), speedup=round(base_ms / sfa_ms, 4),
                    max_rel_err=f"{kernel_err:.3e}", peak_mem_mb=round(peak, 1))
         out_rows.write(row)
@@ -326,7 +357,7 @@ def explore_decode(args, record) -> None:
 
 def run_sweep(args) -> None:
     out_dir = Path(args.out)
-    rows = RowWriter(out_dir / "sfa_vs_sdpa.csv", COLUMNS)
+    rows = RowWriter(out_dir / "sfa_vs_sdpa.csv", KERNEL_CSV_COLUMNS, keep_other_than=SFA_IMPL)
     checks = RowWriter(out_dir / "sfa_checks.csv", COLUMNS + ["baseline_random_ms", "baseline_sparse_ms",
                                                              "torch_err", "passes", "cache_bytes_per_token",
                                                              "dense_bytes_per_token"])
@@ -377,6 +408,7 @@ def plot(csv_path: Path, png_path: Path) -> None:
     import pandas as pd
 
     frame = pd.read_csv(csv_path)
+    frame = frame[frame["impl"] == SFA_IMPL]  # the wide-code rows have their own plot (lra_sfa.bench.wide)
     ops = [op for op in ("fwd", "fwd_bwd", "decode") if op in set(frame["op"])]
     fig, axes = plt.subplots(1, len(ops), figsize=(5.5 * len(ops), 4.2), squeeze=False)
     for ax, op in zip(axes[0], ops):

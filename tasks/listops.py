@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -143,14 +144,19 @@ def generate(num: int, min_length: int, max_length: int, max_depth: int = 10, ma
 
 
 def write_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
-    """Write the official format atomically: header Source<TAB>Target."""
+    """Write the official format atomically: header Source<TAB>Target. The temp file's name is unique,
+    so processes that generate the same cache at once (DDP ranks) never rename each other's file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tsv.tmp")
-    with open(tmp, "w", newline="") as f:
-        f.write("Source\tTarget\n")
-        for source, target in rows:
-            f.write(f"{source}\t{target}\n")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write("Source\tTarget\n")
+            for source, target in rows:
+                f.write(f"{source}\t{target}\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def read_tsv(path: Path, seq_len: int) -> Split:

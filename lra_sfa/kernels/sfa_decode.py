@@ -51,9 +51,10 @@ Measured (H200, bf16, one query step, 2^24 cached token-heads; sfa_vs_sdpa.csv):
     1.23x at 512K; k=16 0.97-1.02x. That is 3.0 TB/s of the 280 B per
     token-head, about 68% of the rate cuDNN reads a dense cache at (4.4 TB/s);
     the 280 B floor at cuDNN's rate would be about 1.05 ms, so 1.5x is within
-    reach only with the rest of the latency hidden. Not yet found: the gather of
-    q at the key's indices depends on the index load, which limits how far
-    the loop's loads run ahead.
+    reach only with the rest of the latency hidden. Unproven guess at the
+    rest: the gather of q at each key's indices waits on the index load,
+    which limits how far the loop's loads run ahead; the two-pass design
+    tests that guess.
 """
 
 from __future__ import annotations

@@ -205,3 +205,25 @@ def test_selected_codes_match_gathered_logits_and_their_gradients():
     ref_grads = torch.autograd.grad((ref_values * weights).sum(), (x, module.code_map, module.hidden))
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want)
+
+
+def test_posting_backward_keeps_no_incidence_tensors():
+    """Memory O(n k): what autograd keeps for the backward is the inputs' size, not the incidences'."""
+    torch.manual_seed(0)
+    B, H, L, K, D, dv = 1, 2, 512, 8, 64, 16
+    q_idx, k_idx = (torch.rand(B, H, L, D).argsort(-1)[..., :K].contiguous() for _ in range(2))
+    q_val, k_val = (torch.randn(B, H, L, K, requires_grad=True) for _ in range(2))
+    v = torch.randn(B, H, L, dv, requires_grad=True)
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, stats = wide_posting_attention(q_idx, q_val, k_idx, k_val, v, D, 0.3, chunk_incidences=4096)
+    inputs_bytes = 2 * sum(t.untyped_storage().nbytes() for t in (q_idx, k_idx, q_val, k_val, v))
+    assert int(stats["incidences_total"]) * 8 > 4 * inputs_bytes  # one int64 per incidence would not fit
+    assert sum(storages.values()) <= inputs_bytes
+    out.sum().backward()
+    assert q_val.grad is not None and torch.isfinite(v.grad).all()

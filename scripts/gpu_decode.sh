@@ -15,7 +15,7 @@ python3 -m lra_sfa.bench.kernels --mode explore --sections decode --out "$OUT/de
   2>&1 | grep -v WARN
 best=$(python3 - "$OUT/decode/sfa_explore.csv" <<'PY'
 import csv, sys
-rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["name"].startswith("sfa_decode")]
+rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["name"].startswith("sfa_decode") and r["ms"] != "nan"]
 name = min(rows, key=lambda r: float(r["ms"]))["name"]  # "... bnN wN sN pN[ twopass]"
 fields = name.replace(" twopass", "").split()[-4:]
 print(",".join(part[2:] if part.startswith("bn") else part[1:] for part in fields) + (",1" if "twopass" in name else ""))

@@ -44,8 +44,10 @@ COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype
 
 
 @torch.no_grad()
-def lsh_codes(x: torch.Tensor, proj: torch.Tensor, k: int, chunk: int = 1 << 16):
-    """Top-k of a fixed random projection, chunked over tokens; x: (1, H, L, d), proj: (H, d, D)."""
+def lsh_codes(x: torch.Tensor, proj: torch.Tensor, k: int, logits_per_chunk: int = 1 << 32):
+    """Top-k of a fixed random projection, chunked over tokens so that one chunk's (H, c, D) logits hold
+    at most ``logits_per_chunk`` entries (8 GiB in bf16); x: (1, H, L, d), proj: (H, d, D)."""
+    chunk = max(1, min(1 << 16, logits_per_chunk // (proj.shape[0] * proj.shape[2])))
     idx = torch.empty(*x.shape[:3], k, dtype=torch.long, device=x.device)
     val = torch.empty(*x.shape[:3], k, dtype=x.dtype, device=x.device)
     for start in range(0, x.shape[2], chunk):

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lra_sfa.bench.timing import call_ms
 from lra_sfa.recording import device_name
 from lra_sfa.records import git_commit, now_iso, write_json_atomic
 
@@ -172,17 +173,7 @@ def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, repeats
     times = []
     budget_start = time.perf_counter()
     for _ in range(max(1, repeats)):
-        if device.type == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end))
-        else:
-            tick = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - tick) * 1e3)
+        times.append(call_ms(fn, device.type == "cuda"))
         if time.perf_counter() - budget_start > max_seconds:
             break
     times.sort()

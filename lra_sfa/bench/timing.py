@@ -8,6 +8,20 @@ import time
 import torch
 
 
+def call_ms(fn, cuda: bool) -> float:
+    """Milliseconds of one ``fn()``: CUDA events on the GPU, the host clock otherwise."""
+    if not cuda:
+        start = time.perf_counter()
+        fn()
+        return 1e3 * (time.perf_counter() - start)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def time_ms(fn, rep_ms: float = 300.0, min_reps: int = 3, max_reps: int = 50,
             cuda: bool = True) -> tuple[float, float]:
     """(median ms, peak MiB allocated during the timed calls) of ``fn()`` after one warm-up call.
@@ -18,22 +32,12 @@ def time_ms(fn, rep_ms: float = 300.0, min_reps: int = 3, max_reps: int = 50,
     """
     fn()
     if not cuda:
-        times = []
-        for _ in range(min_reps):
-            start = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - start))
-        return statistics.median(times), float("nan")
+        return statistics.median(call_ms(fn, False) for _ in range(min_reps)), float("nan")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(max_reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(call_ms(fn, True))
         if len(times) >= min_reps and sum(times) >= rep_ms:
             break
     return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20

@@ -70,6 +70,21 @@ from lra_sfa.kernels.topk_pack import index_dtype, topk_pack
 
 
 @triton.jit
+def _key_scores(q_row, Kv, Ki, Bias, bh, H, L, offs, ok, qk_scale,
+                TOPK: tl.constexpr, TOPK_POW2: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """log2-scaled scores of keys ``offs`` of head ``bh``: sum_j kv[n, j] * q~[ki[n, j]]; -inf where not ``ok``."""
+    slots = tl.arange(0, TOPK_POW2)
+    key_rows = bh * L + offs
+    slot_ok = ok[:, None] & (slots[None, :] < TOPK)
+    kv = tl.load(Kv + key_rows[:, None] * TOPK + slots[None, :], mask=slot_ok, other=0.0).to(tl.float32)
+    ki = tl.load(Ki + key_rows[:, None] * TOPK + slots[None, :], mask=slot_ok, other=0).to(tl.int32)
+    s = tl.sum(kv * tl.load(q_row + ki).to(tl.float32), axis=1) * qk_scale
+    if HAS_BIAS:
+        s += tl.load(Bias + (bh // H) * L + offs, mask=ok, other=float("-inf"))
+    return tl.where(ok, s, float("-inf"))
+
+
+@triton.jit
 def _split_kernel(
     Qd, Kv, Ki, V, Bias, Mpart, Lpart, Apart,
     L, H, T, chunk, n_splits, qk_scale,
@@ -82,7 +97,6 @@ def _split_kernel(
     start = split * chunk
     end = tl.minimum(start + chunk, L)
     cols = tl.arange(0, HEAD_DIM)
-    slots = tl.arange(0, TOPK_POW2)
     q_row = Qd + row.to(tl.int64) * HEAD_DIM
     m_i = tl.full([], NEG_BIG, tl.float32)
     l_vec = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -90,21 +104,13 @@ def _split_kernel(
     for n0 in tl.range(start, end, BLOCK_N):
         offs = n0 + tl.arange(0, BLOCK_N)
         ok = offs < end
-        key_rows = bh * L + offs
-        slot_ok = ok[:, None] & (slots[None, :] < TOPK)
-        kv = tl.load(Kv + key_rows[:, None] * TOPK + slots[None, :], mask=slot_ok, other=0.0).to(tl.float32)
-        ki = tl.load(Ki + key_rows[:, None] * TOPK + slots[None, :], mask=slot_ok, other=0).to(tl.int32)
-        qg = tl.load(q_row + ki).to(tl.float32)
-        s = tl.sum(kv * qg, axis=1) * qk_scale
-        if HAS_BIAS:
-            s += tl.load(Bias + (bh // H) * L + offs, mask=ok, other=float("-inf"))
-        s = tl.where(ok, s, float("-inf"))
+        s = _key_scores(q_row, Kv, Ki, Bias, bh, H, L, offs, ok, qk_scale, TOPK, TOPK_POW2, HAS_BIAS)
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new)
-        v = tl.load(V + key_rows[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        v = tl.load(V + (bh * L + offs)[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0)
         l_vec = l_vec * alpha + p
-        acc = acc * alpha + p[:, None] * v
+        acc = acc * alpha + p[:, None] * v.to(tl.float32)
         m_i = m_new
     part = row.to(tl.int64) * n_splits + split
     tl.store(Mpart + part, m_i)
@@ -125,20 +131,12 @@ def _scores_kernel(
     bh = (row // T).to(tl.int64)
     start = split * chunk
     end = tl.minimum(start + chunk, L)
-    slots = tl.arange(0, TOPK_POW2)
     q_row = Qd + row.to(tl.int64) * HEAD_DIM
     m_i = tl.full([], NEG_BIG, tl.float32)
     for n0 in tl.range(start, end, BLOCK_N):
         offs = n0 + tl.arange(0, BLOCK_N)
         ok = offs < end
-        key_rows = bh * L + offs
-        slot_ok = ok[:, None] & (slots[None, :] < TOPK)
-        kv = tl.load(Kv + key_rows[:, None] * TOPK + slots[None, :], mask=slot_ok, other=0.0).to(tl.float32)
-        ki = tl.load(Ki + key_rows[:, None] * TOPK + slots[None, :], mask=slot_ok, other=0).to(tl.int32)
-        s = tl.sum(kv * tl.load(q_row + ki).to(tl.float32), axis=1) * qk_scale
-        if HAS_BIAS:
-            s += tl.load(Bias + (bh // H) * L + offs, mask=ok, other=float("-inf"))
-        s = tl.where(ok, s, float("-inf"))
+        s = _key_scores(q_row, Kv, Ki, Bias, bh, H, L, offs, ok, qk_scale, TOPK, TOPK_POW2, HAS_BIAS)
         tl.store(S + row.to(tl.int64) * L + offs, s, mask=ok)
         m_i = tl.maximum(m_i, tl.max(s, axis=0))
     tl.store(Mpart + row.to(tl.int64) * n_splits + split, m_i)

@@ -121,19 +121,24 @@ class SFAWideAttention(AttentionBackend):
         frac = min(1.0, step / max(1, max_steps))
         self.tau = self.tau_start * (self.tau_end / self.tau_start) ** frac
 
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, L, d) -> (B, H, L, e): the input of the last linear map (the MLP's hidden layer, or x)."""
+        if self.hidden is None:
+            return x
+        return torch.nn.functional.gelu(torch.einsum("bhld,hde->bhle", x, self.hidden.to(x.dtype)))
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, L, d) -> (B, H, L, D) code logits."""
-        if self.hidden is not None:
-            x = torch.nn.functional.gelu(torch.einsum("bhld,hde->bhle", x, self.hidden.to(x.dtype)))
-        return torch.einsum("bhle,hef->bhlf", x, self.code_map.to(x.dtype))
+        return torch.einsum("bhle,hef->bhlf", self._features(x), self.code_map.to(x.dtype))
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Codes of x: indices (B, H, L, k) int64, values (B, H, L, k), logits (B, H, L, D)."""
         learned_training = self.codes == "learned" and self.training
         if not (learned_training and (self.relax == "gumbel" or self.balance_weight > 0)):
+            h = self._features(x)
             with torch.no_grad():
-                z = self._logits(x)
-            return (*self._selected_codes(x, z), z)
+                z = torch.einsum("bhle,hef->bhlf", h, self.code_map.to(h.dtype))
+            return (*self._selected_codes(h, z), z)
         z = self._logits(x)
         if self.relax == "gumbel":
             uniform = torch.rand_like(z, dtype=torch.float32).clamp(1e-10, 1.0 - 1e-7)
@@ -145,19 +150,18 @@ class SFAWideAttention(AttentionBackend):
         idx = torch.topk(z.detach(), self.k, dim=-1).indices
         return idx, z.gather(-1, idx), z  # the balance loss needs the logits' gradient
 
-    def _selected_codes(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hard top-k of the logits z (B, H, L, D); the kept values are recomputed from the k selected
+    def _selected_codes(self, h: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hard top-k of the logits z (B, H, L, D) of features h (B, H, L, e); the kept values are recomputed
+        from the k selected
         columns of the code map, so autograd keeps (B, H, L, k, e) weights, not the (B, H, L, D) logits
         (same values and gradients as z.gather; 2x faster forward+backward on the CPU, and it frees the
         logits right after the top-k)."""
         with torch.no_grad():
             idx = torch.topk(z, self.k, dim=-1).indices  # (B, H, L, k)
-        if self.hidden is not None:
-            x = torch.nn.functional.gelu(torch.einsum("bhld,hde->bhle", x, self.hidden.to(x.dtype)))
         heads, width = self.code_map.shape[:2]
         rows = (torch.arange(heads, device=idx.device)[:, None, None] * self.D + idx).reshape(-1)
-        columns = self.code_map.to(x.dtype).transpose(1, 2).reshape(heads * self.D, width).index_select(0, rows)
-        values = (x.unsqueeze(-2) * columns.view(*idx.shape, width)).sum(-1)  # (B, H, L, k)
+        columns = self.code_map.to(h.dtype).transpose(1, 2).reshape(heads * self.D, width).index_select(0, rows)
+        values = (h.unsqueeze(-2) * columns.view(*idx.shape, width)).sum(-1)  # (B, H, L, k)
         return idx, values
 
     def _balance_loss(self, idx: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

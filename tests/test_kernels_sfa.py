@@ -196,3 +196,48 @@ def test_forward_with_half_the_exponentials_on_fma_units(length):
     scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
     lse = lse2.reshape(2, 2, length).double()[0] / fwd.LOG2E
     assert torch.allclose(lse, torch.logsumexp(scores[0], dim=-1), atol=1e-4)
+
+
+@pytest.mark.parametrize("length,scale,padded", [(1, 1.0, False), (100, 1.0, True), (67, 40.0, False),
+                                                 (67, 40.0, True)])
+def test_bounded_forward_matches_reference(length, scale, padded):
+    """BOUNDED (fixed per-row offset from the key codes' range, no running max) gives the reference output and
+    lse; at scale 40 the bound sits far above the true maxima, so blocks take the online fallback and still
+    match; a row whose keys are all padding gives exactly 0."""
+    from lra_sfa.kernels import flash_sfa_fwd as fwd
+    from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
+
+    q, k, v = _inputs(2, 2, length, HEAD_DIM, torch.float32, seed=31 + length)
+    q, k = q * scale, k * scale
+    mask = _mask(2, length, seed=32) if padded else None
+    if padded:
+        mask[1] = False
+    _, _, qd = topk_pack(q, 4)
+    _, _, kd = topk_pack(k, 4)
+    flat = (4, length, HEAD_DIM)
+    out, lse2 = launch_forward(qd.reshape(flat), kd.reshape(flat), v.reshape(flat), pad_bias(mask, q.device), 2,
+                               padded, config=fwd.fwd_config(32, 32, 4, 1, bounded=True))
+    out = out.reshape(q.shape)
+    ref = sfa_chunked(q.double(), k.double(), v.double(), 4, 4, mask)
+    rows = 1 if padded else 2
+    assert sfa_check.rel_err(out[:rows], ref[:rows]) < 1e-4
+    if padded:
+        assert torch.equal(out[1], torch.zeros_like(out[1]))
+    scores = sparsify(q.double(), 4) @ sparsify(k.double(), 4).transpose(-1, -2) / math.sqrt(HEAD_DIM)
+    if padded:
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    lse = lse2.reshape(2, 2, length).double()[:rows] / fwd.LOG2E
+    assert torch.allclose(lse, torch.logsumexp(scores[:rows], dim=-1), rtol=1e-5, atol=1e-4)
+
+
+def test_score_bound_holds_and_is_finite_for_bf16():
+    """The per-row bound is at least every row's largest scaled score (bf16 codes, fp32 arithmetic)."""
+    from lra_sfa.kernels.flash_sfa import key_code_range
+
+    q, k, _ = _inputs(1, 3, 50, HEAD_DIM, torch.bfloat16, seed=41)
+    qd, kd = sparsify(q, 8).reshape(3, 50, HEAD_DIM), sparsify(k, 8).reshape(3, 50, HEAD_DIM)
+    rng = key_code_range(kd)  # (3, 2, D)
+    qf = qd.float()
+    bound = torch.maximum(qf * rng[:, None, 0], qf * rng[:, None, 1]).sum(-1)  # (3, 50), unscaled
+    scores = qf @ kd.float().transpose(-1, -2)
+    assert torch.all(bound >= scores.amax(-1) - 1e-4) and torch.isfinite(bound).all()

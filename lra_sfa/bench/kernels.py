@@ -28,6 +28,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lra_sfa.bench.timing import time_ms
@@ -50,7 +51,7 @@ EXPLORE_CHECKS = [(1, 64, 8, False, torch.bfloat16), (100, 128, 8, True, torch.b
                   (1000, 128, 16, True, torch.bfloat16), (4097, 64, 8, False, torch.bfloat16),
                   (777, 32, 4, True, torch.float16), (300, 128, 8, True, torch.float32),
                   (2048, 128, 128, False, torch.bfloat16)]  # (L, D, topk, padding, dtype), full reference
-EXPLORE_SECTIONS = ("checks", "topk", "fwd", "variants", "full", "decode")
+EXPLORE_SECTIONS = ("checks", "topk", "fwd", "variants", "bwd", "full", "decode")
 
 
 def rows_of_other_impls(path: Path, impl: str) -> list[dict]:
@@ -304,10 +305,10 @@ def explore_prefill(args, record, sections: set[str]) -> None:
                       f"{name}_dense": dense.reshape(flat)})
     vf, bias = v.reshape(flat), pad_bias(None, q.device)
     ref, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False)
-    for bm, bn, warps, stages, ws, *split in args.fwd_configs if "fwd" in sections else ():
-        split = bool(split and split[0])
-        cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), split)
-        name = f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}"
+    for bm, bn, warps, stages, ws, *extra in args.fwd_configs if "fwd" in sections else ():
+        split, bounded = (bool(x) for x in (list(extra) + [0, 0])[:2])
+        cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), split, bounded)
+        name = f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}{' bounded' * bounded}"
         try:
             ms = time_ms(partial(launch_forward, packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg))[0]
             got, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg)
@@ -320,6 +321,8 @@ def explore_prefill(args, record, sections: set[str]) -> None:
             got = run_variant(name, packs, vf, 128, bn, 8, stages)
             record("variant", f"{name} 128x{bn} w8 s{stages}", ms,
                    f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e}")
+    if "bwd" in sections:
+        explore_backward(args, record, packs, vf, topk)
     if "full" not in sections:
         return
     record("full", "flash_sfa fwd (top-k + autotuned kernel)", time_ms(sfa_call(q, k, v, topk))[0],
@@ -334,6 +337,46 @@ def explore_prefill(args, record, sections: set[str]) -> None:
         for label, inputs in (("random", (q, k, v)), ("sparse", sparse)):
             record("sdpa", f"{name} fwd {label}", time_ms(sdpa_call(name, *inputs))[0])
             record("sdpa", f"{name} fwd+bwd {label}", time_ms(sdpa_call(name, *(leaf(t) for t in inputs), grad))[0])
+
+
+def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> None:
+    """Each backward kernel (dK/dV, dQ) alone at the explore shape, for each (BLOCK_M, BLOCK_N, warps, stages)."""
+    from lra_sfa.kernels import flash_sfa_bwd as bwd
+    from lra_sfa.kernels.flash_sfa import launch_backward, launch_forward, pad_bias
+
+    qd, kd = packs["q_dense"], packs["k_dense"]  # (B*H, L, D)
+    batch_heads, length, dim = qd.shape
+    bias = pad_bias(None, qd.device)
+    out, lse2 = launch_forward(qd, kd, v, bias, batch_heads, False)
+    dout = torch.randn_like(out)
+    q_idx, k_idx = (packs[f"{n}_idx"].reshape(batch_heads * length, topk) for n in ("q", "k"))
+    saved = (qd, kd, v, out, lse2, bias, q_idx, k_idx)
+    ref = launch_backward(saved, dout, batch_heads, False, topk, topk)
+    record("bwd", "autotuned dq+dk+dv (delta, dkdv, dq)",
+           time_ms(partial(launch_backward, saved, dout, batch_heads, False, topk, topk))[0],
+           f"dkdv {getattr(bwd.dkdv_tuned, 'best_config', None)} dq {getattr(bwd.dq_tuned, 'best_config', None)}")
+    delta = (out.float() * dout.float()).sum(-1)  # (B*H, L)
+    common = dict(Q=qd, K=kd, V=v, DO=dout, Lse=lse2, Delta=delta, Bias=bias, L=length, H=batch_heads,
+                  qk_scale=1.4426950408889634 / dim ** 0.5, sm_scale=1.0 / dim ** 0.5, l_bucket=length,
+                  HEAD_DIM=dim, HAS_BIAS=False, IEEE=False, TOPK=topk, FULL_SUPPORT=False)
+    kernels = {"dkdv": (bwd.dkdv_kernel, dict(common, Kidx=k_idx, DK=torch.empty_like(kd), DV=torch.empty_like(v)),
+                        "BLOCK_N", ("DK", "DV"), ref[1:]),
+               "dq": (bwd.dq_kernel, dict(common, Qidx=q_idx, DQ=torch.empty_like(qd)), "BLOCK_M", ("DQ",), ref[:1])}
+    for name, configs in (("dkdv", args.dkdv_configs), ("dq", args.dq_configs)):
+        kernel, kargs, grid_block, outs, expected = kernels[name]
+        for block_m, block_n, warps, stages in configs:
+            meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+            grid = (triton.cdiv(length, meta[grid_block]), batch_heads)
+
+            def run(kernel=kernel, grid=grid, kargs=kargs, meta=meta):
+                kernel[grid](**kargs, **meta)
+            label = f"{name} {block_m}x{block_n} w{warps} s{stages}"
+            try:
+                ms = time_ms(run)[0]
+                diff = max((kargs[o].float() - e.float()).abs().max().item() for o, e in zip(outs, expected))
+                record("bwd", label, ms, f"maxdiff={diff:.1e}")
+            except Exception as exc:  # a config the compiler rejects is reported, not fatal
+                record("bwd", label, float("nan"), repr(exc)[:160])
 
 
 def explore_decode(args, record) -> None:
@@ -461,10 +504,20 @@ def parse_args(argv=None):
     parser.add_argument("--sections", nargs="+", default=list(EXPLORE_SECTIONS), choices=EXPLORE_SECTIONS,
                         help="parts of --mode explore to run")
     parser.add_argument("--fwd-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
-                        default=[(128, 128, 8, 2, 0), (128, 128, 8, 3, 0), (128, 64, 8, 3, 0), (128, 64, 8, 4, 0),
-                                 (128, 64, 4, 3, 0), (64, 64, 4, 3, 0), (128, 128, 8, 2, 1), (128, 64, 8, 3, 1),
-                                 (128, 128, 4, 2, 1), (128, 128, 8, 3, 0, 1), (128, 64, 8, 3, 0, 1)],
-                        help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize[,exp2_split] tuples for --mode explore")
+                        default=[(128, 128, 8, 3, 0), (128, 64, 8, 3, 0), (128, 128, 8, 3, 0, 0, 1),
+                                 (128, 128, 8, 2, 0, 0, 1), (128, 128, 8, 4, 0, 0, 1), (128, 64, 8, 3, 0, 0, 1),
+                                 (64, 64, 4, 3, 0, 0, 1), (64, 128, 4, 3, 0, 0, 1)],
+                        help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize[,exp2_split[,bounded]] tuples for "
+                        "--mode explore")
+    bwd_tuple = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
+    parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
+                        default=[(64, 64, 4, 3), (64, 128, 8, 2), (32, 128, 4, 3), (64, 128, 8, 3), (32, 128, 8, 3),
+                                 (128, 128, 8, 2), (64, 64, 4, 4), (32, 64, 4, 4)],
+                        help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel for the bwd part of --mode explore")
+    parser.add_argument("--dq-configs", type=bwd_tuple, nargs="+",
+                        default=[(64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2),
+                                 (64, 32, 4, 4), (128, 32, 8, 4)],
+                        help="BLOCK_M,BLOCK_N,warps,stages of the dQ kernel for the bwd part of --mode explore")
     return parser.parse_args(argv)
 
 

@@ -76,6 +76,16 @@ def _descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:
     return TensorDescriptor(x, [batch_heads, length, head_dim], [length * head_dim, head_dim, 1], [1, rows, head_dim])
 
 
+def key_code_range(kd: torch.Tensor) -> torch.Tensor:
+    """(B*H, 2, D) fp32: per batch*head the column-wise max (row 0) and min (row 1) of the key codes kd (B*H, L, D).
+
+    The forward's BOUNDED configs turn it into a per-query upper bound on the
+    scores, so they can skip the online softmax's running max and rescaling.
+    """
+    kmin, kmax = torch.aminmax(kd, dim=1)  # (B*H, D) each
+    return torch.stack((kmax, kmin), dim=1).float()
+
+
 def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, heads: int,
                    has_bias: bool, config: triton.Config | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """qd, kd, v: (B*H, L, D) contiguous. Returns out (B*H, L, D) and lse2 (B*H, L) fp32 (base 2).
@@ -87,8 +97,9 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: to
     out = torch.empty_like(v)
     lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
     descs = {name: _descriptor(t, 16) for name, t in (("Q_desc", qd), ("K_desc", kd), ("V_desc", v), ("O_desc", out))}
-    args = dict(Bias=bias, Lse=lse2, L=length, H=heads, qk_scale=fwd.LOG2E / math.sqrt(head_dim),
-                l_bucket=min(triton.next_power_of_2(length), TUNE_LENGTH_CAP), HEAD_DIM=head_dim, HAS_BIAS=has_bias,
+    args = dict(Bias=bias, Lse=lse2, KBound=key_code_range(kd), L=length, H=heads,
+                qk_scale=fwd.LOG2E / math.sqrt(head_dim), l_bucket=min(triton.next_power_of_2(length), TUNE_LENGTH_CAP),
+                HEAD_DIM=head_dim, HAS_BIAS=has_bias,
                 IEEE=qd.dtype == torch.float32, **descs)
     grid = lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch_heads)  # noqa: E731
     if config is None and fwd.interpreting():

@@ -62,6 +62,11 @@ from lra_sfa.kernels.interpret_compat import install as _install_interpreter_com
 
 _install_interpreter_compat()
 NEG_BIG = tl.constexpr(-1.0e30)  # finite start for the running max: no NaN on all-padding tiles
+# BOUNDED kernels redo a query block online when a row's sum of 2^(s - bound) falls below this, i.e. when
+# the bound exceeded the row's largest score by more than 64 (base 2): p then keeps 62 binades above fp32's
+# smallest normal, far more than the 24 bits that matter. A row whose keys are all padding (sum 0) also
+# takes the online path, which gives it output 0 as before.
+BOUND_MIN_SUM = tl.constexpr(2.0 ** -64)
 LOG2E = 1.4426950408889634
 
 
@@ -155,22 +160,14 @@ def tile_scores(q, K_desc, V_desc, bh, start_n, BLOCK_M: tl.constexpr, BLOCK_N: 
 
 
 @triton.jit
-def _flash_sfa_fwd_kernel(
-    Q_desc, K_desc, V_desc, O_desc, Bias, Lse,
-    L, H, qk_scale, l_bucket,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr, EXP2_SPLIT: tl.constexpr = False,
-):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+def online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr,
+                EXP2_SPLIT: tl.constexpr):
+    """The classic online softmax over all key tiles: returns acc (M, D), l_i, m_i (base 2)."""
     offs_n = tl.arange(0, BLOCK_N)
-    bias_row = Bias + (bh // H).to(tl.int64) * L
     m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
     n_full = L - L % BLOCK_N
     bias = tl.zeros([BLOCK_N], dtype=tl.float32)
     for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPEC):
@@ -186,6 +183,82 @@ def _flash_sfa_fwd_kernel(
             bias = tl.load(bias_row + n_full + offs_n, mask=valid, other=float("-inf"))
         acc, l_i, m_i = softmax_pv_update(acc, l_i, m_i, qk, v, valid, qk_scale, bias, True, HAS_BIAS, IEEE,
                                           EXP2_SPLIT, BLOCK_M, BLOCK_N)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def score_bound(q, KBound, bh, qk_scale, HEAD_DIM: tl.constexpr):
+    """(M,) upper bound of row i's scaled scores: sum_f max(q_if * kmax_f, q_if * kmin_f) * qk_scale.
+
+    KBound holds, per batch*head, the column-wise max (row 0) and min (row 1)
+    of the zero-filled key codes, so every key's score q_i . k_j is at most
+    this bound (a product is largest at one end of its factor's range).
+    """
+    cols = tl.arange(0, HEAD_DIM)
+    base = KBound + bh.to(tl.int64) * 2 * HEAD_DIM
+    kmax = tl.load(base + cols)
+    kmin = tl.load(base + HEAD_DIM + cols)
+    qf = q.to(tl.float32)
+    return tl.sum(tl.maximum(qf * kmax[None, :], qf * kmin[None, :]), 1) * qk_scale
+
+
+@triton.jit
+def bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr):
+    """Softmax with a fixed per-row offset m_i >= every scaled score: no running max, no rescaling.
+
+    p = 2^(s - m_i) <= 1 never overflows; the result equals the online
+    softmax's whenever the largest p is not far below 1 (the caller checks).
+    """
+    offs_n = tl.arange(0, BLOCK_N)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    n_full = L - L % BLOCK_N
+    for start_n in tl.range(0, n_full, BLOCK_N):
+        qk, v = tile_scores(q, K_desc, V_desc, bh, start_n, BLOCK_M, BLOCK_N, HEAD_DIM, IEEE)
+        if HAS_BIAS:
+            qk = qk * qk_scale + tl.load(bias_row + start_n + offs_n)[None, :]
+            p = tl.math.exp2(qk - m_i[:, None])
+        else:
+            p = tl.math.exp2(qk * qk_scale - m_i[:, None])
+        l_i += tl.sum(p, 1)
+        acc = dot(p.to(v.dtype), v, acc, IEEE)
+    if n_full < L:
+        qk, v = tile_scores(q, K_desc, V_desc, bh, n_full, BLOCK_M, BLOCK_N, HEAD_DIM, IEEE)
+        valid = (n_full + offs_n) < L
+        qk = qk * qk_scale
+        if HAS_BIAS:
+            qk += tl.load(bias_row + n_full + offs_n, mask=valid, other=float("-inf"))[None, :]
+        p = tl.math.exp2(tl.where(valid[None, :], qk, float("-inf")) - m_i[:, None])
+        l_i += tl.sum(p, 1)
+        acc = dot(p.to(v.dtype), v, acc, IEEE)
+    return acc, l_i
+
+
+@triton.jit
+def _flash_sfa_fwd_kernel(
+    Q_desc, K_desc, V_desc, O_desc, Bias, Lse, KBound,
+    L, H, qk_scale, l_bucket,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr, EXP2_SPLIT: tl.constexpr = False,
+    BOUNDED: tl.constexpr = False,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    bias_row = Bias + (bh // H).to(tl.int64) * L
+    q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
+    if BOUNDED:
+        m_i = score_bound(q, KBound, bh, qk_scale, HEAD_DIM)
+        acc, l_i = bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M, BLOCK_N, HEAD_DIM,
+                                HAS_BIAS, IEEE)
+        if tl.min(l_i, 0) < BOUND_MIN_SUM:  # the bound sat far above some row's true max: redo the block
+            acc, l_i, m_i = online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM,
+                                        HAS_BIAS, IEEE, WARP_SPEC, EXP2_SPLIT)
+    else:
+        acc, l_i, m_i = online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM,
+                                    HAS_BIAS, IEEE, WARP_SPEC, EXP2_SPLIT)
     finish_rows(acc, l_i, m_i, Lse, O_desc, bh, start_m, offs_m, L, BLOCK_M, HEAD_DIM)
 
 
@@ -199,8 +272,9 @@ def set_block_shapes(nargs: dict) -> None:
 
 
 def fwd_config(block_m: int, block_n: int, warps: int, stages: int, warp_spec: bool = False,
-               exp2_split: bool = False) -> triton.Config:
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "WARP_SPEC": warp_spec, "EXP2_SPLIT": exp2_split},
+               exp2_split: bool = False, bounded: bool = False) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "WARP_SPEC": warp_spec, "EXP2_SPLIT": exp2_split,
+                          "BOUNDED": bounded},
                          num_warps=warps, num_stages=stages, pre_hook=set_block_shapes)
 
 
@@ -209,6 +283,8 @@ GPU_CONFIGS = [  # the three fastest of nine tried at L=16K, d=128 (NOTES.md); w
     fwd_config(128, 128, 8, 3),
     fwd_config(128, 64, 8, 3),
     fwd_config(64, 64, 4, 3),
+    fwd_config(128, 128, 8, 3, bounded=True),
+    fwd_config(128, 64, 8, 3, bounded=True),
 ]
 
 

@@ -241,3 +241,23 @@ def test_score_bound_holds_and_is_finite_for_bf16():
     bound = torch.maximum(qf * rng[:, None, 0], qf * rng[:, None, 1]).sum(-1)  # (3, 50), unscaled
     scores = qf @ kd.float().transpose(-1, -2)
     assert torch.all(bound >= scores.amax(-1) - 1e-4) and torch.isfinite(bound).all()
+
+
+@pytest.mark.parametrize("length", [1, 32, 100])
+@pytest.mark.parametrize("bounded", [False, True])
+def test_forward_with_next_tile_scores_issued_early(length, bounded):
+    """PIPE_QK (tile j+1's Q.K^T before tile j's softmax) gives the reference output: no key tile is skipped
+    or counted twice, with padding, at L below, equal to and past whole key tiles."""
+    from lra_sfa.kernels import flash_sfa_fwd as fwd
+    from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
+
+    q, k, v = _inputs(2, 2, length, HEAD_DIM, torch.float32, seed=51 + length)
+    mask = _mask(2, length, seed=52)
+    mask[:, 0] = True
+    _, _, qd = topk_pack(q, 4)
+    _, _, kd = topk_pack(k, 4)
+    flat = (4, length, HEAD_DIM)
+    out, _ = launch_forward(qd.reshape(flat), kd.reshape(flat), v.reshape(flat), pad_bias(mask, q.device), 2,
+                            True, config=fwd.fwd_config(32, 32, 4, 1, bounded=bounded, pipe_qk=True))
+    ref = sfa_chunked(q.double(), k.double(), v.double(), 4, 4, mask)
+    assert sfa_check.rel_err(out.reshape(q.shape), ref) < 1e-4

@@ -306,9 +306,10 @@ def explore_prefill(args, record, sections: set[str]) -> None:
     vf, bias = v.reshape(flat), pad_bias(None, q.device)
     ref, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False)
     for bm, bn, warps, stages, ws, *extra in args.fwd_configs if "fwd" in sections else ():
-        split, bounded = (bool(x) for x in (list(extra) + [0, 0])[:2])
-        cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), split, bounded)
-        name = f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}{' bounded' * bounded}"
+        split, bounded, pipe = (bool(x) for x in (list(extra) + [0, 0, 0])[:3])
+        cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), split, bounded, pipe)
+        name = (f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}{' bounded' * bounded}"
+                f"{' pipe_qk' * pipe}")
         try:
             ms = time_ms(partial(launch_forward, packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg))[0]
             got, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg)
@@ -504,10 +505,10 @@ def parse_args(argv=None):
     parser.add_argument("--sections", nargs="+", default=list(EXPLORE_SECTIONS), choices=EXPLORE_SECTIONS,
                         help="parts of --mode explore to run")
     parser.add_argument("--fwd-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
-                        default=[(128, 128, 8, 3, 0), (128, 64, 8, 3, 0), (128, 128, 8, 3, 0, 0, 1),
-                                 (128, 128, 8, 2, 0, 0, 1), (128, 128, 8, 4, 0, 0, 1), (128, 64, 8, 3, 0, 0, 1),
-                                 (64, 64, 4, 3, 0, 0, 1), (64, 128, 4, 3, 0, 0, 1)],
-                        help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize[,exp2_split[,bounded]] tuples for "
+                        default=[(128, 128, 8, 3, 0), (128, 64, 8, 3, 0), (64, 64, 4, 3, 0), (64, 64, 4, 3, 0, 0, 1),
+                                 (128, 128, 8, 3, 0, 0, 0, 1), (128, 64, 8, 3, 0, 0, 0, 1), (64, 64, 4, 3, 0, 0, 0, 1),
+                                 (64, 64, 4, 3, 0, 0, 1, 1), (128, 64, 8, 3, 0, 0, 1, 1), (64, 64, 4, 4, 0, 0, 1, 1)],
+                        help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize[,exp2_split[,bounded[,pipe_qk]]] tuples for "
                         "--mode explore")
     bwd_tuple = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",

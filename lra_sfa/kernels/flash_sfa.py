@@ -97,7 +97,9 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: to
     out = torch.empty_like(v)
     lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
     descs = {name: _descriptor(t, 16) for name, t in (("Q_desc", qd), ("K_desc", kd), ("V_desc", v), ("O_desc", out))}
-    args = dict(Bias=bias, Lse=lse2, KBound=key_code_range(kd), L=length, H=heads,
+    bounded = config.kwargs["BOUNDED"] if config is not None else any(c.kwargs["BOUNDED"] for c in fwd.GPU_CONFIGS)
+    kbound = key_code_range(kd) if bounded else bias  # a placeholder pointer when no config reads it
+    args = dict(Bias=bias, Lse=lse2, KBound=kbound, L=length, H=heads,
                 qk_scale=fwd.LOG2E / math.sqrt(head_dim), l_bucket=min(triton.next_power_of_2(length), TUNE_LENGTH_CAP),
                 HEAD_DIM=head_dim, HAS_BIAS=has_bias,
                 IEEE=qd.dtype == torch.float32, **descs)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (issue 3): time the SFA decode kernel's launch grid (BLOCK_N, warps, stages, split
-# programs per SM; single-pass and two-pass designs) at a 128K context, then re-run the decode part of the
-# kernel sweep with the fastest one. (The grid of 2026-11-29 is in results/kernels/sfa_decode_grid_2026-11-29.csv.)
+# programs per SM; single-pass and bounded designs; two-pass lost on 2026-11-29) at a 128K context, then
+# re-runs the decode part of the kernel sweep with the fastest one (earlier grids: results/kernels/sfa_decode_grid_*.csv).
 #   bash scripts/gpu_decode.sh [DATE]
 # The grid runs at head dim 128, so the sweep re-runs the head-dim-128 decode rows only.
 # Writes $OUT/decode/sfa_explore.csv (the grid) and $OUT/decode/sfa_vs_sdpa.csv + sfa_checks.csv (decode rows
@@ -11,16 +11,18 @@ set -u
 export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
 DATE=${1:-$(date +%F)}
 python3 -m lra_sfa.bench.kernels --mode explore --sections decode --out "$OUT/decode" --decode-configs \
-  32,4,5,16 32,4,3,16 32,4,3,32 64,4,3,8 32,4,5,16,1 32,4,3,16,1 64,4,3,16,1 64,4,3,8,1 128,8,3,8,1 \
-  2>&1 | grep -v WARN
+  32,4,5,16 32,4,3,16 32,4,5,16,2 32,4,3,16,2 64,4,3,8,2 64,4,3,16,2 32,4,3,32,2 128,8,3,8,2 64,8,3,8,2 \
+  16,2,3,16,2 2>&1 | grep -v WARN
 best=$(python3 - "$OUT/decode/sfa_explore.csv" <<'PY'
 import csv, sys
+designs = {"twopass": 1, "bounded": 2}  # lra_sfa.bench.kernels.DECODE_DESIGNS
 rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["name"].startswith("sfa_decode") and r["ms"] != "nan"]
-name = min(rows, key=lambda r: float(r["ms"]))["name"]  # "... bnN wN sN pN[ twopass]"
-fields = name.replace(" twopass", "").split()[-4:]
-print(",".join(part[2:] if part.startswith("bn") else part[1:] for part in fields) + (",1" if "twopass" in name else ""))
+words = min(rows, key=lambda r: float(r["ms"]))["name"].split()  # "sfa_decode L=.. B*H=.. bnN wN sN pN[ design]"
+design = designs.get(words[-1], 0)
+fields = words[-5:-1] if design else words[-4:]
+print(",".join(part[2:] if part.startswith("bn") else part[1:] for part in fields) + f",{design}")
 PY
 )
-echo "decode config (BLOCK_N,warps,stages,programs_per_sm): $best"
+echo "decode config (BLOCK_N,warps,stages,programs_per_sm,design): $best"
 python3 -m lra_sfa.bench.kernels --mode sweep --ops decode --dims 128 --decode-config "$best" --out "$OUT/decode" \
   --date "$DATE" --rep-ms 200 2>&1 | grep -v WARN

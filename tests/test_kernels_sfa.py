@@ -20,7 +20,7 @@ triton = pytest.importorskip("triton")
 
 from lra_sfa.kernels import sfa_check  # noqa: E402
 from lra_sfa.kernels.flash_sfa import flash_sfa, flash_sfa_forward  # noqa: E402
-from lra_sfa.kernels.sfa_decode import cache_bytes_per_token, pack_k_cache, sfa_decode  # noqa: E402
+from lra_sfa.kernels.sfa_decode import cache_bytes_per_token, cache_key_range, pack_k_cache, sfa_decode  # noqa: E402
 from lra_sfa.kernels.topk_pack import topk_pack  # noqa: E402
 
 HEAD_DIM = 16
@@ -120,19 +120,39 @@ def test_forward_returns_natural_logsumexp():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("length,steps,padding", [(1, 1, False), (100, 3, True), (257, 1, False), (257, 2, True)])
-@pytest.mark.parametrize("two_pass", [False, True])
-def test_decode_sparse_cache(length, steps, padding, dtype, two_pass):
+@pytest.mark.parametrize("design", ["single_pass", "two_pass", "bounded"])
+def test_decode_sparse_cache(length, steps, padding, dtype, design, scale=1.0):
     gen = torch.Generator().manual_seed(length + steps)
-    q = torch.randn(2, 2, steps, 32, generator=gen).to(dtype)
-    k, v = (torch.randn(2, 2, length, 32, generator=gen).to(dtype) for _ in range(2))
+    q = (scale * torch.randn(2, 2, steps, 32, generator=gen)).to(dtype)
+    k, v = ((scale * torch.randn(2, 2, length, 32, generator=gen)).to(dtype) for _ in range(2))
     mask = _mask(2, length, seed=length) if padding else None
     k_vals, k_idx = pack_k_cache(k, 4)
-    out = sfa_decode(q, k_vals, k_idx, v, 4, key_padding_mask=mask, num_splits=3, two_pass=two_pass)
+    k_range = cache_key_range(k_vals, k_idx, 32) if design == "bounded" else None
+    out = sfa_decode(q, k_vals, k_idx, v, 4, key_padding_mask=mask, num_splits=3, two_pass=design == "two_pass",
+                     k_range=k_range)
     _, _, qd = topk_pack(q, 4)
     kd = torch.zeros_like(k).scatter(-1, k_idx.long(), k_vals)
     exact = sfa_check.plain_attention(qd.double(), kd.double(), v.double(), mask)  # (B, H, T, D)
     plain = sfa_check.plain_attention(qd, kd, v, mask)
     assert sfa_check.passes(sfa_check.rel_err(out, exact), sfa_check.rel_err(plain, exact), dtype)
+
+
+@pytest.mark.parametrize("padding", [False, True])
+def test_bounded_decode_falls_back_when_the_bound_is_loose(padding):
+    """At scale 30 the key-range bound sits thousands of binades above the true maxima: every split redoes
+    its keys online, and the output still passes against float64."""
+    test_decode_sparse_cache(100, 2, padding, torch.float32, "bounded", scale=30.0)
+
+
+def test_cache_key_range_bounds_every_score():
+    gen = torch.Generator().manual_seed(5)
+    q, k = (torch.randn(2, 3, length, 32, generator=gen) for length in (4, 60))
+    k_vals, k_idx = pack_k_cache(k, 4)
+    k_range = cache_key_range(k_vals, k_idx, 32)  # (2, 3, 2, 32)
+    kd = torch.zeros_like(k).scatter(-1, k_idx.long(), k_vals)
+    assert torch.equal(k_range[:, :, 0], kd.amax(2)) and torch.equal(k_range[:, :, 1], kd.amin(2))
+    bound = torch.maximum(q * k_range[:, :, None, 0], q * k_range[:, :, None, 1]).sum(-1)  # (2, 3, 4)
+    assert torch.all(bound >= (q @ kd.transpose(-1, -2)).amax(-1) - 1e-5)
 
 
 def test_cache_bytes_per_token():
@@ -241,23 +261,3 @@ def test_score_bound_holds_and_is_finite_for_bf16():
     bound = torch.maximum(qf * rng[:, None, 0], qf * rng[:, None, 1]).sum(-1)  # (3, 50), unscaled
     scores = qf @ kd.float().transpose(-1, -2)
     assert torch.all(bound >= scores.amax(-1) - 1e-4) and torch.isfinite(bound).all()
-
-
-@pytest.mark.parametrize("length", [1, 32, 100])
-@pytest.mark.parametrize("bounded", [False, True])
-def test_forward_with_next_tile_scores_issued_early(length, bounded):
-    """PIPE_QK (tile j+1's Q.K^T before tile j's softmax) gives the reference output: no key tile is skipped
-    or counted twice, with padding, at L below, equal to and past whole key tiles."""
-    from lra_sfa.kernels import flash_sfa_fwd as fwd
-    from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
-
-    q, k, v = _inputs(2, 2, length, HEAD_DIM, torch.float32, seed=51 + length)
-    mask = _mask(2, length, seed=52)
-    mask[:, 0] = True
-    _, _, qd = topk_pack(q, 4)
-    _, _, kd = topk_pack(k, 4)
-    flat = (4, length, HEAD_DIM)
-    out, _ = launch_forward(qd.reshape(flat), kd.reshape(flat), v.reshape(flat), pad_bias(mask, q.device), 2,
-                            True, config=fwd.fwd_config(32, 32, 4, 1, bounded=bounded, pipe_qk=True))
-    ref = sfa_chunked(q.double(), k.double(), v.double(), 4, 4, mask)
-    assert sfa_check.rel_err(out.reshape(q.shape), ref) < 1e-4

@@ -12,7 +12,8 @@ verdict per row) and the plot ``sfa_vs_sdpa.png``. ``explore`` times the
 forward designs and tile configurations at one shape (``sfa_explore.csv``).
 
 Timing: one warm-up call (compilation, autotuning), then CUDA-event medians
-over enough calls to fill ``--rep-ms``. Dense baselines are timed on random
+over enough calls to fill ``--rep-ms``, issued back to back with one host sync
+at the end (``timing.time_ms(queued=True)``). Dense baselines are timed on random
 q, k and on the top-k-sparsified q, k; the faster (less favourable) is used.
 SFA times include the fused top-k of q and k. Errors: sampled query rows
 recomputed in float64 (``lra_sfa.kernels.sfa_check``).
@@ -31,10 +32,10 @@ import torch
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lra_sfa.bench.timing import time_ms
+from lra_sfa.bench import timing
 from lra_sfa.kernels import sfa_check
 from lra_sfa.kernels.flash_sfa import flash_sfa
-from lra_sfa.kernels.sfa_decode import cache_bytes_per_token, launch_defaults, pack_k_cache, sfa_decode
+from lra_sfa.kernels.sfa_decode import cache_bytes_per_token, cache_key_range, launch_defaults, pack_k_cache, sfa_decode
 from lra_sfa.kernels.topk_pack import topk_pack
 
 COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "ms", "baseline",
@@ -44,6 +45,11 @@ COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype
 WIDE_COLUMNS = ["mode", "cap", "D", "mean_candidates", "dropped_frac"]
 KERNEL_CSV_COLUMNS = COLUMNS + WIDE_COLUMNS
 SFA_IMPL = "sfa_triton"
+# Kernel timings queue the calls back to back (timing.time_ms(queued=True), as triton.testing.do_bench):
+# the GPU time of each call, with the host's launch work overlapped as in a training or decoding loop.
+# Every SFA and SDPA time in this module is taken this way (before 2026-11-29 afternoon: a host sync
+# after each call, which also counted the exposed launch work; results/kernels/NOTES.md has both).
+time_ms = partial(timing.time_ms, queued=True)
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "fa2": SDPBackend.FLASH_ATTENTION}
 CHECK_ROWS, CHECK_HEADS = 128, 2
 DEVICE = "cuda"
@@ -201,6 +207,15 @@ def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, c
               f"(torch {check['torch_err']:.2e}) {'ok' if check['ok'] else 'FAIL'}", flush=True)
 
 
+DECODE_DESIGNS = ("single", "twopass", "bounded")  # the optional fifth field of a decode config, by number
+
+
+def decode_launch(config: tuple[int, ...]) -> tuple[int, int, int, int, str]:
+    """(BLOCK_N, warps, stages, programs per SM, design) from a config tuple whose fifth field is optional."""
+    block_n, warps, stages, per_sm, *design = config
+    return block_n, warps, stages, per_sm, DECODE_DESIGNS[design[0] if design else 0]
+
+
 def bench_decode(out_rows: RowWriter, checks: RowWriter, meta: dict, rep_ms: float,
                  config: tuple[int, ...] | None = None) -> None:
     batch, heads, length, dim, topk = (meta[k] for k in ("batch", "heads", "seq_len", "head_dim", "topk"))
@@ -208,9 +223,10 @@ def bench_decode(out_rows: RowWriter, checks: RowWriter, meta: dict, rep_ms: flo
     q = torch.randn(batch, heads, 1, dim, device=DEVICE, dtype=torch.bfloat16)
     k_vals, k_idx = pack_k_cache(k, topk)
     del k
-    block_n, warps, stages, per_sm, *two_pass = config or launch_defaults(dim)
+    block_n, warps, stages, per_sm, design = decode_launch(config or launch_defaults(dim))
+    k_range = cache_key_range(k_vals, k_idx, dim) if design == "bounded" else None  # cache state: not timed
     run = partial(sfa_decode, q, k_vals, k_idx, v, topk, block_n=block_n, num_warps=warps, num_stages=stages,
-                  programs_per_sm=per_sm, two_pass=bool(two_pass and two_pass[0]))
+                  programs_per_sm=per_sm, two_pass=design == "twopass", k_range=k_range)
     sfa_ms, peak = time_ms(run, rep_ms)
     out = run()
     kd = torch.zeros(batch, heads, length, dim, device=DEVICE, dtype=torch.bfloat16)
@@ -306,10 +322,9 @@ def explore_prefill(args, record, sections: set[str]) -> None:
     vf, bias = v.reshape(flat), pad_bias(None, q.device)
     ref, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False)
     for bm, bn, warps, stages, ws, *extra in args.fwd_configs if "fwd" in sections else ():
-        split, bounded, pipe = (bool(x) for x in (list(extra) + [0, 0, 0])[:3])
-        cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), split, bounded, pipe)
-        name = (f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}{' bounded' * bounded}"
-                f"{' pipe_qk' * pipe}")
+        split, bounded = (bool(x) for x in (list(extra) + [0, 0])[:2])
+        cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), split, bounded)
+        name = f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}{' bounded' * bounded}"
         try:
             ms = time_ms(partial(launch_forward, packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg))[0]
             got, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg)
@@ -388,12 +403,14 @@ def explore_decode(args, record) -> None:
     qc = torch.randn(batch, heads, 1, dim, device=DEVICE, dtype=torch.bfloat16)
     k_vals, k_idx = pack_k_cache(kc, topk)
     ref = sfa_decode(qc, k_vals, k_idx, vc, topk)
-    for block_n, warps, stages, per_sm, *two_pass in args.decode_configs:
-        two_pass = bool(two_pass and two_pass[0])
+    k_range = cache_key_range(k_vals, k_idx, dim)  # cache state, kept up to date on append: not timed
+    for config in args.decode_configs:
+        block_n, warps, stages, per_sm, design = decode_launch(config)
         run = partial(sfa_decode, qc, k_vals, k_idx, vc, topk, block_n=block_n, num_warps=warps, num_stages=stages,
-                      programs_per_sm=per_sm, two_pass=two_pass)
+                      programs_per_sm=per_sm, two_pass=design == "twopass",
+                      k_range=k_range if design == "bounded" else None)
         name = f"sfa_decode L={kc.shape[2]} B*H={batch * heads} bn{block_n} w{warps} s{stages} p{per_sm}"
-        name += " twopass" * two_pass
+        name += f" {design}" * (design != "single")
         try:
             diff = (run().float() - ref.float()).abs().max().item()
             record("decode", name, time_ms(run)[0], f"maxdiff={diff:.1e}")
@@ -495,20 +512,19 @@ def parse_args(argv=None):
     parser.add_argument("--ops", nargs="+", default=["fwd", "fwd_bwd", "decode"], choices=("fwd", "fwd_bwd", "decode"),
                         help="ops the sweep measures")
     parser.add_argument("--decode-config", type=lambda text: tuple(int(x) for x in text.split(",")),
-                        default=None, help="BLOCK_N,warps,stages,programs_per_sm[,two_pass] of the sweep's decode "
+                        default=None, help="BLOCK_N,warps,stages,programs_per_sm[,design] of the sweep's decode "
                         "(default: sfa_decode's launch_defaults per head dim)")
     parser.add_argument("--decode-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
                         default=[(64, 4, 3, 4), (64, 4, 3, 8), (64, 4, 3, 16), (32, 4, 3, 16), (32, 2, 3, 16),
                                  (128, 8, 3, 8), (64, 4, 4, 8), (64, 8, 3, 8), (32, 4, 4, 32)],
-                        help="BLOCK_N,warps,stages,programs_per_sm[,two_pass] tuples for the decode part of "
-                        "--mode explore")
+                        help="BLOCK_N,warps,stages,programs_per_sm[,design] tuples for the decode part of "
+                        "--mode explore; design 0 single pass, 1 two pass, 2 bounded (DECODE_DESIGNS)")
     parser.add_argument("--sections", nargs="+", default=list(EXPLORE_SECTIONS), choices=EXPLORE_SECTIONS,
                         help="parts of --mode explore to run")
     parser.add_argument("--fwd-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
-                        default=[(128, 128, 8, 3, 0), (128, 64, 8, 3, 0), (64, 64, 4, 3, 0), (64, 64, 4, 3, 0, 0, 1),
-                                 (128, 128, 8, 3, 0, 0, 0, 1), (128, 64, 8, 3, 0, 0, 0, 1), (64, 64, 4, 3, 0, 0, 0, 1),
-                                 (64, 64, 4, 3, 0, 0, 1, 1), (128, 64, 8, 3, 0, 0, 1, 1), (64, 64, 4, 4, 0, 0, 1, 1)],
-                        help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize[,exp2_split[,bounded[,pipe_qk]]] tuples for "
+                        default=[(128, 128, 8, 3, 0), (128, 64, 8, 3, 0), (64, 64, 4, 3, 0), (128, 128, 8, 3, 0, 0, 1),
+                                 (128, 64, 8, 3, 0, 0, 1), (64, 64, 4, 3, 0, 0, 1), (64, 128, 4, 3, 0, 0, 1)],
+                        help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize[,exp2_split[,bounded]] tuples for "
                         "--mode explore")
     bwd_tuple = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",

@@ -65,7 +65,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lra_sfa.kernels.flash_sfa_fwd import LOG2E, NEG_BIG, interpreting
+from lra_sfa.kernels.flash_sfa_fwd import BOUND_MIN_SUM, LOG2E, NEG_BIG, interpreting
 from lra_sfa.kernels.topk_pack import index_dtype, topk_pack
 
 
@@ -85,19 +85,10 @@ def _key_scores(q_row, Kv, Ki, Bias, bh, H, L, offs, ok, qk_scale,
 
 
 @triton.jit
-def _split_kernel(
-    Qd, Kv, Ki, V, Bias, Mpart, Lpart, Apart,
-    L, H, T, chunk, n_splits, qk_scale,
-    HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, TOPK_POW2: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-):
-    split = tl.program_id(0)
-    row = tl.program_id(1)
-    bh = (row // T).to(tl.int64)
-    start = split * chunk
-    end = tl.minimum(start + chunk, L)
+def _split_online(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, HEAD_DIM: tl.constexpr,
+                  TOPK: tl.constexpr, TOPK_POW2: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Keys start..end with a running max: returns m (base 2), l (BLOCK_N,) and acc (BLOCK_N, D), unreduced."""
     cols = tl.arange(0, HEAD_DIM)
-    q_row = Qd + row.to(tl.int64) * HEAD_DIM
     m_i = tl.full([], NEG_BIG, tl.float32)
     l_vec = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
@@ -112,6 +103,54 @@ def _split_kernel(
         l_vec = l_vec * alpha + p
         acc = acc * alpha + p[:, None] * v.to(tl.float32)
         m_i = m_new
+    return m_i, l_vec, acc
+
+
+@triton.jit
+def _split_bounded(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, m_b, HEAD_DIM: tl.constexpr,
+                   TOPK: tl.constexpr, TOPK_POW2: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Keys start..end against a fixed offset m_b >= every score: no max, no rescaling; returns l, acc."""
+    cols = tl.arange(0, HEAD_DIM)
+    l_vec = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    for n0 in tl.range(start, end, BLOCK_N):
+        offs = n0 + tl.arange(0, BLOCK_N)
+        ok = offs < end
+        p = tl.math.exp2(_key_scores(q_row, Kv, Ki, Bias, bh, H, L, offs, ok, qk_scale, TOPK, TOPK_POW2,
+                                     HAS_BIAS) - m_b)
+        v = tl.load(V + (bh * L + offs)[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0)
+        l_vec += p
+        acc += p[:, None] * v.to(tl.float32)
+    return l_vec, acc
+
+
+@triton.jit
+def _split_kernel(
+    Qd, Kv, Ki, V, Bias, KRange, Mpart, Lpart, Apart,
+    L, H, T, chunk, n_splits, qk_scale,
+    HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, TOPK_POW2: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BOUNDED: tl.constexpr = False,
+):
+    split = tl.program_id(0)
+    row = tl.program_id(1)
+    bh = (row // T).to(tl.int64)
+    start = split * chunk
+    end = tl.minimum(start + chunk, L)
+    cols = tl.arange(0, HEAD_DIM)
+    q_row = Qd + row.to(tl.int64) * HEAD_DIM
+    if BOUNDED:  # the score bound from the cache's per-feature key range (``cache_key_range``)
+        q = tl.load(q_row + cols).to(tl.float32)
+        k_range = KRange + bh * 2 * HEAD_DIM
+        m_i = tl.sum(tl.maximum(q * tl.load(k_range + cols), q * tl.load(k_range + HEAD_DIM + cols)), axis=0)
+        m_i = m_i * qk_scale
+        l_vec, acc = _split_bounded(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, m_i, HEAD_DIM, TOPK,
+                                    TOPK_POW2, BLOCK_N, HAS_BIAS)
+        if tl.sum(l_vec, axis=0) < BOUND_MIN_SUM:  # bound far above this split's scores (or all padding): redo
+            m_i, l_vec, acc = _split_online(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, HEAD_DIM,
+                                            TOPK, TOPK_POW2, BLOCK_N, HAS_BIAS)
+    else:
+        m_i, l_vec, acc = _split_online(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, HEAD_DIM, TOPK,
+                                        TOPK_POW2, BLOCK_N, HAS_BIAS)
     part = row.to(tl.int64) * n_splits + split
     tl.store(Mpart + part, m_i)
     tl.store(Lpart + part, tl.sum(l_vec, axis=0))
@@ -191,6 +230,23 @@ def pack_k_cache(k: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor
     return values, indices
 
 
+def cache_key_range(k_vals: torch.Tensor, k_idx: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """(B, H, 2, D) fp32: per feature, the max (row 0) and min (row 1) of the cached keys' zero-filled codes.
+
+    Part of the cache's state, not of a decode step: built once here (O(L k)),
+    then kept up to date on append with an elementwise max/min of the new keys'
+    codes (O(k) per token). A query's scores are all at most
+    sum_f max(q_f * max_f, q_f * min_f), the bounded kernel's fixed softmax offset.
+    """
+    batch, heads, length, topk = k_vals.shape
+    ids = k_idx.long().reshape(batch, heads, length * topk)
+    vals = k_vals.float().reshape(batch, heads, length * topk)
+    zeros = torch.zeros(batch, heads, head_dim, dtype=torch.float32, device=k_vals.device)
+    kmax = zeros.scatter_reduce(-1, ids, vals, "amax", include_self=True)  # the 0 of a key without feature f
+    kmin = zeros.scatter_reduce(-1, ids, vals, "amin", include_self=True)
+    return torch.stack((kmax, kmin), dim=2)
+
+
 def cache_bytes_per_token(head_dim: int, topk: int, dtype: torch.dtype) -> tuple[int, int]:
     """(sparse-K + dense-V bytes, dense K + V bytes) per token and head."""
     item = torch.empty(0, dtype=dtype).element_size()
@@ -236,12 +292,14 @@ def launch_defaults(head_dim: int) -> tuple[int, int, int, int]:
 def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: torch.Tensor, topk_q: int,
                key_padding_mask: torch.Tensor | None = None, block_n: int | None = None,
                num_warps: int | None = None, num_splits: int | None = None, num_stages: int | None = None,
-               programs_per_sm: int | None = None, two_pass: bool = False) -> torch.Tensor:
+               programs_per_sm: int | None = None, two_pass: bool = False,
+               k_range: torch.Tensor | None = None) -> torch.Tensor:
     """SFA for T new query rows q (B, H, T, D) against a sparse-K cache; returns (B, H, T, D).
 
     Launch parameters left at None take ``launch_defaults(D)``. Without ``num_splits`` the keys are
     split so that there are about ``programs_per_sm`` split programs per SM. ``two_pass`` runs the
-    second design (module docstring): scores first, then V.
+    second design (module docstring): scores first, then V. ``k_range`` (B, H, 2, D) fp32 from
+    ``cache_key_range`` selects the bounded single-pass kernel (module docstring).
     """
     _check_decode(q, k_vals, k_idx, v, topk_q, key_padding_mask)
     batch, heads, steps, head_dim = q.shape
@@ -273,8 +331,13 @@ def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: to
                                            HEAD_DIM=head_dim, BLOCK_N=block_n, num_warps=num_warps,
                                            num_stages=num_stages)
     else:
-        _split_kernel[(splits, rows)](qd, k_vals, k_idx, v, bias, m_part, l_part, a_part, length, heads, steps,
-                                      chunk, splits, LOG2E / math.sqrt(head_dim), HEAD_DIM=head_dim, **consts)
+        if k_range is not None and tuple(k_range.shape) != (batch, heads, 2, head_dim):
+            raise ValueError(f"sfa_decode: k_range must have shape {(batch, heads, 2, head_dim)} (from "
+                             f"cache_key_range); got {tuple(k_range.shape)}")
+        k_range_arg = bias if k_range is None else k_range.float().contiguous()
+        _split_kernel[(splits, rows)](qd, k_vals, k_idx, v, bias, k_range_arg, m_part, l_part, a_part, length, heads,
+                                      steps, chunk, splits, LOG2E / math.sqrt(head_dim), HEAD_DIM=head_dim,
+                                      BOUNDED=k_range is not None, **consts)
     out = torch.empty(batch, heads, steps, head_dim, dtype=q.dtype, device=q.device)
     _combine_kernel[(rows,)](m_part, l_part, a_part, out, splits, HEAD_DIM=head_dim,
                              SPLITS_POW2=triton.next_power_of_2(splits), num_warps=4)

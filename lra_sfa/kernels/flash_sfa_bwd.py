@@ -21,18 +21,18 @@ Masking
 Limits
     As the forward: head_dim 16..128, fp16 / bf16 / fp32 (IEEE dots), any L.
 
-Measured (H200, 2026-11-28, bf16, 2^19 tokens): fwd+bwd at d=128, k=8 is
-    39.2 ms at L=16K and 330 ms at L=128K against cuDNN 25.7 / 200 ms
-    (0.65x / 0.61x) and FA2 48.3 / 377 ms (1.23x / 1.14x); d=64 reaches
-    0.79-0.82x cuDNN. The backward (about 31.6 ms of the 39.2 at 16K) is a
-    plain FA2-style pair of kernels with pointer loads; it is the first
-    thing to improve (TMA loads, larger dK/dV tiles, one fused kernel).
+Measured (H200, 2026-11-29, bf16, 2^19 tokens, calls queued): fwd+bwd at
+    d=128, k=8 is 35.3 ms at L=16K and 276 ms at L=128K against cuDNN 25.5 /
+    209 ms (0.72x / 0.76x; 0.61-0.65x with the 2026-11-28 tiles) and FA2
+    (1.33-1.36x); d=64 reaches 0.83-0.84x cuDNN. The backward (about 28 of
+    the 35 ms at 16K) is a plain FA2-style pair of kernels with pointer
+    loads; next: TMA loads, one fused kernel.
 
 Block sizes
     dK/dV keeps two fp32 (BLOCK_N, D) accumulators in registers, so BLOCK_N
     64 with 4 warps (or 128 with 8) at D=128; dQ keeps one, so BLOCK_M 64-128.
-    Two configurations each are autotuned (compile time on the device was the
-    limit: every extra config costs seconds per dtype/head-dim/top-k).
+    Three configurations each are autotuned (the grid beside the lists below;
+    every extra config costs seconds of compile per dtype/head-dim/top-k).
 """
 
 from __future__ import annotations

@@ -44,11 +44,20 @@ Tiles (kernel only, same shape): 128x128 w8 s3 3.74 ms; 128x128 w8 s2 4.48;
     128x64 w8 s3 4.29, 128x128 w4 s2 9.58 ms. TMA vs pointer loads at 128x64
     w8 s3: 4.12 vs 4.36 ms.
 Exponentials on the FMA units (``EXP2_SPLIT``, off in the tuned configs):
-    half of each tile's exp2 by ``exp2_poly`` (FlashAttention-4's trick), to
-    take the softmax's special-function load off the critical path. Written
-    on 2026-11-29 after the device time was spent: checked against the
-    reference in the interpreter, not yet timed on the H200 (``--mode
-    explore`` times it beside the plain configs).
+    half of each tile's exp2 by ``exp2_poly`` (FlashAttention-4's trick).
+    A loss (2026-11-29): 4.49-5.25 ms against 3.72 ms; kept, default off.
+Fixed softmax offset (``BOUNDED``, 2026-11-29): each row's offset is an
+    upper bound of its scores, sum_f max(q_f kmax_f, q_f kmin_f) from the key
+    codes' per-feature range (``flash_sfa.key_code_range``), so the loop
+    has no running max and no rescaling; a block whose bound sat 64+ binades
+    above a row's true max is redone online (``BOUND_MIN_SUM``). 128x128 w8
+    s3 3.63 vs 3.64 ms; 64x64 w4 s3 3.59-3.69 vs 4.04 ms, the best tile by
+    about 1.5%: the bookkeeping is off the critical path. One of the four
+    tuned configs.
+Next tile's Q.K^T issued before this tile's softmax (FA3's intra-warpgroup
+    overlap, by hand in Triton, 2026-11-29): 5.88-6.88 ms against 3.75 ms
+    (two live score tiles; Triton waits on the early dot before the
+    softmax anyway). Removed.
 """
 
 from __future__ import annotations

@@ -21,16 +21,22 @@ Limits
     16..256), topk 1..D, T >= 1 query rows per (batch, head), any L >= 1;
     fp16 / bf16 / fp32.
 
-Second design, ``two_pass=True`` (written 2026-11-29, not yet timed on the GPU)
+Second design, ``two_pass=True``
     ``_scores_kernel`` reads only the sparse K (24 B per key at d=128, k=8),
     gathers q at the key's indices, writes every key's score (4 B, fp32) and
     each split's max; ``_weighted_v_kernel`` then streams the scores and V
-    with the max known, so its loop has no dependent gather and no rescaling
-    of the (BLOCK_N, D) accumulator. 8 more bytes per key (288 against 280),
-    one more launch. Prediction: if the single-pass loop is latency-bound on
-    the index -> q gather (its 68% of cuDNN's read rate says something is),
-    pass 2 runs near the dense streaming rate and the total nears ~1.2 ms at
-    128K (1.6x cuDNN); if it is bound elsewhere, no gain.
+    with the max known. Predicted ~1.2 ms at 128K if the single pass were
+    bound by the index -> q gather; measured 1.78-2.47 ms against 1.50 ms
+    (2026-11-29): it is not. Kept (tested), not a default.
+
+Third design, bounded single pass (``k_range=cache_key_range(...)``)
+    The cache keeps, per head, the max and min of each feature over its
+    keys (updated on append, O(k) per token); a query's scores are then all
+    at most sum_f max(q_f max_f, q_f min_f), used as a fixed softmax offset:
+    no running max, no cross-warp max per block, no accumulator rescaling.
+    A split whose sum falls under ``BOUND_MIN_SUM`` (bound 64+ binades
+    loose, or all keys padded) is redone online. Measured 1.369 vs 1.383 ms
+    at 128K (2026-11-29, calls queued): 1%. The sweep's d=128 rows use it.
 
 Launch grid (``launch_defaults``)
     The split count matters most. With 4 split programs per SM (the first
@@ -45,16 +51,14 @@ Launch grid (``launch_defaults``)
     its sweep rows got worse at 32K (1.39 vs 1.12 ms).
 
 Measured (H200, bf16, one query step, 2^24 cached token-heads; sfa_vs_sdpa.csv):
-    d=128 k=8, 2026-11-29 with (32, 4, 5, 16): 1.55 ms at L=128K (8 x 16
-    heads) against cuDNN 1.96 ms and FA2 1.94 ms: 1.27x / 1.25x (was 1.81 ms,
-    1.06x, on 2026-11-28 with (64, 4, 3, 4)); 1.24x at 8K, 1.11x at 32K,
-    1.23x at 512K; k=16 0.97-1.02x. That is 3.0 TB/s of the 280 B per
-    token-head, about 68% of the rate cuDNN reads a dense cache at (4.4 TB/s);
-    the 280 B floor at cuDNN's rate would be about 1.05 ms, so 1.5x is within
-    reach only with the rest of the latency hidden. Unproven guess at the
-    rest: the gather of q at each key's indices waits on the index load,
-    which limits how far the loop's loads run ahead; the two-pass design
-    tests that guess.
+    d=128 k=8, 2026-11-29, bounded, (32, 4, 3, 16), calls queued: 1.37 ms at
+    L=128K (8 x 16 heads) against cuDNN 1.88 ms and FA2 2.06 ms: 1.37x /
+    1.50x; 1.33x at 8K, 1.27x at 32K, 1.35x at 512K; k=16 1.06-1.21x. That
+    is 3.4 TB/s of the 280 B per token-head against the 4.6 TB/s cuDNN reads
+    its dense cache at; the floor at cuDNN's rate would be 1.0 ms (1.8x).
+    Ruled out as the limit: the index -> q gather (two-pass design) and the
+    softmax bookkeeping (bounded design). Not yet measured: the loop with the
+    score stage or the V stage taken out.
 """
 
 from __future__ import annotations

@@ -404,6 +404,7 @@ def explore_decode(args, record) -> None:
     k_vals, k_idx = pack_k_cache(kc, topk)
     ref = sfa_decode(qc, k_vals, k_idx, vc, topk)
     k_range = cache_key_range(k_vals, k_idx, dim)  # cache state, kept up to date on append: not timed
+    decode_ms = {}
     for config in args.decode_configs:
         block_n, warps, stages, per_sm, design = decode_launch(config)
         run = partial(sfa_decode, qc, k_vals, k_idx, vc, topk, block_n=block_n, num_warps=warps, num_stages=stages,
@@ -413,9 +414,18 @@ def explore_decode(args, record) -> None:
         name += f" {design}" * (design != "single")
         try:
             diff = (run().float() - ref.float()).abs().max().item()
-            record("decode", name, time_ms(run)[0], f"maxdiff={diff:.1e}")
+            decode_ms[config] = time_ms(run)[0]
+            record("decode", name, decode_ms[config], f"maxdiff={diff:.1e}")
         except Exception as exc:  # a config the compiler rejects is reported, not fatal
             record("decode", name, float("nan"), repr(exc)[:160])
+    best = min(args.decode_configs, key=lambda c: decode_ms.get(c, float("inf")), default=None)
+    if best is not None and decode_launch(best)[4] == "bounded":  # stage timing: take the V / score stage out
+        block_n, warps, stages, per_sm, _ = decode_launch(best)
+        for ablate, label in ((1, "without V (scores, exp2, sums)"), (2, "without scores (V stream, exp2)")):
+            run = partial(sfa_decode, qc, k_vals, k_idx, vc, topk, block_n=block_n, num_warps=warps,
+                          num_stages=stages, programs_per_sm=per_sm, k_range=k_range, _ablate=ablate)
+            record("decode", f"bounded bn{block_n} w{warps} s{stages} p{per_sm} {label}", time_ms(run)[0],
+                   "stage timing: output not checked")
     for name in BACKENDS:
         record("decode", f"{name} decode L={kc.shape[2]}", time_ms(sdpa_call(name, qc, kc, vc))[0])
 

@@ -112,19 +112,30 @@ def _split_online(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, HEAD_D
 
 @triton.jit
 def _split_bounded(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, m_b, HEAD_DIM: tl.constexpr,
-                   TOPK: tl.constexpr, TOPK_POW2: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """Keys start..end against a fixed offset m_b >= every score: no max, no rescaling; returns l, acc."""
+                   TOPK: tl.constexpr, TOPK_POW2: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   ABLATE: tl.constexpr = 0):
+    """Keys start..end against a fixed offset m_b >= every score: no max, no rescaling; returns l, acc.
+
+    ABLATE (benchmark only, wrong results): 1 drops the V stage (no V read), 2 drops the score stage
+    (no sparse-K read, every score 0), to measure where the time goes.
+    """
     cols = tl.arange(0, HEAD_DIM)
     l_vec = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     for n0 in tl.range(start, end, BLOCK_N):
         offs = n0 + tl.arange(0, BLOCK_N)
         ok = offs < end
-        p = tl.math.exp2(_key_scores(q_row, Kv, Ki, Bias, bh, H, L, offs, ok, qk_scale, TOPK, TOPK_POW2,
-                                     HAS_BIAS) - m_b)
-        v = tl.load(V + (bh * L + offs)[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0)
+        if ABLATE == 2:
+            s = tl.where(ok, 0.0, float("-inf"))
+        else:
+            s = _key_scores(q_row, Kv, Ki, Bias, bh, H, L, offs, ok, qk_scale, TOPK, TOPK_POW2, HAS_BIAS)
+        p = tl.math.exp2(s - m_b)
         l_vec += p
-        acc += p[:, None] * v.to(tl.float32)
+        if ABLATE == 1:
+            acc += p[:, None]
+        else:
+            v = tl.load(V + (bh * L + offs)[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0)
+            acc += p[:, None] * v.to(tl.float32)
     return l_vec, acc
 
 
@@ -133,7 +144,7 @@ def _split_kernel(
     Qd, Kv, Ki, V, Bias, KRange, Mpart, Lpart, Apart,
     L, H, T, chunk, n_splits, qk_scale,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, TOPK_POW2: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, BOUNDED: tl.constexpr = False,
+    HAS_BIAS: tl.constexpr, BOUNDED: tl.constexpr = False, ABLATE: tl.constexpr = 0,
 ):
     split = tl.program_id(0)
     row = tl.program_id(1)
@@ -148,8 +159,9 @@ def _split_kernel(
         m_i = tl.sum(tl.maximum(q * tl.load(k_range + cols), q * tl.load(k_range + HEAD_DIM + cols)), axis=0)
         m_i = m_i * qk_scale
         l_vec, acc = _split_bounded(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, m_i, HEAD_DIM, TOPK,
-                                    TOPK_POW2, BLOCK_N, HAS_BIAS)
-        if tl.sum(l_vec, axis=0) < BOUND_MIN_SUM:  # bound far above this split's scores (or all padding): redo
+                                    TOPK_POW2, BLOCK_N, HAS_BIAS, ABLATE)
+        # the bound sat far above this split's scores (or all its keys are padding): redo it online
+        if ABLATE == 0 and tl.sum(l_vec, axis=0) < BOUND_MIN_SUM:
             m_i, l_vec, acc = _split_online(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, HEAD_DIM,
                                             TOPK, TOPK_POW2, BLOCK_N, HAS_BIAS)
     else:
@@ -297,13 +309,14 @@ def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: to
                key_padding_mask: torch.Tensor | None = None, block_n: int | None = None,
                num_warps: int | None = None, num_splits: int | None = None, num_stages: int | None = None,
                programs_per_sm: int | None = None, two_pass: bool = False,
-               k_range: torch.Tensor | None = None) -> torch.Tensor:
+               k_range: torch.Tensor | None = None, _ablate: int = 0) -> torch.Tensor:
     """SFA for T new query rows q (B, H, T, D) against a sparse-K cache; returns (B, H, T, D).
 
     Launch parameters left at None take ``launch_defaults(D)``. Without ``num_splits`` the keys are
     split so that there are about ``programs_per_sm`` split programs per SM. ``two_pass`` runs the
     second design (module docstring): scores first, then V. ``k_range`` (B, H, 2, D) fp32 from
-    ``cache_key_range`` selects the bounded single-pass kernel (module docstring).
+    ``cache_key_range`` selects the bounded single-pass kernel (module docstring). ``_ablate``
+    (1: no V stage, 2: no score stage) is for the benchmark's stage timing only: its output is wrong.
     """
     _check_decode(q, k_vals, k_idx, v, topk_q, key_padding_mask)
     batch, heads, steps, head_dim = q.shape
@@ -341,7 +354,7 @@ def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: to
         k_range_arg = bias if k_range is None else k_range.float().contiguous()
         _split_kernel[(splits, rows)](qd, k_vals, k_idx, v, bias, k_range_arg, m_part, l_part, a_part, length, heads,
                                       steps, chunk, splits, LOG2E / math.sqrt(head_dim), HEAD_DIM=head_dim,
-                                      BOUNDED=k_range is not None, **consts)
+                                      BOUNDED=k_range is not None, ABLATE=_ablate, **consts)
     out = torch.empty(batch, heads, steps, head_dim, dtype=q.dtype, device=q.device)
     _combine_kernel[(rows,)](m_part, l_part, a_part, out, splits, HEAD_DIM=head_dim,
                              SPLITS_POW2=triton.next_power_of_2(splits), num_warps=4)

@@ -56,9 +56,15 @@ Measured (H200, bf16, one query step, 2^24 cached token-heads; sfa_vs_sdpa.csv):
     1.50x; 1.33x at 8K, 1.27x at 32K, 1.35x at 512K; k=16 1.06-1.21x. That
     is 3.4 TB/s of the 280 B per token-head against the 4.6 TB/s cuDNN reads
     its dense cache at; the floor at cuDNN's rate would be 1.0 ms (1.8x).
-    Ruled out as the limit: the index -> q gather (two-pass design) and the
-    softmax bookkeeping (bounded design). Not yet measured: the loop with the
-    score stage or the V stage taken out.
+    Where the time goes (stages taken out, bounded (32, 4, 3, 16), 128K,
+    results/kernels/sfa_decode_stages_2026-11-29.csv): all 1.37 ms; without
+    the V stage (sparse-K read, q gather, exp2, sums) 0.72 ms; without the
+    score stage (V stream, exp2) 1.08 ms, i.e. V alone streams at 4.0 TB/s,
+    near cuDNN's rate. So the score stage is latency-bound (0.4 GB in 0.72
+    ms: the per-key index -> q gather) and only partly hidden behind V; it
+    adds 0.29 ms. With it fully hidden the kernel would be 1.7x cuDNN. The
+    two-pass design serialises the same two stages (0.7 + 1.1 ms, measured
+    1.78). Next lead: gather q from registers (tl.gather) instead of L1.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ python3 -m lra_sfa.bench.kernels --mode explore --sections decode --out "$OUT/de
   16,2,3,16,2 2>&1 | grep -v WARN
 best=$(python3 - "$OUT/decode/sfa_explore.csv" <<'PY'
 import csv, sys
-designs = {"twopass": 1, "bounded": 2}  # lra_sfa.bench.kernels.DECODE_DESIGNS
+designs = {"twopass": 1, "bounded": 2, "prefetch": 3}  # lra_sfa.bench.kernels.DECODE_DESIGNS
 rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["name"].startswith("sfa_decode") and r["ms"] != "nan"]
 words = min(rows, key=lambda r: float(r["ms"]))["name"].split()  # "sfa_decode L=.. B*H=.. bnN wN sN pN[ design]"
 design = designs.get(words[-1], 0)

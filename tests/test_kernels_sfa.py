@@ -120,16 +120,16 @@ def test_forward_returns_natural_logsumexp():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("length,steps,padding", [(1, 1, False), (100, 3, True), (257, 1, False), (257, 2, True)])
-@pytest.mark.parametrize("design", ["single_pass", "two_pass", "bounded"])
+@pytest.mark.parametrize("design", ["single_pass", "two_pass", "bounded", "prefetch"])
 def test_decode_sparse_cache(length, steps, padding, dtype, design, scale=1.0):
     gen = torch.Generator().manual_seed(length + steps)
     q = (scale * torch.randn(2, 2, steps, 32, generator=gen)).to(dtype)
     k, v = ((scale * torch.randn(2, 2, length, 32, generator=gen)).to(dtype) for _ in range(2))
     mask = _mask(2, length, seed=length) if padding else None
     k_vals, k_idx = pack_k_cache(k, 4)
-    k_range = cache_key_range(k_vals, k_idx, 32) if design == "bounded" else None
+    k_range = cache_key_range(k_vals, k_idx, 32) if design in ("bounded", "prefetch") else None
     out = sfa_decode(q, k_vals, k_idx, v, 4, key_padding_mask=mask, num_splits=3, two_pass=design == "two_pass",
-                     k_range=k_range)
+                     k_range=k_range, _prefetch=design == "prefetch")
     _, _, qd = topk_pack(q, 4)
     kd = torch.zeros_like(k).scatter(-1, k_idx.long(), k_vals)
     exact = sfa_check.plain_attention(qd.double(), kd.double(), v.double(), mask)  # (B, H, T, D)

@@ -207,7 +207,7 @@ def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, c
               f"(torch {check['torch_err']:.2e}) {'ok' if check['ok'] else 'FAIL'}", flush=True)
 
 
-DECODE_DESIGNS = ("single", "twopass", "bounded")  # the optional fifth field of a decode config, by number
+DECODE_DESIGNS = ("single", "twopass", "bounded", "prefetch")  # the optional fifth field of a decode config
 
 
 def decode_launch(config: tuple[int, ...]) -> tuple[int, int, int, int, str]:
@@ -224,9 +224,11 @@ def bench_decode(out_rows: RowWriter, checks: RowWriter, meta: dict, rep_ms: flo
     k_vals, k_idx = pack_k_cache(k, topk)
     del k
     block_n, warps, stages, per_sm, design = decode_launch(config or launch_defaults(dim))
-    k_range = cache_key_range(k_vals, k_idx, dim) if design == "bounded" else None  # cache state: not timed
+    bounded = design in ("bounded", "prefetch")
+    k_range = cache_key_range(k_vals, k_idx, dim) if bounded else None  # cache state: not timed
     run = partial(sfa_decode, q, k_vals, k_idx, v, topk, block_n=block_n, num_warps=warps, num_stages=stages,
-                  programs_per_sm=per_sm, two_pass=design == "twopass", k_range=k_range)
+                  programs_per_sm=per_sm, two_pass=design == "twopass", k_range=k_range,
+                  _prefetch=design == "prefetch")
     sfa_ms, peak = time_ms(run, rep_ms)
     out = run()
     kd = torch.zeros(batch, heads, length, dim, device=DEVICE, dtype=torch.bfloat16)
@@ -409,7 +411,7 @@ def explore_decode(args, record) -> None:
         block_n, warps, stages, per_sm, design = decode_launch(config)
         run = partial(sfa_decode, qc, k_vals, k_idx, vc, topk, block_n=block_n, num_warps=warps, num_stages=stages,
                       programs_per_sm=per_sm, two_pass=design == "twopass",
-                      k_range=k_range if design == "bounded" else None)
+                      k_range=k_range if design in ("bounded", "prefetch") else None, _prefetch=design == "prefetch")
         name = f"sfa_decode L={kc.shape[2]} B*H={batch * heads} bn{block_n} w{warps} s{stages} p{per_sm}"
         name += f" {design}" * (design != "single")
         try:
@@ -528,7 +530,8 @@ def parse_args(argv=None):
                         default=[(64, 4, 3, 4), (64, 4, 3, 8), (64, 4, 3, 16), (32, 4, 3, 16), (32, 2, 3, 16),
                                  (128, 8, 3, 8), (64, 4, 4, 8), (64, 8, 3, 8), (32, 4, 4, 32)],
                         help="BLOCK_N,warps,stages,programs_per_sm[,design] tuples for the decode part of "
-                        "--mode explore; design 0 single pass, 1 two pass, 2 bounded (DECODE_DESIGNS)")
+                        "--mode explore; design 0 single pass, 1 two pass, 2 bounded, 3 bounded with register "
+                        "prefetch (DECODE_DESIGNS)")
     parser.add_argument("--sections", nargs="+", default=list(EXPLORE_SECTIONS), choices=EXPLORE_SECTIONS,
                         help="parts of --mode explore to run")
     parser.add_argument("--fwd-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",

@@ -80,18 +80,31 @@ from lra_sfa.kernels.topk_pack import index_dtype, topk_pack
 
 
 @triton.jit
-def _key_scores(q_row, Kv, Ki, Bias, bh, H, L, offs, ok, qk_scale,
-                TOPK: tl.constexpr, TOPK_POW2: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """log2-scaled scores of keys ``offs`` of head ``bh``: sum_j kv[n, j] * q~[ki[n, j]]; -inf where not ``ok``."""
+def _load_sparse_keys(Kv, Ki, bh, L, offs, ok, TOPK: tl.constexpr, TOPK_POW2: tl.constexpr):
+    """The cached (values, indices) of keys ``offs`` of head ``bh``: two (BLOCK_N, TOPK_POW2) tiles."""
     slots = tl.arange(0, TOPK_POW2)
     key_rows = bh * L + offs
     slot_ok = ok[:, None] & (slots[None, :] < TOPK)
-    kv = tl.load(Kv + key_rows[:, None] * TOPK + slots[None, :], mask=slot_ok, other=0.0).to(tl.float32)
-    ki = tl.load(Ki + key_rows[:, None] * TOPK + slots[None, :], mask=slot_ok, other=0).to(tl.int32)
-    s = tl.sum(kv * tl.load(q_row + ki).to(tl.float32), axis=1) * qk_scale
+    kv = tl.load(Kv + key_rows[:, None] * TOPK + slots[None, :], mask=slot_ok, other=0.0)
+    ki = tl.load(Ki + key_rows[:, None] * TOPK + slots[None, :], mask=slot_ok, other=0)
+    return kv, ki
+
+
+@triton.jit
+def _scores_of(q_row, kv, ki, Bias, bh, H, L, offs, ok, qk_scale, HAS_BIAS: tl.constexpr):
+    """log2-scaled scores sum_j kv[n, j] * q~[ki[n, j]] from loaded tiles; -inf where not ``ok``."""
+    s = tl.sum(kv.to(tl.float32) * tl.load(q_row + ki.to(tl.int32)).to(tl.float32), axis=1) * qk_scale
     if HAS_BIAS:
         s += tl.load(Bias + (bh // H) * L + offs, mask=ok, other=float("-inf"))
     return tl.where(ok, s, float("-inf"))
+
+
+@triton.jit
+def _key_scores(q_row, Kv, Ki, Bias, bh, H, L, offs, ok, qk_scale,
+                TOPK: tl.constexpr, TOPK_POW2: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """log2-scaled scores of keys ``offs`` of head ``bh``: sum_j kv[n, j] * q~[ki[n, j]]; -inf where not ``ok``."""
+    kv, ki = _load_sparse_keys(Kv, Ki, bh, L, offs, ok, TOPK, TOPK_POW2)
+    return _scores_of(q_row, kv, ki, Bias, bh, H, L, offs, ok, qk_scale, HAS_BIAS)
 
 
 @triton.jit
@@ -119,7 +132,7 @@ def _split_online(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, HEAD_D
 @triton.jit
 def _split_bounded(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, m_b, HEAD_DIM: tl.constexpr,
                    TOPK: tl.constexpr, TOPK_POW2: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   ABLATE: tl.constexpr = 0):
+                   ABLATE: tl.constexpr = 0, PREFETCH: tl.constexpr = False):
     """Keys start..end against a fixed offset m_b >= every score: no max, no rescaling; returns l, acc.
 
     ABLATE (benchmark only, wrong results): 1 drops the V stage (no V read), 2 drops the score stage
@@ -128,20 +141,36 @@ def _split_bounded(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, m_b, 
     cols = tl.arange(0, HEAD_DIM)
     l_vec = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    for n0 in tl.range(start, end, BLOCK_N):
-        offs = n0 + tl.arange(0, BLOCK_N)
+    if PREFETCH:  # registers hold the next block's K and V loads while this block is scored and summed
+        offs = start + tl.arange(0, BLOCK_N)
         ok = offs < end
-        if ABLATE == 2:
-            s = tl.where(ok, 0.0, float("-inf"))
-        else:
-            s = _key_scores(q_row, Kv, Ki, Bias, bh, H, L, offs, ok, qk_scale, TOPK, TOPK_POW2, HAS_BIAS)
-        p = tl.math.exp2(s - m_b)
-        l_vec += p
-        if ABLATE == 1:
-            acc += p[:, None]
-        else:
-            v = tl.load(V + (bh * L + offs)[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0)
+        kv, ki = _load_sparse_keys(Kv, Ki, bh, L, offs, ok, TOPK, TOPK_POW2)
+        v = tl.load(V + (bh * L + offs)[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0)
+        for n0 in tl.range(start, end, BLOCK_N):
+            offs_next = n0 + BLOCK_N + tl.arange(0, BLOCK_N)
+            ok_next = offs_next < end
+            kv_next, ki_next = _load_sparse_keys(Kv, Ki, bh, L, offs_next, ok_next, TOPK, TOPK_POW2)
+            v_next = tl.load(V + (bh * L + offs_next)[:, None] * HEAD_DIM + cols[None, :], mask=ok_next[:, None],
+                             other=0.0)
+            p = tl.math.exp2(_scores_of(q_row, kv, ki, Bias, bh, H, L, offs, ok, qk_scale, HAS_BIAS) - m_b)
+            l_vec += p
             acc += p[:, None] * v.to(tl.float32)
+            kv, ki, v, offs, ok = kv_next, ki_next, v_next, offs_next, ok_next
+    else:
+        for n0 in tl.range(start, end, BLOCK_N):
+            offs = n0 + tl.arange(0, BLOCK_N)
+            ok = offs < end
+            if ABLATE == 2:
+                s = tl.where(ok, 0.0, float("-inf"))
+            else:
+                s = _key_scores(q_row, Kv, Ki, Bias, bh, H, L, offs, ok, qk_scale, TOPK, TOPK_POW2, HAS_BIAS)
+            p = tl.math.exp2(s - m_b)
+            l_vec += p
+            if ABLATE == 1:
+                acc += p[:, None]
+            else:
+                v = tl.load(V + (bh * L + offs)[:, None] * HEAD_DIM + cols[None, :], mask=ok[:, None], other=0.0)
+                acc += p[:, None] * v.to(tl.float32)
     return l_vec, acc
 
 
@@ -150,7 +179,7 @@ def _split_kernel(
     Qd, Kv, Ki, V, Bias, KRange, Mpart, Lpart, Apart,
     L, H, T, chunk, n_splits, qk_scale,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, TOPK_POW2: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, BOUNDED: tl.constexpr = False, ABLATE: tl.constexpr = 0,
+    HAS_BIAS: tl.constexpr, BOUNDED: tl.constexpr = False, ABLATE: tl.constexpr = 0, PREFETCH: tl.constexpr = False,
 ):
     split = tl.program_id(0)
     row = tl.program_id(1)
@@ -165,7 +194,7 @@ def _split_kernel(
         m_i = tl.sum(tl.maximum(q * tl.load(k_range + cols), q * tl.load(k_range + HEAD_DIM + cols)), axis=0)
         m_i = m_i * qk_scale
         l_vec, acc = _split_bounded(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, m_i, HEAD_DIM, TOPK,
-                                    TOPK_POW2, BLOCK_N, HAS_BIAS, ABLATE)
+                                    TOPK_POW2, BLOCK_N, HAS_BIAS, ABLATE, PREFETCH)
         # the bound sat far above this split's scores (or all its keys are padding): redo it online
         if ABLATE == 0 and tl.sum(l_vec, axis=0) < BOUND_MIN_SUM:
             m_i, l_vec, acc = _split_online(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, HEAD_DIM,
@@ -315,7 +344,7 @@ def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: to
                key_padding_mask: torch.Tensor | None = None, block_n: int | None = None,
                num_warps: int | None = None, num_splits: int | None = None, num_stages: int | None = None,
                programs_per_sm: int | None = None, two_pass: bool = False,
-               k_range: torch.Tensor | None = None, _ablate: int = 0) -> torch.Tensor:
+               k_range: torch.Tensor | None = None, _ablate: int = 0, _prefetch: bool = False) -> torch.Tensor:
     """SFA for T new query rows q (B, H, T, D) against a sparse-K cache; returns (B, H, T, D).
 
     Launch parameters left at None take ``launch_defaults(D)``. Without ``num_splits`` the keys are
@@ -360,7 +389,8 @@ def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: to
         k_range_arg = bias if k_range is None else k_range.float().contiguous()
         _split_kernel[(splits, rows)](qd, k_vals, k_idx, v, bias, k_range_arg, m_part, l_part, a_part, length, heads,
                                       steps, chunk, splits, LOG2E / math.sqrt(head_dim), HEAD_DIM=head_dim,
-                                      BOUNDED=k_range is not None, ABLATE=_ablate, **consts)
+                                      BOUNDED=k_range is not None, ABLATE=_ablate, PREFETCH=_prefetch,
+                                      **consts)
     out = torch.empty(batch, heads, steps, head_dim, dtype=q.dtype, device=q.device)
     _combine_kernel[(rows,)](m_part, l_part, a_part, out, splits, HEAD_DIM=head_dim,
                              SPLITS_POW2=triton.next_power_of_2(splits), num_warps=4)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (issue 3): time the SFA decode kernel's launch grid (BLOCK_N, warps, stages, split
-# programs per SM; single-pass and bounded designs; two-pass lost on 2026-11-29) at a 128K context, then
-# re-runs the decode part of the kernel sweep with the fastest one (earlier grids: results/kernels/sfa_decode_grid_*.csv).
+# programs per SM; single-pass and bounded designs, the latter with and without register prefetch; two-pass
+# lost on 2026-11-29) at a 128K context, then re-runs the decode part of the kernel sweep with the fastest one (earlier grids: results/kernels/sfa_decode_grid_*.csv).
 #   bash scripts/gpu_decode.sh [DATE]
 # The grid runs at head dim 128, so the sweep re-runs the head-dim-128 decode rows only.
 # Writes $OUT/decode/sfa_explore.csv (the grid) and $OUT/decode/sfa_vs_sdpa.csv + sfa_checks.csv (decode rows
@@ -11,8 +11,8 @@ set -u
 export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
 DATE=${1:-$(date +%F)}
 python3 -m lra_sfa.bench.kernels --mode explore --sections decode --out "$OUT/decode" --decode-configs \
-  32,4,5,16 32,4,3,16 32,4,5,16,2 32,4,3,16,2 64,4,3,8,2 64,4,3,16,2 32,4,3,32,2 128,8,3,8,2 64,8,3,8,2 \
-  16,2,3,16,2 2>&1 | grep -v WARN
+  32,4,3,16 32,4,3,16,2 32,4,3,32,2 32,4,3,16,3 32,4,3,24,3 32,4,3,32,3 32,4,3,64,3 64,4,3,32,3 \
+  2>&1 | grep -v WARN
 best=$(python3 - "$OUT/decode/sfa_explore.csv" <<'PY'
 import csv, sys
 designs = {"twopass": 1, "bounded": 2, "prefetch": 3}  # lra_sfa.bench.kernels.DECODE_DESIGNS

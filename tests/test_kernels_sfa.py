@@ -129,7 +129,7 @@ def test_decode_sparse_cache(length, steps, padding, dtype, design, scale=1.0):
     k_vals, k_idx = pack_k_cache(k, 4)
     k_range = cache_key_range(k_vals, k_idx, 32) if design in ("bounded", "prefetch") else None
     out = sfa_decode(q, k_vals, k_idx, v, 4, key_padding_mask=mask, num_splits=3, two_pass=design == "two_pass",
-                     k_range=k_range, _prefetch=design == "prefetch")
+                     k_range=k_range, prefetch=design == "prefetch")
     _, _, qd = topk_pack(q, 4)
     kd = torch.zeros_like(k).scatter(-1, k_idx.long(), k_vals)
     exact = sfa_check.plain_attention(qd.double(), kd.double(), v.double(), mask)  # (B, H, T, D)

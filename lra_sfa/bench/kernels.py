@@ -223,12 +223,12 @@ def bench_decode(out_rows: RowWriter, checks: RowWriter, meta: dict, rep_ms: flo
     q = torch.randn(batch, heads, 1, dim, device=DEVICE, dtype=torch.bfloat16)
     k_vals, k_idx = pack_k_cache(k, topk)
     del k
-    block_n, warps, stages, per_sm, design = decode_launch(config or launch_defaults(dim))
+    block_n, warps, stages, per_sm, design = decode_launch(config or (*launch_defaults(dim, bounded=True), 3))
     bounded = design in ("bounded", "prefetch")
     k_range = cache_key_range(k_vals, k_idx, dim) if bounded else None  # cache state: not timed
     run = partial(sfa_decode, q, k_vals, k_idx, v, topk, block_n=block_n, num_warps=warps, num_stages=stages,
                   programs_per_sm=per_sm, two_pass=design == "twopass", k_range=k_range,
-                  _prefetch=design == "prefetch")
+                  prefetch=design == "prefetch")
     sfa_ms, peak = time_ms(run, rep_ms)
     out = run()
     kd = torch.zeros(batch, heads, length, dim, device=DEVICE, dtype=torch.bfloat16)
@@ -411,7 +411,7 @@ def explore_decode(args, record) -> None:
         block_n, warps, stages, per_sm, design = decode_launch(config)
         run = partial(sfa_decode, qc, k_vals, k_idx, vc, topk, block_n=block_n, num_warps=warps, num_stages=stages,
                       programs_per_sm=per_sm, two_pass=design == "twopass",
-                      k_range=k_range if design in ("bounded", "prefetch") else None, _prefetch=design == "prefetch")
+                      k_range=k_range if design in ("bounded", "prefetch") else None, prefetch=design == "prefetch")
         name = f"sfa_decode L={kc.shape[2]} B*H={batch * heads} bn{block_n} w{warps} s{stages} p{per_sm}"
         name += f" {design}" * (design != "single")
         try:
@@ -525,7 +525,7 @@ def parse_args(argv=None):
                         help="ops the sweep measures")
     parser.add_argument("--decode-config", type=lambda text: tuple(int(x) for x in text.split(",")),
                         default=None, help="BLOCK_N,warps,stages,programs_per_sm[,design] of the sweep's decode "
-                        "(default: sfa_decode's launch_defaults per head dim)")
+                        "(default: sfa_decode's bounded launch_defaults per head dim, with prefetch)")
     parser.add_argument("--decode-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
                         default=[(64, 4, 3, 4), (64, 4, 3, 8), (64, 4, 3, 16), (32, 4, 3, 16), (32, 2, 3, 16),
                                  (128, 8, 3, 8), (64, 4, 4, 8), (64, 8, 3, 8), (32, 4, 4, 32)],

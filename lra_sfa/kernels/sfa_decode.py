@@ -335,8 +335,11 @@ def _num_splits(rows: int, length: int, block_n: int, device: torch.device, prog
     return max(1, min(triton.cdiv(programs_per_sm * sms, rows), triton.cdiv(length, block_n)))
 
 
-def launch_defaults(head_dim: int) -> tuple[int, int, int, int]:
-    """(BLOCK_N, warps, stages, programs per SM) measured best on the H200 (module docstring)."""
+def launch_defaults(head_dim: int, bounded: bool = False) -> tuple[int, int, int, int]:
+    """(BLOCK_N, warps, stages, programs per SM) measured best on the H200 (module docstring), for the
+    single-pass kernel or, with ``bounded``, the bounded kernel with register prefetch."""
+    if bounded:
+        return (32, 4, 3, 32) if head_dim == 128 else (64, 4, 3, 16)
     return (32, 4, 5, 16) if head_dim == 128 else (64, 4, 3, 4)
 
 
@@ -344,18 +347,21 @@ def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: to
                key_padding_mask: torch.Tensor | None = None, block_n: int | None = None,
                num_warps: int | None = None, num_splits: int | None = None, num_stages: int | None = None,
                programs_per_sm: int | None = None, two_pass: bool = False,
-               k_range: torch.Tensor | None = None, _ablate: int = 0, _prefetch: bool = False) -> torch.Tensor:
+               k_range: torch.Tensor | None = None, prefetch: bool | None = None, _ablate: int = 0) -> torch.Tensor:
     """SFA for T new query rows q (B, H, T, D) against a sparse-K cache; returns (B, H, T, D).
 
-    Launch parameters left at None take ``launch_defaults(D)``. Without ``num_splits`` the keys are
-    split so that there are about ``programs_per_sm`` split programs per SM. ``two_pass`` runs the
-    second design (module docstring): scores first, then V. ``k_range`` (B, H, 2, D) fp32 from
-    ``cache_key_range`` selects the bounded single-pass kernel (module docstring). ``_ablate``
-    (1: no V stage, 2: no score stage) is for the benchmark's stage timing only: its output is wrong.
+    Launch parameters left at None take ``launch_defaults(D, bounded=k_range is not None)``.
+    Without ``num_splits`` the keys are split so that there are about ``programs_per_sm`` split
+    programs per SM. ``two_pass`` runs the second design (module docstring): scores first, then V.
+    ``k_range`` (B, H, 2, D) fp32 from ``cache_key_range`` selects the bounded single-pass kernel
+    (module docstring), which by default (``prefetch=None``) loads the next key block into
+    registers while it scores this one. ``_ablate`` (1: no V stage, 2: no score stage) is for the
+    benchmark's stage timing only: its output is wrong.
     """
     _check_decode(q, k_vals, k_idx, v, topk_q, key_padding_mask)
     batch, heads, steps, head_dim = q.shape
-    defaults = launch_defaults(head_dim)
+    defaults = launch_defaults(head_dim, bounded=k_range is not None)
+    prefetch = k_range is not None if prefetch is None else prefetch
     block_n, num_warps, num_stages, programs_per_sm = (
         given if given is not None else default
         for given, default in zip((block_n, num_warps, num_stages, programs_per_sm), defaults))
@@ -389,7 +395,7 @@ def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: to
         k_range_arg = bias if k_range is None else k_range.float().contiguous()
         _split_kernel[(splits, rows)](qd, k_vals, k_idx, v, bias, k_range_arg, m_part, l_part, a_part, length, heads,
                                       steps, chunk, splits, LOG2E / math.sqrt(head_dim), HEAD_DIM=head_dim,
-                                      BOUNDED=k_range is not None, ABLATE=_ablate, PREFETCH=_prefetch,
+                                      BOUNDED=k_range is not None, ABLATE=_ablate, PREFETCH=prefetch,
                                       **consts)
     out = torch.empty(batch, heads, steps, head_dim, dtype=q.dtype, device=q.device)
     _combine_kernel[(rows,)](m_part, l_part, a_part, out, splits, HEAD_DIM=head_dim,

@@ -36,35 +36,43 @@ Third design, bounded single pass (``k_range=cache_key_range(...)``)
     no running max, no cross-warp max per block, no accumulator rescaling.
     A split whose sum falls under ``BOUND_MIN_SUM`` (bound 64+ binades
     loose, or all keys padded) is redone online. Measured 1.369 vs 1.383 ms
-    at 128K (2026-11-29, calls queued): 1%. The sweep's d=128 rows use it.
+    at 128K (2026-11-29, calls queued): 1% on its own; with the register
+    prefetch (``prefetch``, on by default here) it is the fastest design
+    and the one the sweep's decode rows use.
 
 Launch grid (``launch_defaults``)
     The split count matters most. With 4 split programs per SM (the first
     default) a 128K context at B*H=128 made 640 programs, more than one wave
-    at 4 resident per SM: a second, mostly idle wave. Grid at L=128K, d=128,
-    k=8, B*H=128 (H200, 2026-11-29, results/kernels/sfa_decode_grid_2026-11-29.csv):
-    BLOCK_N 64 / 4 warps / 3 stages: 2.06 ms at 4 programs per SM, 1.76 at 8,
-    1.66 at 16 (4 stages); BLOCK_N 32 / 4 warps at 16 per SM: 1.52 ms (3 or 5
-    stages), 1.73 (4 stages, noise is about +-0.1 ms between calls); 32 per
-    SM 1.53-1.54; BLOCK_N 16 / 2 warps 1.77; 8 warps 2.2-2.4. So head dim 128
-    takes (32, 4, 5, 16). Head dim 64 keeps (64, 4, 3, 4): with (32, 4, 5, 16)
-    its sweep rows got worse at 32K (1.39 vs 1.12 ms).
+    at 4 resident per SM: a second, mostly idle wave. Grids at L=128K, d=128,
+    k=8, B*H=128 (H200, results/kernels/sfa_decode_grid_2026-11-29*.csv):
+    single pass, BLOCK_N 64 / 4 warps / 3 stages: 2.06 ms at 4 programs per
+    SM, 1.76 at 8, 1.66 at 16; BLOCK_N 32 / 4 warps at 16 per SM 1.52 ms
+    (host sync per call); 8 warps 2.0-2.5. Bounded with prefetch (calls
+    queued, after the load split): (32, 4, 3, 32) 1.19 ms, 64 per SM 1.21,
+    24 per SM 1.27, BLOCK_N 64 at 32 per SM 1.33. Defaults: single pass
+    (32, 4, 5, 16) at d=128 and (64, 4, 3, 4) otherwise; bounded (32, 4, 3,
+    32) at d=128 and (64, 4, 3, 16) otherwise (d=64: 0.64-0.71 ms at k=8
+    against 0.65-0.69 with (32, 4, 3, 32) and 0.74-0.85 single pass).
 
 Measured (H200, bf16, one query step, 2^24 cached token-heads; sfa_vs_sdpa.csv):
-    d=128 k=8, 2026-11-29, bounded, (32, 4, 3, 16), calls queued: 1.37 ms at
-    L=128K (8 x 16 heads) against cuDNN 1.88 ms and FA2 2.06 ms: 1.37x /
-    1.50x; 1.33x at 8K, 1.27x at 32K, 1.35x at 512K; k=16 1.06-1.21x. That
-    is 3.4 TB/s of the 280 B per token-head against the 4.6 TB/s cuDNN reads
-    its dense cache at; the floor at cuDNN's rate would be 1.0 ms (1.8x).
-    Where the time goes (stages taken out, bounded (32, 4, 3, 16), 128K,
-    results/kernels/sfa_decode_stages_2026-11-29.csv): all 1.37 ms; without
-    the V stage (sparse-K read, q gather, exp2, sums) 0.72 ms; without the
-    score stage (V stream, exp2) 1.08 ms, i.e. V alone streams at 4.0 TB/s,
-    near cuDNN's rate. So the score stage is latency-bound (0.4 GB in 0.72
-    ms: the per-key index -> q gather) and only partly hidden behind V; it
-    adds 0.29 ms. With it fully hidden the kernel would be 1.7x cuDNN. The
-    two-pass design serialises the same two stages (0.7 + 1.1 ms, measured
-    1.78). Next lead: gather q from registers (tl.gather) instead of L1.
+    d=128 k=8, 2026-11-29, bounded with prefetch, (32, 4, 3, 32), calls
+    queued: 1.19 ms at L=128K (8 x 16 heads) against cuDNN 1.83 ms and FA2
+    1.86 ms: 1.53x / 1.55x; 1.53x at 8K and 32K, 1.55x at 512K; k=16
+    1.44-1.46x; d=64 (64, 4, 3, 16) k=8 1.42-1.49x. That is 3.9 TB/s of the
+    280 B per token-head against the 4.7 TB/s cuDNN reads its dense cache at.
+    Steps to it, same shape and timing: single pass 1.38 ms, bounded 1.37;
+    the sparse-K loads' dtype conversions moved after the loads (the
+    ``_load_sparse_keys`` / ``_scores_of`` split) 1.21-1.23 ms for both
+    designs; register prefetch of the next block 1.19 ms at 32 programs
+    per SM (1.31 at 16: it needs the extra programs to hide its registers).
+    Where the time went before those two changes (stages taken out,
+    bounded (32, 4, 3, 16), results/kernels/sfa_decode_stages_2026-11-29.csv):
+    all 1.37 ms; without the V stage (sparse-K read, q gather, exp2, sums)
+    0.72 ms; without the score stage (V stream, exp2) 1.08 ms. The compiled
+    loop (PTX for sm_90) has no cp.async: Triton does not pipeline these
+    loads, each block waits on its own K and V reads, and layout
+    conversions put about nine bar.sync in every iteration; the prefetch
+    overlaps the next block's reads with this block's work by hand.
 """
 
 from __future__ import annotations

@@ -144,6 +144,18 @@ def test_bounded_decode_falls_back_when_the_bound_is_loose(padding):
     test_decode_sparse_cache(100, 2, padding, torch.float32, "bounded", scale=30.0)
 
 
+@pytest.mark.parametrize("bad", ["shape", "two_pass"])
+def test_decode_rejects_a_key_range_it_cannot_use(bad):
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 2, length, 32, generator=gen) for length in (1, 20, 20))
+    k_vals, k_idx = pack_k_cache(k, 4)
+    k_range = cache_key_range(k_vals, k_idx, 32)
+    if bad == "shape":
+        k_range = k_range[:, :1]
+    with pytest.raises(ValueError, match="k_range must have shape"):
+        sfa_decode(q, k_vals, k_idx, v, 4, k_range=k_range, two_pass=bad == "two_pass")
+
+
 def test_cache_key_range_bounds_every_score():
     gen = torch.Generator().manual_seed(5)
     q, k = (torch.randn(2, 3, length, 32, generator=gen) for length in (4, 60))

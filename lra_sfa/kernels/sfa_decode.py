@@ -143,8 +143,8 @@ def _split_bounded(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, m_b, 
                    ABLATE: tl.constexpr = 0, PREFETCH: tl.constexpr = False):
     """Keys start..end against a fixed offset m_b >= every score: no max, no rescaling; returns l, acc.
 
-    ABLATE (benchmark only, wrong results): 1 drops the V stage (no V read), 2 drops the score stage
-    (no sparse-K read, every score 0), to measure where the time goes.
+    ABLATE (benchmark only, wrong results; the loop without PREFETCH): 1 drops the V stage (no V
+    read), 2 drops the score stage (no sparse-K read, every score 0), to measure where the time goes.
     """
     cols = tl.arange(0, HEAD_DIM)
     l_vec = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -368,6 +368,10 @@ def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: to
     """
     _check_decode(q, k_vals, k_idx, v, topk_q, key_padding_mask)
     batch, heads, steps, head_dim = q.shape
+    if k_range is not None and (two_pass or tuple(k_range.shape) != (batch, heads, 2, head_dim)):
+        raise ValueError(f"sfa_decode: k_range must have shape {(batch, heads, 2, head_dim)} (from cache_key_range) "
+                         f"and selects the single-pass bounded kernel, so not with two_pass=True; got shape "
+                         f"{tuple(k_range.shape)}, two_pass={two_pass}")
     defaults = launch_defaults(head_dim, bounded=k_range is not None)
     prefetch = k_range is not None if prefetch is None else prefetch
     block_n, num_warps, num_stages, programs_per_sm = (
@@ -397,9 +401,6 @@ def sfa_decode(q: torch.Tensor, k_vals: torch.Tensor, k_idx: torch.Tensor, v: to
                                            HEAD_DIM=head_dim, BLOCK_N=block_n, num_warps=num_warps,
                                            num_stages=num_stages)
     else:
-        if k_range is not None and tuple(k_range.shape) != (batch, heads, 2, head_dim):
-            raise ValueError(f"sfa_decode: k_range must have shape {(batch, heads, 2, head_dim)} (from "
-                             f"cache_key_range); got {tuple(k_range.shape)}")
         k_range_arg = bias if k_range is None else k_range.float().contiguous()
         _split_kernel[(splits, rows)](qd, k_vals, k_idx, v, bias, k_range_arg, m_part, l_part, a_part, length, heads,
                                       steps, chunk, splits, LOG2E / math.sqrt(head_dim), HEAD_DIM=head_dim,

@@ -47,8 +47,8 @@ KERNEL_CSV_COLUMNS = COLUMNS + WIDE_COLUMNS
 SFA_IMPL = "sfa_triton"
 # Kernel timings queue the calls back to back (timing.time_ms(queued=True), as triton.testing.do_bench):
 # the GPU time of each call, with the host's launch work overlapped as in a training or decoding loop.
-# Every SFA and SDPA time in this module is taken this way (before 2026-11-29 afternoon: a host sync
-# after each call, which also counted the exposed launch work; results/kernels/NOTES.md has both).
+# Every SFA and SDPA time in this module is taken this way (the rows of 2026-11-28 and the first decode
+# grid of 2026-11-29 synced after each call, which also counted the exposed launch work; NOTES.md has both).
 time_ms = partial(timing.time_ms, queued=True)
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "fa2": SDPBackend.FLASH_ATTENTION}
 CHECK_ROWS, CHECK_HEADS = 128, 2
@@ -360,6 +360,7 @@ def explore_prefill(args, record, sections: set[str]) -> None:
 def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> None:
     """Each backward kernel (dK/dV, dQ) alone at the explore shape, for each (BLOCK_M, BLOCK_N, warps, stages)."""
     from lra_sfa.kernels import flash_sfa_bwd as bwd
+    from lra_sfa.kernels import flash_sfa_fwd as fwd
     from lra_sfa.kernels.flash_sfa import launch_backward, launch_forward, pad_bias
 
     qd, kd = packs["q_dense"], packs["k_dense"]  # (B*H, L, D)
@@ -375,7 +376,7 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
            f"dkdv {getattr(bwd.dkdv_tuned, 'best_config', None)} dq {getattr(bwd.dq_tuned, 'best_config', None)}")
     delta = (out.float() * dout.float()).sum(-1)  # (B*H, L)
     common = dict(Q=qd, K=kd, V=v, DO=dout, Lse=lse2, Delta=delta, Bias=bias, L=length, H=batch_heads,
-                  qk_scale=1.4426950408889634 / dim ** 0.5, sm_scale=1.0 / dim ** 0.5, l_bucket=length,
+                  qk_scale=fwd.LOG2E / dim ** 0.5, sm_scale=1.0 / dim ** 0.5, l_bucket=length,
                   HEAD_DIM=dim, HAS_BIAS=False, IEEE=False, TOPK=topk, FULL_SUPPORT=False)
     kernels = {"dkdv": (bwd.dkdv_kernel, dict(common, Kidx=k_idx, DK=torch.empty_like(kd), DV=torch.empty_like(v)),
                         "BLOCK_N", ("DK", "DV"), ref[1:]),
@@ -527,8 +528,8 @@ def parse_args(argv=None):
                         default=None, help="BLOCK_N,warps,stages,programs_per_sm[,design] of the sweep's decode "
                         "(default: sfa_decode's bounded launch_defaults per head dim, with prefetch)")
     parser.add_argument("--decode-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
-                        default=[(64, 4, 3, 4), (64, 4, 3, 8), (64, 4, 3, 16), (32, 4, 3, 16), (32, 2, 3, 16),
-                                 (128, 8, 3, 8), (64, 4, 4, 8), (64, 8, 3, 8), (32, 4, 4, 32)],
+                        default=[(32, 4, 3, 16), (32, 4, 3, 16, 2), (32, 4, 3, 32, 2), (32, 4, 3, 16, 3),
+                                 (32, 4, 3, 32, 3), (32, 4, 3, 64, 3), (64, 4, 3, 32, 3)],
                         help="BLOCK_N,warps,stages,programs_per_sm[,design] tuples for the decode part of "
                         "--mode explore; design 0 single pass, 1 two pass, 2 bounded, 3 bounded with register "
                         "prefetch (DECODE_DESIGNS)")

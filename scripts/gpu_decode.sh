@@ -5,8 +5,8 @@
 #   bash scripts/gpu_decode.sh [DATE]
 # The grid runs at head dim 128, so the sweep re-runs the head-dim-128 decode rows only.
 # Writes $OUT/decode/sfa_explore.csv (the grid) and $OUT/decode/sfa_vs_sdpa.csv + sfa_checks.csv (decode rows
-# only, as `python -m lra_sfa.bench.kernels --mode sweep --ops decode` writes them): merge those into
-# results/kernels/ in place of the older decode rows, then `python -m lra_sfa.bench.kernels --mode plot`.
+# only, as `python -m lra_sfa.bench.kernels --mode sweep --ops decode` writes them); bring them home with
+# `python -m lra_sfa.bench.kernels --mode merge --src <the returned decode folder>` (replaces those cells only).
 set -u
 export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
 DATE=${1:-$(date +%F)}

@@ -3,10 +3,13 @@
     python -m lra_sfa.bench.kernels --mode sweep   --out results/kernels
     python -m lra_sfa.bench.kernels --mode explore --out $OUT
     python -m lra_sfa.bench.kernels --mode check   --out $OUT   # GPU correctness only
+    python -m lra_sfa.bench.kernels --mode merge   --src DIR    # a device run's CSVs into results/kernels
 
 ``sweep`` writes ``sfa_vs_sdpa.csv`` (one row per shape, op and baseline;
-rows are flushed as they are measured, so a timeout keeps what was done; the
-file's ``impl=sfa_wide`` rows, written by ``lra_sfa.bench.wide``, are kept),
+each measured row replaces the file's row of the same cell, ``KERNEL_KEY``,
+and the file is rewritten after every row, so a timeout or a partial re-run
+keeps everything else, including the ``impl=sfa_wide`` rows of
+``lra_sfa.bench.wide``),
 ``sfa_checks.csv`` (kernel and plain-PyTorch errors and the DESIGN.md
 verdict per row) and the plot ``sfa_vs_sdpa.png``. ``explore`` times the
 forward designs and tile configurations at one shape (``sfa_explore.csv``).
@@ -44,6 +47,8 @@ COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype
 # say which variant a wide row is, and stay empty on the sfa_triton rows.
 WIDE_COLUMNS = ["mode", "cap", "D", "mean_candidates", "dropped_frac"]
 KERNEL_CSV_COLUMNS = COLUMNS + WIDE_COLUMNS
+# one cell of sfa_vs_sdpa.csv / sfa_checks.csv: a re-measured cell replaces its row (batch x heads follow L)
+KERNEL_KEY = ["impl", "op", "seq_len", "head_dim", "topk", "dtype", "baseline", "mode", "cap", "D"]
 SFA_IMPL = "sfa_triton"
 # Kernel timings queue the calls back to back (timing.time_ms(queued=True), as triton.testing.do_bench):
 # the GPU time of each call, with the host's launch work overlapped as in a training or decoding loop.
@@ -60,43 +65,48 @@ EXPLORE_CHECKS = [(1, 64, 8, False, torch.bfloat16), (100, 128, 8, True, torch.b
 EXPLORE_SECTIONS = ("checks", "topk", "fwd", "variants", "bwd", "full", "decode")
 
 
-def rows_of_other_impls(path: Path, impl: str) -> list[dict]:
-    """The rows of an existing kernel CSV whose ``impl`` is not ``impl`` (none if there is no file)."""
-    if not path.exists():
-        return []
-    with path.open(newline="") as handle:
-        return [row for row in csv.DictReader(handle) if row.get("impl") != impl]
-
-
-def replace_impl_rows(path: Path, impl: str, rows: list[dict], columns: list[str]) -> None:
-    """Rewrite the CSV at ``path`` with its rows of other impls kept and ``impl``'s replaced by ``rows``
-    (written to a temporary file, then renamed)."""
-    kept = rows_of_other_impls(path, impl)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for row in [*kept, *rows]:
-            writer.writerow({c: row.get(c, "") for c in columns})
-    tmp.replace(path)
+def _cell(value) -> str:
+    return "" if value is None else str(value)
 
 
 class RowWriter:
-    """Writes dict rows to a CSV, flushing each one. With ``keep_other_than``, the rows of an existing
-    file whose ``impl`` differs from it are copied first (the sweep keeps the wide-code rows)."""
+    """A CSV of dict rows, rewritten atomically (a temporary file, then a rename) after every row.
 
-    def __init__(self, path: Path, columns: list[str], keep_other_than: str | None = None):
+    With ``key`` (column names) the rows already in the file are kept and a new row replaces the one
+    with the same key, so a partial re-run (one op, one head dim, one impl) updates its own cells and
+    loses none of the others; each row keeps its own ``date``. Without ``key`` the file starts empty.
+    """
+
+    def __init__(self, path: Path, columns: list[str], key: list[str] | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept = rows_of_other_impls(path, keep_other_than) if keep_other_than else []
-        self.columns, self.file = columns, path.open("w", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=columns)
-        self.writer.writeheader()
-        for row in kept:
-            self.write(row)
+        self.path, self.columns, self.key = path, columns, key
+        self.rows: list[dict[str, str]] = []
+        if key and path.exists():
+            with path.open(newline="") as handle:
+                self.rows = [{c: row.get(c) or "" for c in columns} for row in csv.DictReader(handle)]
+        self._flush()
+
+    def _key_of(self, row: dict) -> tuple[str, ...]:
+        return tuple(_cell(row.get(c)) for c in self.key or ())  # a key column the file lacks reads as ""
 
     def write(self, row: dict) -> None:
-        self.writer.writerow({c: row.get(c, "") for c in self.columns})
-        self.file.flush()
+        cells = {c: _cell(row.get(c)) for c in self.columns}
+        key = self._key_of(cells)
+        same = [i for i, old in enumerate(self.rows) if self.key and self._key_of(old) == key]
+        if same:
+            self.rows[same[0]] = cells
+            self.rows = [r for i, r in enumerate(self.rows) if i not in same[1:]]
+        else:
+            self.rows.append(cells)
+        self._flush()
+
+    def _flush(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
 
 
 def shape_for(length: int, tokens: int, max_heads: int = 16) -> tuple[int, int]:
@@ -435,10 +445,10 @@ def explore_decode(args, record) -> None:
 
 def run_sweep(args) -> None:
     out_dir = Path(args.out)
-    rows = RowWriter(out_dir / "sfa_vs_sdpa.csv", KERNEL_CSV_COLUMNS, keep_other_than=SFA_IMPL)
+    rows = RowWriter(out_dir / "sfa_vs_sdpa.csv", KERNEL_CSV_COLUMNS, key=KERNEL_KEY)
     checks = RowWriter(out_dir / "sfa_checks.csv", COLUMNS + ["baseline_random_ms", "baseline_sparse_ms",
                                                              "torch_err", "passes", "cache_bytes_per_token",
-                                                             "dense_bytes_per_token"])
+                                                             "dense_bytes_per_token"], key=KERNEL_KEY)
     base = dict(dtype="bf16", device=torch.cuda.get_device_name(), date=args.date)
     started, cache = time.time(), {}
     for dim in args.dims if "decode" in args.ops else ():
@@ -451,7 +461,7 @@ def run_sweep(args) -> None:
         plot(out_dir / "sfa_vs_sdpa.csv", out_dir / "sfa_vs_sdpa.png")
         return
     topk_rows = RowWriter(out_dir / "sfa_topk.csv", ["rows", "head_dim", "topk", "topk_pack_ms", "torch_topk_ms",
-                                                      "device", "date"])
+                                                      "device", "date"], key=["rows", "head_dim", "topk"])
     x = torch.randn(args.topk_rows, 128, device=DEVICE, dtype=torch.bfloat16)
     for topk in args.topks:
         pack_ms = time_ms(partial(topk_pack, x, topk))[0]
@@ -475,6 +485,35 @@ def run_sweep(args) -> None:
         meta = dict(base, batch=batch, heads=heads, seq_len=length, head_dim=dim, topk=topk)
         bench_prefill(rows, checks, meta, op, cache, args.rep_ms)
     plot(out_dir / "sfa_vs_sdpa.csv", out_dir / "sfa_vs_sdpa.png")
+
+
+def merge(src: Path, out: Path) -> None:
+    """Merge the benchmark CSVs found in ``src`` into ``out`` cell by cell (each src row replaces the out row
+    of the same cell; every other out row stays), then redraw the plots."""
+    from lra_sfa.bench import wide
+
+    keys = {"sfa_vs_sdpa.csv": KERNEL_KEY, "sfa_checks.csv": KERNEL_KEY, "sfa_topk.csv": ["rows", "head_dim", "topk"],
+            "sfa_wide.csv": wide.WIDE_KEY}
+    found = [name for name in keys if (src / name).is_file()]
+    if not found:
+        raise SystemExit(f"lra_sfa.bench.kernels --mode merge: none of {sorted(keys)} in {src}")
+    for name in found:
+        with (src / name).open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows, src_columns = list(reader), list(reader.fieldnames or [])
+        columns = src_columns
+        if (out / name).is_file():
+            with (out / name).open(newline="") as handle:
+                old_columns = list(csv.DictReader(handle).fieldnames or [])
+            columns = old_columns + [c for c in src_columns if c not in old_columns]
+        table = RowWriter(out / name, columns, key=keys[name])
+        for row in rows:
+            table.write(row)
+        print(f"merged {len(rows)} rows of {src / name} into {out / name}")
+    if (out / "sfa_vs_sdpa.csv").is_file():
+        plot(out / "sfa_vs_sdpa.csv", out / "sfa_vs_sdpa.png")
+    if (out / "sfa_wide.csv").is_file():
+        wide.plot(out)
 
 
 def plot(csv_path: Path, png_path: Path) -> None:
@@ -508,7 +547,8 @@ def plot(csv_path: Path, png_path: Path) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("sweep", "explore", "check", "plot"), default="sweep")
+    parser.add_argument("--mode", choices=("sweep", "explore", "check", "plot", "merge"), default="sweep")
+    parser.add_argument("--src", default=None, help="--mode merge: a folder of benchmark CSVs (a device run's $OUT)")
     parser.add_argument("--out", default="results/kernels")
     parser.add_argument("--date", default=datetime.date.today().isoformat())
     parser.add_argument("--dims", type=int, nargs="+", default=[128, 64])
@@ -554,6 +594,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.mode == "merge":
+        merge(Path(args.src), Path(args.out))
+        return
     if args.mode == "plot":
         plot(Path(args.out) / "sfa_vs_sdpa.csv", Path(args.out) / "sfa_vs_sdpa.png")
         return

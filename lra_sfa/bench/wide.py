@@ -3,12 +3,19 @@
     python -m lra_sfa.bench.wide --out results/kernels
 
 Shapes: B=1, H=8, head dim 64 (q, k, v bf16 random normal). Codes: LSH (a
-fixed random projection of q and k to D features, top-k per token), so
-feature use is near uniform and a query meets about L k^2 / D keys per list
-set. Variants: ``overlap`` with ``cap=None`` (exact overlap) and with each
-``--variants`` cap. Times include building the posting lists (sorts) but not
-the codes. cuDNN at large L is measured with fewer heads and scaled to 8
-(heads are independent; ``baseline_note`` says so).
+fixed random projection of q and k to D features, top-k per token). Their
+feature use is not uniform: a query meets more than the uniform L k^2 / D
+keys (4x at D = 131072, k = 8; results/kernels/sfa_wide.md). Variants:
+``overlap`` with ``cap=None`` (exact overlap) and with each ``--variants``
+cap. Times include building the posting lists (sorts) but not the codes;
+``codes_ms`` is the time to build the q and k codes at that length
+(projection and top-k), reported beside it. cuDNN at large L is measured
+with fewer heads and scaled to 8 (heads are independent; ``baseline_note``
+says so).
+
+Rows go to ``sfa_wide.csv`` and, as ``impl=sfa_wide``, to the kernel CSV
+``sfa_vs_sdpa.csv``; each replaces the row of its own cell (``WIDE_KEY``,
+``KERNEL_KEY``), so a run at another D, k or cap keeps the earlier ones.
 
 Columns: the kernel CSV columns plus mean_candidates (counted pairs per
 query), dropped_frac (pairs lost to the cap, 1 - capped / exact candidates,
@@ -24,23 +31,25 @@ Lengths whose projected time exceeds --max-call-s are skipped (printed).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lra_sfa.bench.kernels import KERNEL_CSV_COLUMNS, replace_impl_rows
+from lra_sfa.bench.kernels import KERNEL_CSV_COLUMNS, KERNEL_KEY, RowWriter
 from lra_sfa.bench.timing import time_ms
 from lra_sfa.kernels.wide_ref import wide_dense_reference
 from lra_sfa.kernels.wide_triton import wide_triton_attention
 
+WIDE_KEY = ["op", "heads", "seq_len", "head_dim", "topk", "D", "cap", "mode"]  # one cell of sfa_wide.csv
 COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "ms", "baseline",
            "baseline_ms", "speedup", "max_rel_err", "peak_mem_mb", "device", "date", "mean_candidates",
-           "dropped_frac", "mode", "cap", "D", "dropped_incidence_frac", "plain_rel_err", "check", "baseline_note"]
+           "dropped_frac", "mode", "cap", "D", "dropped_incidence_frac", "plain_rel_err", "check", "baseline_note",
+           "codes_ms"]
 
 
 @torch.no_grad()
@@ -55,6 +64,11 @@ def lsh_codes(x: torch.Tensor, proj: torch.Tensor, k: int, logits_per_chunk: int
         top = z.topk(k, dim=-1)
         idx[:, :, start:start + chunk], val[:, :, start:start + chunk] = top.indices, top.values
     return idx, val
+
+
+def both_codes(q: torch.Tensor, k: torch.Tensor, proj: torch.Tensor, k_active: int) -> tuple:
+    """(q_idx, q_val, k_idx, k_val): the LSH codes of q and k."""
+    return (*lsh_codes(q, proj, k_active), *lsh_codes(k, proj, k_active))
 
 
 def cudnn_ms(length: int, heads: int, dim: int, backward: bool) -> tuple[float, str]:
@@ -152,50 +166,47 @@ def run_bench(args) -> None:
     proj = torch.randn(H, d, D, device="cuda", dtype=torch.bfloat16)
     last: dict[tuple, tuple[int, float]] = {}
     candidates_exact: dict[int, float] = {}
-    written: list[dict] = []
-    with (out_dir / "sfa_wide.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        for length in [int(x) for x in args.lengths.split(",")]:
-            q, k, v = (torch.randn(1, H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-            codes = (*lsh_codes(q, proj, K), *lsh_codes(k, proj, K))  # q_idx, q_val, k_idx, k_val
-            del q, k
-            for op in args.ops.split(","):
-                backward = op == "fwd_bwd"
-                base_ms, note = cudnn_ms(length, H, d, backward)
-                for cap in variants:
-                    key = (cap, backward)
-                    if key in last:
-                        prev_len, prev_ms = last[key]
-                        growth = (length / prev_len) ** (2 if cap is None else 1)
-                        projected = prev_ms * growth / 1e3
-                        if projected > args.max_call_s or time.time() - began > args.deadline_s:
-                            print(f"skip cap={cap} {op} L={length}: projected {projected:.1f} s", flush=True)
-                            continue
-                    ms, peak, stats = measure_variant(codes, v, D, scale, cap, backward)
-                    last[key] = (length, ms)
-                    cands = stats["candidates"]
-                    if cap is None:
-                        candidates_exact[length] = cands
-                    row = dict(base, op=op, seq_len=length, cap="null" if cap is None else cap, ms=f"{ms:.3f}",
-                               baseline_ms=f"{base_ms:.3f}", speedup=f"{base_ms / ms:.3f}",
-                               peak_mem_mb=f"{peak:.0f}", mean_candidates=f"{cands / (H * length):.1f}",
-                               dropped_incidence_frac=f"{1 - stats['incidences_kept'] / stats['incidences_total']:.4f}",
-                               baseline_note=note)
-                    if length in candidates_exact:
-                        row["dropped_frac"] = f"{1 - cands / candidates_exact[length]:.4f}"
-                    if length <= args.check_max_len:
-                        err, plain = check(codes, v, D, scale, cap, torch.randn_like(v, dtype=torch.float32))
-                        row.update(max_rel_err=f"{err:.2e}", plain_rel_err=f"{plain:.2e}",
-                                   check="pass" if err <= 2 * plain + 1e-2 else "FAIL")
-                    writer.writerow(row)
-                    handle.flush()
-                    written.append(row)
-                    print(f"L={length:>8} {op:7} cap={str(cap):5} {ms:10.2f} ms  cudnn {base_ms:10.2f} ms  "
-                          f"x{base_ms / ms:6.2f}  cand/q {cands / (H * length):9.1f}  "
-                          f"peak {peak:8.0f} MiB  {row.get('check', '')}", flush=True)
-    # the issue's kernel benchmark CSV holds these rows too (impl=sfa_wide), beside the FlashSFA rows
-    replace_impl_rows(out_dir / "sfa_vs_sdpa.csv", "sfa_wide", written, KERNEL_CSV_COLUMNS)
+    # each row replaces the row of the same cell (other D, k, caps and lengths stay), files rewritten per row
+    table = RowWriter(out_dir / "sfa_wide.csv", COLUMNS, key=WIDE_KEY)
+    kernel_csv = RowWriter(out_dir / "sfa_vs_sdpa.csv", KERNEL_CSV_COLUMNS, key=KERNEL_KEY)  # beside FlashSFA
+    for length in [int(x) for x in args.lengths.split(",")]:
+        q, k, v = (torch.randn(1, H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        codes = both_codes(q, k, proj, K)  # q_idx, q_val, k_idx, k_val
+        codes_ms, _ = time_ms(partial(both_codes, q, k, proj, K), rep_ms=200.0, min_reps=1, max_reps=5)
+        del q, k
+        for op in args.ops.split(","):
+            backward = op == "fwd_bwd"
+            base_ms, note = cudnn_ms(length, H, d, backward)
+            for cap in variants:
+                key = (cap, backward)
+                if key in last:
+                    prev_len, prev_ms = last[key]
+                    growth = (length / prev_len) ** (2 if cap is None else 1)
+                    projected = prev_ms * growth / 1e3
+                    if projected > args.max_call_s or time.time() - began > args.deadline_s:
+                        print(f"skip cap={cap} {op} L={length}: projected {projected:.1f} s", flush=True)
+                        continue
+                ms, peak, stats = measure_variant(codes, v, D, scale, cap, backward)
+                last[key] = (length, ms)
+                cands = stats["candidates"]
+                if cap is None:
+                    candidates_exact[length] = cands
+                row = dict(base, op=op, seq_len=length, cap="null" if cap is None else cap, ms=f"{ms:.3f}",
+                           baseline_ms=f"{base_ms:.3f}", speedup=f"{base_ms / ms:.3f}",
+                           peak_mem_mb=f"{peak:.0f}", mean_candidates=f"{cands / (H * length):.1f}",
+                           dropped_incidence_frac=f"{1 - stats['incidences_kept'] / stats['incidences_total']:.4f}",
+                           baseline_note=note, codes_ms=f"{codes_ms:.3f}")
+                if length in candidates_exact:
+                    row["dropped_frac"] = f"{1 - cands / candidates_exact[length]:.4f}"
+                if length <= args.check_max_len:
+                    err, plain = check(codes, v, D, scale, cap, torch.randn_like(v, dtype=torch.float32))
+                    row.update(max_rel_err=f"{err:.2e}", plain_rel_err=f"{plain:.2e}",
+                               check="pass" if err <= 2 * plain + 1e-2 else "FAIL")
+                table.write(row)
+                kernel_csv.write(row)
+                print(f"L={length:>8} {op:7} cap={str(cap):5} {ms:10.2f} ms  cudnn {base_ms:10.2f} ms  "
+                      f"x{base_ms / ms:6.2f}  cand/q {cands / (H * length):9.1f}  "
+                      f"peak {peak:8.0f} MiB  {row.get('check', '')}", flush=True)
     plot(out_dir)
 
 
@@ -207,20 +218,22 @@ def plot(out_dir: Path) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    frame = pd.read_csv(out_dir / "sfa_wide.csv")
+    frame = pd.read_csv(out_dir / "sfa_wide.csv", dtype={"cap": "string"}).sort_values("seq_len")
+    frame["cap"] = frame["cap"].fillna("null")  # pandas reads the word null as missing
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, op in zip(axes, ("fwd", "fwd_bwd")):
         part = frame[frame["op"] == op]
-        for cap, rows in part.groupby("cap"):
-            ax.loglog(rows["seq_len"], rows["ms"], "o-", label=f"sfa_wide cap={cap}")
+        for (features, topk, cap), rows in part.groupby(["D", "topk", "cap"]):
+            ax.loglog(rows["seq_len"], rows["ms"], "o-", label=f"sfa_wide D={features} k={topk} cap={cap}")
         base = part.drop_duplicates("seq_len")
         ax.loglog(base["seq_len"], base["baseline_ms"], "k--", label="cuDNN SDPA")
-        ax.set_title(f"{op}, B=1 H=8 d=64 bf16, D={frame['D'].iloc[0]} k={frame['topk'].iloc[0]}")
+        ax.set_title(f"{op}, B=1 H=8 d=64 bf16")
         ax.set_xlabel("tokens")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("ms")
-    axes[0].legend()
-    fig.suptitle(f"wide-code SFA, {frame['device'].iloc[0]}, {frame['date'].iloc[0]}")
+    axes[0].legend(fontsize=7)
+    dates = ", ".join(sorted(frame["date"].astype(str).unique()))
+    fig.suptitle(f"wide-code SFA (LSH codes, not timed), {frame['device'].iloc[0]}, {dates}")
     fig.tight_layout()
     fig.savefig(out_dir / "sfa_wide.png", dpi=120)
 

@@ -34,8 +34,12 @@ Block sizes
 Measured (H200, 2026-11-28, bf16, 2^20 rows of D=128, values + ids + dense
 codes): key-packed kernel 0.40 ms (k=8) and 0.58 ms (k=16); the first
 version (value rounds, as the fp32 path) took 1.29 / 1.97 ms; torch.topk on
-|x| alone 6.9 ms. The memory floor (read x, write the codes) is about 0.13 ms,
-so the selection rounds still dominate.
+|x| alone 6.9 ms. On 2026-11-29, calls timed back to back: 0.33 / 0.55 ms.
+The memory floor (read x, write the codes) is about 0.13 ms, so the
+selection rounds still dominate: the PTX for sm_90 has vectorised 16-byte
+loads and stores, and its k rounds of 32-bit integer max and compare-select
+(about 40 max.s32 per thread per round) run on the INT32 pipes, half the
+FP32 rate; a float max on the same keys is the next thing to try.
 """
 
 from __future__ import annotations

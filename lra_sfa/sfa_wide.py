@@ -2,7 +2,8 @@
 
 Per head, queries and keys go through one code map d -> D (a linear map, or
 a small MLP with ``mlp_hidden > 0``; ``codes="lsh"`` uses a fixed random
-projection instead, never trained). Each token keeps its ``k`` largest
+projection instead, never trained, with unit-norm feature directions so that
+isotropic inputs use every feature equally). Each token keeps its ``k`` largest
 logits: the code is (feature indices, logit values). Attention is then
 computed only from the codes (``lra_sfa.kernels.wide_posting``):
 
@@ -50,6 +51,17 @@ IMPLS = ("auto", "posting", "triton")
 TRITON_MIN_LIST = 64  # impl=auto on CUDA: Triton when the mean posting list holds at least this many keys
 
 
+def unit_columns(proj: torch.Tensor) -> torch.Tensor:
+    """(H, e, D) projection with every column (one feature's direction) scaled to unit norm.
+
+    LSH codes are the top-k of x . w_f; with unit directions every feature is equally likely to win
+    for isotropic x. Plain Gaussian columns are not: their norms vary by ~1/sqrt(2e), and the top-k
+    sits so far in the tail that a 10% longer column wins several times as often (measured: 1.7x the
+    uniform candidates per query at D = 4096, 2.7x at D = 32768, 4x at D = 131072 on the H200 run).
+    """
+    return proj / proj.norm(dim=1, keepdim=True)
+
+
 def _feature_entropy(idx: torch.Tensor, num_features: int) -> torch.Tensor:
     """Mean over heads of the normalised entropy of feature usage; idx: (B, H, L, k)."""
     heads = idx.shape[1]
@@ -90,7 +102,7 @@ class SFAWideAttention(AttentionBackend):
             self.hidden = nn.Parameter(torch.randn(num_heads, head_dim, mlp_hidden) / math.sqrt(head_dim))
         out_w = torch.randn(num_heads, width, D) / math.sqrt(width)  # (H, e, D)
         if codes == "lsh":
-            self.register_buffer("code_map", out_w)
+            self.register_buffer("code_map", unit_columns(out_w))
         else:
             self.code_map = nn.Parameter(out_w)
         self._loss: torch.Tensor | None = None

@@ -227,3 +227,23 @@ def test_posting_backward_keeps_no_incidence_tensors():
     assert sum(storages.values()) <= inputs_bytes
     out.sum().backward()
     assert q_val.grad is not None and torch.isfinite(v.grad).all()
+
+
+def test_lsh_codes_use_every_feature_equally():
+    """codes=lsh has unit-norm feature directions, so isotropic queries and keys meet the uniform
+    L k^2 / D keys per query (plain Gaussian directions: about 1.7x that at this size)."""
+    torch.manual_seed(7)
+    heads, dim, length, k, features = 2, 64, 4096, 8, 4096
+    module = SFAWideAttention(num_heads=heads, head_dim=dim, D=features, k=k, codes="lsh").eval()
+    assert torch.allclose(module.code_map.norm(dim=1), torch.ones(heads, features), atol=1e-5)
+
+    def incidences_per_query(code_map: torch.Tensor) -> float:
+        q, key = (torch.randn(1, heads, length, dim) for _ in range(2))
+        counts = [torch.zeros(heads, features).scatter_add_(
+            1, torch.einsum("bhld,hdf->bhlf", x, code_map).topk(k, -1).indices[0].reshape(heads, -1),
+            torch.ones(heads, length * k)) for x in (q, key)]
+        return ((counts[0] * counts[1]).sum(1) / length).mean().item()
+
+    uniform = length * k * k / features
+    assert incidences_per_query(module.code_map) == pytest.approx(uniform, rel=0.05)
+    assert incidences_per_query(torch.randn(heads, dim, features) / dim ** 0.5) > 1.4 * uniform

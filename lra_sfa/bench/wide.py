@@ -3,11 +3,12 @@
     python -m lra_sfa.bench.wide --out results/kernels
 
 Shapes: B=1, H=8, head dim 64 (q, k, v bf16 random normal). Codes: LSH (a
-fixed random projection of q and k to D features, top-k per token). Their
-feature use is not uniform: a query meets more than the uniform L k^2 / D
-keys (4x at D = 131072, k = 8; results/kernels/sfa_wide.md). Variants:
-``overlap`` with ``cap=None`` (exact overlap) and with each ``--variants``
-cap. Times include building the posting lists (sorts) but not the codes;
+fixed random projection of q and k to D unit-norm feature directions, top-k
+per token, as ``attn=sfa_wide codes=lsh``), so feature use is uniform and a
+query meets about L k^2 / D keys. (Until 2026-11-29 the directions were
+plain Gaussian: 4x that at D = 131072, k = 8; results/kernels/sfa_wide.md.)
+Variants: ``overlap`` with ``cap=None`` (exact overlap) and with each
+``--variants`` cap. Times include building the posting lists (sorts) but not the codes;
 ``codes_ms`` is the time to build the q and k codes at that length
 (projection and top-k), reported beside it. cuDNN at large L is measured
 with fewer heads and scaled to 8 (heads are independent; ``baseline_note``
@@ -44,6 +45,7 @@ from lra_sfa.bench.kernels import KERNEL_CSV_COLUMNS, KERNEL_KEY, RowWriter
 from lra_sfa.bench.timing import time_ms
 from lra_sfa.kernels.wide_ref import wide_dense_reference
 from lra_sfa.kernels.wide_triton import wide_triton_attention
+from lra_sfa.sfa_wide import unit_columns
 
 WIDE_KEY = ["op", "heads", "seq_len", "head_dim", "topk", "D", "cap", "mode"]  # one cell of sfa_wide.csv
 COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "ms", "baseline",
@@ -163,7 +165,7 @@ def run_bench(args) -> None:
     scale = 1.0 / math.sqrt(K)
     base = dict(impl="sfa_wide", batch=1, heads=H, head_dim=d, topk=K, dtype="bf16", baseline="sdpa_cudnn",
                 device=torch.cuda.get_device_name(), date=args.date, mode="overlap", D=D)
-    proj = torch.randn(H, d, D, device="cuda", dtype=torch.bfloat16)
+    proj = unit_columns(torch.randn(H, d, D, device="cuda")).to(torch.bfloat16)  # as attn=sfa_wide codes=lsh
     last: dict[tuple, tuple[int, float]] = {}
     candidates_exact: dict[int, float] = {}
     # each row replaces the row of the same cell (other D, k, caps and lengths stay), files rewritten per row

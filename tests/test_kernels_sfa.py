@@ -205,37 +205,14 @@ def test_unsupported_inputs_raise_clear_errors(bad):
         flash_sfa(q, k, v, topk, topk, mask)
 
 
-@pytest.mark.parametrize("length", [1, 100])
-def test_forward_with_half_the_exponentials_on_fma_units(length):
-    """EXP2_SPLIT (a cubic 2^x for half of each tile) keeps the output and lse within 1e-4 of the reference,
-    and a row whose keys are all padding still gives exactly 0."""
-    from lra_sfa.kernels import flash_sfa_fwd as fwd
-    from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
-
-    q, k, v = _inputs(2, 2, length, HEAD_DIM, torch.float32, seed=21)
-    mask = _mask(2, length, seed=22)
-    mask[1] = False
-    _, _, qd = topk_pack(q, 4)
-    _, _, kd = topk_pack(k, 4)
-    flat = (4, length, HEAD_DIM)
-    out, lse2 = launch_forward(qd.reshape(flat), kd.reshape(flat), v.reshape(flat), pad_bias(mask, q.device), 2,
-                               True, config=fwd.fwd_config(32, 32, 4, 1, exp2_split=True))
-    out = out.reshape(q.shape)
-    ref = sfa_chunked(q.double(), k.double(), v.double(), 4, 4, mask)
-    assert sfa_check.rel_err(out[0], ref[0]) < 1e-4
-    assert torch.equal(out[1], torch.zeros_like(out[1]))
-    scores = sparsify(q.double(), 4) @ sparsify(k.double(), 4).transpose(-1, -2) / math.sqrt(HEAD_DIM)
-    scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-    lse = lse2.reshape(2, 2, length).double()[0] / fwd.LOG2E
-    assert torch.allclose(lse, torch.logsumexp(scores[0], dim=-1), atol=1e-4)
-
-
-@pytest.mark.parametrize("length,scale,padded", [(1, 1.0, False), (100, 1.0, True), (67, 40.0, False),
-                                                 (67, 40.0, True)])
-def test_bounded_forward_matches_reference(length, scale, padded):
-    """BOUNDED (fixed per-row offset from the key codes' range, no running max) gives the reference output and
-    lse; at scale 40 the bound sits far above the true maxima, so blocks take the online fallback and still
-    match; a row whose keys are all padding gives exactly 0."""
+@pytest.mark.parametrize("variant,length,scale,padded", [
+    ("exp2_split", 1, 1.0, True), ("exp2_split", 100, 1.0, True),
+    ("bounded", 1, 1.0, False), ("bounded", 100, 1.0, True), ("bounded", 67, 40.0, False), ("bounded", 67, 40.0, True)])
+def test_forward_variants_match_reference(variant, length, scale, padded):
+    """The forward's optional designs give the reference output and lse (within 1e-4): EXP2_SPLIT (a cubic
+    2^x for half of each tile) and BOUNDED (a fixed per-row offset from the key codes' range, no running
+    max; at scale 40 the bound sits far above the true maxima, so blocks take the online fallback). A row
+    whose keys are all padding still gives exactly 0."""
     from lra_sfa.kernels import flash_sfa_fwd as fwd
     from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
 
@@ -247,8 +224,9 @@ def test_bounded_forward_matches_reference(length, scale, padded):
     _, _, qd = topk_pack(q, 4)
     _, _, kd = topk_pack(k, 4)
     flat = (4, length, HEAD_DIM)
+    config = fwd.fwd_config(32, 32, 4, 1, **{variant: True})
     out, lse2 = launch_forward(qd.reshape(flat), kd.reshape(flat), v.reshape(flat), pad_bias(mask, q.device), 2,
-                               padded, config=fwd.fwd_config(32, 32, 4, 1, bounded=True))
+                               padded, config=config)
     out = out.reshape(q.shape)
     ref = sfa_chunked(q.double(), k.double(), v.double(), 4, 4, mask)
     rows = 1 if padded else 2

@@ -97,6 +97,8 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: to
     out = torch.empty_like(v)
     lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
     descs = {name: _descriptor(t, 16) for name, t in (("Q_desc", qd), ("K_desc", kd), ("V_desc", v), ("O_desc", out))}
+    if config is None and fwd.interpreting():
+        config = fwd.INTERPRETER_CONFIG
     bounded = config.kwargs["BOUNDED"] if config is not None else any(c.kwargs["BOUNDED"] for c in fwd.GPU_CONFIGS)
     kbound = key_code_range(kd) if bounded else bias  # a placeholder pointer when no config reads it
     args = dict(Bias=bias, Lse=lse2, KBound=kbound, L=length, H=heads,
@@ -104,8 +106,6 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: to
                 HEAD_DIM=head_dim, HAS_BIAS=has_bias,
                 IEEE=qd.dtype == torch.float32, **descs)
     grid = lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch_heads)  # noqa: E731
-    if config is None and fwd.interpreting():
-        config = fwd.INTERPRETER_CONFIG
     if config is not None:
         fwd.set_block_shapes({**args, **config.kwargs})
         fwd._flash_sfa_fwd_kernel[grid](**args, **config.kwargs, num_warps=config.num_warps,

@@ -62,11 +62,13 @@ def test_posting_equals_dense_reference(mode, cap, masked, length):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("scores", ["select", "compare"])
 @pytest.mark.parametrize("mode,cap", CASES)
-def test_triton_interpreter_equals_dense_reference(mode, cap):
+def test_triton_interpreter_equals_dense_reference(mode, cap, scores):
     """Pass rule: err(triton fp32 vs fp64 ref) <= 2 err(dense PyTorch fp32 vs fp64 ref) + 1e-5."""
     D, K = 16, 4
     q_idx, q_val, k_idx, k_val, v, mask = make_inputs(1, 2, 21, K, D, 16, torch.float32, True, seed=7)
+    k_val[0, 1, 3, 2] = 0.0  # a shared feature whose key value is exactly 0 still counts as shared
     grad = torch.randn_like(v)
 
     def ref(qv, kv, vv):
@@ -75,7 +77,8 @@ def test_triton_interpreter_equals_dense_reference(mode, cap):
     def triton_path(qv, kv, vv):
         from lra_sfa.kernels.wide_triton import wide_triton_attention
 
-        return wide_triton_attention(q_idx, qv, k_idx, kv, vv, D, 0.6, mode, cap, mask, blocks=(16, 16))[0]
+        return wide_triton_attention(q_idx, qv, k_idx, kv, vv, D, 0.6, mode, cap, mask, blocks=(16, 16),
+                                     scores=scores)[0]
 
     exact = fwd_bwd(ref, q_val.double(), k_val.double(), v.double(), grad.double())
     plain = fwd_bwd(ref, q_val, k_val, v, grad)

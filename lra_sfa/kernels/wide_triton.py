@@ -83,10 +83,35 @@ def _block_scores(q_idx, q_val, k_idx, k_val, tok, ktok, feat, rmask, kmask, K: 
 
 
 @triton.jit
+def _block_scores_select(q_idx, q_val, k_idx, k_val, tok, ktok, feat, rmask, kmask, K: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """As ``_block_scores``, in two operations per (query slot, key slot) instead of six.
+
+    A code holds each feature once, so query slot t meets at most one key slot: a chain of selects
+    finds that slot's value (NaN where none matches) and the product and the "shared below
+    ``feat``" test are taken once per query slot, not once per slot pair.
+    """
+    score = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    dup = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int1)
+    for t in tl.static_range(K):
+        qi = tl.load(q_idx + tok * K + t, mask=rmask, other=-1)
+        qv = tl.load(q_val + tok * K + t, mask=rmask, other=0.0).to(tl.float32)
+        hit = tl.full((BLOCK_M, BLOCK_N), float("nan"), dtype=tl.float32)
+        for u in tl.static_range(K):
+            ki = tl.load(k_idx + ktok * K + u, mask=kmask, other=-2)
+            kv = tl.load(k_val + ktok * K + u, mask=kmask, other=0.0).to(tl.float32)
+            hit = tl.where(qi[:, None] == ki[None, :], kv[None, :], hit)
+        matched = hit == hit  # False where no key slot matched (NaN)
+        score += tl.where(matched, qv[:, None] * hit, 0.0)
+        dup = dup | (matched & (qi < feat)[:, None])
+    return score, dup
+
+
+@triton.jit
 def _wide_fwd_kernel(tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order, entry_lo, entry_hi, key_tok,
                      q_idx, q_val, k_idx, k_val, v, part_m, part_l, part_acc, part_cnt, scale2, D,
                      K: tl.constexpr, DV: tl.constexpr, EXACT: tl.constexpr, IEEE: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     SELECT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
     feat, entry, tok, rmask, lo, hi = _tile_setup(tile_bucket, tile_start, bucket_qptr, q_order, entry_lo,
                                                   entry_hi, pid, D, K, BLOCK_M)
@@ -103,7 +128,12 @@ def _wide_fwd_kernel(tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_o
         start += BLOCK_N
         kmask = pos < last
         ktok = tl.load(key_tok + pos, mask=kmask, other=0)
-        score, dup = _block_scores(q_idx, q_val, k_idx, k_val, tok, ktok, feat, rmask, kmask, K, BLOCK_M, BLOCK_N)
+        if SELECT:
+            score, dup = _block_scores_select(q_idx, q_val, k_idx, k_val, tok, ktok, feat, rmask, kmask, K,
+                                              BLOCK_M, BLOCK_N)
+        else:
+            score, dup = _block_scores(q_idx, q_val, k_idx, k_val, tok, ktok, feat, rmask, kmask, K, BLOCK_M,
+                                       BLOCK_N)
         valid = (pos[None, :] >= lo[:, None]) & (pos[None, :] < hi[:, None]) & rmask[:, None] & (dup == 0)
         s2 = tl.where(valid, score * scale2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s2, axis=1))
@@ -130,7 +160,7 @@ def _wide_fwd_kernel(tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_o
 def _wide_bwd_kernel(tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order, entry_lo, entry_hi, key_tok,
                      q_idx, q_val, k_idx, k_val, v, dout, lse2, delta, dq_val, dk_val, dv, scale, D,
                      K: tl.constexpr, DV: tl.constexpr, EXACT: tl.constexpr, IEEE: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     SELECT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
     feat, entry, tok, rmask, lo, hi = _tile_setup(tile_bucket, tile_start, bucket_qptr, q_order, entry_lo,
                                                   entry_hi, pid, D, K, BLOCK_M)
@@ -148,7 +178,12 @@ def _wide_bwd_kernel(tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_o
         start += BLOCK_N
         kmask = pos < last
         ktok = tl.load(key_tok + pos, mask=kmask, other=0)
-        score, dup = _block_scores(q_idx, q_val, k_idx, k_val, tok, ktok, feat, rmask, kmask, K, BLOCK_M, BLOCK_N)
+        if SELECT:
+            score, dup = _block_scores_select(q_idx, q_val, k_idx, k_val, tok, ktok, feat, rmask, kmask, K,
+                                              BLOCK_M, BLOCK_N)
+        else:
+            score, dup = _block_scores(q_idx, q_val, k_idx, k_val, tok, ktok, feat, rmask, kmask, K, BLOCK_M,
+                                       BLOCK_N)
         valid = (pos[None, :] >= lo[:, None]) & (pos[None, :] < hi[:, None]) & rmask[:, None] & (dup == 0)
         p = tl.where(valid, tl.exp2(score * (scale * 1.4426950408889634) - lse[:, None]), 0.0)
         pw = p
@@ -177,6 +212,18 @@ def _wide_bwd_kernel(tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_o
             dq_acc += tl.where(kcols[None, :] == t, dq_t[:, None], 0.0)
         tl.atomic_add(dk_val + ktok[:, None] * K + kcols[None, :], dk_tile, mask=kmask[:, None])
     tl.atomic_add(dq_val + tok[:, None] * K + kcols[None, :], dq_acc, mask=rmask[:, None])
+
+
+SCORE_DESIGNS = ("select", "compare")  # _block_scores_select, _block_scores
+
+
+def default_launch(bucket_size: float) -> tuple[tuple[int, int], int]:
+    """((BLOCK_M, BLOCK_N), warps) for buckets of about ``bucket_size`` query entries and keys."""
+    if bucket_size <= 12:
+        return (16, 16), 1
+    if bucket_size <= 40:
+        return (32, 32), 2
+    return (64, 64), 4
 
 
 def _work_items(plan: WidePlan, q_bucket: torch.Tensor, block_m: int):
@@ -211,10 +258,10 @@ class _WideTritonFunction(torch.autograd.Function):
     """Wide attention over one chunk of groups; q_val, k_val: (N, K); v: (N, dv)."""
 
     @staticmethod
-    def forward(ctx, q_val, k_val, v, q_idx, k_idx, plan, items, real, scale, exact, blocks, sink):
+    def forward(ctx, q_val, k_val, v, q_idx, k_idx, plan, items, real, scale, exact, launch, sink):
         N, K = q_val.shape
         DV, L = v.shape[1], plan.length
-        block_m, block_n = blocks
+        block_m, block_n, warps, select = launch
         tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order = items
         q_val, k_val, v = q_val.contiguous(), k_val.contiguous(), v.contiguous()
         part_m = torch.full((N * K,), 0.0 if exact else OVERLAP_INIT_VALUE, dtype=torch.float32, device=v.device)
@@ -228,7 +275,8 @@ class _WideTritonFunction(torch.autograd.Function):
                 tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order, lo, hi, key_tok,
                 q_idx, q_val, k_idx, k_val, v,
                 part_m, part_l, part_acc, part_cnt, scale * LOG2E, plan.num_features,
-                K=K, DV=DV, EXACT=exact, IEEE=ieee, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
+                K=K, DV=DV, EXACT=exact, IEEE=ieee, SELECT=select, BLOCK_M=block_m, BLOCK_N=block_n,
+                num_warps=warps)
         pm = part_m.view(N, K)  # (N, K) partial maxima, log2 units
         top = pm.max(dim=1).values
         weight = torch.exp2(pm - top[:, None])
@@ -247,14 +295,14 @@ class _WideTritonFunction(torch.autograd.Function):
         out = torch.where(has[:, None], num / torch.where(has, den, 1.0)[:, None], v.float()).to(v.dtype)
         lse2 = torch.where(has, top + torch.log2(torch.where(has, den, 1.0)), float("inf"))
         ctx.save_for_backward(q_val, k_val, v, q_idx, k_idx, out, lse2, has, real, group, lo, hi, key_tok)
-        ctx.meta = (plan, items, scale, exact, blocks)
+        ctx.meta = (plan, items, scale, exact, launch)
         sink["candidates"] = part_cnt.sum()
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q_val, k_val, v, q_idx, k_idx, out, lse2, has, real, group, lo, hi, key_tok = ctx.saved_tensors
-        plan, items, scale, exact, blocks = ctx.meta
+        plan, items, scale, exact, launch = ctx.meta
         N, K = q_val.shape
         DV = v.shape[1]
         tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order = items
@@ -268,8 +316,8 @@ class _WideTritonFunction(torch.autograd.Function):
                 tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order, lo, hi, key_tok,
                 q_idx, q_val, k_idx, k_val, v,
                 do, lse2, delta, dq, dk, dv, scale, plan.num_features,
-                K=K, DV=DV, EXACT=exact, IEEE=v.dtype == torch.float32, BLOCK_M=blocks[0], BLOCK_N=blocks[1],
-                num_warps=4)
+                K=K, DV=DV, EXACT=exact, IEEE=v.dtype == torch.float32, SELECT=launch[3], BLOCK_M=launch[0],
+                BLOCK_N=launch[1], num_warps=launch[2])
         dv = dv + torch.where(has[:, None], 0.0, do.float())
         if exact:
             weighted = torch.exp2(-lse2)[:, None] * do.float()  # (N, DV); 0 on fallback rows
@@ -291,16 +339,29 @@ def wide_triton_attention(
     mode: str = "overlap",
     cap: int | None = None,
     key_padding_mask: torch.Tensor | None = None,
-    blocks: tuple[int, int] = (64, 64),
+    blocks: tuple[int, int] | None = None,
+    num_warps: int | None = None,
+    scores: str = "select",
     max_partial_bytes: int = 2 << 30,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Wide attention with the Triton kernels; same contract as ``wide_posting.wide_attention``."""
+    """Wide attention with the Triton kernels; same contract as ``wide_posting.wide_attention``.
+
+    ``blocks`` (BLOCK_M query entries x BLOCK_N keys per tile) and ``num_warps`` default to
+    ``default_launch`` of the mean bucket size; ``scores`` picks the score loop (SCORE_DESIGNS).
+    """
     validate_codes(q_idx, q_val, k_idx, k_val, v, num_features, mode, cap, key_padding_mask)
     B, H, L, K = q_idx.shape
     DV = v.shape[-1]
     for name, value in (("k", K), ("head dim of v", DV)):
         if value < 1 or value & (value - 1):
             raise ValueError(f"wide_triton_attention: {name}={value} must be a power of two (tl.arange)")
+    if scores not in SCORE_DESIGNS:
+        raise ValueError(f"wide_triton_attention: scores={scores!r} must be one of {SCORE_DESIGNS}")
+    auto_blocks, auto_warps = default_launch(L * K / num_features if cap is None else min(cap, L * K / num_features))
+    blocks = auto_blocks if blocks is None else tuple(blocks)
+    if len(blocks) != 2 or any(b < 16 or b & (b - 1) for b in blocks):
+        raise ValueError(f"wide_triton_attention: blocks={blocks} must be two powers of two >= 16 (tl.dot)")
+    launch = (*blocks, auto_warps if num_warps is None else num_warps, scores == "select")
     scale = 1.0 / math.sqrt(K) if scale is None else scale
     G = B * H
     qi, ki = q_idx.reshape(G, L, K), k_idx.reshape(G, L, K)  # (G, L, K)
@@ -315,13 +376,13 @@ def wide_triton_attention(
         plan = build_plan(qi[sl], ki[sl], None if key_padding_mask is None else real[sl], num_features, cap)
         group = torch.arange(n_groups, device=v.device)[:, None, None]
         q_bucket = (group * num_features + qi[sl]).reshape(-1)  # (N * K,)
-        items = _work_items(plan, q_bucket, blocks[0])
+        items = _work_items(plan, q_bucket, launch[0])
         real_f = real[sl].reshape(-1).to(torch.float32)  # (N,)
         sink: dict[str, torch.Tensor] = {}
         out = _WideTritonFunction.apply(
             qv[sl].reshape(-1, K), kv[sl].reshape(-1, K), vf[sl].reshape(-1, DV),
             qi[sl].reshape(-1, K).to(torch.int32).contiguous(), ki[sl].reshape(-1, K).to(torch.int32).contiguous(),
-            plan, items, real_f, scale, mode == "exact", blocks, sink)
+            plan, items, real_f, scale, mode == "exact", launch, sink)
         outs.append(out.view(n_groups, L, DV))  # (g, L, DV)
         stats["incidences_total"] = stats["incidences_total"] + plan.incidences_total
         stats["incidences_kept"] = stats["incidences_kept"] + plan.incidences_kept

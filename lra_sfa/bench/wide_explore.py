@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -70,6 +72,23 @@ def check_config(config: dict, num_features: int, k: int) -> tuple[float, float]
     return max(rel(g, r) for g, r in zip(got, ref)), max(rel(p, r) for p, r in zip(plain, ref))
 
 
+def plan_only(q_idx: torch.Tensor, k_idx: torch.Tensor, num_features: int, bucket: float) -> None:
+    """The host-side stages of one call: posting lists and work items."""
+    _, heads, length, k = q_idx.shape
+    qi, ki = q_idx.reshape(heads, length, k), k_idx.reshape(heads, length, k)
+    plan = build_plan(qi, ki, None, num_features, None)
+    group = torch.arange(heads, device=q_idx.device)[:, None, None]
+    _work_items(plan, (group * num_features + qi).reshape(-1), default_launch(bucket)[0][0])
+
+
+def call(q_idx, k_idx, leaves, num_features, scale, config, grad) -> None:
+    """One forward (and backward when ``grad`` is given) through the Triton path."""
+    out, _ = wide_triton_attention(q_idx, leaves[0], k_idx, leaves[1], leaves[2], num_features, scale, "overlap",
+                                   **config)
+    if grad is not None:
+        out.backward(grad)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", default="65536:8,262144:2,1048576:1", help="length:heads measured")
@@ -82,8 +101,6 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("lra_sfa.bench.wide_explore needs a CUDA device")
-    from pathlib import Path
-
     table = RowWriter(Path(args.out) / "sfa_wide_explore.csv", COLUMNS)
     D, K = args.D, args.k
     base = dict(D=D, topk=K, device=torch.cuda.get_device_name(), date=args.date)
@@ -102,14 +119,7 @@ def main() -> None:
         grad = torch.randn_like(v)
         scale = 1 / math.sqrt(K)
         row0 = dict(base, seq_len=length, heads_measured=heads, bucket_size=f"{bucket:.1f}")
-
-        def plan_only():
-            qi, ki = q_idx.reshape(heads, length, K), k_idx.reshape(heads, length, K)
-            plan = build_plan(qi, ki, None, D, None)
-            group = torch.arange(heads, device="cuda")[:, None, None]
-            _work_items(plan, (group * D + qi).reshape(-1), default_launch(bucket)[0][0])
-
-        ms, _ = time_ms(plan_only, rep_ms=300.0, min_reps=2, max_reps=10)
+        ms, _ = time_ms(partial(plan_only, q_idx, k_idx, D, bucket), rep_ms=300.0, min_reps=2, max_reps=10)
         table.write(dict(row0, config="plan", op="fwd", ms_8_heads=f"{ms * 8 / heads:.3f}"))
         print(f"L={length} plan {ms * 8 / heads:.2f} ms (8 heads)", flush=True)
         for text in args.configs:
@@ -118,12 +128,7 @@ def main() -> None:
                 backward = op == "fwd_bwd"
                 leaves = [x.detach().requires_grad_(backward) for x in (q_val, k_val, v)]
 
-                def run():
-                    out, _ = wide_triton_attention(q_idx, leaves[0], k_idx, leaves[1], leaves[2], D, scale,
-                                                   "overlap", **config)
-                    if backward:
-                        out.backward(grad)
-
+                run = partial(call, q_idx, k_idx, leaves, D, scale, config, grad if backward else None)
                 ms, _ = time_ms(run, rep_ms=300.0, min_reps=2, max_reps=10)
                 table.write(dict(row0, checks[text], config=text, op=op, ms_8_heads=f"{ms * 8 / heads:.3f}"))
                 print(f"L={length} {op:7} {text:18} {ms * 8 / heads:9.2f} ms (8 heads)", flush=True)

@@ -130,7 +130,7 @@ def main() -> None:
 
                 run = partial(call, q_idx, k_idx, leaves, D, scale, config, grad if backward else None)
                 ms, _ = time_ms(run, rep_ms=300.0, min_reps=2, max_reps=10)
-                table.write(dict(row0, checks[text], config=text, op=op, ms_8_heads=f"{ms * 8 / heads:.3f}"))
+                table.write(dict(row0, **checks[text], config=text, op=op, ms_8_heads=f"{ms * 8 / heads:.3f}"))
                 print(f"L={length} {op:7} {text:18} {ms * 8 / heads:9.2f} ms (8 heads)", flush=True)
 
 

@@ -44,8 +44,9 @@ def uniform_codes(heads: int, length: int, num_features: int, k: int, dtype=torc
 
 
 def parse_config(text: str) -> dict:
-    scores, bm, bn, warps = text.split(",")
-    return dict(scores=scores, blocks=(int(bm), int(bn)), num_warps=int(warps))
+    """"scores,BLOCK_M,BLOCK_N,warps[,backward warps]" -> wide_triton_attention keywords."""
+    scores, bm, bn, *warps = text.split(",")
+    return dict(scores=scores, blocks=(int(bm), int(bn)), num_warps=tuple(int(w) for w in warps) * (3 - len(warps)))
 
 
 def check_config(config: dict, num_features: int, k: int) -> tuple[float, float]:
@@ -94,7 +95,8 @@ def main() -> None:
     parser.add_argument("--lengths", default="65536:8,262144:2,1048576:1", help="length:heads measured")
     parser.add_argument("--D", type=int, default=131072)
     parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="scores,BLOCK_M,BLOCK_N,warps")
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS,
+                        help="scores,BLOCK_M,BLOCK_N,warps[,bwd warps]")
     parser.add_argument("--ops", default="fwd,fwd_bwd")
     parser.add_argument("--out", default="results/kernels")
     parser.add_argument("--date", default=datetime.date.today().isoformat())

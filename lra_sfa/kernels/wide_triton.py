@@ -217,13 +217,15 @@ def _wide_bwd_kernel(tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_o
 SCORE_DESIGNS = ("select", "compare")  # _block_scores_select, _block_scores
 
 
-def default_launch(bucket_size: float) -> tuple[tuple[int, int], int]:
-    """((BLOCK_M, BLOCK_N), warps) for buckets of about ``bucket_size`` query entries and keys."""
-    if bucket_size <= 12:
-        return (16, 16), 1
-    if bucket_size <= 40:
-        return (32, 32), 2
-    return (64, 64), 4
+def default_launch(bucket_size: float) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((BLOCK_M, BLOCK_N), (forward warps, backward warps)) for buckets of about ``bucket_size``
+    query entries and keys (mean; the grid: results/kernels/sfa_wide_explore.csv).
+
+    16 x 16 tiles won at every bucket size measured (4 to 64 at D = 131072, k = 8): 2.5-3x faster
+    than 64 x 64 at 1M tokens, whose unrolled select loop spills; backward prefers one warp.
+    """
+    del bucket_size  # one rule at every size measured so far
+    return (16, 16), (2, 1)
 
 
 def _work_items(plan: WidePlan, q_bucket: torch.Tensor, block_m: int):
@@ -261,7 +263,7 @@ class _WideTritonFunction(torch.autograd.Function):
     def forward(ctx, q_val, k_val, v, q_idx, k_idx, plan, items, real, scale, exact, launch, sink):
         N, K = q_val.shape
         DV, L = v.shape[1], plan.length
-        block_m, block_n, warps, select = launch
+        block_m, block_n, warps, _, select = launch
         tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order = items
         q_val, k_val, v = q_val.contiguous(), k_val.contiguous(), v.contiguous()
         part_m = torch.full((N * K,), 0.0 if exact else OVERLAP_INIT_VALUE, dtype=torch.float32, device=v.device)
@@ -316,8 +318,8 @@ class _WideTritonFunction(torch.autograd.Function):
                 tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order, lo, hi, key_tok,
                 q_idx, q_val, k_idx, k_val, v,
                 do, lse2, delta, dq, dk, dv, scale, plan.num_features,
-                K=K, DV=DV, EXACT=exact, IEEE=v.dtype == torch.float32, SELECT=launch[3], BLOCK_M=launch[0],
-                BLOCK_N=launch[1], num_warps=launch[2])
+                K=K, DV=DV, EXACT=exact, IEEE=v.dtype == torch.float32, SELECT=launch[4], BLOCK_M=launch[0],
+                BLOCK_N=launch[1], num_warps=launch[3])
         dv = dv + torch.where(has[:, None], 0.0, do.float())
         if exact:
             weighted = torch.exp2(-lse2)[:, None] * do.float()  # (N, DV); 0 on fallback rows
@@ -340,14 +342,15 @@ def wide_triton_attention(
     cap: int | None = None,
     key_padding_mask: torch.Tensor | None = None,
     blocks: tuple[int, int] | None = None,
-    num_warps: int | None = None,
+    num_warps: int | tuple[int, int] | None = None,
     scores: str = "select",
     max_partial_bytes: int = 2 << 30,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Wide attention with the Triton kernels; same contract as ``wide_posting.wide_attention``.
 
-    ``blocks`` (BLOCK_M query entries x BLOCK_N keys per tile) and ``num_warps`` default to
-    ``default_launch`` of the mean bucket size; ``scores`` picks the score loop (SCORE_DESIGNS).
+    ``blocks`` (BLOCK_M query entries x BLOCK_N keys per tile) and ``num_warps`` (one int, or
+    (forward, backward)) default to ``default_launch`` of the mean bucket size; ``scores`` picks the
+    score loop (SCORE_DESIGNS).
     """
     validate_codes(q_idx, q_val, k_idx, k_val, v, num_features, mode, cap, key_padding_mask)
     B, H, L, K = q_idx.shape
@@ -361,7 +364,9 @@ def wide_triton_attention(
     blocks = auto_blocks if blocks is None else tuple(blocks)
     if len(blocks) != 2 or any(b < 16 or b & (b - 1) for b in blocks):
         raise ValueError(f"wide_triton_attention: blocks={blocks} must be two powers of two >= 16 (tl.dot)")
-    launch = (*blocks, auto_warps if num_warps is None else num_warps, scores == "select")
+    warps = auto_warps if num_warps is None else num_warps
+    warps = (warps, warps) if isinstance(warps, int) else tuple(warps)
+    launch = (*blocks, *warps, scores == "select")  # BLOCK_M, BLOCK_N, fwd warps, bwd warps, select
     scale = 1.0 / math.sqrt(K) if scale is None else scale
     G = B * H
     qi, ki = q_idx.reshape(G, L, K), k_idx.reshape(G, L, K)  # (G, L, K)

@@ -9,7 +9,7 @@ Per launch config: forward and forward+backward ms scaled to 8 heads (measured o
 heads are independent), and the output's error against the fp32 dense reference at a small shape
 (``check`` as DESIGN.md: err <= 2 plain bf16 err + 1e-2). A ``plan`` row times the posting lists and
 work items alone (``build_plan`` + ``_work_items``), which every call includes.
-Writes ``sfa_wide_explore.csv`` (rewritten after each row).
+Writes ``sfa_wide_explore.csv`` (rewritten after each row; a re-measured cell replaces its row).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from lra_sfa.kernels.wide_triton import _work_items, default_launch, wide_triton
 
 COLUMNS = ["config", "op", "seq_len", "heads_measured", "D", "topk", "bucket_size", "ms_8_heads", "max_rel_err",
            "plain_rel_err", "check", "device", "date"]
+EXPLORE_KEY = ["config", "op", "seq_len", "D", "topk"]  # one cell; a re-run replaces its own rows
 DEFAULT_CONFIGS = ["compare,64,64,4", "select,64,64,4", "select,64,32,4", "select,32,64,4", "select,32,32,2",
                    "select,32,32,4", "select,16,32,2", "select,16,16,1", "select,16,16,2"]
 
@@ -103,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("lra_sfa.bench.wide_explore needs a CUDA device")
-    table = RowWriter(Path(args.out) / "sfa_wide_explore.csv", COLUMNS)
+    table = RowWriter(Path(args.out) / "sfa_wide_explore.csv", COLUMNS, key=EXPLORE_KEY)
     D, K = args.D, args.k
     base = dict(D=D, topk=K, device=torch.cuda.get_device_name(), date=args.date)
     checks = {}

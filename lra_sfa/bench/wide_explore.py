@@ -25,7 +25,7 @@ import torch
 from lra_sfa.bench.kernels import RowWriter
 from lra_sfa.bench.timing import time_ms
 from lra_sfa.bench.wide import rel
-from lra_sfa.kernels.wide_posting import build_plan
+from lra_sfa.kernels.wide_posting import build_plan, wide_posting_attention
 from lra_sfa.kernels.wide_ref import wide_dense_reference
 from lra_sfa.kernels.wide_triton import _work_items, default_launch, wide_triton_attention
 
@@ -45,7 +45,10 @@ def uniform_codes(heads: int, length: int, num_features: int, k: int, dtype=torc
 
 
 def parse_config(text: str) -> dict:
-    """"scores,BLOCK_M,BLOCK_N,warps[,backward warps]" -> wide_triton_attention keywords."""
+    """"scores,BLOCK_M,BLOCK_N,warps[,backward warps]" -> wide_triton_attention keywords; "posting" -> the
+    PyTorch posting path (``wide_posting_attention``), which ``attn=sfa_wide impl=auto`` takes for short lists."""
+    if text == "posting":
+        return {"posting": True}
     scores, bm, bn, *warps = text.split(",")
     return dict(scores=scores, blocks=(int(bm), int(bn)), num_warps=tuple(int(w) for w in warps) * (3 - len(warps)))
 
@@ -68,7 +71,7 @@ def check_config(config: dict, num_features: int, k: int) -> tuple[float, float]
         return wide_dense_reference(q_idx, qv, k_idx, kv, vv, num_features, scale, "overlap")
 
     def kernel(qv, kv, vv):
-        return wide_triton_attention(q_idx, qv, k_idx, kv, vv, num_features, scale, "overlap", **config)[0]
+        return call_forward(config, q_idx, qv, k_idx, kv, vv, num_features, scale)
 
     ref, plain, got = run(dense, torch.float32), run(dense, torch.bfloat16), run(kernel, torch.bfloat16)
     return max(rel(g, r) for g, r in zip(got, ref)), max(rel(p, r) for p, r in zip(plain, ref))
@@ -83,10 +86,15 @@ def plan_only(q_idx: torch.Tensor, k_idx: torch.Tensor, num_features: int, bucke
     _work_items(plan, (group * num_features + qi).reshape(-1), default_launch(bucket)[0][0])
 
 
+def call_forward(config, q_idx, q_val, k_idx, k_val, v, num_features, scale) -> torch.Tensor:
+    """Exact-overlap output through the Triton path with ``config`` (or the posting path)."""
+    fn = wide_posting_attention if config.get("posting") else partial(wide_triton_attention, **config)
+    return fn(q_idx, q_val, k_idx, k_val, v, num_features, scale, "overlap")[0]
+
+
 def call(q_idx, k_idx, leaves, num_features, scale, config, grad) -> None:
-    """One forward (and backward when ``grad`` is given) through the Triton path."""
-    out, _ = wide_triton_attention(q_idx, leaves[0], k_idx, leaves[1], leaves[2], num_features, scale, "overlap",
-                                   **config)
+    """One forward (and backward when ``grad`` is given)."""
+    out = call_forward(config, q_idx, leaves[0], k_idx, leaves[1], leaves[2], num_features, scale)
     if grad is not None:
         out.backward(grad)
 

@@ -21,19 +21,31 @@ Design (the split-K flash-decoding layout the issue suggests):
   (atomics on dq_val / dk_val). The exact-mode background and the fallback
   rows are handled in PyTorch.
 
+Score loop (SCORE_DESIGNS): "compare" tests every (query slot, key slot) pair with a
+compare, a product, a select, an add and the "shared below f" test; "select" (default) uses
+that a code holds each feature once, so query slot t meets at most one key slot: a chain of
+selects picks that slot's key value (NaN if none), and the product and the below-f test are
+taken once per query slot.
+
 Limits: indices int32 inside the kernel; per-call partial states take
 N * k * (dv + 3) floats, so groups are processed in chunks of about
 ``max_partial_bytes``. Scores are fp32; P.V uses the input dtype (bf16/fp16
-on tensor cores, fp32 as IEEE fp32). Cost per counted incidence is O(k^2)
-CUDA-core work for the code comparison, which dominates at k = 16.
-Block sizes: 64 x 64 (4 warps) on the GPU, the smallest that feeds
-``tl.dot`` well while keeping the k^2 comparison loop in registers; tests use
-16 x 16 under TRITON_INTERPRET=1 (fp32 only: the interpreter's bf16 tl.dot
-returns garbage with triton 3.6 + numpy 2.4; bf16 is checked on the GPU).
-Measured (H200, 2026-11-28, B=1 H=8 dv=64 bf16, D=4096 k=16, LSH codes;
-results/kernels/sfa_wide.md): exact overlap 853 ms fwd at 64K (cuDNN 19.5 ms),
-i.e. 3.5e9 counted pairs/s; cap=64 forward 514 ms at 128K to 4.05 s at 1M
-(cuDNN 5.0 s), ~2x per doubling; rel. error vs fp32 reference 8e-3 at 2K.
+on tensor cores, fp32 as IEEE fp32). Tests use 16 x 16 tiles under
+TRITON_INTERPRET=1 (fp32 only: the interpreter's bf16 tl.dot returns garbage
+with triton 3.6 + numpy 2.4; bf16 is checked on the GPU).
+
+Measured (H200, 2026-11-29, B=1, H=8, dv=64, bf16; results/kernels/sfa_wide.md and the launch
+grid sfa_wide_explore.csv), exact overlap, D=131072, k=8, uniform codes, forward ms for 8 heads:
+* tiles: 64 x 64 (the first default, 4 warps) 612 ms at 1M tokens with "compare"; 16 x 16
+  (2 warps) 207 ms; 32 x 32 332-387 ms; 16 x 32 299 ms. Small tiles waste less of each bucket
+  (Poisson-sized, mean 4 at 64K and 64 at 1M) and keep the unrolled loop in registers: ptxas
+  for sm_90 (run on the CPU machine) reports 243 registers and no spills for "select" at 16 x 16,
+  4.3 KB of spill stores at 64 x 64 (1055 ms), 1.1 KB for "compare" at 64 x 64. Backward: one
+  warp (868 vs 1132 ms at 1M, forward+backward).
+* score loop at 16 x 16: "select" 207 ms, "compare" 219 ms at 1M (12.1 vs 13.2 ms at 64K).
+* LSH codes (bench.wide): 211 ms forward at 1M against cuDNN's 5.12 s (24x), forward+backward
+  831 ms against 17.9 s (22x); ~511 candidates per query. The posting lists and work items
+  take 40 ms of the 211 (``wide_explore`` "plan" row).
 """
 
 from __future__ import annotations

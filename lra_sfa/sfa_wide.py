@@ -4,7 +4,9 @@ Per head, queries and keys go through one code map d -> D (a linear map, or
 a small MLP with ``mlp_hidden > 0``; ``codes="lsh"`` uses a fixed random
 projection instead, never trained, with unit-norm feature directions so that
 isotropic inputs use every feature equally). Each token keeps its ``k`` largest
-logits: the code is (feature indices, logit values). Attention is then
+logits: the code is (feature indices, logit values). ``codes="simhash"`` needs
+no d -> D map: k hash tables of b = log2(D / k) random hyperplanes each, the
+feature of table t being t * 2^b + the b sign bits (``simhash_codes``). Attention is then
 computed only from the codes (``lra_sfa.kernels.wide_posting``):
 
     s(i, j) = scale * sum over shared features f of qcode(i, f) * kcode(j, f)
@@ -44,7 +46,7 @@ from torch import nn
 from lra_sfa.attention import AttentionBackend
 from lra_sfa.kernels.wide_posting import wide_attention
 
-CODES = ("learned", "lsh")
+CODES = ("learned", "lsh", "simhash")
 RELAXES = ("ste", "gumbel")
 MODES = ("overlap", "exact")
 IMPLS = ("auto", "posting", "triton")
@@ -59,6 +61,34 @@ def unit_columns(proj: torch.Tensor) -> torch.Tensor:
     uniform candidates per query at D = 4096, 2.7x at D = 32768, 4x at D = 131072 on the H200 run).
     """
     return proj / proj.norm(dim=1, keepdim=True)
+
+
+def simhash_planes(heads: int, width: int, k: int, bits: int) -> torch.Tensor:
+    """(heads, width, k * bits) hyperplanes for ``simhash_codes``: each table's ``bits`` are orthonormal."""
+    return torch.cat([torch.linalg.qr(torch.randn(heads, width, bits)).Q for _ in range(k)], dim=-1)
+
+
+def simhash_codes(h: torch.Tensor, planes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SimHash codes of h (B, H, L, e) with hyperplanes (H, e, k * b): (indices, values), each (B, H, L, k).
+
+    Table t's feature is t * 2^b + the b sign bits of h . planes[:, :, t*b:(t+1)*b], so tokens at a
+    small angle tend to share it: a feature space of D = k 2^b at a cost of e * k * b multiply-adds
+    per token instead of e * D. A table's hyperplanes are orthonormal, so for isotropic inputs the
+    b signs are independent and every bucket equally likely (independent Gaussian hyperplanes left
+    some of 64 buckets empty in the test); two independent tokens then share a table with
+    probability 2^-b, the uniform L k^2 / D candidates per query. Every value is
+    |h| / e^(1/4), so a pair's product per shared table is |q| |k| / sqrt(e), the dot product's scale
+    for aligned vectors; the values carry the gradient (the indices have none).
+    """
+    B, H, L, e = h.shape
+    bits = planes.shape[-1] // k
+    with torch.no_grad():
+        signs = torch.einsum("bhle,hef->bhlf", h, planes.to(h.dtype)) > 0  # (B, H, L, k * b)
+        weights = 2 ** torch.arange(bits, device=h.device)
+        idx = (signs.view(B, H, L, k, bits).long() * weights).sum(-1)  # (B, H, L, k) bucket within table
+        idx = idx + torch.arange(k, device=h.device) * (1 << bits)
+    val = (h.float().norm(dim=-1, keepdim=True) / e**0.25).to(h.dtype).expand(B, H, L, k)
+    return idx, val
 
 
 def _feature_entropy(idx: torch.Tensor, num_features: int) -> torch.Tensor:
@@ -88,6 +118,10 @@ class SFAWideAttention(AttentionBackend):
             raise ValueError(f"attn sfa_wide: need ints 1 <= k <= D, got k={k!r}, D={D!r}")
         if cap is not None and (not isinstance(cap, int) or cap < 1 or mode != "overlap"):
             raise ValueError(f"attn sfa_wide: cap={cap!r} must be null or an int >= 1, and needs mode=overlap")
+        table = D // k
+        if codes == "simhash" and (D % k or table < 2 or table & (table - 1)):
+            raise ValueError(f"attn sfa_wide: codes=simhash needs D/k a power of two >= 2 (k hash tables of "
+                             f"log2(D/k) sign bits), got D={D}, k={k}")
         if tau_start <= 0 or tau_end <= 0:
             raise ValueError(f"attn sfa_wide: tau_start={tau_start}, tau_end={tau_end} must be > 0")
         self.num_heads, self.head_dim, self.D, self.k = num_heads, head_dim, D, k
@@ -99,11 +133,16 @@ class SFAWideAttention(AttentionBackend):
         self.hidden = None
         if mlp_hidden > 0:
             self.hidden = nn.Parameter(torch.randn(num_heads, head_dim, mlp_hidden) / math.sqrt(head_dim))
-        out_w = torch.randn(num_heads, width, D) / math.sqrt(width)  # (H, e, D)
-        if codes == "lsh":
-            self.register_buffer("code_map", unit_columns(out_w))
+        if codes == "simhash":  # no d -> D map: k tables of b orthonormal hyperplanes, (H, e, k * b)
+            bits = table.bit_length() - 1
+            if bits > width:
+                raise ValueError(f"attn sfa_wide: codes=simhash needs log2(D/k)={bits} <= the code input width "
+                                 f"{width} (orthonormal hyperplanes per table)")
+            self.register_buffer("planes", simhash_planes(num_heads, width, k, bits))
+        elif codes == "lsh":
+            self.register_buffer("code_map", unit_columns(torch.randn(num_heads, width, D)))  # (H, e, D)
         else:
-            self.code_map = nn.Parameter(out_w)
+            self.code_map = nn.Parameter(torch.randn(num_heads, width, D) / math.sqrt(width))  # (H, e, D)
         self._loss: torch.Tensor | None = None
         self._diag: dict[str, torch.Tensor] = {}
 
@@ -144,6 +183,8 @@ class SFAWideAttention(AttentionBackend):
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Codes of x: indices (B, H, L, k) int64, values (B, H, L, k), logits (B, H, L, D)."""
+        if self.codes == "simhash":
+            return (*simhash_codes(self._features(x), self.planes, self.k), None)
         learned_training = self.codes == "learned" and self.training
         if not (learned_training and (self.relax == "gumbel" or self.balance_weight > 0)):
             h = self._features(x)

@@ -276,3 +276,30 @@ def test_posting_path_in_bf16_accumulates_in_fp32():
     got = fwd_bwd(posting, *low, grad.bfloat16())
     for name, g, p, e in zip(("out", "dq", "dk", "dv"), got, plain, exact):
         assert rel(g, e) <= 1.5 * rel(p, e), f"{name}: posting bf16 err {rel(g, e):.3g} vs dense bf16 {rel(p, e):.3g}"
+
+
+def test_simhash_codes_hash_by_angle_and_train_through_their_values():
+    """codes=simhash: feature t * 2^b + b sign bits per table; a vector shares every table with itself
+    and none with its negation; isotropic tokens spread over each table's 2^b buckets; gradients reach
+    q and k through the values |x| / e^(1/4)."""
+    torch.manual_seed(3)
+    heads, dim, k, features = 2, 16, 4, 256  # b = 6 bits per table
+    module = SFAWideAttention(num_heads=heads, head_dim=dim, D=features, k=k, codes="simhash").eval()
+    assert "planes" in dict(module.named_buffers()) and not list(module.named_parameters())
+    x = torch.randn(1, heads, 4096, dim)
+    idx, val, _ = module._encode(x)
+    table = torch.arange(k) * (features // k)
+    assert torch.all((idx >= table) & (idx < table + features // k))
+    assert torch.equal(module._encode(x)[0], idx)
+    assert not (module._encode(-x)[0] == idx).any()
+    per_bucket = torch.zeros(heads, features).scatter_add_(1, idx[0].reshape(heads, -1), torch.ones(heads, 4096 * k))
+    assert per_bucket.min() > 0 and per_bucket.var() < 1.5 * per_bucket.mean()  # even use: Poisson-like counts
+    torch.testing.assert_close(val, (x.norm(dim=-1, keepdim=True) / dim**0.25).expand_as(val))
+    q, key, v = (torch.randn(2, heads, 24, dim, requires_grad=True) for _ in range(3))
+    out = module(q, key, v)
+    out.square().sum().backward()
+    assert q.grad.abs().sum() > 0 and key.grad.abs().sum() > 0 and v.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="simhash needs D/k a power of two"):
+        SFAWideAttention(num_heads=2, head_dim=8, D=96, k=4, codes="simhash")
+    with pytest.raises(ValueError, match="log2\\(D/k\\)=9 <= the code input width 8"):
+        SFAWideAttention(num_heads=2, head_dim=8, D=2048, k=4, codes="simhash")

@@ -2,11 +2,12 @@
 
     python -m lra_sfa.bench.wide --out results/kernels
 
-Shapes: B=1, H=8, head dim 64 (q, k, v bf16 random normal). Codes: LSH (a
-fixed random projection of q and k to D unit-norm feature directions, top-k
-per token, as ``attn=sfa_wide codes=lsh``), so feature use is uniform and a
-query meets about L k^2 / D keys. (Until 2026-11-29 the directions were
-plain Gaussian: 4x that at D = 131072, k = 8; results/kernels/sfa_wide.md.)
+Shapes: B=1, H=8, head dim 64 (q, k, v bf16 random normal). Codes (``--codes``):
+``lsh`` (a fixed random projection of q and k to D unit-norm feature directions,
+top-k per token, as ``attn=sfa_wide codes=lsh``) or ``simhash`` (k tables of
+log2(D/k) orthonormal sign bits, as ``codes=simhash``); with either, feature use
+is uniform and a query meets about L k^2 / D keys. (Until 2026-11-29 the LSH
+directions were plain Gaussian: 4x that at D = 131072, k = 8; results/kernels/sfa_wide.md.)
 Variants: ``overlap`` with ``cap=None`` (exact overlap) and with each
 ``--variants`` cap. Times include building the posting lists (sorts) but not the codes;
 ``codes_ms`` is the time to build the q and k codes at that length
@@ -21,7 +22,8 @@ Rows go to ``sfa_wide.csv`` and, as ``impl=sfa_wide``, to the kernel CSV
 Columns: the kernel CSV columns plus mean_candidates (counted pairs per
 query), dropped_frac (pairs lost to the cap, 1 - capped / exact candidates,
 where the exact run exists at that L), dropped_incidence_frac ((query, key,
-feature) incidences outside the windows), mode, cap, D, baseline_note.
+feature) incidences outside the windows), mode, cap, D, baseline_note, codes_ms,
+codes (only ``lsh`` rows also go to the kernel CSV, whose cells have no codes key).
 Correctness: at lengths <= --check-max-len, forward and gradients against
 ``wide_dense_reference`` in fp32 from the same codes; ``max_rel_err`` is the
 kernel's ||err|| / ||ref||, ``plain_rel_err`` the same dense reference run in
@@ -45,13 +47,13 @@ from lra_sfa.bench.kernels import KERNEL_CSV_COLUMNS, KERNEL_KEY, RowWriter
 from lra_sfa.bench.timing import time_ms
 from lra_sfa.kernels.wide_ref import wide_dense_reference
 from lra_sfa.kernels.wide_triton import wide_triton_attention
-from lra_sfa.sfa_wide import unit_columns
+from lra_sfa.sfa_wide import simhash_codes, simhash_planes, unit_columns
 
-WIDE_KEY = ["op", "heads", "seq_len", "head_dim", "topk", "D", "cap", "mode"]  # one cell of sfa_wide.csv
+WIDE_KEY = ["op", "heads", "seq_len", "head_dim", "topk", "D", "cap", "mode", "codes"]  # one cell of sfa_wide.csv
 COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "ms", "baseline",
            "baseline_ms", "speedup", "max_rel_err", "peak_mem_mb", "device", "date", "mean_candidates",
            "dropped_frac", "mode", "cap", "D", "dropped_incidence_frac", "plain_rel_err", "check", "baseline_note",
-           "codes_ms"]
+           "codes_ms", "codes"]
 
 
 @torch.no_grad()
@@ -68,8 +70,10 @@ def lsh_codes(x: torch.Tensor, proj: torch.Tensor, k: int, logits_per_chunk: int
     return idx, val
 
 
-def both_codes(q: torch.Tensor, k: torch.Tensor, proj: torch.Tensor, k_active: int) -> tuple:
-    """(q_idx, q_val, k_idx, k_val): the LSH codes of q and k."""
+def both_codes(q: torch.Tensor, k: torch.Tensor, proj: torch.Tensor, k_active: int, codes: str = "lsh") -> tuple:
+    """(q_idx, q_val, k_idx, k_val): the LSH (top-k of a projection) or SimHash codes of q and k."""
+    if codes == "simhash":
+        return (*simhash_codes(q, proj, k_active), *simhash_codes(k, proj, k_active))
     return (*lsh_codes(q, proj, k_active), *lsh_codes(k, proj, k_active))
 
 
@@ -144,6 +148,8 @@ def main() -> None:
     parser.add_argument("--D", type=int, default=4096)
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--variants", default="null,64", help="caps to run; null = exact overlap (no cap)")
+    parser.add_argument("--codes", default="lsh", choices=["lsh", "simhash"],
+                        help="lsh: top-k of a d x D projection; simhash: k tables of log2(D/k) sign bits")
     parser.add_argument("--ops", default="fwd,fwd_bwd")
     parser.add_argument("--check-max-len", type=int, default=2048)
     parser.add_argument("--max-call-s", type=float, default=6.0, help="skip a run projected to take longer")
@@ -164,8 +170,11 @@ def run_bench(args) -> None:
     H, d, D, K = args.heads, args.head_dim, args.D, args.k
     scale = 1.0 / math.sqrt(K)
     base = dict(impl="sfa_wide", batch=1, heads=H, head_dim=d, topk=K, dtype="bf16", baseline="sdpa_cudnn",
-                device=torch.cuda.get_device_name(), date=args.date, mode="overlap", D=D)
-    proj = unit_columns(torch.randn(H, d, D, device="cuda")).to(torch.bfloat16)  # as attn=sfa_wide codes=lsh
+                device=torch.cuda.get_device_name(), date=args.date, mode="overlap", D=D, codes=args.codes)
+    if args.codes == "simhash":  # as attn=sfa_wide codes=simhash
+        proj = simhash_planes(H, d, K, (D // K).bit_length() - 1).to("cuda", torch.bfloat16)
+    else:  # as attn=sfa_wide codes=lsh
+        proj = unit_columns(torch.randn(H, d, D, device="cuda")).to(torch.bfloat16)
     last: dict[tuple, tuple[int, float]] = {}
     candidates_exact: dict[int, float] = {}
     # each row replaces the row of the same cell (other D, k, caps and lengths stay), files rewritten per row
@@ -173,8 +182,8 @@ def run_bench(args) -> None:
     kernel_csv = RowWriter(out_dir / "sfa_vs_sdpa.csv", KERNEL_CSV_COLUMNS, key=KERNEL_KEY)  # beside FlashSFA
     for length in [int(x) for x in args.lengths.split(",")]:
         q, k, v = (torch.randn(1, H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        codes = both_codes(q, k, proj, K)  # q_idx, q_val, k_idx, k_val
-        codes_ms, _ = time_ms(partial(both_codes, q, k, proj, K), rep_ms=200.0, min_reps=1, max_reps=5)
+        codes = both_codes(q, k, proj, K, args.codes)  # q_idx, q_val, k_idx, k_val
+        codes_ms, _ = time_ms(partial(both_codes, q, k, proj, K, args.codes), rep_ms=200.0, min_reps=1, max_reps=5)
         del q, k
         for op in args.ops.split(","):
             backward = op == "fwd_bwd"
@@ -205,7 +214,8 @@ def run_bench(args) -> None:
                     row.update(max_rel_err=f"{err:.2e}", plain_rel_err=f"{plain:.2e}",
                                check="pass" if err <= 2 * plain + 1e-2 else "FAIL")
                 table.write(row)
-                kernel_csv.write(row)
+                if args.codes == "lsh":  # the kernel CSV keeps one code family per cell (its key has no codes)
+                    kernel_csv.write(row)
                 print(f"L={length:>8} {op:7} cap={str(cap):5} {ms:10.2f} ms  cudnn {base_ms:10.2f} ms  "
                       f"x{base_ms / ms:6.2f}  cand/q {cands / (H * length):9.1f}  "
                       f"peak {peak:8.0f} MiB  {row.get('check', '')}", flush=True)
@@ -222,11 +232,12 @@ def plot(out_dir: Path) -> None:
 
     frame = pd.read_csv(out_dir / "sfa_wide.csv", dtype={"cap": "string"}).sort_values("seq_len")
     frame["cap"] = frame["cap"].fillna("null")  # pandas reads the word null as missing
+    frame["codes"] = frame["codes"].fillna("lsh")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, op in zip(axes, ("fwd", "fwd_bwd")):
         part = frame[frame["op"] == op]
-        for (features, topk, cap), rows in part.groupby(["D", "topk", "cap"]):
-            ax.loglog(rows["seq_len"], rows["ms"], "o-", label=f"sfa_wide D={features} k={topk} cap={cap}")
+        for (features, topk, cap, codes), rows in part.groupby(["D", "topk", "cap", "codes"]):
+            ax.loglog(rows["seq_len"], rows["ms"], "o-", label=f"sfa_wide {codes} D={features} k={topk} cap={cap}")
         base = part.drop_duplicates("seq_len")
         ax.loglog(base["seq_len"], base["baseline_ms"], "k--", label="cuDNN SDPA")
         ax.set_title(f"{op}, B=1 H=8 d=64 bf16")
@@ -235,7 +246,7 @@ def plot(out_dir: Path) -> None:
     axes[0].set_ylabel("ms")
     axes[0].legend(fontsize=7)
     dates = ", ".join(sorted(frame["date"].astype(str).unique()))
-    fig.suptitle(f"wide-code SFA (LSH codes, not timed), {frame['device'].iloc[0]}, {dates}")
+    fig.suptitle(f"wide-code SFA (code building not timed), {frame['device'].iloc[0]}, {dates}")
     fig.tight_layout()
     fig.savefig(out_dir / "sfa_wide.png", dpi=120)
 

@@ -303,3 +303,14 @@ def test_simhash_codes_hash_by_angle_and_train_through_their_values():
         SFAWideAttention(num_heads=2, head_dim=8, D=96, k=4, codes="simhash")
     with pytest.raises(ValueError, match="log2\\(D/k\\)=9 <= the code input width 8"):
         SFAWideAttention(num_heads=2, head_dim=8, D=2048, k=4, codes="simhash")
+
+
+def test_auto_impl_takes_the_kernels_on_cuda_where_they_apply():
+    """impl=auto: Triton on CUDA at every length; the posting path on the CPU, or where the kernels'
+    tl.arange cannot take k or the value head dim (not a power of two)."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # _impl only reads the device type
+    assert SFAWideAttention(num_heads=2, head_dim=8, D=64, k=4)._impl(cuda, 8) == "triton"
+    assert SFAWideAttention(num_heads=2, head_dim=8, D=64, k=4)._impl(cpu, 8) == "posting"
+    assert SFAWideAttention(num_heads=2, head_dim=8, D=64, k=3)._impl(cuda, 8) == "posting"
+    assert SFAWideAttention(num_heads=2, head_dim=8, D=64, k=4)._impl(cuda, 12) == "posting"
+    assert SFAWideAttention(num_heads=2, head_dim=8, D=64, k=3, impl="triton")._impl(cpu, 12) == "triton"

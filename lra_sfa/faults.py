@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from lra_sfa.recording import RunRecord, hydra_job, peak_memory_mb
 from lra_sfa.records import REQUIRED_FIELDS, git_commit, now_iso, store_record, write_json_atomic
 
-# key -> (expected kind, allow null). Kinds: int, float (ints accepted), bool, str, floats (a list of floats).
+# key -> (expected kind, allow null). Kinds: int, float (ints accepted), bool, str, floats (a list of floats),
+# ints (a list of integers).
 CONFIG_TYPES: dict[str, tuple[str, bool]] = {
     "seed": ("int", False),
     "task.seq_len": ("int", False),
@@ -47,6 +48,7 @@ CONFIG_TYPES: dict[str, tuple[str, bool]] = {
     "trainer.progress": ("bool", False),
     "trainer.device": ("str", False),
     "trainer.precision": ("str", False),
+    "trainer.test_lengths": ("ints", True),
     "model.d_model": ("int", False),
     "model.num_heads": ("int", False),
     "model.num_layers": ("int", False),
@@ -59,7 +61,7 @@ POSITIVE = ("task.seq_len", "trainer.max_steps", "trainer.batch_size", "trainer.
 NON_NEGATIVE = ("trainer.warmup_steps", "trainer.timing_warmup_steps", "trainer.checkpoint_every")
 _ABSENT = object()
 KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-              "floats": "a list of numbers"}
+              "floats": "a list of numbers", "ints": "a list of integers"}
 
 
 def _has_kind(value, kind: str) -> bool:
@@ -71,7 +73,8 @@ def _has_kind(value, kind: str) -> bool:
         return isinstance(value, bool)
     if kind == "str":
         return isinstance(value, str)
-    return isinstance(value, (list, tuple)) and all(_has_kind(item, "float") for item in value)
+    item_kind = "int" if kind == "ints" else "float"
+    return isinstance(value, (list, tuple)) and all(_has_kind(item, item_kind) for item in value)
 
 
 def check_config_types(cfg: DictConfig) -> None:

@@ -112,6 +112,17 @@ class LRAClassifier(nn.Module):
         head_in = 4 * d_model if dual else d_model
         self.head = nn.Sequential(nn.Linear(head_in, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, num_classes))
 
+    def extend_positions(self, seq_len: int) -> None:
+        """Make room for inputs of ``seq_len`` tokens (testing beyond the trained length): sinusoidal
+        positions are recomputed; learned ones have no rows there and raise ValueError."""
+        total_len = seq_len + (self.pooling == "cls")
+        if total_len <= self.pos.shape[0]:
+            return
+        if isinstance(self.pos, nn.Parameter):
+            raise ValueError(f"model: pos=learned has {self.pos.shape[0]} positions, none for {total_len}; "
+                             "testing at longer lengths needs pos=sin")
+        self.pos = sinusoidal_positions(total_len, self.pos.shape[1]).to(self.pos.device)
+
     def attention_modules(self) -> list[AttentionBackend]:
         return [block.attn.attention for block in self.blocks]
 

@@ -208,6 +208,44 @@ def _finish_loop(raw_model, state, attention, out_of_time, timed_seconds, timed_
         attn_path=attention[0].last_path, attn_stats=_attention_stats(attention),
         **{f"test_{key}": value for key, value in test.items() if key.startswith("accuracy_by_")},
     )
+    lengths = list(tcfg.get("test_lengths") or [])
+    if lengths:
+        ctx.where["phase"] = "test at other lengths"
+        by_length, by_depth, unsupported = _test_at_lengths(raw_model, lengths, ctx)
+        record.update(test_accuracy_by_length={**record.data.get("test_accuracy_by_length", {}), **by_length},
+                      test_accuracy_by_depth_at_length=by_depth, test_lengths_unsupported=unsupported)
+
+
+def _test_at_lengths(raw_model, lengths: list[int], ctx) -> tuple[dict, dict, dict]:
+    """The trained model on the task's test split generated at each length (train and val splits not
+    made). Tokens per batch stay those of the training length (batch scaled by seq_len / length, at
+    least 1). Returns accuracy by length, accuracy by depth at each length (where the task has depths)
+    and the reason for each length that could not run (a task that cannot be generated at that
+    length, learned positions, a backend bounded by the trained length)."""
+    cfg = ctx.cfg
+    base_len = int(cfg.task.seq_len)
+    base_batch = int(cfg.trainer.eval_batch_size or cfg.trainer.batch_size)
+    by_length, by_depth, unsupported = {}, {}, {}
+    for length in lengths:
+        try:
+            overrides = {"seq_len": int(length)}
+            overrides.update({key: 0 for key in ("num_train", "num_val") if key in cfg.task})
+            task = build_task(OmegaConf.merge(cfg.task, overrides))
+            raw_model.extend_positions(int(length))
+            reasons = _check_supported(raw_model, cfg, ctx.device, ctx.dtype, int(length))
+            if reasons:
+                raise ValueError("; ".join(reasons))
+            split = task.load(cfg.paths.cache_dir).test
+        except (ValueError, TypeError) as exc:
+            unsupported[str(length)] = str(exc)
+            continue
+        ctx.where["shape"] = [len(split), int(length)]
+        batch = max(1, base_batch * base_len // int(length))
+        result = evaluate(raw_model, split, batch, ctx.device, ctx.dtype, ctx.env, ctx.where)
+        by_length[str(length)] = result["accuracy"]
+        if "accuracy_by_depth" in result:
+            by_depth[str(length)] = result["accuracy_by_depth"]
+    return by_length, by_depth, unsupported
 
 
 def _attention_stats(modules) -> dict[str, float]:

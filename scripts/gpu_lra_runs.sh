@@ -6,14 +6,19 @@
 #   LRA_SFA_GIT_COMMIT=<local HEAD> bash scripts/gpu_lra_runs.sh SPEC...
 #   SPEC = <preset>=<attn>[,<attn>...]@<seconds>
 #   presets: listops (experiment=lra_listops), pf32 (experiment=lra_pathfinder, 40k generated images),
-#            needle1k / needle4k (experiment=lra_needle at seq_len 1024 / 4096)
+#            needle1k / needle4k (experiment=lra_needle at seq_len 1024 / 4096),
+#            needle_long (trained at 256 tokens, then tested at 1K, 4K, 16K and 64K: trainer.test_lengths)
+#   attn "sfa_wide_simhash" = attn=sfa_wide with SimHash codes at D = 131072, k = 8 (the operating point
+#   that met the 1M speed target; results/kernels/sfa_wide.md)
 #   e.g.   bash scripts/gpu_lra_runs.sh listops=performer,bigbird,linformer@90 pf32=sfa@45 needle1k=full,sfa@30
+#          bash scripts/gpu_lra_runs.sh needle_long=full,sfa,sfa_wide_simhash@120
 # The device gets no .git: pass the commit so records name it. Records go to $OUT/runs, then into one
 # archive, $OUT/runs_lra.tgz (the device returns at most 8 files): unpack it and copy runs/*.json to results/runs.
 set -u
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH=/tmp/site:$PWD
 export LRA_SFA_RESULTS=$OUT/runs LRA_SFA_CACHE=/tmp/lra_cache PYTHONUNBUFFERED=1
+set -f  # no globbing: overrides such as trainer.test_lengths=[...] are passed as written
 mkdir -p "$OUT/runs"
 preset() {  # the overrides of one preset and attention
   case $1 in
@@ -21,7 +26,8 @@ preset() {  # the overrides of one preset and attention
     pf32) echo "experiment=lra_pathfinder task.num_train=40000 task.num_val=2000 task.num_test=2000 trainer.eval_every=500" ;;
     needle1k) echo "experiment=lra_needle task.seq_len=1024" ;;
     needle4k) echo "experiment=lra_needle task.seq_len=4096" ;;
-    *) echo "unknown preset '$1' (valid: listops pf32 needle1k needle4k)" >&2; exit 2 ;;
+    needle_long) echo "experiment=lra_needle task.seq_len=256 trainer.test_lengths=[1024,4096,16384,65536]" ;;
+    *) echo "unknown preset '$1' (valid: listops pf32 needle1k needle4k needle_long)" >&2; exit 2 ;;
   esac
 }
 for spec in "$@"; do
@@ -32,6 +38,7 @@ for spec in "$@"; do
     # Pathfinder-32's model has head_dim 4 (qkv_dim 16, 4 heads): below the Triton kernels' sizes, so
     # the Triton kernels run zero-padded to 16 (exact), with k=2 of 4 features.
     [[ $name == pf32 && $attn == sfa ]] && extra="attn=sfa attn.topk=2"
+    [[ $attn == sfa_wide_simhash ]] && extra="attn=sfa_wide attn.codes=simhash attn.D=131072 attn.k=8"
     echo "=== $name $attn ($secs s): $args $extra"
     timeout $(( secs + 180 )) python3 -m lra_sfa $args $extra trainer.max_seconds=$secs trainer.progress=false \
       hydra.run.dir=/tmp/runs/${name}_$attn 2>&1 | tail -3

@@ -62,3 +62,37 @@ def test_unsupported_backend_is_recorded_not_crashed(make_cfg, tmp_path):
     record = run(cfg)
     assert record["status"] == "unsupported" and "impl=reference" in record["reason"]
     assert json.loads((tmp_path / "run" / "record.json").read_text())["status"] == "unsupported"
+
+
+NEEDLE = ["task=needle", "model=tiny", "task.seq_len=64", "task.num_train=256", "task.num_val=32",
+          "task.num_test=40", "attn=full", "trainer.max_steps=4", "trainer.eval_every=2", "trainer.batch_size=16"]
+
+
+def test_test_lengths_rerun_the_test_split_at_other_lengths(make_cfg):
+    """trainer.test_lengths: the trained model is tested on the needle test split made at each length
+    (the split at the training length is the very test split, so its accuracy is test_accuracy);
+    a length the task cannot make is recorded with its reason, not raised."""
+    cfg = make_cfg(*NEEDLE, "trainer.test_lengths=[64,200,8]")
+    record = run(cfg)
+    assert record["status"] == "ok"
+    by_length = record["test_accuracy_by_length"]
+    assert by_length["64"] == record["test_accuracy"]
+    assert 0.0 <= by_length["200"] <= 1.0
+    assert set(record["test_accuracy_by_depth_at_length"]["200"]) == set(record["test_accuracy_by_depth"])
+    assert "too short" in record["test_lengths_unsupported"]["8"]
+
+
+def test_test_lengths_need_sinusoidal_positions(make_cfg):
+    cfg = make_cfg(*NEEDLE, "model.pos=learned", "trainer.test_lengths=[128]")
+    record = run(cfg)
+    assert record["status"] == "ok" and "128" not in record["test_accuracy_by_length"]
+    assert "pos=learned" in record["test_lengths_unsupported"]["128"]
+
+
+def test_needle_test_split_does_not_depend_on_the_train_split_size(tmp_path):
+    """test_lengths builds the task with no train or val split: its test split must be the same."""
+    from lra_sfa.tasks.needle import Needle
+
+    full = Needle(seq_len=96, num_train=50, num_val=10, num_test=20).load(tmp_path).test
+    test_only = Needle(seq_len=96, num_train=0, num_val=0, num_test=20).load(tmp_path).test
+    assert np.array_equal(full.inputs, test_only.inputs) and np.array_equal(full.labels, test_only.labels)

@@ -221,7 +221,7 @@ def _test_at_lengths(raw_model, lengths: list[int], ctx) -> tuple[dict, dict, di
     made). Tokens per batch stay those of the training length (batch scaled by seq_len / length, at
     least 1). Returns accuracy by length, accuracy by depth at each length (where the task has depths)
     and the reason for each length that could not run (a task that cannot be generated at that
-    length, learned positions, a backend bounded by the trained length)."""
+    length, learned positions, a backend bounded by the trained length, out of memory)."""
     cfg = ctx.cfg
     base_len = int(cfg.task.seq_len)
     base_batch = int(cfg.trainer.eval_batch_size or cfg.trainer.batch_size)
@@ -236,12 +236,17 @@ def _test_at_lengths(raw_model, lengths: list[int], ctx) -> tuple[dict, dict, di
             if reasons:
                 raise ValueError("; ".join(reasons))
             split = task.load(cfg.paths.cache_dir).test
-        except (ValueError, TypeError) as exc:
+        except ValueError as exc:
             unsupported[str(length)] = str(exc)
             continue
         ctx.where["shape"] = [len(split), int(length)]
         batch = max(1, base_batch * base_len // int(length))
-        result = evaluate(raw_model, split, batch, ctx.device, ctx.dtype, ctx.env, ctx.where)
+        try:
+            result = evaluate(raw_model, split, batch, ctx.device, ctx.dtype, ctx.env, ctx.where)
+        except torch.cuda.OutOfMemoryError:  # the trained model's own results are kept
+            torch.cuda.empty_cache()
+            unsupported[str(length)] = f"out of memory testing {batch} x {length} tokens"
+            continue
         by_length[str(length)] = result["accuracy"]
         if "accuracy_by_depth" in result:
             by_depth[str(length)] = result["accuracy_by_depth"]

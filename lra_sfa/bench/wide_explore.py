@@ -27,7 +27,7 @@ from lra_sfa.bench.timing import time_ms
 from lra_sfa.bench.wide import rel
 from lra_sfa.kernels.wide_posting import build_plan, wide_posting_attention
 from lra_sfa.kernels.wide_ref import wide_dense_reference
-from lra_sfa.kernels.wide_triton import _work_items, default_launch, wide_triton_attention
+from lra_sfa.kernels.wide_triton import DEFAULT_BLOCKS, _work_items, wide_triton_attention
 
 COLUMNS = ["config", "op", "seq_len", "heads_measured", "D", "topk", "bucket_size", "ms_8_heads", "max_rel_err",
            "plain_rel_err", "check", "device", "date"]
@@ -77,13 +77,13 @@ def check_config(config: dict, num_features: int, k: int) -> tuple[float, float]
     return max(rel(g, r) for g, r in zip(got, ref)), max(rel(p, r) for p, r in zip(plain, ref))
 
 
-def plan_only(q_idx: torch.Tensor, k_idx: torch.Tensor, num_features: int, bucket: float) -> None:
+def plan_only(q_idx: torch.Tensor, k_idx: torch.Tensor, num_features: int) -> None:
     """The host-side stages of one call: posting lists and work items."""
     _, heads, length, k = q_idx.shape
     qi, ki = q_idx.reshape(heads, length, k), k_idx.reshape(heads, length, k)
     plan = build_plan(qi, ki, None, num_features, None)
     group = torch.arange(heads, device=q_idx.device)[:, None, None]
-    _work_items(plan, (group * num_features + qi).reshape(-1), default_launch(bucket)[0][0])
+    _work_items(plan, (group * num_features + qi).reshape(-1), DEFAULT_BLOCKS[0])
 
 
 def call_forward(config, q_idx, q_val, k_idx, k_val, v, num_features, scale) -> torch.Tensor:
@@ -130,7 +130,7 @@ def main() -> None:
         grad = torch.randn_like(v)
         scale = 1 / math.sqrt(K)
         row0 = dict(base, seq_len=length, heads_measured=heads, bucket_size=f"{bucket:.1f}")
-        ms, _ = time_ms(partial(plan_only, q_idx, k_idx, D, bucket), rep_ms=300.0, min_reps=2, max_reps=10)
+        ms, _ = time_ms(partial(plan_only, q_idx, k_idx, D), rep_ms=300.0, min_reps=2, max_reps=10)
         table.write(dict(row0, config="plan", op="fwd", ms_8_heads=f"{ms * 8 / heads:.3f}"))
         print(f"L={length} plan {ms * 8 / heads:.2f} ms (8 heads)", flush=True)
         for text in args.configs:

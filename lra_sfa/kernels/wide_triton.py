@@ -229,15 +229,12 @@ def _wide_bwd_kernel(tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_o
 SCORE_DESIGNS = ("select", "compare")  # _block_scores_select, _block_scores
 
 
-def default_launch(bucket_size: float) -> tuple[tuple[int, int], tuple[int, int]]:
-    """((BLOCK_M, BLOCK_N), (forward warps, backward warps)) for buckets of about ``bucket_size``
-    query entries and keys (mean; the grid: results/kernels/sfa_wide_explore.csv).
-
-    16 x 16 tiles won at every bucket size measured (4 to 64 at D = 131072, k = 8): 2.5-3x faster
-    than 64 x 64 at 1M tokens, whose unrolled select loop spills; backward prefers one warp.
-    """
-    del bucket_size  # one rule at every size measured so far
-    return (16, 16), (2, 1)
+# Default launch: 16 x 16 tiles, 2 warps forward, 1 backward. Measured (H200, 2026-11-29, grid in
+# results/kernels/sfa_wide_explore.csv): fastest at every bucket size tried (mean 4, 16 and 64 query
+# entries and keys per bucket: D = 131072, k = 8 at 64K, 256K, 1M tokens), 3x faster than the first
+# 64 x 64 launch at 1M; larger buckets (D = 4096, k = 16 past 16K tokens) were not in the grid.
+DEFAULT_BLOCKS = (16, 16)  # (BLOCK_M query entries, BLOCK_N keys)
+DEFAULT_WARPS = (2, 1)  # (forward, backward)
 
 
 def _work_items(plan: WidePlan, q_bucket: torch.Tensor, block_m: int):
@@ -361,8 +358,8 @@ def wide_triton_attention(
     """Wide attention with the Triton kernels; same contract as ``wide_posting.wide_attention``.
 
     ``blocks`` (BLOCK_M query entries x BLOCK_N keys per tile) and ``num_warps`` (one int, or
-    (forward, backward)) default to ``default_launch`` of the mean bucket size; ``scores`` picks the
-    score loop (SCORE_DESIGNS).
+    (forward, backward)) default to DEFAULT_BLOCKS and DEFAULT_WARPS; ``scores`` picks the score
+    loop (SCORE_DESIGNS).
     """
     validate_codes(q_idx, q_val, k_idx, k_val, v, num_features, mode, cap, key_padding_mask)
     B, H, L, K = q_idx.shape
@@ -372,11 +369,10 @@ def wide_triton_attention(
             raise ValueError(f"wide_triton_attention: {name}={value} must be a power of two (tl.arange)")
     if scores not in SCORE_DESIGNS:
         raise ValueError(f"wide_triton_attention: scores={scores!r} must be one of {SCORE_DESIGNS}")
-    auto_blocks, auto_warps = default_launch(L * K / num_features if cap is None else min(cap, L * K / num_features))
-    blocks = auto_blocks if blocks is None else tuple(blocks)
+    blocks = DEFAULT_BLOCKS if blocks is None else tuple(blocks)
     if len(blocks) != 2 or any(b < 16 or b & (b - 1) for b in blocks):
         raise ValueError(f"wide_triton_attention: blocks={blocks} must be two powers of two >= 16 (tl.dot)")
-    warps = auto_warps if num_warps is None else num_warps
+    warps = DEFAULT_WARPS if num_warps is None else num_warps
     warps = (warps, warps) if isinstance(warps, int) else tuple(warps)
     launch = (*blocks, *warps, scores == "select")  # BLOCK_M, BLOCK_N, fwd warps, bwd warps, select
     scale = 1.0 / math.sqrt(K) if scale is None else scale

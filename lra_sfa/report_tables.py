@@ -79,11 +79,31 @@ def _mean(records: list[dict], key: str) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def group_runs(runs: list[dict]) -> pd.DataFrame:
-    """One row per (task, backend, protocol, length) with ``summarise``'s fields."""
-    groups: dict[tuple, list[dict]] = {}
+def _variant_labels(runs: list[dict]) -> dict[int, str]:
+    """id(record) -> backend label. Runs of one (task, backend, protocol, length) with different
+    attention arguments are different configurations, not seeds: each gets the backend name plus the
+    arguments that differ, e.g. ``sfa_wide (codes=simhash, D=131072, k=8)``."""
+    cells: dict[tuple, list[dict]] = {}
     for record in runs:
         key = (str(record["task"]), str(record["attn"]), str(record.get("protocol", "custom")), int(record["seq_len"]))
+        cells.setdefault(key, []).append(record)
+    labels = {}
+    for (_, attn, _, _), records in cells.items():
+        args = [record.get("attn_args") or {} for record in records]
+        differing = sorted({key for a in args for key in a if any(b.get(key) != a.get(key) for b in args)})
+        for record, arg in zip(records, args):
+            label = ", ".join(f"{key}={arg.get(key)}" for key in differing)
+            labels[id(record)] = f"{attn} ({label})" if label else attn
+    return labels
+
+
+def group_runs(runs: list[dict]) -> pd.DataFrame:
+    """One row per (task, backend, protocol, length) with ``summarise``'s fields; runs with other
+    attention arguments in the same cell get a row of their own (``_variant_labels``)."""
+    labels = _variant_labels(runs)
+    groups: dict[tuple, list[dict]] = {}
+    for record in runs:
+        key = (str(record["task"]), labels[id(record)], str(record.get("protocol", "custom")), int(record["seq_len"]))
         groups.setdefault(key, []).append(record)
     rows = []
     for (task, attn, protocol, length), records in groups.items():

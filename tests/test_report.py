@@ -199,3 +199,22 @@ def test_cli_arguments(tmp_path):
                                                (2**20, "1M"), (1536, "1536")])
 def test_length_labels(length, label):
     assert length_label(length) == label
+
+
+def test_runs_with_other_attention_arguments_are_not_averaged_as_seeds():
+    """Two seeds of one config average into one row; a run of the same backend with other arguments
+    (here SimHash codes) gets its own row, labelled by the arguments that differ."""
+    from lra_sfa.report_tables import group_runs
+
+    rng = random.Random(0)
+    learned = {"codes": "learned", "D": 4096, "k": 16}
+    runs = [run_record(rng, "needle", "sfa_wide", 128, "needle", attn_args=learned, test_accuracy=acc, seed=seed)
+            for seed, acc in ((0, 1.0), (1, 0.9))]
+    runs.append(run_record(rng, "needle", "sfa_wide", 128, "needle", test_accuracy=0.07,
+                           attn_args={"codes": "simhash", "D": 131072, "k": 8}))
+    runs.append(run_record(rng, "needle", "full", 128, "needle", test_accuracy=1.0))
+    frame = group_runs(runs).set_index("attn")
+    assert frame.loc["sfa_wide (D=4096, codes=learned, k=16)", "test_pct"] == 95.0
+    assert frame.loc["sfa_wide (D=4096, codes=learned, k=16)", "runs"] == 2
+    assert frame.loc["sfa_wide (D=131072, codes=simhash, k=8)", "test_pct"] == 7.0
+    assert frame.loc["full", "test_pct"] == 100.0

@@ -36,6 +36,7 @@ PLOT_FILES = {
     "memory_vs_length.png": "Peak memory against length (sweep, log-log)",
     "accuracy_speed_memory.png": "Accuracy vs speed vs memory (LRA Figure 3 form)",
     "needle_heatmap.png": "Needle accuracy over length and depth",
+    "needle_by_length.png": "Needle accuracy at lengths other than the trained one (trainer.test_lengths)",
     "sfa_kernel_speedup.png": "SFA Triton kernels: speed-up over SDPA",
 }
 PLOT_SOURCES = {  # where each plot's device, date and settings are written
@@ -43,6 +44,7 @@ PLOT_SOURCES = {  # where each plot's device, date and settings are written
     "memory_vs_length.png": "the efficiency tables above",
     "accuracy_speed_memory.png": "the accuracy tables above",
     "needle_heatmap.png": "the needle rows of the accuracy tables above (one run per cell)",
+    "needle_by_length.png": "its title and legend (device, date, training length)",
     "sfa_kernel_speedup.png": "the SFA kernel table above and results/kernels/README.md",
 }
 
@@ -83,6 +85,7 @@ def make_plots(inputs: Inputs, plots_dir: Path) -> dict[str, Path | None]:
         "accuracy_speed_memory.png": plots.plot_accuracy_speed_memory(inputs.runs,
                                                                       plots_dir / "accuracy_speed_memory.png"),
         "needle_heatmap.png": plots.plot_needle(inputs.runs, plots_dir / "needle_heatmap.png"),
+        "needle_by_length.png": plots.plot_needle_by_length(inputs.runs, plots_dir / "needle_by_length.png"),
         "sfa_kernel_speedup.png": plots.plot_kernel_speedup(inputs.kernels_csv, plots_dir / "sfa_kernel_speedup.png"),
     }
     for name, path in made.items():

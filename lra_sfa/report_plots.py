@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lra_sfa.report_data import attn_order, length_label  # noqa: E402
+from lra_sfa.report_data import attn_order, length_label, variant_labels  # noqa: E402
 from lra_sfa.report_efficiency import SERIES, SERIES_LABEL, _cells, _config_title, _configs, sweep_config  # noqa: E402
 from lra_sfa.report_tables import LRA_COLUMNS, group_runs  # noqa: E402
 
@@ -119,8 +119,38 @@ def plot_needle(runs: list[dict], path: Path) -> Path | None:
               and r["status"] == "ok"]
     if not needle:
         return None
+    labels = variant_labels(needle, lambda r: str(r["attn"]))  # one panel per configuration
     ordered = sorted(needle, key=lambda r: str(r.get("date", "")))  # later records win on duplicates
-    return plot_needle_heatmap(ordered, path)
+    return plot_needle_heatmap([dict(r, attn=labels[id(r)]) for r in ordered], path)
+
+
+def plot_needle_by_length(runs: list[dict], path: Path) -> Path | None:
+    """Needle test accuracy against the tested length (``trainer.test_lengths``), one line per
+    configuration and training length; the training length is marked."""
+    needle = [r for r in runs if str(r["task"]).startswith("needle") and r["status"] == "ok"
+              and len(r.get("test_accuracy_by_length") or {}) > 1]
+    if not needle:
+        return None
+    labels = variant_labels(needle, lambda r: str(r["attn"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for record in sorted(needle, key=lambda r: (attn_order(labels[id(r)]), int(r["seq_len"]))):
+        points = sorted((int(length), acc) for length, acc in record["test_accuracy_by_length"].items())
+        trained = int(record["seq_len"])
+        line, = ax.plot([n for n, _ in points], [a for _, a in points], "o-",
+                        label=f"{labels[id(record)]}, trained at {length_label(trained)}")
+        ax.plot([trained], [record["test_accuracy"]], "s", markersize=10, markerfacecolor="none",
+                color=line.get_color())
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("tested sequence length (square: the training length)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    devices = ", ".join(sorted({str(r.get("device")).split(" (")[0] for r in needle}))
+    dates = ", ".join(sorted({str(r.get("date", ""))[:10] for r in needle}))
+    ax.set_title(f"needle: trained at one length, tested at others ({devices}; {dates})", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def plot_kernel_speedup(csv_path: Path | None, path: Path) -> Path | None:

@@ -16,7 +16,7 @@ import statistics
 
 import pandas as pd
 
-from lra_sfa.report_data import attn_order, length_label
+from lra_sfa.report_data import attn_order, length_label, variant_labels
 
 LRA_COLUMNS = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "image": "Image",
                "pathfinder": "Pathfinder", "pathx": "Path-X"}
@@ -79,28 +79,11 @@ def _mean(records: list[dict], key: str) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def _variant_labels(runs: list[dict]) -> dict[int, str]:
-    """id(record) -> backend label. Runs of one (task, backend, protocol, length) with different
-    attention arguments are different configurations, not seeds: each gets the backend name plus the
-    arguments that differ, e.g. ``sfa_wide (codes=simhash, D=131072, k=8)``."""
-    cells: dict[tuple, list[dict]] = {}
-    for record in runs:
-        key = (str(record["task"]), str(record["attn"]), str(record.get("protocol", "custom")), int(record["seq_len"]))
-        cells.setdefault(key, []).append(record)
-    labels = {}
-    for (_, attn, _, _), records in cells.items():
-        args = [record.get("attn_args") or {} for record in records]
-        differing = sorted({key for a in args for key in a if any(b.get(key) != a.get(key) for b in args)})
-        for record, arg in zip(records, args):
-            label = ", ".join(f"{key}={arg.get(key)}" for key in differing)
-            labels[id(record)] = f"{attn} ({label})" if label else attn
-    return labels
-
-
 def group_runs(runs: list[dict]) -> pd.DataFrame:
     """One row per (task, backend, protocol, length) with ``summarise``'s fields; runs with other
-    attention arguments in the same cell get a row of their own (``_variant_labels``)."""
-    labels = _variant_labels(runs)
+    attention arguments in the same cell get a row of their own (``variant_labels``)."""
+    labels = variant_labels(runs, lambda r: (str(r["task"]), str(r["attn"]), str(r.get("protocol", "custom")),
+                                             int(r["seq_len"])))
     groups: dict[tuple, list[dict]] = {}
     for record in runs:
         key = (str(record["task"]), labels[id(record)], str(record.get("protocol", "custom")), int(record["seq_len"]))

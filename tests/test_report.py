@@ -63,6 +63,10 @@ def synthetic_store(folder: Path, seed: int = 0) -> int:
             store_record(run_record(rng, "needle", attn, length, "needle", test_accuracy_by_depth=depths),
                          folder / "runs")
             count += 1
+        by_length = {str(n): rng.random() for n in (256, 1024, 4096, 16384)}  # trainer.test_lengths
+        store_record(run_record(rng, "needle", attn, 256, "needle", test_accuracy_by_length=by_length),
+                     folder / "runs")
+        count += 1
     for attn, oom_at in (("full", 2**19), ("sfa", None), ("linear", None), ("bigbird", 2**18), ("performer", None),
                          ("windowed", None)):
         for part in ("attention", "block"):
@@ -218,3 +222,18 @@ def test_runs_with_other_attention_arguments_are_not_averaged_as_seeds():
     assert frame.loc["sfa_wide (D=4096, codes=learned, k=16)", "runs"] == 2
     assert frame.loc["sfa_wide (D=131072, codes=simhash, k=8)", "test_pct"] == 7.0
     assert frame.loc["full", "test_pct"] == 100.0
+
+
+def test_needle_by_length_plot_draws_runs_tested_at_other_lengths(tmp_path):
+    from lra_sfa.report_plots import plot_needle, plot_needle_by_length
+
+    rng = random.Random(1)
+    tested = run_record(rng, "needle", "full", 128, "needle", test_accuracy=1.0,
+                        test_accuracy_by_length={"128": 1.0, "512": 1.0, "2048": 0.98},
+                        test_accuracy_by_depth={"0.0": 1.0, "1.0": 1.0})
+    plain = run_record(rng, "needle", "sfa", 128, "needle", test_accuracy_by_length={"128": 0.5},
+                       test_accuracy_by_depth={"0.0": 0.5, "1.0": 0.5})
+    assert plot_needle_by_length([plain], tmp_path / "none.png") is None  # nothing tested elsewhere
+    out = plot_needle_by_length([tested, plain], tmp_path / "by_length.png")
+    assert out.is_file() and out.stat().st_size > 1000
+    assert plot_needle([tested, plain], tmp_path / "heatmap.png").is_file()

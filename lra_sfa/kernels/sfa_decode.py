@@ -183,17 +183,22 @@ def _split_bounded(q_row, Kv, Ki, V, Bias, bh, H, L, start, end, qk_scale, m_b, 
 
 
 @triton.jit
+def _split_row(L, T, chunk):
+    """This program's (split, query row, flattened batch-head, first key, one past the last key)."""
+    split = tl.program_id(0)
+    row = tl.program_id(1)
+    start = split * chunk
+    return split, row, (row // T).to(tl.int64), start, tl.minimum(start + chunk, L)
+
+
+@triton.jit
 def _split_kernel(
     Qd, Kv, Ki, V, Bias, KRange, Mpart, Lpart, Apart,
     L, H, T, chunk, n_splits, qk_scale,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, TOPK_POW2: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, BOUNDED: tl.constexpr = False, ABLATE: tl.constexpr = 0, PREFETCH: tl.constexpr = False,
 ):
-    split = tl.program_id(0)
-    row = tl.program_id(1)
-    bh = (row // T).to(tl.int64)
-    start = split * chunk
-    end = tl.minimum(start + chunk, L)
+    split, row, bh, start, end = _split_row(L, T, chunk)
     cols = tl.arange(0, HEAD_DIM)
     q_row = Qd + row.to(tl.int64) * HEAD_DIM
     if BOUNDED:  # the score bound from the cache's per-feature key range (``cache_key_range``)
@@ -224,11 +229,7 @@ def _scores_kernel(
     HAS_BIAS: tl.constexpr,
 ):
     """Two-pass design, pass 1: the log2-scaled score of every key (S, rows x L fp32) and each split's max."""
-    split = tl.program_id(0)
-    row = tl.program_id(1)
-    bh = (row // T).to(tl.int64)
-    start = split * chunk
-    end = tl.minimum(start + chunk, L)
+    split, row, bh, start, end = _split_row(L, T, chunk)
     q_row = Qd + row.to(tl.int64) * HEAD_DIM
     m_i = tl.full([], NEG_BIG, tl.float32)
     for n0 in tl.range(start, end, BLOCK_N):
@@ -247,11 +248,7 @@ def _weighted_v_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Two-pass design, pass 2: with the split's max known, stream S and V with no rescaling."""
-    split = tl.program_id(0)
-    row = tl.program_id(1)
-    bh = (row // T).to(tl.int64)
-    start = split * chunk
-    end = tl.minimum(start + chunk, L)
+    split, row, bh, start, end = _split_row(L, T, chunk)
     cols = tl.arange(0, HEAD_DIM)
     part = row.to(tl.int64) * n_splits + split
     m_i = tl.load(Mpart + part)

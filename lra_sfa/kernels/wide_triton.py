@@ -120,6 +120,22 @@ def _block_scores_select(q_idx, q_val, k_idx, k_val, tok, ktok, feat, rmask, kma
 
 
 @triton.jit
+def _key_tile(pos, last, lo, hi, key_tok, q_idx, q_val, k_idx, k_val, tok, feat, rmask, K: tl.constexpr,
+              SELECT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One tile of a bucket's key list at positions ``pos``: key tokens, their mask, the raw scores and
+    which pairs count (inside the query's window, counted in the bucket of their smallest shared feature)."""
+    kmask = pos < last
+    ktok = tl.load(key_tok + pos, mask=kmask, other=0)
+    if SELECT:
+        score, dup = _block_scores_select(q_idx, q_val, k_idx, k_val, tok, ktok, feat, rmask, kmask, K, BLOCK_M,
+                                          BLOCK_N)
+    else:
+        score, dup = _block_scores(q_idx, q_val, k_idx, k_val, tok, ktok, feat, rmask, kmask, K, BLOCK_M, BLOCK_N)
+    valid = (pos[None, :] >= lo[:, None]) & (pos[None, :] < hi[:, None]) & rmask[:, None] & (dup == 0)
+    return ktok, kmask, score, valid
+
+
+@triton.jit
 def _wide_fwd_kernel(tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order, entry_lo, entry_hi, key_tok,
                      q_idx, q_val, k_idx, k_val, v, part_m, part_l, part_acc, part_cnt, scale2, D,
                      K: tl.constexpr, DV: tl.constexpr, EXACT: tl.constexpr, IEEE: tl.constexpr,
@@ -138,15 +154,8 @@ def _wide_fwd_kernel(tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_o
     while start < last:  # a while loop: the interpreter cannot range() over loaded bounds
         pos = start + tl.arange(0, BLOCK_N)
         start += BLOCK_N
-        kmask = pos < last
-        ktok = tl.load(key_tok + pos, mask=kmask, other=0)
-        if SELECT:
-            score, dup = _block_scores_select(q_idx, q_val, k_idx, k_val, tok, ktok, feat, rmask, kmask, K,
-                                              BLOCK_M, BLOCK_N)
-        else:
-            score, dup = _block_scores(q_idx, q_val, k_idx, k_val, tok, ktok, feat, rmask, kmask, K, BLOCK_M,
-                                       BLOCK_N)
-        valid = (pos[None, :] >= lo[:, None]) & (pos[None, :] < hi[:, None]) & rmask[:, None] & (dup == 0)
+        ktok, kmask, score, valid = _key_tile(pos, last, lo, hi, key_tok, q_idx, q_val, k_idx, k_val, tok, feat,
+                                              rmask, K, SELECT, BLOCK_M, BLOCK_N)
         s2 = tl.where(valid, score * scale2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s2, axis=1))
         alpha = tl.exp2(m_i - m_new)
@@ -188,15 +197,8 @@ def _wide_bwd_kernel(tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_o
     while start < last:  # a while loop: the interpreter cannot range() over loaded bounds
         pos = start + tl.arange(0, BLOCK_N)
         start += BLOCK_N
-        kmask = pos < last
-        ktok = tl.load(key_tok + pos, mask=kmask, other=0)
-        if SELECT:
-            score, dup = _block_scores_select(q_idx, q_val, k_idx, k_val, tok, ktok, feat, rmask, kmask, K,
-                                              BLOCK_M, BLOCK_N)
-        else:
-            score, dup = _block_scores(q_idx, q_val, k_idx, k_val, tok, ktok, feat, rmask, kmask, K, BLOCK_M,
-                                       BLOCK_N)
-        valid = (pos[None, :] >= lo[:, None]) & (pos[None, :] < hi[:, None]) & rmask[:, None] & (dup == 0)
+        ktok, kmask, score, valid = _key_tile(pos, last, lo, hi, key_tok, q_idx, q_val, k_idx, k_val, tok, feat,
+                                              rmask, K, SELECT, BLOCK_M, BLOCK_N)
         p = tl.where(valid, tl.exp2(score * (scale * 1.4426950408889634) - lse[:, None]), 0.0)
         pw = p
         if EXACT:

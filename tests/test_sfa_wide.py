@@ -68,7 +68,15 @@ def test_triton_interpreter_equals_dense_reference(mode, cap, scores):
     """Pass rule: err(triton fp32 vs fp64 ref) <= 2 err(dense PyTorch fp32 vs fp64 ref) + 1e-5."""
     D, K = 16, 4
     q_idx, q_val, k_idx, k_val, v, mask = make_inputs(1, 2, 21, K, D, 16, torch.float32, True, seed=7)
-    k_val[0, 1, 3, 2] = 0.0  # a shared feature whose key value is exactly 0 still counts as shared
+    # query 0 of head 1 shares two features with key 3, and the key's value on the smaller one is exactly
+    # 0: that feature is still shared, so the pair counts once (in its bucket), not again in the larger
+    # one's; a score loop that read value 0 as "not shared" would count it twice
+    key_feats = k_idx[0, 1, 3].tolist()
+    small, big = min(key_feats), max(key_feats)
+    others = [f for f in range(D) if f not in key_feats][:K - 2]
+    q_idx[0, 1, 0] = torch.tensor([big, small, *others])
+    k_val[0, 1, 3, key_feats.index(small)] = 0.0
+    mask[0, 3] = True
     grad = torch.randn_like(v)
 
     def ref(qv, kv, vv):

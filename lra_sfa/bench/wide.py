@@ -99,8 +99,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
 
-def check(codes, v, D, scale, cap, grad) -> tuple[float, float]:
-    """(kernel rel err, plain bf16 rel err) vs the fp32 dense reference, output and grads (max)."""
+def check(codes, v, D, scale, cap, grad, forward=None) -> tuple[float, float]:
+    """(kernel rel err, plain bf16 rel err) vs the fp32 dense reference, output and grads (max).
+    ``forward(q_val, k_val, v) -> out`` is the path under test (default: the Triton kernels)."""
     q_idx, q_val, k_idx, k_val = codes
     heads = q_idx.shape[1]
 
@@ -119,7 +120,7 @@ def check(codes, v, D, scale, cap, grad) -> tuple[float, float]:
 
     ref = grads(dense, torch.float32)
     plain = grads(dense, torch.bfloat16)
-    got = grads(kernel, torch.bfloat16)
+    got = grads(kernel if forward is None else forward, torch.bfloat16)
     return max(rel(g, r) for g, r in zip(got, ref)), max(rel(p, r) for p, r in zip(plain, ref))
 
 

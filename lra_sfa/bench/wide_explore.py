@@ -24,9 +24,8 @@ import torch
 
 from lra_sfa.bench.kernels import RowWriter
 from lra_sfa.bench.timing import time_ms
-from lra_sfa.bench.wide import rel
+from lra_sfa.bench.wide import check
 from lra_sfa.kernels.wide_posting import build_plan, wide_posting_attention
-from lra_sfa.kernels.wide_ref import wide_dense_reference
 from lra_sfa.kernels.wide_triton import DEFAULT_BLOCKS, _work_items, wide_triton_attention
 
 COLUMNS = ["config", "op", "seq_len", "heads_measured", "D", "topk", "bucket_size", "ms_8_heads", "max_rel_err",
@@ -54,7 +53,7 @@ def parse_config(text: str) -> dict:
 
 
 def check_config(config: dict, num_features: int, k: int) -> tuple[float, float]:
-    """(kernel, plain bf16) rel err of output and grads against fp32 at L=4096, H=2."""
+    """(kernel, plain bf16) rel err of output and grads against fp32 at L=4096, H=2 (``bench.wide.check``)."""
     torch.manual_seed(0)
     q_idx, q_val = uniform_codes(2, 4096, num_features, k)
     k_idx, k_val = uniform_codes(2, 4096, num_features, k)
@@ -62,19 +61,10 @@ def check_config(config: dict, num_features: int, k: int) -> tuple[float, float]
     grad = torch.randn(1, 2, 4096, 64, device="cuda")
     scale = 1 / math.sqrt(k)
 
-    def run(fn, dtype):
-        leaves = [x.detach().to(dtype).requires_grad_(True) for x in (q_val, k_val, v)]
-        out = fn(*leaves)
-        return [out.detach(), *torch.autograd.grad((out.float() * grad).sum(), leaves)]
-
-    def dense(qv, kv, vv):
-        return wide_dense_reference(q_idx, qv, k_idx, kv, vv, num_features, scale, "overlap")
-
-    def kernel(qv, kv, vv):
+    def forward(qv, kv, vv):
         return call_forward(config, q_idx, qv, k_idx, kv, vv, num_features, scale)
 
-    ref, plain, got = run(dense, torch.float32), run(dense, torch.bfloat16), run(kernel, torch.bfloat16)
-    return max(rel(g, r) for g, r in zip(got, ref)), max(rel(p, r) for p, r in zip(plain, ref))
+    return check((q_idx, q_val, k_idx, k_val), v, num_features, scale, None, grad, forward)
 
 
 def plan_only(q_idx: torch.Tensor, k_idx: torch.Tensor, num_features: int) -> None:

@@ -51,6 +51,7 @@ grid sfa_wide_explore.csv), exact overlap, D=131072, k=8, uniform codes, forward
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -239,6 +240,16 @@ DEFAULT_BLOCKS = (16, 16)  # (BLOCK_M query entries, BLOCK_N keys)
 DEFAULT_WARPS = (2, 1)  # (forward, backward)
 
 
+class Launch(NamedTuple):
+    """How the kernels are launched (``wide_triton_attention``'s blocks, num_warps and scores)."""
+
+    block_m: int
+    block_n: int
+    fwd_warps: int
+    bwd_warps: int
+    select: bool  # the "select" score loop (else "compare")
+
+
 def _work_items(plan: WidePlan, q_bucket: torch.Tensor, block_m: int):
     """Work items (bucket, first row in q_order) over query entries grouped by bucket."""
     n_buckets = plan.groups * plan.num_features
@@ -274,7 +285,6 @@ class _WideTritonFunction(torch.autograd.Function):
     def forward(ctx, q_val, k_val, v, q_idx, k_idx, plan, items, real, scale, exact, launch, sink):
         N, K = q_val.shape
         DV, L = v.shape[1], plan.length
-        block_m, block_n, warps, _, select = launch
         tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order = items
         q_val, k_val, v = q_val.contiguous(), k_val.contiguous(), v.contiguous()
         part_m = torch.full((N * K,), 0.0 if exact else OVERLAP_INIT_VALUE, dtype=torch.float32, device=v.device)
@@ -288,8 +298,8 @@ class _WideTritonFunction(torch.autograd.Function):
                 tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order, lo, hi, key_tok,
                 q_idx, q_val, k_idx, k_val, v,
                 part_m, part_l, part_acc, part_cnt, scale * LOG2E, plan.num_features,
-                K=K, DV=DV, EXACT=exact, IEEE=ieee, SELECT=select, BLOCK_M=block_m, BLOCK_N=block_n,
-                num_warps=warps)
+                K=K, DV=DV, EXACT=exact, IEEE=ieee, SELECT=launch.select, BLOCK_M=launch.block_m,
+                BLOCK_N=launch.block_n, num_warps=launch.fwd_warps)
         pm = part_m.view(N, K)  # (N, K) partial maxima, log2 units
         top = pm.max(dim=1).values
         weight = torch.exp2(pm - top[:, None])
@@ -329,8 +339,8 @@ class _WideTritonFunction(torch.autograd.Function):
                 tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_order, lo, hi, key_tok,
                 q_idx, q_val, k_idx, k_val, v,
                 do, lse2, delta, dq, dk, dv, scale, plan.num_features,
-                K=K, DV=DV, EXACT=exact, IEEE=v.dtype == torch.float32, SELECT=launch[4], BLOCK_M=launch[0],
-                BLOCK_N=launch[1], num_warps=launch[3])
+                K=K, DV=DV, EXACT=exact, IEEE=v.dtype == torch.float32, SELECT=launch.select,
+                BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, num_warps=launch.bwd_warps)
         dv = dv + torch.where(has[:, None], 0.0, do.float())
         if exact:
             weighted = torch.exp2(-lse2)[:, None] * do.float()  # (N, DV); 0 on fallback rows
@@ -376,7 +386,7 @@ def wide_triton_attention(
         raise ValueError(f"wide_triton_attention: blocks={blocks} must be two powers of two >= 16 (tl.dot)")
     warps = DEFAULT_WARPS if num_warps is None else num_warps
     warps = (warps, warps) if isinstance(warps, int) else tuple(warps)
-    launch = (*blocks, *warps, scores == "select")  # BLOCK_M, BLOCK_N, fwd warps, bwd warps, select
+    launch = Launch(*blocks, *warps, scores == "select")
     scale = 1.0 / math.sqrt(K) if scale is None else scale
     G = B * H
     qi, ki = q_idx.reshape(G, L, K), k_idx.reshape(G, L, K)  # (G, L, K)
@@ -391,7 +401,7 @@ def wide_triton_attention(
         plan = build_plan(qi[sl], ki[sl], None if key_padding_mask is None else real[sl], num_features, cap)
         group = torch.arange(n_groups, device=v.device)[:, None, None]
         q_bucket = (group * num_features + qi[sl]).reshape(-1)  # (N * K,)
-        items = _work_items(plan, q_bucket, launch[0])
+        items = _work_items(plan, q_bucket, launch.block_m)
         real_f = real[sl].reshape(-1).to(torch.float32)  # (N,)
         sink: dict[str, torch.Tensor] = {}
         out = _WideTritonFunction.apply(

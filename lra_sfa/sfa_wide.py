@@ -6,8 +6,12 @@ projection instead, never trained, with unit-norm feature directions so that
 isotropic inputs use every feature equally). Each token keeps its ``k`` largest
 logits: the code is (feature indices, logit values). ``codes="simhash"`` needs
 no d -> D map: k hash tables of b = log2(D / k) random hyperplanes each, the
-feature of table t being t * 2^b + the b sign bits (``simhash_codes``). Attention is then
-computed only from the codes (``lra_sfa.kernels.wide_posting``):
+feature of table t being t * 2^b + the b sign bits, valued by that bucket's logit
+(``simhash_codes``); the hyperplanes are fixed, the model's q and k projections learn to share
+buckets through the values. ``bits_start`` trains with coarser buckets (each table's first
+``bits_start`` hyperplanes, so that related tokens meet often enough to learn from), rising
+linearly to b by the fraction ``bits_anneal`` of the run; eval always hashes with all b bits.
+Attention is then computed only from the codes (``lra_sfa.kernels.wide_posting``):
 
     s(i, j) = scale * sum over shared features f of qcode(i, f) * kcode(j, f)
 
@@ -68,27 +72,36 @@ def simhash_planes(heads: int, width: int, k: int, bits: int) -> torch.Tensor:
     return torch.cat([torch.linalg.qr(torch.randn(heads, width, bits)).Q for _ in range(k)], dim=-1)
 
 
-def simhash_codes(h: torch.Tensor, planes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def simhash_codes(h: torch.Tensor, planes: torch.Tensor, k: int,
+                  bits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """SimHash codes of h (B, H, L, e) with hyperplanes (H, e, k * b): (indices, values), each (B, H, L, k).
 
-    Table t's feature is t * 2^b + the b sign bits of h . planes[:, :, t*b:(t+1)*b], so tokens at a
+    Table t's feature is t * 2^b + the sign bits of p = h . planes[:, :, t*b:(t+1)*b], so tokens at a
     small angle tend to share it: a feature space of D = k 2^b at a cost of e * k * b multiply-adds
     per token instead of e * D. A table's hyperplanes are orthonormal, so for isotropic inputs the
     b signs are independent and every bucket equally likely (with independent Gaussian hyperplanes
     the bucket counts of 4096 isotropic tokens at b = 6, e = 16 had 43x the Poisson variance, some
     buckets empty; orthonormal: 0.9x, CPU check); two independent tokens then share a table with
-    probability 2^-b, the uniform L k^2 / D candidates per query. Every value is
-    |h| / e^(1/4), so a pair's product per shared table is |q| |k| / sqrt(e), the dot product's scale
-    for aligned vectors; the values carry the gradient (the indices have none).
+    probability 2^-b, the uniform L k^2 / D candidates per query.
+
+    The value is the bucket's logit, |p|_1 / sqrt(b) = max over the table's 2^b unit "corner"
+    directions c_s = planes_t s / sqrt(b) of c_s . h, and the bucket is that argmax: SimHash is the
+    top-1 per table of a fixed codebook of corners, as ``codes=lsh`` is the top-k of random columns.
+    Its gradient moves h towards its bucket's corner, so training can pull a query and the keys it
+    should find into one bucket (a value without direction, such as |h|, cannot: the CPU needle run
+    with values |h| / e^(1/4) stayed at chance). ``bits`` < b uses each table's first ``bits``
+    hyperplanes only (coarser buckets, the bits anneal of ``SFAWideAttention``); the feature id
+    keeps the table's offset t * 2^b.
     """
     B, H, L, e = h.shape
-    bits = planes.shape[-1] // k
+    full = planes.shape[-1] // k
+    bits = full if bits is None else bits
+    proj = torch.einsum("bhle,hef->bhlf", h, planes.to(h.dtype)).view(B, H, L, k, full)[..., :bits]
     with torch.no_grad():
-        signs = torch.einsum("bhle,hef->bhlf", h, planes.to(h.dtype)) > 0  # (B, H, L, k * b)
         weights = 2 ** torch.arange(bits, device=h.device)
-        idx = (signs.view(B, H, L, k, bits).long() * weights).sum(-1)  # (B, H, L, k) bucket within table
-        idx = idx + torch.arange(k, device=h.device) * (1 << bits)
-    val = (h.float().norm(dim=-1, keepdim=True) / e**0.25).to(h.dtype).expand(B, H, L, k)
+        idx = ((proj > 0).long() * weights).sum(-1)  # (B, H, L, k) bucket within table
+        idx = idx + torch.arange(k, device=h.device) * (1 << full)
+    val = proj.abs().sum(-1) / math.sqrt(bits)  # (B, H, L, k)
     return idx, val
 
 
@@ -109,7 +122,8 @@ class SFAWideAttention(AttentionBackend):
     def __init__(self, num_heads: int, head_dim: int, D: int = 4096, k: int = 16, codes: str = "learned",
                  relax: str = "ste", mode: str = "overlap", cap: int | None = None, mlp_hidden: int = 0,
                  balance_weight: float = 0.0, tau_start: float = 1.0, tau_end: float = 0.1,
-                 scale: float | None = None, impl: str = "auto") -> None:
+                 scale: float | None = None, impl: str = "auto", bits_start: int | None = None,
+                 bits_anneal: float = 0.5) -> None:
         super().__init__()
         for key, value, valid in (("codes", codes, CODES), ("relax", relax, RELAXES), ("mode", mode, MODES),
                                   ("impl", impl, IMPLS)):
@@ -123,6 +137,13 @@ class SFAWideAttention(AttentionBackend):
         if codes == "simhash" and (D % k or table < 2 or table & (table - 1)):
             raise ValueError(f"attn sfa_wide: codes=simhash needs D/k a power of two >= 2 (k hash tables of "
                              f"log2(D/k) sign bits), got D={D}, k={k}")
+        bits = table.bit_length() - 1
+        if bits_start is not None and (codes != "simhash" or not isinstance(bits_start, int)
+                                       or not 1 <= bits_start <= bits):
+            raise ValueError(f"attn sfa_wide: bits_start={bits_start!r} needs codes=simhash and an int in "
+                             f"[1, log2(D/k)={bits}] (null = no anneal)")
+        if not 0 < bits_anneal <= 1:
+            raise ValueError(f"attn sfa_wide: bits_anneal={bits_anneal!r} must be in (0, 1]")
         if tau_start <= 0 or tau_end <= 0:
             raise ValueError(f"attn sfa_wide: tau_start={tau_start}, tau_end={tau_end} must be > 0")
         self.num_heads, self.head_dim, self.D, self.k = num_heads, head_dim, D, k
@@ -130,12 +151,13 @@ class SFAWideAttention(AttentionBackend):
         self.balance_weight, self.tau_start, self.tau_end = balance_weight, tau_start, tau_end
         self.scale = 1.0 / math.sqrt(k) if scale is None else scale
         self.tau = tau_start
+        self.bits_start, self.bits_anneal = bits_start, bits_anneal
+        self.bits = bits if codes == "simhash" else None  # SimHash bits per table in use (training anneal)
         width = mlp_hidden if mlp_hidden > 0 else head_dim
         self.hidden = None
         if mlp_hidden > 0:
             self.hidden = nn.Parameter(torch.randn(num_heads, head_dim, mlp_hidden) / math.sqrt(head_dim))
         if codes == "simhash":  # no d -> D map: k tables of b orthonormal hyperplanes, (H, e, k * b)
-            bits = table.bit_length() - 1
             if bits > width:
                 raise ValueError(f"attn sfa_wide: codes=simhash needs log2(D/k)={bits} <= the code input width "
                                  f"{width} (orthonormal hyperplanes per table)")
@@ -171,6 +193,9 @@ class SFAWideAttention(AttentionBackend):
     def on_step(self, step: int, max_steps: int) -> None:
         frac = min(1.0, step / max(1, max_steps))
         self.tau = self.tau_start * (self.tau_end / self.tau_start) ** frac
+        if self.bits_start is not None:  # linear in steps, full resolution from bits_anneal of the run on
+            full = (self.D // self.k).bit_length() - 1
+            self.bits = round(self.bits_start + (full - self.bits_start) * min(1.0, frac / self.bits_anneal))
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, L, d) -> (B, H, L, e): the input of the last linear map (the MLP's hidden layer, or x)."""
@@ -185,7 +210,8 @@ class SFAWideAttention(AttentionBackend):
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Codes of x: indices (B, H, L, k) int64, values (B, H, L, k), logits (B, H, L, D) (None for simhash)."""
         if self.codes == "simhash":
-            return (*simhash_codes(self._features(x), self.planes, self.k), None)
+            bits = self.bits if self.training else None  # eval: always every bit
+            return (*simhash_codes(self._features(x), self.planes, self.k, bits), None)
         learned_training = self.codes == "learned" and self.training
         if not (learned_training and (self.relax == "gumbel" or self.balance_weight > 0)):
             h = self._features(x)
@@ -255,8 +281,10 @@ class SFAWideAttention(AttentionBackend):
         diag = {key: float(value) for key, value in self._diag.items()}
         if self.codes == "learned" and self.relax == "gumbel":
             diag["tau"] = float(self.tau)
+        if self.bits_start is not None:
+            diag["simhash_bits"] = float(self.bits)
         return diag
 
     def extra_repr(self) -> str:
         return (f"D={self.D}, k={self.k}, codes={self.codes}, relax={self.relax}, mode={self.mode}, "
-                f"cap={self.cap}, scale={self.scale:.4g}, impl={self.impl}")
+                f"cap={self.cap}, bits_start={self.bits_start}, scale={self.scale:.4g}, impl={self.impl}")

@@ -289,7 +289,7 @@ def test_posting_path_in_bf16_accumulates_in_fp32():
 def test_simhash_codes_hash_by_angle_and_train_through_their_values():
     """codes=simhash: feature t * 2^b + b sign bits per table; a vector shares every table with itself
     and none with its negation; isotropic tokens spread over each table's 2^b buckets; gradients reach
-    q and k through the values |x| / e^(1/4)."""
+    q and k through the values, each the logit of the token's bucket (its nearest unit corner)."""
     torch.manual_seed(3)
     heads, dim, k, features = 2, 16, 4, 256  # b = 6 bits per table
     module = SFAWideAttention(num_heads=heads, head_dim=dim, D=features, k=k, codes="simhash").eval()
@@ -302,7 +302,11 @@ def test_simhash_codes_hash_by_angle_and_train_through_their_values():
     assert not (module._encode(-x)[0] == idx).any()
     per_bucket = torch.zeros(heads, features).scatter_add_(1, idx[0].reshape(heads, -1), torch.ones(heads, 4096 * k))
     assert per_bucket.min() > 0 and per_bucket.var() < 1.5 * per_bucket.mean()  # even use: Poisson-like counts
-    torch.testing.assert_close(val, (x.norm(dim=-1, keepdim=True) / dim**0.25).expand_as(val))
+    proj = torch.einsum("bhle,hef->bhlf", x, module.planes).view(1, heads, 4096, k, 6)
+    torch.testing.assert_close(val, proj.abs().sum(-1) / 6**0.5)  # the bucket's logit: max over corners
+    corners = torch.tensor([[1.0 if (s >> j) & 1 else -1.0 for j in range(6)] for s in range(64)])  # (64, 6)
+    best = torch.einsum("bhlkj,sj->bhlks", proj, corners).argmax(-1)  # the corner nearest each token
+    assert torch.equal(best + table, idx)
     q, key, v = (torch.randn(2, heads, 24, dim, requires_grad=True) for _ in range(3))
     out = module(q, key, v)
     out.square().sum().backward()

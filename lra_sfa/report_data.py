@@ -145,6 +145,25 @@ def variant_labels(records: list[dict], scope) -> dict[int, str]:
     return labels
 
 
+def run_labels(records: list[dict], labels: dict[int, str]) -> dict[int, str]:
+    """``labels`` (id(record) -> label) made distinct per record for plots that draw each run: runs
+    sharing a label get their seed, and where seeds coincide too, their step count appended."""
+    shared: dict[str, list[dict]] = {}
+    for record in records:
+        shared.setdefault(labels[id(record)], []).append(record)
+    out = {}
+    for label, members in shared.items():
+        seeds = [record.get("seed") for record in members]
+        for record in members:
+            extra = []
+            if len(members) > 1:
+                extra.append(f"seed {record.get('seed')}")
+                if seeds.count(record.get("seed")) > 1:
+                    extra.append(f"{record.get('steps')} steps")
+            out[id(record)] = f"{label} [{', '.join(extra)}]" if extra else label
+    return out
+
+
 def latest(records: list[dict], key) -> dict:
     """One record per ``key(record)``: the latest by date (ties: the later in the list)."""
     chosen: dict = {}

@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lra_sfa.report_data import attn_order, length_label, variant_labels  # noqa: E402
+from lra_sfa.report_data import attn_order, length_label, run_labels, variant_labels  # noqa: E402
 from lra_sfa.report_efficiency import SERIES, SERIES_LABEL, _cells, _config_title, _configs, sweep_config  # noqa: E402
 from lra_sfa.report_tables import LRA_COLUMNS, group_runs  # noqa: E402
 
@@ -131,8 +131,8 @@ def plot_needle_by_length(runs: list[dict], path: Path) -> Path | None:
               and len(r.get("test_accuracy_by_length") or {}) > 1]
     if not needle:
         return None
-    labels = variant_labels(needle, lambda r: str(r["attn"]))
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    labels = run_labels(needle, variant_labels(needle, lambda r: str(r["attn"])))
+    fig, ax = plt.subplots(figsize=(11.0, 4.6))
     for record in sorted(needle, key=lambda r: (attn_order(labels[id(r)]), int(r["seq_len"]))):
         points = sorted((int(length), acc) for length, acc in record["test_accuracy_by_length"].items())
         trained = int(record["seq_len"])
@@ -145,7 +145,7 @@ def plot_needle_by_length(runs: list[dict], path: Path) -> Path | None:
     ax.set_xlabel("tested sequence length (square: the training length)")
     ax.set_ylabel("test accuracy")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     devices = ", ".join(sorted({str(r.get("device")).split(" (")[0] for r in needle}))
     dates = ", ".join(sorted({str(r.get("date", ""))[:10] for r in needle}))
     ax.set_title(f"needle: trained at one length, tested at others ({devices}; {dates})", fontsize=9)

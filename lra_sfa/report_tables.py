@@ -80,16 +80,18 @@ def _mean(records: list[dict], key: str) -> float | None:
 
 
 def group_runs(runs: list[dict]) -> pd.DataFrame:
-    """One row per (task, backend, protocol, length) with ``summarise``'s fields; runs with other
-    attention arguments in the same cell get a row of their own (``variant_labels``)."""
+    """One row per (task, backend, protocol, length, device, max_steps) with ``summarise``'s fields:
+    only runs made the same way on the same machine average as seeds; runs with other attention
+    arguments in the same cell get a row of their own (``variant_labels``)."""
     labels = variant_labels(runs, lambda r: (str(r["task"]), str(r["attn"]), str(r.get("protocol", "custom")),
                                              int(r["seq_len"])))
     groups: dict[tuple, list[dict]] = {}
     for record in runs:
-        key = (str(record["task"]), labels[id(record)], str(record.get("protocol", "custom")), int(record["seq_len"]))
+        key = (str(record["task"]), labels[id(record)], str(record.get("protocol", "custom")), int(record["seq_len"]),
+               str(record.get("device")), record.get("max_steps"))
         groups.setdefault(key, []).append(record)
     rows = []
-    for (task, attn, protocol, length), records in groups.items():
+    for (task, attn, protocol, length, _, _), records in groups.items():
         column = lra_column(records[0]) if is_lra(records[0]) else None
         rows.append({"task": task, "column": column, "attn": attn, "protocol": protocol, "seq_len": length,
                      **summarise(records)})

@@ -326,3 +326,31 @@ def test_auto_impl_takes_the_kernels_on_cuda_where_they_apply():
     assert SFAWideAttention(num_heads=2, head_dim=8, D=64, k=3)._impl(cuda, 8) == "posting"
     assert SFAWideAttention(num_heads=2, head_dim=8, D=64, k=4)._impl(cuda, 12) == "posting"
     assert SFAWideAttention(num_heads=2, head_dim=8, D=64, k=3, impl="triton")._impl(cpu, 12) == "triton"
+
+
+def test_simhash_bits_anneal_trains_on_coarse_buckets_and_evaluates_on_all_bits():
+    """bits_start: while training, table t's bucket is the sign pattern of its first bits hyperplanes only
+    (a coarser bucket: tokens sharing the fine bucket share it too), rising linearly to log2(D/k) by
+    bits_anneal of the run; eval always hashes with every bit."""
+    torch.manual_seed(5)
+    heads, dim, k, features = 2, 16, 4, 256  # b = 6 bits per table
+    module = SFAWideAttention(num_heads=heads, head_dim=dim, D=features, k=k, codes="simhash", bits_start=2,
+                              bits_anneal=0.5)
+    x = torch.randn(1, heads, 512, dim)
+    fine = module.eval()._encode(x)[0] % 64  # bucket within the table, all 6 bits
+    module.train()
+    for step, bits in ((0, 2), (50, 4), (100, 6), (200, 6)):
+        module.on_step(step, 200)
+        assert module.bits == bits and module.stats()["simhash_bits"] == bits
+    module.on_step(0, 200)
+    idx, val, _ = module._encode(x)
+    table = torch.arange(k) * 64
+    assert torch.equal(idx - table, fine % 4)  # the first 2 bits of the fine bucket
+    proj = torch.einsum("bhle,hef->bhlf", x, module.planes).view(1, heads, 512, k, 6)[..., :2]
+    torch.testing.assert_close(val, proj.abs().sum(-1) / 2**0.5)
+    assert torch.equal(module.eval()._encode(x)[0] % 64, fine)  # eval: every bit, whatever the step
+    for bad in ({"bits_start": 7}, {"bits_start": 0}, {"bits_start": 2, "codes": "lsh"}):
+        with pytest.raises(ValueError, match="bits_start"):
+            SFAWideAttention(num_heads=heads, head_dim=dim, D=features, k=k, **{"codes": "simhash", **bad})
+    with pytest.raises(ValueError, match="bits_anneal"):
+        SFAWideAttention(num_heads=heads, head_dim=dim, D=features, k=k, codes="simhash", bits_anneal=0.0)

@@ -11,6 +11,7 @@ feature of table t being t * 2^b + the b sign bits, valued by that bucket's logi
 buckets through the values. ``bits_start`` trains with coarser buckets (each table's first
 ``bits_start`` hyperplanes, so that related tokens meet often enough to learn from), rising
 linearly to b by the fraction ``bits_anneal`` of the run; eval always hashes with all b bits.
+``train_planes=True`` makes the hyperplanes a parameter, trained through the values.
 Attention is then computed only from the codes (``lra_sfa.kernels.wide_posting``):
 
     s(i, j) = scale * sum over shared features f of qcode(i, f) * kcode(j, f)
@@ -123,7 +124,7 @@ class SFAWideAttention(AttentionBackend):
                  relax: str = "ste", mode: str = "overlap", cap: int | None = None, mlp_hidden: int = 0,
                  balance_weight: float = 0.0, tau_start: float = 1.0, tau_end: float = 0.1,
                  scale: float | None = None, impl: str = "auto", bits_start: int | None = None,
-                 bits_anneal: float = 0.5) -> None:
+                 bits_anneal: float = 0.5, train_planes: bool = False) -> None:
         super().__init__()
         for key, value, valid in (("codes", codes, CODES), ("relax", relax, RELAXES), ("mode", mode, MODES),
                                   ("impl", impl, IMPLS)):
@@ -142,6 +143,8 @@ class SFAWideAttention(AttentionBackend):
                                        or not 1 <= bits_start <= bits):
             raise ValueError(f"attn sfa_wide: bits_start={bits_start!r} needs codes=simhash and an int in "
                              f"[1, log2(D/k)={bits}] (null = no anneal)")
+        if train_planes and codes != "simhash":
+            raise ValueError(f"attn sfa_wide: train_planes=true needs codes=simhash, got codes={codes!r}")
         if not 0 < bits_anneal <= 1:
             raise ValueError(f"attn sfa_wide: bits_anneal={bits_anneal!r} must be in (0, 1]")
         if tau_start <= 0 or tau_end <= 0:
@@ -151,7 +154,7 @@ class SFAWideAttention(AttentionBackend):
         self.balance_weight, self.tau_start, self.tau_end = balance_weight, tau_start, tau_end
         self.scale = 1.0 / math.sqrt(k) if scale is None else scale
         self.tau = tau_start
-        self.bits_start, self.bits_anneal = bits_start, bits_anneal
+        self.bits_start, self.bits_anneal, self.train_planes = bits_start, bits_anneal, train_planes
         self.bits = bits if codes == "simhash" else None  # SimHash bits per table in use (training anneal)
         width = mlp_hidden if mlp_hidden > 0 else head_dim
         self.hidden = None
@@ -161,7 +164,11 @@ class SFAWideAttention(AttentionBackend):
             if bits > width:
                 raise ValueError(f"attn sfa_wide: codes=simhash needs log2(D/k)={bits} <= the code input width "
                                  f"{width} (orthonormal hyperplanes per table)")
-            self.register_buffer("planes", simhash_planes(num_heads, width, k, bits))
+            planes = simhash_planes(num_heads, width, k, bits)  # orthonormal per table at init
+            if train_planes:  # trained through the values like any code map (they drift from orthonormal)
+                self.planes = nn.Parameter(planes)
+            else:
+                self.register_buffer("planes", planes)
         elif codes == "lsh":
             self.register_buffer("code_map", unit_columns(torch.randn(num_heads, width, D)))  # (H, e, D)
         else:
@@ -287,4 +294,5 @@ class SFAWideAttention(AttentionBackend):
 
     def extra_repr(self) -> str:
         return (f"D={self.D}, k={self.k}, codes={self.codes}, relax={self.relax}, mode={self.mode}, "
-                f"cap={self.cap}, bits_start={self.bits_start}, scale={self.scale:.4g}, impl={self.impl}")
+                f"cap={self.cap}, bits_start={self.bits_start}, train_planes={self.train_planes}, "
+                f"scale={self.scale:.4g}, impl={self.impl}")

@@ -354,3 +354,15 @@ def test_simhash_bits_anneal_trains_on_coarse_buckets_and_evaluates_on_all_bits(
             SFAWideAttention(num_heads=heads, head_dim=dim, D=features, k=k, **{"codes": "simhash", **bad})
     with pytest.raises(ValueError, match="bits_anneal"):
         SFAWideAttention(num_heads=heads, head_dim=dim, D=features, k=k, codes="simhash", bits_anneal=0.0)
+
+
+def test_simhash_train_planes_makes_the_hyperplanes_a_trained_parameter():
+    torch.manual_seed(6)
+    fixed = SFAWideAttention(num_heads=2, head_dim=16, D=256, k=4, codes="simhash")
+    trained = SFAWideAttention(num_heads=2, head_dim=16, D=256, k=4, codes="simhash", train_planes=True)
+    assert not list(fixed.parameters()) and [name for name, _ in trained.named_parameters()] == ["planes"]
+    q, key, v = (torch.randn(2, 2, 64, 16) for _ in range(3))
+    trained(q, key, v).square().sum().backward()
+    assert trained.planes.grad is not None and trained.planes.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="train_planes=true needs codes=simhash"):
+        SFAWideAttention(num_heads=2, head_dim=16, D=256, k=4, codes="lsh", train_planes=True)

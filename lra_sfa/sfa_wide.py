@@ -155,6 +155,7 @@ class SFAWideAttention(AttentionBackend):
         self.scale = 1.0 / math.sqrt(k) if scale is None else scale
         self.tau = tau_start
         self.bits_start, self.bits_anneal, self.train_planes = bits_start, bits_anneal, train_planes
+        self.table_bits = bits  # log2(D / k): SimHash bits per table at eval
         self.bits = bits if codes == "simhash" else None  # SimHash bits per table in use (training anneal)
         width = mlp_hidden if mlp_hidden > 0 else head_dim
         self.hidden = None
@@ -201,8 +202,8 @@ class SFAWideAttention(AttentionBackend):
         frac = min(1.0, step / max(1, max_steps))
         self.tau = self.tau_start * (self.tau_end / self.tau_start) ** frac
         if self.bits_start is not None:  # linear in steps, full resolution from bits_anneal of the run on
-            full = (self.D // self.k).bit_length() - 1
-            self.bits = round(self.bits_start + (full - self.bits_start) * min(1.0, frac / self.bits_anneal))
+            rise = (self.table_bits - self.bits_start) * min(1.0, frac / self.bits_anneal)
+            self.bits = round(self.bits_start + rise)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, L, d) -> (B, H, L, e): the input of the last linear map (the MLP's hidden layer, or x)."""

@@ -12,6 +12,11 @@ buckets through the values. ``bits_start`` trains with coarser buckets (each tab
 ``bits_start`` hyperplanes, so that related tokens meet often enough to learn from), rising
 linearly to b by the fraction ``bits_anneal`` of the run; eval always hashes with all b bits.
 ``train_planes=True`` makes the hyperplanes a parameter, trained through the values.
+``relax="soft"`` (simhash only) trains through relaxed buckets instead: each sign bit is soft
+(sigmoid of the projection over tau, tau annealed from ``tau_start`` to ``tau_end``), every pair is
+weighted by its probability of sharing a bucket, so pairs that should meet get a gradient towards a
+common bucket (``lra_sfa.kernels.wide_soft``; dense in L, a training path for short sequences; eval
+and inference use the hard codes and the posting kernels).
 Attention is then computed only from the codes (``lra_sfa.kernels.wide_posting``):
 
     s(i, j) = scale * sum over shared features f of qcode(i, f) * kcode(j, f)
@@ -50,9 +55,10 @@ from torch import nn
 
 from lra_sfa.attention import AttentionBackend
 from lra_sfa.kernels.wide_posting import wide_attention
+from lra_sfa.kernels.wide_soft import simhash_soft_attention
 
 CODES = ("learned", "lsh", "simhash")
-RELAXES = ("ste", "gumbel")
+RELAXES = ("ste", "gumbel", "soft")
 MODES = ("overlap", "exact")
 IMPLS = ("auto", "posting", "triton")
 
@@ -143,6 +149,9 @@ class SFAWideAttention(AttentionBackend):
                                        or not 1 <= bits_start <= bits):
             raise ValueError(f"attn sfa_wide: bits_start={bits_start!r} needs codes=simhash and an int in "
                              f"[1, log2(D/k)={bits}] (null = no anneal)")
+        if relax == "soft" and codes != "simhash":
+            raise ValueError(f"attn sfa_wide: relax=soft needs codes=simhash (relaxed hash buckets), got "
+                             f"codes={codes!r}; learned codes take relax=ste or gumbel")
         if train_planes and codes != "simhash":
             raise ValueError(f"attn sfa_wide: train_planes=true needs codes=simhash, got codes={codes!r}")
         if not 0 < bits_anneal <= 1:
@@ -261,7 +270,27 @@ class SFAWideAttention(AttentionBackend):
         probs = torch.softmax(z.float(), dim=-1).mean(dim=(0, 2))  # (H, D)
         return self.D * (usage * probs).sum(1).mean()
 
+    def _soft_forward(self, q, k, v, key_padding_mask=None):
+        """Training with relax=soft: relaxed buckets over every pair (``simhash_soft_attention``)."""
+        q_h, k_h = self._features(q), self._features(k)
+        out, candidates = simhash_soft_attention(q_h, k_h, self.planes, self.k, v, self.scale, self.tau,
+                                                 self.bits, key_padding_mask)
+        self.last_path = "soft"
+        self._loss = None
+        with torch.no_grad():
+            q_idx = simhash_codes(q_h, self.planes, self.k, self.bits)[0]
+            k_idx = simhash_codes(k_h, self.planes, self.k, self.bits)[0]
+            self._diag = {
+                "feature_entropy_q": _feature_entropy(q_idx, self.D),
+                "feature_entropy_k": _feature_entropy(k_idx, self.D),
+                "mean_candidates": candidates.float().mean(),
+                "dropped_frac": torch.zeros(()),
+            }
+        return out
+
     def forward(self, q, k, v, key_padding_mask=None):
+        if self.relax == "soft" and self.training:
+            return self._soft_forward(q, k, v, key_padding_mask)
         impl = self._impl(q.device, v.shape[-1])
         q_idx, q_val, q_logits = self._encode(q)
         k_idx, k_val, k_logits = self._encode(k)
@@ -287,7 +316,7 @@ class SFAWideAttention(AttentionBackend):
 
     def stats(self) -> dict[str, float]:
         diag = {key: float(value) for key, value in self._diag.items()}
-        if self.codes == "learned" and self.relax == "gumbel":
+        if (self.codes == "learned" and self.relax == "gumbel") or self.relax == "soft":
             diag["tau"] = float(self.tau)
         if self.bits_start is not None:
             diag["simhash_bits"] = float(self.bits)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
@@ -366,3 +367,86 @@ def test_simhash_train_planes_makes_the_hyperplanes_a_trained_parameter():
     assert trained.planes.grad is not None and trained.planes.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="train_planes=true needs codes=simhash"):
         SFAWideAttention(num_heads=2, head_dim=16, D=256, k=4, codes="lsh", train_planes=True)
+
+
+def soft_module(**overrides):
+    return SFAWideAttention(num_heads=2, head_dim=16, D=256, k=4, codes="simhash", relax="soft", **overrides)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_soft_simhash_tends_to_the_hard_rule_as_tau_falls(masked):
+    """relax=soft at a small temperature equals the dense overlap reference built from the hard SimHash
+    codes for every query with a candidate (padding keys get no weight; a query whose only partner is
+    padding has no hard fallback in the relaxed path), and it counts the same hard candidates."""
+    torch.manual_seed(7)
+    module = soft_module()
+    B, H, L = 2, 2, 48
+    q, key, v = torch.randn(B, H, L, 16), torch.randn(B, H, L, 16), torch.randn(B, H, L, 16)
+    key[:, :, :24] = q[:, :, :24] + 0.05 * torch.randn(B, H, 24, 16)  # near duplicates: every query meets one
+    key[:, :, 24:] = q[:, :, 24:].flip(2) + 0.05 * torch.randn(B, H, 24, 16)
+    mask = None
+    if masked:
+        mask = torch.ones(B, L, dtype=torch.bool)
+        mask[:, ::5] = False
+    q_idx, q_val = module.eval()._encode(q)[:2]
+    k_idx, k_val = module._encode(key)[:2]
+    expected = wide_dense_reference(q_idx, q_val, k_idx, k_val, v, 256, module.scale, "overlap", None, mask)
+    module.train()
+    module.tau = 1e-6  # the smallest |projection| here is 8e-4 of the spread: every bit is hard
+    out = module(q, key, v, mask)
+    hard = wide_attention(q_idx, q_val, k_idx, k_val, v, 256, module.scale, "overlap", None, mask)[1]
+    shared = (q_idx[:, :, :, None, :, None] == k_idx[:, :, None, :, None, :]).any(-1).any(-1)  # (B, H, L, L)
+    rows = (shared & (True if mask is None else mask[:, None, None, :])).any(-1)  # queries with a candidate
+    assert rows.float().mean() > 0.75
+    torch.testing.assert_close(out[rows], expected[rows], atol=1e-5, rtol=1e-5)
+    assert module.stats()["mean_candidates"] == pytest.approx(hard["candidates"] / (B * H * L))
+    assert module.last_path == "soft" and module.stats()["tau"] == 1e-6
+
+
+def test_soft_simhash_gives_pairs_without_a_shared_bucket_a_gradient():
+    """The hard rule gives a query no gradient towards a key it does not meet; the relaxed buckets do:
+    raising that key's weight moves the query (and the hyperplanes, with train_planes) towards it."""
+    torch.manual_seed(8)
+    module = soft_module(train_planes=True)
+    q = torch.randn(1, 2, 2, 16, requires_grad=True)
+    key = torch.stack([-q.detach()[:, :, 0], q.detach()[:, :, 1]], dim=2).requires_grad_(True)  # key 0: opposite
+    v = torch.eye(2).expand(1, 2, 2, 2)
+    hard_idx = [module.eval()._encode(x)[0] for x in (q, key)]
+    assert not (hard_idx[0][:, :, 0, :, None] == hard_idx[1][:, :, 0, None, :]).any()  # query 0 misses key 0
+    module.train()
+    module.tau = 0.3
+    weight = module(q, key, v)[0, :, 0, 0].sum()  # query 0's weight on key 0
+    weight.backward()
+    assert q.grad[:, :, 0].abs().sum() > 0 and key.grad[:, :, 0].abs().sum() > 0
+    assert module.planes.grad.abs().sum() > 0
+    step = 0.05 * q.grad / q.grad.norm()
+    with torch.no_grad():
+        assert module(q + step, key, v)[0, :, 0, 0].sum() > weight  # the gradient raises the weight
+
+
+def test_soft_simhash_anneals_tau_and_rejects_other_codes():
+    module = soft_module(tau_start=1.0, tau_end=0.01)
+    module.on_step(0, 100)
+    assert module.tau == pytest.approx(1.0)
+    module.on_step(50, 100)
+    assert module.tau == pytest.approx(0.1)
+    module.on_step(100, 100)
+    assert module.tau == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="relax=soft needs codes=simhash"):
+        SFAWideAttention(num_heads=2, head_dim=16, D=256, k=4, codes="learned", relax="soft")
+
+
+def test_soft_share_probabilities_match_their_definition():
+    """a_t = prod over bits of [s_q s_k + (1 - s_q)(1 - s_k)], s = sigmoid(x / tau); m = 1 - prod_t (1 - a_t),
+    computed in log space (finite where a_t underflows)."""
+    from lra_sfa.kernels.wide_soft import soft_any_logprob, soft_share_logprobs
+
+    torch.manual_seed(9)
+    q_x, k_x = torch.randn(2, 3, 5, 4, 6, dtype=torch.float64), torch.randn(2, 3, 7, 4, 6, dtype=torch.float64)
+    s_q, s_k = torch.sigmoid(q_x / 0.5)[:, :, :, None], torch.sigmoid(k_x / 0.5)[:, :, None]
+    share = (s_q * s_k + (1 - s_q) * (1 - s_k)).prod(-1)  # (2, 3, 5, 7, 4)
+    log_share = soft_share_logprobs(q_x, k_x, 0.5)
+    torch.testing.assert_close(log_share.exp(), share)
+    torch.testing.assert_close(soft_any_logprob(log_share).exp(), 1 - (1 - share).prod(-1))
+    far = soft_any_logprob(torch.full((3, 4), -200.0, dtype=torch.float64, requires_grad=True))
+    assert torch.isfinite(far).all() and far[0].item() == pytest.approx(-200 + math.log(4))

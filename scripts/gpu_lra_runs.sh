@@ -10,7 +10,8 @@
 #            needle_long (trained at 256 tokens, then tested at 1K, 4K, 16K and 64K: trainer.test_lengths)
 #   attn "sfa_wide_simhash" = attn=sfa_wide with SimHash codes at D = 131072, k = 8 (the operating point
 #   that met the 1M speed target; results/kernels/sfa_wide.md); any attn may carry its own overrides,
-#   colon-separated: sfa_wide_simhash:bits_start=2 adds attn.bits_start=2
+#   colon-separated: sfa_wide_simhash:bits_start=2 adds attn.bits_start=2 (keys "seed" or with a dot,
+#   e.g. :seed=1 or :trainer.lr=5e-4, are passed as written)
 #   needle_long trains a fixed trainer.max_steps=$NEEDLE_STEPS (default 3000) for every backend, so they are
 #   trained the same way; give it a budget that does not bind (the record says if it did)
 #   e.g.   bash scripts/gpu_lra_runs.sh listops=performer,bigbird,linformer@90 pf32=sfa@45 needle1k=full,sfa@30
@@ -39,7 +40,11 @@ for spec in "$@"; do
   args=$(preset "$name") || exit 2
   for attn_spec in ${attns//,/ }; do
     attn=${attn_spec%%:*}; own=""
-    [[ $attn_spec == *:* ]] && { own=${attn_spec#*:}; own="attn.${own//:/ attn.}"; }
+    if [[ $attn_spec == *:* ]]; then  # key=value overrides: attn.key, unless the key is seed or has a dot
+      for kv in $(tr ':' ' ' <<< "${attn_spec#*:}"); do
+        [[ ${kv%%=*} == seed || ${kv%%=*} == *.* ]] && own="$own $kv" || own="$own attn.$kv"
+      done
+    fi
     extra="attn=$attn"
     # Pathfinder-32's model has head_dim 4 (qkv_dim 16, 4 heads): below the Triton kernels' sizes, so
     # the Triton kernels run zero-padded to 16 (exact), with k=2 of 4 features.

@@ -86,15 +86,23 @@ def simhash_soft_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Relaxed SimHash attention (module docstring). q_h, k_h: (B, H, L, e) code inputs; planes (H, e, T * b);
     v (B, H, L, dv); ``bits`` < b uses each table's first bits. Returns (out (B, H, L, dv), hard candidate
-    count per query (B, H, L): keys sharing a bucket under the hard codes, for the stats)."""
+    count per query (B, H, L): keys sharing a bucket under the hard codes, for the stats). Runs in fp32
+    whatever the autocast (bf16 share probabilities would carry 3 significant digits into log m)."""
+    with torch.autocast(device_type=q_h.device.type, enabled=False):
+        out, candidates = _soft_attention_fp32(q_h.float(), k_h.float(), planes.float(), tables, v.float(), scale,
+                                               tau, bits, key_padding_mask)
+    return out.to(v.dtype), candidates
+
+
+def _soft_attention_fp32(q_h, k_h, planes, tables, v, scale, tau, bits, key_padding_mask):
+    """``simhash_soft_attention`` on fp32 inputs, autocast off."""
     B, H, L, e = q_h.shape
     full = planes.shape[-1] // tables
     bits = full if bits is None else bits
-    w = planes.to(torch.float32)
 
     def project(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        p = torch.einsum("bhle,hef->bhlf", h.float(), w).view(*h.shape[:3], tables, full)[..., :bits]
-        x = p * (math.sqrt(e) / h.float().norm(dim=-1).clamp_min(1e-6)[..., None, None])  # cosine * sqrt(e)
+        p = torch.einsum("bhle,hef->bhlf", h, planes).view(*h.shape[:3], tables, full)[..., :bits]
+        x = p * (math.sqrt(e) / h.norm(dim=-1).clamp_min(1e-6)[..., None, None])  # cosine * sqrt(e)
         p, x = p.transpose(2, 3), x.transpose(2, 3)  # (B, H, T, L, b)
         return p, torch.sigmoid(x / tau), p.abs().sum(-1) / math.sqrt(bits)  # values (B, H, T, L)
 
@@ -106,7 +114,7 @@ def simhash_soft_attention(
     if key_padding_mask is not None:  # padding keys get no weight; a query without any real key keeps its value
         real = key_padding_mask[:, None, None, :]  # (B, 1, 1, L)
         logits = logits.masked_fill(~real, float("-inf")).masked_fill(~real.any(-1, keepdim=True), 0.0)
-    out = torch.softmax(logits, dim=-1).to(v.dtype) @ v
+    out = torch.softmax(logits, dim=-1) @ v
     if key_padding_mask is not None:
         out = torch.where(key_padding_mask.any(-1)[:, None, None, None], out, v)
     with torch.no_grad():  # hard collisions: same bucket (every sign bit equal) in some table

@@ -131,12 +131,20 @@ def plot_needle_by_length(runs: list[dict], path: Path) -> Path | None:
               and len(r.get("test_accuracy_by_length") or {}) > 1]
     if not needle:
         return None
-    labels = run_labels(needle, variant_labels(needle, lambda r: str(r["attn"])))
+    configs = variant_labels(needle, lambda r: str(r["attn"]))
+    labels = run_labels(needle, configs)
+    # one colour per configuration (tab20: more than 10 configurations stay apart), one line style per run
+    palette = plt.get_cmap("tab20").colors
+    colours = {c: palette[i % len(palette)] for i, c in enumerate(sorted(set(configs.values()), key=attn_order))}
+    styles, seen = ("-", "--", ":", "-."), {}
     fig, ax = plt.subplots(figsize=(11.0, 4.6))
     for record in sorted(needle, key=lambda r: (attn_order(labels[id(r)]), int(r["seq_len"]))):
         points = sorted((int(length), acc) for length, acc in record["test_accuracy_by_length"].items())
         trained = int(record["seq_len"])
-        line, = ax.plot([n for n, _ in points], [a for _, a in points], "o-",
+        config = configs[id(record)]
+        seen[config] = seen.get(config, -1) + 1
+        line, = ax.plot([n for n, _ in points], [a for _, a in points], marker="o", color=colours[config],
+                        linestyle=styles[seen[config] % len(styles)],
                         label=f"{labels[id(record)]}, trained at {length_label(trained)}")
         ax.plot([trained], [record["test_accuracy"]], "s", markersize=10, markerfacecolor="none",
                 color=line.get_color())

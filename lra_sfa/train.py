@@ -211,21 +211,26 @@ def _finish_loop(raw_model, state, attention, out_of_time, timed_seconds, timed_
     lengths = list(tcfg.get("test_lengths") or [])
     if lengths:
         ctx.where["phase"] = "test at other lengths"
-        by_length, by_depth, unsupported = _test_at_lengths(raw_model, lengths, ctx)
+        by_length, by_depth, unsupported, extra = _test_at_lengths(raw_model, lengths, ctx)
         record.update(test_accuracy_by_length={**record.data.get("test_accuracy_by_length", {}), **by_length},
-                      test_accuracy_by_depth_at_length=by_depth, test_lengths_unsupported=unsupported)
+                      test_accuracy_by_depth_at_length=by_depth, test_lengths_unsupported=unsupported, **extra)
 
 
-def _test_at_lengths(raw_model, lengths: list[int], ctx) -> tuple[dict, dict, dict]:
+def _test_at_lengths(raw_model, lengths: list[int], ctx) -> tuple[dict, dict, dict, dict]:
     """The trained model on the task's test split generated at each length (train and val splits not
     made). Tokens per batch stay those of the training length (batch scaled by seq_len / length, at
     least 1). Returns accuracy by length, accuracy by depth at each length (where the task has depths)
     and the reason for each length that could not run (a task that cannot be generated at that
-    length, learned positions, a backend bounded by the trained length, out of memory)."""
+    length, learned positions, a backend bounded by the trained length, out of memory), and per
+    length the wall-clock seconds of the test pass (``test_seconds_by_length``, synchronised) and the
+    attention stats of its last batch (``attn_stats_by_length``, e.g. sfa_wide's candidates per query
+    on the trained model's own codes)."""
     cfg = ctx.cfg
     base_len = int(cfg.task.seq_len)
     base_batch = int(cfg.trainer.eval_batch_size or cfg.trainer.batch_size)
     by_length, by_depth, unsupported = {}, {}, {}
+    seconds, stats = {}, {}
+    attention = raw_model.attention_modules()
     for length in lengths:
         try:
             overrides = {"seq_len": int(length)}
@@ -242,15 +247,19 @@ def _test_at_lengths(raw_model, lengths: list[int], ctx) -> tuple[dict, dict, di
         ctx.where["shape"] = [len(split), int(length)]
         batch = max(1, base_batch * base_len // int(length))
         try:
+            start = time.perf_counter()
             result = evaluate(raw_model, split, batch, ctx.device, ctx.dtype, ctx.env, ctx.where)
+            dist.synchronize(ctx.device)
+            seconds[str(length)] = round(time.perf_counter() - start, 3)
         except torch.cuda.OutOfMemoryError:  # the trained model's own results are kept
             torch.cuda.empty_cache()
             unsupported[str(length)] = f"out of memory testing {batch} x {length} tokens"
             continue
         by_length[str(length)] = result["accuracy"]
+        stats[str(length)] = _attention_stats(attention)
         if "accuracy_by_depth" in result:
             by_depth[str(length)] = result["accuracy_by_depth"]
-    return by_length, by_depth, unsupported
+    return by_length, by_depth, unsupported, {"test_seconds_by_length": seconds, "attn_stats_by_length": stats}
 
 
 def _attention_stats(modules) -> dict[str, float]:

@@ -63,6 +63,7 @@ for p in sorted(glob.glob(os.environ["OUT"] + "/runs/*.json")):
     print(f"{r['task']:10s} L={r['seq_len']:5d} {r['attn']:12s} {r['status']:8s} steps={r['steps']} val={r['val_accuracy']} "
           f"test={r['test_accuracy']} sps={r['steps_per_second']} path={r.get('attn_path')} mem={r['peak_memory_mb']}MB "
           f"args={r.get('attn_args')} by_length={r.get('test_accuracy_by_length')} "
-          f"unsupported={r.get('test_lengths_unsupported')} stats={r.get('attn_stats')}")
+          f"unsupported={r.get('test_lengths_unsupported')} stats={r.get('attn_stats')} "
+          f"test_seconds={r.get('test_seconds_by_length')} stats_by_length={r.get('attn_stats_by_length')}")
 PY
 tar czf "$OUT/runs_lra.tgz" -C "$OUT" runs && rm -rf "$OUT/runs"

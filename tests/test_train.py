@@ -80,6 +80,21 @@ def test_test_lengths_rerun_the_test_split_at_other_lengths(make_cfg):
     assert 0.0 <= by_length["200"] <= 1.0
     assert set(record["test_accuracy_by_depth_at_length"]["200"]) == set(record["test_accuracy_by_depth"])
     assert "too short" in record["test_lengths_unsupported"]["8"]
+    assert set(record["test_seconds_by_length"]) == {"64", "200"} and min(record["test_seconds_by_length"].values()) > 0
+    assert record["attn_stats_by_length"] == {"64": {}, "200": {}}  # full attention keeps no stats
+
+
+def test_test_lengths_record_the_attention_stats_at_each_length(make_cfg):
+    """attn_stats_by_length: the backend's stats after the last test batch at each length, so sfa_wide
+    reports its candidates per query on the trained model's own codes at every tested length."""
+    wide = ["attn=sfa_wide", "attn.codes=simhash", "attn.D=256", "attn.k=4"]
+    cfg = make_cfg(*[arg for arg in NEEDLE if arg != "attn=full"], *wide, "trainer.test_lengths=[64,256]")
+    record = run(cfg)
+    stats = record["attn_stats_by_length"]
+    assert set(stats) == {"64", "256"}
+    for length in ("64", "256"):
+        assert 0 < stats[length]["layer0.mean_candidates"] <= int(length)
+    assert stats["256"]["layer0.mean_candidates"] != stats["64"]["layer0.mean_candidates"]
 
 
 def test_test_lengths_need_sinusoidal_positions(make_cfg):

@@ -149,9 +149,10 @@ class SFAWideAttention(AttentionBackend):
                                        or not 1 <= bits_start <= bits):
             raise ValueError(f"attn sfa_wide: bits_start={bits_start!r} needs codes=simhash and an int in "
                              f"[1, log2(D/k)={bits}] (null = no anneal)")
-        if relax == "soft" and codes != "simhash":
-            raise ValueError(f"attn sfa_wide: relax=soft needs codes=simhash (relaxed hash buckets), got "
-                             f"codes={codes!r}; learned codes take relax=ste or gumbel")
+        if relax == "soft" and (codes != "simhash" or mode != "overlap" or cap is not None):
+            raise ValueError(f"attn sfa_wide: relax=soft needs codes=simhash, mode=overlap and cap=null (it trains "
+                             f"the exact-overlap rule on relaxed hash buckets), got codes={codes!r}, mode={mode!r}, "
+                             f"cap={cap!r}; learned codes take relax=ste or gumbel")
         if train_planes and codes != "simhash":
             raise ValueError(f"attn sfa_wide: train_planes=true needs codes=simhash, got codes={codes!r}")
         if not 0 < bits_anneal <= 1:

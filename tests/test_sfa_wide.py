@@ -431,8 +431,9 @@ def test_soft_simhash_anneals_tau_and_rejects_other_codes():
     assert module.tau == pytest.approx(0.1)
     module.on_step(100, 100)
     assert module.tau == pytest.approx(0.01)
-    with pytest.raises(ValueError, match="relax=soft needs codes=simhash"):
-        SFAWideAttention(num_heads=2, head_dim=16, D=256, k=4, codes="learned", relax="soft")
+    for bad in ({"codes": "learned"}, {"mode": "exact"}, {"cap": 8}):
+        with pytest.raises(ValueError, match="relax=soft needs codes=simhash, mode=overlap and cap=null"):
+            SFAWideAttention(num_heads=2, head_dim=16, D=256, k=4, **{"codes": "simhash", "relax": "soft", **bad})
 
 
 def test_soft_share_probabilities_match_their_definition():

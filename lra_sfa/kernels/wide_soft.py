@@ -16,7 +16,8 @@ softmax over every key of
 
 which is the hard rule's limit as tau -> 0 (a_t -> the shared-bucket indicator; log m -> 0 for pairs
 that share a bucket, -> -inf for pairs that do not: m is floored at 1e-30, a weight of e^-69) and,
-at tau > 0, pulls pairs that should meet into a common bucket through the gradient of log m. Values are the hard path's bucket logits |p|_1 / sqrt(b).
+at tau > 0, pulls pairs that should meet into a common bucket through the gradient of log m.
+Values are the hard path's bucket logits |p|_1 / sqrt(b).
 
 Computation: a table's share probability is the dot product of the two tokens' distributions over its
 2^b buckets; split the b bits into groups of at most 7 and it is the product over groups of dot

@@ -39,7 +39,9 @@ Training of the codes (``codes="learned"``):
   the forward is hard and every logit gets a gradient. tau anneals
   geometrically from ``tau_start`` to ``tau_end`` over the run (``on_step``).
   Eval is hard top-k of z without noise.
-* ``balance_weight > 0`` adds a Switch-style load-balance loss
+* ``balance_weight > 0`` (codes=simhash, relax=soft) adds the relaxed path's collision budget, the
+  mean probability that a query and a key share a bucket over that of random codes (``wide_soft``).
+* ``balance_weight > 0`` (learned codes) adds a Switch-style load-balance loss
   D * sum_f usage_f * mean_prob_f (``extra_loss``).
 The code map materialises the (B, H, L, D) logits for the top-k (without
 autograd under ste and lsh: the kept values are recomputed from the selected
@@ -153,6 +155,9 @@ class SFAWideAttention(AttentionBackend):
             raise ValueError(f"attn sfa_wide: relax=soft needs codes=simhash, mode=overlap and cap=null (it trains "
                              f"the exact-overlap rule on relaxed hash buckets), got codes={codes!r}, mode={mode!r}, "
                              f"cap={cap!r}; learned codes take relax=ste or gumbel")
+        if balance_weight > 0 and not (codes == "learned" or relax == "soft"):
+            raise ValueError(f"attn sfa_wide: balance_weight={balance_weight} needs codes=learned (load balance) or "
+                             f"codes=simhash relax=soft (collision budget), got codes={codes!r}, relax={relax!r}")
         if train_planes and codes != "simhash":
             raise ValueError(f"attn sfa_wide: train_planes=true needs codes=simhash, got codes={codes!r}")
         if not 0 < bits_anneal <= 1:
@@ -274,18 +279,19 @@ class SFAWideAttention(AttentionBackend):
     def _soft_forward(self, q, k, v, key_padding_mask=None):
         """Training with relax=soft: relaxed buckets over every pair (``simhash_soft_attention``)."""
         q_h, k_h = self._features(q), self._features(k)
-        out, candidates = simhash_soft_attention(q_h, k_h, self.planes, self.k, v, self.scale, self.tau,
-                                                 self.bits, key_padding_mask)
+        out, extras = simhash_soft_attention(q_h, k_h, self.planes, self.k, v, self.scale, self.tau, self.bits,
+                                             key_padding_mask)
         self.last_path = "soft"
-        self._loss = None
+        self._loss = self.balance_weight * extras["share_ratio"] if self.balance_weight > 0 else None
         with torch.no_grad():
             q_idx = simhash_codes(q_h, self.planes, self.k, self.bits)[0]
             k_idx = simhash_codes(k_h, self.planes, self.k, self.bits)[0]
             self._diag = {
                 "feature_entropy_q": _feature_entropy(q_idx, self.D),
                 "feature_entropy_k": _feature_entropy(k_idx, self.D),
-                "mean_candidates": candidates.float().mean(),
+                "mean_candidates": extras["candidates"].float().mean(),
                 "dropped_frac": torch.zeros(()),
+                "share_ratio": extras["share_ratio"].detach(),
             }
         return out
 

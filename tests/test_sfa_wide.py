@@ -449,3 +449,29 @@ def test_soft_share_probabilities_match_their_definition():
     torch.testing.assert_close(soft_any_prob(share), 1 - (1 - share).prod(2))
     tiny = torch.full((1, 1, 4, 1, 1), 1e-20)
     assert soft_any_prob(tiny).item() == pytest.approx(4e-20)  # 1 - (1 - 1e-20)^4 rounds to 0 in float
+
+
+def test_soft_simhash_collision_budget_is_one_for_random_codes_and_trains():
+    """balance_weight with relax=soft: the loss is balance_weight x (mean share-any probability over real
+    pairs) / (1 - (1 - 2^-b)^T): ~1 for isotropic tokens, far above for clustered ones; it has a gradient
+    that spreads the tokens; other codes without a load-balance loss reject the key."""
+    torch.manual_seed(10)
+    module = soft_module(balance_weight=0.5)
+    module.tau = 1e-3
+    v = torch.randn(2, 2, 256, 16)
+    q, key = torch.randn(2, 2, 256, 16), torch.randn(2, 2, 256, 16)
+    module(q, key, v)
+    assert module.stats()["share_ratio"] == pytest.approx(1.0, abs=0.15)
+    assert module.extra_loss().item() == pytest.approx(0.5 * module.stats()["share_ratio"])
+    centre = torch.randn(16)
+    clustered = (centre + 0.3 * torch.randn(2, 2, 256, 16)).requires_grad_(True)
+    mask = torch.ones(2, 256, dtype=torch.bool)
+    mask[:, 200:] = False
+    module.tau = 0.3
+    module(clustered, clustered, v, mask)
+    assert module.stats()["share_ratio"] > 5
+    module.extra_loss().backward()
+    assert clustered.grad[:, :, :200].abs().sum() > 0
+    assert soft_module()(q, key, v) is not None and soft_module().extra_loss() is None
+    with pytest.raises(ValueError, match="balance_weight=0.5 needs codes=learned"):
+        SFAWideAttention(num_heads=2, head_dim=16, D=256, k=4, codes="simhash", balance_weight=0.5)

@@ -26,6 +26,11 @@ logs: a pair whose share probability underflows fp32 (below ~1e-38) would have a
 gradient of that order anyway. (A first version summed per-bit log-agreements over (B, H, L, L, T)
 tensors bit by bit: 3.5 training steps/s on the H200 needle model against ~40 for the hard path.)
 
+Collision budget: the mean of m over real (query, key) pairs, divided by the share-any probability of
+two independent isotropic tokens, 1 - (1 - 2^-b)^T, is returned as ``share_ratio`` (differentiable): 1
+for codes spread like random ones, ~20 for the needle models trained without it (their measured
+candidates per query at 64K over the isotropic count). ``attn.balance_weight`` adds it to the loss.
+
 Cost: it forms (B, H, tables, L, L) tensors, so it is a training-time path for short sequences (the
 needle protocol trains at 256 tokens); eval and inference use the hard codes and the posting kernels
 (``wide_posting``), which never form an L x L tensor. A query with no hard candidate has no self
@@ -84,15 +89,16 @@ def simhash_soft_attention(
     tau: float,
     bits: int | None = None,
     key_padding_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Relaxed SimHash attention (module docstring). q_h, k_h: (B, H, L, e) code inputs; planes (H, e, T * b);
-    v (B, H, L, dv); ``bits`` < b uses each table's first bits. Returns (out (B, H, L, dv), hard candidate
-    count per query (B, H, L): keys sharing a bucket under the hard codes, for the stats). Runs in fp32
+    v (B, H, L, dv); ``bits`` < b uses each table's first bits. Returns out (B, H, L, dv) and
+    {"candidates": (B, H, L) keys sharing a bucket with each query under the hard codes,
+    "share_ratio": the collision budget (module docstring), a differentiable scalar}. Runs in fp32
     whatever the autocast (bf16 share probabilities would carry 3 significant digits into log m)."""
     with torch.autocast(device_type=q_h.device.type, enabled=False):
-        out, candidates = _soft_attention_fp32(q_h.float(), k_h.float(), planes.float(), tables, v.float(), scale,
-                                               tau, bits, key_padding_mask)
-    return out.to(v.dtype), candidates
+        out, extras = _soft_attention_fp32(q_h.float(), k_h.float(), planes.float(), tables, v.float(), scale,
+                                           tau, bits, key_padding_mask)
+    return out.to(v.dtype), extras
 
 
 def _soft_attention_fp32(q_h, k_h, planes, tables, v, scale, tau, bits, key_padding_mask):
@@ -111,7 +117,12 @@ def _soft_attention_fp32(q_h, k_h, planes, tables, v, scale, tau, bits, key_padd
     k_p, k_s, k_val = project(k_h)
     share = soft_share_probs(q_s, k_s)  # (B, H, T, L, L)
     score = (share * q_val[..., :, None] * k_val[..., None, :]).sum(2) * scale  # (B, H, L, L)
-    logits = score + soft_any_prob(share).clamp_min(1e-30).log()
+    any_share = soft_any_prob(share)  # (B, H, L, L)
+    logits = score + any_share.clamp_min(1e-30).log()
+    pairs = torch.ones(B, L, L, device=q_h.device) if key_padding_mask is None else (
+        key_padding_mask[:, :, None] & key_padding_mask[:, None, :]).float()  # real queries x real keys
+    isotropic = 1.0 - (1.0 - 2.0 ** -bits) ** tables
+    share_ratio = (any_share * pairs[:, None]).sum() / (pairs.sum() * H).clamp_min(1.0) / isotropic
     if key_padding_mask is not None:  # padding keys get no weight; a query without any real key keeps its value
         real = key_padding_mask[:, None, None, :]  # (B, 1, 1, L)
         logits = logits.masked_fill(~real, float("-inf")).masked_fill(~real.any(-1, keepdim=True), 0.0)
@@ -125,4 +136,4 @@ def _soft_attention_fp32(q_h, k_h, planes, tables, v, scale, tau, bits, key_padd
         if key_padding_mask is not None:
             same = same & key_padding_mask[:, None, None, :]
         candidates = same.sum(-1)
-    return out, candidates
+    return out, {"candidates": candidates, "share_ratio": share_ratio}

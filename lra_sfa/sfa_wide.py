@@ -57,7 +57,7 @@ from torch import nn
 
 from lra_sfa.attention import AttentionBackend
 from lra_sfa.kernels.wide_posting import wide_attention
-from lra_sfa.kernels.wide_soft import simhash_soft_attention
+from lra_sfa.kernels.wide_soft import sign_buckets, simhash_soft_attention
 
 CODES = ("learned", "lsh", "simhash")
 RELAXES = ("ste", "gumbel", "soft")
@@ -106,12 +106,7 @@ def simhash_codes(h: torch.Tensor, planes: torch.Tensor, k: int,
     full = planes.shape[-1] // k
     bits = full if bits is None else bits
     proj = torch.einsum("bhle,hef->bhlf", h, planes.to(h.dtype)).view(B, H, L, k, full)[..., :bits]
-    with torch.no_grad():
-        weights = 2 ** torch.arange(bits, device=h.device)
-        idx = ((proj > 0).long() * weights).sum(-1)  # (B, H, L, k) bucket within table
-        idx = idx + torch.arange(k, device=h.device) * (1 << full)
-    val = proj.abs().sum(-1) / math.sqrt(bits)  # (B, H, L, k)
-    return idx, val
+    return sign_buckets(proj, full)  # (B, H, L, k) feature ids and values
 
 
 def _feature_entropy(idx: torch.Tensor, num_features: int) -> torch.Tensor:
@@ -284,11 +279,9 @@ class SFAWideAttention(AttentionBackend):
         self.last_path = "soft"
         self._loss = self.balance_weight * extras["share_ratio"] if self.balance_weight > 0 else None
         with torch.no_grad():
-            q_idx = simhash_codes(q_h, self.planes, self.k, self.bits)[0]
-            k_idx = simhash_codes(k_h, self.planes, self.k, self.bits)[0]
             self._diag = {
-                "feature_entropy_q": _feature_entropy(q_idx, self.D),
-                "feature_entropy_k": _feature_entropy(k_idx, self.D),
+                "feature_entropy_q": _feature_entropy(extras["q_idx"], self.D),
+                "feature_entropy_k": _feature_entropy(extras["k_idx"], self.D),
                 "mean_candidates": extras["candidates"].float().mean(),
                 "dropped_frac": torch.zeros(()),
                 "share_ratio": extras["share_ratio"].detach(),

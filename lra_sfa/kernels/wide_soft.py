@@ -28,8 +28,8 @@ tensors bit by bit: 3.5 training steps/s on the H200 needle model against ~40 fo
 
 Collision budget: the mean of m over real (query, key) pairs, divided by the share-any probability of
 two independent isotropic tokens, 1 - (1 - 2^-b)^T, is returned as ``share_ratio`` (differentiable): 1
-for codes spread like random ones, ~20 for the needle models trained without it (their measured
-candidates per query at 64K over the isotropic count). ``attn.balance_weight`` adds it to the loss.
+for codes spread like random ones (the seed-3 H200 needle model, trained without it, met 19x the
+isotropic hard candidates per query at 64K). ``attn.balance_weight`` adds it to the loss.
 
 Cost: it forms (B, H, tables, L, L) tensors, so it is a training-time path for short sequences (the
 needle protocol trains at 256 tokens); eval and inference use the hard codes and the posting kernels
@@ -44,6 +44,17 @@ import math
 import torch
 
 GROUP_BITS = 7  # bits per bucket-distribution group: 2^7 = 128-long distributions, the matmul's inner dim
+
+
+def sign_buckets(proj: torch.Tensor, table_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard SimHash codes from projections proj (..., T, b) on each table's hyperplanes: feature ids
+    (..., T) int64, t * 2^table_bits + the b sign bits (bit j set where proj[..., j] > 0), and values
+    (..., T), the bucket logit |p|_1 / sqrt(b) (differentiable). Shared by the hard and relaxed paths."""
+    tables, bits = proj.shape[-2:]
+    with torch.no_grad():
+        weights = 2 ** torch.arange(bits, device=proj.device)
+        idx = ((proj > 0).long() * weights).sum(-1) + torch.arange(tables, device=proj.device) * (1 << table_bits)
+    return idx, proj.abs().sum(-1) / math.sqrt(bits)
 
 
 def bucket_distributions(s: torch.Tensor) -> list[torch.Tensor]:
@@ -93,6 +104,7 @@ def simhash_soft_attention(
     """Relaxed SimHash attention (module docstring). q_h, k_h: (B, H, L, e) code inputs; planes (H, e, T * b);
     v (B, H, L, dv); ``bits`` < b uses each table's first bits. Returns out (B, H, L, dv) and
     {"candidates": (B, H, L) keys sharing a bucket with each query under the hard codes,
+    "q_idx", "k_idx": those hard codes' feature ids (B, H, L, T) (``sign_buckets``),
     "share_ratio": the collision budget (module docstring), a differentiable scalar}. Runs in fp32
     whatever the autocast (bf16 share probabilities would carry 3 significant digits into log m)."""
     with torch.autocast(device_type=q_h.device.type, enabled=False):
@@ -110,11 +122,11 @@ def _soft_attention_fp32(q_h, k_h, planes, tables, v, scale, tau, bits, key_padd
     def project(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         p = torch.einsum("bhle,hef->bhlf", h, planes).view(*h.shape[:3], tables, full)[..., :bits]
         x = p * (math.sqrt(e) / h.norm(dim=-1).clamp_min(1e-6)[..., None, None])  # cosine * sqrt(e)
-        p, x = p.transpose(2, 3), x.transpose(2, 3)  # (B, H, T, L, b)
-        return p, torch.sigmoid(x / tau), p.abs().sum(-1) / math.sqrt(bits)  # values (B, H, T, L)
+        idx, val = sign_buckets(p, full)  # (B, H, L, T) each
+        return idx, torch.sigmoid(x / tau).transpose(2, 3), val.transpose(2, 3)  # soft bits (B, H, T, L, b)
 
-    q_p, q_s, q_val = project(q_h)
-    k_p, k_s, k_val = project(k_h)
+    q_idx, q_s, q_val = project(q_h)
+    k_idx, k_s, k_val = project(k_h)
     share = soft_share_probs(q_s, k_s)  # (B, H, T, L, L)
     score = (share * q_val[..., :, None] * k_val[..., None, :]).sum(2) * scale  # (B, H, L, L)
     any_share = soft_any_prob(share)  # (B, H, L, L)
@@ -130,10 +142,8 @@ def _soft_attention_fp32(q_h, k_h, planes, tables, v, scale, tau, bits, key_padd
     if key_padding_mask is not None:
         out = torch.where(key_padding_mask.any(-1)[:, None, None, None], out, v)
     with torch.no_grad():  # hard collisions: same bucket (every sign bit equal) in some table
-        weights = 2 ** torch.arange(bits, device=q_p.device)
-        q_bucket, k_bucket = (((p > 0).long() * weights).sum(-1) for p in (q_p, k_p))  # (B, H, T, L)
-        same = (q_bucket[..., :, None] == k_bucket[..., None, :]).any(2)  # (B, H, L, L)
+        same = (q_idx[:, :, :, None, :] == k_idx[:, :, None, :, :]).any(-1)  # (B, H, L, L)
         if key_padding_mask is not None:
             same = same & key_padding_mask[:, None, None, :]
         candidates = same.sum(-1)
-    return out, {"candidates": candidates, "share_ratio": share_ratio}
+    return out, {"candidates": candidates, "q_idx": q_idx, "k_idx": k_idx, "share_ratio": share_ratio}

@@ -50,11 +50,12 @@ def _require_interpreter():
         pytest.skip("Triton kernels were compiled for GPU before TRITON_INTERPRET=1 was set")
 
 
+@pytest.mark.parametrize("float_keys", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("dim,topk", [(16, 1), (16, 4), (32, 8), (32, 32)])
-def test_topk_pack_matches_torch_topk(dtype, dim, topk):
+def test_topk_pack_matches_torch_topk(dtype, dim, topk, float_keys):
     x = torch.randn(2, 3, 37, dim).to(dtype)
-    values, indices, dense = topk_pack(x, topk)
+    values, indices, dense = topk_pack(x, topk, float_keys=float_keys)
     assert values.shape == (2, 3, 37, topk) and indices.dtype == torch.int8
     expected = torch.topk(x.float().abs(), topk, dim=-1).values
     assert torch.equal(values.float().abs().sort(-1, descending=True).values, expected)
@@ -62,13 +63,35 @@ def test_topk_pack_matches_torch_topk(dtype, dim, topk):
     assert torch.equal(dense, torch.zeros_like(x).scatter(-1, indices.long(), values))
 
 
-def test_topk_pack_breaks_ties_towards_lowest_index():
+@pytest.mark.parametrize("float_keys", [False, True])
+def test_topk_pack_breaks_ties_towards_lowest_index(float_keys):
     x = torch.zeros(1, 16, dtype=torch.bfloat16)
     x[0, 3], x[0, 9], x[0, 12] = 2.0, -2.0, 1.0
-    _, indices, _ = topk_pack(x, 2)
+    _, indices, _ = topk_pack(x, 2, float_keys=float_keys)
     assert sorted(indices[0].tolist()) == [3, 9]
     _, indices, _ = topk_pack(torch.zeros(1, 16), 3)
     assert sorted(indices[0].tolist()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("float_keys", [False, True])
+def test_topk_pack_zero_and_subnormal_rows(dtype, float_keys):
+    """Rows of zeros, signed zeros and subnormals: exactly topk entries taken, lowest index first on ties.
+
+    Guards the float-key layout: its keys must stay normal float32 numbers, or a
+    flush-to-zero max would tie them and take several entries in one round."""
+    tiny = torch.finfo(dtype).smallest_normal / 4  # a subnormal of dtype
+    x = torch.zeros(4, 32, dtype=dtype)
+    x[1, ::2] = -0.0
+    x[2, 5], x[2, 20] = tiny, -tiny
+    x[3] = tiny * torch.arange(1, 33, dtype=torch.float32).to(dtype) / 8
+    values, indices, dense = topk_pack(x, 3, float_keys=float_keys)
+    assert indices[0].sort().values.tolist() == [0, 1, 2] and indices[1].sort().values.tolist() == [0, 1, 2]
+    assert indices[2].sort().values.tolist() == [0, 5, 20]
+    assert torch.equal(values[2].float().abs().sort().values, torch.tensor([0.0, float(tiny), float(tiny)]))
+    expected = torch.topk(x[3].float().abs(), 3).values
+    assert torch.equal(values[3].float().abs().sort(descending=True).values, expected)
+    assert int((dense != 0).sum(-1).max()) <= 3 and torch.equal(torch.gather(x, -1, indices.long()), values)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -80,8 +103,36 @@ def test_forward_backward_pass_rule(length, topk, padding, dtype):
     mask = _mask(1, length, seed=length) if padding else None
     result = sfa_check.full_check(q, k, v, topk, mask, flash_sfa)
     assert result["topk_ok"]
-    for name in ("out", "dq", "dk", "dv"):
+    for name in ("out", "dq", "dk", "dv", "out_nograd"):
         assert result[f"{name}_ok"], (name, result[f"{name}_err"], result[f"{name}_torch_err"])
+
+
+@pytest.mark.parametrize("float_keys", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("padding", [False, True])
+@pytest.mark.parametrize("topk", [1, 4, 8])
+@pytest.mark.parametrize("length", [1, 17, 100, 257])
+def test_forward_only_path_fuses_q_topk(length, topk, padding, dtype, float_keys, monkeypatch):
+    """Without autograd, 16-bit inputs take q's top-k inside the forward kernel: only k goes through
+    topk_pack, and the output equals the training path's (topk_pack on q, then the same kernel) bit for bit."""
+    from lra_sfa.kernels import flash_sfa as launcher
+    from lra_sfa.kernels import topk_pack as packing
+
+    monkeypatch.setattr(packing, "FLOAT_KEYS", float_keys)
+
+    q, k, v = _inputs(1, 2, length, HEAD_DIM, dtype, seed=length * 7 + topk)
+    mask = _mask(1, length, seed=length + 1) if padding else None
+    trained = flash_sfa(*(t.clone().requires_grad_(True) for t in (q, k, v)), topk, topk, mask).detach()
+    calls = []
+    monkeypatch.setattr(launcher, "topk_pack", lambda x, *a, **kw: calls.append(x) or topk_pack(x, *a, **kw))
+    with torch.no_grad():
+        fused = flash_sfa(q, k, v, topk, topk, mask)
+    out, lse = flash_sfa_forward(q, k, v, topk, topk, mask)
+    assert len(calls) == 2 and all(x is k for x in calls)
+    assert torch.equal(fused, trained) and torch.equal(out, trained)
+    codes = [topk_pack(x, topk)[2].double() for x in (q, k)]  # the support the kernels use (bf16 ties)
+    ref = sfa_chunked(*codes, v.double(), HEAD_DIM, HEAD_DIM, mask)
+    assert sfa_check.rel_err(fused, ref) < 1e-2
 
 
 def test_matches_reference_end_to_end_fp32():

@@ -289,10 +289,29 @@ def gpu_checks(record) -> bool:
         if mask is not None:
             mask[1] = False
         res = sfa_check.full_check(q, k, v, topk, mask, flash_sfa)
-        errs = " ".join(f"{n}={res[n + '_err']:.1e}/{res[n + '_torch_err']:.1e}" for n in ("out", "dq", "dk", "dv"))
+        errs = " ".join(f"{n}={res[n + '_err']:.1e}/{res[n + '_torch_err']:.1e}"
+                        for n in ("out", "dq", "dk", "dv", "out_nograd"))
         record("check", f"L={length} d={dim} k={topk} pad={pad} {dtype}", 0.0, f"{errs} ok={res['ok']}")
         all_ok &= bool(res["ok"])
+    for float_keys in (False, True):
+        ok = topk_edge_rows_agree(float_keys)
+        record("check", f"topk_pack zero/subnormal rows float_keys={float_keys}", 0.0, f"ok={ok}")
+        all_ok &= ok
     return all_ok
+
+
+def topk_edge_rows_agree(float_keys: bool) -> bool:
+    """topk_pack on rows of zeros, signed zeros and bf16 subnormals keeps exactly torch.topk's magnitudes,
+    ties to the lowest index (on the GPU, where a flush-to-zero max would tie subnormal float keys)."""
+    x = torch.randn(4096, 128, device=DEVICE).to(torch.bfloat16)
+    tiny = torch.finfo(torch.bfloat16).smallest_normal
+    x[:1024] = 0.0
+    x[1024:2048:2] = -0.0
+    x[2048:3072] = (x[2048:3072].float() * tiny / 16).to(torch.bfloat16)  # mostly subnormal
+    values, indices, dense = topk_pack(x, 8, float_keys=float_keys)
+    zero_rows_first = bool((indices[:2048].long().sort(-1).values == torch.arange(8, device=DEVICE)).all())
+    kept = int((dense != 0).sum(-1).max()) <= 8 and torch.equal(torch.gather(x, -1, indices.long()), values)
+    return zero_rows_first and kept and sfa_check.topk_agrees(x, values, 8)
 
 
 def explore(args) -> None:
@@ -307,6 +326,9 @@ def explore(args) -> None:
         x = torch.randn(args.topk_rows, 128, device=DEVICE, dtype=torch.bfloat16)
         for topk in args.topks:
             record("topk", f"topk_pack {x.shape[0]}x128 k={topk}", time_ms(partial(topk_pack, x, topk))[0])
+            for float_keys, elems, warps in args.topk_launches:
+                record("topk", f"topk_pack {x.shape[0]}x128 k={topk} float_keys={float_keys} elems={elems} w{warps}",
+                       time_ms(partial(topk_pack, x, topk, True, bool(float_keys), elems, warps))[0])
             record("topk", f"torch.topk+scatter {x.shape[0]}x128 k={topk}",
                    time_ms(partial(_torch_topk_codes, x, topk))[0])
         del x
@@ -334,12 +356,15 @@ def explore_prefill(args, record, sections: set[str]) -> None:
     vf, bias = v.reshape(flat), pad_bias(None, q.device)
     ref, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False)
     for bm, bn, warps, stages, ws, *extra in args.fwd_configs if "fwd" in sections else ():
-        split, bounded = (bool(x) for x in (list(extra) + [0, 0])[:2])
+        split, bounded, fused = (bool(x) for x in (list(extra) + [0, 0, 0])[:3])
         cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), split, bounded)
-        name = f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}{' bounded' * bounded}"
+        name = (f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}{' bounded' * bounded}"
+                f"{' fused_q_topk' * fused}")
+        q_in = q.reshape(flat) if fused else packs["q_dense"]  # dense q: the kernel selects its top-k
+        run = partial(launch_forward, q_in, packs["k_dense"], vf, bias, 16, False, cfg, topk if fused else 0)
         try:
-            ms = time_ms(partial(launch_forward, packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg))[0]
-            got, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False, cfg)
+            ms = time_ms(run)[0]
+            got, _ = run()
             record("design_A", name, ms, f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e}")
         except Exception as exc:  # a config the compiler rejects is reported, not fatal
             record("design_A", name, float("nan"), repr(exc)[:160])
@@ -356,6 +381,7 @@ def explore_prefill(args, record, sections: set[str]) -> None:
     record("full", "flash_sfa fwd (top-k + autotuned kernel)", time_ms(sfa_call(q, k, v, topk))[0],
            str(fwd.flash_sfa_fwd_tuned.best_config))
     record("full", "topk_pack q and k", time_ms(partial(_topk_both, q, k, topk))[0])
+    record("full", "topk_pack k (the forward-only path's)", time_ms(partial(topk_pack, k, topk))[0])
     grad = torch.randn_like(q)
     leaves = tuple(leaf(t) for t in (q, k, v))
     record("full", "flash_sfa fwd+bwd", time_ms(sfa_call(*leaves, topk, grad))[0],
@@ -575,11 +601,14 @@ def parse_args(argv=None):
                         "prefetch (DECODE_DESIGNS)")
     parser.add_argument("--sections", nargs="+", default=list(EXPLORE_SECTIONS), choices=EXPLORE_SECTIONS,
                         help="parts of --mode explore to run")
+    parser.add_argument("--topk-launches", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
+                        default=[(0, 4096, 4), (1, 4096, 4), (1, 2048, 4), (1, 8192, 8), (0, 2048, 4), (1, 4096, 8)],
+                        help="float_keys,elements_per_program,warps tuples for the topk part of --mode explore")
     parser.add_argument("--fwd-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
                         default=[(128, 128, 8, 3, 0), (128, 64, 8, 3, 0), (64, 64, 4, 3, 0), (128, 128, 8, 3, 0, 0, 1),
                                  (128, 64, 8, 3, 0, 0, 1), (64, 64, 4, 3, 0, 0, 1), (64, 128, 4, 3, 0, 0, 1)],
-                        help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize[,exp2_split[,bounded]] tuples for "
-                        "--mode explore")
+                        help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize[,exp2_split[,bounded[,fused_q_topk]]] "
+                        "tuples for --mode explore")
     bwd_tuple = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 64, 4, 3), (64, 128, 8, 2), (32, 128, 4, 3), (64, 128, 8, 3), (32, 128, 8, 3),

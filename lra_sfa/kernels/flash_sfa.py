@@ -2,8 +2,11 @@
 
 Pipeline (forward): ``topk_pack`` on q and on k (one fused pass each: packed
 values + int8/int16 indices + zero-filled codes), then the FlashSFA forward
-kernel (``flash_sfa_fwd.py``) on the codes and dense v. Backward: the three
-kernels of ``flash_sfa_bwd.py``; dQ and dK are masked to the top-k support.
+kernel (``flash_sfa_fwd.py``) on the codes and dense v. Without autograd
+(inference, evaluation) and for 16-bit inputs, q's top-k runs inside the
+forward kernel instead (``fuse_topk_q``): one pass over q fewer. Backward: the
+three kernels of ``flash_sfa_bwd.py``; dQ and dK are masked to the top-k
+support (the training path keeps topk_pack for q: the backward needs its ids).
 
 The launcher checks device, dtypes, head dim, shapes and the mask, and raises
 a ValueError naming the offending value; it never falls back to another
@@ -20,6 +23,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from lra_sfa.kernels import flash_sfa_bwd as bwd
 from lra_sfa.kernels import flash_sfa_fwd as fwd
+from lra_sfa.kernels import topk_pack as packing
 from lra_sfa.kernels.topk_pack import topk_pack
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
@@ -86,25 +90,40 @@ def key_code_range(kd: torch.Tensor) -> torch.Tensor:
     return torch.stack((kmax, kmin), dim=1).float()
 
 
+# Whether the autotuned forward chose a BOUNDED config, per tuning key; until a key is tuned, assume it may.
+_BOUNDED_CHOICE: dict[tuple, bool] = {}
+
+
 def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, heads: int,
-                   has_bias: bool, config: triton.Config | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   has_bias: bool, config: triton.Config | None = None,
+                   fuse_topk_q: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """qd, kd, v: (B*H, L, D) contiguous. Returns out (B*H, L, D) and lse2 (B*H, L) fp32 (base 2).
 
-    ``config`` forces one tile configuration (benchmarks); by default the
-    autotuned kernel runs on GPU and ``INTERPRETER_CONFIG`` under the interpreter.
+    With ``fuse_topk_q`` > 0 (16-bit inputs only), qd is the dense q and the
+    kernel keeps each row's ``fuse_topk_q`` largest entries itself (the same
+    selection as ``topk_pack``), saving topk_pack's pass over q. ``config``
+    forces one tile configuration (benchmarks); by default the autotuned
+    kernel runs on GPU and ``INTERPRETER_CONFIG`` under the interpreter.
     """
     batch_heads, length, head_dim = qd.shape
+    if fuse_topk_q and qd.element_size() != 2:
+        raise ValueError(f"launch_forward: fuse_topk_q needs fp16/bf16 q, got {qd.dtype}")
     out = torch.empty_like(v)
     lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
     descs = {name: _descriptor(t, 16) for name, t in (("Q_desc", qd), ("K_desc", kd), ("V_desc", v), ("O_desc", out))}
     if config is None and fwd.interpreting():
         config = fwd.INTERPRETER_CONFIG
-    bounded = config.kwargs["BOUNDED"] if config is not None else any(c.kwargs["BOUNDED"] for c in fwd.GPU_CONFIGS)
+    l_bucket = min(triton.next_power_of_2(length), TUNE_LENGTH_CAP)
+    tune_key = (l_bucket, head_dim, has_bias, qd.dtype, fuse_topk_q)
+    if config is not None:
+        bounded = config.kwargs["BOUNDED"]
+    else:  # the key range costs a pass over K: skip it once the tuner has chosen an online config
+        bounded = _BOUNDED_CHOICE.get(tune_key, any(c.kwargs["BOUNDED"] for c in fwd.GPU_CONFIGS))
     kbound = key_code_range(kd) if bounded else bias  # a placeholder pointer when no config reads it
     args = dict(Bias=bias, Lse=lse2, KBound=kbound, L=length, H=heads,
-                qk_scale=fwd.LOG2E / math.sqrt(head_dim), l_bucket=min(triton.next_power_of_2(length), TUNE_LENGTH_CAP),
-                HEAD_DIM=head_dim, HAS_BIAS=has_bias,
-                IEEE=qd.dtype == torch.float32, **descs)
+                qk_scale=fwd.LOG2E / math.sqrt(head_dim), l_bucket=l_bucket,
+                HEAD_DIM=head_dim, HAS_BIAS=has_bias, IEEE=qd.dtype == torch.float32,
+                TOPK_Q=fuse_topk_q if fuse_topk_q < head_dim else 0, FLOAT_KEYS=packing.FLOAT_KEYS, **descs)
     grid = lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch_heads)  # noqa: E731
     if config is not None:
         fwd.set_block_shapes({**args, **config.kwargs})
@@ -112,6 +131,7 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: to
                                         num_stages=config.num_stages)
     else:
         fwd.flash_sfa_fwd_tuned[grid](**args)
+        _BOUNDED_CHOICE[tune_key] = bool(fwd.flash_sfa_fwd_tuned.best_config.kwargs["BOUNDED"])
     return out, lse2
 
 
@@ -170,16 +190,34 @@ class FlashSFAFunction(torch.autograd.Function):
         return dq.reshape(shape), dk.reshape(shape), dv.reshape(shape), None, None, None  # (B, H, L, D)
 
 
+def _forward_only(q, k, v, topk_q: int, topk_k: int, key_padding_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """No autograd: (out (B, H, L, D), lse2 (B*H, L) base 2). For fp16 / bf16 the forward kernel selects q's
+    top-k itself (one pass over q fewer); only k goes through ``topk_pack``."""
+    batch, heads, length, head_dim = q.shape
+    flat = (batch * heads, length, head_dim)
+    fuse = topk_q if q.element_size() == 2 and topk_q < head_dim else 0
+    with torch.no_grad():
+        qd = q if fuse else topk_pack(q, topk_q)[2]
+        _, _, kd = topk_pack(k, topk_k)
+        qd, kd, v_flat = (aligned_rows(t).reshape(flat) for t in (qd, kd, v))  # (B*H, L, D)
+        out, lse2 = launch_forward(qd, kd, v_flat, pad_bias(key_padding_mask, q.device), heads,
+                                   key_padding_mask is not None, fuse_topk_q=fuse)
+    return out.reshape(q.shape), lse2
+
+
 def flash_sfa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, topk_k: int | None = None,
               key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Exact SFA, softmax(Q~K~^T/sqrt(D)) V, by the FlashSFA Triton kernels; differentiable.
 
     q, k, v: (B, H, L, D) fp16/bf16/fp32 with D in 16, 32, 64, 128;
     key_padding_mask: (B, L) bool, True = real token. Rows whose keys are all
-    padding give 0.
+    padding give 0. Without autograd (no grad mode, or no input needing a
+    gradient) it runs the forward-only path, which fuses q's top-k.
     """
     topk_k = topk_q if topk_k is None else topk_k
     check_inputs(q, k, v, topk_q, topk_k, key_padding_mask)
+    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return _forward_only(q, k, v, topk_q, topk_k, key_padding_mask)[0]
     return FlashSFAFunction.apply(q, k, v, topk_q, topk_k, key_padding_mask)
 
 
@@ -188,12 +226,5 @@ def flash_sfa_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q:
     """Forward only: (out (B, H, L, D), logsumexp (B, H, L) fp32, natural log; 0 for all-padding rows)."""
     topk_k = topk_q if topk_k is None else topk_k
     check_inputs(q, k, v, topk_q, topk_k, key_padding_mask)
-    batch, heads, length, head_dim = q.shape
-    flat = (batch * heads, length, head_dim)
-    with torch.no_grad():
-        _, _, qd = topk_pack(q, topk_q)
-        _, _, kd = topk_pack(k, topk_k)
-        qd, kd, v_flat = (aligned_rows(t).reshape(flat) for t in (qd, kd, v))  # (B*H, L, D)
-        out, lse2 = launch_forward(qd, kd, v_flat, pad_bias(key_padding_mask, q.device), heads,
-                                   key_padding_mask is not None)
-    return out.reshape(q.shape), (lse2 / fwd.LOG2E).reshape(batch, heads, length)  # (B, H, L, D), (B, H, L)
+    out, lse2 = _forward_only(q, k, v, topk_q, topk_k, key_padding_mask)
+    return out, (lse2 / fwd.LOG2E).reshape(q.shape[:3])  # (B, H, L, D), (B, H, L)

@@ -68,6 +68,7 @@ import triton
 import triton.language as tl
 
 from lra_sfa.kernels.interpret_compat import install as _install_interpreter_compat
+from lra_sfa.kernels.topk_pack import keep_topk
 
 _install_interpreter_compat()
 NEG_BIG = tl.constexpr(-1.0e30)  # finite start for the running max: no NaN on all-padding tiles
@@ -255,7 +256,7 @@ def _flash_sfa_fwd_kernel(
     L, H, qk_scale, l_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr, EXP2_SPLIT: tl.constexpr = False,
-    BOUNDED: tl.constexpr = False,
+    BOUNDED: tl.constexpr = False, TOPK_Q: tl.constexpr = 0, FLOAT_KEYS: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -263,6 +264,8 @@ def _flash_sfa_fwd_kernel(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     bias_row = Bias + (bh // H).to(tl.int64) * L
     q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
+    if TOPK_Q > 0:  # Q_desc holds dense q: keep each row's TOPK_Q largest |q| here (16-bit q only)
+        q = keep_topk(q, TOPK_Q, HEAD_DIM, FLOAT_KEYS)
     if BOUNDED:
         m_i = score_bound(q, KBound, bh, qk_scale, HEAD_DIM)
         acc, l_i = bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M, BLOCK_N, HEAD_DIM,
@@ -310,6 +313,6 @@ def prune_fwd_configs(configs, named_args, **kwargs):
 
 flash_sfa_fwd_tuned = triton.autotune(
     configs=GPU_CONFIGS,
-    key=["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE"],
+    key=["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "TOPK_Q"],
     prune_configs_by={"early_config_prune": prune_fwd_configs},
 )(_flash_sfa_fwd_kernel)

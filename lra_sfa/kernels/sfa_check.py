@@ -85,7 +85,8 @@ def full_check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int,
     (``plain_attention``, autograd in the kernel's dtype) run on the kernel's
     own codes (no second top-k, so no tie ambiguity), with gradients masked to
     the kernel's supports; the supports themselves are checked with
-    ``topk_agrees``. Returns errors and the pass verdict.
+    ``topk_agrees``. ``out_nograd`` is ``fn`` again without autograd (the
+    forward-only path). Returns errors and the pass verdict.
     """
     from lra_sfa.kernels.sfa_ref import sfa_chunked
     from lra_sfa.kernels.topk_pack import topk_pack
@@ -110,10 +111,14 @@ def full_check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int,
         ref_out.backward(grad.to(dtype))
         refs[dtype] = [ref_out.detach(), ref_leaves[0].grad * supports[0], ref_leaves[1].grad * supports[1],
                        ref_leaves[2].grad]
-    got = [out.detach()] + [t.grad for t in leaves]
-    for name, mine, exact, plain in zip(("out", "dq", "dk", "dv"), got, refs[torch.float64], refs[q.dtype]):
+    with torch.no_grad():  # the forward-only path (for 16-bit inputs it fuses q's top-k into the kernel)
+        out_nograd = fn(q.detach(), k.detach(), v.detach(), topk, topk, key_padding_mask)
+    got = [out.detach()] + [t.grad for t in leaves] + [out_nograd]
+    names = ("out", "dq", "dk", "dv", "out_nograd")
+    for name, mine, exact, plain in zip(names, got, refs[torch.float64] + refs[torch.float64][:1],
+                                        refs[q.dtype] + refs[q.dtype][:1]):
         result[f"{name}_err"] = rel_err(mine, exact)
         result[f"{name}_torch_err"] = rel_err(plain, exact)
         result[f"{name}_ok"] = passes(result[f"{name}_err"], result[f"{name}_torch_err"], q.dtype)
-    result["ok"] = result["topk_ok"] and all(result[f"{n}_ok"] for n in ("out", "dq", "dk", "dv"))
+    result["ok"] = result["topk_ok"] and all(result[f"{n}_ok"] for n in names)
     return result

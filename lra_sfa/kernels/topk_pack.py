@@ -49,6 +49,9 @@ import triton
 import triton.language as tl
 
 SUPPORTED_PACK_DIMS = (16, 32, 64, 128, 256)
+FLOAT_KEYS = False  # the selection rounds on the INT32 pipes (see ``entry_keys``); set from the measurements
+BLOCK_ELEMS = 4096  # elements per program: 4096 // D rows
+WARPS = 4
 
 
 @triton.jit
@@ -83,31 +86,79 @@ def _topk_pack_kernel(
 
 
 @triton.jit
+def entry_keys(x, cols, D: tl.constexpr, FLOAT_KEYS: tl.constexpr):
+    """(R, D) int32: one unique key per entry of a 16-bit float tile x, ordered by |x|, then lower index.
+
+    Integer layout: (|x| bits << 16) | ((D-1-col) << 8) | sign. FLOAT_KEYS
+    layout: 2^23 + (|x| bits << 9) + ((D-1-col) << 1) + sign, whose bits read
+    as a float32 are a positive normal number (never a denormal, which a
+    flush-to-zero max could tie), so float max and compare order the keys
+    exactly as the integers. Either way the winner's key carries index,
+    magnitude and sign. Both need D <= 256.
+    """
+    bits = x.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    if FLOAT_KEYS:
+        return 0x800000 + ((bits & 0x7FFF) << 9) + ((D - 1 - cols[None, :]) << 1) + (bits >> 15)
+    return ((bits & 0x7FFF) << 16) | ((D - 1 - cols[None, :]) << 8) | (bits >> 15)
+
+
+@triton.jit
+def take_largest(key, slots, K: tl.constexpr, FLOAT_KEYS: tl.constexpr):
+    """K rounds of (row max, mark it taken) on keys (R, D) from ``entry_keys``.
+
+    Returns (keys with every taken entry negative, picked (R, len(slots)) keys
+    in descending order). FLOAT_KEYS runs the rounds as float32 max and
+    compare (the FP32 pipes) instead of int32 (the INT pipes, half rate).
+    """
+    picked = tl.zeros([key.shape[0], slots.shape[0]], dtype=tl.int32)
+    if FLOAT_KEYS:
+        fkey = key.to(tl.float32, bitcast=True)
+        for j in tl.static_range(K):
+            best = tl.max(fkey, axis=1)
+            fkey = tl.where(fkey == best[:, None], -1.0, fkey)
+            picked = tl.where(slots[None, :] == j, best.to(tl.int32, bitcast=True)[:, None], picked)
+        key = fkey.to(tl.int32, bitcast=True)
+    else:
+        for j in tl.static_range(K):
+            best = tl.max(key, axis=1)
+            key = tl.where(key == best[:, None], -1, key)
+            picked = tl.where(slots[None, :] == j, best[:, None], picked)
+    return key, picked
+
+
+@triton.jit
+def keep_topk(x, K: tl.constexpr, D: tl.constexpr, FLOAT_KEYS: tl.constexpr):
+    """The zero-filled code of a 16-bit float tile x (R, D): its K largest-|x| entries per row, the rest 0.
+
+    The same keys and rounds as ``topk_pack``, so the same support (ties to
+    the lowest index); the FlashSFA forward calls it on each query tile.
+    """
+    cols = tl.arange(0, D)
+    key, _ = take_largest(entry_keys(x, cols, D, FLOAT_KEYS), tl.arange(0, 1), K, FLOAT_KEYS)
+    return tl.where(key < 0, x, tl.zeros_like(x))
+
+
+@triton.jit
 def _topk_pack_keys_kernel(
     X, Vals, Idx, Dense, n_rows,
     D: tl.constexpr, K: tl.constexpr, K_POW2: tl.constexpr,
-    BLOCK_R: tl.constexpr, WRITE_DENSE: tl.constexpr,
+    BLOCK_R: tl.constexpr, WRITE_DENSE: tl.constexpr, FLOAT_KEYS: tl.constexpr,
 ):
-    """16-bit floats: one int32 key per entry, (|x| bits << 16) | ((D-1-col) << 8) | sign.
-
-    Keys are unique and order by magnitude, then by lower index, so a round is
-    one row max plus one compare-select; the winner's key holds its index,
-    magnitude and sign, so the value needs no extra gather.
-    """
+    """16-bit floats: one unique key per entry (``entry_keys``), then K rounds of one row max and one
+    compare-select (``take_largest``); the picked keys decode to index, magnitude and sign."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, D)
     slots = tl.arange(0, K_POW2)
     row_ok = rows < n_rows
     x = tl.load(X + rows[:, None] * D + cols[None, :], mask=row_ok[:, None], other=0.0)
-    bits = x.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    key = ((bits & 0x7FFF) << 16) | ((D - 1 - cols[None, :]) << 8) | (bits >> 15)
-    picked = tl.zeros([BLOCK_R, K_POW2], dtype=tl.int32)
-    for j in tl.static_range(K):
-        best = tl.max(key, axis=1)
-        key = tl.where(key == best[:, None], -1, key)
-        picked = tl.where(slots[None, :] == j, best[:, None], picked)
-    idxs = D - 1 - ((picked >> 8) & 0xFF)
-    val_bits = ((picked >> 16) & 0x7FFF) | ((picked & 1) << 15)
+    key, picked = take_largest(entry_keys(x, cols, D, FLOAT_KEYS), slots, K, FLOAT_KEYS)
+    if FLOAT_KEYS:
+        picked = picked - 0x800000
+        idxs = D - 1 - ((picked >> 1) & 0xFF)
+        val_bits = ((picked >> 9) & 0x7FFF) | ((picked & 1) << 15)
+    else:
+        idxs = D - 1 - ((picked >> 8) & 0xFF)
+        val_bits = ((picked >> 16) & 0x7FFF) | ((picked & 1) << 15)
     vals = val_bits.to(tl.int16).to(Vals.dtype.element_ty, bitcast=True)
     out_mask = row_ok[:, None] & (slots[None, :] < K)
     tl.store(Vals + rows[:, None] * K + slots[None, :], vals, mask=out_mask)
@@ -123,12 +174,16 @@ def index_dtype(head_dim: int) -> torch.dtype:
 
 
 def topk_pack(
-    x: torch.Tensor, topk: int, write_dense: bool = True
+    x: torch.Tensor, topk: int, write_dense: bool = True, float_keys: bool | None = None,
+    block_elems: int = BLOCK_ELEMS, warps: int = WARPS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Top-k by magnitude of each row of x (..., D).
 
     Returns (values (..., topk) in x.dtype, indices (..., topk) int8/int16,
     dense zero-filled codes (..., D) or None when ``write_dense`` is False).
+    ``float_keys`` (default: the module's ``FLOAT_KEYS``), ``block_elems``
+    (elements per program) and ``warps`` are launch choices for benchmarks;
+    every choice gives the same result.
     """
     head_dim = x.shape[-1]
     if head_dim not in SUPPORTED_PACK_DIMS:
@@ -148,12 +203,13 @@ def topk_pack(
     dense = torch.empty_like(x) if write_dense else vals
     if n_rows == 0:
         return vals, idx, (dense if write_dense else None)
-    block_r = max(1, 4096 // head_dim)
+    block_r = max(1, block_elems // head_dim)
     grid = (triton.cdiv(n_rows, block_r),)
-    kernel = _topk_pack_keys_kernel if x.element_size() == 2 and head_dim <= 256 else _topk_pack_kernel
-    kernel[grid](
-        x, vals, idx, dense, n_rows,
-        D=head_dim, K=topk, K_POW2=triton.next_power_of_2(topk), BLOCK_R=block_r,
-        WRITE_DENSE=write_dense, num_warps=4,
-    )
+    args = dict(D=head_dim, K=topk, K_POW2=triton.next_power_of_2(topk), BLOCK_R=block_r, WRITE_DENSE=write_dense,
+                num_warps=warps)
+    if x.element_size() == 2:
+        float_keys = FLOAT_KEYS if float_keys is None else float_keys
+        _topk_pack_keys_kernel[grid](x, vals, idx, dense, n_rows, FLOAT_KEYS=float_keys, **args)
+    else:
+        _topk_pack_kernel[grid](x, vals, idx, dense, n_rows, **args)
     return vals, idx, (dense if write_dense else None)

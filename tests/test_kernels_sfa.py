@@ -258,11 +258,13 @@ def test_unsupported_inputs_raise_clear_errors(bad):
 
 @pytest.mark.parametrize("variant,length,scale,padded", [
     ("exp2_split", 1, 1.0, True), ("exp2_split", 100, 1.0, True),
-    ("bounded", 1, 1.0, False), ("bounded", 100, 1.0, True), ("bounded", 67, 40.0, False), ("bounded", 67, 40.0, True)])
+    ("bounded", 1, 1.0, False), ("bounded", 100, 1.0, True), ("bounded", 67, 40.0, False), ("bounded", 67, 40.0, True),
+    ("bounded+rowsum_2d", 100, 1.0, True), ("bounded+rowsum_2d", 67, 40.0, False), ("bounded+unroll", 100, 1.0, True)])
 def test_forward_variants_match_reference(variant, length, scale, padded):
     """The forward's optional designs give the reference output and lse (within 1e-4): EXP2_SPLIT (a cubic
     2^x for half of each tile) and BOUNDED (a fixed per-row offset from the key codes' range, no running
-    max; at scale 40 the bound sits far above the true maxima, so blocks take the online fallback). A row
+    max; at scale 40 the bound sits far above the true maxima, so blocks take the online fallback), also with
+    its row sums kept per tile column (ROWSUM_2D) and its loop unrolled. A row
     whose keys are all padding still gives exactly 0."""
     from lra_sfa.kernels import flash_sfa_fwd as fwd
     from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
@@ -275,7 +277,10 @@ def test_forward_variants_match_reference(variant, length, scale, padded):
     _, _, qd = topk_pack(q, 4)
     _, _, kd = topk_pack(k, 4)
     flat = (4, length, HEAD_DIM)
-    config = fwd.fwd_config(32, 32, 4, 1, **{variant: True})
+    options = {"exp2_split": {"exp2_split": True}, "bounded": {"bounded": True},
+               "bounded+rowsum_2d": {"bounded": True, "rowsum_2d": True},
+               "bounded+unroll": {"bounded": True, "unroll": 2}}
+    config = fwd.fwd_config(32, 32, 4, 1, **options[variant])
     out, lse2 = launch_forward(qd.reshape(flat), kd.reshape(flat), v.reshape(flat), pad_bias(mask, q.device), 2,
                                padded, config=config)
     out = out.reshape(q.shape)

@@ -294,24 +294,26 @@ def gpu_checks(record) -> bool:
         record("check", f"L={length} d={dim} k={topk} pad={pad} {dtype}", 0.0, f"{errs} ok={res['ok']}")
         all_ok &= bool(res["ok"])
     for float_keys in (False, True):
-        ok = topk_edge_rows_agree(float_keys)
-        record("check", f"topk_pack zero/subnormal rows float_keys={float_keys}", 0.0, f"ok={ok}")
-        all_ok &= ok
+        parts = topk_edge_rows(float_keys)
+        record("check", f"topk_pack zero/subnormal rows float_keys={float_keys}", 0.0,
+               " ".join(f"{name}={ok}" for name, ok in parts.items()))
+        all_ok &= all(parts.values())
     return all_ok
 
 
-def topk_edge_rows_agree(float_keys: bool) -> bool:
-    """topk_pack on rows of zeros, signed zeros and bf16 subnormals keeps exactly torch.topk's magnitudes,
-    ties to the lowest index (on the GPU, where a flush-to-zero max would tie subnormal float keys)."""
-    x = torch.randn(4096, 128, device=DEVICE).to(torch.bfloat16)
-    tiny = torch.finfo(torch.bfloat16).smallest_normal
+def topk_edge_rows(float_keys: bool) -> dict[str, bool]:
+    """topk_pack on the GPU on rows of zeros, of -0.0 and of bf16 subnormals (where a flush-to-zero max would
+    tie subnormal float keys), checked on the CPU: {check name: passed}."""
+    x = torch.randn(4096, 128).to(torch.bfloat16)
     x[:1024] = 0.0
-    x[1024:2048:2] = -0.0
-    x[2048:3072] = (x[2048:3072].float() * tiny / 16).to(torch.bfloat16)  # mostly subnormal
-    values, indices, dense = topk_pack(x, 8, float_keys=float_keys)
-    zero_rows_first = bool((indices[:2048].long().sort(-1).values == torch.arange(8, device=DEVICE)).all())
-    kept = int((dense != 0).sum(-1).max()) <= 8 and torch.equal(torch.gather(x, -1, indices.long()), values)
-    return zero_rows_first and kept and sfa_check.topk_agrees(x, values, 8)
+    x[1024:2048] = -0.0
+    x[2048:3072] = (x[2048:3072].float() * torch.finfo(torch.bfloat16).smallest_normal / 16).to(torch.bfloat16)
+    values, indices, dense = (t.cpu() for t in topk_pack(x.to(DEVICE), 8, float_keys=float_keys))
+    ids = indices.long()
+    return {"zero_rows_lowest_ids": bool((ids[:2048].sort(-1).values == torch.arange(8)).all()),
+            "values_at_ids": torch.equal(torch.gather(x, -1, ids).view(torch.int16), values.view(torch.int16)),
+            "dense_is_scatter": torch.equal(dense, torch.zeros_like(x).scatter(-1, ids, values)),
+            "magnitudes_match_torch_topk": sfa_check.topk_agrees(x, values, 8)}
 
 
 def explore(args) -> None:
@@ -356,10 +358,10 @@ def explore_prefill(args, record, sections: set[str]) -> None:
     vf, bias = v.reshape(flat), pad_bias(None, q.device)
     ref, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False)
     for bm, bn, warps, stages, ws, *extra in args.fwd_configs if "fwd" in sections else ():
-        split, bounded, fused = (bool(x) for x in (list(extra) + [0, 0, 0])[:3])
-        cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), split, bounded)
+        split, bounded, fused, unroll, rowsum_2d = (list(extra) + [0, 0, 0, 1, 0])[:5]
+        cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), bool(split), bool(bounded), unroll, bool(rowsum_2d))
         name = (f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}{' bounded' * bounded}"
-                f"{' fused_q_topk' * fused}")
+                f"{' fused_q_topk' * fused}{f' unroll{unroll}' * (unroll > 1)}{' rowsum_2d' * rowsum_2d}")
         q_in = q.reshape(flat) if fused else packs["q_dense"]  # dense q: the kernel selects its top-k
         run = partial(launch_forward, q_in, packs["k_dense"], vf, bias, 16, False, cfg, topk if fused else 0)
         try:
@@ -607,8 +609,8 @@ def parse_args(argv=None):
     parser.add_argument("--fwd-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
                         default=[(128, 128, 8, 3, 0), (128, 64, 8, 3, 0), (64, 64, 4, 3, 0), (128, 128, 8, 3, 0, 0, 1),
                                  (128, 64, 8, 3, 0, 0, 1), (64, 64, 4, 3, 0, 0, 1), (64, 128, 4, 3, 0, 0, 1)],
-                        help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize[,exp2_split[,bounded[,fused_q_topk]]] "
-                        "tuples for --mode explore")
+                        help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize[,exp2_split[,bounded[,fused_q_topk"
+                        "[,unroll[,rowsum_2d]]]]] tuples for --mode explore")
     bwd_tuple = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 64, 4, 3), (64, 128, 8, 2), (32, 128, 4, 3), (64, 128, 8, 3), (32, 128, 8, 3),

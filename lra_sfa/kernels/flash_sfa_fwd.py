@@ -213,31 +213,45 @@ def score_bound(q, KBound, bh, qk_scale, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
-def bounded_update(acc, l_i, m_i, qk, v, bias_row, start_n, offs_n, qk_scale, HAS_BIAS: tl.constexpr,
-                   IEEE: tl.constexpr):
-    """One full key tile with the fixed offset m_i: returns acc, l_i."""
+def bounded_update(acc, l_acc, m_i, qk, v, bias_row, start_n, offs_n, qk_scale, HAS_BIAS: tl.constexpr,
+                   IEEE: tl.constexpr, ROWSUM_2D: tl.constexpr):
+    """One full key tile with the fixed offset m_i: returns acc and the running sum (M,) or, with ROWSUM_2D,
+    (M, N) (summed over N once after the loop, so no cross-thread reduction per tile)."""
     if HAS_BIAS:
         p = tl.math.exp2(qk * qk_scale + tl.load(bias_row + start_n + offs_n)[None, :] - m_i[:, None])
     else:
         p = tl.math.exp2(qk * qk_scale - m_i[:, None])
-    return dot(p.to(v.dtype), v, acc, IEEE), l_i + tl.sum(p, 1)
+    if ROWSUM_2D:
+        l_acc += p
+    else:
+        l_acc += tl.sum(p, 1)
+    return dot(p.to(v.dtype), v, acc, IEEE), l_acc
 
 
 @triton.jit
 def bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr):
+                 HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr,
+                 UNROLL: tl.constexpr, ROWSUM_2D: tl.constexpr):
     """Softmax with a fixed per-row offset m_i >= every scaled score: no running max, no rescaling.
 
     p = 2^(s - m_i) <= 1 never overflows; the result equals the online
     softmax's whenever the largest p is not far below 1 (the caller checks).
     """
     offs_n = tl.arange(0, BLOCK_N)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if ROWSUM_2D:
+        l_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    else:
+        l_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     n_full = L - L % BLOCK_N
-    for start_n in tl.range(0, n_full, BLOCK_N):
+    for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPEC, loop_unroll_factor=UNROLL):
         qk, v = tile_scores(q, K_desc, V_desc, bh, start_n, BLOCK_M, BLOCK_N, HEAD_DIM, IEEE)
-        acc, l_i = bounded_update(acc, l_i, m_i, qk, v, bias_row, start_n, offs_n, qk_scale, HAS_BIAS, IEEE)
+        acc, l_acc = bounded_update(acc, l_acc, m_i, qk, v, bias_row, start_n, offs_n, qk_scale, HAS_BIAS, IEEE,
+                                    ROWSUM_2D)
+    if ROWSUM_2D:
+        l_i = tl.sum(l_acc, 1)
+    else:
+        l_i = l_acc
     if n_full < L:
         qk, v = tile_scores(q, K_desc, V_desc, bh, n_full, BLOCK_M, BLOCK_N, HEAD_DIM, IEEE)
         valid = (n_full + offs_n) < L
@@ -257,6 +271,7 @@ def _flash_sfa_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr, EXP2_SPLIT: tl.constexpr = False,
     BOUNDED: tl.constexpr = False, TOPK_Q: tl.constexpr = 0, FLOAT_KEYS: tl.constexpr = False,
+    UNROLL: tl.constexpr = 1, ROWSUM_2D: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -269,7 +284,7 @@ def _flash_sfa_fwd_kernel(
     if BOUNDED:
         m_i = score_bound(q, KBound, bh, qk_scale, HEAD_DIM)
         acc, l_i = bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M, BLOCK_N, HEAD_DIM,
-                                HAS_BIAS, IEEE)
+                                HAS_BIAS, IEEE, WARP_SPEC, UNROLL, ROWSUM_2D)
         if tl.min(l_i, 0) < BOUND_MIN_SUM:  # the bound sat far above some row's true max: redo the block
             acc, l_i, m_i = online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM,
                                         HAS_BIAS, IEEE, WARP_SPEC, EXP2_SPLIT)
@@ -289,9 +304,10 @@ def set_block_shapes(nargs: dict) -> None:
 
 
 def fwd_config(block_m: int, block_n: int, warps: int, stages: int, warp_spec: bool = False,
-               exp2_split: bool = False, bounded: bool = False) -> triton.Config:
+               exp2_split: bool = False, bounded: bool = False, unroll: int = 1,
+               rowsum_2d: bool = False) -> triton.Config:
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "WARP_SPEC": warp_spec, "EXP2_SPLIT": exp2_split,
-                          "BOUNDED": bounded},
+                          "BOUNDED": bounded, "UNROLL": unroll, "ROWSUM_2D": rowsum_2d},
                          num_warps=warps, num_stages=stages, pre_hook=set_block_shapes)
 
 

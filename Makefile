@@ -35,8 +35,9 @@ test-all: $(STAMP) ## every test, slow ones included
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check lra_sfa tasks baselines tests
 
-tables: $(STAMP) ## regenerate results/tables and results/plots from the records in results/
+tables: $(STAMP) ## regenerate results/tables and results/plots from the records in results/, and the kernel README table
 	$(PY) -m lra_sfa.report
+	$(PY) -m lra_sfa.bench.kernels --mode table
 
 bench: $(STAMP) ## efficiency sweep of every conf/attn backend (GPU; small lengths on CPU)
 	$(PY) -m lra_sfa.bench

@@ -184,3 +184,27 @@ def test_kernel_merge_brings_a_device_run_into_the_results(tmp_path):
     assert (results / "sfa_vs_sdpa.png").is_file()
     with pytest.raises(SystemExit, match="none of"):
         main(["--mode", "merge", "--src", str(tmp_path / "empty"), "--out", str(results)])
+
+
+def test_kernel_table_rewrites_the_readme_section(tmp_path):
+    """--mode table: one line per (op, d, k, L) with cuDNN and FA2 side by side, fwd before decode and by L;
+    only the section from '## Table' on is rewritten; a README without it is an error naming the file."""
+    from lra_sfa.bench.kernels import KERNEL_CSV_COLUMNS, KERNEL_KEY, RowWriter, main
+
+    rows = RowWriter(tmp_path / "sfa_vs_sdpa.csv", KERNEL_CSV_COLUMNS, key=KERNEL_KEY)
+    base = dict(impl="sfa_triton", batch=1, heads=16, head_dim=128, topk=8, dtype="bf16", max_rel_err="2.0e-03",
+                peak_mem_mb=900.0, device="test", date="2026-11-29")
+    for op, length, ms in (("decode", 8192, 1.2), ("fwd", 32768, 14.0), ("fwd", 16384, 7.5)):
+        for baseline, base_ms in (("sdpa_cudnn", 6.5), ("sdpa_fa2", 12.0)):
+            rows.write(dict(base, op=op, seq_len=length, ms=ms, baseline=baseline, baseline_ms=base_ms,
+                            speedup=round(base_ms / ms, 4)))
+    (tmp_path / "README.md").write_text("# Kernels\n\nintro kept\n\n## Table\n\nold table\n")
+    main(["--mode", "table", "--out", str(tmp_path)])
+    text = (tmp_path / "README.md").read_text()
+    assert text.startswith("# Kernels\n\nintro kept\n\n## Table\n\n| op |") and "old table" not in text
+    lines = [line for line in text.splitlines() if line.startswith("| fwd") or line.startswith("| decode")]
+    assert [line.split("|")[4].strip() for line in lines] == ["16384", "32768", "8192"]
+    assert "| 7.500 | 6.500 | 0.87 | 12.000 | 1.60 |" in lines[0]
+    (tmp_path / "README.md").write_text("no section\n")
+    with pytest.raises(SystemExit, match="README.md has no"):
+        main(["--mode", "table", "--out", str(tmp_path)])

@@ -307,3 +307,14 @@ def test_score_bound_holds_and_is_finite_for_bf16():
     bound = torch.maximum(qf * rng[:, None, 0], qf * rng[:, None, 1]).sum(-1)  # (3, 50), unscaled
     scores = qf @ kd.float().transpose(-1, -2)
     assert torch.all(bound >= scores.amax(-1) - 1e-4) and torch.isfinite(bound).all()
+
+
+def test_forward_autotune_list_pruning():
+    """Head dim 32 drops the 128-wide key tiles; fp32 (IEEE dots) keeps only the configs GPU-checked in fp32."""
+    from lra_sfa.kernels import flash_sfa_fwd as fwd
+
+    narrow = fwd.prune_fwd_configs(fwd.GPU_CONFIGS, {"HEAD_DIM": 32, "IEEE": False})
+    assert narrow and all(c.kwargs["BLOCK_N"] <= 64 for c in narrow)
+    ieee = fwd.prune_fwd_configs(fwd.GPU_CONFIGS, {}, HEAD_DIM=128, IEEE=True)
+    assert ieee and not any(c.kwargs["WARP_SPEC"] or c.kwargs["ROWSUM_2D"] for c in ieee)
+    assert len(fwd.prune_fwd_configs(fwd.GPU_CONFIGS, {"HEAD_DIM": 128, "IEEE": False})) == len(fwd.GPU_CONFIGS)

@@ -182,6 +182,17 @@ def check_prefill(q, k, v, topk: int, out, dq, grad_out) -> dict:
     return result
 
 
+def _tuned_forward_config() -> str:
+    """The forward tile configuration the autotuner used for the latest call (its kwargs and launch sizes)."""
+    from lra_sfa.kernels import flash_sfa_fwd as fwd
+
+    config = getattr(fwd.flash_sfa_fwd_tuned, "best_config", None)  # set by the autotuner's first run
+    if config is None:
+        return ""
+    options = " ".join(f"{name}={value}" for name, value in config.kwargs.items())
+    return f"{options} warps={config.num_warps} stages={config.num_stages}"
+
+
 def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, cache: dict, rep_ms: float) -> None:
     batch, heads, length, dim, topk = (meta[k] for k in ("batch", "heads", "seq_len", "head_dim", "topk"))
     q, k, v = random_qkv(batch, heads, length, dim, torch.bfloat16, seed=length + dim)
@@ -196,6 +207,7 @@ def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, c
         out.backward(grad)
         dq = leaves[0].grad
     check = check_prefill(q, k, v, topk, out.detach(), dq, grad)
+    fwd_config = _tuned_forward_config()
     _, _, qd = topk_pack(q, topk)
     _, _, kd = topk_pack(k, topk)
     for name in BACKENDS:
@@ -211,7 +223,7 @@ def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, c
                    max_rel_err=f"{check['kernel_err']:.3e}", peak_mem_mb=round(peak, 1))
         out_rows.write(row)
         checks.write(dict(row, baseline_random_ms=round(cache[key], 4), baseline_sparse_ms=round(sparse_ms, 4),
-                          torch_err=f"{check['torch_err']:.3e}", passes=check["ok"]))
+                          torch_err=f"{check['torch_err']:.3e}", passes=check["ok"], fwd_config=fwd_config))
         print(f"{op:8s} L={length:>7d} d={dim:3d} k={topk:2d} B={batch} H={heads}: sfa {sfa_ms:8.3f} ms  "
               f"{name} {base_ms:8.3f} ms  x{base_ms / sfa_ms:5.2f}  err {check['kernel_err']:.2e} "
               f"(torch {check['torch_err']:.2e}) {'ok' if check['ok'] else 'FAIL'}", flush=True)
@@ -476,7 +488,7 @@ def run_sweep(args) -> None:
     rows = RowWriter(out_dir / "sfa_vs_sdpa.csv", KERNEL_CSV_COLUMNS, key=KERNEL_KEY)
     checks = RowWriter(out_dir / "sfa_checks.csv", COLUMNS + ["baseline_random_ms", "baseline_sparse_ms",
                                                              "torch_err", "passes", "cache_bytes_per_token",
-                                                             "dense_bytes_per_token"], key=KERNEL_KEY)
+                                                             "dense_bytes_per_token", "fwd_config"], key=KERNEL_KEY)
     base = dict(dtype="bf16", device=torch.cuda.get_device_name(), date=args.date)
     started, cache = time.time(), {}
     for dim in args.dims if "decode" in args.ops else ():
@@ -544,6 +556,43 @@ def merge(src: Path, out: Path) -> None:
         wide.plot(out)
 
 
+TABLE_HEADING = "## Table"
+
+
+def markdown_table(csv_path: Path) -> str:
+    """The README table of the ``sfa_triton`` rows: one line per (op, d, k, L), cuDNN and FA2 side by side."""
+    import pandas as pd
+
+    frame = pd.read_csv(csv_path)
+    frame = frame[frame["impl"] == SFA_IMPL]
+    lines = ["| op | d | k | L | B x H | SFA ms | cuDNN ms | x cuDNN | FA2 ms | x FA2 | rel. err | peak MiB | date |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    cells = ["op", "head_dim", "topk", "seq_len"]
+    for (op, dim, topk, length), group in frame.groupby(cells, sort=False):
+        by = {row["baseline"]: row for _, row in group.iterrows()}
+        first = group.iloc[0]
+        base = [(f"{by[b]['baseline_ms']:.3f}", f"{by[b]['speedup']:.2f}") if b in by else ("", "")
+                for b in ("sdpa_cudnn", "sdpa_fa2")]
+        lines.append(f"| {op} | {dim} | {topk} | {length} | {first['batch']}x{first['heads']} | {first['ms']:.3f} | "
+                     f"{base[0][0]} | {base[0][1]} | {base[1][0]} | {base[1][1]} | {float(first['max_rel_err']):.1e} | "
+                     f"{first['peak_mem_mb']:.0f} | {first['date']} |")
+    order = {"fwd": 0, "fwd_bwd": 1, "decode": 2}
+    body = sorted(lines[2:], key=lambda line: (order[line.split("|")[1].strip()],
+                                               *(int(x) for x in line.split("|")[2:5])))
+    return "\n".join(lines[:2] + body) + "\n"
+
+
+def write_table(out: Path) -> None:
+    """Rewrite the table section (``TABLE_HEADING`` to the end) of ``out/README.md`` from ``out/sfa_vs_sdpa.csv``."""
+    readme = out / "README.md"
+    text = readme.read_text()
+    if TABLE_HEADING not in text:
+        raise SystemExit(f"lra_sfa.bench.kernels --mode table: {readme} has no '{TABLE_HEADING}' section")
+    head = text[:text.index(TABLE_HEADING)]
+    readme.write_text(f"{head}{TABLE_HEADING}\n\n{markdown_table(out / 'sfa_vs_sdpa.csv')}")
+    print(f"wrote the table of {out / 'sfa_vs_sdpa.csv'} into {readme}")
+
+
 def plot(csv_path: Path, png_path: Path) -> None:
     """Speedup over each SDPA backend against L, one panel per op."""
     import matplotlib
@@ -575,7 +624,7 @@ def plot(csv_path: Path, png_path: Path) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("sweep", "explore", "check", "plot", "merge"), default="sweep")
+    parser.add_argument("--mode", choices=("sweep", "explore", "check", "plot", "merge", "table"), default="sweep")
     parser.add_argument("--src", default=None, help="--mode merge: a folder of benchmark CSVs (a device run's $OUT)")
     parser.add_argument("--out", default="results/kernels")
     parser.add_argument("--date", default=datetime.date.today().isoformat())
@@ -630,6 +679,9 @@ def main(argv=None) -> None:
         return
     if args.mode == "plot":
         plot(Path(args.out) / "sfa_vs_sdpa.csv", Path(args.out) / "sfa_vs_sdpa.png")
+        return
+    if args.mode == "table":
+        write_table(Path(args.out))
         return
     if not torch.cuda.is_available():
         raise SystemExit("lra_sfa.bench.kernels needs a CUDA device (the SDPA baselines and timings are GPU-only)")

@@ -1,7 +1,8 @@
 """FlashSFA forward: softmax(Q~ K~^T / sqrt(D) + pad_bias) V without an L x L matrix.
 
 What it computes
-    For zero-filled sparse codes Q~, K~ (B*H, L, D) (from ``topk_pack``) and
+    For zero-filled sparse codes Q~, K~ (B*H, L, D) (from ``topk_pack``; or,
+    with ``TOPK_Q``, dense q whose top-k this kernel selects per tile) and
     dense V, one program per (BLOCK_M query rows, batch*head) streams key
     tiles of BLOCK_N rows: S = Q~ K~^T on tensor cores (``tl.dot``; exact:
     a pair with no shared feature gets 0, not -inf), an online softmax in the
@@ -58,6 +59,24 @@ Next tile's Q.K^T issued before this tile's softmax (FA3's intra-warpgroup
     overlap, by hand in Triton, 2026-11-29): 5.88-6.88 ms against 3.75 ms
     (two live score tiles; Triton waits on the early dot before the
     softmax anyway). Removed.
+Fused top-k of q (``TOPK_Q``, the forward-only path; H200, 2026-11-29,
+    same shape, ``sfa_explore_2026-11-29_fused.csv``): each program keeps
+    its query tile's TOPK_Q largest |q| per row (``topk_pack.keep_topk``,
+    the same keys and tie rule as ``topk_pack``) right after loading the
+    dense q. Bounded 64x64 w4 s3: 3.558 ms fused vs 3.551 ms on codes, so
+    the selection is nearly free there; 128x128 w8 s3 online: 3.696 vs
+    3.557 ms. It saves topk_pack's pass over q (0.088 ms for 2^18 rows).
+Per-column row sums (``ROWSUM_2D``, bounded configs; same day,
+    ``sfa_explore_2026-11-29_rowsum.csv``): l accumulates p as an (M, N)
+    tile and is reduced once after the loop instead of a cross-thread
+    tl.sum per tile. Fused, bounded: 64x64 3.499 vs 3.524 ms; 128x128
+    3.528 vs 3.907 ms. At L=32K (4x the work) 64x64: 13.99 vs 13.93 ms
+    (no gain). Warp specialisation of the bounded loop, 64x64: 3.509 ms;
+    128x128 3.888; 128x64 3.698. Unrolling the bounded loop by 2: 4.89-4.98
+    ms (a loss). 64x64 s4 4.54, s2 4.20; 64x32 s3 3.78; 64x128 w4 s2 5.66.
+    The 64x64 w4 tiles win because two programs share an SM (112 KB of
+    shared memory each) and overlap each other's softmax and MMAs; the
+    128-row tiles run one program per SM.
 """
 
 from __future__ import annotations
@@ -322,9 +341,14 @@ GPU_CONFIGS = [  # the fastest at L=16K, d=128 (module docstring); the autotuner
 
 
 def prune_fwd_configs(configs, named_args, **kwargs):
-    """Drop key tiles wider than a small head dim can use."""
-    head_dim = named_args["HEAD_DIM"] if "HEAD_DIM" in named_args else kwargs["HEAD_DIM"]
-    kept = [c for c in configs if not (head_dim <= 32 and c.kwargs["BLOCK_N"] > 64)]
+    """Drop key tiles wider than a small head dim can use; fp32 (IEEE) inputs keep the configs whose GPU
+    checks ran in fp32 (the warp-specialised and per-column-row-sum ones were checked in 16 bits only)."""
+    def arg(name):
+        return named_args[name] if name in named_args else kwargs[name]
+
+    kept = [c for c in configs if not (arg("HEAD_DIM") <= 32 and c.kwargs["BLOCK_N"] > 64)]
+    if arg("IEEE"):
+        kept = [c for c in kept if not (c.kwargs["WARP_SPEC"] or c.kwargs["ROWSUM_2D"])]
     return kept or configs
 
 

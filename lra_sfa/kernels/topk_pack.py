@@ -38,8 +38,12 @@ version (value rounds, as the fp32 path) took 1.29 / 1.97 ms; torch.topk on
 The memory floor (read x, write the codes) is about 0.13 ms, so the
 selection rounds still dominate: the PTX for sm_90 has vectorised 16-byte
 loads and stores, and its k rounds of 32-bit integer max and compare-select
-(about 40 max.s32 per thread per round) run on the INT32 pipes, half the
-FP32 rate; a float max on the same keys is the next thing to try.
+(about 40 max.s32 per thread per round) run on the INT32 pipes.
+Float keys (``FLOAT_KEYS``: the same order as float32 max/compare, 2026-11-29,
+``sfa_explore_2026-11-29_fused.csv``, k=8): 0.352 ms against 0.325 ms for
+the integer keys at 4096 elements and 4 warps per program; 2048 / 4 warps
+0.389 (integer 0.345), 8192 / 8 warps 0.380, 4096 / 8 warps 0.392. So the
+FP32 pipes do not help; the integer keys and 4096 / 4 warps stay.
 """
 
 from __future__ import annotations

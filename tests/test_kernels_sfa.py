@@ -135,6 +135,23 @@ def test_forward_only_path_fuses_q_topk(length, topk, padding, dtype, float_keys
     assert sfa_check.rel_err(fused, ref) < 1e-2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("padding", [False, True])
+@pytest.mark.parametrize("topk", [1, 4, 8, HEAD_DIM])
+@pytest.mark.parametrize("length", [1, 17, 100, 257])
+def test_sparse_dq_backward_pass_rule(length, topk, padding, dtype, monkeypatch):
+    """SPARSE_DQ (dQ from the dK/dV kernel by atomics on q's support columns) passes the same rule; at
+    topk = D the launcher keeps the dQ kernel."""
+    from lra_sfa.kernels import flash_sfa_bwd as bwd
+
+    monkeypatch.setattr(bwd, "SPARSE_DQ", True)
+    q, k, v = _inputs(1, 2, length, HEAD_DIM, dtype, seed=length * 13 + topk)
+    mask = _mask(1, length, seed=length + 3) if padding else None
+    result = sfa_check.full_check(q, k, v, topk, mask, flash_sfa)
+    for name in ("out", "dq", "dk", "dv"):
+        assert result[f"{name}_ok"], (name, result[f"{name}_err"], result[f"{name}_torch_err"])
+
+
 def test_matches_reference_end_to_end_fp32():
     q, k, v = (t.requires_grad_(True) for t in _inputs(2, 2, 50, 32, torch.float32, seed=5))
     mask = _mask(2, 50, seed=6)

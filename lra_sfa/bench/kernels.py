@@ -400,6 +400,12 @@ def explore_prefill(args, record, sections: set[str]) -> None:
     leaves = tuple(leaf(t) for t in (q, k, v))
     record("full", "flash_sfa fwd+bwd", time_ms(sfa_call(*leaves, topk, grad))[0],
            f"dkdv {bwd.dkdv_tuned.best_config} dq {bwd.dq_tuned.best_config}")
+    bwd.SPARSE_DQ = True  # the same, with dQ from the dK/dV kernel's atomics (option off by default)
+    try:
+        record("full", "flash_sfa fwd+bwd, sparse dQ", time_ms(sfa_call(*leaves, topk, grad))[0],
+               f"dkdv {bwd.dkdv_tuned.best_config}")
+    finally:
+        bwd.SPARSE_DQ = False
     sparse = (packs["q_dense"].reshape(q.shape), packs["k_dense"].reshape(k.shape), v)
     for name in BACKENDS:
         for label, inputs in (("random", (q, k, v)), ("sparse", sparse)):
@@ -428,8 +434,14 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
     common = dict(Q=qd, K=kd, V=v, DO=dout, Lse=lse2, Delta=delta, Bias=bias, L=length, H=batch_heads,
                   qk_scale=fwd.LOG2E / dim ** 0.5, sm_scale=1.0 / dim ** 0.5, l_bucket=length,
                   HEAD_DIM=dim, HAS_BIAS=False, IEEE=False, TOPK=topk, FULL_SUPPORT=False)
-    kernels = {"dkdv": (bwd.dkdv_kernel, dict(common, Kidx=k_idx, DK=torch.empty_like(kd), DV=torch.empty_like(v)),
-                        "BLOCK_N", ("DK", "DV"), ref[1:]),
+    sparse = partial(launch_backward, saved, dout, batch_heads, False, topk, topk, True)
+    sparse_ms = time_ms(sparse)[0]
+    diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(sparse(), ref))
+    record("bwd", "autotuned sparse dQ (delta, dkdv with dQ atomics, scatter)", sparse_ms,
+           f"dkdv {getattr(bwd.dkdv_tuned, 'best_config', None)} maxdiff={diff:.1e}")
+    placeholder = torch.zeros(1, dtype=torch.float32, device=qd.device)
+    kernels = {"dkdv": (bwd.dkdv_kernel, dict(common, Kidx=k_idx, DK=torch.empty_like(kd), DV=torch.empty_like(v),
+                                             Qidx=q_idx, DQpacked=placeholder), "BLOCK_N", ("DK", "DV"), ref[1:]),
                "dq": (bwd.dq_kernel, dict(common, Qidx=q_idx, DQ=torch.empty_like(qd)), "BLOCK_M", ("DQ",), ref[:1])}
     for name, configs in (("dkdv", args.dkdv_configs), ("dq", args.dq_configs)):
         kernel, kargs, grid_block, outs, expected = kernels[name]
@@ -446,6 +458,23 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
                 record("bwd", label, ms, f"maxdiff={diff:.1e}")
             except Exception as exc:  # a config the compiler rejects is reported, not fatal
                 record("bwd", label, float("nan"), repr(exc)[:160])
+    sparse_args = dict(kernels["dkdv"][1], DK=torch.empty_like(kd), DV=torch.empty_like(v), SPARSE_DQ=True,
+                       TOPK_Q=topk, TOPK_Q_POW2=triton.next_power_of_2(topk),
+                       DQpacked=torch.zeros(batch_heads * length, topk, dtype=torch.float32, device=qd.device))
+    for block_m, block_n, warps, stages in args.sparse_dq_configs:
+        meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+        grid = (triton.cdiv(length, block_n), batch_heads)
+        label = f"dkdv+sparse dQ {block_m}x{block_n} w{warps} s{stages}"
+        try:
+            ms = time_ms(partial(bwd.dkdv_kernel[grid], **sparse_args, **meta))[0]
+            sparse_args["DQpacked"].zero_()
+            bwd.dkdv_kernel[grid](**sparse_args, **meta)
+            dq = torch.zeros_like(qd).reshape(-1, dim).scatter_(-1, q_idx.long(), sparse_args["DQpacked"].to(qd.dtype))
+            diff = max((dq.reshape(qd.shape).float() - ref[0].float()).abs().max().item(),
+                       (sparse_args["DK"].float() - ref[1].float()).abs().max().item())
+            record("bwd", label, ms, f"maxdiff={diff:.1e}")
+        except Exception as exc:  # a config the compiler rejects is reported, not fatal
+            record("bwd", label, float("nan"), repr(exc)[:160])
 
 
 def explore_decode(args, record) -> None:
@@ -665,6 +694,10 @@ def parse_args(argv=None):
                         default=[(64, 64, 4, 3), (64, 128, 8, 2), (32, 128, 4, 3), (64, 128, 8, 3), (32, 128, 8, 3),
                                  (128, 128, 8, 2), (64, 64, 4, 4), (32, 64, 4, 4)],
                         help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel for the bwd part of --mode explore")
+    parser.add_argument("--sparse-dq-configs", type=bwd_tuple, nargs="+",
+                        default=[(64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 2)],
+                        help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel with SPARSE_DQ for the bwd part of "
+                        "--mode explore")
     parser.add_argument("--dq-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2),
                                  (64, 32, 4, 4), (128, 32, 8, 4)],

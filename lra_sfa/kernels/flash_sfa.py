@@ -143,8 +143,16 @@ def _run_bwd_kernel(tuned, plain, grid, args: dict) -> None:
         tuned[grid](**args)
 
 
-def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool, topk_q: int, topk_k: int):
-    """Returns dq, dk, dv as (B*H, L, D), dq/dk masked to the top-k supports."""
+def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool, topk_q: int, topk_k: int,
+                    sparse_dq: bool | None = None):
+    """Returns dq, dk, dv as (B*H, L, D), dq/dk masked to the top-k supports.
+
+    ``sparse_dq`` (default ``flash_sfa_bwd.SPARSE_DQ``; only when topk_q < D):
+    the dK/dV kernel also forms each key block's dS K~ and adds its topk_q
+    support columns into a packed fp32 (B*H*L, topk_q) dQ with atomics, in
+    place of the dQ kernel (5 matmuls per tile pair instead of 7; the float
+    sums' order then varies from run to run).
+    """
     qd, kd, v, out, lse2, bias, q_idx, k_idx = saved
     batch_heads, length, head_dim = qd.shape
     dout = dout.reshape(batch_heads, length, head_dim).contiguous()  # (B*H, L, D)
@@ -152,15 +160,25 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
     rows = batch_heads * length
     block_r = max(1, 4096 // head_dim)
     bwd.delta_kernel[(triton.cdiv(rows, block_r),)](out, dout, delta, rows, HEAD_DIM=head_dim, BLOCK_R=block_r)
-    dq, dk, dv = torch.empty_like(qd), torch.empty_like(kd), torch.empty_like(v)
+    dk, dv = torch.empty_like(kd), torch.empty_like(v)
     common = dict(Q=qd, K=kd, V=v, DO=dout, Lse=lse2, Delta=delta, Bias=bias, L=length, H=heads,
                   qk_scale=fwd.LOG2E / math.sqrt(head_dim), sm_scale=1.0 / math.sqrt(head_dim),
                   l_bucket=min(triton.next_power_of_2(length), TUNE_LENGTH_CAP), HEAD_DIM=head_dim, HAS_BIAS=has_bias,
                   IEEE=qd.dtype == torch.float32)
-    dkdv_args = dict(common, Kidx=k_idx, DK=dk, DV=dv, TOPK=topk_k, FULL_SUPPORT=topk_k == head_dim)
-    dq_args = dict(common, Qidx=q_idx, DQ=dq, TOPK=topk_q, FULL_SUPPORT=topk_q == head_dim)
+    sparse_dq = (bwd.SPARSE_DQ if sparse_dq is None else sparse_dq) and topk_q < head_dim
+    dq_packed = (torch.zeros(rows, topk_q, dtype=torch.float32, device=qd.device) if sparse_dq
+                 else torch.zeros(1, dtype=torch.float32, device=qd.device))  # (B*H*L, topk_q) or a placeholder
+    dkdv_args = dict(common, Kidx=k_idx, DK=dk, DV=dv, Qidx=q_idx, DQpacked=dq_packed, TOPK=topk_k,
+                     FULL_SUPPORT=topk_k == head_dim, SPARSE_DQ=sparse_dq, TOPK_Q=topk_q,
+                     TOPK_Q_POW2=triton.next_power_of_2(topk_q))
     _run_bwd_kernel(bwd.dkdv_tuned, bwd.dkdv_kernel,
                     lambda meta: (triton.cdiv(length, meta["BLOCK_N"]), batch_heads), dkdv_args)
+    if sparse_dq:
+        ids = q_idx.reshape(rows, topk_q).long()
+        dq = torch.zeros_like(qd).reshape(rows, head_dim).scatter_(-1, ids, dq_packed.to(qd.dtype))
+        return dq.reshape(qd.shape), dk, dv
+    dq = torch.empty_like(qd)
+    dq_args = dict(common, Qidx=q_idx, DQ=dq, TOPK=topk_q, FULL_SUPPORT=topk_q == head_dim)
     _run_bwd_kernel(bwd.dq_tuned, bwd.dq_kernel,
                     lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch_heads), dq_args)
     return dq, dk, dv

@@ -12,6 +12,13 @@ What it computes
     ``_delta_kernel`` (rowsum), ``_dkdv_kernel`` (one program per key block,
     looping over query blocks) and ``_dq_kernel`` (one program per query
     block, looping over key blocks); no atomics, so results are deterministic.
+    Option ``SPARSE_DQ`` (off until measured): the dK/dV kernel also forms
+    dS K~ per tile pair and adds only q's top-k columns of it into a packed
+    fp32 dQ with atomics (``add_sparse_dq``), so the dQ kernel and its two
+    recomputed matmuls (Q.K^T, dO.V^T) go: 5 matmuls per tile pair instead
+    of 7, and topk_q / D of a dense dQ's atomic traffic (1/16 at k=8,
+    d=128). Prepared 2026-11-29 (session 8) without device time left;
+    interpreter-tested against the reference.
 
 Masking
     Query rows past L load lse2 = +inf, so their P is 0. Keys past L (or
@@ -64,11 +71,29 @@ def support_mask(Idx, rows, row_ok, cols, TOPK: tl.constexpr):
 
 
 @triton.jit
+def add_sparse_dq(ds_t, k, Qidx, DQpacked, rows, row_ok, sm_scale, HEAD_DIM: tl.constexpr, TOPK_Q: tl.constexpr,
+                  TOPK_Q_POW2: tl.constexpr, IEEE: tl.constexpr):
+    """This key block's share of dQ, kept on q's support only: DQpacked[row, j] += sm * (dS K~)[row, Qidx[row, j]].
+
+    ds_t (N, M) and k (N, D) are the tile's dS^T and key codes; rows (M,) are
+    flat query rows. The masked gradient needs TOPK_Q of the D columns, so the
+    atomics carry TOPK_Q / D of a dense dQ's bytes.
+    """
+    dq_part = dot(tl.trans(ds_t), k, tl.zeros([ds_t.shape[1], HEAD_DIM], dtype=tl.float32), IEEE)  # (M, D)
+    slots = tl.arange(0, TOPK_Q_POW2)
+    ok = row_ok[:, None] & (slots[None, :] < TOPK_Q)
+    ids = tl.load(Qidx + rows[:, None] * TOPK_Q + slots[None, :], mask=ok, other=0).to(tl.int32)
+    kept = tl.gather(dq_part, ids, axis=1)  # (M, TOPK_Q_POW2)
+    tl.atomic_add(DQpacked + rows[:, None] * TOPK_Q + slots[None, :], kept * sm_scale, mask=ok, sem="relaxed")
+
+
+@triton.jit
 def _dkdv_kernel(
-    Q, K, V, DO, Lse, Delta, Bias, Kidx, DK, DV,
+    Q, K, V, DO, Lse, Delta, Bias, Kidx, DK, DV, Qidx, DQpacked,
     L, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
+    SPARSE_DQ: tl.constexpr = False, TOPK_Q: tl.constexpr = 1, TOPK_Q_POW2: tl.constexpr = 1,
 ):
     bh = tl.program_id(1).to(tl.int64)
     base = bh * L * HEAD_DIM
@@ -99,6 +124,9 @@ def _dkdv_kernel(
         dp_t = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
         ds_t = p_t * (dp_t - dlt[None, :])
         dk = dot(ds_t.to(q.dtype), q, dk, IEEE)
+        if SPARSE_DQ:
+            add_sparse_dq(ds_t.to(k.dtype), k, Qidx, DQpacked, bh * L + offs_m, m_ok, sm_scale, HEAD_DIM, TOPK_Q,
+                          TOPK_Q_POW2, IEEE)
     dk = dk * sm_scale
     if not FULL_SUPPORT:
         dk = tl.where(support_mask(Kidx, bh * L + offs_n, n_ok, cols, TOPK), dk, 0.0)
@@ -155,9 +183,11 @@ INTERPRETER_BWD_CONFIG = bwd_config(64, 64, 4, 1)
 # 128x64 w8 s3 5.43, 128x128 w8 s2 5.70, 128x64 w8 s2 6.24 (the earlier choice), 64x64 w4 s3 6.80.
 DKDV_CONFIGS = [bwd_config(64, 128, 8, 3), bwd_config(32, 64, 4, 4), bwd_config(64, 64, 4, 3)]
 DQ_CONFIGS = [bwd_config(128, 32, 4, 3), bwd_config(128, 64, 8, 3), bwd_config(64, 64, 4, 3)]
-BWD_KEY = ["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "FULL_SUPPORT"]
+BWD_KEY = ["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "FULL_SUPPORT", "SPARSE_DQ"]
+SPARSE_DQ = False  # dQ from the dK/dV kernel by sparse atomics instead of the dQ kernel (measure before enabling)
 
-dkdv_tuned = triton.autotune(configs=DKDV_CONFIGS, key=BWD_KEY)(_dkdv_kernel)
+# SPARSE_DQ accumulates into DQpacked with atomics, so each timed autotune run starts from zeros
+dkdv_tuned = triton.autotune(configs=DKDV_CONFIGS, key=BWD_KEY, reset_to_zero=["DQpacked"])(_dkdv_kernel)
 dq_tuned = triton.autotune(configs=DQ_CONFIGS, key=BWD_KEY)(_dq_kernel)
 delta_kernel = _delta_kernel
 dkdv_kernel = _dkdv_kernel

@@ -183,11 +183,11 @@ INTERPRETER_BWD_CONFIG = bwd_config(64, 64, 4, 1)
 # 128x64 w8 s3 5.43, 128x128 w8 s2 5.70, 128x64 w8 s2 6.24 (the earlier choice), 64x64 w4 s3 6.80.
 DKDV_CONFIGS = [bwd_config(64, 128, 8, 3), bwd_config(32, 64, 4, 4), bwd_config(64, 64, 4, 3)]
 DQ_CONFIGS = [bwd_config(128, 32, 4, 3), bwd_config(128, 64, 8, 3), bwd_config(64, 64, 4, 3)]
-BWD_KEY = ["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "FULL_SUPPORT", "SPARSE_DQ"]
+BWD_KEY = ["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "FULL_SUPPORT"]
 SPARSE_DQ = False  # dQ from the dK/dV kernel by sparse atomics instead of the dQ kernel (measure before enabling)
 
 # SPARSE_DQ accumulates into DQpacked with atomics, so each timed autotune run starts from zeros
-dkdv_tuned = triton.autotune(configs=DKDV_CONFIGS, key=BWD_KEY, reset_to_zero=["DQpacked"])(_dkdv_kernel)
+dkdv_tuned = triton.autotune(configs=DKDV_CONFIGS, key=BWD_KEY + ["SPARSE_DQ"], reset_to_zero=["DQpacked"])(_dkdv_kernel)
 dq_tuned = triton.autotune(configs=DQ_CONFIGS, key=BWD_KEY)(_dq_kernel)
 delta_kernel = _delta_kernel
 dkdv_kernel = _dkdv_kernel

@@ -187,7 +187,8 @@ BWD_KEY = ["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "FULL_SUPPORT"]
 SPARSE_DQ = False  # dQ from the dK/dV kernel by sparse atomics instead of the dQ kernel (measure before enabling)
 
 # SPARSE_DQ accumulates into DQpacked with atomics, so each timed autotune run starts from zeros
-dkdv_tuned = triton.autotune(configs=DKDV_CONFIGS, key=BWD_KEY + ["SPARSE_DQ"], reset_to_zero=["DQpacked"])(_dkdv_kernel)
+dkdv_tuned = triton.autotune(configs=DKDV_CONFIGS, key=BWD_KEY + ["SPARSE_DQ"],
+                             reset_to_zero=["DQpacked"])(_dkdv_kernel)
 dq_tuned = triton.autotune(configs=DQ_CONFIGS, key=BWD_KEY)(_dq_kernel)
 delta_kernel = _delta_kernel
 dkdv_kernel = _dkdv_kernel

@@ -50,12 +50,11 @@ def _require_interpreter():
         pytest.skip("Triton kernels were compiled for GPU before TRITON_INTERPRET=1 was set")
 
 
-@pytest.mark.parametrize("float_keys", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("dim,topk", [(16, 1), (16, 4), (32, 8), (32, 32)])
-def test_topk_pack_matches_torch_topk(dtype, dim, topk, float_keys):
+def test_topk_pack_matches_torch_topk(dtype, dim, topk):
     x = torch.randn(2, 3, 37, dim).to(dtype)
-    values, indices, dense = topk_pack(x, topk, float_keys=float_keys)
+    values, indices, dense = topk_pack(x, topk)
     assert values.shape == (2, 3, 37, topk) and indices.dtype == torch.int8
     expected = torch.topk(x.float().abs(), topk, dim=-1).values
     assert torch.equal(values.float().abs().sort(-1, descending=True).values, expected)
@@ -63,29 +62,24 @@ def test_topk_pack_matches_torch_topk(dtype, dim, topk, float_keys):
     assert torch.equal(dense, torch.zeros_like(x).scatter(-1, indices.long(), values))
 
 
-@pytest.mark.parametrize("float_keys", [False, True])
-def test_topk_pack_breaks_ties_towards_lowest_index(float_keys):
+def test_topk_pack_breaks_ties_towards_lowest_index():
     x = torch.zeros(1, 16, dtype=torch.bfloat16)
     x[0, 3], x[0, 9], x[0, 12] = 2.0, -2.0, 1.0
-    _, indices, _ = topk_pack(x, 2, float_keys=float_keys)
+    _, indices, _ = topk_pack(x, 2)
     assert sorted(indices[0].tolist()) == [3, 9]
     _, indices, _ = topk_pack(torch.zeros(1, 16), 3)
     assert sorted(indices[0].tolist()) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("float_keys", [False, True])
-def test_topk_pack_zero_and_subnormal_rows(dtype, float_keys):
-    """Rows of zeros, signed zeros and subnormals: exactly topk entries taken, lowest index first on ties.
-
-    Guards the float-key layout: its keys must stay normal float32 numbers, or a
-    flush-to-zero max would tie them and take several entries in one round."""
+def test_topk_pack_zero_and_subnormal_rows(dtype):
+    """Rows of zeros, signed zeros and subnormals: exactly topk entries taken, lowest index first on ties."""
     tiny = torch.finfo(dtype).smallest_normal / 4  # a subnormal of dtype
     x = torch.zeros(4, 32, dtype=dtype)
     x[1, ::2] = -0.0
     x[2, 5], x[2, 20] = tiny, -tiny
     x[3] = tiny * torch.arange(1, 33, dtype=torch.float32).to(dtype) / 8
-    values, indices, dense = topk_pack(x, 3, float_keys=float_keys)
+    values, indices, dense = topk_pack(x, 3)
     assert indices[0].sort().values.tolist() == [0, 1, 2] and indices[1].sort().values.tolist() == [0, 1, 2]
     assert indices[2].sort().values.tolist() == [0, 5, 20]
     assert torch.equal(values[2].float().abs().sort().values, torch.tensor([0.0, float(tiny), float(tiny)]))
@@ -107,18 +101,14 @@ def test_forward_backward_pass_rule(length, topk, padding, dtype):
         assert result[f"{name}_ok"], (name, result[f"{name}_err"], result[f"{name}_torch_err"])
 
 
-@pytest.mark.parametrize("float_keys", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("padding", [False, True])
 @pytest.mark.parametrize("topk", [1, 4, 8])
 @pytest.mark.parametrize("length", [1, 17, 100, 257])
-def test_forward_only_path_fuses_q_topk(length, topk, padding, dtype, float_keys, monkeypatch):
+def test_forward_only_path_fuses_q_topk(length, topk, padding, dtype, monkeypatch):
     """Without autograd, 16-bit inputs take q's top-k inside the forward kernel: only k goes through
     topk_pack, and the output equals the training path's (topk_pack on q, then the same kernel) bit for bit."""
     from lra_sfa.kernels import flash_sfa as launcher
-    from lra_sfa.kernels import topk_pack as packing
-
-    monkeypatch.setattr(packing, "FLOAT_KEYS", float_keys)
 
     q, k, v = _inputs(1, 2, length, HEAD_DIM, dtype, seed=length * 7 + topk)
     mask = _mask(1, length, seed=length + 1) if padding else None
@@ -276,12 +266,12 @@ def test_unsupported_inputs_raise_clear_errors(bad):
 @pytest.mark.parametrize("variant,length,scale,padded", [
     ("exp2_split", 1, 1.0, True), ("exp2_split", 100, 1.0, True),
     ("bounded", 1, 1.0, False), ("bounded", 100, 1.0, True), ("bounded", 67, 40.0, False), ("bounded", 67, 40.0, True),
-    ("bounded+rowsum_2d", 100, 1.0, True), ("bounded+rowsum_2d", 67, 40.0, False), ("bounded+unroll", 100, 1.0, True)])
+    ("bounded+rowsum_2d", 100, 1.0, True), ("bounded+rowsum_2d", 67, 40.0, False)])
 def test_forward_variants_match_reference(variant, length, scale, padded):
     """The forward's optional designs give the reference output and lse (within 1e-4): EXP2_SPLIT (a cubic
     2^x for half of each tile) and BOUNDED (a fixed per-row offset from the key codes' range, no running
     max; at scale 40 the bound sits far above the true maxima, so blocks take the online fallback), also with
-    its row sums kept per tile column (ROWSUM_2D) and its loop unrolled. A row
+    its row sums kept per tile column (ROWSUM_2D). A row
     whose keys are all padding still gives exactly 0."""
     from lra_sfa.kernels import flash_sfa_fwd as fwd
     from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
@@ -295,8 +285,7 @@ def test_forward_variants_match_reference(variant, length, scale, padded):
     _, _, kd = topk_pack(k, 4)
     flat = (4, length, HEAD_DIM)
     options = {"exp2_split": {"exp2_split": True}, "bounded": {"bounded": True},
-               "bounded+rowsum_2d": {"bounded": True, "rowsum_2d": True},
-               "bounded+unroll": {"bounded": True, "unroll": 2}}
+               "bounded+rowsum_2d": {"bounded": True, "rowsum_2d": True}}
     config = fwd.fwd_config(32, 32, 4, 1, **options[variant])
     out, lse2 = launch_forward(qd.reshape(flat), kd.reshape(flat), v.reshape(flat), pad_bias(mask, q.device), 2,
                                padded, config=config)

@@ -305,22 +305,19 @@ def gpu_checks(record) -> bool:
                         for n in ("out", "dq", "dk", "dv", "out_nograd"))
         record("check", f"L={length} d={dim} k={topk} pad={pad} {dtype}", 0.0, f"{errs} ok={res['ok']}")
         all_ok &= bool(res["ok"])
-    for float_keys in (False, True):
-        parts = topk_edge_rows(float_keys)
-        record("check", f"topk_pack zero/subnormal rows float_keys={float_keys}", 0.0,
-               " ".join(f"{name}={ok}" for name, ok in parts.items()))
-        all_ok &= all(parts.values())
-    return all_ok
+    parts = topk_edge_rows()
+    record("check", "topk_pack zero/subnormal rows", 0.0, " ".join(f"{name}={ok}" for name, ok in parts.items()))
+    return all_ok and all(parts.values())
 
 
-def topk_edge_rows(float_keys: bool) -> dict[str, bool]:
-    """topk_pack on the GPU on rows of zeros, of -0.0 and of bf16 subnormals (where a flush-to-zero max would
-    tie subnormal float keys), checked on the CPU: {check name: passed}."""
+def topk_edge_rows() -> dict[str, bool]:
+    """topk_pack on the GPU on rows of zeros, of -0.0 and of bf16 subnormals, checked on the CPU:
+    {check name: passed}."""
     x = torch.randn(4096, 128).to(torch.bfloat16)
     x[:1024] = 0.0
     x[1024:2048] = -0.0
     x[2048:3072] = (x[2048:3072].float() * torch.finfo(torch.bfloat16).smallest_normal / 16).to(torch.bfloat16)
-    values, indices, dense = (t.cpu() for t in topk_pack(x.to(DEVICE), 8, float_keys=float_keys))
+    values, indices, dense = (t.cpu() for t in topk_pack(x.to(DEVICE), 8))
     ids = indices.long()
     return {"zero_rows_lowest_ids": bool((ids[:2048].sort(-1).values == torch.arange(8)).all()),
             "values_at_ids": torch.equal(torch.gather(x, -1, ids).view(torch.int16), values.view(torch.int16)),
@@ -340,9 +337,9 @@ def explore(args) -> None:
         x = torch.randn(args.topk_rows, 128, device=DEVICE, dtype=torch.bfloat16)
         for topk in args.topks:
             record("topk", f"topk_pack {x.shape[0]}x128 k={topk}", time_ms(partial(topk_pack, x, topk))[0])
-            for float_keys, elems, warps in args.topk_launches:
-                record("topk", f"topk_pack {x.shape[0]}x128 k={topk} float_keys={float_keys} elems={elems} w{warps}",
-                       time_ms(partial(topk_pack, x, topk, True, bool(float_keys), elems, warps))[0])
+            for elems, warps in args.topk_launches:
+                record("topk", f"topk_pack {x.shape[0]}x128 k={topk} elems={elems} w{warps}",
+                       time_ms(partial(topk_pack, x, topk, True, elems, warps))[0])
             record("topk", f"torch.topk+scatter {x.shape[0]}x128 k={topk}",
                    time_ms(partial(_torch_topk_codes, x, topk))[0])
         del x
@@ -370,10 +367,10 @@ def explore_prefill(args, record, sections: set[str]) -> None:
     vf, bias = v.reshape(flat), pad_bias(None, q.device)
     ref, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False)
     for bm, bn, warps, stages, ws, *extra in args.fwd_configs if "fwd" in sections else ():
-        split, bounded, fused, unroll, rowsum_2d = (list(extra) + [0, 0, 0, 1, 0])[:5]
-        cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), bool(split), bool(bounded), unroll, bool(rowsum_2d))
+        split, bounded, fused, rowsum_2d = (bool(x) for x in (list(extra) + [0, 0, 0, 0])[:4])
+        cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), split, bounded, rowsum_2d)
         name = (f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}{' bounded' * bounded}"
-                f"{' fused_q_topk' * fused}{f' unroll{unroll}' * (unroll > 1)}{' rowsum_2d' * rowsum_2d}")
+                f"{' fused_q_topk' * fused}{' rowsum_2d' * rowsum_2d}")
         q_in = q.reshape(flat) if fused else packs["q_dense"]  # dense q: the kernel selects its top-k
         run = partial(launch_forward, q_in, packs["k_dense"], vf, bias, 16, False, cfg, topk if fused else 0)
         try:
@@ -592,23 +589,23 @@ def markdown_table(csv_path: Path) -> str:
     """The README table of the ``sfa_triton`` rows: one line per (op, d, k, L), cuDNN and FA2 side by side."""
     import pandas as pd
 
+    from lra_sfa.report_tables import md_table
+
     frame = pd.read_csv(csv_path)
     frame = frame[frame["impl"] == SFA_IMPL]
-    lines = ["| op | d | k | L | B x H | SFA ms | cuDNN ms | x cuDNN | FA2 ms | x FA2 | rel. err | peak MiB | date |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    cells = ["op", "head_dim", "topk", "seq_len"]
-    for (op, dim, topk, length), group in frame.groupby(cells, sort=False):
+    frame = frame.assign(op_order=frame["op"].map({"fwd": 0, "fwd_bwd": 1, "decode": 2}))
+    cells = ["op_order", "op", "head_dim", "topk", "seq_len"]
+    rows = []
+    for (_, op, dim, topk, length), group in frame.sort_values(cells).groupby(cells, sort=False):
         by = {row["baseline"]: row for _, row in group.iterrows()}
         first = group.iloc[0]
-        base = [(f"{by[b]['baseline_ms']:.3f}", f"{by[b]['speedup']:.2f}") if b in by else ("", "")
-                for b in ("sdpa_cudnn", "sdpa_fa2")]
-        lines.append(f"| {op} | {dim} | {topk} | {length} | {first['batch']}x{first['heads']} | {first['ms']:.3f} | "
-                     f"{base[0][0]} | {base[0][1]} | {base[1][0]} | {base[1][1]} | {float(first['max_rel_err']):.1e} | "
-                     f"{first['peak_mem_mb']:.0f} | {first['date']} |")
-    order = {"fwd": 0, "fwd_bwd": 1, "decode": 2}
-    body = sorted(lines[2:], key=lambda line: (order[line.split("|")[1].strip()],
-                                               *(int(x) for x in line.split("|")[2:5])))
-    return "\n".join(lines[:2] + body) + "\n"
+        base = [cell for b in ("sdpa_cudnn", "sdpa_fa2")
+                for cell in ((f"{by[b]['baseline_ms']:.3f}", f"{by[b]['speedup']:.2f}") if b in by else ("", ""))]
+        rows.append([op, dim, topk, length, f"{first['batch']}x{first['heads']}", f"{first['ms']:.3f}", *base,
+                     f"{float(first['max_rel_err']):.1e}", f"{first['peak_mem_mb']:.0f}", first["date"]])
+    headers = ["op", "d", "k", "L", "B x H", "SFA ms", "cuDNN ms", "x cuDNN", "FA2 ms", "x FA2", "rel. err",
+               "peak MiB", "date"]
+    return md_table(headers, rows) + "\n"
 
 
 def write_table(out: Path) -> None:
@@ -682,13 +679,13 @@ def parse_args(argv=None):
     parser.add_argument("--sections", nargs="+", default=list(EXPLORE_SECTIONS), choices=EXPLORE_SECTIONS,
                         help="parts of --mode explore to run")
     parser.add_argument("--topk-launches", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
-                        default=[(0, 4096, 4), (1, 4096, 4), (1, 2048, 4), (1, 8192, 8), (0, 2048, 4), (1, 4096, 8)],
-                        help="float_keys,elements_per_program,warps tuples for the topk part of --mode explore")
+                        default=[(4096, 4), (2048, 4), (8192, 8), (4096, 8)],
+                        help="elements_per_program,warps tuples for the topk part of --mode explore")
     parser.add_argument("--fwd-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
                         default=[(128, 128, 8, 3, 0), (128, 64, 8, 3, 0), (64, 64, 4, 3, 0), (128, 128, 8, 3, 0, 0, 1),
                                  (128, 64, 8, 3, 0, 0, 1), (64, 64, 4, 3, 0, 0, 1), (64, 128, 4, 3, 0, 0, 1)],
                         help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize[,exp2_split[,bounded[,fused_q_topk"
-                        "[,unroll[,rowsum_2d]]]]] tuples for --mode explore")
+                        "[,rowsum_2d]]]] tuples for --mode explore")
     bwd_tuple = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 64, 4, 3), (64, 128, 8, 2), (32, 128, 4, 3), (64, 128, 8, 3), (32, 128, 8, 3),

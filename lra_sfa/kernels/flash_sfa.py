@@ -23,7 +23,6 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from lra_sfa.kernels import flash_sfa_bwd as bwd
 from lra_sfa.kernels import flash_sfa_fwd as fwd
-from lra_sfa.kernels import topk_pack as packing
 from lra_sfa.kernels.topk_pack import topk_pack
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
@@ -123,7 +122,7 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: to
     args = dict(Bias=bias, Lse=lse2, KBound=kbound, L=length, H=heads,
                 qk_scale=fwd.LOG2E / math.sqrt(head_dim), l_bucket=l_bucket,
                 HEAD_DIM=head_dim, HAS_BIAS=has_bias, IEEE=qd.dtype == torch.float32,
-                TOPK_Q=fuse_topk_q if fuse_topk_q < head_dim else 0, FLOAT_KEYS=packing.FLOAT_KEYS, **descs)
+                TOPK_Q=fuse_topk_q if fuse_topk_q < head_dim else 0, **descs)
     grid = lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch_heads)  # noqa: E731
     if config is not None:
         fwd.set_block_shapes({**args, **config.kwargs})

@@ -72,8 +72,9 @@ Per-column row sums (``ROWSUM_2D``, bounded configs; same day,
     tl.sum per tile. Fused, bounded: 64x64 3.499 vs 3.524 ms; 128x128
     3.528 vs 3.907 ms. At L=32K (4x the work) 64x64: 13.99 vs 13.93 ms
     (no gain). Warp specialisation of the bounded loop, 64x64: 3.509 ms;
-    128x128 3.888; 128x64 3.698. Unrolling the bounded loop by 2: 4.89-4.98
-    ms (a loss). 64x64 s4 4.54, s2 4.20; 64x32 s3 3.78; 64x128 w4 s2 5.66.
+    128x128 3.888; 128x64 3.698. Unrolling the bounded loop by 2
+    (``tl.range(loop_unroll_factor=2)``): 4.89-4.98 ms, a loss, removed.
+    64x64 s4 4.54, s2 4.20; 64x32 s3 3.78; 64x128 w4 s2 5.66.
     The 64x64 w4 tiles win because two programs share an SM (112 KB of
     shared memory each) and overlap each other's softmax and MMAs; the
     128-row tiles run one program per SM.
@@ -250,7 +251,7 @@ def bounded_update(acc, l_acc, m_i, qk, v, bias_row, start_n, offs_n, qk_scale, 
 @triton.jit
 def bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr,
-                 UNROLL: tl.constexpr, ROWSUM_2D: tl.constexpr):
+                 ROWSUM_2D: tl.constexpr):
     """Softmax with a fixed per-row offset m_i >= every scaled score: no running max, no rescaling.
 
     p = 2^(s - m_i) <= 1 never overflows; the result equals the online
@@ -263,7 +264,7 @@ def bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M: tl.
         l_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     n_full = L - L % BLOCK_N
-    for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPEC, loop_unroll_factor=UNROLL):
+    for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPEC):
         qk, v = tile_scores(q, K_desc, V_desc, bh, start_n, BLOCK_M, BLOCK_N, HEAD_DIM, IEEE)
         acc, l_acc = bounded_update(acc, l_acc, m_i, qk, v, bias_row, start_n, offs_n, qk_scale, HAS_BIAS, IEEE,
                                     ROWSUM_2D)
@@ -289,8 +290,7 @@ def _flash_sfa_fwd_kernel(
     L, H, qk_scale, l_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr, EXP2_SPLIT: tl.constexpr = False,
-    BOUNDED: tl.constexpr = False, TOPK_Q: tl.constexpr = 0, FLOAT_KEYS: tl.constexpr = False,
-    UNROLL: tl.constexpr = 1, ROWSUM_2D: tl.constexpr = False,
+    BOUNDED: tl.constexpr = False, TOPK_Q: tl.constexpr = 0, ROWSUM_2D: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -299,11 +299,11 @@ def _flash_sfa_fwd_kernel(
     bias_row = Bias + (bh // H).to(tl.int64) * L
     q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
     if TOPK_Q > 0:  # Q_desc holds dense q: keep each row's TOPK_Q largest |q| here (16-bit q only)
-        q = keep_topk(q, TOPK_Q, HEAD_DIM, FLOAT_KEYS)
+        q = keep_topk(q, TOPK_Q, HEAD_DIM)
     if BOUNDED:
         m_i = score_bound(q, KBound, bh, qk_scale, HEAD_DIM)
         acc, l_i = bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M, BLOCK_N, HEAD_DIM,
-                                HAS_BIAS, IEEE, WARP_SPEC, UNROLL, ROWSUM_2D)
+                                HAS_BIAS, IEEE, WARP_SPEC, ROWSUM_2D)
         if tl.min(l_i, 0) < BOUND_MIN_SUM:  # the bound sat far above some row's true max: redo the block
             acc, l_i, m_i = online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM,
                                         HAS_BIAS, IEEE, WARP_SPEC, EXP2_SPLIT)
@@ -323,10 +323,9 @@ def set_block_shapes(nargs: dict) -> None:
 
 
 def fwd_config(block_m: int, block_n: int, warps: int, stages: int, warp_spec: bool = False,
-               exp2_split: bool = False, bounded: bool = False, unroll: int = 1,
-               rowsum_2d: bool = False) -> triton.Config:
+               exp2_split: bool = False, bounded: bool = False, rowsum_2d: bool = False) -> triton.Config:
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "WARP_SPEC": warp_spec, "EXP2_SPLIT": exp2_split,
-                          "BOUNDED": bounded, "UNROLL": unroll, "ROWSUM_2D": rowsum_2d},
+                          "BOUNDED": bounded, "ROWSUM_2D": rowsum_2d},
                          num_warps=warps, num_stages=stages, pre_hook=set_block_shapes)
 
 

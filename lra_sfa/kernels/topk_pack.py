@@ -39,11 +39,12 @@ The memory floor (read x, write the codes) is about 0.13 ms, so the
 selection rounds still dominate: the PTX for sm_90 has vectorised 16-byte
 loads and stores, and its k rounds of 32-bit integer max and compare-select
 (about 40 max.s32 per thread per round) run on the INT32 pipes.
-Float keys (``FLOAT_KEYS``: the same order as float32 max/compare, 2026-11-29,
-``sfa_explore_2026-11-29_fused.csv``, k=8): 0.352 ms against 0.325 ms for
-the integer keys at 4096 elements and 4 warps per program; 2048 / 4 warps
-0.389 (integer 0.345), 8192 / 8 warps 0.380, 4096 / 8 warps 0.392. So the
-FP32 pipes do not help; the integer keys and 4096 / 4 warps stay.
+Float keys (2026-11-29, ``sfa_explore_2026-11-29_fused.csv``, k=8): the
+same keys offset by 2^23 so their bits are positive normal float32 numbers,
+and the rounds as float max / compare on the FP32 pipes: 0.352 ms against
+0.325 ms for the integer keys at 4096 elements and 4 warps per program;
+2048 / 4 warps 0.389 (integer 0.345), 8192 / 8 warps 0.380, 4096 / 8 warps
+0.392. A loss, removed; the integer keys and 4096 / 4 warps stay.
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ import triton
 import triton.language as tl
 
 SUPPORTED_PACK_DIMS = (16, 32, 64, 128, 256)
-FLOAT_KEYS = False  # the selection rounds on the INT32 pipes (see ``entry_keys``); set from the measurements
 BLOCK_ELEMS = 4096  # elements per program: 4096 // D rows
 WARPS = 4
 
@@ -90,55 +90,39 @@ def _topk_pack_kernel(
 
 
 @triton.jit
-def entry_keys(x, cols, D: tl.constexpr, FLOAT_KEYS: tl.constexpr):
-    """(R, D) int32: one unique key per entry of a 16-bit float tile x, ordered by |x|, then lower index.
+def entry_keys(x, cols, D: tl.constexpr):
+    """(R, D) int32: one unique key per entry of a 16-bit float tile x, (|x| bits << 16) | ((D-1-col) << 8) | sign.
 
-    Integer layout: (|x| bits << 16) | ((D-1-col) << 8) | sign. FLOAT_KEYS
-    layout: 2^23 + (|x| bits << 9) + ((D-1-col) << 1) + sign, whose bits read
-    as a float32 are a positive normal number (never a denormal, which a
-    flush-to-zero max could tie), so float max and compare order the keys
-    exactly as the integers. Either way the winner's key carries index,
-    magnitude and sign. Both need D <= 256.
+    Keys order by magnitude, then by lower index (D <= 256), so the winner of
+    a row max carries its index, magnitude and sign.
     """
     bits = x.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    if FLOAT_KEYS:
-        return 0x800000 + ((bits & 0x7FFF) << 9) + ((D - 1 - cols[None, :]) << 1) + (bits >> 15)
     return ((bits & 0x7FFF) << 16) | ((D - 1 - cols[None, :]) << 8) | (bits >> 15)
 
 
 @triton.jit
-def take_largest(key, slots, K: tl.constexpr, FLOAT_KEYS: tl.constexpr):
+def take_largest(key, slots, K: tl.constexpr):
     """K rounds of (row max, mark it taken) on keys (R, D) from ``entry_keys``.
 
-    Returns (keys with every taken entry negative, picked (R, len(slots)) keys
-    in descending order). FLOAT_KEYS runs the rounds as float32 max and
-    compare (the FP32 pipes) instead of int32 (the INT pipes, half rate).
+    Returns (keys with every taken entry -1, picked (R, len(slots)) keys in
+    descending order).
     """
     picked = tl.zeros([key.shape[0], slots.shape[0]], dtype=tl.int32)
-    if FLOAT_KEYS:
-        fkey = key.to(tl.float32, bitcast=True)
-        for j in tl.static_range(K):
-            best = tl.max(fkey, axis=1)
-            fkey = tl.where(fkey == best[:, None], -1.0, fkey)
-            picked = tl.where(slots[None, :] == j, best.to(tl.int32, bitcast=True)[:, None], picked)
-        key = fkey.to(tl.int32, bitcast=True)
-    else:
-        for j in tl.static_range(K):
-            best = tl.max(key, axis=1)
-            key = tl.where(key == best[:, None], -1, key)
-            picked = tl.where(slots[None, :] == j, best[:, None], picked)
+    for j in tl.static_range(K):
+        best = tl.max(key, axis=1)
+        key = tl.where(key == best[:, None], -1, key)
+        picked = tl.where(slots[None, :] == j, best[:, None], picked)
     return key, picked
 
 
 @triton.jit
-def keep_topk(x, K: tl.constexpr, D: tl.constexpr, FLOAT_KEYS: tl.constexpr):
+def keep_topk(x, K: tl.constexpr, D: tl.constexpr):
     """The zero-filled code of a 16-bit float tile x (R, D): its K largest-|x| entries per row, the rest 0.
 
     The same keys and rounds as ``topk_pack``, so the same support (ties to
     the lowest index); the FlashSFA forward calls it on each query tile.
     """
-    cols = tl.arange(0, D)
-    key, _ = take_largest(entry_keys(x, cols, D, FLOAT_KEYS), tl.arange(0, 1), K, FLOAT_KEYS)
+    key, _ = take_largest(entry_keys(x, tl.arange(0, D), D), tl.arange(0, 1), K)
     return tl.where(key < 0, x, tl.zeros_like(x))
 
 
@@ -146,7 +130,7 @@ def keep_topk(x, K: tl.constexpr, D: tl.constexpr, FLOAT_KEYS: tl.constexpr):
 def _topk_pack_keys_kernel(
     X, Vals, Idx, Dense, n_rows,
     D: tl.constexpr, K: tl.constexpr, K_POW2: tl.constexpr,
-    BLOCK_R: tl.constexpr, WRITE_DENSE: tl.constexpr, FLOAT_KEYS: tl.constexpr,
+    BLOCK_R: tl.constexpr, WRITE_DENSE: tl.constexpr,
 ):
     """16-bit floats: one unique key per entry (``entry_keys``), then K rounds of one row max and one
     compare-select (``take_largest``); the picked keys decode to index, magnitude and sign."""
@@ -155,14 +139,9 @@ def _topk_pack_keys_kernel(
     slots = tl.arange(0, K_POW2)
     row_ok = rows < n_rows
     x = tl.load(X + rows[:, None] * D + cols[None, :], mask=row_ok[:, None], other=0.0)
-    key, picked = take_largest(entry_keys(x, cols, D, FLOAT_KEYS), slots, K, FLOAT_KEYS)
-    if FLOAT_KEYS:
-        picked = picked - 0x800000
-        idxs = D - 1 - ((picked >> 1) & 0xFF)
-        val_bits = ((picked >> 9) & 0x7FFF) | ((picked & 1) << 15)
-    else:
-        idxs = D - 1 - ((picked >> 8) & 0xFF)
-        val_bits = ((picked >> 16) & 0x7FFF) | ((picked & 1) << 15)
+    key, picked = take_largest(entry_keys(x, cols, D), slots, K)
+    idxs = D - 1 - ((picked >> 8) & 0xFF)
+    val_bits = ((picked >> 16) & 0x7FFF) | ((picked & 1) << 15)
     vals = val_bits.to(tl.int16).to(Vals.dtype.element_ty, bitcast=True)
     out_mask = row_ok[:, None] & (slots[None, :] < K)
     tl.store(Vals + rows[:, None] * K + slots[None, :], vals, mask=out_mask)
@@ -178,16 +157,14 @@ def index_dtype(head_dim: int) -> torch.dtype:
 
 
 def topk_pack(
-    x: torch.Tensor, topk: int, write_dense: bool = True, float_keys: bool | None = None,
-    block_elems: int = BLOCK_ELEMS, warps: int = WARPS,
+    x: torch.Tensor, topk: int, write_dense: bool = True, block_elems: int = BLOCK_ELEMS, warps: int = WARPS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Top-k by magnitude of each row of x (..., D).
 
     Returns (values (..., topk) in x.dtype, indices (..., topk) int8/int16,
     dense zero-filled codes (..., D) or None when ``write_dense`` is False).
-    ``float_keys`` (default: the module's ``FLOAT_KEYS``), ``block_elems``
-    (elements per program) and ``warps`` are launch choices for benchmarks;
-    every choice gives the same result.
+    ``block_elems`` (elements per program) and ``warps`` are launch choices
+    for benchmarks; every choice gives the same result.
     """
     head_dim = x.shape[-1]
     if head_dim not in SUPPORTED_PACK_DIMS:
@@ -212,8 +189,7 @@ def topk_pack(
     args = dict(D=head_dim, K=topk, K_POW2=triton.next_power_of_2(topk), BLOCK_R=block_r, WRITE_DENSE=write_dense,
                 num_warps=warps)
     if x.element_size() == 2:
-        float_keys = FLOAT_KEYS if float_keys is None else float_keys
-        _topk_pack_keys_kernel[grid](x, vals, idx, dense, n_rows, FLOAT_KEYS=float_keys, **args)
+        _topk_pack_keys_kernel[grid](x, vals, idx, dense, n_rows, **args)
     else:
         _topk_pack_kernel[grid](x, vals, idx, dense, n_rows, **args)
     return vals, idx, (dense if write_dense else None)

@@ -414,7 +414,7 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
     """Each backward kernel (dK/dV, dQ) alone at the explore shape, for each (BLOCK_M, BLOCK_N, warps, stages)."""
     from lra_sfa.kernels import flash_sfa_bwd as bwd
     from lra_sfa.kernels import flash_sfa_fwd as fwd
-    from lra_sfa.kernels.flash_sfa import launch_backward, launch_forward, pad_bias
+    from lra_sfa.kernels.flash_sfa import _descriptor, launch_backward, launch_forward, pad_bias
 
     qd, kd = packs["q_dense"], packs["k_dense"]  # (B*H, L, D)
     batch_heads, length, dim = qd.shape
@@ -431,37 +431,45 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
     common = dict(Q=qd, K=kd, V=v, DO=dout, Lse=lse2, Delta=delta, Bias=bias, L=length, H=batch_heads,
                   qk_scale=fwd.LOG2E / dim ** 0.5, sm_scale=1.0 / dim ** 0.5, l_bucket=length,
                   HEAD_DIM=dim, HAS_BIAS=False, IEEE=False, TOPK=topk, FULL_SUPPORT=False)
+    common.update({f"{name}_desc": _descriptor(t, 16) for name, t in (("Q", qd), ("K", kd), ("V", v), ("DO", dout))})
+    grads = {name: torch.empty_like(qd) for name in ("DQ", "DK", "DV")}
+    descs = {f"{name}_desc": _descriptor(t, 16) for name, t in grads.items()}
     sparse = partial(launch_backward, saved, dout, batch_heads, False, topk, topk, True)
     sparse_ms = time_ms(sparse)[0]
     diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(sparse(), ref))
     record("bwd", "autotuned sparse dQ (delta, dkdv with dQ atomics, scatter)", sparse_ms,
            f"dkdv {getattr(bwd.dkdv_tuned, 'best_config', None)} maxdiff={diff:.1e}")
     placeholder = torch.zeros(1, dtype=torch.float32, device=qd.device)
-    kernels = {"dkdv": (bwd.dkdv_kernel, dict(common, Kidx=k_idx, DK=torch.empty_like(kd), DV=torch.empty_like(v),
-                                             Qidx=q_idx, DQpacked=placeholder), "BLOCK_N", ("DK", "DV"), ref[1:]),
-               "dq": (bwd.dq_kernel, dict(common, Qidx=q_idx, DQ=torch.empty_like(qd)), "BLOCK_M", ("DQ",), ref[:1])}
+    kernels = {"dkdv": (bwd.dkdv_kernel, dict(common, Kidx=k_idx, DK=grads["DK"], DV=grads["DV"], Qidx=q_idx,
+                                             DQpacked=placeholder, DK_desc=descs["DK_desc"], DV_desc=descs["DV_desc"]),
+                        "BLOCK_N", ("DK", "DV"), ref[1:]),
+               "dq": (bwd.dq_kernel, dict(common, Qidx=q_idx, DQ=grads["DQ"], DQ_desc=descs["DQ_desc"]), "BLOCK_M",
+                      ("DQ",), ref[:1])}
     for name, configs in (("dkdv", args.dkdv_configs), ("dq", args.dq_configs)):
         kernel, kargs, grid_block, outs, expected = kernels[name]
-        for block_m, block_n, warps, stages in configs:
-            meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+        for block_m, block_n, warps, stages, *tma in configs:
+            meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, TMA=bool(tma and tma[0]), num_warps=warps,
+                        num_stages=stages)
             grid = (triton.cdiv(length, meta[grid_block]), batch_heads)
 
             def run(kernel=kernel, grid=grid, kargs=kargs, meta=meta):
+                bwd.set_bwd_block_shapes({**kargs, **meta})
                 kernel[grid](**kargs, **meta)
-            label = f"{name} {block_m}x{block_n} w{warps} s{stages}"
+            label = f"{name} {block_m}x{block_n} w{warps} s{stages}{' tma' * meta['TMA']}"
             try:
                 ms = time_ms(run)[0]
                 diff = max((kargs[o].float() - e.float()).abs().max().item() for o, e in zip(outs, expected))
                 record("bwd", label, ms, f"maxdiff={diff:.1e}")
             except Exception as exc:  # a config the compiler rejects is reported, not fatal
                 record("bwd", label, float("nan"), repr(exc)[:160])
-    sparse_args = dict(kernels["dkdv"][1], DK=torch.empty_like(kd), DV=torch.empty_like(v), SPARSE_DQ=True,
+    sparse_args = dict(kernels["dkdv"][1], SPARSE_DQ=True,
                        TOPK_Q=topk, TOPK_Q_POW2=triton.next_power_of_2(topk),
                        DQpacked=torch.zeros(batch_heads * length, topk, dtype=torch.float32, device=qd.device))
-    for block_m, block_n, warps, stages in args.sparse_dq_configs:
-        meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+    for block_m, block_n, warps, stages, *tma in args.sparse_dq_configs:
+        meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, TMA=bool(tma and tma[0]), num_warps=warps, num_stages=stages)
         grid = (triton.cdiv(length, block_n), batch_heads)
-        label = f"dkdv+sparse dQ {block_m}x{block_n} w{warps} s{stages}"
+        label = f"dkdv+sparse dQ {block_m}x{block_n} w{warps} s{stages}{' tma' * meta['TMA']}"
+        bwd.set_bwd_block_shapes({**sparse_args, **meta})
         try:
             ms = time_ms(partial(bwd.dkdv_kernel[grid], **sparse_args, **meta))[0]
             sparse_args["DQpacked"].zero_()
@@ -688,17 +696,19 @@ def parse_args(argv=None):
                         "[,rowsum_2d]]]] tuples for --mode explore")
     bwd_tuple = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
-                        default=[(64, 64, 4, 3), (64, 128, 8, 2), (32, 128, 4, 3), (64, 128, 8, 3), (32, 128, 8, 3),
-                                 (128, 128, 8, 2), (64, 64, 4, 4), (32, 64, 4, 4)],
-                        help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel for the bwd part of --mode explore")
+                        default=[(64, 128, 8, 3), (64, 128, 8, 3, 1), (32, 64, 4, 4), (32, 64, 4, 4, 1),
+                                 (32, 128, 4, 4, 1), (64, 128, 8, 2, 1), (64, 64, 4, 3, 1)],
+                        help="BLOCK_M,BLOCK_N,warps,stages[,tma] of the dK/dV kernel for the bwd part of --mode "
+                        "explore (tma 1: tensor-descriptor loads)")
     parser.add_argument("--sparse-dq-configs", type=bwd_tuple, nargs="+",
-                        default=[(64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 2)],
-                        help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel with SPARSE_DQ for the bwd part of "
-                        "--mode explore")
+                        default=[(64, 128, 8, 3), (64, 128, 8, 3, 1), (32, 128, 8, 3, 1), (32, 64, 4, 4, 1),
+                                 (64, 64, 4, 3, 1), (32, 128, 4, 4, 1)],
+                        help="BLOCK_M,BLOCK_N,warps,stages[,tma] of the dK/dV kernel with SPARSE_DQ for the bwd part "
+                        "of --mode explore")
     parser.add_argument("--dq-configs", type=bwd_tuple, nargs="+",
-                        default=[(64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2),
-                                 (64, 32, 4, 4), (128, 32, 8, 4)],
-                        help="BLOCK_M,BLOCK_N,warps,stages of the dQ kernel for the bwd part of --mode explore")
+                        default=[(128, 32, 4, 3), (128, 32, 4, 3, 1), (128, 64, 8, 3), (128, 64, 8, 3, 1),
+                                 (128, 128, 8, 2, 1), (64, 64, 4, 3, 1)],
+                        help="BLOCK_M,BLOCK_N,warps,stages[,tma] of the dQ kernel for the bwd part of --mode explore")
     return parser.parse_args(argv)
 
 

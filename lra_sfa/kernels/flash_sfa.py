@@ -137,6 +137,7 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: to
 def _run_bwd_kernel(tuned, plain, grid, args: dict) -> None:
     if fwd.interpreting():
         config = bwd.INTERPRETER_BWD_CONFIG
+        bwd.set_bwd_block_shapes({**args, **config.kwargs})
         plain[grid](**args, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
     else:
         tuned[grid](**args)
@@ -154,7 +155,7 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
     """
     qd, kd, v, out, lse2, bias, q_idx, k_idx = saved
     batch_heads, length, head_dim = qd.shape
-    dout = dout.reshape(batch_heads, length, head_dim).contiguous()  # (B*H, L, D)
+    dout = aligned_rows(dout.reshape(batch_heads, length, head_dim))  # (B*H, L, D)
     delta = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
     rows = batch_heads * length
     block_r = max(1, 4096 // head_dim)
@@ -167,7 +168,10 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
     sparse_dq = (bwd.SPARSE_DQ if sparse_dq is None else sparse_dq) and topk_q < head_dim
     dq_packed = (torch.zeros(rows, topk_q, dtype=torch.float32, device=qd.device) if sparse_dq
                  else torch.zeros(1, dtype=torch.float32, device=qd.device))  # (B*H*L, topk_q) or a placeholder
+    descs = {f"{name}_desc": _descriptor(t, 16) for name, t in (("Q", qd), ("K", kd), ("V", v), ("DO", dout))}
+    common.update(descs)  # the TMA configs load through these; the pointer configs ignore them
     dkdv_args = dict(common, Kidx=k_idx, DK=dk, DV=dv, Qidx=q_idx, DQpacked=dq_packed, TOPK=topk_k,
+                     DK_desc=_descriptor(dk, 16), DV_desc=_descriptor(dv, 16),
                      FULL_SUPPORT=topk_k == head_dim, SPARSE_DQ=sparse_dq, TOPK_Q=topk_q,
                      TOPK_Q_POW2=triton.next_power_of_2(topk_q))
     _run_bwd_kernel(bwd.dkdv_tuned, bwd.dkdv_kernel,
@@ -177,7 +181,8 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
         dq = torch.zeros_like(qd).reshape(rows, head_dim).scatter_(-1, ids, dq_packed.to(qd.dtype))
         return dq.reshape(qd.shape), dk, dv
     dq = torch.empty_like(qd)
-    dq_args = dict(common, Qidx=q_idx, DQ=dq, TOPK=topk_q, FULL_SUPPORT=topk_q == head_dim)
+    dq_args = dict(common, Qidx=q_idx, DQ=dq, DQ_desc=_descriptor(dq, 16), TOPK=topk_q,
+                   FULL_SUPPORT=topk_q == head_dim)
     _run_bwd_kernel(bwd.dq_tuned, bwd.dq_kernel,
                     lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch_heads), dq_args)
     return dq, dk, dv

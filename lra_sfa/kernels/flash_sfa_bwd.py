@@ -61,6 +61,30 @@ def _delta_kernel(Out, DO, Delta, n_rows, HEAD_DIM: tl.constexpr, BLOCK_R: tl.co
 
 
 @triton.jit
+def load_rows(Ptr, Desc, bh, start, L, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr):
+    """(BLOCK, D) rows start.. of head bh, zero past L: by TMA descriptor, or by pointers."""
+    if TMA:
+        return Desc.load([bh, start, 0]).reshape([BLOCK, HEAD_DIM])
+    else:
+        offs = start + tl.arange(0, BLOCK)
+        cols = tl.arange(0, HEAD_DIM)
+        ptrs = Ptr + (bh.to(tl.int64) * L + offs[:, None]) * HEAD_DIM + cols[None, :]
+        return tl.load(ptrs, mask=offs[:, None] < L, other=0.0)
+
+
+@triton.jit
+def store_rows(Ptr, Desc, x, bh, start, L, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr):
+    """Store (BLOCK, D) x as rows start.. of head bh, dropping rows past L."""
+    if TMA:
+        Desc.store([bh, start, 0], x.to(Desc.dtype).reshape([1, BLOCK, HEAD_DIM]))
+    else:
+        offs = start + tl.arange(0, BLOCK)
+        cols = tl.arange(0, HEAD_DIM)
+        ptrs = Ptr + (bh.to(tl.int64) * L + offs[:, None]) * HEAD_DIM + cols[None, :]
+        tl.store(ptrs, x.to(Ptr.dtype.element_ty), mask=offs[:, None] < L)
+
+
+@triton.jit
 def support_mask(Idx, rows, row_ok, cols, TOPK: tl.constexpr):
     """(R, D) bool: feature d is among row r's kept indices (loaded from (rows, TOPK) int ids)."""
     keep = cols[None, :] < 0
@@ -90,32 +114,33 @@ def add_sparse_dq(ds_t, k, Qidx, DQpacked, rows, row_ok, sm_scale, HEAD_DIM: tl.
 @triton.jit
 def _dkdv_kernel(
     Q, K, V, DO, Lse, Delta, Bias, Kidx, DK, DV, Qidx, DQpacked,
+    Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc,
     L, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
     SPARSE_DQ: tl.constexpr = False, TOPK_Q: tl.constexpr = 1, TOPK_Q_POW2: tl.constexpr = 1,
+    TMA: tl.constexpr = False,
 ):
-    bh = tl.program_id(1).to(tl.int64)
-    base = bh * L * HEAD_DIM
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    bh = tl.program_id(1)
+    start_n = tl.program_id(0) * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, HEAD_DIM)
     n_ok = offs_n < L
-    kv_off = base + offs_n[:, None].to(tl.int64) * HEAD_DIM + cols[None, :]
-    k = tl.load(K + kv_off, mask=n_ok[:, None], other=0.0)
-    v = tl.load(V + kv_off, mask=n_ok[:, None], other=0.0)
+    k = load_rows(K, K_desc, bh, start_n, L, BLOCK_N, HEAD_DIM, TMA)  # (N, D)
+    v = load_rows(V, V_desc, bh, start_n, L, BLOCK_N, HEAD_DIM, TMA)
     key_ok = n_ok
     if HAS_BIAS:
-        key_ok = tl.load(Bias + (bh // H) * L + offs_n, mask=n_ok, other=float("-inf")) == 0.0
+        key_ok = tl.load(Bias + (bh // H).to(tl.int64) * L + offs_n, mask=n_ok, other=float("-inf")) == 0.0
+    row0 = bh.to(tl.int64) * L
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     for start_m in tl.range(0, L, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_ok = offs_m < L
-        row_off = base + offs_m[:, None].to(tl.int64) * HEAD_DIM + cols[None, :]
-        q = tl.load(Q + row_off, mask=m_ok[:, None], other=0.0)
-        do = tl.load(DO + row_off, mask=m_ok[:, None], other=0.0)
-        lse = tl.load(Lse + bh * L + offs_m, mask=m_ok, other=float("inf"))
-        dlt = tl.load(Delta + bh * L + offs_m, mask=m_ok, other=0.0)
+        q = load_rows(Q, Q_desc, bh, start_m, L, BLOCK_M, HEAD_DIM, TMA)  # (M, D)
+        do = load_rows(DO, DO_desc, bh, start_m, L, BLOCK_M, HEAD_DIM, TMA)
+        lse = tl.load(Lse + row0 + offs_m, mask=m_ok, other=float("inf"))
+        dlt = tl.load(Delta + row0 + offs_m, mask=m_ok, other=0.0)
         qk_t = dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
         p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])
         if HAS_BIAS:
@@ -125,64 +150,75 @@ def _dkdv_kernel(
         ds_t = p_t * (dp_t - dlt[None, :])
         dk = dot(ds_t.to(q.dtype), q, dk, IEEE)
         if SPARSE_DQ:
-            add_sparse_dq(ds_t.to(k.dtype), k, Qidx, DQpacked, bh * L + offs_m, m_ok, sm_scale, HEAD_DIM, TOPK_Q,
+            add_sparse_dq(ds_t.to(k.dtype), k, Qidx, DQpacked, row0 + offs_m, m_ok, sm_scale, HEAD_DIM, TOPK_Q,
                           TOPK_Q_POW2, IEEE)
     dk = dk * sm_scale
     if not FULL_SUPPORT:
-        dk = tl.where(support_mask(Kidx, bh * L + offs_n, n_ok, cols, TOPK), dk, 0.0)
-    tl.store(DK + kv_off, dk.to(DK.dtype.element_ty), mask=n_ok[:, None])
-    tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=n_ok[:, None])
+        dk = tl.where(support_mask(Kidx, row0 + offs_n, n_ok, cols, TOPK), dk, 0.0)
+    store_rows(DK, DK_desc, dk, bh, start_n, L, BLOCK_N, HEAD_DIM, TMA)
+    store_rows(DV, DV_desc, dv, bh, start_n, L, BLOCK_N, HEAD_DIM, TMA)
 
 
 @triton.jit
 def _dq_kernel(
     Q, K, V, DO, Lse, Delta, Bias, Qidx, DQ,
+    Q_desc, K_desc, V_desc, DO_desc, DQ_desc,
     L, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr = False,
 ):
-    bh = tl.program_id(1).to(tl.int64)
-    base = bh * L * HEAD_DIM
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    bh = tl.program_id(1)
+    start_m = tl.program_id(0) * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, HEAD_DIM)
     m_ok = offs_m < L
-    row_off = base + offs_m[:, None].to(tl.int64) * HEAD_DIM + cols[None, :]
-    q = tl.load(Q + row_off, mask=m_ok[:, None], other=0.0)
-    do = tl.load(DO + row_off, mask=m_ok[:, None], other=0.0)
-    lse = tl.load(Lse + bh * L + offs_m, mask=m_ok, other=float("inf"))
-    dlt = tl.load(Delta + bh * L + offs_m, mask=m_ok, other=0.0)
+    row0 = bh.to(tl.int64) * L
+    q = load_rows(Q, Q_desc, bh, start_m, L, BLOCK_M, HEAD_DIM, TMA)  # (M, D)
+    do = load_rows(DO, DO_desc, bh, start_m, L, BLOCK_M, HEAD_DIM, TMA)
+    lse = tl.load(Lse + row0 + offs_m, mask=m_ok, other=float("inf"))
+    dlt = tl.load(Delta + row0 + offs_m, mask=m_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     for start_n in tl.range(0, L, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < L
-        kv_off = base + offs_n[:, None].to(tl.int64) * HEAD_DIM + cols[None, :]
-        k = tl.load(K + kv_off, mask=n_ok[:, None], other=0.0)
-        v = tl.load(V + kv_off, mask=n_ok[:, None], other=0.0)
+        k = load_rows(K, K_desc, bh, start_n, L, BLOCK_N, HEAD_DIM, TMA)  # (N, D)
+        v = load_rows(V, V_desc, bh, start_n, L, BLOCK_N, HEAD_DIM, TMA)
         qk = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
         p = tl.math.exp2(qk * qk_scale - lse[:, None])
         key_ok = n_ok
         if HAS_BIAS:
-            key_ok = tl.load(Bias + (bh // H) * L + offs_n, mask=n_ok, other=float("-inf")) == 0.0
+            key_ok = tl.load(Bias + (bh // H).to(tl.int64) * L + offs_n, mask=n_ok, other=float("-inf")) == 0.0
         p = tl.where(key_ok[None, :], p, 0.0)
         dp = dot(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
         ds = p * (dp - dlt[:, None])
         dq = dot(ds.to(k.dtype), k, dq, IEEE)
     dq = dq * sm_scale
     if not FULL_SUPPORT:
-        dq = tl.where(support_mask(Qidx, bh * L + offs_m, m_ok, cols, TOPK), dq, 0.0)
-    tl.store(DQ + row_off, dq.to(DQ.dtype.element_ty), mask=m_ok[:, None])
+        dq = tl.where(support_mask(Qidx, row0 + offs_m, m_ok, cols, TOPK), dq, 0.0)
+    store_rows(DQ, DQ_desc, dq, bh, start_m, L, BLOCK_M, HEAD_DIM, TMA)
 
 
-def bwd_config(block_m: int, block_n: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+def set_bwd_block_shapes(nargs: dict) -> None:
+    """Config pre-hook: TMA boxes follow the block sizes (query-row tensors BLOCK_M, key-row tensors BLOCK_N)."""
+    for name, block in (("Q_desc", "BLOCK_M"), ("DO_desc", "BLOCK_M"), ("DQ_desc", "BLOCK_M"),
+                        ("K_desc", "BLOCK_N"), ("V_desc", "BLOCK_N"), ("DK_desc", "BLOCK_N"), ("DV_desc", "BLOCK_N")):
+        if name in nargs:
+            nargs[name].block_shape = [1, nargs[block], nargs["HEAD_DIM"]]
+
+
+def bwd_config(block_m: int, block_n: int, warps: int, stages: int, tma: bool = False) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "TMA": tma}, num_warps=warps, num_stages=stages,
+                         pre_hook=set_bwd_block_shapes)
 
 
 INTERPRETER_BWD_CONFIG = bwd_config(64, 64, 4, 1)
 # H200, 2026-11-29, bf16, L=16K, d=128, k=8, B*H=16, each kernel alone: dK/dV 64x128 w8 s3 8.55 ms, 32x64 w4 s4
 # 8.89, 64x128 w8 s2 9.58 (the earlier choice), 64x64 w4 s3 11.2, 128x128 w8 s2 29.5; dQ 128x32 w4 s3 5.38,
 # 128x64 w8 s3 5.43, 128x128 w8 s2 5.70, 128x64 w8 s2 6.24 (the earlier choice), 64x64 w4 s3 6.80.
-DKDV_CONFIGS = [bwd_config(64, 128, 8, 3), bwd_config(32, 64, 4, 4), bwd_config(64, 64, 4, 3)]
-DQ_CONFIGS = [bwd_config(128, 32, 4, 3), bwd_config(128, 64, 8, 3), bwd_config(64, 64, 4, 3)]
+DKDV_CONFIGS = [bwd_config(64, 128, 8, 3), bwd_config(64, 128, 8, 3, tma=True), bwd_config(32, 64, 4, 4),
+                bwd_config(32, 64, 4, 4, tma=True)]
+DQ_CONFIGS = [bwd_config(128, 32, 4, 3), bwd_config(128, 32, 4, 3, tma=True), bwd_config(128, 64, 8, 3),
+              bwd_config(128, 64, 8, 3, tma=True)]
 BWD_KEY = ["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "FULL_SUPPORT"]
 SPARSE_DQ = False  # dQ from the dK/dV kernel by sparse atomics instead of the dQ kernel (measure before enabling)
 

@@ -125,33 +125,37 @@ def test_forward_only_path_fuses_q_topk(length, topk, padding, dtype, monkeypatc
     assert sfa_check.rel_err(fused, ref) < 1e-2
 
 
+@pytest.mark.parametrize("fused_dq", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("padding", [False, True])
 @pytest.mark.parametrize("topk", [1, 4, 8, HEAD_DIM])
 @pytest.mark.parametrize("length", [1, 17, 100, 257])
-def test_sparse_dq_backward_pass_rule(length, topk, padding, dtype, monkeypatch):
-    """SPARSE_DQ (dQ from the dK/dV kernel by atomics on q's support columns) passes the same rule; at
-    topk = D the launcher keeps the dQ kernel."""
+def test_fused_dq_backward_pass_rule(length, topk, padding, dtype, fused_dq, monkeypatch):
+    """FUSED_DQ modes (dQ from the dK/dV kernel by atomics: packed support columns, masked dense, TMA
+    reduce-add) pass the same rule, with dQ zero off q's support; at topk = D the launcher keeps the dQ kernel."""
     from lra_sfa.kernels import flash_sfa_bwd as bwd
 
-    monkeypatch.setattr(bwd, "SPARSE_DQ", True)
+    monkeypatch.setattr(bwd, "FUSED_DQ", fused_dq)
     q, k, v = _inputs(1, 2, length, HEAD_DIM, dtype, seed=length * 13 + topk)
     mask = _mask(1, length, seed=length + 3) if padding else None
     result = sfa_check.full_check(q, k, v, topk, mask, flash_sfa)
     for name in ("out", "dq", "dk", "dv"):
         assert result[f"{name}_ok"], (name, result[f"{name}_err"], result[f"{name}_torch_err"])
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    flash_sfa(*leaves, topk, topk, mask).sum().backward()
+    assert int((leaves[0].grad != 0).sum(-1).max()) <= topk
 
 
-@pytest.mark.parametrize("sparse_dq", [False, True])
+@pytest.mark.parametrize("fused_dq", [0, 1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("padding", [False, True])
 @pytest.mark.parametrize("length", [1, 17, 100, 257])
-def test_backward_tma_loads_match_pointer_loads(length, padding, dtype, sparse_dq, monkeypatch):
+def test_backward_tma_loads_match_pointer_loads(length, padding, dtype, fused_dq, monkeypatch):
     """The backward kernels' TMA configs (tensor-descriptor loads and stores) give the pointer configs'
     gradients bit for bit, including the partial last tiles, and pass the DESIGN.md rule."""
     from lra_sfa.kernels import flash_sfa_bwd as bwd
 
-    monkeypatch.setattr(bwd, "SPARSE_DQ", sparse_dq)
+    monkeypatch.setattr(bwd, "FUSED_DQ", fused_dq)
     q, k, v = _inputs(1, 2, length, HEAD_DIM, dtype, seed=length * 17 + 3)
     mask = _mask(1, length, seed=length + 5) if padding else None
     grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(length)).to(dtype)

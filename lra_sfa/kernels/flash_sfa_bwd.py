@@ -95,30 +95,41 @@ def support_mask(Idx, rows, row_ok, cols, TOPK: tl.constexpr):
 
 
 @triton.jit
-def add_sparse_dq(ds_t, k, Qidx, DQpacked, rows, row_ok, sm_scale, HEAD_DIM: tl.constexpr, TOPK_Q: tl.constexpr,
-                  TOPK_Q_POW2: tl.constexpr, IEEE: tl.constexpr):
-    """This key block's share of dQ, kept on q's support only: DQpacked[row, j] += sm * (dS K~)[row, Qidx[row, j]].
+def add_fused_dq(ds_t, k, Qidx, DQacc, DQacc_desc, bh, start_m, rows, row_ok, sm_scale, HEAD_DIM: tl.constexpr,
+                 TOPK_Q: tl.constexpr, TOPK_Q_POW2: tl.constexpr, IEEE: tl.constexpr, FUSED_DQ: tl.constexpr):
+    """This key block's share of dQ = sm * dS K~ for the query rows ``rows`` (M,), added into the fp32 DQacc.
 
-    ds_t (N, M) and k (N, D) are the tile's dS^T and key codes; rows (M,) are
-    flat query rows. The masked gradient needs TOPK_Q of the D columns, so the
-    atomics carry TOPK_Q / D of a dense dQ's bytes.
+    ds_t (N, M) and k (N, D) are the tile's dS^T and key codes. FUSED_DQ
+    1: only q's TOPK_Q support columns, gathered, by scalar atomics into a
+    packed (B*H*L, TOPK_Q) DQacc (TOPK_Q / D of a dense dQ's bytes);
+    2: atomics on the dense (B*H*L, D) DQacc masked to q's support (same
+    bytes as 1, no gather); 3: the whole (M, D) tile by one TMA reduce-add
+    into a dense (B*H, L, D) DQacc (FlashAttention-3's dQ; the launcher masks
+    to the support afterwards).
     """
-    dq_part = dot(tl.trans(ds_t), k, tl.zeros([ds_t.shape[1], HEAD_DIM], dtype=tl.float32), IEEE)  # (M, D)
-    slots = tl.arange(0, TOPK_Q_POW2)
-    ok = row_ok[:, None] & (slots[None, :] < TOPK_Q)
-    ids = tl.load(Qidx + rows[:, None] * TOPK_Q + slots[None, :], mask=ok, other=0).to(tl.int32)
-    kept = tl.gather(dq_part, ids, axis=1)  # (M, TOPK_Q_POW2)
-    tl.atomic_add(DQpacked + rows[:, None] * TOPK_Q + slots[None, :], kept * sm_scale, mask=ok, sem="relaxed")
+    dq_part = dot(tl.trans(ds_t), k, tl.zeros([ds_t.shape[1], HEAD_DIM], dtype=tl.float32), IEEE) * sm_scale
+    if FUSED_DQ == 1:
+        slots = tl.arange(0, TOPK_Q_POW2)
+        ok = row_ok[:, None] & (slots[None, :] < TOPK_Q)
+        ids = tl.load(Qidx + rows[:, None] * TOPK_Q + slots[None, :], mask=ok, other=0).to(tl.int32)
+        kept = tl.gather(dq_part, ids, axis=1)  # (M, TOPK_Q_POW2)
+        tl.atomic_add(DQacc + rows[:, None] * TOPK_Q + slots[None, :], kept, mask=ok, sem="relaxed")
+    elif FUSED_DQ == 2:
+        cols = tl.arange(0, HEAD_DIM)
+        keep = support_mask(Qidx, rows, row_ok, cols, TOPK_Q)  # (M, D)
+        tl.atomic_add(DQacc + rows[:, None] * HEAD_DIM + cols[None, :], dq_part, mask=keep, sem="relaxed")
+    else:
+        DQacc_desc.atomic_add([bh, start_m, 0], dq_part.reshape([1, ds_t.shape[1], HEAD_DIM]))
 
 
 @triton.jit
 def _dkdv_kernel(
-    Q, K, V, DO, Lse, Delta, Bias, Kidx, DK, DV, Qidx, DQpacked,
-    Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc,
+    Q, K, V, DO, Lse, Delta, Bias, Kidx, DK, DV, Qidx, DQacc,
+    Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, DQacc_desc,
     L, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
-    SPARSE_DQ: tl.constexpr = False, TOPK_Q: tl.constexpr = 1, TOPK_Q_POW2: tl.constexpr = 1,
+    FUSED_DQ: tl.constexpr = 0, TOPK_Q: tl.constexpr = 1, TOPK_Q_POW2: tl.constexpr = 1,
     TMA: tl.constexpr = False,
 ):
     bh = tl.program_id(1)
@@ -149,9 +160,9 @@ def _dkdv_kernel(
         dp_t = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
         ds_t = p_t * (dp_t - dlt[None, :])
         dk = dot(ds_t.to(q.dtype), q, dk, IEEE)
-        if SPARSE_DQ:
-            add_sparse_dq(ds_t.to(k.dtype), k, Qidx, DQpacked, row0 + offs_m, m_ok, sm_scale, HEAD_DIM, TOPK_Q,
-                          TOPK_Q_POW2, IEEE)
+        if FUSED_DQ > 0:
+            add_fused_dq(ds_t.to(k.dtype), k, Qidx, DQacc, DQacc_desc, bh, start_m, row0 + offs_m, m_ok, sm_scale,
+                         HEAD_DIM, TOPK_Q, TOPK_Q_POW2, IEEE, FUSED_DQ)
     dk = dk * sm_scale
     if not FULL_SUPPORT:
         dk = tl.where(support_mask(Kidx, row0 + offs_n, n_ok, cols, TOPK), dk, 0.0)
@@ -201,7 +212,8 @@ def _dq_kernel(
 def set_bwd_block_shapes(nargs: dict) -> None:
     """Config pre-hook: TMA boxes follow the block sizes (query-row tensors BLOCK_M, key-row tensors BLOCK_N)."""
     for name, block in (("Q_desc", "BLOCK_M"), ("DO_desc", "BLOCK_M"), ("DQ_desc", "BLOCK_M"),
-                        ("K_desc", "BLOCK_N"), ("V_desc", "BLOCK_N"), ("DK_desc", "BLOCK_N"), ("DV_desc", "BLOCK_N")):
+                        ("DQacc_desc", "BLOCK_M"), ("K_desc", "BLOCK_N"), ("V_desc", "BLOCK_N"),
+                        ("DK_desc", "BLOCK_N"), ("DV_desc", "BLOCK_N")):
         if name in nargs:
             nargs[name].block_shape = [1, nargs[block], nargs["HEAD_DIM"]]
 
@@ -220,11 +232,11 @@ DKDV_CONFIGS = [bwd_config(64, 128, 8, 3), bwd_config(64, 128, 8, 3, tma=True), 
 DQ_CONFIGS = [bwd_config(128, 32, 4, 3), bwd_config(128, 32, 4, 3, tma=True), bwd_config(128, 64, 8, 3),
               bwd_config(128, 64, 8, 3, tma=True)]
 BWD_KEY = ["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "FULL_SUPPORT"]
-SPARSE_DQ = False  # dQ from the dK/dV kernel by sparse atomics instead of the dQ kernel (measure before enabling)
+# dQ from the dK/dV kernel (add_fused_dq's modes 1-3) instead of the dQ kernel (0); measure before enabling
+FUSED_DQ = 0
 
-# SPARSE_DQ accumulates into DQpacked with atomics, so each timed autotune run starts from zeros
-dkdv_tuned = triton.autotune(configs=DKDV_CONFIGS, key=BWD_KEY + ["SPARSE_DQ"],
-                             reset_to_zero=["DQpacked"])(_dkdv_kernel)
+# the fused dQ modes accumulate into DQacc with atomics, so each timed autotune run starts from zeros
+dkdv_tuned = triton.autotune(configs=DKDV_CONFIGS, key=BWD_KEY + ["FUSED_DQ"], reset_to_zero=["DQacc"])(_dkdv_kernel)
 dq_tuned = triton.autotune(configs=DQ_CONFIGS, key=BWD_KEY)(_dq_kernel)
 delta_kernel = _delta_kernel
 dkdv_kernel = _dkdv_kernel

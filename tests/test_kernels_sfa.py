@@ -125,53 +125,6 @@ def test_forward_only_path_fuses_q_topk(length, topk, padding, dtype, monkeypatc
     assert sfa_check.rel_err(fused, ref) < 1e-2
 
 
-@pytest.mark.parametrize("fused_dq", [1, 2, 3])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("padding", [False, True])
-@pytest.mark.parametrize("topk", [1, 4, 8, HEAD_DIM])
-@pytest.mark.parametrize("length", [1, 17, 100, 257])
-def test_fused_dq_backward_pass_rule(length, topk, padding, dtype, fused_dq, monkeypatch):
-    """FUSED_DQ modes (dQ from the dK/dV kernel by atomics: packed support columns, masked dense, TMA
-    reduce-add) pass the same rule, with dQ zero off q's support; at topk = D the launcher keeps the dQ kernel."""
-    from lra_sfa.kernels import flash_sfa_bwd as bwd
-
-    monkeypatch.setattr(bwd, "FUSED_DQ", fused_dq)
-    q, k, v = _inputs(1, 2, length, HEAD_DIM, dtype, seed=length * 13 + topk)
-    mask = _mask(1, length, seed=length + 3) if padding else None
-    result = sfa_check.full_check(q, k, v, topk, mask, flash_sfa)
-    for name in ("out", "dq", "dk", "dv"):
-        assert result[f"{name}_ok"], (name, result[f"{name}_err"], result[f"{name}_torch_err"])
-    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    flash_sfa(*leaves, topk, topk, mask).sum().backward()
-    assert int((leaves[0].grad != 0).sum(-1).max()) <= topk
-
-
-@pytest.mark.parametrize("fused_dq", [0, 1, 2, 3])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("padding", [False, True])
-@pytest.mark.parametrize("length", [1, 17, 100, 257])
-def test_backward_tma_loads_match_pointer_loads(length, padding, dtype, fused_dq, monkeypatch):
-    """The backward kernels' TMA configs (tensor-descriptor loads and stores) give the pointer configs'
-    gradients bit for bit, including the partial last tiles, and pass the DESIGN.md rule."""
-    from lra_sfa.kernels import flash_sfa_bwd as bwd
-
-    monkeypatch.setattr(bwd, "FUSED_DQ", fused_dq)
-    q, k, v = _inputs(1, 2, length, HEAD_DIM, dtype, seed=length * 17 + 3)
-    mask = _mask(1, length, seed=length + 5) if padding else None
-    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(length)).to(dtype)
-    grads = {}
-    for tma in (False, True):
-        monkeypatch.setattr(bwd, "INTERPRETER_BWD_CONFIG", bwd.bwd_config(64, 32, 4, 1, tma=tma))
-        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-        grads[tma] = torch.autograd.grad(flash_sfa(*leaves, 4, 4, mask), leaves, grad)
-        if tma:
-            result = sfa_check.full_check(q, k, v, 4, mask, flash_sfa)
-            for name in ("dq", "dk", "dv"):
-                assert result[f"{name}_ok"], (name, result[f"{name}_err"], result[f"{name}_torch_err"])
-    for pointer_grad, tma_grad in zip(grads[False], grads[True]):
-        assert torch.equal(pointer_grad, tma_grad)
-
-
 def test_matches_reference_end_to_end_fp32():
     q, k, v = (t.requires_grad_(True) for t in _inputs(2, 2, 50, 32, torch.float32, seed=5))
     mask = _mask(2, 50, seed=6)
@@ -354,3 +307,18 @@ def test_forward_autotune_list_pruning():
     ieee = fwd.prune_fwd_configs(fwd.GPU_CONFIGS, {}, HEAD_DIM=128, IEEE=True)
     assert ieee and not any(c.kwargs["WARP_SPEC"] or c.kwargs["ROWSUM_2D"] for c in ieee)
     assert len(fwd.prune_fwd_configs(fwd.GPU_CONFIGS, {"HEAD_DIM": 128, "IEEE": False})) == len(fwd.GPU_CONFIGS)
+
+
+def test_backward_fp32_takes_small_tiles():
+    """fp32 (IEEE) backward launches use one small-tile config per kernel (the 16-bit tiles' 4-byte TMA
+    buffers would overflow shared memory at D=128); 16-bit launches keep the tuned lists."""
+    from lra_sfa.kernels import flash_sfa_bwd as bwd
+
+    for prune, configs, small in ((bwd.prune_dkdv_configs, bwd.DKDV_CONFIGS, bwd.DKDV_FP32_CONFIG),
+                                  (bwd.prune_dq_configs, bwd.DQ_CONFIGS, bwd.DQ_FP32_CONFIG)):
+        assert prune(configs, {"IEEE": True}) == [small]
+        assert prune(configs, {}, IEEE=False) == configs
+        block_m, block_n = small.kwargs["BLOCK_M"], small.kwargs["BLOCK_N"]
+        # loop-invariant tiles once, streamed tiles per stage; two tensors each, D=128, 4 bytes
+        smem = 2 * 128 * 4 * (max(block_m, block_n) + small.num_stages * min(block_m, block_n))
+        assert smem <= 160 * 1024

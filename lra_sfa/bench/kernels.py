@@ -397,13 +397,6 @@ def explore_prefill(args, record, sections: set[str]) -> None:
     leaves = tuple(leaf(t) for t in (q, k, v))
     record("full", "flash_sfa fwd+bwd", time_ms(sfa_call(*leaves, topk, grad))[0],
            f"dkdv {bwd.dkdv_tuned.best_config} dq {bwd.dq_tuned.best_config}")
-    for mode in args.fused_dq_modes:  # the same, with dQ from the dK/dV kernel's atomics (FUSED_DQ, default 0)
-        saved_mode, bwd.FUSED_DQ = bwd.FUSED_DQ, mode
-        try:
-            record("full", f"flash_sfa fwd+bwd, fused dQ mode {mode}", time_ms(sfa_call(*leaves, topk, grad))[0],
-                   f"dkdv {bwd.dkdv_tuned.best_config}")
-        finally:
-            bwd.FUSED_DQ = saved_mode
     sparse = (packs["q_dense"].reshape(q.shape), packs["k_dense"].reshape(k.shape), v)
     for name in BACKENDS:
         for label, inputs in (("random", (q, k, v)), ("sparse", sparse)):
@@ -415,7 +408,7 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
     """Each backward kernel (dK/dV, dQ) alone at the explore shape, for each (BLOCK_M, BLOCK_N, warps, stages)."""
     from lra_sfa.kernels import flash_sfa_bwd as bwd
     from lra_sfa.kernels import flash_sfa_fwd as fwd
-    from lra_sfa.kernels.flash_sfa import _descriptor, fused_dq_result, launch_backward, launch_forward, pad_bias
+    from lra_sfa.kernels.flash_sfa import _descriptor, launch_backward, launch_forward, pad_bias
 
     qd, kd = packs["q_dense"], packs["k_dense"]  # (B*H, L, D)
     batch_heads, length, dim = qd.shape
@@ -428,62 +421,32 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
     record("bwd", "autotuned dq+dk+dv (delta, dkdv, dq)",
            time_ms(partial(launch_backward, saved, dout, batch_heads, False, topk, topk))[0],
            f"dkdv {getattr(bwd.dkdv_tuned, 'best_config', None)} dq {getattr(bwd.dq_tuned, 'best_config', None)}")
-    delta = (out.float() * dout.float()).sum(-1)  # (B*H, L)
-    common = dict(Q=qd, K=kd, V=v, DO=dout, Lse=lse2, Delta=delta, Bias=bias, L=length, H=batch_heads,
-                  qk_scale=fwd.LOG2E / dim ** 0.5, sm_scale=1.0 / dim ** 0.5, l_bucket=length,
-                  HEAD_DIM=dim, HAS_BIAS=False, IEEE=False, TOPK=topk, FULL_SUPPORT=False)
-    common.update({f"{name}_desc": _descriptor(t, 16) for name, t in (("Q", qd), ("K", kd), ("V", v), ("DO", dout))})
     grads = {name: torch.empty_like(qd) for name in ("DQ", "DK", "DV")}
-    descs = {f"{name}_desc": _descriptor(t, 16) for name, t in grads.items()}
-    for mode in args.fused_dq_modes:
-        fused = partial(launch_backward, saved, dout, batch_heads, False, topk, topk, mode)
-        fused_ms = time_ms(fused)[0]
-        diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(fused(), ref))
-        record("bwd", f"autotuned fused dQ mode {mode} (delta, dkdv with dQ atomics, dQ out)", fused_ms,
-               f"dkdv {getattr(bwd.dkdv_tuned, 'best_config', None)} maxdiff={diff:.1e}")
-    placeholder = torch.zeros(1, dtype=torch.float32, device=qd.device)
-    kernels = {"dkdv": (bwd.dkdv_kernel, dict(common, Kidx=k_idx, DK=grads["DK"], DV=grads["DV"], Qidx=q_idx,
-                                             DQacc=placeholder, DQacc_desc=common["Q_desc"], DK_desc=descs["DK_desc"],
-                                             DV_desc=descs["DV_desc"]),
+    descs = {f"{name}_desc": _descriptor(t, 16)
+             for name, t in (("Q", qd), ("K", kd), ("V", v), ("DO", dout), *grads.items())}
+    common = dict(Lse=lse2, Delta=(out.float() * dout.float()).sum(-1), Bias=bias, L=length, H=batch_heads,
+                  qk_scale=fwd.LOG2E / dim ** 0.5, sm_scale=1.0 / dim ** 0.5, l_bucket=length,
+                  HEAD_DIM=dim, HAS_BIAS=False, IEEE=False, TOPK=topk, FULL_SUPPORT=False,
+                  **{n: descs[n] for n in ("Q_desc", "K_desc", "V_desc", "DO_desc")})
+    kernels = {"dkdv": (bwd.dkdv_kernel, dict(common, Kidx=k_idx, DK_desc=descs["DK_desc"], DV_desc=descs["DV_desc"]),
                         "BLOCK_N", ("DK", "DV"), ref[1:]),
-               "dq": (bwd.dq_kernel, dict(common, Qidx=q_idx, DQ=grads["DQ"], DQ_desc=descs["DQ_desc"]), "BLOCK_M",
-                      ("DQ",), ref[:1])}
+               "dq": (bwd.dq_kernel, dict(common, Qidx=q_idx, DQ_desc=descs["DQ_desc"]), "BLOCK_M", ("DQ",), ref[:1])}
     for name, configs in (("dkdv", args.dkdv_configs), ("dq", args.dq_configs)):
         kernel, kargs, grid_block, outs, expected = kernels[name]
-        for block_m, block_n, warps, stages, *tma in configs:
-            meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, TMA=bool(tma and tma[0]), num_warps=warps,
-                        num_stages=stages)
+        for block_m, block_n, warps, stages in configs:
+            meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
             grid = (triton.cdiv(length, meta[grid_block]), batch_heads)
 
             def run(kernel=kernel, grid=grid, kargs=kargs, meta=meta):
                 bwd.set_bwd_block_shapes({**kargs, **meta})
                 kernel[grid](**kargs, **meta)
-            label = f"{name} {block_m}x{block_n} w{warps} s{stages}{' tma' * meta['TMA']}"
+            label = f"{name} {block_m}x{block_n} w{warps} s{stages}"
             try:
                 ms = time_ms(run)[0]
-                diff = max((kargs[o].float() - e.float()).abs().max().item() for o, e in zip(outs, expected))
+                diff = max((grads[o].float() - e.float()).abs().max().item() for o, e in zip(outs, expected))
                 record("bwd", label, ms, f"maxdiff={diff:.1e}")
             except Exception as exc:  # a config the compiler rejects is reported, not fatal
                 record("bwd", label, float("nan"), repr(exc)[:160])
-    for block_m, block_n, warps, stages, tma, mode in args.fused_dq_configs:
-        acc = (torch.zeros(batch_heads * length, topk, dtype=torch.float32, device=qd.device) if mode == 1
-               else torch.zeros(qd.shape, dtype=torch.float32, device=qd.device))  # (B*H*L, k) or (B*H, L, D)
-        fused_args = dict(kernels["dkdv"][1], FUSED_DQ=mode, TOPK_Q=topk, TOPK_Q_POW2=triton.next_power_of_2(topk),
-                          DQacc=acc, DQacc_desc=_descriptor(acc, 16) if mode == 3 else common["Q_desc"])
-        meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, TMA=bool(tma), num_warps=warps, num_stages=stages)
-        grid = (triton.cdiv(length, block_n), batch_heads)
-        label = f"dkdv+fused dQ mode {mode} {block_m}x{block_n} w{warps} s{stages}{' tma' * meta['TMA']}"
-        bwd.set_bwd_block_shapes({**fused_args, **meta})
-        try:
-            ms = time_ms(partial(bwd.dkdv_kernel[grid], **fused_args, **meta))[0]
-            acc.zero_()
-            bwd.dkdv_kernel[grid](**fused_args, **meta)
-            dq = fused_dq_result(acc, q_idx, mode, qd.dtype, dim)
-            diff = max((dq.reshape(qd.shape).float() - ref[0].float()).abs().max().item(),
-                       (fused_args["DK"].float() - ref[1].float()).abs().max().item())
-            record("bwd", label, ms, f"maxdiff={diff:.1e}")
-        except Exception as exc:  # a config the compiler rejects is reported, not fatal
-            record("bwd", label, float("nan"), repr(exc)[:160])
 
 
 def explore_decode(args, record) -> None:
@@ -700,22 +663,11 @@ def parse_args(argv=None):
                         "[,rowsum_2d]]]] tuples for --mode explore")
     bwd_tuple = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
-                        default=[(64, 128, 8, 3), (64, 128, 8, 3, 1), (32, 64, 4, 4, 1), (64, 128, 8, 4, 1),
-                                 (32, 128, 8, 3, 1), (32, 128, 8, 4, 1)],
-                        help="BLOCK_M,BLOCK_N,warps,stages[,tma] of the dK/dV kernel for the bwd part of --mode "
-                        "explore (tma 1: tensor-descriptor loads)")
-    parser.add_argument("--fused-dq-configs", type=bwd_tuple, nargs="+",
-                        default=[(64, 128, 8, 3, 1, 1), (64, 128, 8, 3, 1, 2), (64, 128, 8, 3, 1, 3),
-                                 (64, 128, 8, 2, 1, 3), (32, 128, 8, 3, 1, 3), (64, 64, 4, 3, 1, 3),
-                                 (32, 64, 4, 4, 1, 2), (32, 64, 4, 4, 1, 3)],
-                        help="BLOCK_M,BLOCK_N,warps,stages,tma,mode of the dK/dV kernel with a fused dQ (FUSED_DQ "
-                        "mode 1-3) for the bwd part of --mode explore")
-    parser.add_argument("--fused-dq-modes", type=int, nargs="+", default=[1, 2, 3], choices=(1, 2, 3),
-                        help="FUSED_DQ modes timed autotuned in the bwd and full parts of --mode explore")
+                        default=[(64, 128, 8, 4), (64, 128, 8, 3), (32, 64, 4, 4)],
+                        help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel for the bwd part of --mode explore")
     parser.add_argument("--dq-configs", type=bwd_tuple, nargs="+",
-                        default=[(128, 64, 8, 3), (128, 64, 8, 3, 1), (128, 32, 4, 3, 1), (128, 64, 8, 4, 1),
-                                 (128, 128, 8, 3, 1), (64, 128, 4, 3, 1)],
-                        help="BLOCK_M,BLOCK_N,warps,stages[,tma] of the dQ kernel for the bwd part of --mode explore")
+                        default=[(128, 64, 8, 3), (64, 128, 4, 3), (128, 32, 4, 3)],
+                        help="BLOCK_M,BLOCK_N,warps,stages of the dQ kernel for the bwd part of --mode explore")
     return parser.parse_args(argv)
 
 

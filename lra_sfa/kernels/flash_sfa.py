@@ -143,16 +143,8 @@ def _run_bwd_kernel(tuned, plain, grid, args: dict) -> None:
         tuned[grid](**args)
 
 
-def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool, topk_q: int, topk_k: int,
-                    fused_dq: int | None = None):
-    """Returns dq, dk, dv as (B*H, L, D), dq/dk masked to the top-k supports.
-
-    ``fused_dq`` (default ``flash_sfa_bwd.FUSED_DQ``; 0 when topk_q = D): 0
-    runs the dQ kernel; 1-3 have the dK/dV kernel also form each key block's
-    dS K~ and add it into an fp32 accumulator with atomics (``add_fused_dq``:
-    1 packed support columns, 2 masked dense, 3 TMA reduce-add), 5 matmuls per
-    tile pair instead of 7; the float sums' order then varies from run to run.
-    """
+def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool, topk_q: int, topk_k: int):
+    """Returns dq, dk, dv as (B*H, L, D), dq/dk masked to the top-k supports."""
     qd, kd, v, out, lse2, bias, q_idx, k_idx = saved
     batch_heads, length, head_dim = qd.shape
     dout = aligned_rows(dout.reshape(batch_heads, length, head_dim))  # (B*H, L, D)
@@ -160,42 +152,21 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
     rows = batch_heads * length
     block_r = max(1, 4096 // head_dim)
     bwd.delta_kernel[(triton.cdiv(rows, block_r),)](out, dout, delta, rows, HEAD_DIM=head_dim, BLOCK_R=block_r)
-    dk, dv = torch.empty_like(kd), torch.empty_like(v)
-    common = dict(Q=qd, K=kd, V=v, DO=dout, Lse=lse2, Delta=delta, Bias=bias, L=length, H=heads,
+    dq, dk, dv = torch.empty_like(qd), torch.empty_like(kd), torch.empty_like(v)
+    descs = {f"{name}_desc": _descriptor(t, 16)
+             for name, t in (("Q", qd), ("K", kd), ("V", v), ("DO", dout), ("DQ", dq), ("DK", dk), ("DV", dv))}
+    common = dict(Lse=lse2, Delta=delta, Bias=bias, L=length, H=heads,
                   qk_scale=fwd.LOG2E / math.sqrt(head_dim), sm_scale=1.0 / math.sqrt(head_dim),
                   l_bucket=min(triton.next_power_of_2(length), TUNE_LENGTH_CAP), HEAD_DIM=head_dim, HAS_BIAS=has_bias,
-                  IEEE=qd.dtype == torch.float32)
-    common.update({f"{name}_desc": _descriptor(t, 16) for name, t in (("Q", qd), ("K", kd), ("V", v), ("DO", dout))})
-    fused_dq = (bwd.FUSED_DQ if fused_dq is None else fused_dq) if topk_q < head_dim else 0
-    dq_acc = {0: lambda: torch.zeros(1, dtype=torch.float32, device=qd.device),  # a placeholder pointer
-              1: lambda: torch.zeros(rows, topk_q, dtype=torch.float32, device=qd.device),
-              2: lambda: torch.zeros(batch_heads, length, head_dim, dtype=torch.float32, device=qd.device),
-              3: lambda: torch.zeros(batch_heads, length, head_dim, dtype=torch.float32, device=qd.device)}[fused_dq]()
-    acc_desc = _descriptor(dq_acc, 16) if fused_dq == 3 else common["Q_desc"]  # mode 3 reduces through it
-    dkdv_args = dict(common, Kidx=k_idx, DK=dk, DV=dv, Qidx=q_idx, DQacc=dq_acc, TOPK=topk_k,
-                     DK_desc=_descriptor(dk, 16), DV_desc=_descriptor(dv, 16), DQacc_desc=acc_desc,
-                     FULL_SUPPORT=topk_k == head_dim, FUSED_DQ=fused_dq, TOPK_Q=topk_q,
-                     TOPK_Q_POW2=triton.next_power_of_2(topk_q))
+                  IEEE=qd.dtype == torch.float32, **{n: descs[n] for n in ("Q_desc", "K_desc", "V_desc", "DO_desc")})
+    dkdv_args = dict(common, DK_desc=descs["DK_desc"], DV_desc=descs["DV_desc"], Kidx=k_idx, TOPK=topk_k,
+                     FULL_SUPPORT=topk_k == head_dim)
     _run_bwd_kernel(bwd.dkdv_tuned, bwd.dkdv_kernel,
                     lambda meta: (triton.cdiv(length, meta["BLOCK_N"]), batch_heads), dkdv_args)
-    if fused_dq:
-        return fused_dq_result(dq_acc, q_idx, fused_dq, qd.dtype, head_dim).reshape(qd.shape), dk, dv
-    dq = torch.empty_like(qd)
-    dq_args = dict(common, Qidx=q_idx, DQ=dq, DQ_desc=_descriptor(dq, 16), TOPK=topk_q,
-                   FULL_SUPPORT=topk_q == head_dim)
+    dq_args = dict(common, DQ_desc=descs["DQ_desc"], Qidx=q_idx, TOPK=topk_q, FULL_SUPPORT=topk_q == head_dim)
     _run_bwd_kernel(bwd.dq_tuned, bwd.dq_kernel,
                     lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch_heads), dq_args)
     return dq, dk, dv
-
-
-def fused_dq_result(dq_acc: torch.Tensor, q_idx: torch.Tensor, mode: int, dtype: torch.dtype,
-                    head_dim: int) -> torch.Tensor:
-    """The dense, support-masked dQ (B*H*L, D) in ``dtype`` from a fused-dQ accumulator (``add_fused_dq``'s modes)."""
-    ids = q_idx.reshape(-1, q_idx.shape[-1]).long()  # (B*H*L, topk_q)
-    if mode == 2:  # already zero off the support
-        return dq_acc.reshape(ids.shape[0], head_dim).to(dtype)
-    packed = dq_acc if mode == 1 else dq_acc.reshape(ids.shape[0], head_dim).gather(-1, ids)  # (B*H*L, topk_q)
-    return torch.zeros(ids.shape[0], head_dim, dtype=dtype, device=dq_acc.device).scatter_(-1, ids, packed.to(dtype))
 
 
 class FlashSFAFunction(torch.autograd.Function):

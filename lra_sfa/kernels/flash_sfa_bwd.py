@@ -12,29 +12,41 @@ What it computes
     ``_delta_kernel`` (rowsum), ``_dkdv_kernel`` (one program per key block,
     looping over query blocks) and ``_dq_kernel`` (one program per query
     block, looping over key blocks); no atomics, so results are deterministic.
-    Option ``SPARSE_DQ`` (off until measured): the dK/dV kernel also forms
-    dS K~ per tile pair and adds only q's top-k columns of it into a packed
-    fp32 dQ with atomics (``add_sparse_dq``), so the dQ kernel and its two
-    recomputed matmuls (Q.K^T, dO.V^T) go: 5 matmuls per tile pair instead
-    of 7, and topk_q / D of a dense dQ's atomic traffic (1/16 at k=8,
-    d=128). Prepared 2026-11-29 (session 8) without device time left;
-    interpreter-tested against the reference.
+    Q, K, V, dO tiles load and dQ, dK, dV tiles store through TMA tensor
+    descriptors over (B*H, L, D) views, so rows past L are zero-filled on load
+    and dropped on store by the hardware.
 
 Masking
     Query rows past L load lse2 = +inf, so their P is 0. Keys past L (or
     padded keys) get P = 0 in ``_dq_kernel``; in ``_dkdv_kernel`` key rows
-    past L are simply not stored and padded keys get P = 0.
+    past L are zero (TMA) and not stored, and padded keys get P = 0.
 
 Limits
     As the forward: head_dim 16..128, fp16 / bf16 / fp32 (IEEE dots), any L.
 
-Measured (H200, 2026-11-29, bf16, 2^19 tokens, calls queued): fwd+bwd at
-    d=128, k=8 is 35.3 ms at L=16K and 276 ms at L=128K against cuDNN 25.5 /
-    209 ms (0.72x / 0.76x; 0.61-0.65x with the 2026-11-28 tiles) and FA2
-    (1.33-1.36x); d=64 reaches 0.83-0.84x cuDNN. The backward (about 28 of
-    the 35 ms at 16K) is a plain FA2-style pair of kernels with pointer
-    loads; next: TMA loads, one fused kernel.
-
+Measured (H200, 2026-11-29, bf16, L=16K, d=128, k=8, B*H=16, each kernel
+alone; results/kernels/sfa_explore_2026-11-29_s9_*.csv)
+    TMA descriptors against pointer loads: dK/dV 64x128 w8 s3 8.02 vs 8.35
+    ms (7.97 vs 8.28 in an earlier call), 64x128 w8 s4 7.88; dQ 128x64 w8
+    s3 4.95 vs 5.54 ms, 128x32 w4 s3 5.33 vs 5.52. The autotuned backward
+    (delta, dK/dV, dQ) 12.9-13.0 ms; fwd+bwd 16.7 ms against cuDNN 12.7 ms
+    (sparsified inputs) / 14.0 ms (random): 0.76x. Per matmul the kernels
+    run as fast as cuDNN's backward (dK/dV ~560 TFLOP/s for its 4 matmuls,
+    dQ ~670 for its 3, cuDNN ~580 for 5); the gap is the 7 matmuls per tile
+    pair against cuDNN's 5.
+Fused dQ (the dK/dV kernel also forms dS K~ for each tile pair and adds it
+    into an fp32 accumulator, so the dQ kernel and its two recomputed
+    matmuls go: 5 matmuls instead of 7). Three ways tried, all losses, so
+    removed (same shape, ``sfa_explore_2026-11-29_s9_fused_dq.csv``):
+    packed support columns (tl.gather of q's top-k columns, scalar atomics
+    on a (B*H*L, k) buffer) 15.9 ms autotuned backward; dense atomics masked
+    to q's support 27.1 ms; FlashAttention-3's TMA reduce-add of the whole
+    (64, D) tile 14.3 ms; against 13.0 ms for the two kernels. The dK/dV
+    kernel with the fifth matmul ran 15.6 ms (64x128 w8 s3, TMA reduce)
+    against 7.9 + 5.0 ms for the pair: a third (64, D) fp32 tile on top of
+    the two (128, D) accumulators, and dS transposed through shared memory,
+    cost more than the dQ kernel saves. FA3 keeps it cheap with warpgroup
+    register reallocation, which Triton 3.6 does not expose.
 Block sizes
     dK/dV keeps two fp32 (BLOCK_N, D) accumulators in registers, so BLOCK_N
     64 with 4 warps (or 128 with 8) at D=128; dQ keeps one, so BLOCK_M 64-128.
@@ -61,30 +73,6 @@ def _delta_kernel(Out, DO, Delta, n_rows, HEAD_DIM: tl.constexpr, BLOCK_R: tl.co
 
 
 @triton.jit
-def load_rows(Ptr, Desc, bh, start, L, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr):
-    """(BLOCK, D) rows start.. of head bh, zero past L: by TMA descriptor, or by pointers."""
-    if TMA:
-        return Desc.load([bh, start, 0]).reshape([BLOCK, HEAD_DIM])
-    else:
-        offs = start + tl.arange(0, BLOCK)
-        cols = tl.arange(0, HEAD_DIM)
-        ptrs = Ptr + (bh.to(tl.int64) * L + offs[:, None]) * HEAD_DIM + cols[None, :]
-        return tl.load(ptrs, mask=offs[:, None] < L, other=0.0)
-
-
-@triton.jit
-def store_rows(Ptr, Desc, x, bh, start, L, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr):
-    """Store (BLOCK, D) x as rows start.. of head bh, dropping rows past L."""
-    if TMA:
-        Desc.store([bh, start, 0], x.to(Desc.dtype).reshape([1, BLOCK, HEAD_DIM]))
-    else:
-        offs = start + tl.arange(0, BLOCK)
-        cols = tl.arange(0, HEAD_DIM)
-        ptrs = Ptr + (bh.to(tl.int64) * L + offs[:, None]) * HEAD_DIM + cols[None, :]
-        tl.store(ptrs, x.to(Ptr.dtype.element_ty), mask=offs[:, None] < L)
-
-
-@triton.jit
 def support_mask(Idx, rows, row_ok, cols, TOPK: tl.constexpr):
     """(R, D) bool: feature d is among row r's kept indices (loaded from (rows, TOPK) int ids)."""
     keep = cols[None, :] < 0
@@ -95,61 +83,29 @@ def support_mask(Idx, rows, row_ok, cols, TOPK: tl.constexpr):
 
 
 @triton.jit
-def add_fused_dq(ds_t, k, Qidx, DQacc, DQacc_desc, bh, start_m, rows, row_ok, sm_scale, HEAD_DIM: tl.constexpr,
-                 TOPK_Q: tl.constexpr, TOPK_Q_POW2: tl.constexpr, IEEE: tl.constexpr, FUSED_DQ: tl.constexpr):
-    """This key block's share of dQ = sm * dS K~ for the query rows ``rows`` (M,), added into the fp32 DQacc.
-
-    ds_t (N, M) and k (N, D) are the tile's dS^T and key codes. FUSED_DQ
-    1: only q's TOPK_Q support columns, gathered, by scalar atomics into a
-    packed (B*H*L, TOPK_Q) DQacc (TOPK_Q / D of a dense dQ's bytes);
-    2: atomics on the dense (B*H*L, D) DQacc masked to q's support (same
-    bytes as 1, no gather); 3: the whole (M, D) tile by one TMA reduce-add
-    into a dense (B*H, L, D) DQacc (FlashAttention-3's dQ; the launcher masks
-    to the support afterwards).
-    """
-    dq_part = dot(tl.trans(ds_t), k, tl.zeros([ds_t.shape[1], HEAD_DIM], dtype=tl.float32), IEEE) * sm_scale
-    if FUSED_DQ == 1:
-        slots = tl.arange(0, TOPK_Q_POW2)
-        ok = row_ok[:, None] & (slots[None, :] < TOPK_Q)
-        ids = tl.load(Qidx + rows[:, None] * TOPK_Q + slots[None, :], mask=ok, other=0).to(tl.int32)
-        kept = tl.gather(dq_part, ids, axis=1)  # (M, TOPK_Q_POW2)
-        tl.atomic_add(DQacc + rows[:, None] * TOPK_Q + slots[None, :], kept, mask=ok, sem="relaxed")
-    elif FUSED_DQ == 2:
-        cols = tl.arange(0, HEAD_DIM)
-        keep = support_mask(Qidx, rows, row_ok, cols, TOPK_Q)  # (M, D)
-        tl.atomic_add(DQacc + rows[:, None] * HEAD_DIM + cols[None, :], dq_part, mask=keep, sem="relaxed")
-    else:
-        DQacc_desc.atomic_add([bh, start_m, 0], dq_part.reshape([1, ds_t.shape[1], HEAD_DIM]))
-
-
-@triton.jit
 def _dkdv_kernel(
-    Q, K, V, DO, Lse, Delta, Bias, Kidx, DK, DV, Qidx, DQacc,
-    Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, DQacc_desc,
+    Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse, Delta, Bias, Kidx,
     L, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
-    FUSED_DQ: tl.constexpr = 0, TOPK_Q: tl.constexpr = 1, TOPK_Q_POW2: tl.constexpr = 1,
-    TMA: tl.constexpr = False,
 ):
     bh = tl.program_id(1)
     start_n = tl.program_id(0) * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, HEAD_DIM)
     n_ok = offs_n < L
-    k = load_rows(K, K_desc, bh, start_n, L, BLOCK_N, HEAD_DIM, TMA)  # (N, D)
-    v = load_rows(V, V_desc, bh, start_n, L, BLOCK_N, HEAD_DIM, TMA)
+    row0 = bh.to(tl.int64) * L
+    k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
+    v = V_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
     key_ok = n_ok
     if HAS_BIAS:
         key_ok = tl.load(Bias + (bh // H).to(tl.int64) * L + offs_n, mask=n_ok, other=float("-inf")) == 0.0
-    row0 = bh.to(tl.int64) * L
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     for start_m in tl.range(0, L, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_ok = offs_m < L
-        q = load_rows(Q, Q_desc, bh, start_m, L, BLOCK_M, HEAD_DIM, TMA)  # (M, D)
-        do = load_rows(DO, DO_desc, bh, start_m, L, BLOCK_M, HEAD_DIM, TMA)
+        q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
+        do = DO_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
         lse = tl.load(Lse + row0 + offs_m, mask=m_ok, other=float("inf"))
         dlt = tl.load(Delta + row0 + offs_m, mask=m_ok, other=0.0)
         qk_t = dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
@@ -160,40 +116,35 @@ def _dkdv_kernel(
         dp_t = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
         ds_t = p_t * (dp_t - dlt[None, :])
         dk = dot(ds_t.to(q.dtype), q, dk, IEEE)
-        if FUSED_DQ > 0:
-            add_fused_dq(ds_t.to(k.dtype), k, Qidx, DQacc, DQacc_desc, bh, start_m, row0 + offs_m, m_ok, sm_scale,
-                         HEAD_DIM, TOPK_Q, TOPK_Q_POW2, IEEE, FUSED_DQ)
     dk = dk * sm_scale
     if not FULL_SUPPORT:
-        dk = tl.where(support_mask(Kidx, row0 + offs_n, n_ok, cols, TOPK), dk, 0.0)
-    store_rows(DK, DK_desc, dk, bh, start_n, L, BLOCK_N, HEAD_DIM, TMA)
-    store_rows(DV, DV_desc, dv, bh, start_n, L, BLOCK_N, HEAD_DIM, TMA)
+        dk = tl.where(support_mask(Kidx, row0 + offs_n, n_ok, tl.arange(0, HEAD_DIM), TOPK), dk, 0.0)
+    DK_desc.store([bh, start_n, 0], dk.to(DK_desc.dtype).reshape([1, BLOCK_N, HEAD_DIM]))
+    DV_desc.store([bh, start_n, 0], dv.to(DV_desc.dtype).reshape([1, BLOCK_N, HEAD_DIM]))
 
 
 @triton.jit
 def _dq_kernel(
-    Q, K, V, DO, Lse, Delta, Bias, Qidx, DQ,
-    Q_desc, K_desc, V_desc, DO_desc, DQ_desc,
+    Q_desc, K_desc, V_desc, DO_desc, DQ_desc, Lse, Delta, Bias, Qidx,
     L, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr = False,
+    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
 ):
     bh = tl.program_id(1)
     start_m = tl.program_id(0) * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, HEAD_DIM)
     m_ok = offs_m < L
     row0 = bh.to(tl.int64) * L
-    q = load_rows(Q, Q_desc, bh, start_m, L, BLOCK_M, HEAD_DIM, TMA)  # (M, D)
-    do = load_rows(DO, DO_desc, bh, start_m, L, BLOCK_M, HEAD_DIM, TMA)
+    q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
+    do = DO_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
     lse = tl.load(Lse + row0 + offs_m, mask=m_ok, other=float("inf"))
     dlt = tl.load(Delta + row0 + offs_m, mask=m_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     for start_n in tl.range(0, L, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < L
-        k = load_rows(K, K_desc, bh, start_n, L, BLOCK_N, HEAD_DIM, TMA)  # (N, D)
-        v = load_rows(V, V_desc, bh, start_n, L, BLOCK_N, HEAD_DIM, TMA)
+        k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
+        v = V_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
         qk = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
         p = tl.math.exp2(qk * qk_scale - lse[:, None])
         key_ok = n_ok
@@ -205,39 +156,50 @@ def _dq_kernel(
         dq = dot(ds.to(k.dtype), k, dq, IEEE)
     dq = dq * sm_scale
     if not FULL_SUPPORT:
-        dq = tl.where(support_mask(Qidx, row0 + offs_m, m_ok, cols, TOPK), dq, 0.0)
-    store_rows(DQ, DQ_desc, dq, bh, start_m, L, BLOCK_M, HEAD_DIM, TMA)
+        dq = tl.where(support_mask(Qidx, row0 + offs_m, m_ok, tl.arange(0, HEAD_DIM), TOPK), dq, 0.0)
+    DQ_desc.store([bh, start_m, 0], dq.to(DQ_desc.dtype).reshape([1, BLOCK_M, HEAD_DIM]))
 
 
 def set_bwd_block_shapes(nargs: dict) -> None:
     """Config pre-hook: TMA boxes follow the block sizes (query-row tensors BLOCK_M, key-row tensors BLOCK_N)."""
     for name, block in (("Q_desc", "BLOCK_M"), ("DO_desc", "BLOCK_M"), ("DQ_desc", "BLOCK_M"),
-                        ("DQacc_desc", "BLOCK_M"), ("K_desc", "BLOCK_N"), ("V_desc", "BLOCK_N"),
-                        ("DK_desc", "BLOCK_N"), ("DV_desc", "BLOCK_N")):
+                        ("K_desc", "BLOCK_N"), ("V_desc", "BLOCK_N"), ("DK_desc", "BLOCK_N"), ("DV_desc", "BLOCK_N")):
         if name in nargs:
             nargs[name].block_shape = [1, nargs[block], nargs["HEAD_DIM"]]
 
 
-def bwd_config(block_m: int, block_n: int, warps: int, stages: int, tma: bool = False) -> triton.Config:
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "TMA": tma}, num_warps=warps, num_stages=stages,
+def bwd_config(block_m: int, block_n: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages,
                          pre_hook=set_bwd_block_shapes)
 
 
 INTERPRETER_BWD_CONFIG = bwd_config(64, 64, 4, 1)
-# H200, 2026-11-29, bf16, L=16K, d=128, k=8, B*H=16, each kernel alone: dK/dV 64x128 w8 s3 8.55 ms, 32x64 w4 s4
-# 8.89, 64x128 w8 s2 9.58 (the earlier choice), 64x64 w4 s3 11.2, 128x128 w8 s2 29.5; dQ 128x32 w4 s3 5.38,
-# 128x64 w8 s3 5.43, 128x128 w8 s2 5.70, 128x64 w8 s2 6.24 (the earlier choice), 64x64 w4 s3 6.80.
-DKDV_CONFIGS = [bwd_config(64, 128, 8, 3), bwd_config(64, 128, 8, 3, tma=True), bwd_config(32, 64, 4, 4),
-                bwd_config(32, 64, 4, 4, tma=True)]
-DQ_CONFIGS = [bwd_config(128, 32, 4, 3), bwd_config(128, 32, 4, 3, tma=True), bwd_config(128, 64, 8, 3),
-              bwd_config(128, 64, 8, 3, tma=True)]
+# H200, 2026-11-29, bf16, L=16K, d=128, k=8, B*H=16, each kernel alone, TMA: dK/dV 64x128 w8 s4 7.88 ms, 64x128 w8
+# s3 7.97-8.02, 32x64 w4 s4 8.09-8.14, 64x128 w8 s2 8.92, 32x128 w8 s4 9.34, 64x64 w4 s3 9.83, 32x128 w4 s4 33.4;
+# dQ 128x64 w8 s3 4.94-4.95, 128x64 w8 s4 4.96, 64x128 w4 s3 5.15, 128x32 w4 s3 5.32, 64x64 w4 s3 5.46,
+# 128x128 w8 s3 out of shared memory. Pointer loads (before): dK/dV 64x128 w8 s3 8.28-8.55, dQ 128x32 w4 s3 5.38-5.52.
+DKDV_CONFIGS = [bwd_config(64, 128, 8, 4), bwd_config(64, 128, 8, 3), bwd_config(32, 64, 4, 4)]
+DQ_CONFIGS = [bwd_config(128, 64, 8, 3), bwd_config(64, 128, 4, 3), bwd_config(128, 32, 4, 3)]
 BWD_KEY = ["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "FULL_SUPPORT"]
-# dQ from the dK/dV kernel (add_fused_dq's modes 1-3) instead of the dQ kernel (0); measure before enabling
-FUSED_DQ = 0
 
-# the fused dQ modes accumulate into DQacc with atomics, so each timed autotune run starts from zeros
-dkdv_tuned = triton.autotune(configs=DKDV_CONFIGS, key=BWD_KEY + ["FUSED_DQ"], reset_to_zero=["DQacc"])(_dkdv_kernel)
-dq_tuned = triton.autotune(configs=DQ_CONFIGS, key=BWD_KEY)(_dq_kernel)
+# fp32 inputs (IEEE dots; tests and checks, not speed) take small tiles: 4-byte TMA tiles of the 16-bit lists
+# need up to 320 KB of shared memory at D=128, above the H200's 227 KB per block
+DKDV_FP32_CONFIG, DQ_FP32_CONFIG = bwd_config(32, 64, 4, 2), bwd_config(64, 32, 4, 2)
+
+
+def fp32_pruner(fp32_config: triton.Config):
+    """An autotune early_config_prune: fp32 (IEEE) launches get ``fp32_config`` alone, 16-bit ones the list."""
+    def prune(configs, named_args, **kwargs):
+        ieee = named_args["IEEE"] if "IEEE" in named_args else kwargs["IEEE"]
+        return [fp32_config] if ieee else configs
+    return prune
+
+
+prune_dkdv_configs, prune_dq_configs = fp32_pruner(DKDV_FP32_CONFIG), fp32_pruner(DQ_FP32_CONFIG)
+dkdv_tuned = triton.autotune(configs=DKDV_CONFIGS, key=BWD_KEY,
+                             prune_configs_by={"early_config_prune": prune_dkdv_configs})(_dkdv_kernel)
+dq_tuned = triton.autotune(configs=DQ_CONFIGS, key=BWD_KEY,
+                           prune_configs_by={"early_config_prune": prune_dq_configs})(_dq_kernel)
 delta_kernel = _delta_kernel
 dkdv_kernel = _dkdv_kernel
 dq_kernel = _dq_kernel

@@ -1,4 +1,4 @@
-"""Fixes for Triton 3.6's CPU interpreter (TRITON_INTERPRET=1), used by the tests.
+"""Three fixes for Triton 3.6's CPU interpreter (TRITON_INTERPRET=1), used by the tests.
 
 1. The interpreter stores scalars as 1-element arrays and converts them with
    ``int(array)`` in ``tensor.__index__`` (used by ``range(0, L, BLOCK)`` over
@@ -11,10 +11,6 @@
 3. ``x.to(tl.bfloat16)`` from float32 truncates instead of rounding to
    nearest even as the GPU does, which doubles bf16 errors; the patched cast
    rounds to nearest even (NaN stays NaN).
-4. Tensor descriptors' ``atomic_add`` (a TMA reduce on the GPU) has no
-   interpreter implementation in Triton 3.6; when missing, one is added: a
-   masked load, add and store of the box (the interpreter runs programs one at
-   a time, so this equals the atomic sum).
 
 ``install()`` is idempotent and does nothing unless TRITON_INTERPRET=1.
 """
@@ -67,18 +63,6 @@ def install() -> None:
             return interpreter.TensorHandle(_f32_to_bf16_bits(src.data), dst_type.scalar)
         return original_cast(self, src, dst_type)
 
-    def create_descriptor_reduce(self, kind, desc, value, indices):
-        from triton._C.libtriton import ir
-
-        if kind != ir.DESCRIPTOR_REDUCE_KIND.ADD:
-            raise NotImplementedError(f"interpret_compat: descriptor reduce {kind} (only ADD is patched)")
-        ptrs, mask = desc.materialize_pointers(indices)
-        current = self.create_masked_load(ptrs, mask, None, None, None, False)
-        total = interpreter.TensorHandle(current.data + value.data, value.dtype.scalar)
-        return self.create_masked_store(ptrs, total, mask, None, None)
-
-    if not hasattr(interpreter.InterpreterBuilder, "create_descriptor_reduce"):
-        interpreter.InterpreterBuilder.create_descriptor_reduce = create_descriptor_reduce
     interpreter._patch_lang_tensor = patch_lang_tensor
     interpreter.InterpreterBuilder.cast_impl = cast_impl
     interpreter.InterpreterBuilder.create_dot = create_dot

@@ -87,7 +87,7 @@ def _dkdv_kernel(
     Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse, Delta, Bias, Kidx,
     L, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr = False,
 ):
     bh = tl.program_id(1)
     start_n = tl.program_id(0) * BLOCK_N
@@ -101,7 +101,7 @@ def _dkdv_kernel(
         key_ok = tl.load(Bias + (bh // H).to(tl.int64) * L + offs_n, mask=n_ok, other=float("-inf")) == 0.0
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    for start_m in tl.range(0, L, BLOCK_M):
+    for start_m in tl.range(0, L, BLOCK_M, warp_specialize=WARP_SPEC):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_ok = offs_m < L
         q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
@@ -128,7 +128,7 @@ def _dq_kernel(
     Q_desc, K_desc, V_desc, DO_desc, DQ_desc, Lse, Delta, Bias, Qidx,
     L, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr = False,
 ):
     bh = tl.program_id(1)
     start_m = tl.program_id(0) * BLOCK_M
@@ -140,7 +140,7 @@ def _dq_kernel(
     lse = tl.load(Lse + row0 + offs_m, mask=m_ok, other=float("inf"))
     dlt = tl.load(Delta + row0 + offs_m, mask=m_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for start_n in tl.range(0, L, BLOCK_N):
+    for start_n in tl.range(0, L, BLOCK_N, warp_specialize=WARP_SPEC):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < L
         k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])

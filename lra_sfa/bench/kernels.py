@@ -343,7 +343,7 @@ def explore(args) -> None:
             record("topk", f"torch.topk+scatter {x.shape[0]}x128 k={topk}",
                    time_ms(partial(_torch_topk_codes, x, topk))[0])
         del x
-    if sections & {"fwd", "variants", "full"}:
+    if sections & {"fwd", "variants", "bwd", "full"}:
         explore_prefill(args, record, sections)
     if "decode" in sections:
         explore_decode(args, record)

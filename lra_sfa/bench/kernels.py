@@ -433,15 +433,14 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
                "dq": (bwd.dq_kernel, dict(common, Qidx=q_idx, DQ_desc=descs["DQ_desc"]), "BLOCK_M", ("DQ",), ref[:1])}
     for name, configs in (("dkdv", args.dkdv_configs), ("dq", args.dq_configs)):
         kernel, kargs, grid_block, outs, expected = kernels[name]
-        for block_m, block_n, warps, stages, *ws in configs:
-            meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, WARP_SPEC=bool(ws and ws[0]), num_warps=warps,
-                        num_stages=stages)
+        for block_m, block_n, warps, stages in configs:
+            meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
             grid = (triton.cdiv(length, meta[grid_block]), batch_heads)
 
             def run(kernel=kernel, grid=grid, kargs=kargs, meta=meta):
                 bwd.set_bwd_block_shapes({**kargs, **meta})
                 kernel[grid](**kargs, **meta)
-            label = f"{name} {block_m}x{block_n} w{warps} s{stages}{' ws' * meta['WARP_SPEC']}"
+            label = f"{name} {block_m}x{block_n} w{warps} s{stages}"
             try:
                 ms = time_ms(run)[0]
                 diff = max((grads[o].float() - e.float()).abs().max().item() for o, e in zip(outs, expected))

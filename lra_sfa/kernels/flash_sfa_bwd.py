@@ -33,7 +33,9 @@ alone; results/kernels/sfa_explore_2026-11-29_s9_*.csv)
     (sparsified inputs) / 14.0 ms (random): 0.76x. Per matmul the kernels
     run as fast as cuDNN's backward (dK/dV ~560 TFLOP/s for its 4 matmuls,
     dQ ~670 for its 3, cuDNN ~580 for 5); the gap is the 7 matmuls per tile
-    pair against cuDNN's 5.
+    pair against cuDNN's 5. Sweep (2^19 tokens, commit aeb62ef): fwd+bwd
+    d=128 k=8 0.77x cuDNN at 16K, 0.78x at 32K, 0.80x at 64K and 128K
+    (0.72-0.76x with pointer loads); d=64 k=8 0.83-0.89x from 2K up.
 Fused dQ (the dK/dV kernel also forms dS K~ for each tile pair and adds it
     into an fp32 accumulator, so the dQ kernel and its two recomputed
     matmuls go: 5 matmuls instead of 7). Three ways tried, all losses, so
@@ -47,6 +49,10 @@ Fused dQ (the dK/dV kernel also forms dS K~ for each tile pair and adds it
     the two (128, D) accumulators, and dS transposed through shared memory,
     cost more than the dQ kernel saves. FA3 keeps it cheap with warpgroup
     register reallocation, which Triton 3.6 does not expose.
+Warp specialisation of either loop (``tl.range(warp_specialize=True)``,
+    ``sfa_explore_2026-11-29_s9_ws.csv``): no change with 8 warps (dK/dV
+    64x128 s4 7.83 vs 7.82 ms, dQ 128x64 s3 4.93 vs 4.93); with 4 warps the
+    dK/dV kernel returned NaN and one dQ config failed to compile. Not used.
 Block sizes
     dK/dV keeps two fp32 (BLOCK_N, D) accumulators in registers, so BLOCK_N
     64 with 4 warps (or 128 with 8) at D=128; dQ keeps one, so BLOCK_M 64-128.
@@ -87,7 +93,7 @@ def _dkdv_kernel(
     Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse, Delta, Bias, Kidx,
     L, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr = False,
+    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
 ):
     bh = tl.program_id(1)
     start_n = tl.program_id(0) * BLOCK_N
@@ -101,7 +107,7 @@ def _dkdv_kernel(
         key_ok = tl.load(Bias + (bh // H).to(tl.int64) * L + offs_n, mask=n_ok, other=float("-inf")) == 0.0
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    for start_m in tl.range(0, L, BLOCK_M, warp_specialize=WARP_SPEC):
+    for start_m in tl.range(0, L, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_ok = offs_m < L
         q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
@@ -128,7 +134,7 @@ def _dq_kernel(
     Q_desc, K_desc, V_desc, DO_desc, DQ_desc, Lse, Delta, Bias, Qidx,
     L, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr = False,
+    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
 ):
     bh = tl.program_id(1)
     start_m = tl.program_id(0) * BLOCK_M
@@ -140,7 +146,7 @@ def _dq_kernel(
     lse = tl.load(Lse + row0 + offs_m, mask=m_ok, other=float("inf"))
     dlt = tl.load(Delta + row0 + offs_m, mask=m_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for start_n in tl.range(0, L, BLOCK_N, warp_specialize=WARP_SPEC):
+    for start_n in tl.range(0, L, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < L
         k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])

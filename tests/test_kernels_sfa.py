@@ -226,6 +226,32 @@ def test_losing_designs_compute_the_same_function(name):
     assert sfa_check.rel_err(out, sfa_chunked(q.double(), k.double(), v.double(), 4)[0]) < 1e-5
 
 
+def test_backward_stage_ablations_whole_kernels_match_the_real_ones():
+    """The stage-ablation kernels (benchmark only) cut at 'whole' compute the real backward kernels' dK, dV and
+    dQ before the support masks; the cut stages run and return finite values."""
+    from lra_sfa.kernels.flash_sfa import launch_backward, launch_forward, pad_bias
+    from lra_sfa.kernels.flash_sfa_bwd_stages import DKDV_STAGES, DQ_STAGES, bwd_stage_runner
+
+    q, k, v = (t[0].contiguous() for t in _inputs(1, 2, 64, HEAD_DIM, torch.float32, seed=19))  # (B*H, L, D)
+    (_, q_idx, qd), (_, k_idx, kd) = topk_pack(q, 4), topk_pack(k, 4)
+    bias = pad_bias(None, q.device)
+    out, lse2 = launch_forward(qd, kd, v, bias, 2, False)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(4))
+    dq, dk, dv = launch_backward((qd, kd, v, out, lse2, bias, q_idx, k_idx), dout, 2, False, 4, 4)
+    delta = (out * dout).sum(-1)
+    stage_out = {(name, stage): bwd_stage_runner(name, stage, qd, kd, v, dout, lse2, delta, 32, 32, 4, 1)()
+                 for name, stages in (("dkdv", DKDV_STAGES), ("dq", DQ_STAGES)) for stage in stages}
+    whole_dk, whole_dv = stage_out[("dkdv", "whole")]
+    (whole_dq,) = stage_out[("dq", "whole")]
+    assert torch.allclose(whole_dv, dv, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(whole_dk * (kd != 0), dk, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(whole_dq * (qd != 0), dq, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(whole_dk, whole_dk * (kd != 0))  # the ablation really skips the mask
+    assert all(torch.isfinite(t).all() for outs in stage_out.values() for t in outs)
+    with pytest.raises(ValueError, match="unknown kernel/stage"):
+        bwd_stage_runner("dq", "+dV", qd, kd, v, dout, lse2, delta, 32, 32, 4, 1)
+
+
 @pytest.mark.parametrize("bad", ["head_dim", "dtype", "topk", "mask", "mixed"])
 def test_unsupported_inputs_raise_clear_errors(bad):
     q, k, v = _inputs(1, 2, 8, HEAD_DIM, torch.float32, seed=1)

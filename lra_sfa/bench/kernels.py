@@ -62,7 +62,7 @@ EXPLORE_CHECKS = [(1, 64, 8, False, torch.bfloat16), (100, 128, 8, True, torch.b
                   (1000, 128, 16, True, torch.bfloat16), (4097, 64, 8, False, torch.bfloat16),
                   (777, 32, 4, True, torch.float16), (300, 128, 8, True, torch.float32),
                   (2048, 128, 128, False, torch.bfloat16)]  # (L, D, topk, padding, dtype), full reference
-EXPLORE_SECTIONS = ("checks", "topk", "fwd", "variants", "bwd", "full", "decode")
+EXPLORE_SECTIONS = ("checks", "topk", "fwd", "variants", "bwd", "bwd_stages", "full", "decode")
 
 
 def _cell(value) -> str:
@@ -343,7 +343,7 @@ def explore(args) -> None:
             record("topk", f"torch.topk+scatter {x.shape[0]}x128 k={topk}",
                    time_ms(partial(_torch_topk_codes, x, topk))[0])
         del x
-    if sections & {"fwd", "variants", "bwd", "full"}:
+    if sections & {"fwd", "variants", "bwd", "bwd_stages", "full"}:
         explore_prefill(args, record, sections)
     if "decode" in sections:
         explore_decode(args, record)
@@ -387,6 +387,8 @@ def explore_prefill(args, record, sections: set[str]) -> None:
                    f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e}")
     if "bwd" in sections:
         explore_backward(args, record, packs, vf, topk)
+    if "bwd_stages" in sections:
+        explore_backward_stages(args, record, packs, vf)
     if "full" not in sections:
         return
     record("full", "flash_sfa fwd (top-k + autotuned kernel)", time_ms(sfa_call(q, k, v, topk))[0],
@@ -447,6 +449,23 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
                 record("bwd", label, ms, f"maxdiff={diff:.1e}")
             except Exception as exc:  # a config the compiler rejects is reported, not fatal
                 record("bwd", label, float("nan"), repr(exc)[:160])
+
+
+def explore_backward_stages(args, record, packs: dict, v: torch.Tensor) -> None:
+    """Where the backward's time goes: each kernel with stages taken out (``flash_sfa_bwd_stages``), at the first
+    of --dkdv-configs / --dq-configs."""
+    from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
+    from lra_sfa.kernels.flash_sfa_bwd_stages import DKDV_STAGES, DQ_STAGES, bwd_stage_runner
+
+    qd, kd = packs["q_dense"], packs["k_dense"]  # (B*H, L, D)
+    out, lse2 = launch_forward(qd, kd, v, pad_bias(None, qd.device), qd.shape[0], False)
+    dout = torch.randn_like(out)
+    delta = (out.float() * dout.float()).sum(-1)  # (B*H, L)
+    for name, stages, config in (("dkdv", DKDV_STAGES, args.dkdv_configs[0]), ("dq", DQ_STAGES, args.dq_configs[0])):
+        block_m, block_n, warps, num_stages = config
+        for stage in stages:
+            run = bwd_stage_runner(name, stage, qd, kd, v, dout, lse2, delta, block_m, block_n, warps, num_stages)
+            record("bwd_stage", f"{name} {block_m}x{block_n} w{warps} s{num_stages}: {stage}", time_ms(run)[0])
 
 
 def explore_decode(args, record) -> None:

@@ -247,6 +247,8 @@ def test_backward_stage_ablations_whole_kernels_match_the_real_ones():
     assert torch.allclose(whole_dk * (kd != 0), dk, rtol=1e-5, atol=1e-6)
     assert torch.allclose(whole_dq * (qd != 0), dq, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(whole_dk, whole_dk * (kd != 0))  # the ablation really skips the mask
+    for variant in ("whole, masked lse/delta loads", "whole, delta loaded first"):
+        assert all(torch.equal(a, b) for a, b in zip(stage_out[("dkdv", variant)], (whole_dk, whole_dv)))
     assert all(torch.isfinite(t).all() for outs in stage_out.values() for t in outs)
     with pytest.raises(ValueError, match="unknown kernel/stage"):
         bwd_stage_runner("dq", "+dV", qd, kd, v, dout, lse2, delta, 32, 32, 4, 1)

@@ -10,6 +10,8 @@ stages taken out cumulatively so that differences of times are stage costs:
     3 + dP = dO V^T, dS                   3 + dQ += dS K (the whole kernel)
     4 + dK += dS^T Q (the whole kernel)   4 the whole kernel without exp2
     5 the whole kernel without exp2
+    6 the whole kernel with the real one's masked lse / delta loads
+    7 the whole kernel with delta loaded before Q.K^T (as the real one)
 
 A stage whose last matmul is cut keeps its input alive through a row sum
 (one (N,) or (M,) fp32 vector), so the compiler cannot drop it. Stage 4 of
@@ -29,7 +31,8 @@ import triton.language as tl
 from lra_sfa.kernels.flash_sfa_bwd import set_bwd_block_shapes
 from lra_sfa.kernels.flash_sfa_fwd import LOG2E, dot
 
-DKDV_STAGES = {"scores": 1, "+dV": 2, "+dP,dS": 3, "whole": 4, "whole, no exp2": 5}
+DKDV_STAGES = {"scores": 1, "+dV": 2, "+dP,dS": 3, "whole": 4, "whole, no exp2": 5,
+               "whole, masked lse/delta loads": 6, "whole, delta loaded first": 7}
 DQ_STAGES = {"scores": 1, "+dP,dS": 2, "whole": 3, "whole, no exp2": 4}
 
 
@@ -49,7 +52,13 @@ def _dkdv_stages_kernel(Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse, 
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
         do = DO_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
-        lse = tl.load(Lse + row0 + offs_m)
+        if STAGE == 6:  # the real kernel's masked loads (rows past L)
+            m_ok = offs_m < L
+            lse = tl.load(Lse + row0 + offs_m, mask=m_ok, other=float("inf"))
+            dlt0 = tl.load(Delta + row0 + offs_m, mask=m_ok, other=0.0)
+        else:
+            lse = tl.load(Lse + row0 + offs_m)
+            dlt0 = tl.load(Delta + row0 + offs_m)
         qk_t = dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
         if STAGE == 5:
             p_t = qk_t * qk_scale - lse[None, :]
@@ -60,7 +69,10 @@ def _dkdv_stages_kernel(Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse, 
         else:
             dv = dot(p_t.to(do.dtype), do, dv, IEEE)
         if STAGE >= 3:
-            dlt = tl.load(Delta + row0 + offs_m)
+            if STAGE >= 6:  # delta loaded before Q.K^T, as in the real kernel
+                dlt = dlt0
+            else:
+                dlt = tl.load(Delta + row0 + offs_m)
             dp_t = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
             ds_t = p_t * (dp_t - dlt[None, :])
             if STAGE == 3:

@@ -337,6 +337,14 @@ def test_forward_autotune_list_pruning():
     assert len(fwd.prune_fwd_configs(fwd.GPU_CONFIGS, {"HEAD_DIM": 128, "IEEE": False})) == len(fwd.GPU_CONFIGS)
 
 
+def test_backward_row_padding_covers_every_query_block():
+    """lse2 / delta are read without masks from rows padded to ROW_PAD: every config's BLOCK_M divides it."""
+    from lra_sfa.kernels import flash_sfa_bwd as bwd
+
+    configs = [*bwd.DKDV_CONFIGS, *bwd.DQ_CONFIGS, bwd.DKDV_FP32_CONFIG, bwd.DQ_FP32_CONFIG, bwd.INTERPRETER_BWD_CONFIG]
+    assert all(bwd.ROW_PAD % c.kwargs["BLOCK_M"] == 0 for c in configs)
+
+
 def test_backward_fp32_takes_small_tiles():
     """fp32 (IEEE) backward launches use one small-tile config per kernel (the 16-bit tiles' 4-byte TMA
     buffers would overflow shared memory at D=128); 16-bit launches keep the tuned lists."""

@@ -426,7 +426,10 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
     grads = {name: torch.empty_like(qd) for name in ("DQ", "DK", "DV")}
     descs = {f"{name}_desc": _descriptor(t, 16)
              for name, t in (("Q", qd), ("K", kd), ("V", v), ("DO", dout), *grads.items())}
-    common = dict(Lse=lse2, Delta=(out.float() * dout.float()).sum(-1), Bias=bias, L=length, H=batch_heads,
+    pad = triton.cdiv(length, bwd.ROW_PAD) * bwd.ROW_PAD - length  # lse2 / delta rows as launch_backward pads them
+    lse_pad = torch.nn.functional.pad(lse2, (0, pad), value=float("inf"))
+    delta = torch.nn.functional.pad((out.float() * dout.float()).sum(-1), (0, pad))
+    common = dict(Lse=lse_pad, Delta=delta, Bias=bias, L=length, L_PAD=length + pad, H=batch_heads,
                   qk_scale=fwd.LOG2E / dim ** 0.5, sm_scale=1.0 / dim ** 0.5, l_bucket=length,
                   HEAD_DIM=dim, HAS_BIAS=False, IEEE=False, TOPK=topk, FULL_SUPPORT=False,
                   **{n: descs[n] for n in ("Q_desc", "K_desc", "V_desc", "DO_desc")})

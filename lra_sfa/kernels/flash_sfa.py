@@ -148,14 +148,18 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
     qd, kd, v, out, lse2, bias, q_idx, k_idx = saved
     batch_heads, length, head_dim = qd.shape
     dout = aligned_rows(dout.reshape(batch_heads, length, head_dim))  # (B*H, L, D)
-    delta = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
+    l_pad = triton.cdiv(length, bwd.ROW_PAD) * bwd.ROW_PAD  # lse2 / delta rows padded: no masked loads
+    lse_pad = torch.full((batch_heads, l_pad), float("inf"), dtype=torch.float32, device=qd.device)
+    lse_pad[:, :length] = lse2
+    delta = torch.zeros(batch_heads, l_pad, dtype=torch.float32, device=qd.device)
     rows = batch_heads * length
     block_r = max(1, 4096 // head_dim)
-    bwd.delta_kernel[(triton.cdiv(rows, block_r),)](out, dout, delta, rows, HEAD_DIM=head_dim, BLOCK_R=block_r)
+    bwd.delta_kernel[(triton.cdiv(rows, block_r),)](out, dout, delta, rows, length, l_pad, HEAD_DIM=head_dim,
+                                                    BLOCK_R=block_r)
     dq, dk, dv = torch.empty_like(qd), torch.empty_like(kd), torch.empty_like(v)
     descs = {f"{name}_desc": _descriptor(t, 16)
              for name, t in (("Q", qd), ("K", kd), ("V", v), ("DO", dout), ("DQ", dq), ("DK", dk), ("DV", dv))}
-    common = dict(Lse=lse2, Delta=delta, Bias=bias, L=length, H=heads,
+    common = dict(Lse=lse_pad, Delta=delta, Bias=bias, L=length, L_PAD=l_pad, H=heads,
                   qk_scale=fwd.LOG2E / math.sqrt(head_dim), sm_scale=1.0 / math.sqrt(head_dim),
                   l_bucket=min(triton.next_power_of_2(length), TUNE_LENGTH_CAP), HEAD_DIM=head_dim, HAS_BIAS=has_bias,
                   IEEE=qd.dtype == torch.float32, **{n: descs[n] for n in ("Q_desc", "K_desc", "V_desc", "DO_desc")})

@@ -26,16 +26,28 @@ Limits
 
 Measured (H200, 2026-11-29, bf16, L=16K, d=128, k=8, B*H=16, each kernel
 alone; results/kernels/sfa_explore_2026-11-29_s9_*.csv)
-    TMA descriptors against pointer loads: dK/dV 64x128 w8 s3 8.02 vs 8.35
-    ms (7.97 vs 8.28 in an earlier call), 64x128 w8 s4 7.88; dQ 128x64 w8
-    s3 4.95 vs 5.54 ms, 128x32 w4 s3 5.33 vs 5.52. The autotuned backward
-    (delta, dK/dV, dQ) 12.9-13.0 ms; fwd+bwd 16.7 ms against cuDNN 12.7 ms
-    (sparsified inputs) / 14.0 ms (random): 0.76x. Per matmul the kernels
-    run as fast as cuDNN's backward (dK/dV ~560 TFLOP/s for its 4 matmuls,
-    dQ ~670 for its 3, cuDNN ~580 for 5); the gap is the 7 matmuls per tile
-    pair against cuDNN's 5. Sweep (2^19 tokens, commit aeb62ef): fwd+bwd
-    d=128 k=8 0.77x cuDNN at 16K, 0.78x at 32K, 0.80x at 64K and 128K
-    (0.72-0.76x with pointer loads); d=64 k=8 0.83-0.89x from 2K up.
+    dK/dV 64x128 w8 s4 7.25 ms, dQ 128x64 w8 s3 4.91 ms; the autotuned
+    backward (delta, dK/dV, dQ) 12.30 ms; fwd+bwd 15.99 ms against cuDNN
+    12.75 ms (sparsified inputs) / 13.95 ms (random): 0.80x. Per matmul the
+    kernels run at cuDNN's backward rate or above (dK/dV ~610 TFLOP/s over
+    its 4 matmuls, dQ ~670 over its 3, cuDNN ~580 over 5); the gap is the 7
+    matmuls per tile pair against cuDNN's 5. Sweep (2^19 tokens, commit
+    0ac8fb3): fwd+bwd d=128 k=8 0.79x cuDNN at 16K, 0.81x at 32K-128K
+    (0.72-0.76x in session 8); k=16 0.80-0.84x from 16K; d=64 0.85-0.89x.
+Where the time goes (``flash_sfa_bwd_stages``: the loops with stages taken
+    out; same shape and tiles, ``..._s9_bwd_stages*.csv``). dK/dV, whole loop
+    7.24 ms: Q.K^T and exp2 2.01 ms, + dV 3.97, + dP, dS and dK 7.24; exp2
+    alone 0.99 ms (6.26 without it). dQ, whole loop 5.21 ms (the real
+    kernel, 4.91, schedules better): Q.K^T and exp2 1.78, + dP and dS 4.53,
+    + dQ 5.21; exp2 0.84 ms. So exp2 is 14-16% of each loop and the rest is
+    matmuls with their loads; the dQ kernel's recomputed Q.K^T and dO.V^T
+    (~3 ms of its 4.9) are what a 5-matmul backward would save. The lse2 / delta loads of the dK/dV loop
+    were worth 0.57 ms: masked (rows past L) 7.78 ms, unmasked but delta
+    loaded at the loop's top 7.56, unmasked after the dV matmul 7.24; the
+    kernels now read them unmasked from rows padded to ``ROW_PAD``.
+TMA descriptors against pointer loads (before the padding): dK/dV 64x128
+    w8 s3 8.02 vs 8.35 ms (7.97 vs 8.28 in an earlier call); dQ 128x64 w8
+    s3 4.95 vs 5.54 ms, 128x32 w4 s3 5.33 vs 5.52.
 Fused dQ (the dK/dV kernel also forms dS K~ for each tile pair and adds it
     into an fp32 accumulator, so the dQ kernel and its two recomputed
     matmuls go: 5 matmuls instead of 7). Three ways tried, all losses, so
@@ -43,7 +55,7 @@ Fused dQ (the dK/dV kernel also forms dS K~ for each tile pair and adds it
     packed support columns (tl.gather of q's top-k columns, scalar atomics
     on a (B*H*L, k) buffer) 15.9 ms autotuned backward; dense atomics masked
     to q's support 27.1 ms; FlashAttention-3's TMA reduce-add of the whole
-    (64, D) tile 14.3 ms; against 13.0 ms for the two kernels. The dK/dV
+    (64, D) tile 14.3 ms; against 13.0 ms for the two kernels then. The dK/dV
     kernel with the fifth matmul ran 15.6 ms (64x128 w8 s3, TMA reduce)
     against 7.9 + 5.0 ms for the pair: a third (64, D) fp32 tile on top of
     the two (128, D) accumulators, and dS transposed through shared memory,

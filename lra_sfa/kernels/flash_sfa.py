@@ -79,6 +79,12 @@ def _descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:
     return TensorDescriptor(x, [batch_heads, length, head_dim], [length * head_dim, head_dim, 1], [1, rows, head_dim])
 
 
+def _row_descriptor(x: torch.Tensor) -> TensorDescriptor:
+    """TMA descriptor over a (B*H, L_PAD) fp32 tensor, one row block at a time (the block set by the config)."""
+    batch_heads, length = x.shape
+    return TensorDescriptor(x, [batch_heads, length], [length, 1], [1, 16])
+
+
 def key_code_range(kd: torch.Tensor) -> torch.Tensor:
     """(B*H, 2, D) fp32: per batch*head the column-wise max (row 0) and min (row 1) of the key codes kd (B*H, L, D).
 
@@ -164,7 +170,8 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
                   l_bucket=min(triton.next_power_of_2(length), TUNE_LENGTH_CAP), HEAD_DIM=head_dim, HAS_BIAS=has_bias,
                   IEEE=qd.dtype == torch.float32, **{n: descs[n] for n in ("Q_desc", "K_desc", "V_desc", "DO_desc")})
     dkdv_args = dict(common, DK_desc=descs["DK_desc"], DV_desc=descs["DV_desc"], Kidx=k_idx, TOPK=topk_k,
-                     FULL_SUPPORT=topk_k == head_dim)
+                     FULL_SUPPORT=topk_k == head_dim, Lse_desc=_row_descriptor(lse_pad),
+                     Delta_desc=_row_descriptor(delta))
     _run_bwd_kernel(bwd.dkdv_tuned, bwd.dkdv_kernel,
                     lambda meta: (triton.cdiv(length, meta["BLOCK_N"]), batch_heads), dkdv_args)
     dq_args = dict(common, DQ_desc=descs["DQ_desc"], Qidx=q_idx, TOPK=topk_q, FULL_SUPPORT=topk_q == head_dim)

@@ -106,7 +106,8 @@ def _dkdv_kernel(
     Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse, Delta, Bias, Kidx,
     L, L_PAD, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr, Lse_desc=None, Delta_desc=None,
+    LSE_TMA: tl.constexpr = False,
 ):
     bh = tl.program_id(1)
     start_n = tl.program_id(0) * BLOCK_N
@@ -124,13 +125,19 @@ def _dkdv_kernel(
         offs_m = start_m + tl.arange(0, BLOCK_M)  # rows past L: lse2 = +inf in the padding, so P = 0
         q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
         do = DO_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
-        lse = tl.load(lse_row + offs_m)
+        if LSE_TMA:
+            lse = Lse_desc.load([bh, start_m]).reshape([BLOCK_M])
+        else:
+            lse = tl.load(lse_row + offs_m)
         qk_t = dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
         p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])
         if HAS_BIAS:
             p_t = tl.where(key_ok[:, None], p_t, 0.0)
         dv = dot(p_t.to(do.dtype), do, dv, IEEE)
-        dlt = tl.load(delta_row + offs_m)  # here rather than at the loop's top: 7.24 vs 7.56 ms (module doc)
+        if LSE_TMA:
+            dlt = Delta_desc.load([bh, start_m]).reshape([BLOCK_M])
+        else:
+            dlt = tl.load(delta_row + offs_m)  # here rather than at the loop's top: 7.24 vs 7.56 ms (module doc)
         dp_t = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
         ds_t = p_t * (dp_t - dlt[None, :])
         dk = dot(ds_t.to(q.dtype), q, dk, IEEE)
@@ -161,15 +168,13 @@ def _dq_kernel(
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     for start_n in tl.range(0, L, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < L
         k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
         v = V_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
         qk = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
         p = tl.math.exp2(qk * qk_scale - lse[:, None])
-        key_ok = n_ok
-        if HAS_BIAS:
-            key_ok = tl.load(Bias + (bh // H).to(tl.int64) * L + offs_n, mask=n_ok, other=float("-inf")) == 0.0
-        p = tl.where(key_ok[None, :], p, 0.0)
+        if HAS_BIAS:  # without padding no key mask: keys past L have zero K rows (TMA), so dS K gets 0 from them
+            key_ok = tl.load(Bias + (bh // H).to(tl.int64) * L + offs_n, mask=offs_n < L, other=float("-inf")) == 0.0
+            p = tl.where(key_ok[None, :], p, 0.0)
         dp = dot(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
         ds = p * (dp - dlt[:, None])
         dq = dot(ds.to(k.dtype), k, dq, IEEE)
@@ -185,10 +190,14 @@ def set_bwd_block_shapes(nargs: dict) -> None:
                         ("K_desc", "BLOCK_N"), ("V_desc", "BLOCK_N"), ("DK_desc", "BLOCK_N"), ("DV_desc", "BLOCK_N")):
         if name in nargs:
             nargs[name].block_shape = [1, nargs[block], nargs["HEAD_DIM"]]
+    for name in ("Lse_desc", "Delta_desc"):  # (B*H, L_PAD) fp32 rows, BLOCK_M at a time
+        if nargs.get(name) is not None:
+            nargs[name].block_shape = [1, nargs["BLOCK_M"]]
 
 
-def bwd_config(block_m: int, block_n: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages,
+def bwd_config(block_m: int, block_n: int, warps: int, stages: int, lse_tma: bool = False) -> triton.Config:
+    extra = {"LSE_TMA": True} if lse_tma else {}
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, **extra}, num_warps=warps, num_stages=stages,
                          pre_hook=set_bwd_block_shapes)
 
 
@@ -197,7 +206,8 @@ INTERPRETER_BWD_CONFIG = bwd_config(64, 64, 4, 1)
 # s3 7.97-8.02, 32x64 w4 s4 8.09-8.14, 64x128 w8 s2 8.92, 32x128 w8 s4 9.34, 64x64 w4 s3 9.83, 32x128 w4 s4 33.4;
 # dQ 128x64 w8 s3 4.94-4.95, 128x64 w8 s4 4.96, 64x128 w4 s3 5.15, 128x32 w4 s3 5.32, 64x64 w4 s3 5.46,
 # 128x128 w8 s3 out of shared memory. Pointer loads (before): dK/dV 64x128 w8 s3 8.28-8.55, dQ 128x32 w4 s3 5.38-5.52.
-DKDV_CONFIGS = [bwd_config(64, 128, 8, 4), bwd_config(64, 128, 8, 3), bwd_config(32, 64, 4, 4)]
+DKDV_CONFIGS = [bwd_config(64, 128, 8, 4), bwd_config(64, 128, 8, 4, lse_tma=True), bwd_config(64, 128, 8, 3),
+                bwd_config(32, 64, 4, 4)]
 DQ_CONFIGS = [bwd_config(128, 64, 8, 3), bwd_config(64, 128, 4, 3), bwd_config(128, 32, 4, 3)]
 BWD_KEY = ["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "FULL_SUPPORT"]
 # lse2 and delta are laid out with rows padded to a multiple of this (lse2 = +inf in the padding), so the

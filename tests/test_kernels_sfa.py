@@ -125,23 +125,6 @@ def test_forward_only_path_fuses_q_topk(length, topk, padding, dtype, monkeypatc
     assert sfa_check.rel_err(fused, ref) < 1e-2
 
 
-@pytest.mark.parametrize("padding", [False, True])
-@pytest.mark.parametrize("length", [1, 100, 257])
-def test_backward_lse_by_tma_matches_pointer_loads(length, padding, monkeypatch):
-    """The dK/dV kernel's LSE_TMA option (lse2 / delta rows by TMA descriptors) gives the same gradients."""
-    from lra_sfa.kernels import flash_sfa_bwd as bwd
-
-    q, k, v = _inputs(1, 2, length, HEAD_DIM, torch.bfloat16, seed=length + 23)
-    mask = _mask(1, length, seed=length + 7) if padding else None
-    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(length)).to(q.dtype)
-    grads = []
-    for lse_tma in (False, True):
-        monkeypatch.setattr(bwd, "INTERPRETER_BWD_CONFIG", bwd.bwd_config(64, 32, 4, 1, lse_tma=lse_tma))
-        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-        grads.append(torch.autograd.grad(flash_sfa(*leaves, 4, 4, mask), leaves, grad))
-    assert all(torch.equal(a, b) for a, b in zip(*grads))
-
-
 def test_matches_reference_end_to_end_fp32():
     q, k, v = (t.requires_grad_(True) for t in _inputs(2, 2, 50, 32, torch.float32, seed=5))
     mask = _mask(2, 50, seed=6)

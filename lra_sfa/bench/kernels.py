@@ -429,25 +429,25 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
     pad = triton.cdiv(length, bwd.ROW_PAD) * bwd.ROW_PAD - length  # lse2 / delta rows as launch_backward pads them
     lse_pad = torch.nn.functional.pad(lse2, (0, pad), value=float("inf"))
     delta = torch.nn.functional.pad((out.float() * dout.float()).sum(-1), (0, pad))
-    common = dict(Lse=lse_pad, Delta=delta, Bias=bias, L=length, L_PAD=length + pad, H=batch_heads,
+    common = dict(Bias=bias, L=length, H=batch_heads,
                   qk_scale=fwd.LOG2E / dim ** 0.5, sm_scale=1.0 / dim ** 0.5, l_bucket=length,
                   HEAD_DIM=dim, HAS_BIAS=False, IEEE=False, TOPK=topk, FULL_SUPPORT=False,
                   **{n: descs[n] for n in ("Q_desc", "K_desc", "V_desc", "DO_desc")})
     kernels = {"dkdv": (bwd.dkdv_kernel, dict(common, Kidx=k_idx, DK_desc=descs["DK_desc"], DV_desc=descs["DV_desc"],
                                              Lse_desc=_row_descriptor(lse_pad), Delta_desc=_row_descriptor(delta)),
                         "BLOCK_N", ("DK", "DV"), ref[1:]),
-               "dq": (bwd.dq_kernel, dict(common, Qidx=q_idx, DQ_desc=descs["DQ_desc"]), "BLOCK_M", ("DQ",), ref[:1])}
+               "dq": (bwd.dq_kernel, dict(common, Qidx=q_idx, DQ_desc=descs["DQ_desc"], Lse=lse_pad, Delta=delta,
+                                          L_PAD=length + pad), "BLOCK_M", ("DQ",), ref[:1])}
     for name, configs in (("dkdv", args.dkdv_configs), ("dq", args.dq_configs)):
         kernel, kargs, grid_block, outs, expected = kernels[name]
-        for block_m, block_n, warps, stages, *lse_tma in configs:
-            meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
-                        **({"LSE_TMA": True} if lse_tma and lse_tma[0] else {}))
+        for block_m, block_n, warps, stages in configs:
+            meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
             grid = (triton.cdiv(length, meta[grid_block]), batch_heads)
 
             def run(kernel=kernel, grid=grid, kargs=kargs, meta=meta):
                 bwd.set_bwd_block_shapes({**kargs, **meta})
                 kernel[grid](**kargs, **meta)
-            label = f"{name} {block_m}x{block_n} w{warps} s{stages}{' lse_tma' * ('LSE_TMA' in meta)}"
+            label = f"{name} {block_m}x{block_n} w{warps} s{stages}"
             try:
                 ms = time_ms(run)[0]
                 diff = max((grads[o].float() - e.float()).abs().max().item() for o, e in zip(outs, expected))
@@ -688,8 +688,7 @@ def parse_args(argv=None):
     bwd_tuple = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 128, 8, 4), (64, 128, 8, 3), (32, 64, 4, 4)],
-                        help="BLOCK_M,BLOCK_N,warps,stages[,lse_tma] of the dK/dV kernel for the bwd part of --mode "
-                        "explore (lse_tma 1: lse2 / delta by TMA)")
+                        help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel for the bwd part of --mode explore")
     parser.add_argument("--dq-configs", type=bwd_tuple, nargs="+",
                         default=[(128, 64, 8, 3), (64, 128, 4, 3), (128, 32, 4, 3)],
                         help="BLOCK_M,BLOCK_N,warps,stages of the dQ kernel for the bwd part of --mode explore")

@@ -165,16 +165,16 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
     dq, dk, dv = torch.empty_like(qd), torch.empty_like(kd), torch.empty_like(v)
     descs = {f"{name}_desc": _descriptor(t, 16)
              for name, t in (("Q", qd), ("K", kd), ("V", v), ("DO", dout), ("DQ", dq), ("DK", dk), ("DV", dv))}
-    common = dict(Lse=lse_pad, Delta=delta, Bias=bias, L=length, L_PAD=l_pad, H=heads,
+    common = dict(Bias=bias, L=length, H=heads,
                   qk_scale=fwd.LOG2E / math.sqrt(head_dim), sm_scale=1.0 / math.sqrt(head_dim),
                   l_bucket=min(triton.next_power_of_2(length), TUNE_LENGTH_CAP), HEAD_DIM=head_dim, HAS_BIAS=has_bias,
                   IEEE=qd.dtype == torch.float32, **{n: descs[n] for n in ("Q_desc", "K_desc", "V_desc", "DO_desc")})
-    dkdv_args = dict(common, DK_desc=descs["DK_desc"], DV_desc=descs["DV_desc"], Kidx=k_idx, TOPK=topk_k,
-                     FULL_SUPPORT=topk_k == head_dim, Lse_desc=_row_descriptor(lse_pad),
-                     Delta_desc=_row_descriptor(delta))
+    dkdv_args = dict(common, DK_desc=descs["DK_desc"], DV_desc=descs["DV_desc"], Lse_desc=_row_descriptor(lse_pad),
+                     Delta_desc=_row_descriptor(delta), Kidx=k_idx, TOPK=topk_k, FULL_SUPPORT=topk_k == head_dim)
     _run_bwd_kernel(bwd.dkdv_tuned, bwd.dkdv_kernel,
                     lambda meta: (triton.cdiv(length, meta["BLOCK_N"]), batch_heads), dkdv_args)
-    dq_args = dict(common, DQ_desc=descs["DQ_desc"], Qidx=q_idx, TOPK=topk_q, FULL_SUPPORT=topk_q == head_dim)
+    dq_args = dict(common, DQ_desc=descs["DQ_desc"], Lse=lse_pad, Delta=delta, L_PAD=l_pad, Qidx=q_idx, TOPK=topk_q,
+                   FULL_SUPPORT=topk_q == head_dim)
     _run_bwd_kernel(bwd.dq_tuned, bwd.dq_kernel,
                     lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch_heads), dq_args)
     return dq, dk, dv

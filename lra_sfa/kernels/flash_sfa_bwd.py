@@ -103,11 +103,10 @@ def support_mask(Idx, rows, row_ok, cols, TOPK: tl.constexpr):
 
 @triton.jit
 def _dkdv_kernel(
-    Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse, Delta, Bias, Kidx,
-    L, L_PAD, H, qk_scale, sm_scale, l_bucket,
+    Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse_desc, Delta_desc, Bias, Kidx,
+    L, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr, Lse_desc=None, Delta_desc=None,
-    LSE_TMA: tl.constexpr = False,
+    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
 ):
     bh = tl.program_id(1)
     start_n = tl.program_id(0) * BLOCK_N
@@ -120,24 +119,16 @@ def _dkdv_kernel(
         key_ok = tl.load(Bias + (bh // H).to(tl.int64) * L + offs_n, mask=n_ok, other=float("-inf")) == 0.0
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    lse_row, delta_row = Lse + bh.to(tl.int64) * L_PAD, Delta + bh.to(tl.int64) * L_PAD
     for start_m in tl.range(0, L, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)  # rows past L: lse2 = +inf in the padding, so P = 0
         q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
         do = DO_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
-        if LSE_TMA:
-            lse = Lse_desc.load([bh, start_m]).reshape([BLOCK_M])
-        else:
-            lse = tl.load(lse_row + offs_m)
+        lse = Lse_desc.load([bh, start_m]).reshape([BLOCK_M])  # +inf in the padding past L, so P = 0 there
         qk_t = dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
         p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])
         if HAS_BIAS:
             p_t = tl.where(key_ok[:, None], p_t, 0.0)
         dv = dot(p_t.to(do.dtype), do, dv, IEEE)
-        if LSE_TMA:
-            dlt = Delta_desc.load([bh, start_m]).reshape([BLOCK_M])
-        else:
-            dlt = tl.load(delta_row + offs_m)  # here rather than at the loop's top: 7.24 vs 7.56 ms (module doc)
+        dlt = Delta_desc.load([bh, start_m]).reshape([BLOCK_M])
         dp_t = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
         ds_t = p_t * (dp_t - dlt[None, :])
         dk = dot(ds_t.to(q.dtype), q, dk, IEEE)
@@ -195,9 +186,8 @@ def set_bwd_block_shapes(nargs: dict) -> None:
             nargs[name].block_shape = [1, nargs["BLOCK_M"]]
 
 
-def bwd_config(block_m: int, block_n: int, warps: int, stages: int, lse_tma: bool = False) -> triton.Config:
-    extra = {"LSE_TMA": True} if lse_tma else {}
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, **extra}, num_warps=warps, num_stages=stages,
+def bwd_config(block_m: int, block_n: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages,
                          pre_hook=set_bwd_block_shapes)
 
 
@@ -206,8 +196,7 @@ INTERPRETER_BWD_CONFIG = bwd_config(64, 64, 4, 1)
 # s3 7.97-8.02, 32x64 w4 s4 8.09-8.14, 64x128 w8 s2 8.92, 32x128 w8 s4 9.34, 64x64 w4 s3 9.83, 32x128 w4 s4 33.4;
 # dQ 128x64 w8 s3 4.94-4.95, 128x64 w8 s4 4.96, 64x128 w4 s3 5.15, 128x32 w4 s3 5.32, 64x64 w4 s3 5.46,
 # 128x128 w8 s3 out of shared memory. Pointer loads (before): dK/dV 64x128 w8 s3 8.28-8.55, dQ 128x32 w4 s3 5.38-5.52.
-DKDV_CONFIGS = [bwd_config(64, 128, 8, 4), bwd_config(64, 128, 8, 4, lse_tma=True), bwd_config(64, 128, 8, 3),
-                bwd_config(32, 64, 4, 4)]
+DKDV_CONFIGS = [bwd_config(64, 128, 8, 4), bwd_config(64, 128, 8, 3), bwd_config(32, 64, 4, 4)]
 DQ_CONFIGS = [bwd_config(128, 64, 8, 3), bwd_config(64, 128, 4, 3), bwd_config(128, 32, 4, 3)]
 BWD_KEY = ["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "FULL_SUPPORT"]
 # lse2 and delta are laid out with rows padded to a multiple of this (lse2 = +inf in the padding), so the

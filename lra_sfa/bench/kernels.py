@@ -292,10 +292,11 @@ def explore_log(out: str):
     return record
 
 
-def gpu_checks(record) -> bool:
-    """Forward and backward of the compiled kernels against the float64 reference at EXPLORE_CHECKS."""
+def gpu_checks(record, which: list[int] | None = None) -> bool:
+    """Forward and backward of the compiled kernels against the float64 reference at EXPLORE_CHECKS (or the
+    entries numbered ``which``)."""
     all_ok = True
-    for length, dim, topk, pad, dtype in EXPLORE_CHECKS:
+    for length, dim, topk, pad, dtype in (EXPLORE_CHECKS if which is None else [EXPLORE_CHECKS[i] for i in which]):
         q, k, v = random_qkv(2, 3, length, dim, dtype, seed=length)
         mask = (torch.rand(2, length, device=DEVICE) > 0.3) if pad else None
         if mask is not None:
@@ -675,6 +676,8 @@ def parse_args(argv=None):
                         help="BLOCK_N,warps,stages,programs_per_sm[,design] tuples for the decode part of "
                         "--mode explore; design 0 single pass, 1 two pass, 2 bounded, 3 bounded with register "
                         "prefetch (DECODE_DESIGNS)")
+    parser.add_argument("--checks", type=int, nargs="+", default=None, choices=range(len(EXPLORE_CHECKS)),
+                        help="--mode check: run only these entries of EXPLORE_CHECKS (default all)")
     parser.add_argument("--sections", nargs="+", default=list(EXPLORE_SECTIONS), choices=EXPLORE_SECTIONS,
                         help="parts of --mode explore to run")
     parser.add_argument("--topk-launches", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
@@ -709,7 +712,7 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("lra_sfa.bench.kernels needs a CUDA device (the SDPA baselines and timings are GPU-only)")
     if args.mode == "check":
-        if not gpu_checks(explore_log(args.out)):
+        if not gpu_checks(explore_log(args.out), args.checks):
             raise SystemExit("lra_sfa.bench.kernels: a GPU check failed the DESIGN.md rule (see sfa_explore.csv)")
         return
     if args.mode == "explore":

@@ -17,34 +17,44 @@ What it computes
     and dropped on store by the hardware.
 
 Masking
-    Query rows past L load lse2 = +inf, so their P is 0. Keys past L (or
-    padded keys) get P = 0 in ``_dq_kernel``; in ``_dkdv_kernel`` key rows
-    past L are zero (TMA) and not stored, and padded keys get P = 0.
+    lse2 and delta are padded to ``ROW_PAD`` rows with lse2 = +inf, so query
+    rows past L get P = 0 (their dO rows are zero as well). Keys past L have
+    zero K and V rows (TMA zero-fill): they add nothing to dS K in
+    ``_dq_kernel`` and their dK / dV rows are never stored. Padded keys (a
+    key padding mask) get P = 0 in both kernels.
 
 Limits
     As the forward: head_dim 16..128, fp16 / bf16 / fp32 (IEEE dots), any L.
 
 Measured (H200, 2026-11-29, bf16, L=16K, d=128, k=8, B*H=16, each kernel
 alone; results/kernels/sfa_explore_2026-11-29_s9_*.csv)
-    dK/dV 64x128 w8 s4 7.25 ms, dQ 128x64 w8 s3 4.91 ms; the autotuned
-    backward (delta, dK/dV, dQ) 12.30 ms; fwd+bwd 15.99 ms against cuDNN
-    12.75 ms (sparsified inputs) / 13.95 ms (random): 0.80x. Per matmul the
-    kernels run at cuDNN's backward rate or above (dK/dV ~610 TFLOP/s over
-    its 4 matmuls, dQ ~670 over its 3, cuDNN ~580 over 5); the gap is the 7
+    dK/dV 64x128 w8 s4 6.50 ms, dQ 128x64 w8 s3 4.69 ms; the autotuned
+    backward (delta, dK/dV, dQ) 11.29 ms; fwd+bwd 14.99 ms against cuDNN
+    12.49 ms (sparsified inputs) / 13.82 ms (random): 0.83x. Per matmul the
+    kernels now run faster than cuDNN's backward (dK/dV ~680 TFLOP/s over
+    its 4 matmuls, dQ ~700 over its 3, cuDNN ~590 over 5); the gap is the 7
     matmuls per tile pair against cuDNN's 5. Sweep (2^19 tokens, commit
-    0ac8fb3): fwd+bwd d=128 k=8 0.79x cuDNN at 16K, 0.81x at 32K-128K
-    (0.72-0.76x in session 8); k=16 0.80-0.84x from 16K; d=64 0.85-0.89x.
+    0a5142d): fwd+bwd d=128 k=8 0.84x cuDNN at 16K, 0.85x at 32K, 0.89x at
+    64K, 0.86x at 128K (0.72-0.76x in session 8), 1.57-1.62x FA2 from 8K;
+    k=16 0.85-0.91x from 16K; d=64 k=8 0.90-0.91x from 32K.
 Where the time goes (``flash_sfa_bwd_stages``: the loops with stages taken
-    out; same shape and tiles, ``..._s9_bwd_stages*.csv``). dK/dV, whole loop
-    7.24 ms: Q.K^T and exp2 2.01 ms, + dV 3.97, + dP, dS and dK 7.24; exp2
-    alone 0.99 ms (6.26 without it). dQ, whole loop 5.21 ms (the real
-    kernel, 4.91, schedules better): Q.K^T and exp2 1.78, + dP and dS 4.53,
-    + dQ 5.21; exp2 0.84 ms. So exp2 is 14-16% of each loop and the rest is
-    matmuls with their loads; the dQ kernel's recomputed Q.K^T and dO.V^T
-    (~3 ms of its 4.9) are what a 5-matmul backward would save. The lse2 / delta loads of the dK/dV loop
-    were worth 0.57 ms: masked (rows past L) 7.78 ms, unmasked but delta
-    loaded at the loop's top 7.56, unmasked after the dV matmul 7.24; the
-    kernels now read them unmasked from rows padded to ``ROW_PAD``.
+    out; same shape and tiles, ``..._s9_bwd_stages*.csv``; measured before
+    the lse2 / delta change below). dK/dV, whole loop 7.24 ms: Q.K^T and
+    exp2 2.01 ms, + dV 3.97, + dP, dS and dK 7.24; exp2 alone 0.99 ms (6.26
+    without it). dQ, whole loop 5.21 ms (the real kernel, 4.91, schedules
+    better): Q.K^T and exp2 1.78, + dP and dS 4.53, + dQ 5.21; exp2 0.84 ms.
+    So exp2 is 14-16% of each loop and the rest is matmuls with their
+    loads; the dQ kernel's recomputed Q.K^T and dO.V^T (~3 ms of its 4.9)
+    are what a 5-matmul backward would save.
+lse2 / delta loads. In the dK/dV loop they cost 0.57 ms as masked pointer
+    loads: masked (rows past L) 7.78 ms, unmasked but delta loaded at the
+    loop's top 7.56, unmasked after the dV matmul 7.24 (stage ablations).
+    So the launcher pads both to ``ROW_PAD`` rows (lse2 = +inf in the
+    padding) and the loop reads them by TMA, like its Q and dO tiles: 6.50
+    ms against 7.25 ms for unmasked pointer loads
+    (``..._s9_lse_tma.csv``). The dQ kernel applies no key mask without
+    padding (keys past L have zero K rows, so their dS column adds nothing
+    to dS K): 4.69 against 4.91 ms.
 TMA descriptors against pointer loads (before the padding): dK/dV 64x128
     w8 s3 8.02 vs 8.35 ms (7.97 vs 8.28 in an earlier call); dQ 128x64 w8
     s3 4.95 vs 5.54 ms, 128x32 w4 s3 5.33 vs 5.52.

@@ -16,7 +16,10 @@ stages taken out cumulatively so that differences of times are stage costs:
 A stage whose last matmul is cut keeps its input alive through a row sum
 (one (N,) or (M,) fp32 vector), so the compiler cannot drop it. Stage 4 of
 dK/dV and stage 3 of dQ compute what the real kernels compute before their
-support masks (tested). Measured numbers: ``flash_sfa_bwd``'s docstring and
+support masks (tested). lse2 and delta come by unmasked pointer loads from
+(B*H, L) rows here; the real dK/dV kernel, changed after these stages were
+measured, reads them by TMA from padded rows (6.50 ms against this file's
+7.24 ms whole loop). Measured numbers: ``flash_sfa_bwd``'s docstring and
 results/kernels/NOTES.md.
 """
 

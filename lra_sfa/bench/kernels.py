@@ -411,7 +411,7 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
     """Each backward kernel (dK/dV, dQ) alone at the explore shape, for each (BLOCK_M, BLOCK_N, warps, stages)."""
     from lra_sfa.kernels import flash_sfa_bwd as bwd
     from lra_sfa.kernels import flash_sfa_fwd as fwd
-    from lra_sfa.kernels.flash_sfa import _descriptor, _row_descriptor, launch_backward, launch_forward, pad_bias
+    from lra_sfa.kernels.flash_sfa import launch_backward, launch_forward, pad_bias, row_descriptor, tile_descriptor
 
     qd, kd = packs["q_dense"], packs["k_dense"]  # (B*H, L, D)
     batch_heads, length, dim = qd.shape
@@ -425,7 +425,7 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
            time_ms(partial(launch_backward, saved, dout, batch_heads, False, topk, topk))[0],
            f"dkdv {getattr(bwd.dkdv_tuned, 'best_config', None)} dq {getattr(bwd.dq_tuned, 'best_config', None)}")
     grads = {name: torch.empty_like(qd) for name in ("DQ", "DK", "DV")}
-    descs = {f"{name}_desc": _descriptor(t, 16)
+    descs = {f"{name}_desc": tile_descriptor(t, 16)
              for name, t in (("Q", qd), ("K", kd), ("V", v), ("DO", dout), *grads.items())}
     pad = triton.cdiv(length, bwd.ROW_PAD) * bwd.ROW_PAD - length  # lse2 / delta rows as launch_backward pads them
     lse_pad = torch.nn.functional.pad(lse2, (0, pad), value=float("inf"))
@@ -435,7 +435,7 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
                   HEAD_DIM=dim, HAS_BIAS=False, IEEE=False, TOPK=topk, FULL_SUPPORT=False,
                   **{n: descs[n] for n in ("Q_desc", "K_desc", "V_desc", "DO_desc")})
     kernels = {"dkdv": (bwd.dkdv_kernel, dict(common, Kidx=k_idx, DK_desc=descs["DK_desc"], DV_desc=descs["DV_desc"],
-                                             Lse_desc=_row_descriptor(lse_pad), Delta_desc=_row_descriptor(delta)),
+                                             Lse_desc=row_descriptor(lse_pad), Delta_desc=row_descriptor(delta)),
                         "BLOCK_N", ("DK", "DV"), ref[1:]),
                "dq": (bwd.dq_kernel, dict(common, Qidx=q_idx, DQ_desc=descs["DQ_desc"], Lse=lse_pad, Delta=delta,
                                           L_PAD=length + pad), "BLOCK_M", ("DQ",), ref[:1])}

@@ -74,12 +74,13 @@ def pad_bias(key_padding_mask: torch.Tensor | None, device: torch.device) -> tor
     return bias.masked_fill_(~key_padding_mask.to(device), float("-inf"))
 
 
-def _descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:
+def tile_descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:
+    """TMA descriptor over a (B*H, L, D) tensor, ``rows`` rows at a time (configs reset the block shape)."""
     batch_heads, length, head_dim = x.shape
     return TensorDescriptor(x, [batch_heads, length, head_dim], [length * head_dim, head_dim, 1], [1, rows, head_dim])
 
 
-def _row_descriptor(x: torch.Tensor) -> TensorDescriptor:
+def row_descriptor(x: torch.Tensor) -> TensorDescriptor:
     """TMA descriptor over a (B*H, L_PAD) fp32 tensor, one row block at a time (the block set by the config)."""
     batch_heads, length = x.shape
     return TensorDescriptor(x, [batch_heads, length], [length, 1], [1, 16])
@@ -115,7 +116,7 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: to
         raise ValueError(f"launch_forward: fuse_topk_q needs fp16/bf16 q, got {qd.dtype}")
     out = torch.empty_like(v)
     lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
-    descs = {name: _descriptor(t, 16) for name, t in (("Q_desc", qd), ("K_desc", kd), ("V_desc", v), ("O_desc", out))}
+    descs = {f"{name}_desc": tile_descriptor(t, 16) for name, t in (("Q", qd), ("K", kd), ("V", v), ("O", out))}
     if config is None and fwd.interpreting():
         config = fwd.INTERPRETER_CONFIG
     l_bucket = min(triton.next_power_of_2(length), TUNE_LENGTH_CAP)
@@ -163,14 +164,14 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
     bwd.delta_kernel[(triton.cdiv(rows, block_r),)](out, dout, delta, rows, length, l_pad, HEAD_DIM=head_dim,
                                                     BLOCK_R=block_r)
     dq, dk, dv = torch.empty_like(qd), torch.empty_like(kd), torch.empty_like(v)
-    descs = {f"{name}_desc": _descriptor(t, 16)
+    descs = {f"{name}_desc": tile_descriptor(t, 16)
              for name, t in (("Q", qd), ("K", kd), ("V", v), ("DO", dout), ("DQ", dq), ("DK", dk), ("DV", dv))}
     common = dict(Bias=bias, L=length, H=heads,
                   qk_scale=fwd.LOG2E / math.sqrt(head_dim), sm_scale=1.0 / math.sqrt(head_dim),
                   l_bucket=min(triton.next_power_of_2(length), TUNE_LENGTH_CAP), HEAD_DIM=head_dim, HAS_BIAS=has_bias,
                   IEEE=qd.dtype == torch.float32, **{n: descs[n] for n in ("Q_desc", "K_desc", "V_desc", "DO_desc")})
-    dkdv_args = dict(common, DK_desc=descs["DK_desc"], DV_desc=descs["DV_desc"], Lse_desc=_row_descriptor(lse_pad),
-                     Delta_desc=_row_descriptor(delta), Kidx=k_idx, TOPK=topk_k, FULL_SUPPORT=topk_k == head_dim)
+    dkdv_args = dict(common, DK_desc=descs["DK_desc"], DV_desc=descs["DV_desc"], Lse_desc=row_descriptor(lse_pad),
+                     Delta_desc=row_descriptor(delta), Kidx=k_idx, TOPK=topk_k, FULL_SUPPORT=topk_k == head_dim)
     _run_bwd_kernel(bwd.dkdv_tuned, bwd.dkdv_kernel,
                     lambda meta: (triton.cdiv(length, meta["BLOCK_N"]), batch_heads), dkdv_args)
     dq_args = dict(common, DQ_desc=descs["DQ_desc"], Lse=lse_pad, Delta=delta, L_PAD=l_pad, Qidx=q_idx, TOPK=topk_q,

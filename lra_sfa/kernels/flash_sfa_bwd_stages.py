@@ -128,7 +128,7 @@ def bwd_stage_runner(kernel: str, stage: str, qd: torch.Tensor, kd: torch.Tensor
     """A no-argument callable running ``kernel`` ('dkdv' or 'dq') cut at ``stage`` (DKDV_STAGES / DQ_STAGES)
     on (B*H, L, D) codes qd, kd, dense v and dout, lse2 (B*H, L) base 2 and delta (B*H, L); it returns the
     kernel's outputs ((dk, dv) or (dq,))."""
-    from lra_sfa.kernels.flash_sfa import _descriptor
+    from lra_sfa.kernels.flash_sfa import tile_descriptor
 
     table = {"dkdv": (DKDV_STAGES, _dkdv_stages_kernel, block_n), "dq": (DQ_STAGES, _dq_stages_kernel, block_m)}
     if kernel not in table or stage not in table[kernel][0]:
@@ -141,11 +141,11 @@ def bwd_stage_runner(kernel: str, stage: str, qd: torch.Tensor, kd: torch.Tensor
                          f"BLOCK_N={block_n}")
     outs = (torch.empty_like(kd), torch.empty_like(v)) if kernel == "dkdv" else (torch.empty_like(qd),)
     names = ("DK_desc", "DV_desc") if kernel == "dkdv" else ("DQ_desc",)
-    args = dict(Q_desc=_descriptor(qd, 16), K_desc=_descriptor(kd, 16), V_desc=_descriptor(v, 16),
-                DO_desc=_descriptor(dout, 16), Lse=lse2, Delta=delta, L=length,
+    args = dict(Q_desc=tile_descriptor(qd, 16), K_desc=tile_descriptor(kd, 16), V_desc=tile_descriptor(v, 16),
+                DO_desc=tile_descriptor(dout, 16), Lse=lse2, Delta=delta, L=length,
                 qk_scale=LOG2E / math.sqrt(head_dim), sm_scale=1.0 / math.sqrt(head_dim), HEAD_DIM=head_dim,
                 BLOCK_M=block_m, BLOCK_N=block_n, IEEE=qd.dtype == torch.float32, STAGE=stage_ids[stage],
-                **{name: _descriptor(t, 16) for name, t in zip(names, outs)})
+                **{name: tile_descriptor(t, 16) for name, t in zip(names, outs)})
     set_bwd_block_shapes(args)
     grid = (length // grid_block, batch_heads)
 

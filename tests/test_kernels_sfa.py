@@ -340,9 +340,15 @@ def test_forward_autotune_list_pruning():
 def test_backward_row_padding_covers_every_query_block():
     """lse2 / delta are read without masks from rows padded to ROW_PAD: every config's BLOCK_M divides it."""
     from lra_sfa.kernels import flash_sfa_bwd as bwd
+    from lra_sfa.kernels.flash_sfa import pad_rows
 
     configs = [*bwd.DKDV_CONFIGS, *bwd.DQ_CONFIGS, bwd.DKDV_FP32_CONFIG, bwd.DQ_FP32_CONFIG, bwd.INTERPRETER_BWD_CONFIG]
     assert all(bwd.ROW_PAD % c.kwargs["BLOCK_M"] == 0 for c in configs)
+    for length in (1, bwd.ROW_PAD, bwd.ROW_PAD + 3):
+        x = torch.randn(3, length)
+        padded = pad_rows(x, float("inf"))
+        assert padded.shape[1] % bwd.ROW_PAD == 0 and padded.shape[1] - length < bwd.ROW_PAD
+        assert torch.equal(padded[:, :length], x) and torch.isinf(padded[:, length:]).all()
 
 
 def test_backward_fp32_takes_small_tiles():

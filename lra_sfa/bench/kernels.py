@@ -411,7 +411,14 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
     """Each backward kernel (dK/dV, dQ) alone at the explore shape, for each (BLOCK_M, BLOCK_N, warps, stages)."""
     from lra_sfa.kernels import flash_sfa_bwd as bwd
     from lra_sfa.kernels import flash_sfa_fwd as fwd
-    from lra_sfa.kernels.flash_sfa import launch_backward, launch_forward, pad_bias, row_descriptor, tile_descriptor
+    from lra_sfa.kernels.flash_sfa import (
+        launch_backward,
+        launch_forward,
+        pad_bias,
+        pad_rows,
+        row_descriptor,
+        tile_descriptor,
+    )
 
     qd, kd = packs["q_dense"], packs["k_dense"]  # (B*H, L, D)
     batch_heads, length, dim = qd.shape
@@ -427,9 +434,8 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
     grads = {name: torch.empty_like(qd) for name in ("DQ", "DK", "DV")}
     descs = {f"{name}_desc": tile_descriptor(t, 16)
              for name, t in (("Q", qd), ("K", kd), ("V", v), ("DO", dout), *grads.items())}
-    pad = triton.cdiv(length, bwd.ROW_PAD) * bwd.ROW_PAD - length  # lse2 / delta rows as launch_backward pads them
-    lse_pad = torch.nn.functional.pad(lse2, (0, pad), value=float("inf"))
-    delta = torch.nn.functional.pad((out.float() * dout.float()).sum(-1), (0, pad))
+    lse_pad = pad_rows(lse2, float("inf"))  # lse2 / delta rows as launch_backward lays them out
+    delta = pad_rows((out.float() * dout.float()).sum(-1), 0.0)
     common = dict(Bias=bias, L=length, H=batch_heads,
                   qk_scale=fwd.LOG2E / dim ** 0.5, sm_scale=1.0 / dim ** 0.5, l_bucket=length,
                   HEAD_DIM=dim, HAS_BIAS=False, IEEE=False, TOPK=topk, FULL_SUPPORT=False,
@@ -438,7 +444,7 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
                                              Lse_desc=row_descriptor(lse_pad), Delta_desc=row_descriptor(delta)),
                         "BLOCK_N", ("DK", "DV"), ref[1:]),
                "dq": (bwd.dq_kernel, dict(common, Qidx=q_idx, DQ_desc=descs["DQ_desc"], Lse=lse_pad, Delta=delta,
-                                          L_PAD=length + pad), "BLOCK_M", ("DQ",), ref[:1])}
+                                          L_PAD=lse_pad.shape[1]), "BLOCK_M", ("DQ",), ref[:1])}
     for name, configs in (("dkdv", args.dkdv_configs), ("dq", args.dq_configs)):
         kernel, kargs, grid_block, outs, expected = kernels[name]
         for block_m, block_n, warps, stages in configs:

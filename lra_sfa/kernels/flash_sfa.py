@@ -86,6 +86,13 @@ def row_descriptor(x: torch.Tensor) -> TensorDescriptor:
     return TensorDescriptor(x, [batch_heads, length], [length, 1], [1, 16])
 
 
+def pad_rows(x: torch.Tensor, value: float) -> torch.Tensor:
+    """(B*H, L) fp32 -> (B*H, L_PAD) with L_PAD a multiple of ``flash_sfa_bwd.ROW_PAD``, ``value`` in the padding:
+    the layout the backward kernels read lse2 (padded with +inf) and delta (with 0) in, without masks."""
+    length = x.shape[1]
+    return torch.nn.functional.pad(x, (0, triton.cdiv(length, bwd.ROW_PAD) * bwd.ROW_PAD - length), value=value)
+
+
 def key_code_range(kd: torch.Tensor) -> torch.Tensor:
     """(B*H, 2, D) fp32: per batch*head the column-wise max (row 0) and min (row 1) of the key codes kd (B*H, L, D).
 
@@ -155,9 +162,8 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
     qd, kd, v, out, lse2, bias, q_idx, k_idx = saved
     batch_heads, length, head_dim = qd.shape
     dout = aligned_rows(dout.reshape(batch_heads, length, head_dim))  # (B*H, L, D)
-    l_pad = triton.cdiv(length, bwd.ROW_PAD) * bwd.ROW_PAD  # lse2 / delta rows padded: no masked loads
-    lse_pad = torch.full((batch_heads, l_pad), float("inf"), dtype=torch.float32, device=qd.device)
-    lse_pad[:, :length] = lse2
+    lse_pad = pad_rows(lse2, float("inf"))  # (B*H, L_PAD): the kernels read lse2 / delta rows without masks
+    l_pad = lse_pad.shape[1]
     delta = torch.zeros(batch_heads, l_pad, dtype=torch.float32, device=qd.device)
     rows = batch_heads * length
     block_r = max(1, 4096 // head_dim)

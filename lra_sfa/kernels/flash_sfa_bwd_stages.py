@@ -10,8 +10,8 @@ stages taken out cumulatively so that differences of times are stage costs:
     3 + dP = dO V^T, dS                   3 + dQ += dS K (the whole kernel)
     4 + dK += dS^T Q (the whole kernel)   4 the whole kernel without exp2
     5 the whole kernel without exp2
-    6 the whole kernel with the real one's masked lse / delta loads
-    7 the whole kernel with delta loaded before Q.K^T (as the real one)
+    6 the whole kernel with masked lse / delta loads (the real one's, then)
+    7 the whole kernel with delta loaded before Q.K^T (the real one's, then)
 
 A stage whose last matmul is cut keeps its input alive through a row sum
 (one (N,) or (M,) fp32 vector), so the compiler cannot drop it. Stage 4 of
@@ -55,7 +55,7 @@ def _dkdv_stages_kernel(Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse, 
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
         do = DO_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
-        if STAGE == 6:  # the real kernel's masked loads (rows past L)
+        if STAGE == 6:  # masked loads (rows past L), as the real kernel had them before the padding
             m_ok = offs_m < L
             lse = tl.load(Lse + row0 + offs_m, mask=m_ok, other=float("inf"))
             dlt0 = tl.load(Delta + row0 + offs_m, mask=m_ok, other=0.0)
@@ -72,7 +72,7 @@ def _dkdv_stages_kernel(Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse, 
         else:
             dv = dot(p_t.to(do.dtype), do, dv, IEEE)
         if STAGE >= 3:
-            if STAGE >= 6:  # delta loaded before Q.K^T, as in the real kernel
+            if STAGE >= 6:  # delta loaded before Q.K^T, as the real kernel did then
                 dlt = dlt0
             else:
                 dlt = tl.load(Delta + row0 + offs_m)

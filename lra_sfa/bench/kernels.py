@@ -449,19 +449,18 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
                                           L_PAD=lse_pad.shape[1]), "BLOCK_M", ("DQ",), ref[:1])}
     for name, configs in (("dkdv", args.dkdv_configs), ("dq", args.dq_configs)):
         kernel, kargs, grid_block, outs, expected = kernels[name]
-        for block_m, block_n, warps, stages, *exp2 in configs:
-            meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, EXP2=(exp2 or [0])[0])
+        for block_m, block_n, warps, stages in configs:
+            meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
             grid = (triton.cdiv(length, meta[grid_block]), batch_heads)
 
             def run(kernel=kernel, grid=grid, kargs=kargs, meta=meta):
                 bwd.set_bwd_block_shapes({**kargs, **meta})
                 kernel[grid](**kargs, **meta)
-            label = f"{name} {block_m}x{block_n} w{warps} s{stages}{' exp2f16' * (meta['EXP2'] == 2)}"
+            label = f"{name} {block_m}x{block_n} w{warps} s{stages}"
             try:
                 ms = time_ms(run)[0]
                 diff = max((grads[o].float() - e.float()).abs().max().item() for o, e in zip(outs, expected))
-                rel = max(sfa_check.rel_err(grads[o], e) for o, e in zip(outs, expected))
-                record("bwd", label, ms, f"maxdiff={diff:.1e} relerr={rel:.1e}")
+                record("bwd", label, ms, f"maxdiff={diff:.1e}")
             except Exception as exc:  # a config the compiler rejects is reported, not fatal
                 record("bwd", label, float("nan"), repr(exc)[:160])
 
@@ -701,10 +700,10 @@ def parse_args(argv=None):
     bwd_tuple = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 128, 8, 4), (64, 128, 8, 3), (32, 64, 4, 4)],
-                        help="BLOCK_M,BLOCK_N,warps,stages[,exp2] of the dK/dV kernel for --mode explore's bwd part")
+                        help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel for the bwd part of --mode explore")
     parser.add_argument("--dq-configs", type=bwd_tuple, nargs="+",
                         default=[(128, 64, 8, 3), (64, 128, 4, 3), (128, 32, 4, 3)],
-                        help="BLOCK_M,BLOCK_N,warps,stages[,exp2] of the dQ kernel for --mode explore's bwd part")
+                        help="BLOCK_M,BLOCK_N,warps,stages of the dQ kernel for the bwd part of --mode explore")
     return parser.parse_args(argv)
 
 

@@ -87,7 +87,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from lra_sfa.kernels.flash_sfa_fwd import dot, exp2_tile
+from lra_sfa.kernels.flash_sfa_fwd import dot
 
 
 @triton.jit
@@ -116,7 +116,7 @@ def _dkdv_kernel(
     Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse_desc, Delta_desc, Bias, Kidx,
     L, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr, EXP2: tl.constexpr = 0,
+    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
 ):
     bh = tl.program_id(1)
     start_n = tl.program_id(0) * BLOCK_N
@@ -134,7 +134,7 @@ def _dkdv_kernel(
         do = DO_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
         lse = Lse_desc.load([bh, start_m]).reshape([BLOCK_M])  # +inf in the padding past L, so P = 0 there
         qk_t = dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
-        p_t = exp2_tile(qk_t * qk_scale - lse[None, :], EXP2, BLOCK_N, BLOCK_M)
+        p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])
         if HAS_BIAS:
             p_t = tl.where(key_ok[:, None], p_t, 0.0)
         dv = dot(p_t.to(do.dtype), do, dv, IEEE)
@@ -155,7 +155,7 @@ def _dq_kernel(
     Q_desc, K_desc, V_desc, DO_desc, DQ_desc, Lse, Delta, Bias, Qidx,
     L, L_PAD, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr, EXP2: tl.constexpr = 0,
+    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
 ):
     bh = tl.program_id(1)
     start_m = tl.program_id(0) * BLOCK_M
@@ -172,7 +172,7 @@ def _dq_kernel(
         k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
         v = V_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
         qk = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
-        p = exp2_tile(qk * qk_scale - lse[:, None], EXP2, BLOCK_M, BLOCK_N)
+        p = tl.math.exp2(qk * qk_scale - lse[:, None])
         if HAS_BIAS:  # without padding no key mask: keys past L have zero K rows (TMA), so dS K gets 0 from them
             key_ok = tl.load(Bias + (bh // H).to(tl.int64) * L + offs_n, mask=offs_n < L, other=float("-inf")) == 0.0
             p = tl.where(key_ok[None, :], p, 0.0)
@@ -196,9 +196,9 @@ def set_bwd_block_shapes(nargs: dict) -> None:
             nargs[name].block_shape = [1, nargs["BLOCK_M"]]
 
 
-def bwd_config(block_m: int, block_n: int, warps: int, stages: int, exp2: int = 0) -> triton.Config:
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "EXP2": exp2}, num_warps=warps,
-                         num_stages=stages, pre_hook=set_bwd_block_shapes)
+def bwd_config(block_m: int, block_n: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages,
+                         pre_hook=set_bwd_block_shapes)
 
 
 INTERPRETER_BWD_CONFIG = bwd_config(64, 64, 4, 1)

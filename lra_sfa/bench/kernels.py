@@ -368,18 +368,16 @@ def explore_prefill(args, record, sections: set[str]) -> None:
     vf, bias = v.reshape(flat), pad_bias(None, q.device)
     ref, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False)
     for bm, bn, warps, stages, ws, *extra in args.fwd_configs if "fwd" in sections else ():
-        exp2, bounded, fused, rowsum_2d = (list(extra) + [0, 0, 0, 0])[:4]
-        cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), exp2, bool(bounded), bool(rowsum_2d))
-        exp2_name = {fwd.EXP2_MUFU: "", fwd.EXP2_SPLIT: " exp2split", fwd.EXP2_F16: " exp2f16"}[exp2]
-        name = (f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{exp2_name}{' bounded' * bounded}"
+        split, bounded, fused, rowsum_2d = (bool(x) for x in (list(extra) + [0, 0, 0, 0])[:4])
+        cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), split, bounded, rowsum_2d)
+        name = (f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' exp2split' * split}{' bounded' * bounded}"
                 f"{' fused_q_topk' * fused}{' rowsum_2d' * rowsum_2d}")
         q_in = q.reshape(flat) if fused else packs["q_dense"]  # dense q: the kernel selects its top-k
         run = partial(launch_forward, q_in, packs["k_dense"], vf, bias, 16, False, cfg, topk if fused else 0)
         try:
             ms = time_ms(run)[0]
             got, _ = run()
-            record("design_A", name, ms, f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e} "
-                   f"relerr={sfa_check.rel_err(got, ref):.1e}")
+            record("design_A", name, ms, f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e}")
         except Exception as exc:  # a config the compiler rejects is reported, not fatal
             record("design_A", name, float("nan"), repr(exc)[:160])
     for name in ("gather", "packed_k", *ABLATION_MODES) if "variants" in sections else ():
@@ -694,9 +692,8 @@ def parse_args(argv=None):
     parser.add_argument("--fwd-configs", type=lambda text: tuple(int(x) for x in text.split(",")), nargs="+",
                         default=[(128, 128, 8, 3, 0), (128, 64, 8, 3, 0), (64, 64, 4, 3, 0), (128, 128, 8, 3, 0, 0, 1),
                                  (128, 64, 8, 3, 0, 0, 1), (64, 64, 4, 3, 0, 0, 1), (64, 128, 4, 3, 0, 0, 1)],
-                        help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize[,exp2[,bounded[,fused_q_topk"
-                        "[,rowsum_2d]]]] tuples for --mode explore; exp2 0 fp32 MUFU, 1 half on the FMA units, "
-                        "2 fp16 pairs (flash_sfa_fwd.exp2_tile)")
+                        help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize[,exp2_split[,bounded[,fused_q_topk"
+                        "[,rowsum_2d]]]] tuples for --mode explore")
     bwd_tuple = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 128, 8, 4), (64, 128, 8, 3), (32, 64, 4, 4)],

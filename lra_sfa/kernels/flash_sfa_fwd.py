@@ -97,8 +97,6 @@ NEG_BIG = tl.constexpr(-1.0e30)  # finite start for the running max: no NaN on a
 # smallest normal, far more than the 24 bits that matter. A row whose keys are all padding (sum 0) also
 # takes the online path, which gives it output 0 as before.
 BOUND_MIN_SUM = tl.constexpr(2.0 ** -64)
-EXP2_MUFU, EXP2_SPLIT, EXP2_F16 = 0, 1, 2  # the forward's exponential designs (exp2_tile)
-INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 LOG2E = 1.4426950408889634
 
 
@@ -132,64 +130,24 @@ def exp2_poly(x):
 
 
 @triton.jit
-def exp2_f16x2(x):
-    """2^x of a fp32 tile through fp16: x rounded to fp16, two exponentials per MUFU instruction
-    (``ex2.approx.f16x2``, relative error 2^-9.9 by the PTX manual); returns fp16.
-
-    Callers keep x <= 15 (P_SHIFT), so the result stays below fp16's 65504. The
-    interpreter has no inline PTX: it rounds x to fp16 and takes an exact exp2.
-    """
-    h = x.to(tl.float16)
-    if INTERPRET:
-        return tl.math.exp2(h.to(tl.float32)).to(tl.float16)
-    return tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [h], dtype=tl.float16, is_pure=True,
-                                     pack=2)
-
-
-@triton.jit
-def exp2_tile(x, EXP2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """2^x of an (M, N) fp32 tile by the EXP2 design: EXP2_MUFU (fp32 ex2 on the special-function
-    units), EXP2_SPLIT (half the columns on the FMA units by exp2_poly), EXP2_F16 (fp16 pairs, exp2_f16x2).
+def exp2_split(x, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """2^x of an (M, N) tile; with SPLIT, half the columns on the FMA units (exp2_poly) and half on MUFU.
 
     The special-function units do 4.13e12 exp2/s on the H200 (device.md), a
-    quarter of a forward's time at d = 128. EXP2_SPLIT shares them with the
-    FMA pipes (FlashAttention-4's trick; adjacent column pairs are split,
-    which stays in each thread's registers); EXP2_F16 halves their work.
+    quarter of a forward's time at d = 128; sharing them with the FMA pipes
+    (FlashAttention-4's trick) may overlap the two. Adjacent column pairs are
+    split, which stays in each thread's registers.
     """
-    if EXP2 == 1:
+    if SPLIT:
         xa, xb = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_N // 2, 2]))
         return tl.reshape(tl.join(tl.math.exp2(xa), exp2_poly(xb)), [BLOCK_M, BLOCK_N])
-    elif EXP2 == 2:
-        return exp2_f16x2(x)
     else:
         return tl.math.exp2(x)
 
 
 @triton.jit
-def bound_shift(EXP2: tl.constexpr):
-    """How far (base 2) BOUNDED kernels set the offset below the bound: 8 with fp16 exponentials, so that p
-    <= 2^8 keeps clear of fp16's max (65504) while scores down to 22 binades under the bound stay normal
-    fp16 numbers; 0 otherwise."""
-    if EXP2 == 2:
-        return 8.0
-    else:
-        return 0.0
-
-
-@triton.jit
-def bound_min_sum(EXP2: tl.constexpr, L):
-    """BOUNDED kernels redo a block whose smallest row sum of p falls below this. With fp16 exponentials it
-    is L * 2^-14: a sum above it means the row's largest p is a normal fp16 number (>= 2^-14), so the
-    entries that carry the softmax keep fp16's 11 bits; otherwise BOUND_MIN_SUM."""
-    if EXP2 == 2:
-        return L * 6.103515625e-05
-    else:
-        return BOUND_MIN_SUM
-
-
-@triton.jit
 def softmax_pv_update(acc, l_i, m_i, qk, v, valid, qk_scale, bias, MASKED: tl.constexpr, HAS_BIAS: tl.constexpr,
-                      IEEE: tl.constexpr, EXP2: tl.constexpr = 0, BLOCK_M: tl.constexpr = 1,
+                      IEEE: tl.constexpr, EXP2_SPLIT: tl.constexpr = False, BLOCK_M: tl.constexpr = 1,
                       BLOCK_N: tl.constexpr = 1):
     """One online-softmax step: qk (M, N) raw scores, v (N, D); returns acc, l_i, m_i."""
     if HAS_BIAS:
@@ -197,16 +155,16 @@ def softmax_pv_update(acc, l_i, m_i, qk, v, valid, qk_scale, bias, MASKED: tl.co
         if MASKED:
             qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = exp2_tile(qk - m_new[:, None], EXP2, BLOCK_M, BLOCK_N)
+        p = exp2_split(qk - m_new[:, None], EXP2_SPLIT, BLOCK_M, BLOCK_N)
     elif MASKED:
         qk = tl.where(valid[None, :], qk * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = exp2_tile(qk - m_new[:, None], EXP2, BLOCK_M, BLOCK_N)
+        p = exp2_split(qk - m_new[:, None], EXP2_SPLIT, BLOCK_M, BLOCK_N)
     else:
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = exp2_tile(qk * qk_scale - m_new[:, None], EXP2, BLOCK_M, BLOCK_N)
+        p = exp2_split(qk * qk_scale - m_new[:, None], EXP2_SPLIT, BLOCK_M, BLOCK_N)
     alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+    l_i = l_i * alpha + tl.sum(p, 1)
     acc = dot(p.to(v.dtype), v, acc * alpha[:, None], IEEE)
     return acc, l_i, m_new
 
@@ -234,7 +192,7 @@ def tile_scores(q, K_desc, V_desc, bh, start_n, BLOCK_M: tl.constexpr, BLOCK_N: 
 @triton.jit
 def online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr,
-                EXP2: tl.constexpr):
+                EXP2_SPLIT: tl.constexpr):
     """The classic online softmax over all key tiles: returns acc (M, D), l_i, m_i (base 2)."""
     offs_n = tl.arange(0, BLOCK_N)
     m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
@@ -247,14 +205,14 @@ def online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M: tl.conste
         if HAS_BIAS:
             bias = tl.load(bias_row + start_n + offs_n)
         acc, l_i, m_i = softmax_pv_update(acc, l_i, m_i, qk, v, offs_n < BLOCK_N, qk_scale, bias,
-                                          False, HAS_BIAS, IEEE, EXP2, BLOCK_M, BLOCK_N)
+                                          False, HAS_BIAS, IEEE, EXP2_SPLIT, BLOCK_M, BLOCK_N)
     if n_full < L:  # the partial last key tile: bounds mask (TMA zero-fills the rows past L)
         qk, v = tile_scores(q, K_desc, V_desc, bh, n_full, BLOCK_M, BLOCK_N, HEAD_DIM, IEEE)
         valid = (n_full + offs_n) < L
         if HAS_BIAS:
             bias = tl.load(bias_row + n_full + offs_n, mask=valid, other=float("-inf"))
         acc, l_i, m_i = softmax_pv_update(acc, l_i, m_i, qk, v, valid, qk_scale, bias, True, HAS_BIAS, IEEE,
-                                          EXP2, BLOCK_M, BLOCK_N)
+                                          EXP2_SPLIT, BLOCK_M, BLOCK_N)
     return acc, l_i, m_i
 
 
@@ -275,32 +233,29 @@ def score_bound(q, KBound, bh, qk_scale, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
-def bounded_update(acc, l_acc, offset, qk, v, bias_row, start_n, offs_n, qk_scale, HAS_BIAS: tl.constexpr,
-                   IEEE: tl.constexpr, ROWSUM_2D: tl.constexpr, EXP2: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr):
-    """One full key tile with the fixed offset (M,): returns acc and the running sum (M,) or, with ROWSUM_2D,
+def bounded_update(acc, l_acc, m_i, qk, v, bias_row, start_n, offs_n, qk_scale, HAS_BIAS: tl.constexpr,
+                   IEEE: tl.constexpr, ROWSUM_2D: tl.constexpr):
+    """One full key tile with the fixed offset m_i: returns acc and the running sum (M,) or, with ROWSUM_2D,
     (M, N) (summed over N once after the loop, so no cross-thread reduction per tile)."""
     if HAS_BIAS:
-        p = exp2_tile(qk * qk_scale + tl.load(bias_row + start_n + offs_n)[None, :] - offset[:, None], EXP2,
-                      BLOCK_M, BLOCK_N)
+        p = tl.math.exp2(qk * qk_scale + tl.load(bias_row + start_n + offs_n)[None, :] - m_i[:, None])
     else:
-        p = exp2_tile(qk * qk_scale - offset[:, None], EXP2, BLOCK_M, BLOCK_N)
+        p = tl.math.exp2(qk * qk_scale - m_i[:, None])
     if ROWSUM_2D:
-        l_acc += p.to(tl.float32)
+        l_acc += p
     else:
-        l_acc += tl.sum(p.to(tl.float32), 1)
+        l_acc += tl.sum(p, 1)
     return dot(p.to(v.dtype), v, acc, IEEE), l_acc
 
 
 @triton.jit
 def bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr,
-                 ROWSUM_2D: tl.constexpr, EXP2: tl.constexpr):
-    """Softmax with a fixed per-row offset m_i (a bound of the row's scaled scores, less bound_shift): no
-    running max, no rescaling.
+                 ROWSUM_2D: tl.constexpr):
+    """Softmax with a fixed per-row offset m_i >= every scaled score: no running max, no rescaling.
 
-    p = 2^(s - m_i) <= 2^bound_shift(EXP2) never overflows; the result equals the
-    online softmax's whenever the largest p is not far below 1 (the caller checks).
+    p = 2^(s - m_i) <= 1 never overflows; the result equals the online
+    softmax's whenever the largest p is not far below 1 (the caller checks).
     """
     offs_n = tl.arange(0, BLOCK_N)
     if ROWSUM_2D:
@@ -311,8 +266,8 @@ def bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M: tl.
     n_full = L - L % BLOCK_N
     for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPEC):
         qk, v = tile_scores(q, K_desc, V_desc, bh, start_n, BLOCK_M, BLOCK_N, HEAD_DIM, IEEE)
-        acc, l_acc = bounded_update(acc, l_acc, m_i, qk, v, bias_row, start_n, offs_n, qk_scale, HAS_BIAS,
-                                    IEEE, ROWSUM_2D, EXP2, BLOCK_M, BLOCK_N)
+        acc, l_acc = bounded_update(acc, l_acc, m_i, qk, v, bias_row, start_n, offs_n, qk_scale, HAS_BIAS, IEEE,
+                                    ROWSUM_2D)
     if ROWSUM_2D:
         l_i = tl.sum(l_acc, 1)
     else:
@@ -323,8 +278,8 @@ def bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M: tl.
         qk = qk * qk_scale
         if HAS_BIAS:
             qk += tl.load(bias_row + n_full + offs_n, mask=valid, other=float("-inf"))[None, :]
-        p = exp2_tile(tl.where(valid[None, :], qk, float("-inf")) - m_i[:, None], EXP2, BLOCK_M, BLOCK_N)
-        l_i += tl.sum(p.to(tl.float32), 1)
+        p = tl.math.exp2(tl.where(valid[None, :], qk, float("-inf")) - m_i[:, None])
+        l_i += tl.sum(p, 1)
         acc = dot(p.to(v.dtype), v, acc, IEEE)
     return acc, l_i
 
@@ -334,7 +289,7 @@ def _flash_sfa_fwd_kernel(
     Q_desc, K_desc, V_desc, O_desc, Bias, Lse, KBound,
     L, H, qk_scale, l_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr, EXP2: tl.constexpr = 0,
+    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr, EXP2_SPLIT: tl.constexpr = False,
     BOUNDED: tl.constexpr = False, TOPK_Q: tl.constexpr = 0, ROWSUM_2D: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
@@ -346,15 +301,15 @@ def _flash_sfa_fwd_kernel(
     if TOPK_Q > 0:  # Q_desc holds dense q: keep each row's TOPK_Q largest |q| here (16-bit q only)
         q = keep_topk(q, TOPK_Q, HEAD_DIM)
     if BOUNDED:
-        m_i = score_bound(q, KBound, bh, qk_scale, HEAD_DIM) - bound_shift(EXP2)
+        m_i = score_bound(q, KBound, bh, qk_scale, HEAD_DIM)
         acc, l_i = bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M, BLOCK_N, HEAD_DIM,
-                                HAS_BIAS, IEEE, WARP_SPEC, ROWSUM_2D, EXP2)
-        if tl.min(l_i, 0) < bound_min_sum(EXP2, L):  # the bound sat far above some row's true max: redo the block
+                                HAS_BIAS, IEEE, WARP_SPEC, ROWSUM_2D)
+        if tl.min(l_i, 0) < BOUND_MIN_SUM:  # the bound sat far above some row's true max: redo the block
             acc, l_i, m_i = online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM,
-                                        HAS_BIAS, IEEE, WARP_SPEC, EXP2)
+                                        HAS_BIAS, IEEE, WARP_SPEC, EXP2_SPLIT)
     else:
         acc, l_i, m_i = online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM,
-                                    HAS_BIAS, IEEE, WARP_SPEC, EXP2)
+                                    HAS_BIAS, IEEE, WARP_SPEC, EXP2_SPLIT)
     finish_rows(acc, l_i, m_i, Lse, O_desc, bh, start_m, offs_m, L, BLOCK_M, HEAD_DIM)
 
 
@@ -368,8 +323,8 @@ def set_block_shapes(nargs: dict) -> None:
 
 
 def fwd_config(block_m: int, block_n: int, warps: int, stages: int, warp_spec: bool = False,
-               exp2: int = EXP2_MUFU, bounded: bool = False, rowsum_2d: bool = False) -> triton.Config:
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "WARP_SPEC": warp_spec, "EXP2": exp2,
+               exp2_split: bool = False, bounded: bool = False, rowsum_2d: bool = False) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "WARP_SPEC": warp_spec, "EXP2_SPLIT": exp2_split,
                           "BOUNDED": bounded, "ROWSUM_2D": rowsum_2d},
                          num_warps=warps, num_stages=stages, pre_hook=set_block_shapes)
 

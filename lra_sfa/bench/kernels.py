@@ -377,7 +377,8 @@ def explore_prefill(args, record, sections: set[str]) -> None:
         try:
             ms = time_ms(run)[0]
             got, _ = run()
-            record("design_A", name, ms, f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e}")
+            record("design_A", name, ms, f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e} "
+                   f"relerr={sfa_check.rel_err(got, ref):.1e}")
         except Exception as exc:  # a config the compiler rejects is reported, not fatal
             record("design_A", name, float("nan"), repr(exc)[:160])
     for name in ("gather", "packed_k", *ABLATION_MODES) if "variants" in sections else ():
@@ -458,7 +459,8 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
             try:
                 ms = time_ms(run)[0]
                 diff = max((grads[o].float() - e.float()).abs().max().item() for o, e in zip(outs, expected))
-                record("bwd", label, ms, f"maxdiff={diff:.1e}")
+                rel = max(sfa_check.rel_err(grads[o], e) for o, e in zip(outs, expected))
+                record("bwd", label, ms, f"maxdiff={diff:.1e} relerr={rel:.1e}")
             except Exception as exc:  # a config the compiler rejects is reported, not fatal
                 record("bwd", label, float("nan"), repr(exc)[:160])
 

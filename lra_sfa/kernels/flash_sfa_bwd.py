@@ -44,8 +44,12 @@ Where the time goes (``flash_sfa_bwd_stages``: the loops with stages taken
     without it). dQ, whole loop 5.21 ms (the real kernel, 4.91, schedules
     better): Q.K^T and exp2 1.78, + dP and dS 4.53, + dQ 5.21; exp2 0.84 ms.
     So exp2 is 14-16% of each loop and the rest is matmuls with their
-    loads; the dQ kernel's recomputed Q.K^T and dO.V^T (~3 ms of its 4.9)
-    are what a 5-matmul backward would save.
+    loads. Halving the special-function work with fp16-pair exponentials
+    (``ex2.approx.f16x2``, session 10) saved nothing: dK/dV 6.56 vs 6.51
+    ms, dQ 4.69 vs 4.70 (``sfa_explore_2026-11-29_s10_exp2_f16_bwd.csv``),
+    so it is the instructions around exp2, not its throughput, that cost.
+    The dQ kernel's recomputed Q.K^T and dO.V^T (~3 ms of its 4.9) are what
+    a 5-matmul backward would save.
 lse2 / delta loads. In the dK/dV loop they cost 0.57 ms as masked pointer
     loads: masked (rows past L) 7.78 ms, unmasked but delta loaded at the
     loop's top 7.56, unmasked after the dV matmul 7.24 (stage ablations).

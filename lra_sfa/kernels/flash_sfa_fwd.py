@@ -47,6 +47,16 @@ Tiles (kernel only, same shape): 128x128 w8 s3 3.74 ms; 128x128 w8 s2 4.48;
 Exponentials on the FMA units (``EXP2_SPLIT``, off in the tuned configs):
     half of each tile's exp2 by ``exp2_poly`` (FlashAttention-4's trick).
     A loss (2026-11-29): 4.49-5.25 ms against 3.72 ms; kept, default off.
+Exponentials in fp16 pairs (``ex2.approx.f16x2`` by inline PTX: half the
+    special-function instructions, plus conversions to and from fp16;
+    bounded offsets set 8 binades under the bound so p stays a normal fp16
+    number; session 10, ``sfa_explore_2026-11-29_s10_exp2_f16_fwd.csv``):
+    64x64 w4 s3 bounded 3.68 vs 3.55 ms, with the row-sum tile 3.65 vs
+    3.56; 128x128 w8 s3 online 3.87 vs 3.56; 128x128 bounded with the
+    row-sum tile 3.52 vs 3.74, the one gain, 0.8% under the best fp32
+    config. The exponentials' throughput is not what bounds the loop.
+    Removed (as was the same option in the backward, where it changed
+    nothing: dK/dV 6.56 vs 6.51 ms, dQ 4.69 vs 4.70).
 Fixed softmax offset (``BOUNDED``, 2026-11-29): each row's offset is an
     upper bound of its scores, sum_f max(q_f kmax_f, q_f kmin_f) from the key
     codes' per-feature range (``flash_sfa.key_code_range``), so the loop

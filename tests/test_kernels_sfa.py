@@ -254,6 +254,29 @@ def test_backward_stage_ablations_whole_kernels_match_the_real_ones():
         bwd_stage_runner("dq", "+dV", qd, kd, v, dout, lse2, delta, 32, 32, 4, 1)
 
 
+def test_forward_stage_ablation_whole_matches_the_bounded_kernel():
+    """The forward's stage-ablation kernel (benchmark only) cut at 'whole' computes what the real kernel's
+    bounded path computes (output and lse2); every cut stage runs, and the stages that keep exp2 give a
+    finite lse2."""
+    from lra_sfa.kernels import flash_sfa_fwd as fwd
+    from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
+    from lra_sfa.kernels.flash_sfa_fwd_stages import FWD_STAGES, fwd_stage_runner
+
+    q, k, v = (t[0].contiguous() for t in _inputs(1, 2, 64, HEAD_DIM, torch.float32, seed=23))  # (B*H, L, D)
+    (_, _, qd), (_, _, kd) = topk_pack(q, 4), topk_pack(k, 4)
+    out, lse2 = launch_forward(qd, kd, v, pad_bias(None, q.device), 2, False,
+                               config=fwd.fwd_config(32, 32, 4, 1, bounded=True))
+    got = {stage: fwd_stage_runner(stage, qd, kd, v, 32, 32, 4, 1)() for stage in FWD_STAGES}
+    whole_out, whole_lse = got["whole"]
+    assert torch.allclose(whole_out, out, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(whole_lse, lse2, rtol=1e-6, atol=1e-5)
+    for stage in ("+exp2", "whole, no Q.K^T"):
+        assert torch.isfinite(got[stage][1]).all()
+    assert not torch.allclose(got["whole, no exp2"][0], whole_out)  # the cut stage really computes less
+    with pytest.raises(ValueError, match="unknown stage"):
+        fwd_stage_runner("+dV", qd, kd, v, 32, 32, 4, 1)
+
+
 @pytest.mark.parametrize("bad", ["head_dim", "dtype", "topk", "mask", "mixed"])
 def test_unsupported_inputs_raise_clear_errors(bad):
     q, k, v = _inputs(1, 2, 8, HEAD_DIM, torch.float32, seed=1)

@@ -62,7 +62,7 @@ EXPLORE_CHECKS = [(1, 64, 8, False, torch.bfloat16), (100, 128, 8, True, torch.b
                   (1000, 128, 16, True, torch.bfloat16), (4097, 64, 8, False, torch.bfloat16),
                   (777, 32, 4, True, torch.float16), (300, 128, 8, True, torch.float32),
                   (2048, 128, 128, False, torch.bfloat16)]  # (L, D, topk, padding, dtype), full reference
-EXPLORE_SECTIONS = ("checks", "topk", "fwd", "variants", "bwd", "bwd_stages", "full", "decode")
+EXPLORE_SECTIONS = ("checks", "topk", "fwd", "fwd_stages", "variants", "bwd", "bwd_stages", "full", "decode")
 
 
 def _cell(value) -> str:
@@ -344,7 +344,7 @@ def explore(args) -> None:
             record("topk", f"torch.topk+scatter {x.shape[0]}x128 k={topk}",
                    time_ms(partial(_torch_topk_codes, x, topk))[0])
         del x
-    if sections & {"fwd", "variants", "bwd", "bwd_stages", "full"}:
+    if sections & {"fwd", "fwd_stages", "variants", "bwd", "bwd_stages", "full"}:
         explore_prefill(args, record, sections)
     if "decode" in sections:
         explore_decode(args, record)
@@ -381,6 +381,8 @@ def explore_prefill(args, record, sections: set[str]) -> None:
                    f"relerr={sfa_check.rel_err(got, ref):.1e}")
         except Exception as exc:  # a config the compiler rejects is reported, not fatal
             record("design_A", name, float("nan"), repr(exc)[:160])
+    if "fwd_stages" in sections:
+        explore_forward_stages(args, record, packs, vf)
     for name in ("gather", "packed_k", *ABLATION_MODES) if "variants" in sections else ():
         for bn, stages in ((64, 3), (128, 2)):
             ms = time_ms(partial(run_variant, name, packs, vf, 128, bn, 8, stages))[0]
@@ -463,6 +465,17 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
                 record("bwd", label, ms, f"maxdiff={diff:.1e} relerr={rel:.1e}")
             except Exception as exc:  # a config the compiler rejects is reported, not fatal
                 record("bwd", label, float("nan"), repr(exc)[:160])
+
+
+def explore_forward_stages(args, record, packs: dict, v: torch.Tensor) -> None:
+    """Where the bounded forward loop's time goes (``flash_sfa_fwd_stages``), at the tiles of the first
+    --fwd-configs entry."""
+    from lra_sfa.kernels.flash_sfa_fwd_stages import FWD_STAGES, fwd_stage_runner
+
+    block_m, block_n, warps, stages = args.fwd_configs[0][:4]
+    for stage in FWD_STAGES:
+        run = fwd_stage_runner(stage, packs["q_dense"], packs["k_dense"], v, block_m, block_n, warps, stages)
+        record("fwd_stage", f"bounded {block_m}x{block_n} w{warps} s{stages}: {stage}", time_ms(run)[0])
 
 
 def explore_backward_stages(args, record, packs: dict, v: torch.Tensor) -> None:

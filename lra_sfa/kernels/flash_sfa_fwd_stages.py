@@ -10,7 +10,9 @@ costs:
     2 + exp2            p = exp2(s * scale - offset); the row sum of p
     3 whole             + V load, O += P V (the shipped loop)
     4 whole, no exp2    3 with p = s * scale - offset (one FMA instead of exp2)
-    5 whole, no Q.K^T   3 with s an index-derived tile: no K load, no Q.K^T
+    5 whole, no Q.K^T   3 with the first key tile's scores for every tile: no K
+                        loads, no Q.K^T in the loop (the per-row offset moves
+                        by 1e-9 per tile, so exp2 stays in the loop)
     6 P.V only          5 without exp2: the V loads and the P V matmul
 
 A cut stage keeps its input alive through the (M,) row sum that the whole
@@ -43,10 +45,13 @@ def _fwd_stages_kernel(Q_desc, K_desc, V_desc, O_desc, Lse, KBound, L, qk_scale,
     offset = score_bound(q, KBound, bh, qk_scale, HEAD_DIM)  # (M,) as the real kernel's m_i
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    if STAGE >= 5:  # the first key tile's scores stand in for every tile's (no K loads, no Q.K^T in the loop)
+        k0 = K_desc.load([bh, 0, 0]).reshape([BLOCK_N, HEAD_DIM])
+        qk0 = dot(q, k0.T, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
     for start_n in tl.range(0, L, BLOCK_N):
-        if STAGE >= 5:  # an index-derived score tile in place of Q.K^T (no K load)
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            qk = offs_m[:, None].to(tl.float32) * 1e-4 - (offs_n[None, :] % 61).to(tl.float32) * 1e-2
+        if STAGE >= 5:
+            qk = qk0
+            offset = offset + 1e-9  # one (M,) add per tile: keeps exp2 of the tile inside the loop
         else:
             k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
             qk = dot(q, k.T, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)

@@ -34,10 +34,23 @@ k=8; kernel time without top-k; variants in ``flash_sfa_variants.py``):
        key), scattered into a dense register tile per key tile, then tl.dot:
        28.1 ms (BLOCK_N 64), 38.7 ms (BLOCK_N 128): the scatter costs k
        selects over the whole tile, far more than the bytes it saves.
-Where the time goes (design A with pointer loads, 128x64, 4.36 ms in all):
-    scores only (Q.K^T + row max/sum) 1.76 ms; + softmax (exp2, rescale)
-    2.62 ms; + P.V 4.36 ms. So P.V adds 1.74 ms and the softmax 0.86 ms; a
-    free Q.K^T could save at most about 1.8 ms of 4.4.
+Where the time goes, the shipped bounded loop (``flash_sfa_fwd_stages``:
+    stages taken out; same shape, session 10,
+    ``sfa_explore_2026-11-29_s10_fwd_stages.csv``). 64x64 w4 s3 (two
+    programs per SM), whole loop 3.64 ms (the real kernel 3.55): Q.K^T with
+    the row sum 1.67 ms, + exp2 2.04, + P.V 3.64; without exp2 3.31; without
+    Q.K^T (one tile's scores reused) 2.21; P.V alone 1.80. So Q.K^T costs
+    ~1.4-1.7 ms, P.V ~1.6-1.8 and exp2 0.33-0.41, and they add up: nothing
+    overlaps the two matmuls' ~3.3 ms, each of which runs at ~610-660
+    TFLOP/s on its own. 128x128 w8 s3 (one program per SM), 3.73 ms: scores
+    1.66, + exp2 2.69, without exp2 2.97, without Q.K^T 2.60, P.V alone
+    1.71; exp2 costs 0.76-1.0 ms here, where no second program hides it.
+    cuDNN runs the whole at 3.24 ms on the same data: it overlaps the
+    softmax of one warpgroup with the other's matmuls (FlashAttention-3's
+    ping-pong), which Triton 3.6 does not generate from this loop.
+    Earlier, design A with pointer loads, 128x64 online, 4.36 ms: scores
+    only (Q.K^T + row max/sum) 1.76 ms; + softmax (exp2, rescale) 2.62 ms;
+    + P.V 4.36 ms.
 Tiles (kernel only, same shape): 128x128 w8 s3 3.74 ms; 128x128 w8 s2 4.48;
     128x64 w8 s3 4.12; 128x64 w8 s4 4.23; 128x64 w4 s3 4.47; 64x64 w4 s3
     4.05. Triton 3.6's automatic warp specialisation (tl.range

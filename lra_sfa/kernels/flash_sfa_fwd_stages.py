@@ -14,6 +14,11 @@ costs:
                         loads, no Q.K^T in the loop (the per-row offset moves
                         by 1e-9 per tile, so exp2 stays in the loop)
     6 P.V only          5 without exp2: the V loads and the P V matmul
+    and ``scores, q in registers`` / ``whole, q in registers``: 1 and 3 with
+    q passed through a multiply by a runtime 1, so that Q.K^T reads its A
+    operand from registers instead of shared memory (the PTX of the real
+    kernel has shared-memory A on the codes path, register A on the
+    fused-top-k path).
 
 A cut stage keeps its input alive through the (M,) row sum that the whole
 loop needs anyway (stored as lse2), so the compiler cannot drop it. Stage 3 computes what the
@@ -31,18 +36,23 @@ import triton.language as tl
 
 from lra_sfa.kernels.flash_sfa_fwd import LOG2E, dot, score_bound, set_block_shapes
 
-FWD_STAGES = {"scores": 1, "+exp2": 2, "whole": 3, "whole, no exp2": 4, "whole, no Q.K^T": 5, "P.V only": 6}
+# name: (loop stage, q in registers)
+FWD_STAGES = {"scores": (1, False), "+exp2": (2, False), "whole": (3, False), "whole, no exp2": (4, False),
+              "whole, no Q.K^T": (5, False), "P.V only": (6, False), "scores, q in registers": (1, True),
+              "whole, q in registers": (3, True)}
 
 
 @triton.jit
 def _fwd_stages_kernel(Q_desc, K_desc, V_desc, O_desc, Lse, KBound, L, qk_scale,
                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
-                       STAGE: tl.constexpr):
+                       STAGE: tl.constexpr, REG_Q: tl.constexpr):
     bh = tl.program_id(1)
     start_m = tl.program_id(0) * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
     offset = score_bound(q, KBound, bh, qk_scale, HEAD_DIM)  # (M,) as the real kernel's m_i
+    if REG_Q:  # a computed q: the compiler keeps it in registers for wgmma
+        q = (q.to(tl.float32) * (qk_scale / qk_scale)).to(q.dtype)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     if STAGE >= 5:  # the first key tile's scores stand in for every tile's (no K loads, no Q.K^T in the loop)
@@ -87,7 +97,7 @@ def fwd_stage_runner(stage: str, qd: torch.Tensor, kd: torch.Tensor, v: torch.Te
     args = dict(Q_desc=tile_descriptor(qd, 16), K_desc=tile_descriptor(kd, 16), V_desc=tile_descriptor(v, 16),
                 O_desc=tile_descriptor(out, 16), Lse=lse2, KBound=key_code_range(kd), L=length,
                 qk_scale=LOG2E / math.sqrt(head_dim), HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
-                IEEE=qd.dtype == torch.float32, STAGE=FWD_STAGES[stage])
+                IEEE=qd.dtype == torch.float32, STAGE=FWD_STAGES[stage][0], REG_Q=FWD_STAGES[stage][1])
     set_block_shapes(args)
     grid = (length // block_m, batch_heads)
 

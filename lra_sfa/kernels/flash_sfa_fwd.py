@@ -45,6 +45,12 @@ Where the time goes, the shipped bounded loop (``flash_sfa_fwd_stages``:
     TFLOP/s on its own. 128x128 w8 s3 (one program per SM), 3.73 ms: scores
     1.66, + exp2 2.69, without exp2 2.97, without Q.K^T 2.60, P.V alone
     1.71; exp2 costs 0.76-1.0 ms here, where no second program hides it.
+    The Q.K^T wgmma reads q from shared memory on this path (register A on
+    the fused-top-k path, by the PTX); q forced into registers did not help
+    (scores 1.76 vs 1.66 ms; whole 3.55 vs 3.59 at 64x64, 4.37 vs 3.72 at
+    128x128), so shared-memory bandwidth is not what holds the matmuls to
+    ~65% of peak. A repeat call put the same loops within 1-3% (P.V alone
+    1.97 / 1.83 ms), so single stage differences below ~0.1 ms are noise.
     cuDNN runs the whole at 3.24 ms on the same data: it overlaps the
     softmax of one warpgroup with the other's matmuls (FlashAttention-3's
     ping-pong), which Triton 3.6 does not generate from this loop.

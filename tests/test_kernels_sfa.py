@@ -270,6 +270,7 @@ def test_forward_stage_ablation_whole_matches_the_bounded_kernel():
     whole_out, whole_lse = got["whole"]
     assert torch.allclose(whole_out, out, rtol=1e-5, atol=1e-6)
     assert torch.allclose(whole_lse, lse2, rtol=1e-6, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(got["whole, q in registers"], got["whole"]))
     for stage in ("+exp2", "whole, no Q.K^T"):
         assert torch.isfinite(got[stage][1]).all()
     assert not torch.allclose(got["whole, no exp2"][0], whole_out)  # the cut stage really computes less

@@ -21,9 +21,9 @@ costs:
     fused-top-k path).
 
 A cut stage keeps its input alive through the (M,) row sum that the whole
-loop needs anyway (stored as lse2), so the compiler cannot drop it. Stage 3 computes what the
-real kernel's bounded path computes (tested). Measured numbers:
-``flash_sfa_fwd``'s docstring and results/kernels/NOTES.md.
+loop needs anyway (stored as lse2), so the compiler cannot drop it. Stage 3
+computes what the real kernel's bounded path computes (tested). Measured
+numbers: ``flash_sfa_fwd``'s docstring and results/kernels/NOTES.md.
 """
 
 from __future__ import annotations

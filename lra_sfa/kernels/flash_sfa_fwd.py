@@ -49,8 +49,11 @@ Where the time goes, the shipped bounded loop (``flash_sfa_fwd_stages``:
     the fused-top-k path, by the PTX); q forced into registers did not help
     (scores 1.76 vs 1.66 ms; whole 3.55 vs 3.59 at 64x64, 4.37 vs 3.72 at
     128x128), so shared-memory bandwidth is not what holds the matmuls to
-    ~65% of peak. A repeat call put the same loops within 1-3% (P.V alone
-    1.97 / 1.83 ms), so single stage differences below ~0.1 ms are noise.
+    ~65% of peak. Nor is the clock: during the forward the SM clock stays at
+    1920 MHz (cuDNN's: 1875), both at the 700 W power limit
+    (``scripts/gpu_clock_probe.py``). A repeat call put the same loops
+    within 1-3% (P.V alone 1.97 / 1.83 ms), so single stage differences
+    below ~0.1 ms are noise.
     cuDNN runs the whole at 3.24 ms on the same data: it overlaps the
     softmax of one warpgroup with the other's matmuls (FlashAttention-3's
     ping-pong), which Triton 3.6 does not generate from this loop.

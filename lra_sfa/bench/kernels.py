@@ -487,9 +487,10 @@ def explore_gluon(args, record, packs: dict, v: torch.Tensor, ref: torch.Tensor)
     from lra_sfa.kernels.flash_sfa_gluon import gluon_forward
 
     qd, kd = packs["q_dense"], packs["k_dense"]
-    for block_m, block_n, stages, warps in args.gluon_configs:
-        run = partial(gluon_forward, qd, kd, v, block_m, block_n, stages, warps)
-        label = f"gluon {block_m}x{block_n} s{stages} w{warps}"
+    for block_m, block_n, stages, warps, *pipeline in args.gluon_configs:
+        pipeline = bool((pipeline or [1])[0])
+        run = partial(gluon_forward, qd, kd, v, block_m, block_n, stages, warps, pipeline)
+        label = f"gluon {block_m}x{block_n} s{stages} w{warps}{'' if pipeline else ' unpipelined'}"
         try:
             got, _ = run()
             rel = sfa_check.rel_err(got, ref)
@@ -735,8 +736,9 @@ def parse_args(argv=None):
                         "[,rowsum_2d]]]] tuples for --mode explore")
     bwd_tuple = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     parser.add_argument("--gluon-configs", type=bwd_tuple, nargs="+",
-                        default=[(64, 64, 3, 4), (128, 64, 3, 8), (64, 128, 2, 4), (128, 128, 2, 8)],
-                        help="BLOCK_M,BLOCK_N,stages,warps of the Gluon forward for --mode explore's gluon part")
+                        default=[(64, 64, 3, 4), (64, 64, 3, 4, 0), (128, 64, 3, 8)],
+                        help="BLOCK_M,BLOCK_N,stages,warps[,pipeline] of the Gluon forward for --mode explore's "
+                        "gluon part (stages >= 3)")
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 128, 8, 4), (64, 128, 8, 3), (32, 64, 4, 4)],
                         help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel for the bwd part of --mode explore")

@@ -45,7 +45,7 @@ LOG2E = 1.4426950408889634
 @gluon.jit
 def _gluon_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scale,
                       HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                      num_warps: gl.constexpr):
+                      PIPELINE: gl.constexpr, num_warps: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
     bh = gl.program_id(1)
     row_q = bh * L + gl.program_id(0) * BLOCK_M  # rows of the (B*H*L, D) views
@@ -104,7 +104,10 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scale,
         s_next = warpgroup_mma(q_smem, k_smem.index(jn % STAGES).permute((1, 0)), s_zero, use_acc=False,
                                is_async=True)
         # 2. S_j: in flight are S_j, P.V_{j-1}, S_{j+1} (oldest first)
-        s = warpgroup_mma_wait(num_outstanding=2, deps=(s_tok, ))
+        if PIPELINE:
+            s = warpgroup_mma_wait(num_outstanding=2, deps=(s_tok, ))
+        else:  # everything issued so far done: the Triton kernel's order (measured for comparison)
+            s, s_next = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok, s_next))
         # 3. softmax with the fixed offset
         p = gl.exp2(s * qk_scale - offset[:, None])
         l_i += gl.sum(p, axis=1)
@@ -138,7 +141,7 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scale,
 
 
 def gluon_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_m: int = 64, block_n: int = 64,
-                  stages: int = 3, num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+                  stages: int = 3, num_warps: int = 4, pipeline: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounded FlashSFA forward on (B*H, L, D) codes qd, kd and dense v: returns out (B*H, L, D), lse2 (B*H, L)."""
     from lra_sfa.kernels.flash_sfa import key_code_range
 
@@ -148,6 +151,8 @@ def gluon_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_m: 
     if head_dim not in (64, 128) or length % block_m or length % block_n:
         raise ValueError(f"gluon_forward: head_dim={head_dim} must be 64 or 128 and L={length} a multiple of "
                          f"BLOCK_M={block_m} and BLOCK_N={block_n}")
+    if stages < 3:  # step j waits for tile j+1, which step j-1 loads only when STAGES >= 3
+        raise ValueError(f"gluon_forward: stages={stages} must be >= 3")
     out = torch.empty_like(v)
     lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
     gl_dtype = gl.float16 if qd.dtype == torch.float16 else gl.bfloat16
@@ -160,5 +165,6 @@ def gluon_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_m: 
     grid = (length // block_m, batch_heads)
     _gluon_fwd_kernel[grid](desc(qd, block_m), desc(kd, block_n), desc(v, block_n), desc(out, block_m),
                             key_code_range(kd), lse2, length, LOG2E / math.sqrt(head_dim),
-                            HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, num_warps=num_warps)
+                            HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, PIPELINE=pipeline,
+                            num_warps=num_warps)
     return out, lse2

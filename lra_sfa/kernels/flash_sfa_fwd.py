@@ -57,6 +57,16 @@ Where the time goes, the shipped bounded loop (``flash_sfa_fwd_stages``:
     cuDNN runs the whole at 3.24 ms on the same data: it overlaps the
     softmax of one warpgroup with the other's matmuls (FlashAttention-3's
     ping-pong), which Triton 3.6 does not generate from this loop.
+Gluon (Triton 3.6's explicit dialect; session 10, commit f603002,
+    ``sfa_explore_2026-11-29_s10_gluon.csv``): the bounded loop with the
+    next tile's Q.K^T issued as an async wgmma before the softmax and O +=
+    P V chained asynchronously on the accumulator (FlashAttention-3's
+    intra-warpgroup overlap; TMA ring of 3 stages, mbarriers by hand).
+    Correct (6e-5 from this kernel's output) but slower: 64x64 w4 4.74 ms,
+    the same kernel without the overlap 4.01, 128x64 w8 4.89, against
+    3.55-3.64 ms here and cuDNN 3.17. With two stages the schedule deadlocks
+    (step j waits for a tile that step j-1 loads only with 3+). Removed; the
+    code is in that commit. Gluon kernels have no CPU interpreter either.
     Earlier, design A with pointer loads, 128x64 online, 4.36 ms: scores
     only (Q.K^T + row max/sum) 1.76 ms; + softmax (exp2, rescale) 2.62 ms;
     + P.V 4.36 ms.

@@ -54,9 +54,13 @@ Where the time goes, the shipped bounded loop (``flash_sfa_fwd_stages``:
     (``scripts/gpu_clock_probe.py``). A repeat call put the same loops
     within 1-3% (P.V alone 1.97 / 1.83 ms), so single stage differences
     below ~0.1 ms are noise.
-    cuDNN runs the whole at 3.24 ms on the same data: it overlaps the
-    softmax of one warpgroup with the other's matmuls (FlashAttention-3's
-    ping-pong), which Triton 3.6 does not generate from this loop.
+    cuDNN runs the whole at 3.24 ms on the same data, under the sum of our
+    matmul stages alone; FlashAttention-3-style kernels get there by
+    overlapping one warpgroup's softmax with another's matmuls (ping-pong),
+    which Triton 3.6 does not generate from this loop.
+    Earlier, design A with pointer loads, 128x64 online, 4.36 ms: scores
+    only (Q.K^T + row max/sum) 1.76 ms; + softmax (exp2, rescale) 2.62 ms;
+    + P.V 4.36 ms.
 Gluon (Triton 3.6's explicit dialect; session 10, commit f603002,
     ``sfa_explore_2026-11-29_s10_gluon.csv``): the bounded loop with the
     next tile's Q.K^T issued as an async wgmma before the softmax and O +=
@@ -67,9 +71,6 @@ Gluon (Triton 3.6's explicit dialect; session 10, commit f603002,
     3.55-3.64 ms here and cuDNN 3.17. With two stages the schedule deadlocks
     (step j waits for a tile that step j-1 loads only with 3+). Removed; the
     code is in that commit. Gluon kernels have no CPU interpreter either.
-    Earlier, design A with pointer loads, 128x64 online, 4.36 ms: scores
-    only (Q.K^T + row max/sum) 1.76 ms; + softmax (exp2, rescale) 2.62 ms;
-    + P.V 4.36 ms.
 Tiles (kernel only, same shape): 128x128 w8 s3 3.74 ms; 128x128 w8 s2 4.48;
     128x64 w8 s3 4.12; 128x64 w8 s4 4.23; 128x64 w4 s3 4.47; 64x64 w4 s3
     4.05. Triton 3.6's automatic warp specialisation (tl.range

@@ -62,7 +62,8 @@ EXPLORE_CHECKS = [(1, 64, 8, False, torch.bfloat16), (100, 128, 8, True, torch.b
                   (1000, 128, 16, True, torch.bfloat16), (4097, 64, 8, False, torch.bfloat16),
                   (777, 32, 4, True, torch.float16), (300, 128, 8, True, torch.float32),
                   (2048, 128, 128, False, torch.bfloat16)]  # (L, D, topk, padding, dtype), full reference
-EXPLORE_SECTIONS = ("checks", "topk", "fwd", "fwd_stages", "variants", "bwd", "bwd_stages", "full", "decode")
+EXPLORE_SECTIONS = ("checks", "topk", "fwd", "fwd_stages", "gluon", "variants", "bwd", "bwd_stages", "full",
+                    "decode")
 
 
 def _cell(value) -> str:
@@ -344,7 +345,7 @@ def explore(args) -> None:
             record("topk", f"torch.topk+scatter {x.shape[0]}x128 k={topk}",
                    time_ms(partial(_torch_topk_codes, x, topk))[0])
         del x
-    if sections & {"fwd", "fwd_stages", "variants", "bwd", "bwd_stages", "full"}:
+    if sections & {"fwd", "fwd_stages", "gluon", "variants", "bwd", "bwd_stages", "full"}:
         explore_prefill(args, record, sections)
     if "decode" in sections:
         explore_decode(args, record)
@@ -383,6 +384,8 @@ def explore_prefill(args, record, sections: set[str]) -> None:
             record("design_A", name, float("nan"), repr(exc)[:160])
     if "fwd_stages" in sections:
         explore_forward_stages(args, record, packs, vf)
+    if "gluon" in sections:
+        explore_gluon(args, record, packs, vf, ref)
     for name in ("gather", "packed_k", *ABLATION_MODES) if "variants" in sections else ():
         for bn, stages in ((64, 3), (128, 2)):
             ms = time_ms(partial(run_variant, name, packs, vf, 128, bn, 8, stages))[0]
@@ -476,6 +479,27 @@ def explore_forward_stages(args, record, packs: dict, v: torch.Tensor) -> None:
     for stage in FWD_STAGES:
         run = fwd_stage_runner(stage, packs["q_dense"], packs["k_dense"], v, block_m, block_n, warps, stages)
         record("fwd_stage", f"bounded {block_m}x{block_n} w{warps} s{stages}: {stage}", time_ms(run)[0])
+
+
+def explore_gluon(args, record, packs: dict, v: torch.Tensor, ref: torch.Tensor) -> None:
+    """The experimental warp-specialised Gluon forward (``flash_sfa_gluon``) per --gluon-configs, against the
+    Triton kernel's output, beside cuDNN on the same sparsified data."""
+    from lra_sfa.kernels.flash_sfa_gluon import gluon_ws_forward
+
+    qd, kd = packs["q_dense"], packs["k_dense"]
+    for block_m, block_n, stages, warps, pipeline, maxnreg in args.gluon_configs:
+        run = partial(gluon_ws_forward, qd, kd, v, block_m, block_n, stages, warps, bool(pipeline), maxnreg)
+        label = f"gluon ws {block_m}x{block_n} s{stages} w{warps} maxnreg {maxnreg}{' pipelined' * pipeline}"
+        try:
+            got, _ = run()
+            rel = sfa_check.rel_err(got, ref)
+            finite = bool(torch.isfinite(got).all())
+            record("gluon", label, time_ms(run)[0], f"relerr_vs_triton={rel:.1e} finite={finite}")
+        except Exception as exc:  # a config the compiler or the launch rejects is reported, not fatal
+            record("gluon", label, float("nan"), repr(exc)[:300])
+    batch_heads, length, dim = qd.shape
+    shaped = [t.reshape(1, batch_heads, length, dim) for t in (qd, kd, v)]
+    record("gluon", "cudnn fwd sparse (same codes)", time_ms(sdpa_call("cudnn", *shaped))[0])
 
 
 def explore_backward_stages(args, record, packs: dict, v: torch.Tensor) -> None:
@@ -710,6 +734,11 @@ def parse_args(argv=None):
                         help="BLOCK_M,BLOCK_N,warps,stages,warp_specialize[,exp2_split[,bounded[,fused_q_topk"
                         "[,rowsum_2d]]]] tuples for --mode explore")
     bwd_tuple = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
+    parser.add_argument("--gluon-configs", type=bwd_tuple, nargs="+",
+                        default=[(64, 64, 3, 4, 0, 128), (64, 64, 3, 4, 1, 128), (128, 64, 3, 8, 0, 168),
+                                 (128, 64, 3, 8, 1, 168)],
+                        help="BLOCK_M,BLOCK_N,stages,warps,pipeline,maxnreg of the warp-specialised Gluon forward "
+                        "for --mode explore's gluon part (stages >= 3)")
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 128, 8, 4), (64, 128, 8, 3), (32, 64, 4, 4)],
                         help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel for the bwd part of --mode explore")

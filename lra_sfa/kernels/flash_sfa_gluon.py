@@ -1,0 +1,169 @@
+"""FlashSFA forward in Gluon, warp-specialised (experimental, benchmark only).
+
+The bounded loop (``flash_sfa_fwd``'s BOUNDED design: a fixed per-row offset,
+no running max) with a producer warp that streams K/V tiles by TMA into a
+ring of STAGES buffers (``ready`` / ``empty`` mbarriers) and a compute
+partition (4 or 8 warps) that runs S = Q K^T, p = 2^(S * scale - offset) and
+O += P V. With PIPELINE the compute partition also keeps the next tile's
+Q.K^T in flight during the softmax and the P.V chained asynchronously on its
+accumulator (FlashAttention-3's intra-warpgroup overlap).
+
+Limits: 16-bit inputs, head_dim 64 or 128, L a multiple of both blocks, no
+padding mask, no fallback for a loose bound, STAGES >= 3. CUDA sm_90 only
+(Gluon has no CPU interpreter).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+LOG2E = 1.4426950408889634
+
+
+@gluon.jit
+def _load_partition(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles,
+                    BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    for j in range(n_tiles):
+        slot = j % STAGES
+        mbarrier.wait(empty.index(slot), ((j // STAGES) & 1) ^ 1)  # fresh barriers pass phase 1 at once
+        mbarrier.expect(ready.index(slot), 2 * k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [row_k + j * BLOCK_N, 0], ready.index(slot), k_smem.index(slot))
+        tma.async_copy_global_to_shared(v_desc, [row_k + j * BLOCK_N, 0], ready.index(slot), v_smem.index(slot))
+
+
+@gluon.jit
+def _compute_partition(q_smem, k_smem, v_smem, ready, empty, offset, n_tiles, qk_scale,
+                       HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                       PIPELINE: gl.constexpr, WARPS: gl.constexpr):
+    dtype: gl.constexpr = q_smem.dtype
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    l_i = gl.zeros([BLOCK_M], gl.float32, gl.SliceLayout(1, s_layout))
+    if PIPELINE:
+        mbarrier.wait(ready.index(0), 0)
+        s_tok = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        p_prev = gl.zeros([BLOCK_M, BLOCK_N], dtype, p_layout)  # a P.V of zeros stands in for tile -1's
+        acc = warpgroup_mma(p_prev, v_smem.index(0), gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout),
+                            use_acc=False, is_async=True)
+        for j in range(n_tiles):
+            jn = gl.minimum(j + 1, n_tiles - 1)  # the last step recomputes tile n-1 (no branch)
+            mbarrier.wait(ready.index(jn % STAGES), (jn // STAGES) & 1)
+            s_next = warpgroup_mma(q_smem, k_smem.index(jn % STAGES).permute((1, 0)), s_zero, use_acc=False,
+                                   is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=2, deps=(s_tok, ))  # in flight: S_j, P.V_{j-1}, S_{j+1}
+            p = gl.exp2(s * qk_scale - offset[:, None])
+            l_i += gl.sum(p, axis=1)
+            p16 = gl.convert_layout(p.to(dtype), p_layout)
+            acc = warpgroup_mma(p16, v_smem.index(j % STAGES), acc, is_async=True)
+            p_prev = warpgroup_mma_wait(num_outstanding=2, deps=(p_prev, ))  # P.V_{j-1} done
+            mbarrier.arrive(empty.index((j + STAGES - 1) % STAGES), pred=j > 0)  # tile j-1's buffers are free
+            s_tok = s_next
+            p_prev = p16
+        acc, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, s_tok))
+    else:
+        acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
+        for j in range(n_tiles):
+            slot = j % STAGES
+            mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
+            s = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False)
+            p = gl.exp2(s * qk_scale - offset[:, None])
+            l_i += gl.sum(p, axis=1)
+            acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(slot), acc)
+            mbarrier.arrive(empty.index(slot))
+    return acc, l_i
+
+
+@gluon.jit
+def _gluon_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scale,
+                         HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                         STAGES: gl.constexpr, PIPELINE: gl.constexpr, num_warps: gl.constexpr):
+    dtype: gl.constexpr = q_desc.dtype
+    bh = gl.program_id(1)
+    row_q = bh * L + gl.program_id(0) * BLOCK_M  # rows of the (B*H*L, D) views
+    n_tiles = L // BLOCK_N
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    blocked: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[4, 8],
+                                             warps_per_cta=[num_warps, 1], order=[1, 0])
+
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [row_q, 0], q_bar, q_smem)
+    mbarrier.wait(q_bar, 0)
+    qf = q_smem.load(blocked).to(gl.float32)  # (M, D)
+    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, blocked))
+    kmax = gl.load(KBound + bh * 2 * HEAD_DIM + cols)
+    kmin = gl.load(KBound + bh * 2 * HEAD_DIM + HEAD_DIM + cols)
+    bound = gl.sum(gl.maximum(qf * kmax[None, :], qf * kmin[None, :]), axis=1) * qk_scale
+    offset = gl.convert_layout(bound, gl.SliceLayout(1, s_layout))
+
+    acc, l_i = gl.warp_specialize([
+        (_compute_partition, (q_smem, k_smem, v_smem, ready, empty, offset, n_tiles, qk_scale,
+                              HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, PIPELINE, num_warps)),
+        (_load_partition, (k_desc, v_desc, k_smem, v_smem, ready, empty, bh * L, n_tiles, BLOCK_N, STAGES)),
+    ], [1], [24])
+
+    out = acc / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
+    offs = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
+    gl.store(Lse + row_q + offs, offset + gl.log2(l_i))
+    q_smem.store(out.to(dtype))  # Q's buffer is free: every Q.K^T has completed
+    fence_async_shared()
+    tma.async_copy_shared_to_global(o_desc, [row_q, 0], q_smem)
+    tma.store_wait(pendings=0)
+
+
+def gluon_ws_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_m: int = 64, block_n: int = 64,
+                     stages: int = 3, num_warps: int = 4, pipeline: bool = False,
+                     maxnreg: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounded FlashSFA forward on (B*H, L, D) codes qd, kd and dense v: returns out (B*H, L, D), lse2 (B*H, L)."""
+    from lra_sfa.kernels.flash_sfa import key_code_range
+
+    batch_heads, length, head_dim = qd.shape
+    if qd.dtype not in (torch.float16, torch.bfloat16) or not (qd.dtype == kd.dtype == v.dtype):
+        raise ValueError(f"gluon_ws_forward: needs one 16-bit dtype; got {qd.dtype}, {kd.dtype}, {v.dtype}")
+    if head_dim not in (64, 128) or length % block_m or length % block_n or stages < 3:
+        raise ValueError(f"gluon_ws_forward: head_dim={head_dim} must be 64 or 128, L={length} a multiple of "
+                         f"BLOCK_M={block_m} and BLOCK_N={block_n}, stages={stages} >= 3")
+    out = torch.empty_like(v)
+    lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
+    gl_dtype = gl.float16 if qd.dtype == torch.float16 else gl.bfloat16
+
+    def desc(x: torch.Tensor, rows: int) -> TensorDescriptor:
+        flat = x.reshape(batch_heads * length, head_dim)
+        layout = gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl_dtype)
+        return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [rows, head_dim], layout)
+
+    grid = (length // block_m, batch_heads)
+    _gluon_ws_fwd_kernel[grid](desc(qd, block_m), desc(kd, block_n), desc(v, block_n), desc(out, block_m),
+                               key_code_range(kd), lse2, length, LOG2E / math.sqrt(head_dim),
+                               HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
+                               PIPELINE=pipeline, num_warps=num_warps, maxnreg=maxnreg)
+    return out, lse2

@@ -278,6 +278,31 @@ def test_forward_stage_ablation_whole_matches_the_bounded_kernel():
         fwd_stage_runner("+dV", qd, kd, v, 32, 32, 4, 1)
 
 
+def test_gluon_forward_only_where_it_applies(monkeypatch):
+    """The Gluon forward is chosen only on CUDA sm_90 for fp16/bf16, D = 128, L a multiple of 64 and no padding;
+    never on the CPU or under the interpreter, so these tests always exercise the Triton kernels."""
+    from lra_sfa.kernels import flash_sfa as launcher
+
+    x = torch.zeros(2, 128, 128, dtype=torch.bfloat16)
+    assert not launcher.gluon_eligible(x, False)  # CPU tensor (and TRITON_INTERPRET=1 here)
+    monkeypatch.setattr(launcher.fwd, "interpreting", lambda: False)
+    fake_cuda = type("FakeCuda", (), {"device": torch.device("cuda"), "dtype": torch.bfloat16,
+                                       "shape": (2, 128, 128)})()
+    monkeypatch.setattr(launcher.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(launcher, "_gluon_available", lambda: True)
+    assert launcher.gluon_eligible(fake_cuda, False)
+    assert not launcher.gluon_eligible(fake_cuda, True)  # padding mask
+    for shape, dtype in (((2, 100, 128), torch.bfloat16), ((2, 128, 64), torch.bfloat16),
+                         ((2, 128, 128), torch.float32)):
+        other = type("FakeCuda", (), {"device": torch.device("cuda"), "dtype": dtype, "shape": shape})()
+        assert not launcher.gluon_eligible(other, False)
+    monkeypatch.setattr(launcher.torch.cuda, "get_device_capability", lambda device=None: (10, 0))
+    assert not launcher.gluon_eligible(fake_cuda, False)  # wgmma is Hopper's
+    monkeypatch.setattr(launcher, "USE_GLUON", False)
+    monkeypatch.setattr(launcher.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert not launcher.gluon_eligible(fake_cuda, False)  # LRA_SFA_GLUON=0
+
+
 @pytest.mark.parametrize("bad", ["head_dim", "dtype", "topk", "mask", "mixed"])
 def test_unsupported_inputs_raise_clear_errors(bad):
     q, k, v = _inputs(1, 2, 8, HEAD_DIM, torch.float32, seed=1)

@@ -2,7 +2,9 @@
 
 Pipeline (forward): ``topk_pack`` on q and on k (one fused pass each: packed
 values + int8/int16 indices + zero-filled codes), then the FlashSFA forward
-kernel (``flash_sfa_fwd.py``) on the codes and dense v. Without autograd
+kernel (``flash_sfa_fwd.py``; on Hopper, for the shapes ``gluon_eligible``
+names, the warp-specialised Gluon kernel of ``flash_sfa_gluon.py``) on the
+codes and dense v. Without autograd
 (inference, evaluation) and for 16-bit inputs, q's top-k runs inside the
 forward kernel instead (``fuse_topk_q``): one pass over q fewer. Backward: the
 three kernels of ``flash_sfa_bwd.py``; dQ and dK are masked to the top-k
@@ -15,7 +17,9 @@ implementation. Kernels run on CUDA, or on CPU when TRITON_INTERPRET=1.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import torch
 import triton
@@ -28,6 +32,29 @@ from lra_sfa.kernels.topk_pack import topk_pack
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TUNE_LENGTH_CAP = 16384  # autotune once per power-of-two L up to this; longer L reuse the 16K choice
+# The Gluon forward (flash_sfa_gluon) runs where it applies; LRA_SFA_GLUON=0 keeps every shape on the Triton kernel
+USE_GLUON = os.environ.get("LRA_SFA_GLUON", "1") != "0"
+GLUON_TILE = 64  # its query and key blocks
+
+
+@functools.cache
+def _gluon_available() -> bool:
+    try:
+        import lra_sfa.kernels.flash_sfa_gluon  # noqa: F401  (Gluon's API is experimental; a Triton without it)
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
+def gluon_eligible(x: torch.Tensor, has_bias: bool) -> bool:
+    """Whether the forward of x (..., L, D) runs the Gluon kernel (``flash_sfa_gluon``): CUDA sm_90, fp16 / bf16,
+    D = 128, L a multiple of 64, no padding mask, and not under the interpreter. Other shapes run the Triton
+    kernel, which the Gluon one matches bit for bit where both apply (GPU checks)."""
+    if not USE_GLUON or fwd.interpreting() or has_bias or x.device.type != "cuda":
+        return False
+    if x.dtype not in (torch.float16, torch.bfloat16) or x.shape[-1] != 128 or x.shape[-2] % GLUON_TILE:
+        return False
+    return torch.cuda.get_device_capability(x.device) == (9, 0) and _gluon_available()
 
 
 def check_inputs(q, k, v, topk_q: int, topk_k: int, key_padding_mask) -> None:
@@ -121,6 +148,9 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: to
     batch_heads, length, head_dim = qd.shape
     if fuse_topk_q and qd.element_size() != 2:
         raise ValueError(f"launch_forward: fuse_topk_q needs fp16/bf16 q, got {qd.dtype}")
+    if config is None and not fuse_topk_q and gluon_eligible(qd, has_bias):
+        from lra_sfa.kernels.flash_sfa_gluon import gluon_ws_forward
+        return gluon_ws_forward(qd, kd, v, GLUON_TILE, GLUON_TILE)
     out = torch.empty_like(v)
     lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
     descs = {f"{name}_desc": tile_descriptor(t, 16) for name, t in (("Q", qd), ("K", kd), ("V", v), ("O", out))}
@@ -217,6 +247,8 @@ def _forward_only(q, k, v, topk_q: int, topk_k: int, key_padding_mask) -> tuple[
     batch, heads, length, head_dim = q.shape
     flat = (batch * heads, length, head_dim)
     fuse = topk_q if q.element_size() == 2 and topk_q < head_dim else 0
+    if gluon_eligible(q, key_padding_mask is not None):  # the Gluon forward takes q's codes from topk_pack
+        fuse = 0
     with torch.no_grad():
         qd = q if fuse else topk_pack(q, topk_q)[2]
         _, _, kd = topk_pack(k, topk_k)

@@ -1,16 +1,36 @@
-"""FlashSFA forward in Gluon, warp-specialised (experimental, benchmark only).
+"""FlashSFA forward for Hopper in Gluon: the bounded loop, warp-specialised.
 
-The bounded loop (``flash_sfa_fwd``'s BOUNDED design: a fixed per-row offset,
-no running max) with a producer warp that streams K/V tiles by TMA into a
-ring of STAGES buffers (``ready`` / ``empty`` mbarriers) and a compute
-partition (4 or 8 warps) that runs S = Q K^T, p = 2^(S * scale - offset) and
-O += P V. With PIPELINE the compute partition also keeps the next tile's
-Q.K^T in flight during the softmax and the P.V chained asynchronously on its
-accumulator (FlashAttention-3's intra-warpgroup overlap).
+What it computes
+    The same as ``flash_sfa_fwd``'s BOUNDED path: per query block, a fixed
+    per-row offset (``score_bound``: an upper bound of the row's scaled scores
+    from the key codes' per-feature range), then over all key tiles S = Q~K~^T
+    on tensor cores, p = 2^(S * scale - offset), l += rowsum(p), O += P V; no
+    running max, no rescaling. A block whose bound sat 64+ binades above some
+    row's largest score is redone with the online softmax (``_online_rows``),
+    as in the Triton kernel. Writes O and lse2.
 
-Limits: 16-bit inputs, head_dim 64 or 128, L a multiple of both blocks, no
-padding mask, no fallback for a loose bound, STAGES >= 3. CUDA sm_90 only
-(Gluon has no CPU interpreter).
+How
+    Gluon (Triton's explicit dialect) with warp specialisation: one producer
+    warp (24 registers) streams K/V tiles by TMA into a ring of STAGES buffers
+    (``ready`` / ``empty`` mbarriers), and the compute warpgroup runs the
+    matmuls and the softmax; ``maxnreg`` 128 keeps two programs per SM. The
+    Triton kernel issues its TMA loads from the compute warps.
+
+Measured (H200, 2026-11-29, bf16, L=16K, d=128, k=8, B*H=16, kernel only,
+``sfa_explore_2026-11-29_s10_gluon.csv``): 64x64 tiles, 4 compute warps, 3
+    stages: 3.36 ms against the Triton kernel's 3.58 (same call; outputs
+    bit-identical) and cuDNN's 3.21. 128x64 with 8 compute warps: 4.06 ms.
+    With the next tile's Q.K^T kept in flight during the softmax and P.V
+    chained asynchronously (FlashAttention-3's intra-warpgroup overlap):
+    5.04 ms (64x64), 5.43 (128x64), so that option was removed. The earlier
+    single-partition Gluon kernel (TMA issued by the compute warps): 4.01 ms
+    plain, 4.74 with the overlap (commit f603002).
+
+Limits (``flash_sfa.gluon_eligible``; everything else runs the Triton
+    kernel): CUDA sm_90, fp16 / bf16, head_dim 128, L a multiple of 64, no
+    padding mask. Gluon has no CPU interpreter, so CI cannot run this file;
+    ``python -m lra_sfa.bench.kernels --mode check`` checks it on the GPU
+    against float64 (shapes that meet the limits, one with a loose bound).
 """
 
 from __future__ import annotations
@@ -25,11 +45,11 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     mbarrier,
     tma,
     warpgroup_mma,
-    warpgroup_mma_wait,
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 LOG2E = 1.4426950408889634
+BOUND_MIN_SUM = gl.constexpr(2.0 ** -64)  # as flash_sfa_fwd's: below it a row's bound was too loose
 
 
 @gluon.jit
@@ -46,7 +66,8 @@ def _load_partition(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles
 @gluon.jit
 def _compute_partition(q_smem, k_smem, v_smem, ready, empty, offset, n_tiles, qk_scale,
                        HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                       PIPELINE: gl.constexpr, WARPS: gl.constexpr):
+                       WARPS: gl.constexpr):
+    """The bounded loop: per K/V tile, S = Q K^T, p = 2^(S * scale - offset), l += rowsum(p), O += P V."""
     dtype: gl.constexpr = q_smem.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -55,44 +76,53 @@ def _compute_partition(q_smem, k_smem, v_smem, ready, empty, offset, n_tiles, qk
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
     l_i = gl.zeros([BLOCK_M], gl.float32, gl.SliceLayout(1, s_layout))
-    if PIPELINE:
-        mbarrier.wait(ready.index(0), 0)
-        s_tok = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        p_prev = gl.zeros([BLOCK_M, BLOCK_N], dtype, p_layout)  # a P.V of zeros stands in for tile -1's
-        acc = warpgroup_mma(p_prev, v_smem.index(0), gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout),
-                            use_acc=False, is_async=True)
-        for j in range(n_tiles):
-            jn = gl.minimum(j + 1, n_tiles - 1)  # the last step recomputes tile n-1 (no branch)
-            mbarrier.wait(ready.index(jn % STAGES), (jn // STAGES) & 1)
-            s_next = warpgroup_mma(q_smem, k_smem.index(jn % STAGES).permute((1, 0)), s_zero, use_acc=False,
-                                   is_async=True)
-            s = warpgroup_mma_wait(num_outstanding=2, deps=(s_tok, ))  # in flight: S_j, P.V_{j-1}, S_{j+1}
-            p = gl.exp2(s * qk_scale - offset[:, None])
-            l_i += gl.sum(p, axis=1)
-            p16 = gl.convert_layout(p.to(dtype), p_layout)
-            acc = warpgroup_mma(p16, v_smem.index(j % STAGES), acc, is_async=True)
-            p_prev = warpgroup_mma_wait(num_outstanding=2, deps=(p_prev, ))  # P.V_{j-1} done
-            mbarrier.arrive(empty.index((j + STAGES - 1) % STAGES), pred=j > 0)  # tile j-1's buffers are free
-            s_tok = s_next
-            p_prev = p16
-        acc, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, s_tok))
-    else:
-        acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
-        for j in range(n_tiles):
-            slot = j % STAGES
-            mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
-            s = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False)
-            p = gl.exp2(s * qk_scale - offset[:, None])
-            l_i += gl.sum(p, axis=1)
-            acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(slot), acc)
-            mbarrier.arrive(empty.index(slot))
+    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
+    for j in range(n_tiles):
+        slot = j % STAGES
+        mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
+        s = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False)
+        p = gl.exp2(s * qk_scale - offset[:, None])
+        l_i += gl.sum(p, axis=1)
+        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(slot), acc)
+        mbarrier.arrive(empty.index(slot))  # both matmuls of this tile are done: its buffers go back
     return acc, l_i
+
+
+@gluon.jit
+def _online_rows(q_smem, k_smem, v_smem, bar, k_desc, v_desc, row_k, n_tiles, qk_scale,
+                 HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, WARPS: gl.constexpr):
+    """The fallback: the classic online softmax over all key tiles, one synchronous TMA load per tile into
+    buffer 0. Returns acc, l_i, m_i (base 2)."""
+    dtype: gl.constexpr = q_smem.dtype
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    m_i = gl.full([BLOCK_M], -1.0e30, gl.float32, gl.SliceLayout(1, s_layout))
+    l_i = gl.zeros([BLOCK_M], gl.float32, gl.SliceLayout(1, s_layout))
+    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
+    for j in range(n_tiles):
+        mbarrier.expect(bar, 2 * k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [row_k + j * BLOCK_N, 0], bar, k_smem.index(0))
+        tma.async_copy_global_to_shared(v_desc, [row_k + j * BLOCK_N, 0], bar, v_smem.index(0))
+        mbarrier.wait(bar, j & 1)
+        s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False) * qk_scale
+        m_new = gl.maximum(m_i, gl.max(s, axis=1))
+        p = gl.exp2(s - m_new[:, None])
+        alpha = gl.exp2(m_i - m_new)
+        l_i = l_i * alpha + gl.sum(p, axis=1)
+        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(0), acc)
+        m_i = m_new
+    return acc, l_i, m_i
 
 
 @gluon.jit
 def _gluon_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scale,
                          HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                         STAGES: gl.constexpr, PIPELINE: gl.constexpr, num_warps: gl.constexpr):
+                         STAGES: gl.constexpr, num_warps: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
     bh = gl.program_id(1)
     row_q = bh * L + gl.program_id(0) * BLOCK_M  # rows of the (B*H*L, D) views
@@ -127,10 +157,16 @@ def _gluon_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scal
 
     acc, l_i = gl.warp_specialize([
         (_compute_partition, (q_smem, k_smem, v_smem, ready, empty, offset, n_tiles, qk_scale,
-                              HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, PIPELINE, num_warps)),
+                              HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, num_warps)),
         (_load_partition, (k_desc, v_desc, k_smem, v_smem, ready, empty, bh * L, n_tiles, BLOCK_N, STAGES)),
     ], [1], [24])
 
+    if gl.min(l_i, axis=0) < BOUND_MIN_SUM:  # the bound sat far above some row's true max: redo online
+        fb_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        mbarrier.init(fb_bar, count=1)
+        acc, l_i, offset = _online_rows(q_smem, k_smem, v_smem, fb_bar, k_desc, v_desc, bh * L, n_tiles, qk_scale,
+                                        HEAD_DIM, BLOCK_M, BLOCK_N, num_warps)
+        mbarrier.invalidate(fb_bar)
     out = acc / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
     offs = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
     gl.store(Lse + row_q + offs, offset + gl.log2(l_i))
@@ -141,8 +177,7 @@ def _gluon_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scal
 
 
 def gluon_ws_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_m: int = 64, block_n: int = 64,
-                     stages: int = 3, num_warps: int = 4, pipeline: bool = False,
-                     maxnreg: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+                     stages: int = 3, num_warps: int = 4, maxnreg: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounded FlashSFA forward on (B*H, L, D) codes qd, kd and dense v: returns out (B*H, L, D), lse2 (B*H, L)."""
     from lra_sfa.kernels.flash_sfa import key_code_range
 
@@ -165,5 +200,5 @@ def gluon_ws_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_
     _gluon_ws_fwd_kernel[grid](desc(qd, block_m), desc(kd, block_n), desc(v, block_n), desc(out, block_m),
                                key_code_range(kd), lse2, length, LOG2E / math.sqrt(head_dim),
                                HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
-                               PIPELINE=pipeline, num_warps=num_warps, maxnreg=maxnreg)
+                               num_warps=num_warps, maxnreg=maxnreg)
     return out, lse2

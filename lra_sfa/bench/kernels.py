@@ -406,8 +406,8 @@ def explore_prefill(args, record, sections: set[str]) -> None:
         explore_backward_stages(args, record, packs, vf)
     if "full" not in sections:
         return
-    record("full", "flash_sfa fwd (top-k + autotuned kernel)", time_ms(sfa_call(q, k, v, topk))[0],
-           str(fwd.flash_sfa_fwd_tuned.best_config))
+    record("full", "flash_sfa fwd (top-k + forward kernel)", time_ms(sfa_call(q, k, v, topk))[0],
+           "gluon ws 64x64 w4 s3" if gluon_eligible(q, False) else _tuned_forward_config())
     record("full", "topk_pack q and k", time_ms(partial(_topk_both, q, k, topk))[0])
     record("full", "topk_pack k (the forward-only path's)", time_ms(partial(topk_pack, k, topk))[0])
     grad = torch.randn_like(q)

@@ -1,5 +1,8 @@
 """FlashSFA forward: softmax(Q~ K~^T / sqrt(D) + pad_bias) V without an L x L matrix.
 
+(On Hopper, bf16/fp16 at d=128 with L a multiple of 64 and no padding run the
+Gluon kernel of ``flash_sfa_gluon.py`` instead; see "Gluon" below.)
+
 What it computes
     For zero-filled sparse codes Q~, K~ (B*H, L, D) (from ``topk_pack``; or,
     with ``TOPK_Q``, dense q whose top-k this kernel selects per tile) and
@@ -70,7 +73,12 @@ Gluon (Triton 3.6's explicit dialect; session 10, commit f603002,
     the same kernel without the overlap 4.01, 128x64 w8 4.89, against
     3.55-3.64 ms here and cuDNN 3.17. With two stages the schedule deadlocks
     (step j waits for a tile that step j-1 loads only with 3+). Removed; the
-    code is in that commit. Gluon kernels have no CPU interpreter either.
+    code is in that commit. What did win is warp specialisation in Gluon: a
+    producer warp for the TMA loads and the plain loop in the compute warps,
+    3.19-3.36 ms against 3.58 here (``flash_sfa_gluon.py``). On the H200 it
+    replaces this kernel for bf16/fp16, d=128, L a multiple of 64 without
+    padding (``flash_sfa.gluon_eligible``); this kernel runs everything else,
+    including the CPU interpreter, which has no Gluon.
 Tiles (kernel only, same shape): 128x128 w8 s3 3.74 ms; 128x128 w8 s2 4.48;
     128x64 w8 s3 4.12; 128x64 w8 s4 4.23; 128x64 w4 s3 4.47; 64x64 w4 s3
     4.05. Triton 3.6's automatic warp specialisation (tl.range

@@ -393,7 +393,7 @@ def explore_prefill(args, record, sections: set[str]) -> None:
     if "fwd_stages" in sections:
         explore_forward_stages(args, record, packs, vf)
     if "gluon" in sections:
-        explore_gluon(args, record, packs, vf, ref)
+        explore_gluon(args, record, packs, vf)
     for name in ("gather", "packed_k", *ABLATION_MODES) if "variants" in sections else ():
         for bn, stages in ((64, 3), (128, 2)):
             ms = time_ms(partial(run_variant, name, packs, vf, 128, bn, 8, stages))[0]
@@ -489,12 +489,16 @@ def explore_forward_stages(args, record, packs: dict, v: torch.Tensor) -> None:
         record("fwd_stage", f"bounded {block_m}x{block_n} w{warps} s{stages}: {stage}", time_ms(run)[0])
 
 
-def explore_gluon(args, record, packs: dict, v: torch.Tensor, ref: torch.Tensor) -> None:
+def explore_gluon(args, record, packs: dict, v: torch.Tensor) -> None:
     """The experimental warp-specialised Gluon forward (``flash_sfa_gluon``) per --gluon-configs, against the
     Triton kernel's output, beside cuDNN on the same sparsified data."""
+    from lra_sfa.kernels import flash_sfa_fwd as fwd
+    from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
     from lra_sfa.kernels.flash_sfa_gluon import gluon_ws_forward
 
     qd, kd = packs["q_dense"], packs["k_dense"]
+    ref, _ = launch_forward(qd, kd, v, pad_bias(None, qd.device), qd.shape[0], False,
+                            fwd.fwd_config(64, 64, 4, 3, bounded=True))  # the Triton kernel (a forced config)
     for block_m, block_n, stages, warps, maxnreg in args.gluon_configs:
         run = partial(gluon_ws_forward, qd, kd, v, block_m, block_n, stages, warps, maxnreg)
         label = f"gluon ws {block_m}x{block_n} s{stages} w{warps} maxnreg {maxnreg}"

@@ -749,7 +749,7 @@ def parse_args(argv=None):
     parser.add_argument("--gluon-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 64, 3, 4, 128), (64, 64, 4, 4, 128), (128, 64, 3, 8, 168)],
                         help="BLOCK_M,BLOCK_N,stages,warps,maxnreg of the warp-specialised Gluon forward for "
-                        "--mode explore's gluon part (stages >= 3)")
+                        "--mode explore's gluon part")
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 128, 8, 4), (64, 128, 8, 3), (32, 64, 4, 4)],
                         help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel for the bwd part of --mode explore")

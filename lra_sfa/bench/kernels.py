@@ -197,6 +197,11 @@ def _tuned_forward_config() -> str:
     return f"{options} warps={config.num_warps} stages={config.num_stages}"
 
 
+def _forward_config(q: torch.Tensor) -> str:
+    """What ran the forward of q (B, H, L, D) without padding: the Gluon kernel, or the Triton autotuner's pick."""
+    return "gluon ws 64x64 w4 s3" if gluon_eligible(q, False) else _tuned_forward_config()
+
+
 def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, cache: dict, rep_ms: float) -> None:
     batch, heads, length, dim, topk = (meta[k] for k in ("batch", "heads", "seq_len", "head_dim", "topk"))
     q, k, v = random_qkv(batch, heads, length, dim, torch.bfloat16, seed=length + dim)
@@ -211,7 +216,7 @@ def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, c
         out.backward(grad)
         dq = leaves[0].grad
     check = check_prefill(q, k, v, topk, out.detach(), dq, grad)
-    fwd_config = "gluon ws 64x64 w4 s3" if gluon_eligible(q, False) else _tuned_forward_config()
+    fwd_config = _forward_config(q)
     _, _, qd = topk_pack(q, topk)
     _, _, kd = topk_pack(k, topk)
     for name in BACKENDS:
@@ -407,7 +412,7 @@ def explore_prefill(args, record, sections: set[str]) -> None:
     if "full" not in sections:
         return
     record("full", "flash_sfa fwd (top-k + forward kernel)", time_ms(sfa_call(q, k, v, topk))[0],
-           "gluon ws 64x64 w4 s3" if gluon_eligible(q, False) else _tuned_forward_config())
+           _forward_config(q))
     record("full", "topk_pack q and k", time_ms(partial(_topk_both, q, k, topk))[0])
     record("full", "topk_pack k (the forward-only path's)", time_ms(partial(topk_pack, k, topk))[0])
     grad = torch.randn_like(q)

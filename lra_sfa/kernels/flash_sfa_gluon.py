@@ -55,6 +55,12 @@ LOG2E = 1.4426950408889634
 BOUND_MIN_SUM = gl.constexpr(2.0 ** -64)  # as flash_sfa_fwd's: below it a row's bound was too loose
 
 
+@gluon.constexpr_function
+def wgmma_layout(warps, n):
+    """The accumulator layout of an (M, n) warpgroup MMA over ``warps`` warps stacked along M."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps, 1], instr_shape=[16, n, 16])
+
+
 @gluon.jit
 def _load_partition(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles,
                     BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
@@ -72,10 +78,8 @@ def _compute_partition(q_smem, k_smem, v_smem, ready, empty, offset, n_tiles, qk
                        WARPS: gl.constexpr):
     """The bounded loop: per K/V tile, S = Q K^T, p = 2^(S * scale - offset), l += rowsum(p), O += P V."""
     dtype: gl.constexpr = q_smem.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = wgmma_layout(WARPS, BLOCK_N)
+    o_layout: gl.constexpr = wgmma_layout(WARPS, HEAD_DIM)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
     l_i = gl.zeros([BLOCK_M], gl.float32, gl.SliceLayout(1, s_layout))
@@ -97,10 +101,8 @@ def _online_rows(q_smem, k_smem, v_smem, bar, k_desc, v_desc, row_k, n_tiles, qk
     """The fallback: the classic online softmax over all key tiles, one synchronous TMA load per tile into
     buffer 0. Returns acc, l_i, m_i (base 2)."""
     dtype: gl.constexpr = q_smem.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = wgmma_layout(WARPS, BLOCK_N)
+    o_layout: gl.constexpr = wgmma_layout(WARPS, HEAD_DIM)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
     m_i = gl.full([BLOCK_M], -1.0e30, gl.float32, gl.SliceLayout(1, s_layout))
@@ -130,10 +132,8 @@ def _gluon_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scal
     bh = gl.program_id(1)
     row_q = bh * L + gl.program_id(0) * BLOCK_M  # rows of the (B*H*L, D) views
     n_tiles = L // BLOCK_N
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = wgmma_layout(num_warps, BLOCK_N)
+    o_layout: gl.constexpr = wgmma_layout(num_warps, HEAD_DIM)
     blocked: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[4, 8],
                                              warps_per_cta=[num_warps, 1], order=[1, 0])
 

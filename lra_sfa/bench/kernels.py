@@ -504,9 +504,10 @@ def explore_gluon(args, record, packs: dict, v: torch.Tensor) -> None:
     qd, kd = packs["q_dense"], packs["k_dense"]
     ref, _ = launch_forward(qd, kd, v, pad_bias(None, qd.device), qd.shape[0], False,
                             fwd.fwd_config(64, 64, 4, 3, bounded=True))  # the Triton kernel (a forced config)
-    for block_m, block_n, stages, warps, maxnreg in args.gluon_configs:
-        run = partial(gluon_ws_forward, qd, kd, v, block_m, block_n, stages, warps, maxnreg)
-        label = f"gluon ws {block_m}x{block_n} s{stages} w{warps} maxnreg {maxnreg}"
+    for block_m, block_n, stages, consumers, maxnreg, *regs in args.gluon_configs:
+        run = partial(gluon_ws_forward, qd, kd, v, block_m, block_n, stages, consumers, maxnreg, *regs)
+        label = (f"gluon ws {block_m}x{block_n} s{stages} c{consumers} maxnreg {maxnreg}"
+                 + "".join(f" {name} {r}" for name, r in zip(("consumer_regs", "pingpong"), regs)))
         try:
             got, _ = run()
             rel = sfa_check.rel_err(got, ref)
@@ -752,9 +753,10 @@ def parse_args(argv=None):
                         "[,rowsum_2d]]]] tuples for --mode explore")
     bwd_tuple = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     parser.add_argument("--gluon-configs", type=bwd_tuple, nargs="+",
-                        default=[(64, 64, 3, 4, 128), (64, 64, 4, 4, 128), (128, 64, 3, 8, 168)],
-                        help="BLOCK_M,BLOCK_N,stages,warps,maxnreg of the warp-specialised Gluon forward for "
-                        "--mode explore's gluon part")
+                        default=[(64, 64, 3, 1, 128), (64, 64, 3, 2, 224), (64, 64, 4, 2, 224), (64, 128, 2, 2, 224)],
+                        help="BLOCK_M,BLOCK_N,stages,consumers,maxnreg[,consumer_regs[,pingpong]] of the "
+                        "warp-specialised Gluon forward for --mode explore's gluon part (consumers: compute "
+                        "warpgroups per program)")
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 128, 8, 4), (64, 128, 8, 3), (32, 64, 4, 4)],
                         help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel for the bwd part of --mode explore")

@@ -48,6 +48,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     mbarrier,
     tma,
     warpgroup_mma,
+    warpgroup_mma_wait,
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -73,11 +74,30 @@ def _load_partition(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles
 
 
 @gluon.jit
-def _compute_partition(q_smem, k_smem, v_smem, ready, empty, offset, n_tiles, qk_scale,
-                       HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                       WARPS: gl.constexpr):
-    """The bounded loop: per K/V tile, S = Q K^T, p = 2^(S * scale - offset), l += rowsum(p), O += P V."""
-    dtype: gl.constexpr = q_smem.dtype
+def _row_offsets(q_buf, KBound, bh, qk_scale, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, WARPS: gl.constexpr):
+    """Per query row of q_buf (M, D) in shared memory: an upper bound of its scaled scores against every key,
+    sum_d max(q_d * kmax_d, q_d * kmin_d) * scale, from the key codes' per-feature range (KBound)."""
+    blocked: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[4, 8],
+                                             warps_per_cta=[WARPS, 1], order=[1, 0])
+    qf = q_buf.load(blocked).to(gl.float32)  # (M, D)
+    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, blocked))
+    kmax = gl.load(KBound + bh * 2 * HEAD_DIM + cols)
+    kmin = gl.load(KBound + bh * 2 * HEAD_DIM + HEAD_DIM + cols)
+    bound = gl.sum(gl.maximum(qf * kmax[None, :], qf * kmin[None, :]), axis=1) * qk_scale
+    return gl.convert_layout(bound, gl.SliceLayout(1, wgmma_layout(WARPS, BLOCK_N)))
+
+
+@gluon.jit
+def _bounded_loop(q_buf, k_smem, v_smem, ready, empty, turn, offset, n_tiles, qk_scale,
+                  HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                  WARPS: gl.constexpr, IDX: gl.constexpr, PINGPONG: gl.constexpr):
+    """The bounded loop: per K/V tile, S = Q K^T, p = 2^(S * scale - offset), l += rowsum(p), O += P V.
+
+    PINGPONG (two compute warpgroups): the warpgroups take turns at the tensor cores, one matmul each, so one's
+    softmax runs while the other's matmul does (``turn``: one barrier per warpgroup, arrived by the other after
+    it has issued its matmul). Warpgroup IDX's turns are the phases of turn[IDX]: warpgroup 0 starts at once
+    (parity 1 of a fresh barrier), warpgroup 1 after warpgroup 0's first matmul."""
+    dtype: gl.constexpr = q_buf.dtype
     s_layout: gl.constexpr = wgmma_layout(WARPS, BLOCK_N)
     o_layout: gl.constexpr = wgmma_layout(WARPS, HEAD_DIM)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
@@ -87,20 +107,33 @@ def _compute_partition(q_smem, k_smem, v_smem, ready, empty, offset, n_tiles, qk
     for j in range(n_tiles):
         slot = j % STAGES
         mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
-        s = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False)
+        if PINGPONG:
+            mbarrier.wait(turn.index(IDX), 1 - IDX)
+            s = warpgroup_mma(q_buf, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            mbarrier.arrive(turn.index(1 - IDX))
+            s = warpgroup_mma_wait(0, deps=[s])
+        else:
+            s = warpgroup_mma(q_buf, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False)
         p = gl.exp2(s * qk_scale - offset[:, None])
         l_i += gl.sum(p, axis=1)
-        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(slot), acc)
+        p16 = gl.convert_layout(p.to(dtype), p_layout)
+        if PINGPONG:
+            mbarrier.wait(turn.index(IDX), IDX)
+            acc = warpgroup_mma(p16, v_smem.index(slot), acc, is_async=True)
+            mbarrier.arrive(turn.index(1 - IDX))
+            acc = warpgroup_mma_wait(0, deps=[acc])
+        else:
+            acc = warpgroup_mma(p16, v_smem.index(slot), acc)
         mbarrier.arrive(empty.index(slot))  # both matmuls of this tile are done: its buffers go back
     return acc, l_i
 
 
 @gluon.jit
-def _online_rows(q_smem, k_smem, v_smem, bar, k_desc, v_desc, row_k, n_tiles, qk_scale,
+def _online_rows(q_buf, k_buf, v_buf, bar, k_desc, v_desc, row_k, n_tiles, qk_scale,
                  HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, WARPS: gl.constexpr):
     """The fallback: the classic online softmax over all key tiles, one synchronous TMA load per tile into
-    buffer 0. Returns acc, l_i, m_i (base 2)."""
-    dtype: gl.constexpr = q_smem.dtype
+    k_buf / v_buf. Returns acc, l_i, m_i (base 2)."""
+    dtype: gl.constexpr = q_buf.dtype
     s_layout: gl.constexpr = wgmma_layout(WARPS, BLOCK_N)
     o_layout: gl.constexpr = wgmma_layout(WARPS, HEAD_DIM)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
@@ -110,86 +143,124 @@ def _online_rows(q_smem, k_smem, v_smem, bar, k_desc, v_desc, row_k, n_tiles, qk
     acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
     for j in range(n_tiles):
         mbarrier.expect(bar, 2 * k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [row_k + j * BLOCK_N, 0], bar, k_smem.index(0))
-        tma.async_copy_global_to_shared(v_desc, [row_k + j * BLOCK_N, 0], bar, v_smem.index(0))
+        tma.async_copy_global_to_shared(k_desc, [row_k + j * BLOCK_N, 0], bar, k_buf)
+        tma.async_copy_global_to_shared(v_desc, [row_k + j * BLOCK_N, 0], bar, v_buf)
         mbarrier.wait(bar, j & 1)
-        s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False) * qk_scale
+        s = warpgroup_mma(q_buf, k_buf.permute((1, 0)), s_zero, use_acc=False) * qk_scale
         m_new = gl.maximum(m_i, gl.max(s, axis=1))
         p = gl.exp2(s - m_new[:, None])
         alpha = gl.exp2(m_i - m_new)
         l_i = l_i * alpha + gl.sum(p, axis=1)
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(0), acc)
+        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_buf, acc)
         m_i = m_new
     return acc, l_i, m_i
 
 
 @gluon.jit
-def _gluon_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scale,
-                         HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                         STAGES: gl.constexpr, num_warps: gl.constexpr):
-    dtype: gl.constexpr = q_desc.dtype
-    bh = gl.program_id(1)
-    row_q = bh * L + gl.program_id(0) * BLOCK_M  # rows of the (B*H*L, D) views
-    n_tiles = L // BLOCK_N
-    s_layout: gl.constexpr = wgmma_layout(num_warps, BLOCK_N)
-    o_layout: gl.constexpr = wgmma_layout(num_warps, HEAD_DIM)
-    blocked: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[4, 8],
-                                             warps_per_cta=[num_warps, 1], order=[1, 0])
-
-    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
-    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
-
-    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [row_q, 0], q_bar, q_smem)
-    mbarrier.wait(q_bar, 0)
-    qf = q_smem.load(blocked).to(gl.float32)  # (M, D)
-    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, blocked))
-    kmax = gl.load(KBound + bh * 2 * HEAD_DIM + cols)
-    kmin = gl.load(KBound + bh * 2 * HEAD_DIM + HEAD_DIM + cols)
-    bound = gl.sum(gl.maximum(qf * kmax[None, :], qf * kmin[None, :]), axis=1) * qk_scale
-    offset = gl.convert_layout(bound, gl.SliceLayout(1, s_layout))
-
-    acc, l_i = gl.warp_specialize([
-        (_compute_partition, (q_smem, k_smem, v_smem, ready, empty, offset, n_tiles, qk_scale,
-                              HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, num_warps)),
-        (_load_partition, (k_desc, v_desc, k_smem, v_smem, ready, empty, bh * L, n_tiles, BLOCK_N, STAGES)),
-    ], [1], [24])
-
+def _consumer_partition(q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, turn, k_desc, v_desc, o_desc,
+                        KBound, Lse, bh, row_q, row_k, n_tiles, qk_scale,
+                        HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                        STAGES: gl.constexpr, IDX: gl.constexpr, PINGPONG: gl.constexpr):
+    """One compute warpgroup: query rows row_q + IDX * BLOCK_M, BLOCK_M of them, against the shared K/V ring;
+    writes their O and lse2."""
+    WARPS: gl.constexpr = 4
+    dtype: gl.constexpr = q_smem.dtype
+    q_buf = q_smem.index(IDX)
+    rows = row_q + IDX * BLOCK_M
+    mbarrier.wait(q_bar.index(IDX), 0)
+    offset = _row_offsets(q_buf, KBound, bh, qk_scale, HEAD_DIM, BLOCK_N, WARPS)
+    acc, l_i = _bounded_loop(q_buf, k_smem, v_smem, ready, empty, turn, offset, n_tiles, qk_scale,
+                             HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, WARPS, IDX, PINGPONG)
+    mbarrier.arrive(done)  # this warpgroup is through the ring
     if gl.min(l_i, axis=0) < BOUND_MIN_SUM:  # the bound sat far above some row's true max: redo online
-        fb_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        mbarrier.init(fb_bar, count=1)
-        acc, l_i, offset = _online_rows(q_smem, k_smem, v_smem, fb_bar, k_desc, v_desc, bh * L, n_tiles, qk_scale,
-                                        HEAD_DIM, BLOCK_M, BLOCK_N, num_warps)
-        mbarrier.invalidate(fb_bar)
+        mbarrier.wait(done, 0)  # every compute warpgroup is through the ring, so its slot IDX is free
+        acc, l_i, offset = _online_rows(q_buf, k_smem.index(IDX), v_smem.index(IDX), fb_bar.index(IDX), k_desc,
+                                        v_desc, row_k, n_tiles, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, WARPS)
+    o_layout: gl.constexpr = wgmma_layout(WARPS, HEAD_DIM)
     out = acc / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
-    offs = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
-    gl.store(Lse + row_q + offs, offset + gl.log2(l_i))
-    q_smem.store(out.to(dtype))  # Q's buffer is free: every Q.K^T has completed
+    offs = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, wgmma_layout(WARPS, BLOCK_N)))
+    gl.store(Lse + rows + offs, offset + gl.log2(l_i))
+    q_buf.store(out.to(dtype))  # Q's buffer is free: every Q.K^T has completed
     fence_async_shared()
-    tma.async_copy_shared_to_global(o_desc, [row_q, 0], q_smem)
+    tma.async_copy_shared_to_global(o_desc, [rows, 0], q_buf)
     tma.store_wait(pendings=0)
 
 
+@gluon.jit
+def _gluon_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scale,
+                         HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                         STAGES: gl.constexpr, CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                         PINGPONG: gl.constexpr, num_warps: gl.constexpr):
+    gl.static_assert(num_warps == 4, "the default partition is one compute warpgroup")
+    gl.static_assert(not PINGPONG or CONSUMERS == 2, "ping-pong takes two compute warpgroups")
+    gl.static_assert(STAGES >= CONSUMERS, "the online fallback of compute warpgroup i reuses ring slot i")
+    dtype: gl.constexpr = q_desc.dtype
+    bh = gl.program_id(1)
+    row_q = bh * L + gl.program_id(0) * (CONSUMERS * BLOCK_M)  # rows of the (B*H*L, D) views
+    row_k = bh * L
+    n_tiles = L // BLOCK_N
+
+    q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_M, HEAD_DIM], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    fb_bar = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    for c in gl.static_range(CONSUMERS):
+        mbarrier.init(q_bar.index(c), count=1)
+        mbarrier.init(fb_bar.index(c), count=1)
+        mbarrier.init(turn.index(c), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=CONSUMERS)  # a slot goes back when every compute warpgroup is done
+    mbarrier.init(done, count=CONSUMERS)
+    for c in gl.static_range(CONSUMERS):
+        mbarrier.expect(q_bar.index(c), q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [row_q + c * BLOCK_M, 0], q_bar.index(c), q_smem.index(c))
+
+    if CONSUMERS == 1:
+        gl.warp_specialize([
+            (_consumer_partition, (q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, turn, k_desc, v_desc,
+                                   o_desc, KBound, Lse, bh, row_q, row_k, n_tiles, qk_scale,
+                                   HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 0, PINGPONG)),
+            (_load_partition, (k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles, BLOCK_N, STAGES)),
+        ], [1], [24])
+    else:
+        gl.warp_specialize([
+            (_consumer_partition, (q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, turn, k_desc, v_desc,
+                                   o_desc, KBound, Lse, bh, row_q, row_k, n_tiles, qk_scale,
+                                   HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 0, PINGPONG)),
+            (_consumer_partition, (q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, turn, k_desc, v_desc,
+                                   o_desc, KBound, Lse, bh, row_q, row_k, n_tiles, qk_scale,
+                                   HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 1, PINGPONG)),
+            (_load_partition, (k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles, BLOCK_N, STAGES)),
+        ], [4, 1], [CONSUMER_REGS, 24])
+
+
 def gluon_ws_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_m: int = 64, block_n: int = 64,
-                     stages: int = 3, num_warps: int = 4, maxnreg: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bounded FlashSFA forward on (B*H, L, D) codes qd, kd and dense v: returns out (B*H, L, D), lse2 (B*H, L)."""
+                     stages: int = 3, consumers: int = 1, maxnreg: int = 128, consumer_regs: int = 232,
+                     pingpong: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounded FlashSFA forward on (B*H, L, D) codes qd, kd and dense v: returns out (B*H, L, D), lse2 (B*H, L).
+
+    Each program runs ``consumers`` compute warpgroups (1 or 2) of ``block_m`` query rows each over one shared
+    ring of ``stages`` K/V tiles of ``block_n`` keys; ``maxnreg`` caps the registers per thread at launch and
+    ``consumer_regs`` is what the second compute warpgroup asks for (``setmaxnreg``); ``pingpong`` makes two
+    compute warpgroups take turns at the tensor cores."""
     from lra_sfa.kernels.flash_sfa import key_code_range
 
     batch_heads, length, head_dim = qd.shape
     if qd.dtype not in (torch.float16, torch.bfloat16) or not (qd.dtype == kd.dtype == v.dtype):
         raise ValueError(f"gluon_ws_forward: needs one 16-bit dtype; got {qd.dtype}, {kd.dtype}, {v.dtype}")
-    if head_dim not in (64, 128) or length % block_m or length % block_n or stages < 1:
-        raise ValueError(f"gluon_ws_forward: head_dim={head_dim} must be 64 or 128, L={length} a multiple of "
-                         f"BLOCK_M={block_m} and BLOCK_N={block_n}, stages={stages} >= 1")
+    rows = consumers * block_m
+    if head_dim not in (64, 128) or consumers not in (1, 2) or length % rows or length % block_n \
+            or stages < consumers:
+        raise ValueError(f"gluon_ws_forward: head_dim={head_dim} must be 64 or 128, consumers={consumers} 1 or 2, "
+                         f"L={length} a multiple of consumers*BLOCK_M={rows} and BLOCK_N={block_n}, "
+                         f"stages={stages} >= consumers")
     out = torch.empty_like(v)
     lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
     gl_dtype = gl.float16 if qd.dtype == torch.float16 else gl.bfloat16
@@ -199,9 +270,10 @@ def gluon_ws_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_
         layout = gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl_dtype)
         return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [rows, head_dim], layout)
 
-    grid = (length // block_m, batch_heads)
+    grid = (length // rows, batch_heads)
     _gluon_ws_fwd_kernel[grid](desc(qd, block_m), desc(kd, block_n), desc(v, block_n), desc(out, block_m),
                                key_code_range(kd), lse2, length, LOG2E / math.sqrt(head_dim),
                                HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
-                               num_warps=num_warps, maxnreg=maxnreg)
+                               CONSUMERS=consumers, CONSUMER_REGS=consumer_regs, PINGPONG=bool(pingpong), num_warps=4,
+                               maxnreg=maxnreg)
     return out, lse2

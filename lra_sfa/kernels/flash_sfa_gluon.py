@@ -209,11 +209,17 @@ def _gluon_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scal
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    turn = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
     for c in gl.static_range(CONSUMERS):
         mbarrier.init(q_bar.index(c), count=1)
         mbarrier.init(fb_bar.index(c), count=1)
-        mbarrier.init(turn.index(c), count=1)
+    # An initialised barrier that no partition uses would be dead to the allocator, which would then hand its
+    # bytes to scratch (PTX wants mbarrier.inval first): without ping-pong, ``turn`` is only an alias of ``ready``
+    if PINGPONG:
+        turn = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+        for c in gl.static_range(CONSUMERS):
+            mbarrier.init(turn.index(c), count=1)
+    else:
+        turn = ready
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=CONSUMERS)  # a slot goes back when every compute warpgroup is done

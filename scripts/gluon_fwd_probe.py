@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--scale", type=float, default=1.0, help="input scale (40 makes every block fall back)")
     parser.add_argument("--configs", nargs="+", required=True,
-                        help="BLOCK_M,BLOCK_N,stages,consumers,maxnreg[,consumer_regs[,pingpong]]")
+                        help="BLOCK_M,BLOCK_N,stages,consumers,maxnreg[,consumer_regs]")
     args = parser.parse_args()
     torch.manual_seed(0)
     bh, length, dim = args.heads, args.length, 128

@@ -296,6 +296,8 @@ def test_gluon_forward_only_where_it_applies(monkeypatch):
                          ((2, 128, 128), torch.float32)):
         other = type("FakeCuda", (), {"device": torch.device("cuda"), "dtype": dtype, "shape": shape})()
         assert not launcher.gluon_eligible(other, False)
+    assert launcher.gluon_config(256)["consumers"] == 2 and launcher.gluon_config(192)["consumers"] == 1
+    assert launcher.gluon_config(128)["block_n"] == 128 and launcher.gluon_config(64)["block_n"] == 64
     monkeypatch.setattr(launcher.torch.cuda, "get_device_capability", lambda device=None: (10, 0))
     assert not launcher.gluon_eligible(fake_cuda, False)  # wgmma is Hopper's
     monkeypatch.setattr(launcher, "USE_GLUON", False)

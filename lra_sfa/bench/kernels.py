@@ -37,7 +37,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lra_sfa.bench import timing
 from lra_sfa.kernels import sfa_check
-from lra_sfa.kernels.flash_sfa import flash_sfa, gluon_eligible
+from lra_sfa.kernels.flash_sfa import flash_sfa, gluon_config, gluon_eligible
 from lra_sfa.kernels.sfa_decode import cache_bytes_per_token, cache_key_range, launch_defaults, pack_k_cache, sfa_decode
 from lra_sfa.kernels.topk_pack import topk_pack
 
@@ -62,9 +62,10 @@ EXPLORE_CHECKS = [(1, 64, 8, False, torch.bfloat16), (100, 128, 8, True, torch.b
                   (1000, 128, 16, True, torch.bfloat16), (4097, 64, 8, False, torch.bfloat16),
                   (777, 32, 4, True, torch.float16), (300, 128, 8, True, torch.float32),
                   (2048, 128, 128, False, torch.bfloat16), (4096, 128, 8, False, torch.bfloat16),
-                  (1024, 128, 8, False, torch.bfloat16, 40.0)]  # (L, D, topk, padding, dtype[, input scale])
-# full reference; the last three meet the Gluon forward's limits on an H200 (the last with a bound so loose that
-# every block takes the online fallback)
+                  (1024, 128, 8, False, torch.bfloat16, 40.0), (1984, 128, 16, False, torch.bfloat16)]
+# (L, D, topk, padding, dtype[, input scale]) full reference; the last four meet the Gluon forward's limits on an
+# H200: 2048, 4096 and 1024 (with a bound so loose that every block takes the online fallback) run its two-warpgroup
+# launch, 1984 (a multiple of 64, not of 128) its one-warpgroup launch (flash_sfa.gluon_config)
 EXPLORE_SECTIONS = ("checks", "topk", "fwd", "fwd_stages", "gluon", "variants", "bwd", "bwd_stages", "full",
                     "decode")
 
@@ -199,7 +200,9 @@ def _tuned_forward_config() -> str:
 
 def _forward_config(q: torch.Tensor) -> str:
     """What ran the forward of q (B, H, L, D) without padding: the Gluon kernel, or the Triton autotuner's pick."""
-    return "gluon ws 64x64 w4 s3" if gluon_eligible(q, False) else _tuned_forward_config()
+    if not gluon_eligible(q, False):
+        return _tuned_forward_config()
+    return "gluon ws " + " ".join(f"{name}={value}" for name, value in gluon_config(q.shape[-2]).items())
 
 
 def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, cache: dict, rep_ms: float) -> None:
@@ -506,8 +509,8 @@ def explore_gluon(args, record, packs: dict, v: torch.Tensor) -> None:
                             fwd.fwd_config(64, 64, 4, 3, bounded=True))  # the Triton kernel (a forced config)
     for block_m, block_n, stages, consumers, maxnreg, *regs in args.gluon_configs:
         run = partial(gluon_ws_forward, qd, kd, v, block_m, block_n, stages, consumers, maxnreg, *regs)
-        label = (f"gluon ws {block_m}x{block_n} s{stages} c{consumers} maxnreg {maxnreg}"
-                 + "".join(f" {name} {r}" for name, r in zip(("consumer_regs", "pingpong"), regs)))
+        label = f"gluon ws {block_m}x{block_n} s{stages} c{consumers} maxnreg {maxnreg}" + "".join(
+            f" consumer_regs {r}" for r in regs)
         try:
             got, _ = run()
             rel = sfa_check.rel_err(got, ref)
@@ -753,8 +756,8 @@ def parse_args(argv=None):
                         "[,rowsum_2d]]]] tuples for --mode explore")
     bwd_tuple = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     parser.add_argument("--gluon-configs", type=bwd_tuple, nargs="+",
-                        default=[(64, 64, 3, 1, 128), (64, 64, 3, 2, 224), (64, 64, 4, 2, 224), (64, 128, 2, 2, 224)],
-                        help="BLOCK_M,BLOCK_N,stages,consumers,maxnreg[,consumer_regs[,pingpong]] of the "
+                        default=[(64, 64, 3, 1, 128), (64, 64, 4, 2, 168, 240), (64, 128, 2, 2, 168, 240)],
+                        help="BLOCK_M,BLOCK_N,stages,consumers,maxnreg[,consumer_regs] of the "
                         "warp-specialised Gluon forward for --mode explore's gluon part (consumers: compute "
                         "warpgroups per program)")
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",

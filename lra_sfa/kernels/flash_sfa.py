@@ -34,7 +34,18 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TUNE_LENGTH_CAP = 16384  # autotune once per power-of-two L up to this; longer L reuse the 16K choice
 # The Gluon forward (flash_sfa_gluon) runs where it applies; LRA_SFA_GLUON=0 keeps every shape on the Triton kernel
 USE_GLUON = os.environ.get("LRA_SFA_GLUON", "1") != "0"
-GLUON_TILE = 64  # its query and key blocks
+GLUON_TILE = 64  # L must be a multiple of this for the Gluon forward
+# Its launch (``flash_sfa_gluon.gluon_ws_forward`` arguments) by L's alignment, first match: two compute
+# warpgroups of 64 query rows over 128-key tiles where L allows, else one over 64-key tiles. H200, 2026-11-29,
+# L=16K, d=128, k=8, B*H=16 (results/kernels/gluon_fwd_probe_2026-11-29_s11*.csv): 3.17 vs 3.44 ms, cuDNN 3.18;
+# at 32K 13.32 vs 13.73, cuDNN 12.74.
+GLUON_CONFIGS = ((128, dict(block_m=64, block_n=128, stages=2, consumers=2, maxnreg=168, consumer_regs=240)),
+                 (GLUON_TILE, dict(block_m=64, block_n=64, stages=3, consumers=1, maxnreg=128)))
+
+
+def gluon_config(length: int) -> dict:
+    """The Gluon forward's launch arguments for sequence length ``length`` (a multiple of GLUON_TILE)."""
+    return next(config for align, config in GLUON_CONFIGS if length % align == 0)
 
 
 @functools.cache
@@ -150,7 +161,7 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: to
         raise ValueError(f"launch_forward: fuse_topk_q needs fp16/bf16 q, got {qd.dtype}")
     if config is None and not fuse_topk_q and gluon_eligible(qd, has_bias):
         from lra_sfa.kernels.flash_sfa_gluon import gluon_ws_forward
-        return gluon_ws_forward(qd, kd, v, GLUON_TILE, GLUON_TILE)
+        return gluon_ws_forward(qd, kd, v, **gluon_config(length))
     out = torch.empty_like(v)
     lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
     descs = {f"{name}_desc": tile_descriptor(t, 16) for name, t in (("Q", qd), ("K", kd), ("V", v), ("O", out))}

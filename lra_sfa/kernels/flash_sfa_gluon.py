@@ -48,7 +48,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     mbarrier,
     tma,
     warpgroup_mma,
-    warpgroup_mma_wait,
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -88,15 +87,10 @@ def _row_offsets(q_buf, KBound, bh, qk_scale, HEAD_DIM: gl.constexpr, BLOCK_N: g
 
 
 @gluon.jit
-def _bounded_loop(q_buf, k_smem, v_smem, ready, empty, turn, offset, n_tiles, qk_scale,
+def _bounded_loop(q_buf, k_smem, v_smem, ready, empty, offset, n_tiles, qk_scale,
                   HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                  WARPS: gl.constexpr, IDX: gl.constexpr, PINGPONG: gl.constexpr):
-    """The bounded loop: per K/V tile, S = Q K^T, p = 2^(S * scale - offset), l += rowsum(p), O += P V.
-
-    PINGPONG (two compute warpgroups): the warpgroups take turns at the tensor cores, one matmul each, so one's
-    softmax runs while the other's matmul does (``turn``: one barrier per warpgroup, arrived by the other after
-    it has issued its matmul). Warpgroup IDX's turns are the phases of turn[IDX]: warpgroup 0 starts at once
-    (parity 1 of a fresh barrier), warpgroup 1 after warpgroup 0's first matmul."""
+                  WARPS: gl.constexpr):
+    """The bounded loop: per K/V tile, S = Q K^T, p = 2^(S * scale - offset), l += rowsum(p), O += P V."""
     dtype: gl.constexpr = q_buf.dtype
     s_layout: gl.constexpr = wgmma_layout(WARPS, BLOCK_N)
     o_layout: gl.constexpr = wgmma_layout(WARPS, HEAD_DIM)
@@ -107,23 +101,10 @@ def _bounded_loop(q_buf, k_smem, v_smem, ready, empty, turn, offset, n_tiles, qk
     for j in range(n_tiles):
         slot = j % STAGES
         mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
-        if PINGPONG:
-            mbarrier.wait(turn.index(IDX), 1 - IDX)
-            s = warpgroup_mma(q_buf, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            mbarrier.arrive(turn.index(1 - IDX))
-            s = warpgroup_mma_wait(0, deps=[s])
-        else:
-            s = warpgroup_mma(q_buf, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False)
+        s = warpgroup_mma(q_buf, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False)
         p = gl.exp2(s * qk_scale - offset[:, None])
         l_i += gl.sum(p, axis=1)
-        p16 = gl.convert_layout(p.to(dtype), p_layout)
-        if PINGPONG:
-            mbarrier.wait(turn.index(IDX), IDX)
-            acc = warpgroup_mma(p16, v_smem.index(slot), acc, is_async=True)
-            mbarrier.arrive(turn.index(1 - IDX))
-            acc = warpgroup_mma_wait(0, deps=[acc])
-        else:
-            acc = warpgroup_mma(p16, v_smem.index(slot), acc)
+        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(slot), acc)
         mbarrier.arrive(empty.index(slot))  # both matmuls of this tile are done: its buffers go back
     return acc, l_i
 
@@ -158,10 +139,10 @@ def _online_rows(q_buf, k_buf, v_buf, bar, k_desc, v_desc, row_k, n_tiles, qk_sc
 
 
 @gluon.jit
-def _consumer_partition(q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, turn, k_desc, v_desc, o_desc,
+def _consumer_partition(q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, k_desc, v_desc, o_desc,
                         KBound, Lse, bh, row_q, row_k, n_tiles, qk_scale,
                         HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                        STAGES: gl.constexpr, IDX: gl.constexpr, PINGPONG: gl.constexpr):
+                        STAGES: gl.constexpr, IDX: gl.constexpr):
     """One compute warpgroup: query rows row_q + IDX * BLOCK_M, BLOCK_M of them, against the shared K/V ring;
     writes their O and lse2."""
     WARPS: gl.constexpr = 4
@@ -170,8 +151,8 @@ def _consumer_partition(q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_ba
     rows = row_q + IDX * BLOCK_M
     mbarrier.wait(q_bar.index(IDX), 0)
     offset = _row_offsets(q_buf, KBound, bh, qk_scale, HEAD_DIM, BLOCK_N, WARPS)
-    acc, l_i = _bounded_loop(q_buf, k_smem, v_smem, ready, empty, turn, offset, n_tiles, qk_scale,
-                             HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, WARPS, IDX, PINGPONG)
+    acc, l_i = _bounded_loop(q_buf, k_smem, v_smem, ready, empty, offset, n_tiles, qk_scale,
+                             HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, WARPS)
     mbarrier.arrive(done)  # this warpgroup is through the ring
     if gl.min(l_i, axis=0) < BOUND_MIN_SUM:  # the bound sat far above some row's true max: redo online
         mbarrier.wait(done, 0)  # every compute warpgroup is through the ring, so its slot IDX is free
@@ -191,9 +172,8 @@ def _consumer_partition(q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_ba
 def _gluon_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scale,
                          HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                          STAGES: gl.constexpr, CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                         PINGPONG: gl.constexpr, num_warps: gl.constexpr):
+                         num_warps: gl.constexpr):
     gl.static_assert(num_warps == 4, "the default partition is one compute warpgroup")
-    gl.static_assert(not PINGPONG or CONSUMERS == 2, "ping-pong takes two compute warpgroups")
     gl.static_assert(STAGES >= CONSUMERS, "the online fallback of compute warpgroup i reuses ring slot i")
     dtype: gl.constexpr = q_desc.dtype
     bh = gl.program_id(1)
@@ -212,14 +192,6 @@ def _gluon_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scal
     for c in gl.static_range(CONSUMERS):
         mbarrier.init(q_bar.index(c), count=1)
         mbarrier.init(fb_bar.index(c), count=1)
-    # An initialised barrier that no partition uses would be dead to the allocator, which would then hand its
-    # bytes to scratch (PTX wants mbarrier.inval first): without ping-pong, ``turn`` is only an alias of ``ready``
-    if PINGPONG:
-        turn = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
-        for c in gl.static_range(CONSUMERS):
-            mbarrier.init(turn.index(c), count=1)
-    else:
-        turn = ready
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=CONSUMERS)  # a slot goes back when every compute warpgroup is done
@@ -230,32 +202,31 @@ def _gluon_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scal
 
     if CONSUMERS == 1:
         gl.warp_specialize([
-            (_consumer_partition, (q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, turn, k_desc, v_desc,
-                                   o_desc, KBound, Lse, bh, row_q, row_k, n_tiles, qk_scale,
-                                   HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 0, PINGPONG)),
+            (_consumer_partition, (q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, k_desc, v_desc, o_desc,
+                                   KBound, Lse, bh, row_q, row_k, n_tiles, qk_scale,
+                                   HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 0)),
             (_load_partition, (k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles, BLOCK_N, STAGES)),
         ], [1], [24])
     else:
         gl.warp_specialize([
-            (_consumer_partition, (q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, turn, k_desc, v_desc,
-                                   o_desc, KBound, Lse, bh, row_q, row_k, n_tiles, qk_scale,
-                                   HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 0, PINGPONG)),
-            (_consumer_partition, (q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, turn, k_desc, v_desc,
-                                   o_desc, KBound, Lse, bh, row_q, row_k, n_tiles, qk_scale,
-                                   HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 1, PINGPONG)),
+            (_consumer_partition, (q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, k_desc, v_desc, o_desc,
+                                   KBound, Lse, bh, row_q, row_k, n_tiles, qk_scale,
+                                   HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 0)),
+            (_consumer_partition, (q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, k_desc, v_desc, o_desc,
+                                   KBound, Lse, bh, row_q, row_k, n_tiles, qk_scale,
+                                   HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 1)),
             (_load_partition, (k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles, BLOCK_N, STAGES)),
         ], [4, 1], [CONSUMER_REGS, 24])
 
 
 def gluon_ws_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_m: int = 64, block_n: int = 64,
-                     stages: int = 3, consumers: int = 1, maxnreg: int = 128, consumer_regs: int = 232,
-                     pingpong: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     stages: int = 3, consumers: int = 1, maxnreg: int = 128,
+                     consumer_regs: int = 232) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounded FlashSFA forward on (B*H, L, D) codes qd, kd and dense v: returns out (B*H, L, D), lse2 (B*H, L).
 
     Each program runs ``consumers`` compute warpgroups (1 or 2) of ``block_m`` query rows each over one shared
     ring of ``stages`` K/V tiles of ``block_n`` keys; ``maxnreg`` caps the registers per thread at launch and
-    ``consumer_regs`` is what the second compute warpgroup asks for (``setmaxnreg``); ``pingpong`` makes two
-    compute warpgroups take turns at the tensor cores."""
+    ``consumer_regs`` is what the second compute warpgroup asks for (``setmaxnreg``)."""
     from lra_sfa.kernels.flash_sfa import key_code_range
 
     batch_heads, length, head_dim = qd.shape
@@ -280,6 +251,5 @@ def gluon_ws_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_
     _gluon_ws_fwd_kernel[grid](desc(qd, block_m), desc(kd, block_n), desc(v, block_n), desc(out, block_m),
                                key_code_range(kd), lse2, length, LOG2E / math.sqrt(head_dim),
                                HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
-                               CONSUMERS=consumers, CONSUMER_REGS=consumer_regs, PINGPONG=bool(pingpong), num_warps=4,
-                               maxnreg=maxnreg)
+                               CONSUMERS=consumers, CONSUMER_REGS=consumer_regs, num_warps=4, maxnreg=maxnreg)
     return out, lse2

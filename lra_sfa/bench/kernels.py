@@ -66,8 +66,8 @@ EXPLORE_CHECKS = [(1, 64, 8, False, torch.bfloat16), (100, 128, 8, True, torch.b
 # (L, D, topk, padding, dtype[, input scale]) full reference; the last four meet the Gluon forward's limits on an
 # H200: 2048, 4096 and 1024 (with a bound so loose that every block takes the online fallback) run its two-warpgroup
 # launch, 1984 (a multiple of 64, not of 128) its one-warpgroup launch (flash_sfa.gluon_config)
-EXPLORE_SECTIONS = ("checks", "topk", "fwd", "fwd_stages", "gluon", "variants", "bwd", "bwd_stages", "full",
-                    "decode")
+EXPLORE_SECTIONS = ("checks", "topk", "fwd", "fwd_stages", "gluon", "variants", "bwd", "bwd_stages", "gluon_bwd",
+                    "full", "decode")
 
 
 def _cell(value) -> str:
@@ -361,7 +361,7 @@ def explore(args) -> None:
             record("topk", f"torch.topk+scatter {x.shape[0]}x128 k={topk}",
                    time_ms(partial(_torch_topk_codes, x, topk))[0])
         del x
-    if sections & {"fwd", "fwd_stages", "gluon", "variants", "bwd", "bwd_stages", "full"}:
+    if sections & {"fwd", "fwd_stages", "gluon", "variants", "bwd", "bwd_stages", "gluon_bwd", "full"}:
         explore_prefill(args, record, sections)
     if "decode" in sections:
         explore_decode(args, record)
@@ -412,6 +412,8 @@ def explore_prefill(args, record, sections: set[str]) -> None:
         explore_backward(args, record, packs, vf, topk)
     if "bwd_stages" in sections:
         explore_backward_stages(args, record, packs, vf)
+    if "gluon_bwd" in sections:
+        explore_gluon_dq(args, record, packs, vf, topk)
     if "full" not in sections:
         return
     record("full", "flash_sfa fwd (top-k + forward kernel)", time_ms(sfa_call(q, k, v, topk))[0],
@@ -521,6 +523,39 @@ def explore_gluon(args, record, packs: dict, v: torch.Tensor) -> None:
     batch_heads, length, dim = qd.shape
     shaped = [t.reshape(1, batch_heads, length, dim) for t in (qd, kd, v)]
     record("gluon", "cudnn fwd sparse (same codes)", time_ms(sdpa_call("cudnn", *shaped))[0])
+
+
+def explore_gluon_dq(args, record, packs: dict, v: torch.Tensor, topk: int) -> None:
+    """The Gluon dQ kernel (``flash_sfa_bwd_gluon``) per --gluon-dq-configs against the Triton dQ kernel's output
+    (``launch_backward``'s dq with the Gluon dQ turned off) and time."""
+    from lra_sfa.kernels import flash_sfa as launcher
+    from lra_sfa.kernels.flash_sfa import launch_backward, launch_forward, pad_bias, pad_rows
+    from lra_sfa.kernels.flash_sfa_bwd_gluon import gluon_dq
+
+    qd, kd = packs["q_dense"], packs["k_dense"]  # (B*H, L, D)
+    batch_heads, length, dim = qd.shape
+    bias = pad_bias(None, qd.device)
+    out, lse2 = launch_forward(qd, kd, v, bias, batch_heads, False)
+    dout = torch.randn_like(out)
+    q_idx, k_idx = (packs[f"{n}_idx"].reshape(batch_heads * length, topk) for n in ("q", "k"))
+    use_gluon, launcher.USE_GLUON_DQ = launcher.USE_GLUON_DQ, False
+    try:
+        ref = launch_backward((qd, kd, v, out, lse2, bias, q_idx, k_idx), dout, batch_heads, False, topk, topk)[0]
+    finally:
+        launcher.USE_GLUON_DQ = use_gluon
+    lse_pad = pad_rows(lse2, float("inf"))
+    delta = pad_rows((out.float() * dout.float()).sum(-1), 0.0)
+    for block_m, block_n, stages, consumers, maxnreg, *regs in args.gluon_dq_configs:
+        run = partial(gluon_dq, qd, kd, v, dout, lse_pad, delta, q_idx, topk, block_m, block_n, stages, consumers,
+                      maxnreg, *regs)
+        label = f"gluon dq {block_m}x{block_n} s{stages} c{consumers} maxnreg {maxnreg}" + "".join(
+            f" consumer_regs {r}" for r in regs)
+        try:
+            got = run()
+            record("gluon_bwd", label, time_ms(run)[0], f"relerr_vs_triton={sfa_check.rel_err(got, ref):.1e} "
+                   f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e}")
+        except Exception as exc:  # a config the compiler or the launch rejects is reported, not fatal
+            record("gluon_bwd", label, float("nan"), repr(exc)[:300])
 
 
 def explore_backward_stages(args, record, packs: dict, v: torch.Tensor) -> None:
@@ -760,6 +795,10 @@ def parse_args(argv=None):
                         help="BLOCK_M,BLOCK_N,stages,consumers,maxnreg[,consumer_regs] of the "
                         "warp-specialised Gluon forward for --mode explore's gluon part (consumers: compute "
                         "warpgroups per program)")
+    parser.add_argument("--gluon-dq-configs", type=bwd_tuple, nargs="+",
+                        default=[(64, 64, 3, 2, 168, 240), (64, 128, 2, 2, 168, 240), (64, 64, 3, 1, 128)],
+                        help="BLOCK_M,BLOCK_N,stages,consumers,maxnreg[,consumer_regs] of the Gluon dQ kernel for "
+                        "--mode explore's gluon_bwd part")
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 128, 8, 4), (64, 128, 8, 3), (32, 64, 4, 4)],
                         help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel for the bwd part of --mode explore")

@@ -43,6 +43,12 @@ GLUON_CONFIGS = ((128, dict(block_m=64, block_n=128, stages=2, consumers=2, maxn
                  (GLUON_TILE, dict(block_m=64, block_n=64, stages=3, consumers=1, maxnreg=128)))
 
 
+# The backward's dQ runs the Gluon kernel (flash_sfa_bwd_gluon) where the forward would and L is a multiple of
+# 128 (two compute warpgroups of 64 rows); LRA_SFA_GLUON_DQ=0 keeps it on the Triton kernel
+USE_GLUON_DQ = os.environ.get("LRA_SFA_GLUON_DQ", "1") != "0"
+GLUON_DQ_CONFIG = dict(block_m=64, block_n=64, stages=3, consumers=2, maxnreg=168, consumer_regs=240)
+
+
 def gluon_config(length: int) -> dict:
     """The Gluon forward's launch arguments for sequence length ``length`` (a multiple of GLUON_TILE)."""
     return next(config for align, config in GLUON_CONFIGS if length % align == 0)
@@ -221,6 +227,10 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
                      Delta_desc=row_descriptor(delta), Kidx=k_idx, TOPK=topk_k, FULL_SUPPORT=topk_k == head_dim)
     _run_bwd_kernel(bwd.dkdv_tuned, bwd.dkdv_kernel,
                     lambda meta: (triton.cdiv(length, meta["BLOCK_N"]), batch_heads), dkdv_args)
+    rows = GLUON_DQ_CONFIG["consumers"] * GLUON_DQ_CONFIG["block_m"]
+    if USE_GLUON_DQ and gluon_eligible(qd, has_bias) and length % rows == 0:
+        from lra_sfa.kernels.flash_sfa_bwd_gluon import gluon_dq
+        return gluon_dq(qd, kd, v, dout, lse_pad, delta, q_idx, topk_q, **GLUON_DQ_CONFIG), dk, dv
     dq_args = dict(common, DQ_desc=descs["DQ_desc"], Lse=lse_pad, Delta=delta, L_PAD=l_pad, Qidx=q_idx, TOPK=topk_q,
                    FULL_SUPPORT=topk_q == head_dim)
     _run_bwd_kernel(bwd.dq_tuned, bwd.dq_kernel,

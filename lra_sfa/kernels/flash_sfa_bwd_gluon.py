@@ -1,0 +1,160 @@
+"""FlashSFA backward's dQ kernel for Hopper in Gluon, warp-specialised like the forward.
+
+What it computes
+    The same as ``flash_sfa_bwd._dq_kernel`` without a padding mask: per
+    query block, over all key tiles, P = 2^(Q~K~^T * scale - lse2),
+    dS = P * (dO V^T - delta), dQ~ += dS K~; then dQ = sm * dQ~ masked to
+    each query's top-k support (rebuilt from the packed indices). lse2 and
+    delta are read from the rows the launcher pads (``flash_sfa.pad_rows``).
+
+How
+    As ``flash_sfa_gluon``'s forward: one producer warp streams K/V tiles by
+    TMA into a ring of STAGES buffers, and CONSUMERS compute warpgroups (one
+    per 64 query rows) take every tile from it (``empty`` counts one arrival
+    per warpgroup). Each warpgroup keeps its Q and dO tiles in shared memory
+    and its dQ accumulator in registers, and writes dQ through its Q buffer
+    by TMA. The Triton kernel runs its two warpgroups in lockstep on loads it
+    issues itself.
+
+Limits (``flash_sfa.gluon_eligible`` and L a multiple of CONSUMERS * 64 and
+    of BLOCK_N; everything else runs the Triton kernel): CUDA sm_90, fp16 /
+    bf16, head_dim 128, no padding mask. No CPU interpreter runs Gluon, so
+    ``python -m lra_sfa.bench.kernels --mode check`` checks it on the GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from lra_sfa.kernels.flash_sfa_gluon import LOG2E, _load_partition, wgmma_layout
+
+
+@gluon.jit
+def _dq_consumer(q_smem, do_smem, k_smem, v_smem, in_bar, ready, empty, dq_desc, Lse, Delta, Qidx,
+                 bh, seq_q, row_q, n_tiles, L_PAD, qk_scale, sm_scale,
+                 HEAD_DIM: gl.constexpr, TOPK: gl.constexpr, FULL_SUPPORT: gl.constexpr, BLOCK_M: gl.constexpr,
+                 BLOCK_N: gl.constexpr, STAGES: gl.constexpr, IDX: gl.constexpr):
+    """One compute warpgroup: dQ of query rows seq_q + IDX * BLOCK_M (within the sequence), BLOCK_M of them."""
+    WARPS: gl.constexpr = 4
+    dtype: gl.constexpr = q_smem.dtype
+    s_layout: gl.constexpr = wgmma_layout(WARPS, BLOCK_N)
+    o_layout: gl.constexpr = wgmma_layout(WARPS, HEAD_DIM)
+    ds_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    q_buf = q_smem.index(IDX)
+    do_buf = do_smem.index(IDX)
+    first = seq_q + IDX * BLOCK_M
+    offs_m = first + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
+    lse = gl.load(Lse + bh * L_PAD + offs_m)  # (M,) base 2
+    delta = gl.load(Delta + bh * L_PAD + offs_m)  # (M,) rowsum(dO * O)
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    dq = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
+    mbarrier.wait(in_bar.index(IDX), 0)
+    for j in range(n_tiles):
+        slot = j % STAGES
+        mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
+        s = warpgroup_mma(q_buf, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False)  # (M, N)
+        p = gl.exp2(s * qk_scale - lse[:, None])
+        dp = warpgroup_mma(do_buf, v_smem.index(slot).permute((1, 0)), s_zero, use_acc=False)  # (M, N)
+        ds = p * (dp - delta[:, None])
+        dq = warpgroup_mma(gl.convert_layout(ds.to(dtype), ds_layout), k_smem.index(slot), dq)  # (M, D)
+        mbarrier.arrive(empty.index(slot))  # all three matmuls of this tile are done: its buffers go back
+    dq = dq * sm_scale
+    if not FULL_SUPPORT:  # keep each row's top-k features (its packed ids), zero the rest
+        rows = (row_q + IDX * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, o_layout))).to(gl.int64)
+        cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+        keep = cols[None, :] < 0
+        for t in gl.static_range(TOPK):
+            ids = gl.load(Qidx + rows * TOPK + t).to(gl.int32)
+            keep = keep | (cols[None, :] == ids[:, None])
+        dq = gl.where(keep, dq, 0.0)
+    q_buf.store(dq.to(dtype))  # Q's buffer is free: every Q.K^T has completed
+    fence_async_shared()
+    tma.async_copy_shared_to_global(dq_desc, [row_q + IDX * BLOCK_M, 0], q_buf)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _gluon_dq_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, Lse, Delta, Qidx, L, L_PAD, qk_scale, sm_scale,
+                     HEAD_DIM: gl.constexpr, TOPK: gl.constexpr, FULL_SUPPORT: gl.constexpr,
+                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                     CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
+    gl.static_assert(num_warps == 4, "the default partition is one compute warpgroup")
+    dtype: gl.constexpr = q_desc.dtype
+    bh = gl.program_id(1)
+    seq_q = gl.program_id(0) * (CONSUMERS * BLOCK_M)  # first query row of this program within its sequence
+    row_q = bh * L + seq_q  # ... and within the (B*H*L, D) views
+    row_k = bh * L
+    n_tiles = L // BLOCK_N
+
+    q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_M, HEAD_DIM], q_desc.layout)
+    do_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_M, HEAD_DIM], do_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+    # every barrier allocated here is used: an unused one is dead to the allocator, which then gives its
+    # bytes to scratch while it is still initialised (a race, measured in the forward)
+    in_bar = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for c in gl.static_range(CONSUMERS):
+        mbarrier.init(in_bar.index(c), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=CONSUMERS)  # a slot goes back when every compute warpgroup is done
+    for c in gl.static_range(CONSUMERS):
+        mbarrier.expect(in_bar.index(c), 2 * q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [row_q + c * BLOCK_M, 0], in_bar.index(c), q_smem.index(c))
+        tma.async_copy_global_to_shared(do_desc, [row_q + c * BLOCK_M, 0], in_bar.index(c), do_smem.index(c))
+
+    if CONSUMERS == 1:
+        gl.warp_specialize([
+            (_dq_consumer, (q_smem, do_smem, k_smem, v_smem, in_bar, ready, empty, dq_desc, Lse, Delta, Qidx,
+                            bh, seq_q, row_q, n_tiles, L_PAD, qk_scale, sm_scale,
+                            HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, 0)),
+            (_load_partition, (k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles, BLOCK_N, STAGES)),
+        ], [1], [24])
+    else:
+        gl.warp_specialize([
+            (_dq_consumer, (q_smem, do_smem, k_smem, v_smem, in_bar, ready, empty, dq_desc, Lse, Delta, Qidx,
+                            bh, seq_q, row_q, n_tiles, L_PAD, qk_scale, sm_scale,
+                            HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, 0)),
+            (_dq_consumer, (q_smem, do_smem, k_smem, v_smem, in_bar, ready, empty, dq_desc, Lse, Delta, Qidx,
+                            bh, seq_q, row_q, n_tiles, L_PAD, qk_scale, sm_scale,
+                            HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, 1)),
+            (_load_partition, (k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles, BLOCK_N, STAGES)),
+        ], [4, 1], [CONSUMER_REGS, 24])
+
+
+def gluon_dq(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, dout: torch.Tensor, lse_pad: torch.Tensor,
+             delta: torch.Tensor, q_idx: torch.Tensor, topk_q: int, block_m: int = 64, block_n: int = 64,
+             stages: int = 3, consumers: int = 2, maxnreg: int = 168, consumer_regs: int = 240) -> torch.Tensor:
+    """dQ (B*H, L, D) of the FlashSFA backward, masked to q's top-k support, from the (B*H, L, D) codes qd, kd,
+    dense v and dout, lse2 / delta padded to (B*H, L_PAD) and q's packed ids (B*H*L, topk_q)."""
+    batch_heads, length, head_dim = qd.shape
+    if qd.dtype not in (torch.float16, torch.bfloat16) or not (qd.dtype == kd.dtype == v.dtype == dout.dtype):
+        raise ValueError(f"gluon_dq: needs one 16-bit dtype; got {qd.dtype}, {kd.dtype}, {v.dtype}, {dout.dtype}")
+    rows = consumers * block_m
+    if head_dim != 128 or consumers not in (1, 2) or length % rows or length % block_n:
+        raise ValueError(f"gluon_dq: head_dim={head_dim} must be 128, consumers={consumers} 1 or 2, L={length} a "
+                         f"multiple of consumers*BLOCK_M={rows} and BLOCK_N={block_n}")
+    dq = torch.empty_like(qd)
+    gl_dtype = gl.float16 if qd.dtype == torch.float16 else gl.bfloat16
+
+    def desc(x: torch.Tensor, rows: int) -> TensorDescriptor:
+        flat = x.reshape(batch_heads * length, head_dim)
+        layout = gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl_dtype)
+        return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [rows, head_dim], layout)
+
+    grid = (length // rows, batch_heads)
+    _gluon_dq_kernel[grid](desc(qd, block_m), desc(kd, block_n), desc(v, block_n), desc(dout, block_m),
+                           desc(dq, block_m), lse_pad, delta, q_idx, length, lse_pad.shape[1],
+                           LOG2E / math.sqrt(head_dim), 1.0 / math.sqrt(head_dim),
+                           HEAD_DIM=head_dim, TOPK=topk_q, FULL_SUPPORT=topk_q == head_dim, BLOCK_M=block_m,
+                           BLOCK_N=block_n, STAGES=stages, CONSUMERS=consumers, CONSUMER_REGS=consumer_regs,
+                           num_warps=4, maxnreg=maxnreg)
+    return dq

@@ -44,9 +44,11 @@ GLUON_CONFIGS = ((128, dict(block_m=64, block_n=128, stages=2, consumers=2, maxn
 
 
 # The backward's dQ runs the Gluon kernel (flash_sfa_bwd_gluon) where the forward would and L is a multiple of
-# 128 (two compute warpgroups of 64 rows); LRA_SFA_GLUON_DQ=0 keeps it on the Triton kernel
+# 128 (two compute warpgroups of 64 rows); LRA_SFA_GLUON_DQ=0 keeps it on the Triton kernel. H200, 2026-11-29,
+# L=16K, d=128, k=8, B*H=16 (results/kernels/sfa_explore_2026-11-29_s11_gluon_dq.csv): 64x128 tiles, 2 stages
+# 4.14 ms; 64x64 3 stages 4.37, 4 stages 4.42, 2 stages 4.48; one warpgroup 4.59-6.09; Triton 128x64 w8 s3 4.70.
 USE_GLUON_DQ = os.environ.get("LRA_SFA_GLUON_DQ", "1") != "0"
-GLUON_DQ_CONFIG = dict(block_m=64, block_n=64, stages=3, consumers=2, maxnreg=168, consumer_regs=240)
+GLUON_DQ_CONFIG = dict(block_m=64, block_n=128, stages=2, consumers=2, maxnreg=168, consumer_regs=240)
 
 
 def gluon_config(length: int) -> dict:

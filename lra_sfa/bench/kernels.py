@@ -37,7 +37,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lra_sfa.bench import timing
 from lra_sfa.kernels import sfa_check
-from lra_sfa.kernels.flash_sfa import flash_sfa, gluon_config, gluon_eligible
+from lra_sfa.kernels.flash_sfa import flash_sfa, gluon_bwd_eligible, gluon_config, gluon_eligible
 from lra_sfa.kernels.sfa_decode import cache_bytes_per_token, cache_key_range, launch_defaults, pack_k_cache, sfa_decode
 from lra_sfa.kernels.topk_pack import topk_pack
 
@@ -319,8 +319,9 @@ def gpu_checks(record, which: list[int] | None = None) -> bool:
         res = sfa_check.full_check(q, k, v, topk, mask, flash_sfa)
         errs = " ".join(f"{n}={res[n + '_err']:.1e}/{res[n + '_torch_err']:.1e}"
                         for n in ("out", "dq", "dk", "dv", "out_nograd"))
-        path = "gluon" if gluon_eligible(q, pad) else "triton"
-        record("check", f"L={length} d={dim} k={topk} pad={pad} {dtype} scale={(scale or [1.0])[0]} fwd={path}", 0.0,
+        paths = " ".join(f"{op}={'gluon' if test(q, pad) else 'triton'}"
+                         for op, test in (("fwd", gluon_eligible), ("bwd", gluon_bwd_eligible)))
+        record("check", f"L={length} d={dim} k={topk} pad={pad} {dtype} scale={(scale or [1.0])[0]} {paths}", 0.0,
                f"{errs} ok={res['ok']}")
         all_ok &= bool(res["ok"])
     parts = topk_edge_rows()
@@ -413,7 +414,7 @@ def explore_prefill(args, record, sections: set[str]) -> None:
     if "bwd_stages" in sections:
         explore_backward_stages(args, record, packs, vf)
     if "gluon_bwd" in sections:
-        explore_gluon_dq(args, record, packs, vf, topk)
+        explore_gluon_bwd(args, record, packs, vf, topk)
     if "full" not in sections:
         return
     record("full", "flash_sfa fwd (top-k + forward kernel)", time_ms(sfa_call(q, k, v, topk))[0],
@@ -525,12 +526,12 @@ def explore_gluon(args, record, packs: dict, v: torch.Tensor) -> None:
     record("gluon", "cudnn fwd sparse (same codes)", time_ms(sdpa_call("cudnn", *shaped))[0])
 
 
-def explore_gluon_dq(args, record, packs: dict, v: torch.Tensor, topk: int) -> None:
-    """The Gluon dQ kernel (``flash_sfa_bwd_gluon``) per --gluon-dq-configs against the Triton dQ kernel's output
-    (``launch_backward``'s dq with the Gluon dQ turned off) and time."""
+def explore_gluon_bwd(args, record, packs: dict, v: torch.Tensor, topk: int) -> None:
+    """The Gluon backward kernels (``flash_sfa_bwd_gluon``) per --gluon-dq-configs / --gluon-dkdv-configs against
+    the Triton kernels' outputs (``launch_backward`` with the Gluon backward turned off) and time."""
     from lra_sfa.kernels import flash_sfa as launcher
     from lra_sfa.kernels.flash_sfa import launch_backward, launch_forward, pad_bias, pad_rows
-    from lra_sfa.kernels.flash_sfa_bwd_gluon import gluon_dq
+    from lra_sfa.kernels.flash_sfa_bwd_gluon import gluon_dkdv, gluon_dq
 
     qd, kd = packs["q_dense"], packs["k_dense"]  # (B*H, L, D)
     batch_heads, length, dim = qd.shape
@@ -538,11 +539,11 @@ def explore_gluon_dq(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
     out, lse2 = launch_forward(qd, kd, v, bias, batch_heads, False)
     dout = torch.randn_like(out)
     q_idx, k_idx = (packs[f"{n}_idx"].reshape(batch_heads * length, topk) for n in ("q", "k"))
-    use_gluon, launcher.USE_GLUON_DQ = launcher.USE_GLUON_DQ, False
+    use_gluon, launcher.USE_GLUON_BWD = launcher.USE_GLUON_BWD, False
     try:
-        ref = launch_backward((qd, kd, v, out, lse2, bias, q_idx, k_idx), dout, batch_heads, False, topk, topk)[0]
+        ref = launch_backward((qd, kd, v, out, lse2, bias, q_idx, k_idx), dout, batch_heads, False, topk, topk)
     finally:
-        launcher.USE_GLUON_DQ = use_gluon
+        launcher.USE_GLUON_BWD = use_gluon
     lse_pad = pad_rows(lse2, float("inf"))
     delta = pad_rows((out.float() * dout.float()).sum(-1), 0.0)
     for block_m, block_n, stages, consumers, maxnreg, *regs in args.gluon_dq_configs:
@@ -552,10 +553,25 @@ def explore_gluon_dq(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
             f" consumer_regs {r}" for r in regs)
         try:
             got = run()
-            record("gluon_bwd", label, time_ms(run)[0], f"relerr_vs_triton={sfa_check.rel_err(got, ref):.1e} "
-                   f"maxdiff={(got.float() - ref.float()).abs().max().item():.1e}")
+            record("gluon_bwd", label, time_ms(run)[0], f"relerr_vs_triton={sfa_check.rel_err(got, ref[0]):.1e} "
+                   f"maxdiff={(got.float() - ref[0].float()).abs().max().item():.1e}")
         except Exception as exc:  # a config the compiler or the launch rejects is reported, not fatal
             record("gluon_bwd", label, float("nan"), repr(exc)[:300])
+    for block_m, block_n, stages, consumers, maxnreg, *regs in args.gluon_dkdv_configs:
+        run = partial(gluon_dkdv, qd, kd, v, dout, lse_pad, delta, k_idx, topk, block_m, block_n, stages,
+                      consumers, maxnreg, *regs)
+        label = f"gluon dkdv {block_m}x{block_n} s{stages} c{consumers} maxnreg {maxnreg}" + "".join(
+            f" consumer_regs {r}" for r in regs)
+        try:
+            got = run()
+            rel = max(sfa_check.rel_err(g, r) for g, r in zip(got, ref[1:]))
+            finite = all(bool(torch.isfinite(g).all()) for g in got)
+            record("gluon_bwd", label, time_ms(run)[0], f"relerr_vs_triton={rel:.1e} finite={finite}")
+        except Exception as exc:  # a config the compiler or the launch rejects is reported, not fatal
+            record("gluon_bwd", label, float("nan"), repr(exc)[:300])
+    record("gluon_bwd", "launch_backward (Gluon where eligible)",
+           time_ms(partial(launch_backward, (qd, kd, v, out, lse2, bias, q_idx, k_idx), dout, batch_heads, False,
+                           topk, topk))[0])
 
 
 def explore_backward_stages(args, record, packs: dict, v: torch.Tensor) -> None:
@@ -799,6 +815,10 @@ def parse_args(argv=None):
                         default=[(64, 64, 3, 2, 168, 240), (64, 128, 2, 2, 168, 240), (64, 64, 3, 1, 128)],
                         help="BLOCK_M,BLOCK_N,stages,consumers,maxnreg[,consumer_regs] of the Gluon dQ kernel for "
                         "--mode explore's gluon_bwd part")
+    parser.add_argument("--gluon-dkdv-configs", type=bwd_tuple, nargs="+",
+                        default=[(64, 64, 3, 2, 168, 240), (64, 64, 4, 2, 168, 240), (64, 64, 2, 1, 128)],
+                        help="BLOCK_M,BLOCK_N,stages,consumers,maxnreg[,consumer_regs] of the Gluon dK/dV kernel "
+                        "for --mode explore's gluon_bwd part (BLOCK_N keys per compute warpgroup)")
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 128, 8, 4), (64, 128, 8, 3), (32, 64, 4, 4)],
                         help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel for the bwd part of --mode explore")

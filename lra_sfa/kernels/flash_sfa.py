@@ -43,12 +43,19 @@ GLUON_CONFIGS = ((128, dict(block_m=64, block_n=128, stages=2, consumers=2, maxn
                  (GLUON_TILE, dict(block_m=64, block_n=64, stages=3, consumers=1, maxnreg=128)))
 
 
-# The backward's dQ runs the Gluon kernel (flash_sfa_bwd_gluon) where the forward would and L is a multiple of
-# 128 (two compute warpgroups of 64 rows); LRA_SFA_GLUON_DQ=0 keeps it on the Triton kernel. H200, 2026-11-29,
-# L=16K, d=128, k=8, B*H=16 (results/kernels/sfa_explore_2026-11-29_s11_gluon_dq.csv): 64x128 tiles, 2 stages
-# 4.14 ms; 64x64 3 stages 4.37, 4 stages 4.42, 2 stages 4.48; one warpgroup 4.59-6.09; Triton 128x64 w8 s3 4.70.
-USE_GLUON_DQ = os.environ.get("LRA_SFA_GLUON_DQ", "1") != "0"
+# The backward's dK/dV and dQ run the Gluon kernels (flash_sfa_bwd_gluon) where the forward would and L is a
+# multiple of 128 (two compute warpgroups of 64 rows); LRA_SFA_GLUON_BWD=0 keeps them on the Triton kernels.
+# H200, 2026-11-29, L=16K, d=128, k=8, B*H=16 (results/kernels/sfa_explore_2026-11-29_s11_gluon_dq.csv): dQ
+# 64x128 tiles, 2 stages 4.14 ms; 64x64 3 stages 4.37, 4 stages 4.42, 2 stages 4.48; one warpgroup 4.59-6.09;
+# Triton 128x64 w8 s3 4.70.
+USE_GLUON_BWD = os.environ.get("LRA_SFA_GLUON_BWD", "1") != "0"
 GLUON_DQ_CONFIG = dict(block_m=64, block_n=128, stages=2, consumers=2, maxnreg=168, consumer_regs=240)
+GLUON_DKDV_CONFIG = dict(block_m=64, block_n=64, stages=3, consumers=2, maxnreg=168, consumer_regs=240)
+
+
+def gluon_bwd_eligible(x: torch.Tensor, has_bias: bool) -> bool:
+    """Whether the backward of x (..., L, D) runs the Gluon kernels: as the forward, with L a multiple of 128."""
+    return USE_GLUON_BWD and gluon_eligible(x, has_bias) and x.shape[-2] % 128 == 0
 
 
 def gluon_config(length: int) -> dict:
@@ -218,6 +225,10 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
     block_r = max(1, 4096 // head_dim)
     bwd.delta_kernel[(triton.cdiv(rows, block_r),)](out, dout, delta, rows, length, l_pad, HEAD_DIM=head_dim,
                                                     BLOCK_R=block_r)
+    if gluon_bwd_eligible(qd, has_bias):
+        from lra_sfa.kernels.flash_sfa_bwd_gluon import gluon_dkdv, gluon_dq
+        dk, dv = gluon_dkdv(qd, kd, v, dout, lse_pad, delta, k_idx, topk_k, **GLUON_DKDV_CONFIG)
+        return gluon_dq(qd, kd, v, dout, lse_pad, delta, q_idx, topk_q, **GLUON_DQ_CONFIG), dk, dv
     dq, dk, dv = torch.empty_like(qd), torch.empty_like(kd), torch.empty_like(v)
     descs = {f"{name}_desc": tile_descriptor(t, 16)
              for name, t in (("Q", qd), ("K", kd), ("V", v), ("DO", dout), ("DQ", dq), ("DK", dk), ("DV", dv))}
@@ -229,10 +240,6 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
                      Delta_desc=row_descriptor(delta), Kidx=k_idx, TOPK=topk_k, FULL_SUPPORT=topk_k == head_dim)
     _run_bwd_kernel(bwd.dkdv_tuned, bwd.dkdv_kernel,
                     lambda meta: (triton.cdiv(length, meta["BLOCK_N"]), batch_heads), dkdv_args)
-    rows = GLUON_DQ_CONFIG["consumers"] * GLUON_DQ_CONFIG["block_m"]
-    if USE_GLUON_DQ and gluon_eligible(qd, has_bias) and length % rows == 0:
-        from lra_sfa.kernels.flash_sfa_bwd_gluon import gluon_dq
-        return gluon_dq(qd, kd, v, dout, lse_pad, delta, q_idx, topk_q, **GLUON_DQ_CONFIG), dk, dv
     dq_args = dict(common, DQ_desc=descs["DQ_desc"], Lse=lse_pad, Delta=delta, L_PAD=l_pad, Qidx=q_idx, TOPK=topk_q,
                    FULL_SUPPORT=topk_q == head_dim)
     _run_bwd_kernel(bwd.dq_tuned, bwd.dq_kernel,

@@ -158,3 +158,137 @@ def gluon_dq(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, dout: torch.Te
                            BLOCK_N=block_n, STAGES=stages, CONSUMERS=consumers, CONSUMER_REGS=consumer_regs,
                            num_warps=4, maxnreg=maxnreg)
     return dq
+
+
+@gluon.jit
+def _dkdv_consumer(k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_desc, dv_desc, Lse, Delta, Kidx,
+                   bh, row_k, n_tiles, L_PAD, qk_scale, sm_scale,
+                   HEAD_DIM: gl.constexpr, TOPK: gl.constexpr, FULL_SUPPORT: gl.constexpr, BLOCK_M: gl.constexpr,
+                   BLOCK_N: gl.constexpr, STAGES: gl.constexpr, IDX: gl.constexpr):
+    """One compute warpgroup: dK and dV of key rows row_k + IDX * BLOCK_N, BLOCK_N of them, over every query tile
+    of the shared Q/dO ring. Works on transposed tiles (keys x queries), so dS^T and P^T are matmul operands
+    straight from registers."""
+    WARPS: gl.constexpr = 4
+    dtype: gl.constexpr = k_smem.dtype
+    st_layout: gl.constexpr = wgmma_layout(WARPS, BLOCK_M)  # (N keys, M queries)
+    acc_layout: gl.constexpr = wgmma_layout(WARPS, HEAD_DIM)  # (N, D)
+    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    k_buf = k_smem.index(IDX)
+    v_buf = v_smem.index(IDX)
+    cols_m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, st_layout))
+    st_zero = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout)
+    dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
+    dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
+    mbarrier.wait(in_bar.index(IDX), 0)
+    for j in range(n_tiles):
+        slot = j % STAGES
+        lse = gl.load(Lse + bh * L_PAD + j * BLOCK_M + cols_m)  # (M,) base 2, +inf past L
+        delta = gl.load(Delta + bh * L_PAD + j * BLOCK_M + cols_m)  # (M,)
+        mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
+        q_t = q_smem.index(slot)
+        do_t = do_smem.index(slot)
+        s_t = warpgroup_mma(k_buf, q_t.permute((1, 0)), st_zero, use_acc=False)  # (N, M) = K Q^T
+        p_t = gl.exp2(s_t * qk_scale - lse[None, :])
+        dv = warpgroup_mma(gl.convert_layout(p_t.to(dtype), op_layout), do_t, dv)  # += P^T dO
+        dp_t = warpgroup_mma(v_buf, do_t.permute((1, 0)), st_zero, use_acc=False)  # (N, M) = V dO^T
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = warpgroup_mma(gl.convert_layout(ds_t.to(dtype), op_layout), q_t, dk)  # += dS^T Q
+        mbarrier.arrive(empty.index(slot))  # all four matmuls of this tile are done: its buffers go back
+    dk = dk * sm_scale
+    rows = row_k + IDX * BLOCK_N
+    if not FULL_SUPPORT:  # keep each key's top-k features (its packed ids), zero the rest
+        keys = (rows + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, acc_layout))).to(gl.int64)
+        cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, acc_layout))
+        keep = cols[None, :] < 0
+        for t in gl.static_range(TOPK):
+            ids = gl.load(Kidx + keys * TOPK + t).to(gl.int32)
+            keep = keep | (cols[None, :] == ids[:, None])
+        dk = gl.where(keep, dk, 0.0)
+    k_buf.store(dk.to(dtype))  # K's and V's buffers are free: every matmul has completed
+    v_buf.store(dv.to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(dk_desc, [rows, 0], k_buf)
+    tma.async_copy_shared_to_global(dv_desc, [rows, 0], v_buf)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _gluon_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, Lse, Delta, Kidx, L, L_PAD,
+                       qk_scale, sm_scale,
+                       HEAD_DIM: gl.constexpr, TOPK: gl.constexpr, FULL_SUPPORT: gl.constexpr,
+                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                       CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
+    gl.static_assert(num_warps == 4, "the default partition is one compute warpgroup")
+    dtype: gl.constexpr = k_desc.dtype
+    bh = gl.program_id(1)
+    row_k = bh * L + gl.program_id(0) * (CONSUMERS * BLOCK_N)  # first key row of this program, (B*H*L, D) views
+    n_tiles = L // BLOCK_M
+
+    k_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_N, HEAD_DIM], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_N, HEAD_DIM], v_desc.layout)
+    q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], q_desc.layout)
+    do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], do_desc.layout)
+    # every barrier allocated here is used (see _gluon_dq_kernel)
+    in_bar = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for c in gl.static_range(CONSUMERS):
+        mbarrier.init(in_bar.index(c), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=CONSUMERS)
+    for c in gl.static_range(CONSUMERS):
+        mbarrier.expect(in_bar.index(c), 2 * k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [row_k + c * BLOCK_N, 0], in_bar.index(c), k_smem.index(c))
+        tma.async_copy_global_to_shared(v_desc, [row_k + c * BLOCK_N, 0], in_bar.index(c), v_smem.index(c))
+
+    if CONSUMERS == 1:
+        gl.warp_specialize([
+            (_dkdv_consumer, (k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_desc, dv_desc, Lse, Delta,
+                              Kidx, bh, row_k, n_tiles, L_PAD, qk_scale, sm_scale,
+                              HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, 0)),
+            (_load_partition, (q_desc, do_desc, q_smem, do_smem, ready, empty, bh * L, n_tiles, BLOCK_M, STAGES)),
+        ], [1], [24])
+    else:
+        gl.warp_specialize([
+            (_dkdv_consumer, (k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_desc, dv_desc, Lse, Delta,
+                              Kidx, bh, row_k, n_tiles, L_PAD, qk_scale, sm_scale,
+                              HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, 0)),
+            (_dkdv_consumer, (k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_desc, dv_desc, Lse, Delta,
+                              Kidx, bh, row_k, n_tiles, L_PAD, qk_scale, sm_scale,
+                              HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, 1)),
+            (_load_partition, (q_desc, do_desc, q_smem, do_smem, ready, empty, bh * L, n_tiles, BLOCK_M, STAGES)),
+        ], [4, 1], [CONSUMER_REGS, 24])
+
+
+def gluon_dkdv(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, dout: torch.Tensor, lse_pad: torch.Tensor,
+               delta: torch.Tensor, k_idx: torch.Tensor, topk_k: int, block_m: int = 64, block_n: int = 64,
+               stages: int = 3, consumers: int = 2, maxnreg: int = 168,
+               consumer_regs: int = 240) -> tuple[torch.Tensor, torch.Tensor]:
+    """dK (masked to k's top-k support) and dV, each (B*H, L, D), of the FlashSFA backward; arguments as
+    ``gluon_dq``'s, with k's packed ids (B*H*L, topk_k). ``block_n`` keys per compute warpgroup, ``block_m``
+    queries per tile of the Q/dO ring."""
+    batch_heads, length, head_dim = qd.shape
+    if qd.dtype not in (torch.float16, torch.bfloat16) or not (qd.dtype == kd.dtype == v.dtype == dout.dtype):
+        raise ValueError(f"gluon_dkdv: needs one 16-bit dtype; got {qd.dtype}, {kd.dtype}, {v.dtype}, "
+                         f"{dout.dtype}")
+    rows = consumers * block_n
+    if head_dim != 128 or consumers not in (1, 2) or length % rows or length % block_m:
+        raise ValueError(f"gluon_dkdv: head_dim={head_dim} must be 128, consumers={consumers} 1 or 2, L={length} "
+                         f"a multiple of consumers*BLOCK_N={rows} and BLOCK_M={block_m}")
+    dk, dv = torch.empty_like(kd), torch.empty_like(v)
+    gl_dtype = gl.float16 if qd.dtype == torch.float16 else gl.bfloat16
+
+    def desc(x: torch.Tensor, rows: int) -> TensorDescriptor:
+        flat = x.reshape(batch_heads * length, head_dim)
+        layout = gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl_dtype)
+        return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [rows, head_dim], layout)
+
+    grid = (length // rows, batch_heads)
+    _gluon_dkdv_kernel[grid](desc(qd, block_m), desc(kd, block_n), desc(v, block_n), desc(dout, block_m),
+                             desc(dk, block_n), desc(dv, block_n), lse_pad, delta, k_idx, length, lse_pad.shape[1],
+                             LOG2E / math.sqrt(head_dim), 1.0 / math.sqrt(head_dim),
+                             HEAD_DIM=head_dim, TOPK=topk_k, FULL_SUPPORT=topk_k == head_dim, BLOCK_M=block_m,
+                             BLOCK_N=block_n, STAGES=stages, CONSUMERS=consumers, CONSUMER_REGS=consumer_regs,
+                             num_warps=4, maxnreg=maxnreg)
+    return dk, dv

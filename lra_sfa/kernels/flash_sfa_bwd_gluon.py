@@ -164,7 +164,7 @@ def gluon_dq(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, dout: torch.Te
 def _dkdv_consumer(k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_desc, dv_desc, Lse, Delta, Kidx,
                    bh, row_k, n_tiles, L_PAD, qk_scale, sm_scale,
                    HEAD_DIM: gl.constexpr, TOPK: gl.constexpr, FULL_SUPPORT: gl.constexpr, BLOCK_M: gl.constexpr,
-                   BLOCK_N: gl.constexpr, STAGES: gl.constexpr, IDX: gl.constexpr):
+                   BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PREFETCH: gl.constexpr, IDX: gl.constexpr):
     """One compute warpgroup: dK and dV of key rows row_k + IDX * BLOCK_N, BLOCK_N of them, over every query tile
     of the shared Q/dO ring. Works on transposed tiles (keys x queries), so dS^T and P^T are matmul operands
     straight from registers."""
@@ -179,11 +179,23 @@ def _dkdv_consumer(k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_des
     st_zero = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout)
     dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
     dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
+    lse_row = Lse + bh * L_PAD + cols_m
+    delta_row = Delta + bh * L_PAD + cols_m
+    lse = gl.load(lse_row)  # (M,) base 2, +inf past L
+    delta = gl.load(delta_row)  # (M,)
     mbarrier.wait(in_bar.index(IDX), 0)
     for j in range(n_tiles):
         slot = j % STAGES
-        lse = gl.load(Lse + bh * L_PAD + j * BLOCK_M + cols_m)  # (M,) base 2, +inf past L
-        delta = gl.load(Delta + bh * L_PAD + j * BLOCK_M + cols_m)  # (M,)
+        # PREFETCH 1: the next tile's lse2 a whole iteration ahead of its use (the last tile re-reads); 2: and delta
+        nxt = gl.minimum(j + 1, n_tiles - 1) * BLOCK_M
+        if PREFETCH >= 1:
+            lse_next = gl.load(lse_row + nxt)
+        else:
+            lse = gl.load(lse_row + j * BLOCK_M)
+        if PREFETCH >= 2:
+            delta_next = gl.load(delta_row + nxt)
+        else:
+            delta = gl.load(delta_row + j * BLOCK_M)
         mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
         q_t = q_smem.index(slot)
         do_t = do_smem.index(slot)
@@ -194,6 +206,10 @@ def _dkdv_consumer(k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_des
         ds_t = p_t * (dp_t - delta[None, :])
         dk = warpgroup_mma(gl.convert_layout(ds_t.to(dtype), op_layout), q_t, dk)  # += dS^T Q
         mbarrier.arrive(empty.index(slot))  # all four matmuls of this tile are done: its buffers go back
+        if PREFETCH >= 1:
+            lse = lse_next
+        if PREFETCH >= 2:
+            delta = delta_next
     dk = dk * sm_scale
     rows = row_k + IDX * BLOCK_N
     if not FULL_SUPPORT:  # keep each key's top-k features (its packed ids), zero the rest
@@ -216,7 +232,7 @@ def _dkdv_consumer(k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_des
 def _gluon_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, Lse, Delta, Kidx, L, L_PAD,
                        qk_scale, sm_scale,
                        HEAD_DIM: gl.constexpr, TOPK: gl.constexpr, FULL_SUPPORT: gl.constexpr,
-                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PREFETCH: gl.constexpr,
                        CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
     gl.static_assert(num_warps == 4, "the default partition is one compute warpgroup")
     dtype: gl.constexpr = k_desc.dtype
@@ -246,28 +262,28 @@ def _gluon_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, Lse, D
         gl.warp_specialize([
             (_dkdv_consumer, (k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_desc, dv_desc, Lse, Delta,
                               Kidx, bh, row_k, n_tiles, L_PAD, qk_scale, sm_scale,
-                              HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, 0)),
+                              HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, PREFETCH, 0)),
             (_load_partition, (q_desc, do_desc, q_smem, do_smem, ready, empty, bh * L, n_tiles, BLOCK_M, STAGES)),
         ], [1], [24])
     else:
         gl.warp_specialize([
             (_dkdv_consumer, (k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_desc, dv_desc, Lse, Delta,
                               Kidx, bh, row_k, n_tiles, L_PAD, qk_scale, sm_scale,
-                              HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, 0)),
+                              HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, PREFETCH, 0)),
             (_dkdv_consumer, (k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_desc, dv_desc, Lse, Delta,
                               Kidx, bh, row_k, n_tiles, L_PAD, qk_scale, sm_scale,
-                              HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, 1)),
+                              HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, PREFETCH, 1)),
             (_load_partition, (q_desc, do_desc, q_smem, do_smem, ready, empty, bh * L, n_tiles, BLOCK_M, STAGES)),
         ], [4, 1], [CONSUMER_REGS, 24])
 
 
 def gluon_dkdv(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, dout: torch.Tensor, lse_pad: torch.Tensor,
                delta: torch.Tensor, k_idx: torch.Tensor, topk_k: int, block_m: int = 64, block_n: int = 64,
-               stages: int = 3, consumers: int = 2, maxnreg: int = 168,
-               consumer_regs: int = 240) -> tuple[torch.Tensor, torch.Tensor]:
+               stages: int = 3, consumers: int = 2, maxnreg: int = 168, consumer_regs: int = 240,
+               prefetch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """dK (masked to k's top-k support) and dV, each (B*H, L, D), of the FlashSFA backward; arguments as
     ``gluon_dq``'s, with k's packed ids (B*H*L, topk_k). ``block_n`` keys per compute warpgroup, ``block_m``
-    queries per tile of the Q/dO ring."""
+    queries per tile of the Q/dO ring; ``prefetch`` 1 loads each tile's lse2 one iteration early, 2 its delta too."""
     batch_heads, length, head_dim = qd.shape
     if qd.dtype not in (torch.float16, torch.bfloat16) or not (qd.dtype == kd.dtype == v.dtype == dout.dtype):
         raise ValueError(f"gluon_dkdv: needs one 16-bit dtype; got {qd.dtype}, {kd.dtype}, {v.dtype}, "
@@ -289,6 +305,6 @@ def gluon_dkdv(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, dout: torch.
                              desc(dk, block_n), desc(dv, block_n), lse_pad, delta, k_idx, length, lse_pad.shape[1],
                              LOG2E / math.sqrt(head_dim), 1.0 / math.sqrt(head_dim),
                              HEAD_DIM=head_dim, TOPK=topk_k, FULL_SUPPORT=topk_k == head_dim, BLOCK_M=block_m,
-                             BLOCK_N=block_n, STAGES=stages, CONSUMERS=consumers, CONSUMER_REGS=consumer_regs,
-                             num_warps=4, maxnreg=maxnreg)
+                             BLOCK_N=block_n, STAGES=stages, PREFETCH=int(prefetch), CONSUMERS=consumers,
+                             CONSUMER_REGS=consumer_regs, num_warps=4, maxnreg=maxnreg)
     return dk, dv

@@ -561,7 +561,7 @@ def explore_gluon_bwd(args, record, packs: dict, v: torch.Tensor, topk: int) -> 
         run = partial(gluon_dkdv, qd, kd, v, dout, lse_pad, delta, k_idx, topk, block_m, block_n, stages,
                       consumers, maxnreg, *regs)
         label = f"gluon dkdv {block_m}x{block_n} s{stages} c{consumers} maxnreg {maxnreg}" + "".join(
-            f" consumer_regs {r}" for r in regs)
+            f" {name} {r}" for name, r in zip(("consumer_regs", "prefetch"), regs))
         try:
             got = run()
             rel = max(sfa_check.rel_err(g, r) for g, r in zip(got, ref[1:]))
@@ -816,9 +816,9 @@ def parse_args(argv=None):
                         help="BLOCK_M,BLOCK_N,stages,consumers,maxnreg[,consumer_regs] of the Gluon dQ kernel for "
                         "--mode explore's gluon_bwd part")
     parser.add_argument("--gluon-dkdv-configs", type=bwd_tuple, nargs="+",
-                        default=[(64, 64, 3, 2, 168, 240), (64, 64, 4, 2, 168, 240), (64, 64, 2, 1, 128)],
-                        help="BLOCK_M,BLOCK_N,stages,consumers,maxnreg[,consumer_regs] of the Gluon dK/dV kernel "
-                        "for --mode explore's gluon_bwd part (BLOCK_N keys per compute warpgroup)")
+                        default=[(64, 64, 3, 2, 168, 240, 1), (64, 64, 4, 2, 168, 240, 1), (64, 64, 3, 2, 168, 240)],
+                        help="BLOCK_M,BLOCK_N,stages,consumers,maxnreg[,consumer_regs[,prefetch]] of the Gluon dK/dV "
+                        "kernel for --mode explore's gluon_bwd part (BLOCK_N keys per compute warpgroup)")
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 128, 8, 4), (64, 128, 8, 3), (32, 64, 4, 4)],
                         help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel for the bwd part of --mode explore")

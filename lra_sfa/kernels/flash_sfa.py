@@ -48,11 +48,12 @@ GLUON_CONFIGS = ((128, dict(block_m=64, block_n=128, stages=2, consumers=2, maxn
 # H200, 2026-11-29, L=16K, d=128, k=8, B*H=16 (results/kernels/sfa_explore_2026-11-29_s11_gluon_{dq,bwd}.csv):
 # dQ 64x128 tiles, 2 stages 4.14-4.21 ms; 64x64 3 stages 4.37, 4 stages 4.42, 2 stages 4.48; one warpgroup
 # 4.59-6.09; Triton 128x64 w8 s3 4.70. dK/dV 64 queries x 64 keys per warpgroup, 4 stages 6.18 ms; 3 stages 6.23,
-# 2 stages 6.34; one warpgroup 6.62 (2 stages), 9.26 (3); Triton 64x128 w8 s4 6.52. Whole backward 10.51 ms
-# against 11.29 with the Triton kernels (session 9).
+# 2 stages 6.34; one warpgroup 6.62 (2 stages), 9.26 (3); Triton 64x128 w8 s4 6.52. Loading lse2 one iteration
+# ahead (``..._s11_gluon_dkdv_prefetch.csv``): 6.08 ms (3 stages), 6.10 (4), against 6.32 in the same call; delta
+# too: 6.92-7.44 (the registers spill). Whole backward 10.51 ms against 11.29 with the Triton kernels (session 9).
 USE_GLUON_BWD = os.environ.get("LRA_SFA_GLUON_BWD", "1") != "0"
 GLUON_DQ_CONFIG = dict(block_m=64, block_n=128, stages=2, consumers=2, maxnreg=168, consumer_regs=240)
-GLUON_DKDV_CONFIG = dict(block_m=64, block_n=64, stages=4, consumers=2, maxnreg=168, consumer_regs=240)
+GLUON_DKDV_CONFIG = dict(block_m=64, block_n=64, stages=3, consumers=2, maxnreg=168, consumer_regs=240, prefetch=1)
 
 
 def gluon_bwd_eligible(x: torch.Tensor, has_bias: bool) -> bool:

@@ -375,7 +375,7 @@ def explore_prefill(args, record, sections: set[str]) -> None:
     from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
     from lra_sfa.kernels.flash_sfa_variants import ABLATION_MODES, run_variant
 
-    length, dim, topk = args.explore_length, 128, args.topks[0]
+    length, dim, topk = args.explore_length, args.explore_dim, args.topks[0]
     q, k, v = random_qkv(1, 16, length, dim, torch.bfloat16, seed=1)
     flat = (16, length, dim)
     packs = {}
@@ -781,6 +781,7 @@ def parse_args(argv=None):
     parser.add_argument("--rep-ms", type=float, default=300.0)
     parser.add_argument("--budget-s", type=float, default=420.0)
     parser.add_argument("--explore-length", type=int, default=16384)
+    parser.add_argument("--explore-dim", type=int, default=128, help="head dim of --mode explore's prefill parts")
     parser.add_argument("--topk-rows", type=int, default=2**20)
     parser.add_argument("--ops", nargs="+", default=["fwd", "fwd_bwd", "decode"], choices=("fwd", "fwd_bwd", "decode"),
                         help="ops the sweep measures")

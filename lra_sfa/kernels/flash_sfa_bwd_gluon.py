@@ -139,8 +139,8 @@ def gluon_dq(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, dout: torch.Te
     if qd.dtype not in (torch.float16, torch.bfloat16) or not (qd.dtype == kd.dtype == v.dtype == dout.dtype):
         raise ValueError(f"gluon_dq: needs one 16-bit dtype; got {qd.dtype}, {kd.dtype}, {v.dtype}, {dout.dtype}")
     rows = consumers * block_m
-    if head_dim != 128 or consumers not in (1, 2) or length % rows or length % block_n:
-        raise ValueError(f"gluon_dq: head_dim={head_dim} must be 128, consumers={consumers} 1 or 2, L={length} a "
+    if head_dim not in (64, 128) or consumers not in (1, 2) or length % rows or length % block_n:
+        raise ValueError(f"gluon_dq: head_dim={head_dim} must be 64 or 128, consumers={consumers} 1 or 2, L={length} a "
                          f"multiple of consumers*BLOCK_M={rows} and BLOCK_N={block_n}")
     dq = torch.empty_like(qd)
     gl_dtype = gl.float16 if qd.dtype == torch.float16 else gl.bfloat16
@@ -289,8 +289,8 @@ def gluon_dkdv(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, dout: torch.
         raise ValueError(f"gluon_dkdv: needs one 16-bit dtype; got {qd.dtype}, {kd.dtype}, {v.dtype}, "
                          f"{dout.dtype}")
     rows = consumers * block_n
-    if head_dim != 128 or consumers not in (1, 2) or length % rows or length % block_m:
-        raise ValueError(f"gluon_dkdv: head_dim={head_dim} must be 128, consumers={consumers} 1 or 2, L={length} "
+    if head_dim not in (64, 128) or consumers not in (1, 2) or length % rows or length % block_m:
+        raise ValueError(f"gluon_dkdv: head_dim={head_dim} must be 64 or 128, consumers={consumers} 1 or 2, L={length} "
                          f"a multiple of consumers*BLOCK_N={rows} and BLOCK_M={block_m}")
     dk, dv = torch.empty_like(kd), torch.empty_like(v)
     gl_dtype = gl.float16 if qd.dtype == torch.float16 else gl.bfloat16

@@ -296,6 +296,10 @@ def test_gluon_forward_only_where_it_applies(monkeypatch):
                          ((2, 128, 128), torch.float32)):
         other = type("FakeCuda", (), {"device": torch.device("cuda"), "dtype": dtype, "shape": shape})()
         assert not launcher.gluon_eligible(other, False)
+    assert launcher.gluon_bwd_eligible(fake_cuda, False) and not launcher.gluon_bwd_eligible(fake_cuda, True)
+    for shape, ok in (((2, 128, 64), True), ((2, 192, 128), False), ((2, 128, 32), False)):
+        other = type("FakeCuda", (), {"device": torch.device("cuda"), "dtype": torch.bfloat16, "shape": shape})()
+        assert launcher.gluon_bwd_eligible(other, False) == ok  # backward: D 64 or 128, L a multiple of 128
     assert launcher.gluon_config(256)["consumers"] == 2 and launcher.gluon_config(192)["consumers"] == 1
     assert launcher.gluon_config(128)["block_n"] == 128 and launcher.gluon_config(64)["block_n"] == 64
     monkeypatch.setattr(launcher.torch.cuda, "get_device_capability", lambda device=None: (10, 0))
@@ -303,6 +307,7 @@ def test_gluon_forward_only_where_it_applies(monkeypatch):
     monkeypatch.setattr(launcher, "USE_GLUON", False)
     monkeypatch.setattr(launcher.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert not launcher.gluon_eligible(fake_cuda, False)  # LRA_SFA_GLUON=0
+    assert not launcher.gluon_bwd_eligible(fake_cuda, False)
 
 
 @pytest.mark.parametrize("bad", ["head_dim", "dtype", "topk", "mask", "mixed"])

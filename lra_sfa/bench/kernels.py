@@ -62,10 +62,12 @@ EXPLORE_CHECKS = [(1, 64, 8, False, torch.bfloat16), (100, 128, 8, True, torch.b
                   (1000, 128, 16, True, torch.bfloat16), (4097, 64, 8, False, torch.bfloat16),
                   (777, 32, 4, True, torch.float16), (300, 128, 8, True, torch.float32),
                   (2048, 128, 128, False, torch.bfloat16), (4096, 128, 8, False, torch.bfloat16),
-                  (1024, 128, 8, False, torch.bfloat16, 40.0), (1984, 128, 16, False, torch.bfloat16)]
-# (L, D, topk, padding, dtype[, input scale]) full reference; the last four meet the Gluon forward's limits on an
-# H200: 2048, 4096 and 1024 (with a bound so loose that every block takes the online fallback) run its two-warpgroup
-# launch, 1984 (a multiple of 64, not of 128) its one-warpgroup launch (flash_sfa.gluon_config)
+                  (1024, 128, 8, False, torch.bfloat16, 40.0), (1984, 128, 16, False, torch.bfloat16),
+                  (2048, 64, 16, False, torch.bfloat16)]
+# (L, D, topk, padding, dtype[, input scale]) full reference. On an H200, 2048, 4096 and 1024 at D=128 (the last
+# with a bound so loose that every block takes the online fallback) run the Gluon forward's two-warpgroup launch and
+# the Gluon backward, 1984 (a multiple of 64, not of 128) the one-warpgroup forward and the Triton backward
+# (flash_sfa.gluon_config), 2048 at D=64 the Triton forward and the Gluon backward
 EXPLORE_SECTIONS = ("checks", "topk", "fwd", "fwd_stages", "gluon", "variants", "bwd", "bwd_stages", "gluon_bwd",
                     "full", "decode")
 

@@ -51,14 +51,17 @@ GLUON_CONFIGS = ((128, dict(block_m=64, block_n=128, stages=2, consumers=2, maxn
 # 2 stages 6.34; one warpgroup 6.62 (2 stages), 9.26 (3); Triton 64x128 w8 s4 6.52. Loading lse2 one iteration
 # ahead (``..._s11_gluon_dkdv_prefetch.csv``): 6.08 ms (3 stages), 6.10 (4), against 6.32 in the same call; delta
 # too: 6.92-7.44 (the registers spill). Whole backward 10.51 ms against 11.29 with the Triton kernels (session 9).
+# d=64, L=32K, k=16 (``..._s11_gluon_d64.csv``): dQ 10.53 ms, dK/dV 16.12 (prefetch off: 20.16), the Triton
+# backward 27.72; the d=64 Gluon forward (9.02 ms, kernel only) is not faster than the Triton one (8.51 with top-k).
 USE_GLUON_BWD = os.environ.get("LRA_SFA_GLUON_BWD", "1") != "0"
 GLUON_DQ_CONFIG = dict(block_m=64, block_n=128, stages=2, consumers=2, maxnreg=168, consumer_regs=240)
 GLUON_DKDV_CONFIG = dict(block_m=64, block_n=64, stages=3, consumers=2, maxnreg=168, consumer_regs=240, prefetch=1)
 
 
 def gluon_bwd_eligible(x: torch.Tensor, has_bias: bool) -> bool:
-    """Whether the backward of x (..., L, D) runs the Gluon kernels: as the forward, with L a multiple of 128."""
-    return USE_GLUON_BWD and gluon_eligible(x, has_bias) and x.shape[-2] % 128 == 0
+    """Whether the backward of x (..., L, D) runs the Gluon kernels: D = 64 or 128, L a multiple of 128, and what
+    the forward's needs besides (the d=64 forward stays on the Triton kernel, faster there)."""
+    return USE_GLUON_BWD and x.shape[-1] in (64, 128) and x.shape[-2] % 128 == 0 and _gluon_device(x, has_bias)
 
 
 def gluon_config(length: int) -> dict:
@@ -75,15 +78,20 @@ def _gluon_available() -> bool:
     return True
 
 
+def _gluon_device(x: torch.Tensor, has_bias: bool) -> bool:
+    """What every Gluon kernel here needs: CUDA sm_90, fp16 / bf16, no padding mask, not the interpreter."""
+    if not USE_GLUON or fwd.interpreting() or has_bias or x.device.type != "cuda":
+        return False
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    return torch.cuda.get_device_capability(x.device) == (9, 0) and _gluon_available()
+
+
 def gluon_eligible(x: torch.Tensor, has_bias: bool) -> bool:
     """Whether the forward of x (..., L, D) runs the Gluon kernel (``flash_sfa_gluon``): CUDA sm_90, fp16 / bf16,
     D = 128, L a multiple of 64, no padding mask, and not under the interpreter. Other shapes run the Triton
     kernel, which the Gluon one matches bit for bit where both apply (GPU checks)."""
-    if not USE_GLUON or fwd.interpreting() or has_bias or x.device.type != "cuda":
-        return False
-    if x.dtype not in (torch.float16, torch.bfloat16) or x.shape[-1] != 128 or x.shape[-2] % GLUON_TILE:
-        return False
-    return torch.cuda.get_device_capability(x.device) == (9, 0) and _gluon_available()
+    return x.shape[-1] == 128 and x.shape[-2] % GLUON_TILE == 0 and _gluon_device(x, has_bias)
 
 
 def check_inputs(q, k, v, topk_q: int, topk_k: int, key_padding_mask) -> None:

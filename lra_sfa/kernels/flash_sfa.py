@@ -185,9 +185,9 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: to
     batch_heads, length, head_dim = qd.shape
     if fuse_topk_q and qd.element_size() != 2:
         raise ValueError(f"launch_forward: fuse_topk_q needs fp16/bf16 q, got {qd.dtype}")
-    if config is None and not fuse_topk_q and gluon_eligible(qd, has_bias):
+    if config is None and gluon_eligible(qd, has_bias):
         from lra_sfa.kernels.flash_sfa_gluon import gluon_ws_forward
-        return gluon_ws_forward(qd, kd, v, **gluon_config(length))
+        return gluon_ws_forward(qd, kd, v, topk_q=fuse_topk_q, **gluon_config(length))
     out = torch.empty_like(v)
     lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
     descs = {f"{name}_desc": tile_descriptor(t, 16) for name, t in (("Q", qd), ("K", kd), ("V", v), ("O", out))}
@@ -288,8 +288,6 @@ def _forward_only(q, k, v, topk_q: int, topk_k: int, key_padding_mask) -> tuple[
     batch, heads, length, head_dim = q.shape
     flat = (batch * heads, length, head_dim)
     fuse = topk_q if q.element_size() == 2 and topk_q < head_dim else 0
-    if gluon_eligible(q, key_padding_mask is not None):  # the Gluon forward takes q's codes from topk_pack
-        fuse = 0
     with torch.no_grad():
         qd = q if fuse else topk_pack(q, topk_q)[2]
         _, _, kd = topk_pack(k, topk_k)

@@ -73,13 +73,28 @@ def _load_partition(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles
 
 
 @gluon.jit
-def _row_offsets(q_buf, KBound, bh, qk_scale, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, WARPS: gl.constexpr):
+def _query_codes(q_buf, KBound, bh, qk_scale, TOPK_Q: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+                 WARPS: gl.constexpr):
     """Per query row of q_buf (M, D) in shared memory: an upper bound of its scaled scores against every key,
-    sum_d max(q_d * kmax_d, q_d * kmin_d) * scale, from the key codes' per-feature range (KBound)."""
+    sum_d max(q_d * kmax_d, q_d * kmin_d) * scale, from the key codes' per-feature range (KBound).
+
+    With TOPK_Q > 0, q_buf holds dense q: first each row keeps its TOPK_Q largest |q| (the keys and rounds of
+    ``topk_pack.entry_keys`` / ``take_largest``, so the same support, ties to the lowest index) and the codes go
+    back into q_buf for the matmuls."""
     blocked: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[4, 8],
                                              warps_per_cta=[WARPS, 1], order=[1, 0])
-    qf = q_buf.load(blocked).to(gl.float32)  # (M, D)
+    q = q_buf.load(blocked)  # (M, D)
     cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, blocked))
+    if TOPK_Q > 0:
+        bits = q.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+        key = ((bits & 0x7FFF) << 16) | ((HEAD_DIM - 1 - cols[None, :]) << 8) | (bits >> 15)
+        for _ in gl.static_range(TOPK_Q):
+            best = gl.max(key, axis=1)
+            key = gl.where(key == best[:, None], -1, key)
+        q = gl.where(key < 0, q, gl.zeros_like(q))
+        q_buf.store(q)
+        fence_async_shared()  # the codes are read next by the warpgroup's matmuls (the async proxy)
+    qf = q.to(gl.float32)
     kmax = gl.load(KBound + bh * 2 * HEAD_DIM + cols)
     kmin = gl.load(KBound + bh * 2 * HEAD_DIM + HEAD_DIM + cols)
     bound = gl.sum(gl.maximum(qf * kmax[None, :], qf * kmin[None, :]), axis=1) * qk_scale
@@ -141,7 +156,7 @@ def _online_rows(q_buf, k_buf, v_buf, bar, k_desc, v_desc, row_k, n_tiles, qk_sc
 @gluon.jit
 def _consumer_partition(q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, k_desc, v_desc, o_desc,
                         KBound, Lse, bh, row_q, row_k, n_tiles, qk_scale,
-                        HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                        TOPK_Q: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                         STAGES: gl.constexpr, IDX: gl.constexpr):
     """One compute warpgroup: query rows row_q + IDX * BLOCK_M, BLOCK_M of them, against the shared K/V ring;
     writes their O and lse2."""
@@ -150,7 +165,7 @@ def _consumer_partition(q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_ba
     q_buf = q_smem.index(IDX)
     rows = row_q + IDX * BLOCK_M
     mbarrier.wait(q_bar.index(IDX), 0)
-    offset = _row_offsets(q_buf, KBound, bh, qk_scale, HEAD_DIM, BLOCK_N, WARPS)
+    offset = _query_codes(q_buf, KBound, bh, qk_scale, TOPK_Q, HEAD_DIM, BLOCK_N, WARPS)
     acc, l_i = _bounded_loop(q_buf, k_smem, v_smem, ready, empty, offset, n_tiles, qk_scale,
                              HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, WARPS)
     mbarrier.arrive(done)  # this warpgroup is through the ring
@@ -170,7 +185,7 @@ def _consumer_partition(q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_ba
 
 @gluon.jit
 def _gluon_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scale,
-                         HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                         TOPK_Q: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                          STAGES: gl.constexpr, CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                          num_warps: gl.constexpr):
     gl.static_assert(num_warps == 4, "the default partition is one compute warpgroup")
@@ -204,29 +219,30 @@ def _gluon_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scal
         gl.warp_specialize([
             (_consumer_partition, (q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, k_desc, v_desc, o_desc,
                                    KBound, Lse, bh, row_q, row_k, n_tiles, qk_scale,
-                                   HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 0)),
+                                   TOPK_Q, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 0)),
             (_load_partition, (k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles, BLOCK_N, STAGES)),
         ], [1], [24])
     else:
         gl.warp_specialize([
             (_consumer_partition, (q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, k_desc, v_desc, o_desc,
                                    KBound, Lse, bh, row_q, row_k, n_tiles, qk_scale,
-                                   HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 0)),
+                                   TOPK_Q, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 0)),
             (_consumer_partition, (q_smem, k_smem, v_smem, q_bar, ready, empty, done, fb_bar, k_desc, v_desc, o_desc,
                                    KBound, Lse, bh, row_q, row_k, n_tiles, qk_scale,
-                                   HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 1)),
+                                   TOPK_Q, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 1)),
             (_load_partition, (k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles, BLOCK_N, STAGES)),
         ], [4, 1], [CONSUMER_REGS, 24])
 
 
 def gluon_ws_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_m: int = 64, block_n: int = 64,
-                     stages: int = 3, consumers: int = 1, maxnreg: int = 128,
-                     consumer_regs: int = 232) -> tuple[torch.Tensor, torch.Tensor]:
+                     stages: int = 3, consumers: int = 1, maxnreg: int = 128, consumer_regs: int = 232,
+                     topk_q: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounded FlashSFA forward on (B*H, L, D) codes qd, kd and dense v: returns out (B*H, L, D), lse2 (B*H, L).
 
     Each program runs ``consumers`` compute warpgroups (1 or 2) of ``block_m`` query rows each over one shared
     ring of ``stages`` K/V tiles of ``block_n`` keys; ``maxnreg`` caps the registers per thread at launch and
-    ``consumer_regs`` is what the second compute warpgroup asks for (``setmaxnreg``)."""
+    ``consumer_regs`` is what the second compute warpgroup asks for (``setmaxnreg``). With ``topk_q`` > 0, qd is
+    the dense q and the kernel keeps each row's ``topk_q`` largest entries itself (as ``topk_pack``)."""
     from lra_sfa.kernels.flash_sfa import key_code_range
 
     batch_heads, length, head_dim = qd.shape
@@ -250,6 +266,7 @@ def gluon_ws_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_
     grid = (length // rows, batch_heads)
     _gluon_ws_fwd_kernel[grid](desc(qd, block_m), desc(kd, block_n), desc(v, block_n), desc(out, block_m),
                                key_code_range(kd), lse2, length, LOG2E / math.sqrt(head_dim),
+                               TOPK_Q=topk_q if topk_q < head_dim else 0,
                                HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
                                CONSUMERS=consumers, CONSUMER_REGS=consumer_regs, num_warps=4, maxnreg=maxnreg)
     return out, lse2

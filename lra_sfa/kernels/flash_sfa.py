@@ -6,9 +6,11 @@ kernel (``flash_sfa_fwd.py``; on Hopper, for the shapes ``gluon_eligible``
 names, the warp-specialised Gluon kernel of ``flash_sfa_gluon.py``) on the
 codes and dense v. Without autograd
 (inference, evaluation) and for 16-bit inputs, q's top-k runs inside the
-forward kernel instead (``fuse_topk_q``): one pass over q fewer. Backward: the
-three kernels of ``flash_sfa_bwd.py``; dQ and dK are masked to the top-k
-support (the training path keeps topk_pack for q: the backward needs its ids).
+forward kernel instead (``fuse_topk_q``, both kernels): one pass over q fewer.
+Backward: the three kernels of ``flash_sfa_bwd.py`` (on Hopper, for the shapes
+``gluon_bwd_eligible`` names, delta there and dK/dV and dQ by the Gluon kernels
+of ``flash_sfa_bwd_gluon.py``); dQ and dK are masked to the top-k support (the
+training path keeps topk_pack for q: the backward needs its ids).
 
 The launcher checks device, dtypes, head dim, shapes and the mask, and raises
 a ValueError naming the offending value; it never falls back to another

@@ -12,6 +12,10 @@ What it computes
     ``_delta_kernel`` (rowsum), ``_dkdv_kernel`` (one program per key block,
     looping over query blocks) and ``_dq_kernel`` (one program per query
     block, looping over key blocks); no atomics, so results are deterministic.
+    On the H200, for bf16 / fp16 at head_dim 64 or 128 with L a multiple of
+    128 and no padding, ``flash_sfa_bwd_gluon`` replaces the last two with
+    warp-specialised Gluon kernels of the same math (faster there; numbers
+    in that file); this file runs every other shape and the CPU interpreter.
     Q, K, V, dO tiles load and dQ, dK, dV tiles store through TMA tensor
     descriptors over (B*H, L, D) views, so rows past L are zero-filled on load
     and dropped on store by the hardware.

@@ -10,30 +10,48 @@ What it computes
     as in the Triton kernel. Writes O and lse2.
 
 How
-    Gluon (Triton's explicit dialect) with warp specialisation: one producer
-    warp (24 registers) streams K/V tiles by TMA into a ring of STAGES buffers
-    (``ready`` / ``empty`` mbarriers), and the compute warpgroup runs the
-    matmuls and the softmax; ``maxnreg`` 128 keeps two programs per SM. The
-    Triton kernel issues its TMA loads from the compute warps.
+    Gluon (Triton's explicit dialect) with warp specialisation. One producer
+    warp (24 registers) streams K/V tiles by TMA into a ring of STAGES
+    buffers (``ready`` / ``empty`` mbarriers). CONSUMERS compute warpgroups
+    (1 or 2, each a partition of 4 warps with its own 64 query rows) take
+    every tile from that ring; ``empty`` counts one arrival per warpgroup,
+    so two warpgroups share each K/V tile. Each warpgroup computes its rows'
+    bound, runs the loop, redoes its rows online if needed (after every
+    warpgroup is through the ring, in ring slot IDX), and writes O through
+    its Q buffer by TMA. With TOPK_Q > 0 (the forward-only path) it first
+    keeps each row's TOPK_Q largest |q| itself, as ``topk_pack`` would.
+    Launches (``flash_sfa.gluon_config``): two warpgroups over 128-key tiles
+    (2 stages, 240 registers each by ``setmaxnreg`` under ``maxnreg`` 168)
+    where L is a multiple of 128, else one over 64-key tiles (3 stages,
+    ``maxnreg`` 128: two programs per SM).
+    Every barrier the kernel allocates is used: an initialised barrier that
+    no partition uses is dead to the allocator, which gave its bytes to
+    scratch (a race measured in session 11; PTX wants mbarrier.inval first).
 
-Measured (H200, 2026-11-29, bf16, L=16K, d=128, k=8, B*H=16, kernel only,
-``sfa_explore_2026-11-29_s10_gluon.csv``): 64x64 tiles, 4 compute warps, 3
-    stages: 3.36 ms against the Triton kernel's 3.58 (same call; outputs
-    bit-identical) and cuDNN's 3.21; 3.19 against cuDNN's 3.13 in a later
-    call. 4 stages (one program per SM): 4.91 ms. 128x64 with 8 compute
-    warps: 4.06-4.15 ms. Sweep (2^19 tokens, fwd with top-k): 0.90x cuDNN
-    at 16K, 0.93-0.97x from 32K to 512K (Triton kernel: 0.85x, 0.90-0.95x).
-    With the next tile's Q.K^T kept in flight during the softmax and P.V
-    chained asynchronously (FlashAttention-3's intra-warpgroup overlap):
-    5.04 ms (64x64), 5.43 (128x64), so that option was removed. The earlier
-    single-partition Gluon kernel (TMA issued by the compute warps): 4.01 ms
-    plain, 4.74 with the overlap (commit f603002).
+Measured (H200, 2026-11-29, bf16, L=16K, d=128, k=8, B*H=16, kernel only;
+``gluon_fwd_probe_2026-11-29_s11*.csv``, ``sfa_explore_2026-11-29_s1{0,1}_gluon.csv``)
+    Two warpgroups, 64x128 tiles, 2 stages: 3.14-3.17 ms against cuDNN's
+    3.15-3.18 in the same calls (13.32 vs 12.74 ms at 32K); 64x64, 3 stages
+    3.30, 4 stages 3.27; 64x128, 3 stages 3.19. One warpgroup, 64x64, 3
+    stages: 3.36-3.44 (the Triton kernel: 3.58; outputs bit-identical), 4
+    stages (one program per SM) 4.91. FA3-style ping-pong (the warpgroups
+    passing the tensor cores back and forth by mbarriers, one matmul at a
+    time): 3.51 vs 3.30 (64x64), 3.133 vs 3.139 (64x128); removed. With the
+    next tile's Q.K^T kept in flight during the softmax and P.V chained
+    asynchronously (FA3's intra-warpgroup overlap): 5.04 ms (64x64), 5.43
+    (128x64); removed. The single-partition Gluon kernel (TMA issued by the
+    compute warps): 4.01 ms plain, 4.74 with the overlap (commit f603002).
+    Sweeps (2^19 tokens, fwd with top-k): 1.00x cuDNN at 16K, 1.03x at
+    32K-128K (one warpgroup, session 10: 0.90x, 0.93-0.97x). At d=64 the
+    two-warpgroup launch (9.02 ms at 32K, k=16) is not faster than the
+    Triton kernel, which keeps that shape.
 
 Limits (``flash_sfa.gluon_eligible``; everything else runs the Triton
-    kernel): CUDA sm_90, fp16 / bf16, head_dim 128 (64 compiles but was not
-    measured), L a multiple of 64, no padding mask. Gluon has no CPU interpreter, so CI cannot run this file;
-    ``python -m lra_sfa.bench.kernels --mode check`` checks it on the GPU
-    against float64 (shapes that meet the limits, one with a loose bound).
+    kernel): CUDA sm_90, fp16 / bf16, head_dim 128 (64 compiles and runs,
+    slower than the Triton kernel), L a multiple of 64, no padding mask.
+    Gluon has no CPU interpreter, so CI cannot run this file; ``python -m
+    lra_sfa.bench.kernels --mode check`` checks it on the GPU against float64
+    (shapes that take each launch, one with a loose bound).
 """
 
 from __future__ import annotations

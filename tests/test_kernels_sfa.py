@@ -310,6 +310,33 @@ def test_gluon_forward_only_where_it_applies(monkeypatch):
     assert not launcher.gluon_bwd_eligible(fake_cuda, False)
 
 
+def test_gluon_launchers_reject_what_they_cannot_run():
+    """The Gluon launchers check shapes and dtypes before any launch (so this runs on the CPU) and name the
+    offending value; the kernels themselves run only on an H200 (GPU checks)."""
+    from lra_sfa.kernels import flash_sfa as launcher
+
+    if not launcher._gluon_available():
+        pytest.skip("this Triton has no Gluon")
+    from lra_sfa.kernels.flash_sfa_bwd_gluon import gluon_dkdv, gluon_dq
+    from lra_sfa.kernels.flash_sfa_gluon import gluon_ws_forward
+
+    def rows(length, dim, dtype=torch.bfloat16):
+        return torch.zeros(2, length, dim, dtype=dtype)
+
+    lse, ids = torch.zeros(2, 256), torch.zeros(2 * 192, 8, dtype=torch.int8)
+    with pytest.raises(ValueError, match="head_dim=32"):
+        gluon_ws_forward(rows(128, 32), rows(128, 32), rows(128, 32))
+    with pytest.raises(ValueError, match="L=192"):  # two warpgroups of 64 rows need L % 128 == 0
+        gluon_ws_forward(rows(192, 128), rows(192, 128), rows(192, 128), 64, 64, 2, 2)
+    with pytest.raises(ValueError, match="16-bit"):
+        gluon_ws_forward(*(rows(128, 128, torch.float32) for _ in range(3)))
+    with pytest.raises(ValueError, match="L=192"):
+        gluon_dq(*(rows(192, 128) for _ in range(4)), lse, lse, ids, 8)
+    with pytest.raises(ValueError, match="head_dim=32"):
+        gluon_dkdv(*(rows(128, 32) for _ in range(4)), lse, lse, ids, 8)
+    assert launcher.gluon_config(192) == launcher.GLUON_CONFIGS[1][1]  # the one-warpgroup launch takes L=192
+
+
 @pytest.mark.parametrize("bad", ["head_dim", "dtype", "topk", "mask", "mixed"])
 def test_unsupported_inputs_raise_clear_errors(bad):
     q, k, v = _inputs(1, 2, 8, HEAD_DIM, torch.float32, seed=1)

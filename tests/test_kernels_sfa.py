@@ -318,7 +318,7 @@ def test_gluon_launchers_reject_what_they_cannot_run():
     if not launcher._gluon_available():
         pytest.skip("this Triton has no Gluon")
     from lra_sfa.kernels.flash_sfa_bwd_gluon import gluon_dkdv, gluon_dq
-    from lra_sfa.kernels.flash_sfa_gluon import gluon_ws_forward
+    from lra_sfa.kernels.flash_sfa_gluon import gluon_ws_forward, nvmma_descriptor
 
     def rows(length, dim, dtype=torch.bfloat16):
         return torch.zeros(2, length, dim, dtype=dtype)
@@ -334,7 +334,11 @@ def test_gluon_launchers_reject_what_they_cannot_run():
         gluon_dq(*(rows(192, 128) for _ in range(4)), lse, lse, ids, 8)
     with pytest.raises(ValueError, match="head_dim=32"):
         gluon_dkdv(*(rows(128, 32) for _ in range(4)), lse, lse, ids, 8)
+    with pytest.raises(ValueError, match="stages=1"):  # warpgroup i's online fallback reuses ring slot i
+        gluon_ws_forward(rows(256, 128), rows(256, 128), rows(256, 128), 64, 64, 1, 2)
     assert launcher.gluon_config(192) == launcher.GLUON_CONFIGS[1][1]  # the one-warpgroup launch takes L=192
+    desc = nvmma_descriptor(rows(192, 128), 64)  # the (B*H*L, D) view, 64 rows per TMA box
+    assert list(desc.shape) == [384, 128] and list(desc.block_shape) == [64, 128]
 
 
 @pytest.mark.parametrize("bad", ["head_dim", "dtype", "topk", "mask", "mixed"])

@@ -434,28 +434,31 @@ def explore_prefill(args, record, sections: set[str]) -> None:
             record("sdpa", f"{name} fwd+bwd {label}", time_ms(sdpa_call(name, *(leaf(t) for t in inputs), grad))[0])
 
 
-def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> None:
-    """Each backward kernel (dK/dV, dQ) alone at the explore shape, for each (BLOCK_M, BLOCK_N, warps, stages)."""
-    from lra_sfa.kernels import flash_sfa_bwd as bwd
-    from lra_sfa.kernels import flash_sfa_fwd as fwd
-    from lra_sfa.kernels.flash_sfa import (
-        launch_backward,
-        launch_forward,
-        pad_bias,
-        pad_rows,
-        row_descriptor,
-        tile_descriptor,
-    )
+def _backward_inputs(packs: dict, v: torch.Tensor, topk: int) -> tuple[tuple, torch.Tensor]:
+    """What the backward explorations share: ``launch_backward``'s saved tensors at the explore shape (the
+    forward's out and lse2 included) and a random dout."""
+    from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
 
     qd, kd = packs["q_dense"], packs["k_dense"]  # (B*H, L, D)
-    batch_heads, length, dim = qd.shape
+    batch_heads, length, _ = qd.shape
     bias = pad_bias(None, qd.device)
     out, lse2 = launch_forward(qd, kd, v, bias, batch_heads, False)
-    dout = torch.randn_like(out)
     q_idx, k_idx = (packs[f"{n}_idx"].reshape(batch_heads * length, topk) for n in ("q", "k"))
-    saved = (qd, kd, v, out, lse2, bias, q_idx, k_idx)
+    return (qd, kd, v, out, lse2, bias, q_idx, k_idx), torch.randn_like(out)
+
+
+def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> None:
+    """Each Triton backward kernel (dK/dV, dQ) alone at the explore shape, for each (BLOCK_M, BLOCK_N, warps,
+    stages), against ``launch_backward`` (which runs the Gluon kernels where they apply)."""
+    from lra_sfa.kernels import flash_sfa_bwd as bwd
+    from lra_sfa.kernels import flash_sfa_fwd as fwd
+    from lra_sfa.kernels.flash_sfa import launch_backward, pad_rows, row_descriptor, tile_descriptor
+
+    saved, dout = _backward_inputs(packs, v, topk)
+    qd, kd, _, out, lse2, bias, q_idx, k_idx = saved
+    batch_heads, length, dim = qd.shape
     ref = launch_backward(saved, dout, batch_heads, False, topk, topk)
-    record("bwd", "autotuned dq+dk+dv (delta, dkdv, dq)",
+    record("bwd", "launch_backward (delta, dK/dV, dQ; Gluon where eligible)",
            time_ms(partial(launch_backward, saved, dout, batch_heads, False, topk, topk))[0],
            f"dkdv {getattr(bwd.dkdv_tuned, 'best_config', None)} dq {getattr(bwd.dq_tuned, 'best_config', None)}")
     grads = {name: torch.empty_like(qd) for name in ("DQ", "DK", "DV")}
@@ -532,18 +535,15 @@ def explore_gluon_bwd(args, record, packs: dict, v: torch.Tensor, topk: int) -> 
     """The Gluon backward kernels (``flash_sfa_bwd_gluon``) per --gluon-dq-configs / --gluon-dkdv-configs against
     the Triton kernels' outputs (``launch_backward`` with the Gluon backward turned off) and time."""
     from lra_sfa.kernels import flash_sfa as launcher
-    from lra_sfa.kernels.flash_sfa import launch_backward, launch_forward, pad_bias, pad_rows
+    from lra_sfa.kernels.flash_sfa import launch_backward, pad_rows
     from lra_sfa.kernels.flash_sfa_bwd_gluon import gluon_dkdv, gluon_dq
 
-    qd, kd = packs["q_dense"], packs["k_dense"]  # (B*H, L, D)
-    batch_heads, length, dim = qd.shape
-    bias = pad_bias(None, qd.device)
-    out, lse2 = launch_forward(qd, kd, v, bias, batch_heads, False)
-    dout = torch.randn_like(out)
-    q_idx, k_idx = (packs[f"{n}_idx"].reshape(batch_heads * length, topk) for n in ("q", "k"))
+    saved, dout = _backward_inputs(packs, v, topk)
+    qd, kd, _, out, lse2, _, q_idx, k_idx = saved
+    batch_heads = qd.shape[0]
     use_gluon, launcher.USE_GLUON_BWD = launcher.USE_GLUON_BWD, False
     try:
-        ref = launch_backward((qd, kd, v, out, lse2, bias, q_idx, k_idx), dout, batch_heads, False, topk, topk)
+        ref = launch_backward(saved, dout, batch_heads, False, topk, topk)
     finally:
         launcher.USE_GLUON_BWD = use_gluon
     lse_pad = pad_rows(lse2, float("inf"))
@@ -572,8 +572,7 @@ def explore_gluon_bwd(args, record, packs: dict, v: torch.Tensor, topk: int) -> 
         except Exception as exc:  # a config the compiler or the launch rejects is reported, not fatal
             record("gluon_bwd", label, float("nan"), repr(exc)[:300])
     record("gluon_bwd", "launch_backward (Gluon where eligible)",
-           time_ms(partial(launch_backward, (qd, kd, v, out, lse2, bias, q_idx, k_idx), dout, batch_heads, False,
-                           topk, topk))[0])
+           time_ms(partial(launch_backward, saved, dout, batch_heads, False, topk, topk))[0])
 
 
 def explore_backward_stages(args, record, packs: dict, v: torch.Tensor) -> None:

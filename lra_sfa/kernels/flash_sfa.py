@@ -34,7 +34,8 @@ from lra_sfa.kernels.topk_pack import topk_pack
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TUNE_LENGTH_CAP = 16384  # autotune once per power-of-two L up to this; longer L reuse the 16K choice
-# The Gluon forward (flash_sfa_gluon) runs where it applies; LRA_SFA_GLUON=0 keeps every shape on the Triton kernel
+# The Gluon kernels (flash_sfa_gluon, flash_sfa_bwd_gluon) run where they apply; LRA_SFA_GLUON=0 keeps every
+# shape on the Triton kernels
 USE_GLUON = os.environ.get("LRA_SFA_GLUON", "1") != "0"
 GLUON_TILE = 64  # L must be a multiple of this for the Gluon forward
 # Its launch (``flash_sfa_gluon.gluon_ws_forward`` arguments) by L's alignment, first match: two compute
@@ -45,8 +46,9 @@ GLUON_CONFIGS = ((128, dict(block_m=64, block_n=128, stages=2, consumers=2, maxn
                  (GLUON_TILE, dict(block_m=64, block_n=64, stages=3, consumers=1, maxnreg=128)))
 
 
-# The backward's dK/dV and dQ run the Gluon kernels (flash_sfa_bwd_gluon) where the forward would and L is a
-# multiple of 128 (two compute warpgroups of 64 rows); LRA_SFA_GLUON_BWD=0 keeps them on the Triton kernels.
+# The backward's dK/dV and dQ run the Gluon kernels (flash_sfa_bwd_gluon) at D = 64 or 128 with L a multiple of
+# 128 (two compute warpgroups of 64 rows; ``gluon_bwd_eligible``); LRA_SFA_GLUON_BWD=0 keeps them on the Triton
+# kernels.
 # H200, 2026-11-29, L=16K, d=128, k=8, B*H=16 (results/kernels/sfa_explore_2026-11-29_s11_gluon_{dq,bwd}.csv):
 # dQ 64x128 tiles, 2 stages 4.14-4.21 ms; 64x64 3 stages 4.37, 4 stages 4.42, 2 stages 4.48; one warpgroup
 # 4.59-6.09; Triton 128x64 w8 s3 4.70. dK/dV 64 queries x 64 keys per warpgroup, 4 stages 6.18 ms; 3 stages 6.23,
@@ -92,7 +94,8 @@ def _gluon_device(x: torch.Tensor, has_bias: bool) -> bool:
 def gluon_eligible(x: torch.Tensor, has_bias: bool) -> bool:
     """Whether the forward of x (..., L, D) runs the Gluon kernel (``flash_sfa_gluon``): CUDA sm_90, fp16 / bf16,
     D = 128, L a multiple of 64, no padding mask, and not under the interpreter. Other shapes run the Triton
-    kernel, which the Gluon one matches bit for bit where both apply (GPU checks)."""
+    kernel, which the Gluon one matches bit for bit in its one-warpgroup launch and within ~4e-5 relative in its
+    two-warpgroup launch (row sums over 128 keys at a time; GPU probe and checks)."""
     return x.shape[-1] == 128 and x.shape[-2] % GLUON_TILE == 0 and _gluon_device(x, has_bias)
 
 

@@ -47,9 +47,8 @@ import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from lra_sfa.kernels.flash_sfa_gluon import LOG2E, _load_partition, wgmma_layout
+from lra_sfa.kernels.flash_sfa_gluon import LOG2E, _load_partition, check_launch, nvmma_descriptor, wgmma_layout
 
 
 @gluon.jit
@@ -152,24 +151,14 @@ def gluon_dq(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, dout: torch.Te
              stages: int = 3, consumers: int = 2, maxnreg: int = 168, consumer_regs: int = 240) -> torch.Tensor:
     """dQ (B*H, L, D) of the FlashSFA backward, masked to q's top-k support, from the (B*H, L, D) codes qd, kd,
     dense v and dout, lse2 / delta padded to (B*H, L_PAD) and q's packed ids (B*H*L, topk_q)."""
+    check_launch("gluon_dq", (qd, kd, v, dout), consumers,
+                 {"consumers*BLOCK_M": consumers * block_m, "BLOCK_N": block_n})
     batch_heads, length, head_dim = qd.shape
-    if qd.dtype not in (torch.float16, torch.bfloat16) or not (qd.dtype == kd.dtype == v.dtype == dout.dtype):
-        raise ValueError(f"gluon_dq: needs one 16-bit dtype; got {qd.dtype}, {kd.dtype}, {v.dtype}, {dout.dtype}")
-    rows = consumers * block_m
-    if head_dim not in (64, 128) or consumers not in (1, 2) or length % rows or length % block_n:
-        raise ValueError(f"gluon_dq: head_dim={head_dim} must be 64 or 128, consumers={consumers} 1 or 2, L={length} a "
-                         f"multiple of consumers*BLOCK_M={rows} and BLOCK_N={block_n}")
     dq = torch.empty_like(qd)
-    gl_dtype = gl.float16 if qd.dtype == torch.float16 else gl.bfloat16
-
-    def desc(x: torch.Tensor, rows: int) -> TensorDescriptor:
-        flat = x.reshape(batch_heads * length, head_dim)
-        layout = gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl_dtype)
-        return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [rows, head_dim], layout)
-
-    grid = (length // rows, batch_heads)
-    _gluon_dq_kernel[grid](desc(qd, block_m), desc(kd, block_n), desc(v, block_n), desc(dout, block_m),
-                           desc(dq, block_m), lse_pad, delta, q_idx, length, lse_pad.shape[1],
+    grid = (length // (consumers * block_m), batch_heads)
+    _gluon_dq_kernel[grid](nvmma_descriptor(qd, block_m), nvmma_descriptor(kd, block_n),
+                           nvmma_descriptor(v, block_n), nvmma_descriptor(dout, block_m),
+                           nvmma_descriptor(dq, block_m), lse_pad, delta, q_idx, length, lse_pad.shape[1],
                            LOG2E / math.sqrt(head_dim), 1.0 / math.sqrt(head_dim),
                            HEAD_DIM=head_dim, TOPK=topk_q, FULL_SUPPORT=topk_q == head_dim, BLOCK_M=block_m,
                            BLOCK_N=block_n, STAGES=stages, CONSUMERS=consumers, CONSUMER_REGS=consumer_regs,
@@ -301,26 +290,15 @@ def gluon_dkdv(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, dout: torch.
     """dK (masked to k's top-k support) and dV, each (B*H, L, D), of the FlashSFA backward; arguments as
     ``gluon_dq``'s, with k's packed ids (B*H*L, topk_k). ``block_n`` keys per compute warpgroup, ``block_m``
     queries per tile of the Q/dO ring; ``prefetch`` 1 loads each tile's lse2 one iteration early, 2 its delta too."""
+    check_launch("gluon_dkdv", (qd, kd, v, dout), consumers,
+                 {"consumers*BLOCK_N": consumers * block_n, "BLOCK_M": block_m})
     batch_heads, length, head_dim = qd.shape
-    if qd.dtype not in (torch.float16, torch.bfloat16) or not (qd.dtype == kd.dtype == v.dtype == dout.dtype):
-        raise ValueError(f"gluon_dkdv: needs one 16-bit dtype; got {qd.dtype}, {kd.dtype}, {v.dtype}, "
-                         f"{dout.dtype}")
-    rows = consumers * block_n
-    if head_dim not in (64, 128) or consumers not in (1, 2) or length % rows or length % block_m:
-        raise ValueError(f"gluon_dkdv: head_dim={head_dim} must be 64 or 128, consumers={consumers} 1 or 2, L={length} "
-                         f"a multiple of consumers*BLOCK_N={rows} and BLOCK_M={block_m}")
     dk, dv = torch.empty_like(kd), torch.empty_like(v)
-    gl_dtype = gl.float16 if qd.dtype == torch.float16 else gl.bfloat16
-
-    def desc(x: torch.Tensor, rows: int) -> TensorDescriptor:
-        flat = x.reshape(batch_heads * length, head_dim)
-        layout = gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl_dtype)
-        return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [rows, head_dim], layout)
-
-    grid = (length // rows, batch_heads)
-    _gluon_dkdv_kernel[grid](desc(qd, block_m), desc(kd, block_n), desc(v, block_n), desc(dout, block_m),
-                             desc(dk, block_n), desc(dv, block_n), lse_pad, delta, k_idx, length, lse_pad.shape[1],
-                             LOG2E / math.sqrt(head_dim), 1.0 / math.sqrt(head_dim),
+    grid = (length // (consumers * block_n), batch_heads)
+    _gluon_dkdv_kernel[grid](nvmma_descriptor(qd, block_m), nvmma_descriptor(kd, block_n),
+                             nvmma_descriptor(v, block_n), nvmma_descriptor(dout, block_m),
+                             nvmma_descriptor(dk, block_n), nvmma_descriptor(dv, block_n), lse_pad, delta, k_idx,
+                             length, lse_pad.shape[1], LOG2E / math.sqrt(head_dim), 1.0 / math.sqrt(head_dim),
                              HEAD_DIM=head_dim, TOPK=topk_k, FULL_SUPPORT=topk_k == head_dim, BLOCK_M=block_m,
                              BLOCK_N=block_n, STAGES=stages, PREFETCH=int(prefetch), CONSUMERS=consumers,
                              CONSUMER_REGS=consumer_regs, num_warps=4, maxnreg=maxnreg)

@@ -43,12 +43,14 @@ Measured (H200, 2026-11-29, bf16, L=16K, d=128, k=8, B*H=16, kernel only;
     compute warps): 4.01 ms plain, 4.74 with the overlap (commit f603002).
     Sweeps (2^19 tokens, fwd with top-k): 1.00x cuDNN at 16K, 1.03x at
     32K-128K (one warpgroup, session 10: 0.90x, 0.93-0.97x). At d=64 the
-    two-warpgroup launch (9.02 ms at 32K, k=16) is not faster than the
-    Triton kernel, which keeps that shape.
+    two-warpgroup launch took 9.02 ms at 32K, k=16 (kernel only), the
+    Triton forward 8.51 ms with its top-k in the sweep (another call): not
+    faster, so d=64 keeps the Triton kernel.
 
 Limits (``flash_sfa.gluon_eligible``; everything else runs the Triton
-    kernel): CUDA sm_90, fp16 / bf16, head_dim 128 (64 compiles and runs,
-    slower than the Triton kernel), L a multiple of 64, no padding mask.
+    kernel): CUDA sm_90, fp16 / bf16, head_dim 128 (64 compiles and runs; at
+    32K, k=16 it was not faster than the Triton kernel, which keeps that
+    shape), L a multiple of 64, no padding mask.
     Gluon has no CPU interpreter, so CI cannot run this file; ``python -m
     lra_sfa.bench.kernels --mode check`` checks it on the GPU against float64
     (shapes that take each launch, one with a loose bound).
@@ -70,6 +72,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 LOG2E = 1.4426950408889634
+GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 BOUND_MIN_SUM = gl.constexpr(2.0 ** -64)  # as flash_sfa_fwd's: below it a row's bound was too loose
 
 
@@ -252,6 +255,27 @@ def _gluon_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, KBound, Lse, L, qk_scal
         ], [4, 1], [CONSUMER_REGS, 24])
 
 
+def nvmma_descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:
+    """TMA descriptor over a 16-bit (B*H, L, D) tensor viewed as (B*H*L, D), ``rows`` rows per box, in the NVMMA
+    shared layout that the warpgroup matmuls read."""
+    flat = x.reshape(-1, x.shape[-1])
+    layout = gl.NVMMASharedLayout.get_default_for([rows, x.shape[-1]], GL_DTYPES[x.dtype])
+    return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [rows, x.shape[-1]], layout)
+
+
+def check_launch(name: str, tensors: tuple, consumers: int, multiples: dict[str, int]) -> None:
+    """Raise ValueError naming the value unless the (B*H, L, D) tensors share one 16-bit dtype, D is 64 or 128,
+    consumers is 1 or 2 and L is a multiple of every value of ``multiples`` (keyed by what it is)."""
+    dtypes = [t.dtype for t in tensors]
+    if dtypes[0] not in GL_DTYPES or len(set(dtypes)) != 1:
+        raise ValueError(f"{name}: needs one 16-bit dtype; got {dtypes}")
+    length, head_dim = tensors[0].shape[-2:]
+    if head_dim not in (64, 128) or consumers not in (1, 2) or any(length % m for m in multiples.values()):
+        wanted = " and ".join(f"{label}={m}" for label, m in multiples.items())
+        raise ValueError(f"{name}: head_dim={head_dim} must be 64 or 128, consumers={consumers} 1 or 2, "
+                         f"L={length} a multiple of {wanted}")
+
+
 def gluon_ws_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_m: int = 64, block_n: int = 64,
                      stages: int = 3, consumers: int = 1, maxnreg: int = 128, consumer_regs: int = 232,
                      topk_q: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,26 +287,17 @@ def gluon_ws_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_
     the dense q and the kernel keeps each row's ``topk_q`` largest entries itself (as ``topk_pack``)."""
     from lra_sfa.kernels.flash_sfa import key_code_range
 
+    check_launch("gluon_ws_forward", (qd, kd, v), consumers,
+                 {"consumers*BLOCK_M": consumers * block_m, "BLOCK_N": block_n})
+    if stages < consumers:
+        raise ValueError(f"gluon_ws_forward: stages={stages} must be >= consumers={consumers} (the online "
+                         "fallback of warpgroup i reuses ring slot i)")
     batch_heads, length, head_dim = qd.shape
-    if qd.dtype not in (torch.float16, torch.bfloat16) or not (qd.dtype == kd.dtype == v.dtype):
-        raise ValueError(f"gluon_ws_forward: needs one 16-bit dtype; got {qd.dtype}, {kd.dtype}, {v.dtype}")
-    rows = consumers * block_m
-    if head_dim not in (64, 128) or consumers not in (1, 2) or length % rows or length % block_n \
-            or stages < consumers:
-        raise ValueError(f"gluon_ws_forward: head_dim={head_dim} must be 64 or 128, consumers={consumers} 1 or 2, "
-                         f"L={length} a multiple of consumers*BLOCK_M={rows} and BLOCK_N={block_n}, "
-                         f"stages={stages} >= consumers")
     out = torch.empty_like(v)
     lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
-    gl_dtype = gl.float16 if qd.dtype == torch.float16 else gl.bfloat16
-
-    def desc(x: torch.Tensor, rows: int) -> TensorDescriptor:
-        flat = x.reshape(batch_heads * length, head_dim)
-        layout = gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl_dtype)
-        return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [rows, head_dim], layout)
-
-    grid = (length // rows, batch_heads)
-    _gluon_ws_fwd_kernel[grid](desc(qd, block_m), desc(kd, block_n), desc(v, block_n), desc(out, block_m),
+    grid = (length // (consumers * block_m), batch_heads)
+    _gluon_ws_fwd_kernel[grid](nvmma_descriptor(qd, block_m), nvmma_descriptor(kd, block_n),
+                               nvmma_descriptor(v, block_n), nvmma_descriptor(out, block_m),
                                key_code_range(kd), lse2, length, LOG2E / math.sqrt(head_dim),
                                TOPK_Q=topk_q if topk_q < head_dim else 0,
                                HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,

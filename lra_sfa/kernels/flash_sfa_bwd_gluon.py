@@ -52,6 +52,36 @@ from lra_sfa.kernels.flash_sfa_gluon import LOG2E, _load_partition, check_launch
 
 
 @gluon.jit
+def _resident_tiles_and_ring(a_desc, b_desc, ring_a_desc, ring_b_desc, row0, HEAD_DIM: gl.constexpr,
+                             RESIDENT_ROWS: gl.constexpr, RING_ROWS: gl.constexpr, STAGES: gl.constexpr,
+                             CONSUMERS: gl.constexpr):
+    """Shared memory of both backward kernels: per compute warpgroup c an (a, b) tile pair of RESIDENT_ROWS rows
+    from row0 + c * RESIDENT_ROWS, loaded here (``in_bar[c]``), and a ring of STAGES (a, b) tiles of RING_ROWS
+    rows for the producer (``ready``; ``empty`` frees a slot once every warpgroup has arrived).
+
+    Every barrier allocated here is used: an unused one is dead to the allocator, which then gives its bytes to
+    scratch while it is still initialised (a race, measured in the forward)."""
+    dtype: gl.constexpr = a_desc.dtype
+    a_res = gl.allocate_shared_memory(dtype, [CONSUMERS, RESIDENT_ROWS, HEAD_DIM], a_desc.layout)
+    b_res = gl.allocate_shared_memory(dtype, [CONSUMERS, RESIDENT_ROWS, HEAD_DIM], b_desc.layout)
+    a_ring = gl.allocate_shared_memory(dtype, [STAGES, RING_ROWS, HEAD_DIM], ring_a_desc.layout)
+    b_ring = gl.allocate_shared_memory(dtype, [STAGES, RING_ROWS, HEAD_DIM], ring_b_desc.layout)
+    in_bar = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for c in gl.static_range(CONSUMERS):
+        mbarrier.init(in_bar.index(c), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=CONSUMERS)
+    for c in gl.static_range(CONSUMERS):
+        mbarrier.expect(in_bar.index(c), 2 * a_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(a_desc, [row0 + c * RESIDENT_ROWS, 0], in_bar.index(c), a_res.index(c))
+        tma.async_copy_global_to_shared(b_desc, [row0 + c * RESIDENT_ROWS, 0], in_bar.index(c), b_res.index(c))
+    return a_res, b_res, a_ring, b_ring, in_bar, ready, empty
+
+
+@gluon.jit
 def _dq_consumer(q_smem, do_smem, k_smem, v_smem, in_bar, ready, empty, dq_desc, Lse, Delta, Qidx,
                  bh, seq_q, row_q, n_tiles, L_PAD, qk_scale, sm_scale,
                  HEAD_DIM: gl.constexpr, TOPK: gl.constexpr, FULL_SUPPORT: gl.constexpr, BLOCK_M: gl.constexpr,
@@ -101,31 +131,14 @@ def _gluon_dq_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, Lse, Delta, Qidx,
                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                      CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
     gl.static_assert(num_warps == 4, "the default partition is one compute warpgroup")
-    dtype: gl.constexpr = q_desc.dtype
     bh = gl.program_id(1)
     seq_q = gl.program_id(0) * (CONSUMERS * BLOCK_M)  # first query row of this program within its sequence
     row_q = bh * L + seq_q  # ... and within the (B*H*L, D) views
     row_k = bh * L
     n_tiles = L // BLOCK_N
 
-    q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_M, HEAD_DIM], q_desc.layout)
-    do_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_M, HEAD_DIM], do_desc.layout)
-    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
-    # every barrier allocated here is used: an unused one is dead to the allocator, which then gives its
-    # bytes to scratch while it is still initialised (a race, measured in the forward)
-    in_bar = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for c in gl.static_range(CONSUMERS):
-        mbarrier.init(in_bar.index(c), count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=CONSUMERS)  # a slot goes back when every compute warpgroup is done
-    for c in gl.static_range(CONSUMERS):
-        mbarrier.expect(in_bar.index(c), 2 * q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [row_q + c * BLOCK_M, 0], in_bar.index(c), q_smem.index(c))
-        tma.async_copy_global_to_shared(do_desc, [row_q + c * BLOCK_M, 0], in_bar.index(c), do_smem.index(c))
+    q_smem, do_smem, k_smem, v_smem, in_bar, ready, empty = _resident_tiles_and_ring(
+        q_desc, do_desc, k_desc, v_desc, row_q, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CONSUMERS)
 
     if CONSUMERS == 1:
         gl.warp_specialize([
@@ -241,28 +254,12 @@ def _gluon_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, Lse, D
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PREFETCH: gl.constexpr,
                        CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
     gl.static_assert(num_warps == 4, "the default partition is one compute warpgroup")
-    dtype: gl.constexpr = k_desc.dtype
     bh = gl.program_id(1)
     row_k = bh * L + gl.program_id(0) * (CONSUMERS * BLOCK_N)  # first key row of this program, (B*H*L, D) views
     n_tiles = L // BLOCK_M
 
-    k_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_N, HEAD_DIM], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_N, HEAD_DIM], v_desc.layout)
-    q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], q_desc.layout)
-    do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], do_desc.layout)
-    # every barrier allocated here is used (see _gluon_dq_kernel)
-    in_bar = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for c in gl.static_range(CONSUMERS):
-        mbarrier.init(in_bar.index(c), count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=CONSUMERS)
-    for c in gl.static_range(CONSUMERS):
-        mbarrier.expect(in_bar.index(c), 2 * k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [row_k + c * BLOCK_N, 0], in_bar.index(c), k_smem.index(c))
-        tma.async_copy_global_to_shared(v_desc, [row_k + c * BLOCK_N, 0], in_bar.index(c), v_smem.index(c))
+    k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty = _resident_tiles_and_ring(
+        k_desc, v_desc, q_desc, do_desc, row_k, HEAD_DIM, BLOCK_N, BLOCK_M, STAGES, CONSUMERS)
 
     if CONSUMERS == 1:
         gl.warp_specialize([

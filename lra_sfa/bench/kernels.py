@@ -548,10 +548,10 @@ def explore_gluon_bwd(args, record, packs: dict, v: torch.Tensor, topk: int) -> 
         launcher.USE_GLUON_BWD = use_gluon
     lse_pad = pad_rows(lse2, float("inf"))
     delta = pad_rows((out.float() * dout.float()).sum(-1), 0.0)
-    for block_m, block_n, stages, consumers, maxnreg, *regs in args.gluon_dq_configs:
-        run = partial(gluon_dq, qd, kd, v, dout, lse_pad, delta, q_idx, topk, block_m, block_n, stages, consumers,
-                      maxnreg, *regs)
-        label = f"gluon dq {block_m}x{block_n} s{stages} c{consumers} maxnreg {maxnreg}" + "".join(
+    for block_m, block_n, stages, maxnreg, *regs in args.gluon_dq_configs:
+        run = partial(gluon_dq, qd, kd, v, dout, lse_pad, delta, q_idx, topk, block_m, block_n, stages, maxnreg,
+                      *regs)
+        label = f"gluon dq {block_m}x{block_n} s{stages} c2 maxnreg {maxnreg}" + "".join(
             f" consumer_regs {r}" for r in regs)
         try:
             got = run()
@@ -559,10 +559,10 @@ def explore_gluon_bwd(args, record, packs: dict, v: torch.Tensor, topk: int) -> 
                    f"maxdiff={(got.float() - ref[0].float()).abs().max().item():.1e}")
         except Exception as exc:  # a config the compiler or the launch rejects is reported, not fatal
             record("gluon_bwd", label, float("nan"), repr(exc)[:300])
-    for block_m, block_n, stages, consumers, maxnreg, *regs in args.gluon_dkdv_configs:
+    for block_m, block_n, stages, maxnreg, *regs in args.gluon_dkdv_configs:
         run = partial(gluon_dkdv, qd, kd, v, dout, lse_pad, delta, k_idx, topk, block_m, block_n, stages,
-                      consumers, maxnreg, *regs)
-        label = f"gluon dkdv {block_m}x{block_n} s{stages} c{consumers} maxnreg {maxnreg}" + "".join(
+                      maxnreg, *regs)
+        label = f"gluon dkdv {block_m}x{block_n} s{stages} c2 maxnreg {maxnreg}" + "".join(
             f" {name} {r}" for name, r in zip(("consumer_regs", "prefetch"), regs))
         try:
             got = run()
@@ -814,13 +814,13 @@ def parse_args(argv=None):
                         "warp-specialised Gluon forward for --mode explore's gluon part (consumers: compute "
                         "warpgroups per program)")
     parser.add_argument("--gluon-dq-configs", type=bwd_tuple, nargs="+",
-                        default=[(64, 64, 3, 2, 168, 240), (64, 128, 2, 2, 168, 240), (64, 64, 3, 1, 128)],
-                        help="BLOCK_M,BLOCK_N,stages,consumers,maxnreg[,consumer_regs] of the Gluon dQ kernel for "
-                        "--mode explore's gluon_bwd part")
+                        default=[(64, 128, 2, 168, 240), (64, 64, 3, 168, 240)],
+                        help="BLOCK_M,BLOCK_N,stages,maxnreg[,consumer_regs] of the Gluon dQ kernel (two compute "
+                        "warpgroups) for --mode explore's gluon_bwd part")
     parser.add_argument("--gluon-dkdv-configs", type=bwd_tuple, nargs="+",
-                        default=[(64, 64, 3, 2, 168, 240, 1), (64, 64, 4, 2, 168, 240, 1), (64, 64, 3, 2, 168, 240)],
-                        help="BLOCK_M,BLOCK_N,stages,consumers,maxnreg[,consumer_regs[,prefetch]] of the Gluon dK/dV "
-                        "kernel for --mode explore's gluon_bwd part (BLOCK_N keys per compute warpgroup)")
+                        default=[(64, 64, 3, 168, 240, 1), (64, 64, 4, 168, 240, 1), (64, 64, 3, 168, 240)],
+                        help="BLOCK_M,BLOCK_N,stages,maxnreg[,consumer_regs[,prefetch]] of the Gluon dK/dV kernel "
+                        "for --mode explore's gluon_bwd part (BLOCK_N keys per compute warpgroup, two of them)")
     parser.add_argument("--dkdv-configs", type=bwd_tuple, nargs="+",
                         default=[(64, 128, 8, 4), (64, 128, 8, 3), (32, 64, 4, 4)],
                         help="BLOCK_M,BLOCK_N,warps,stages of the dK/dV kernel for the bwd part of --mode explore")

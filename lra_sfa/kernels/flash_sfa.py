@@ -58,8 +58,8 @@ GLUON_CONFIGS = ((128, dict(block_m=64, block_n=128, stages=2, consumers=2, maxn
 # d=64, L=32K, k=16 (``..._s11_gluon_d64.csv``): dQ 10.53 ms, dK/dV 16.12 (prefetch off: 20.16), the Triton
 # backward 27.72; the d=64 Gluon forward (9.02 ms, kernel only) is not faster than the Triton one (8.51 with top-k).
 USE_GLUON_BWD = os.environ.get("LRA_SFA_GLUON_BWD", "1") != "0"
-GLUON_DQ_CONFIG = dict(block_m=64, block_n=128, stages=2, consumers=2, maxnreg=168, consumer_regs=240)
-GLUON_DKDV_CONFIG = dict(block_m=64, block_n=64, stages=3, consumers=2, maxnreg=168, consumer_regs=240, prefetch=1)
+GLUON_DQ_CONFIG = dict(block_m=64, block_n=128, stages=2, maxnreg=168, consumer_regs=240)
+GLUON_DKDV_CONFIG = dict(block_m=64, block_n=64, stages=3, maxnreg=168, consumer_regs=240, prefetch=1)
 
 
 def gluon_bwd_eligible(x: torch.Tensor, has_bias: bool) -> bool:

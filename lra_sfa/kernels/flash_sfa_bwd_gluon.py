@@ -7,7 +7,7 @@ dQ (``_gluon_dq_kernel``)
     each query's top-k support (rebuilt from the packed indices). lse2 and
     delta are read from the rows the launcher pads (``flash_sfa.pad_rows``).
     As in ``flash_sfa_gluon``'s forward, one producer warp streams K/V tiles by
-    TMA into a ring of STAGES buffers, and CONSUMERS compute warpgroups (one
+    TMA into a ring of STAGES buffers, and two compute warpgroups (one
     per 64 query rows) take every tile from it (``empty`` counts one arrival
     per warpgroup). Each warpgroup keeps its Q and dO tiles in shared memory
     and its dQ accumulator in registers, and writes dQ through its Q buffer
@@ -49,6 +49,10 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
 
 from lra_sfa.kernels.flash_sfa_gluon import LOG2E, _load_partition, check_launch, nvmma_descriptor, wgmma_layout
+
+# Compute warpgroups per program, each with its own 64 rows. One warpgroup measured slower in both kernels
+# (dQ 4.59-6.09 ms, dK/dV 6.62-9.26 against 4.14 / 6.08; see Measured), so the kernels are written for two.
+WARPGROUPS = gl.constexpr(2)
 
 
 @gluon.jit
@@ -129,52 +133,44 @@ def _dq_consumer(q_smem, do_smem, k_smem, v_smem, in_bar, ready, empty, dq_desc,
 def _gluon_dq_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, Lse, Delta, Qidx, L, L_PAD, qk_scale, sm_scale,
                      HEAD_DIM: gl.constexpr, TOPK: gl.constexpr, FULL_SUPPORT: gl.constexpr,
                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                     CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
+                     CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
     gl.static_assert(num_warps == 4, "the default partition is one compute warpgroup")
     bh = gl.program_id(1)
-    seq_q = gl.program_id(0) * (CONSUMERS * BLOCK_M)  # first query row of this program within its sequence
+    seq_q = gl.program_id(0) * (WARPGROUPS * BLOCK_M)  # first query row of this program within its sequence
     row_q = bh * L + seq_q  # ... and within the (B*H*L, D) views
     row_k = bh * L
     n_tiles = L // BLOCK_N
 
     q_smem, do_smem, k_smem, v_smem, in_bar, ready, empty = _resident_tiles_and_ring(
-        q_desc, do_desc, k_desc, v_desc, row_q, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CONSUMERS)
+        q_desc, do_desc, k_desc, v_desc, row_q, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, WARPGROUPS)
 
-    if CONSUMERS == 1:
-        gl.warp_specialize([
-            (_dq_consumer, (q_smem, do_smem, k_smem, v_smem, in_bar, ready, empty, dq_desc, Lse, Delta, Qidx,
-                            bh, seq_q, row_q, n_tiles, L_PAD, qk_scale, sm_scale,
-                            HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, 0)),
-            (_load_partition, (k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles, BLOCK_N, STAGES)),
-        ], [1], [24])
-    else:
-        gl.warp_specialize([
-            (_dq_consumer, (q_smem, do_smem, k_smem, v_smem, in_bar, ready, empty, dq_desc, Lse, Delta, Qidx,
-                            bh, seq_q, row_q, n_tiles, L_PAD, qk_scale, sm_scale,
-                            HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, 0)),
-            (_dq_consumer, (q_smem, do_smem, k_smem, v_smem, in_bar, ready, empty, dq_desc, Lse, Delta, Qidx,
-                            bh, seq_q, row_q, n_tiles, L_PAD, qk_scale, sm_scale,
-                            HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, 1)),
-            (_load_partition, (k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles, BLOCK_N, STAGES)),
-        ], [4, 1], [CONSUMER_REGS, 24])
+    gl.warp_specialize([
+        (_dq_consumer, (q_smem, do_smem, k_smem, v_smem, in_bar, ready, empty, dq_desc, Lse, Delta, Qidx,
+                        bh, seq_q, row_q, n_tiles, L_PAD, qk_scale, sm_scale,
+                        HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, 0)),
+        (_dq_consumer, (q_smem, do_smem, k_smem, v_smem, in_bar, ready, empty, dq_desc, Lse, Delta, Qidx,
+                        bh, seq_q, row_q, n_tiles, L_PAD, qk_scale, sm_scale,
+                        HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, 1)),
+        (_load_partition, (k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, n_tiles, BLOCK_N, STAGES)),
+    ], [4, 1], [CONSUMER_REGS, 24])
 
 
 def gluon_dq(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, dout: torch.Tensor, lse_pad: torch.Tensor,
              delta: torch.Tensor, q_idx: torch.Tensor, topk_q: int, block_m: int = 64, block_n: int = 64,
-             stages: int = 3, consumers: int = 2, maxnreg: int = 168, consumer_regs: int = 240) -> torch.Tensor:
+             stages: int = 3, maxnreg: int = 168, consumer_regs: int = 240) -> torch.Tensor:
     """dQ (B*H, L, D) of the FlashSFA backward, masked to q's top-k support, from the (B*H, L, D) codes qd, kd,
     dense v and dout, lse2 / delta padded to (B*H, L_PAD) and q's packed ids (B*H*L, topk_q)."""
-    check_launch("gluon_dq", (qd, kd, v, dout), consumers,
-                 {"consumers*BLOCK_M": consumers * block_m, "BLOCK_N": block_n})
+    check_launch("gluon_dq", (qd, kd, v, dout), WARPGROUPS.value,
+                 {"2*BLOCK_M": WARPGROUPS.value * block_m, "BLOCK_N": block_n})
     batch_heads, length, head_dim = qd.shape
     dq = torch.empty_like(qd)
-    grid = (length // (consumers * block_m), batch_heads)
+    grid = (length // (WARPGROUPS.value * block_m), batch_heads)
     _gluon_dq_kernel[grid](nvmma_descriptor(qd, block_m), nvmma_descriptor(kd, block_n),
                            nvmma_descriptor(v, block_n), nvmma_descriptor(dout, block_m),
                            nvmma_descriptor(dq, block_m), lse_pad, delta, q_idx, length, lse_pad.shape[1],
                            LOG2E / math.sqrt(head_dim), 1.0 / math.sqrt(head_dim),
                            HEAD_DIM=head_dim, TOPK=topk_q, FULL_SUPPORT=topk_q == head_dim, BLOCK_M=block_m,
-                           BLOCK_N=block_n, STAGES=stages, CONSUMERS=consumers, CONSUMER_REGS=consumer_regs,
+                           BLOCK_N=block_n, STAGES=stages, CONSUMER_REGS=consumer_regs,
                            num_warps=4, maxnreg=maxnreg)
     return dq
 
@@ -252,51 +248,43 @@ def _gluon_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, Lse, D
                        qk_scale, sm_scale,
                        HEAD_DIM: gl.constexpr, TOPK: gl.constexpr, FULL_SUPPORT: gl.constexpr,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PREFETCH: gl.constexpr,
-                       CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
+                       CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
     gl.static_assert(num_warps == 4, "the default partition is one compute warpgroup")
     bh = gl.program_id(1)
-    row_k = bh * L + gl.program_id(0) * (CONSUMERS * BLOCK_N)  # first key row of this program, (B*H*L, D) views
+    row_k = bh * L + gl.program_id(0) * (WARPGROUPS * BLOCK_N)  # first key row of this program, (B*H*L, D) views
     n_tiles = L // BLOCK_M
 
     k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty = _resident_tiles_and_ring(
-        k_desc, v_desc, q_desc, do_desc, row_k, HEAD_DIM, BLOCK_N, BLOCK_M, STAGES, CONSUMERS)
+        k_desc, v_desc, q_desc, do_desc, row_k, HEAD_DIM, BLOCK_N, BLOCK_M, STAGES, WARPGROUPS)
 
-    if CONSUMERS == 1:
-        gl.warp_specialize([
-            (_dkdv_consumer, (k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_desc, dv_desc, Lse, Delta,
-                              Kidx, bh, row_k, n_tiles, L_PAD, qk_scale, sm_scale,
-                              HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, PREFETCH, 0)),
-            (_load_partition, (q_desc, do_desc, q_smem, do_smem, ready, empty, bh * L, n_tiles, BLOCK_M, STAGES)),
-        ], [1], [24])
-    else:
-        gl.warp_specialize([
-            (_dkdv_consumer, (k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_desc, dv_desc, Lse, Delta,
-                              Kidx, bh, row_k, n_tiles, L_PAD, qk_scale, sm_scale,
-                              HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, PREFETCH, 0)),
-            (_dkdv_consumer, (k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_desc, dv_desc, Lse, Delta,
-                              Kidx, bh, row_k, n_tiles, L_PAD, qk_scale, sm_scale,
-                              HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, PREFETCH, 1)),
-            (_load_partition, (q_desc, do_desc, q_smem, do_smem, ready, empty, bh * L, n_tiles, BLOCK_M, STAGES)),
-        ], [4, 1], [CONSUMER_REGS, 24])
+    gl.warp_specialize([
+        (_dkdv_consumer, (k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_desc, dv_desc, Lse, Delta,
+                          Kidx, bh, row_k, n_tiles, L_PAD, qk_scale, sm_scale,
+                          HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, PREFETCH, 0)),
+        (_dkdv_consumer, (k_smem, v_smem, q_smem, do_smem, in_bar, ready, empty, dk_desc, dv_desc, Lse, Delta,
+                          Kidx, bh, row_k, n_tiles, L_PAD, qk_scale, sm_scale,
+                          HEAD_DIM, TOPK, FULL_SUPPORT, BLOCK_M, BLOCK_N, STAGES, PREFETCH, 1)),
+        (_load_partition, (q_desc, do_desc, q_smem, do_smem, ready, empty, bh * L, n_tiles, BLOCK_M, STAGES)),
+    ], [4, 1], [CONSUMER_REGS, 24])
 
 
 def gluon_dkdv(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, dout: torch.Tensor, lse_pad: torch.Tensor,
                delta: torch.Tensor, k_idx: torch.Tensor, topk_k: int, block_m: int = 64, block_n: int = 64,
-               stages: int = 3, consumers: int = 2, maxnreg: int = 168, consumer_regs: int = 240,
+               stages: int = 3, maxnreg: int = 168, consumer_regs: int = 240,
                prefetch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """dK (masked to k's top-k support) and dV, each (B*H, L, D), of the FlashSFA backward; arguments as
     ``gluon_dq``'s, with k's packed ids (B*H*L, topk_k). ``block_n`` keys per compute warpgroup, ``block_m``
     queries per tile of the Q/dO ring; ``prefetch`` 1 loads each tile's lse2 one iteration early, 2 its delta too."""
-    check_launch("gluon_dkdv", (qd, kd, v, dout), consumers,
-                 {"consumers*BLOCK_N": consumers * block_n, "BLOCK_M": block_m})
+    check_launch("gluon_dkdv", (qd, kd, v, dout), WARPGROUPS.value,
+                 {"2*BLOCK_N": WARPGROUPS.value * block_n, "BLOCK_M": block_m})
     batch_heads, length, head_dim = qd.shape
     dk, dv = torch.empty_like(kd), torch.empty_like(v)
-    grid = (length // (consumers * block_n), batch_heads)
+    grid = (length // (WARPGROUPS.value * block_n), batch_heads)
     _gluon_dkdv_kernel[grid](nvmma_descriptor(qd, block_m), nvmma_descriptor(kd, block_n),
                              nvmma_descriptor(v, block_n), nvmma_descriptor(dout, block_m),
                              nvmma_descriptor(dk, block_n), nvmma_descriptor(dv, block_n), lse_pad, delta, k_idx,
                              length, lse_pad.shape[1], LOG2E / math.sqrt(head_dim), 1.0 / math.sqrt(head_dim),
                              HEAD_DIM=head_dim, TOPK=topk_k, FULL_SUPPORT=topk_k == head_dim, BLOCK_M=block_m,
-                             BLOCK_N=block_n, STAGES=stages, PREFETCH=int(prefetch), CONSUMERS=consumers,
+                             BLOCK_N=block_n, STAGES=stages, PREFETCH=int(prefetch),
                              CONSUMER_REGS=consumer_regs, num_warps=4, maxnreg=maxnreg)
     return dk, dv

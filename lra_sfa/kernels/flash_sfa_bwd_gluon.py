@@ -28,7 +28,8 @@ alone; ``sfa_explore_2026-11-29_s11_gluon_{dq,bwd,dkdv_prefetch,d64}.csv``)
     4.59-6.09. dK/dV: 64 queries x 64 keys, 3 stages with lse2 one iteration
     ahead 6.08 ms, without 6.23-6.32 (4 stages 6.18), against the Triton
     kernel's 6.52; with delta ahead as well 6.92-7.44 (the 240 registers
-    spill); one warpgroup 6.62-9.26. Whole backward 10.51 ms against 11.29.
+    spill); one warpgroup 6.62-9.26 (that launch is removed from both
+    kernels). Whole backward 10.51 ms against 11.29.
     d=64 (L=32K, k=16): dQ 10.53, dK/dV 16.12, against 27.72 for the whole
     Triton backward. Both kernels still do 7 matmuls per tile pair: the
     gain is the producer warp and the shared tiles, as in the forward.

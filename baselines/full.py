@@ -15,6 +15,8 @@ from lra_sfa.attention import AttentionBackend
 class FullAttention(AttentionBackend):
     """softmax(q k^T / sqrt(d)) v over all real keys."""
 
+    compile_safe = True  # plain PyTorch ops
+
     def forward(self, q, k, v, key_padding_mask=None):
         if key_padding_mask is None:
             self.last_path = "sdpa"

@@ -21,6 +21,8 @@ from lra_sfa.baselines._common import check_inputs, full_precision, working_dtyp
 class LinearAttention(AttentionBackend):
     """Kernelised attention with phi = elu + 1 (no arguments)."""
 
+    compile_safe = True  # plain PyTorch ops
+
     def forward(self, q, k, v, key_padding_mask=None):
         check_inputs(type(self).__name__, q, k, v, key_padding_mask)
         work = working_dtype(q.dtype)

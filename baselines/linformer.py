@@ -28,6 +28,8 @@ from lra_sfa.baselines._common import check_inputs
 class LinformerAttention(AttentionBackend):
     """Low-rank (sequence-projected) attention; needs ``max_seq_len``."""
 
+    compile_safe = True  # plain PyTorch ops
+
     def __init__(self, max_seq_len: int, proj_dim: int = 256, share_kv: bool = False) -> None:
         super().__init__()
         if not isinstance(max_seq_len, int) or max_seq_len < 1:

@@ -53,6 +53,8 @@ def segment_means(x: torch.Tensor, segments: int, real: torch.Tensor | None) -> 
 class NystromformerAttention(AttentionBackend):
     """Nystrom-approximated softmax attention with segment-mean landmarks."""
 
+    compile_safe = True  # plain PyTorch ops
+
     def __init__(self, num_landmarks: int = 64, pinv_iterations: int = 6) -> None:
         super().__init__()
         if not isinstance(num_landmarks, int) or num_landmarks < 1:

@@ -49,6 +49,8 @@ def orthogonal_features(num_features: int, head_dim: int, generator: torch.Gener
 class PerformerAttention(AttentionBackend):
     """FAVOR+ (softmax kernel) or generalized ReLU-kernel Performer attention, non-causal."""
 
+    compile_safe = True  # plain PyTorch ops
+
     def __init__(
         self,
         head_dim: int,

@@ -38,6 +38,9 @@ class AttentionBackend(nn.Module):
     supported_head_dims: ClassVar[tuple[int, ...] | None] = None  # None = any
     supports_mask: ClassVar[bool] = True
     requires_cuda: ClassVar[bool] = False
+    # True where torch.compile traces the backend without breaking its graph (plain PyTorch ops);
+    # trainer.compile=auto compiles a model only when every layer's backend says so.
+    compile_safe: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,7 +1,9 @@
 """Batching for the explicit training loop: shuffled epochs with a resumable position.
 
 Arrays stay numpy (possibly memory-mapped, narrow integer dtypes); a batch is
-gathered and converted to int64 tensors on the training device. The sampler's
+gathered and converted to int64 tensors on the training device. A split small
+enough to sit on the GPU (``resident_split``) is copied there once in its
+narrow dtype and batches are gathered on the device: no host copy per step. The sampler's
 state (epoch, position) is saved in checkpoints so that a resumed run sees the
 same batches as an uninterrupted one. Under data parallelism each rank takes
 a disjoint strided shard of every global batch.
@@ -50,8 +52,27 @@ class EpochSampler:
         self._order = self._permutation()
 
 
+def resident_split(split: Split, device: torch.device) -> Split:
+    """``split`` with inputs and labels as tensors on ``device`` (narrow dtypes kept; meta stays numpy)."""
+
+    def on_device(array: np.ndarray) -> torch.Tensor:
+        array = np.ascontiguousarray(array)
+        if array.dtype.kind == "u" and array.dtype != np.uint8:  # torch indexes few unsigned types
+            array = array.astype(np.int64)
+        return torch.from_numpy(array).to(device)
+
+    return Split(on_device(split.inputs), on_device(split.labels), split.meta)
+
+
+def split_bytes(split: Split) -> int:
+    return int(split.inputs.nbytes + split.labels.nbytes)
+
+
 def to_tensors(split: Split, indices: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather examples and move them to ``device`` as int64 (tokens, labels)."""
+    if isinstance(split.inputs, torch.Tensor):  # resident on the device already
+        index = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(split.inputs.device)
+        return split.inputs[index].long(), split.labels[index].long()
     tokens = torch.from_numpy(np.ascontiguousarray(split.inputs[indices]).astype(np.int64))
     labels = torch.from_numpy(np.asarray(split.labels[indices], dtype=np.int64))
     if device.type == "cuda":

@@ -9,9 +9,15 @@ last real token), and a head Dense(mlp_dim) -> ReLU -> Dense(classes).
 For a dual task (retrieval) both documents go through the same encoder and
 the head takes [x1, x2, x1 * x2, x1 - x2].
 
+The release's numerical details are options, all set by ``conf/model/lra_base.yaml``:
+``init=lra`` (its Flax initialisers, see ``release_init``), ``norm_eps=1e-6``,
+``gelu=tanh`` and ``proj_bias=false`` (no bias on the attention output
+projection). PyTorch's defaults stay the defaults elsewhere.
+
 The attention backend is built per layer from ``attn_cfg`` (a conf/attn YAML).
 Attention dropout is applied to the attention output (backends do not expose
-their probabilities), which differs from LRA's dropout on the weights.
+their probabilities: a kernel that never forms the weights cannot drop them),
+which differs from LRA's dropout on the weights; docs/decisions.md says why.
 """
 
 from __future__ import annotations
@@ -39,14 +45,14 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention around one AttentionBackend; q/k/v width ``qkv_dim``."""
 
     def __init__(self, d_model: int, num_heads: int, attention: AttentionBackend, dropout: float,
-                 qkv_dim: int | None = None) -> None:
+                 qkv_dim: int | None = None, proj_bias: bool = True) -> None:
         super().__init__()
         qkv_dim = qkv_dim or d_model
         if qkv_dim % num_heads:
             raise ValueError(f"model: qkv_dim={qkv_dim} (d_model when null) must be divisible by num_heads={num_heads}")
         self.num_heads, self.qkv_dim = num_heads, qkv_dim
         self.qkv = nn.Linear(d_model, 3 * qkv_dim, bias=False)
-        self.proj = nn.Linear(qkv_dim, d_model)
+        self.proj = nn.Linear(qkv_dim, d_model, bias=proj_bias)
         self.attention = attention
         self.dropout = nn.Dropout(dropout)
 
@@ -61,13 +67,15 @@ class SelfAttention(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, d_model: int, num_heads: int, mlp_dim: int, attention: AttentionBackend,
-                 dropout: float, attn_dropout: float, qkv_dim: int | None = None) -> None:
+                 dropout: float, attn_dropout: float, qkv_dim: int | None = None, norm_eps: float = 1e-5,
+                 gelu: str = "exact", proj_bias: bool = True) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(d_model)
-        self.attn = SelfAttention(d_model, num_heads, attention, attn_dropout, qkv_dim)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.norm1 = nn.LayerNorm(d_model, eps=norm_eps)
+        self.attn = SelfAttention(d_model, num_heads, attention, attn_dropout, qkv_dim, proj_bias)
+        self.norm2 = nn.LayerNorm(d_model, eps=norm_eps)
         self.mlp = nn.Sequential(
-            nn.Linear(d_model, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, d_model)
+            nn.Linear(d_model, mlp_dim), nn.GELU(approximate="tanh" if gelu == "tanh" else "none"),
+            nn.Dropout(dropout), nn.Linear(mlp_dim, d_model),
         )
         self.dropout = nn.Dropout(dropout)
 
@@ -85,12 +93,13 @@ class LRAClassifier(nn.Module):
     def __init__(self, vocab_size: int, num_classes: int, seq_len: int, attn_cfg, d_model: int = 64,
                  num_heads: int = 4, num_layers: int = 2, mlp_dim: int = 128, pooling: str = "cls",
                  dropout: float = 0.1, attn_dropout: float = 0.1, pos: str = "sin", dual: bool = False,
-                 has_padding: bool = True, qkv_dim: int | None = None) -> None:
+                 has_padding: bool = True, qkv_dim: int | None = None, init: str = "torch",
+                 norm_eps: float = 1e-5, gelu: str = "exact", proj_bias: bool = True) -> None:
         super().__init__()
-        if pooling not in ("cls", "mean", "last"):
-            raise ValueError(f"model: pooling={pooling!r} must be one of cls, mean, last")
-        if pos not in ("sin", "learned"):
-            raise ValueError(f"model: pos={pos!r} must be 'sin' or 'learned'")
+        for key, value, valid in (("pooling", pooling, ("cls", "mean", "last")), ("pos", pos, ("sin", "learned")),
+                                  ("init", init, ("torch", "lra")), ("gelu", gelu, ("exact", "tanh"))):
+            if value not in valid:
+                raise ValueError(f"model: {key}={value!r} must be one of {', '.join(valid)}")
         self.pooling, self.dual, self.has_padding = pooling, dual, has_padding
         total_len = seq_len + (pooling == "cls")
         self.embed = nn.Embedding(vocab_size, d_model)
@@ -104,13 +113,15 @@ class LRAClassifier(nn.Module):
         self.blocks = nn.ModuleList(
             Block(d_model, num_heads, mlp_dim,
                   build_attention(attn_cfg, num_heads=num_heads, head_dim=head_dim, max_seq_len=total_len),
-                  dropout, attn_dropout, qkv_dim)
+                  dropout, attn_dropout, qkv_dim, norm_eps, gelu, proj_bias)
             for _ in range(num_layers)
         )
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = nn.LayerNorm(d_model, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         head_in = 4 * d_model if dual else d_model
         self.head = nn.Sequential(nn.Linear(head_in, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, num_classes))
+        if init == "lra":
+            release_init(self)
 
     def extend_positions(self, seq_len: int) -> None:
         """Make room for inputs of ``seq_len`` tokens (testing beyond the trained length): sinusoidal
@@ -154,6 +165,45 @@ class LRAClassifier(nn.Module):
         else:
             features = self.encode(tokens)
         return self.head(features)
+
+
+def _xavier_uniform(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    nn.init.uniform_(weight, -bound, bound)
+
+
+def _small_normal_bias(linear: nn.Linear) -> None:
+    if linear.bias is not None:
+        nn.init.normal_(linear.bias, std=1e-6)
+
+
+@torch.no_grad()
+def release_init(model: LRAClassifier) -> None:
+    """The LRA release's Flax initialisers on the encoder and head (embeddings and CLS are already theirs).
+
+    Attention and MLP kernels are Xavier-uniform with N(0, 1e-6) biases. Flax's q/k/v kernels have shape
+    (d_model, heads, head_dim) and the output kernel (heads, head_dim, d_model); its fan computation
+    takes the last two axes as (in, out) and the rest as receptive field, so q/k/v use
+    fan_in = heads * d_model, fan_out = head_dim * d_model and the output projection
+    fan_in = qkv_dim, fan_out = heads * d_model: smaller weights than Xavier on the flat matrix, and
+    attention logits near zero at the start. The head's Dense layers are Flax's default, LeCun normal
+    (truncated at 2 std, rescaled to unit variance) with zero biases.
+    """
+    for block in model.blocks:
+        attn = block.attn
+        heads, head_dim = attn.num_heads, attn.qkv_dim // attn.num_heads
+        d_model = attn.qkv.in_features
+        for part in attn.qkv.weight.chunk(3, dim=0):  # q, k, v: each (qkv_dim, d_model)
+            _xavier_uniform(part, heads * d_model, head_dim * d_model)
+        _xavier_uniform(attn.proj.weight, attn.qkv_dim, heads * d_model)
+        _small_normal_bias(attn.proj)
+        for linear in (block.mlp[0], block.mlp[3]):
+            _xavier_uniform(linear.weight, linear.in_features, linear.out_features)
+            _small_normal_bias(linear)
+    for linear in (model.head[0], model.head[2]):
+        std = math.sqrt(1.0 / linear.in_features) / 0.87962566103423978  # truncated normal's std correction
+        nn.init.trunc_normal_(linear.weight, std=std, a=-2 * std, b=2 * std)
+        nn.init.zeros_(linear.bias)
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

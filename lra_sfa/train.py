@@ -2,10 +2,13 @@
 
 The loop is plain PyTorch so that time and memory are attributable:
 AdamW with warmup and decay, gradient clipping, bf16 autocast on CUDA,
-evaluation on val every ``trainer.eval_every`` steps, the best-val weights
-evaluated on test. Timing excludes the first ``trainer.timing_warmup_steps``
-steps (compilation, autotuning) and evaluation; the clock is read after a
-device synchronise. Memory: ``max_memory_allocated`` on CUDA, peak RSS on CPU.
+evaluation on val every ``trainer.eval_every`` steps, and on test the weights
+``trainer.test_weights`` names (best_val, or final as the LRA release does).
+On CUDA the model can be compiled (``trainer.compile``) and small splits sit
+on the GPU (``trainer.data_on_device``); neither changes what is computed.
+Timing excludes the first ``trainer.timing_warmup_steps`` steps (compilation,
+autotuning) and evaluation; the clock is read after a device synchronise.
+Memory: ``max_memory_allocated`` on CUDA, peak RSS on CPU.
 Under torchrun the model is wrapped in DDP and rank 0 alone writes.
 """
 
@@ -24,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from lra_sfa import checkpoint as ckpt
 from lra_sfa import distributed as dist
 from lra_sfa import faults
-from lra_sfa.data import EpochSampler, eval_batches, to_tensors
+from lra_sfa.data import EpochSampler, eval_batches, resident_split, split_bytes, to_tensors
 from lra_sfa.model import LRAClassifier, cross_entropy
 from lra_sfa.optim import build_optimizer
 from lra_sfa.progress import TrainProgress
@@ -134,7 +137,8 @@ def _eval_point(raw_model, state: ckpt.TrainState, ctx: LoopContext) -> None:
     state.history.append({"step": state.step, "loss": state.last_loss, "val_accuracy": val["accuracy"]})
     if val["accuracy"] > state.best_val:
         state.best_val, state.best_step = val["accuracy"], state.step
-        state.best_weights = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
+        if tcfg.get("test_weights", "best_val") == "best_val":
+            state.best_weights = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
 
 
 def train_loop(model, ctx: LoopContext, record: RunRecord) -> None:
@@ -193,16 +197,19 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> None:
 
 
 def _finish_loop(raw_model, state, attention, out_of_time, timed_seconds, timed_steps, ctx, record) -> None:
-    """Best-val weights on test; fill the record."""
+    """The ``trainer.test_weights`` weights on test; fill the record."""
     tcfg = ctx.cfg.trainer
     record.set_timing(timed_seconds, timed_steps, int(tcfg.batch_size), int(ctx.cfg.task.seq_len))
-    if state.best_weights is not None:
+    test_weights = tcfg.get("test_weights", "best_val")
+    final_val = state.history[-1]["val_accuracy"] if state.history else None
+    if test_weights == "best_val" and state.best_weights is not None:
         raw_model.load_state_dict(state.best_weights)
     ctx.where["phase"] = "eval on test"
     test = evaluate(raw_model, ctx.data.test, int(tcfg.eval_batch_size or tcfg.batch_size), ctx.device, ctx.dtype,
                     ctx.env, ctx.where)
     record.update(
         val_accuracy=state.best_val, best_step=state.best_step, test_accuracy=test["accuracy"],
+        test_weights=test_weights, final_val_accuracy=final_val,
         steps=state.step, final_train_loss=state.last_loss, history=state.history,
         resumed_from_step=state.start_step if ctx.resume else None, stopped_by_time_budget=out_of_time,
         attn_path=attention[0].last_path, attn_stats=_attention_stats(attention),
@@ -269,6 +276,42 @@ def _attention_stats(modules) -> dict[str, float]:
     return stats
 
 
+def _compile_choice(cfg, model: LRAClassifier, device: torch.device, world_size: int) -> bool:
+    """trainer.compile: true/false as given; auto compiles on one CUDA device when every backend is compile-safe."""
+    choice = cfg.trainer.get("compile", False)
+    if choice == "auto":
+        return device.type == "cuda" and world_size == 1 and all(
+            m.compile_safe for m in model.attention_modules())
+    if choice not in (True, False):
+        raise ValueError(f"config trainer.compile={choice!r} must be true, false or auto")
+    return bool(choice)
+
+
+def _data_on_device(cfg, data, device: torch.device) -> bool:
+    """trainer.data_on_device: true/false as given; auto keeps splits on a CUDA device when together they
+    take at most a tenth of its memory."""
+    choice = cfg.trainer.get("data_on_device", False)
+    if choice == "auto":
+        if device.type != "cuda":
+            return False
+        total = sum(split_bytes(split) for split in (data.train, data.val, data.test))
+        return total <= torch.cuda.get_device_properties(device).total_memory // 10
+    if choice not in (True, False):
+        raise ValueError(f"config trainer.data_on_device={choice!r} must be true, false or auto")
+    return bool(choice)
+
+
+def _place_data(cfg, data, device: torch.device, record: RunRecord) -> float:
+    """Move the splits to the device when ``trainer.data_on_device`` asks for it; returns their MiB there."""
+    resident = _data_on_device(cfg, data, device)
+    record.update(data_on_device=resident)
+    if not resident:
+        return 0.0
+    for name in ("train", "val", "test"):
+        setattr(data, name, resident_split(getattr(data, name), device))
+    return sum(split_bytes(getattr(data, name)) for name in ("train", "val", "test")) / 2**20
+
+
 def _build_model(cfg, task, device) -> LRAClassifier:
     return LRAClassifier(
         vocab_size=task.vocab_size, num_classes=task.num_classes, seq_len=int(cfg.task.seq_len),
@@ -303,6 +346,8 @@ def _resume_mode(cfg, run_dir: Path, env: dist.DistEnv) -> bool:
 def run(cfg: DictConfig) -> dict:
     """One training run from a composed config; returns (and writes) its record."""
     faults.check_config_types(cfg)
+    if cfg.trainer.get("test_weights", "best_val") not in ("best_val", "final"):
+        raise ValueError(f"config trainer.test_weights={cfg.trainer.test_weights!r} must be best_val or final")
     env = dist.setup(cfg.trainer.device)
     record = None
     try:
@@ -335,7 +380,12 @@ def _run(cfg: DictConfig, env: dist.DistEnv) -> dict:
         reasons = _check_supported(model, cfg, device, dtype, int(cfg.task.seq_len))
         if reasons:
             return record.finish("unsupported", "; ".join(reasons), run_dir, env)
+        compiled = _compile_choice(cfg, model, device, env.world_size)
+        record.update(compiled=compiled)
+        resident_mb = _place_data(cfg, data, device, record)
         model = _wrap_for_ranks(model, ctx, record)
+        if compiled:
+            model = torch.compile(model, mode=str(cfg.trainer.get("compile_mode", "default")))
         dist.reset_peak_memory(device)
         train_loop(model, ctx, record)
     except torch.cuda.OutOfMemoryError as exc:
@@ -347,5 +397,7 @@ def _run(cfg: DictConfig, env: dist.DistEnv) -> dict:
         return record.finish("oom", reason, run_dir, env)
     except Diverged as exc:
         return record.finish("diverged", str(exc), run_dir, env)
-    record.update(peak_memory_mb=dist.max_across(peak_memory_mb(device), env))
+    # the resident splits are the same for every backend: the peak is the run's own memory above them
+    record.update(peak_memory_mb=dist.max_across(peak_memory_mb(device), env) - resident_mb,
+                  resident_data_mb=round(resident_mb, 1))
     return record.finish("ok", None, run_dir, env)

@@ -20,6 +20,7 @@ class TrainProgress:
         ) if enabled else None
         self.total = total
         self.task_id = None
+        self.enabled = enabled
 
     def start(self, step: int) -> None:
         if self.progress is not None:

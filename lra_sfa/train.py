@@ -187,6 +187,9 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> None:
                 timed_seconds += time.perf_counter() - segment_start
             _eval_point(raw_model, state, ctx)
             progress.update(state.step, loss=state.last_loss, val=state.best_val)
+            if not progress.enabled and env.is_main:  # a plain line per evaluation for logs
+                print(f"step {state.step}/{max_steps}  loss {state.last_loss:.4f}  val "
+                      f"{state.history[-1]['val_accuracy']:.4f}  {time.perf_counter() - loop_start:.0f} s", flush=True)
             if segment_start is not None:
                 dist.synchronize(device)
                 segment_start = time.perf_counter()

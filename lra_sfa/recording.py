@@ -23,6 +23,18 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+def library_versions(device: torch.device) -> dict[str, str | None]:
+    """Triton's and cuDNN's versions (null where absent or not used)."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    cudnn = torch.backends.cudnn.version() if device.type == "cuda" else None
+    return {"triton_version": triton_version, "cudnn_version": str(cudnn) if cudnn else None}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -89,6 +101,8 @@ class RunRecord:
             "config_hash": config_hash(resolved),
             "date": now_iso(),
             "torch_version": torch.__version__,
+            **library_versions(device),
+            "cell": cfg.get("cell"),  # the campaign cell this run belongs to (lra_sfa.campaign), or null
             "overrides": hydra_job()[1],  # the job's command-line overrides (a sweep's axes)
         }
         self.device = device

@@ -193,8 +193,8 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> None:
             if segment_start is not None:
                 dist.synchronize(device)
                 segment_start = time.perf_counter()
-        if tcfg.checkpoint_every and state.step % int(tcfg.checkpoint_every) == 0:
-            ckpt.save(run_dir, raw_model, optimizer, schedule, sampler, state, cfg, env)
+        if tcfg.checkpoint_every and (state.step % int(tcfg.checkpoint_every) == 0 or out_of_time):
+            ckpt.save(run_dir, raw_model, optimizer, schedule, sampler, state, cfg, env)  # a cut run resumes here
     progress.stop()
     _finish_loop(raw_model, state, attention, out_of_time, timed_seconds, timed_steps, ctx, record)
 

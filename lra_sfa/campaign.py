@@ -1,0 +1,144 @@
+"""``python -m lra_sfa.campaign campaign=<name>``: run a list of cells to protocol completion.
+
+A cell is one training run: an experiment, an attention backend, a seed and optional overrides
+(``conf/campaign/<name>.yaml``). The campaign skips every cell whose finished record is already in
+the store, so running it again continues where the last slot stopped. A record is finished when the
+run trained to its ``max_steps`` (or ended as oom / unsupported / diverged, which a rerun would
+repeat); a run cut by the deadline is recorded as cut (``stopped_by_time_budget``), keeps its
+checkpoint in ``work_dir/<cell>`` and resumes from it next time, so it is never mistaken for a
+finished one. Records name their cell (``cell``) and the commit; a tree without ``.git`` must pass
+``LRA_SFA_GIT_COMMIT``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+FINAL_STATUSES = ("oom", "unsupported", "diverged")  # outcomes a rerun of the same cell would repeat
+
+
+@dataclass(frozen=True)
+class Cell:
+    experiment: str
+    attn: str
+    seed: int
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The cell's identity in records: its overrides as one command line."""
+        return " ".join([f"experiment={self.experiment}", f"attn={self.attn}", f"seed={self.seed}", *self.overrides])
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.key.replace("experiment=", "").replace("attn=", ""))
+
+
+def expand_cells(spec) -> list[Cell]:
+    """The campaign YAML's ``cells`` list, one Cell per (entry, attn, seed); ValueError naming a bad entry."""
+    cells = []
+    for index, entry in enumerate(spec):
+        missing = [key for key in ("experiment", "attns", "seeds") if key not in entry]
+        if missing:
+            raise ValueError(f"campaign.cells[{index}] lacks {missing}; each cell needs experiment, attns and seeds")
+        overrides = tuple(str(item) for item in entry.get("overrides", []))
+        for attn in entry["attns"]:
+            for seed in entry["seeds"]:
+                cells.append(Cell(str(entry["experiment"]), str(attn), int(seed), overrides))
+    return cells
+
+
+def is_finished(record: dict) -> bool:
+    """A record that no rerun of its cell should replace."""
+    if record.get("status") in FINAL_STATUSES:
+        return True
+    steps, max_steps = record.get("steps"), record.get("max_steps")
+    return (record.get("status") == "ok" and not record.get("stopped_by_time_budget")
+            and isinstance(steps, int) and steps == max_steps)
+
+
+def finished_cells(store: Path) -> dict[str, dict]:
+    """Cell key -> its finished record, from the store."""
+    from lra_sfa.records import load_records
+
+    records, _ = load_records(store) if store.is_dir() else ([], [])
+    return {record["cell"]: record for record in records if record.get("cell") and is_finished(record)}
+
+
+def _cell_config(cell: Cell, cfg: DictConfig, seconds_left: float | None) -> DictConfig:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [f"experiment={cell.experiment}", f"attn={cell.attn}", f"seed={cell.seed}", *cell.overrides,
+                 *cfg.overrides, f"cell='{cell.key}'", f"run_dir={Path(cfg.work_dir) / cell.slug}",
+                 f"results_dir={cfg.store}", f"paths.cache_dir={cfg.paths.cache_dir}", "resume=auto",
+                 f"trainer.checkpoint_every={int(cfg.checkpoint_every)}", "trainer.progress=false"]
+    if seconds_left is not None:
+        overrides.append(f"trainer.max_seconds={max(1.0, seconds_left):.0f}")
+    if GlobalHydra.instance().is_initialized():  # inside the campaign's own app: same config module
+        return compose("config", overrides=overrides)
+    with initialize_config_module("lra_sfa.conf", version_base=None):
+        return compose("config", overrides=overrides)
+
+
+def run_campaign(cfg: DictConfig) -> list[tuple[Cell, str]]:
+    """Run every unfinished cell in order until done or past the deadline; returns (cell, outcome) rows."""
+    from lra_sfa.records import git_commit
+    from lra_sfa.train import run
+
+    if git_commit() == "unknown":
+        raise ValueError("the campaign's records must name their commit: no .git here, so set LRA_SFA_GIT_COMMIT")
+    cells = expand_cells(cfg.campaign.cells)
+    done = finished_cells(Path(cfg.store))
+    deadline = time.monotonic() + 60 * float(cfg.deadline_minutes) if cfg.deadline_minutes else None
+    outcomes = []
+    for cell in cells:
+        if cell.key in done:
+            record = done[cell.key]
+            outcomes.append((cell, f"finished before ({record['status']}, test {record.get('test_accuracy')})"))
+            continue
+        seconds_left = None if deadline is None else deadline - time.monotonic()
+        if cfg.dry_run or (seconds_left is not None and seconds_left < 60):
+            outcomes.append((cell, "to run"))
+            continue
+        record = run(_cell_config(cell, cfg, seconds_left))
+        cut = record.get("stopped_by_time_budget")
+        outcome = (f"cut at step {record['steps']} of {record['max_steps']} (resumes from its checkpoint)" if cut
+                   else f"{record['status']}, test {record.get('test_accuracy')}")
+        outcomes.append((cell, outcome))
+    return outcomes
+
+
+def _print_table(outcomes: list[tuple[Cell, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="campaign")
+    for column in ("experiment", "attn", "seed", "overrides", "outcome"):
+        table.add_column(column)
+    for cell, outcome in outcomes:
+        table.add_row(cell.experiment, cell.attn, str(cell.seed), " ".join(cell.overrides), outcome)
+    Console().print(table)
+
+
+@hydra.main(version_base=None, config_path="pkg://lra_sfa.conf", config_name="campaign")
+def main(cfg: DictConfig) -> None:
+    try:
+        outcomes = run_campaign(cfg)
+    except ValueError as exc:
+        print(f"lra-sfa campaign: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _print_table(outcomes)
+    left = sum(outcome == "to run" or outcome.startswith("cut") for _, outcome in outcomes)
+    print(f"{len(outcomes) - left} of {len(outcomes)} cells finished" + (f"; {left} left" if left else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The campaign: cells expand, finished cells are skipped, a cut cell resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from lra_sfa.campaign import Cell, expand_cells, is_finished, run_campaign
+
+SMALL = ["task.seq_len=16", "task.max_depth=2", "task.min_length=3", "task.max_length=13", "task.num_train=400",
+         "task.num_val=64", "task.num_test=64", "task.workers=1", "trainer.max_steps=12", "trainer.eval_every=6",
+         "trainer.batch_size=16"]
+
+
+def _overrides(items: list[str]) -> str:
+    return "overrides=[" + ",".join(f"'{item}'" for item in items) + "]"
+
+
+def _campaign(tmp_path, *overrides: str):
+    cells = "[{experiment: listops_reduced, attns: [full, sfa], seeds: [0]}]"
+    with initialize_config_module("lra_sfa.conf", version_base=None):
+        return compose("campaign", overrides=[
+            f"store={tmp_path / 'store'}", f"work_dir={tmp_path / 'work'}", f"paths.cache_dir={tmp_path / 'cache'}",
+            f"campaign.cells={cells}", _overrides(SMALL), "checkpoint_every=4", *overrides])
+
+
+def test_cells_expand_and_name_themselves():
+    cells = expand_cells([{"experiment": "lra_listops", "attns": ["full", "sfa"], "seeds": [0, 1],
+                           "overrides": ["attn.topk=2"]}])
+    assert len(cells) == 4 and cells[1] == Cell("lra_listops", "full", 1, ("attn.topk=2",))
+    assert cells[1].key == "experiment=lra_listops attn=full seed=1 attn.topk=2"
+    with pytest.raises(ValueError, match=r"campaign.cells\[0\] lacks \['seeds'\]"):
+        expand_cells([{"experiment": "lra_listops", "attns": ["full"]}])
+
+
+def test_finished_means_the_last_step_or_a_final_failure():
+    assert is_finished({"status": "ok", "steps": 10, "max_steps": 10})
+    assert not is_finished({"status": "ok", "steps": 10, "max_steps": 10, "stopped_by_time_budget": True})
+    assert not is_finished({"status": "ok", "steps": 7, "max_steps": 10})
+    assert is_finished({"status": "oom", "steps": 0, "max_steps": 10})
+    assert not is_finished({"status": "error", "steps": 0, "max_steps": 10})
+
+
+def test_campaign_runs_then_skips_finished_cells(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRA_SFA_GIT_COMMIT", "abc1234")
+    first = run_campaign(_campaign(tmp_path))
+    assert [outcome.split(",")[0] for _, outcome in first] == ["ok", "ok"]
+    records = [json.loads(path.read_text()) for path in (tmp_path / "store").glob("*.json")]
+    assert sorted(r["cell"] for r in records) == [
+        "experiment=listops_reduced attn=full seed=0", "experiment=listops_reduced attn=sfa seed=0"]
+    assert all(r["git_commit"] == "abc1234" and r["steps"] == r["max_steps"] == 12 for r in records)
+    second = run_campaign(_campaign(tmp_path))
+    assert all(outcome.startswith("finished before") for _, outcome in second)
+    assert len(list((tmp_path / "store").glob("*.json"))) == 2
+
+
+def test_a_cut_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """A deadline that has passed cuts the running cell after its first steps; the next run continues it."""
+    monkeypatch.setenv("LRA_SFA_GIT_COMMIT", "abc1234")
+    cfg = _campaign(tmp_path, "campaign.cells=[{experiment: listops_reduced, attns: [full], seeds: [0]}]",
+                    _overrides([*SMALL, "trainer.max_seconds=0.001", "trainer.log_every=2"]))
+    cut = run_campaign(cfg)
+    assert cut[0][1].startswith("cut at step")
+    assert len(list((tmp_path / "work").glob("*/checkpoint.pt"))) == 1
+    finish = run_campaign(_campaign(tmp_path, "campaign.cells=[{experiment: listops_reduced, attns: [full], "
+                                              "seeds: [0]}]"))
+    assert finish[0][1].startswith("ok")
+    records = sorted((json.loads(p.read_text()) for p in (tmp_path / "store").glob("*.json")),
+                     key=lambda r: r["steps"])
+    assert records[0]["stopped_by_time_budget"] and not records[1]["stopped_by_time_budget"]
+    assert records[1]["resumed_from_step"] == records[0]["steps"] and records[1]["steps"] == 12
+
+
+def test_campaign_needs_a_commit(tmp_path, monkeypatch):
+    monkeypatch.setattr("lra_sfa.records.git_commit", lambda: "unknown")
+    with pytest.raises(ValueError, match="LRA_SFA_GIT_COMMIT"):
+        run_campaign(_campaign(tmp_path))

@@ -21,6 +21,12 @@ _LISTOPS = {
     "trainer.lr": 0.05, "trainer.schedule": "rsqrt", "trainer.warmup_steps": 1000, "trainer.weight_decay": 0.1,
     "trainer.grad_clip": None, **_RELEASE_NUMERICS,
 }
+_TEXT = {
+    "task.pooling": "cls", "model.d_model": 256, "model.qkv_dim": None, "model.num_heads": 4, "model.num_layers": 4,
+    "model.mlp_dim": 1024, "model.dropout": 0.1, "model.attn_dropout": 0.1, "trainer.batch_size": 32,
+    "trainer.max_steps": 20000, "trainer.lr": 0.05, "trainer.schedule": "rsqrt", "trainer.warmup_steps": 8000,
+    "trainer.weight_decay": 0.1, "trainer.grad_clip": None, **_RELEASE_NUMERICS,
+}
 RELEASE = {
     "lra_listops": {
         "source": "lra_benchmarks/listops/configs/base_listops_config.py @ cd31e5c (= 8d3dc39), listops/train.py",
@@ -39,6 +45,35 @@ RELEASE = {
         "trainer.max_steps": 160000 // 512 * 200, "trainer.lr": 1e-3, "trainer.schedule": "cosine",
         "trainer.warmup_steps": 160000 // 512, "trainer.weight_decay": 0.0, "trainer.grad_clip": None,
         **_RELEASE_NUMERICS,
+    },
+    "lra_pathx": {
+        "source": "lra_benchmarks/image/configs/pathfinder128/base_pathfinder128_config.py @ cd31e5c",
+        "task.seq_len": 128 * 128, "task.pooling": "mean", "model.d_model": 32, "model.qkv_dim": 16,
+        "model.num_heads": 2, "model.num_layers": 1, "model.mlp_dim": 32, "model.dropout": 0.1,
+        "model.attn_dropout": 0.1, "trainer.batch_size": 64, "trainer.max_steps": 160000 // 64 * 200,
+        "trainer.lr": 1e-3, "trainer.schedule": "cosine", "trainer.warmup_steps": 160000 // 64,
+        "trainer.weight_decay": 0.0, "trainer.grad_clip": 1.0, **_RELEASE_NUMERICS, "model.pos": "learned",
+    },
+    "lra_image": {
+        "source": "lra_benchmarks/image/configs/cifar10/{base_cifar10_config,transformer_base}.py @ cd31e5c",
+        "task.seq_len": 1024, "task.pooling": "cls", "model.d_model": 128, "model.qkv_dim": 64,
+        "model.num_heads": 8, "model.num_layers": 1, "model.mlp_dim": 128, "model.dropout": 0.3,
+        "model.attn_dropout": 0.2, "trainer.batch_size": 256, "trainer.max_steps": 45000 // 256 * 200,
+        "trainer.lr": 5e-4, "trainer.schedule": "cosine", "trainer.warmup_steps": 45000 // 256,
+        "trainer.weight_decay": 0.0, "trainer.grad_clip": None, **_RELEASE_NUMERICS, "model.pos": "learned",
+    },
+    "lra_text_1000": {
+        "source": "lra_benchmarks/text_classification/configs/base_tc_config.py @ cd31e5c, train.py",
+        **_TEXT, "task.seq_len": 1000,
+    },
+    "lra_text": {"source": "as lra_text_1000, at the paper's 4K length", **_TEXT, "task.seq_len": 4096},
+    "lra_retrieval": {
+        "source": "lra_benchmarks/matching/configs/base_match_config.py @ cd31e5c, train.py",
+        "task.seq_len": 4000, "task.pooling": "cls", "model.d_model": 128, "model.qkv_dim": None,
+        "model.num_heads": 4, "model.num_layers": 4, "model.mlp_dim": 512, "model.dropout": 0.1,
+        "model.attn_dropout": 0.1, "trainer.batch_size": 32, "trainer.max_steps": 5000, "trainer.lr": 0.05,
+        "trainer.schedule": "rsqrt", "trainer.warmup_steps": 8000, "trainer.weight_decay": 0.1,
+        "trainer.grad_clip": None, **_RELEASE_NUMERICS,
     },
 }
 

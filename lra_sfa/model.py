@@ -11,8 +11,13 @@ the head takes [x1, x2, x1 * x2, x1 - x2].
 
 The release's numerical details are options, all set by ``conf/model/lra_base.yaml``:
 ``init=lra`` (its Flax initialisers, see ``release_init``), ``norm_eps=1e-6``,
-``gelu=tanh`` and ``proj_bias=false`` (no bias on the attention output
-projection). PyTorch's defaults stay the defaults elsewhere.
+``gelu=tanh``, ``proj_bias=false`` (no bias on the attention output
+projection) and ``padding=release``: token 0 is padding in every task (the
+release derives its mask from ``inputs > 0``, pixels included) and a padded
+query averages v over all positions, as the release's query-and-key padding
+mask makes it (every score of that row is the same -1e10). ``padding=task``
+(the default) takes padding from the task and lets padded queries attend as
+any other. PyTorch's defaults stay the defaults elsewhere.
 
 The attention backend is built per layer from ``attn_cfg`` (a conf/attn YAML).
 Attention dropout is applied to the attention output (backends do not expose
@@ -45,7 +50,7 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention around one AttentionBackend; q/k/v width ``qkv_dim``."""
 
     def __init__(self, d_model: int, num_heads: int, attention: AttentionBackend, dropout: float,
-                 qkv_dim: int | None = None, proj_bias: bool = True) -> None:
+                 qkv_dim: int | None = None, proj_bias: bool = True, uniform_padded_queries: bool = False) -> None:
         super().__init__()
         qkv_dim = qkv_dim or d_model
         if qkv_dim % num_heads:
@@ -55,12 +60,16 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(qkv_dim, d_model, bias=proj_bias)
         self.attention = attention
         self.dropout = nn.Dropout(dropout)
+        self.uniform_padded_queries = uniform_padded_queries
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         B, L, _ = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.qkv_dim // self.num_heads)  # (B, L, 3, H, Dh)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
         out = self.attention(q, k, v, key_padding_mask)  # (B, H, L, Dh)
+        if self.uniform_padded_queries and key_padding_mask is not None:
+            mean_v = v.float().mean(dim=2, keepdim=True).to(out.dtype)  # (B, H, 1, Dh)
+            out = torch.where(key_padding_mask[:, None, :, None], out, mean_v)
         out = out.transpose(1, 2).reshape(B, L, self.qkv_dim)  # (B, L, qkv_dim)
         return self.proj(self.dropout(out))
 
@@ -68,10 +77,11 @@ class SelfAttention(nn.Module):
 class Block(nn.Module):
     def __init__(self, d_model: int, num_heads: int, mlp_dim: int, attention: AttentionBackend,
                  dropout: float, attn_dropout: float, qkv_dim: int | None = None, norm_eps: float = 1e-5,
-                 gelu: str = "exact", proj_bias: bool = True) -> None:
+                 gelu: str = "exact", proj_bias: bool = True, uniform_padded_queries: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model, eps=norm_eps)
-        self.attn = SelfAttention(d_model, num_heads, attention, attn_dropout, qkv_dim, proj_bias)
+        self.attn = SelfAttention(d_model, num_heads, attention, attn_dropout, qkv_dim, proj_bias,
+                                  uniform_padded_queries)
         self.norm2 = nn.LayerNorm(d_model, eps=norm_eps)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, mlp_dim), nn.GELU(approximate="tanh" if gelu == "tanh" else "none"),
@@ -94,13 +104,16 @@ class LRAClassifier(nn.Module):
                  num_heads: int = 4, num_layers: int = 2, mlp_dim: int = 128, pooling: str = "cls",
                  dropout: float = 0.1, attn_dropout: float = 0.1, pos: str = "sin", dual: bool = False,
                  has_padding: bool = True, qkv_dim: int | None = None, init: str = "torch",
-                 norm_eps: float = 1e-5, gelu: str = "exact", proj_bias: bool = True) -> None:
+                 norm_eps: float = 1e-5, gelu: str = "exact", proj_bias: bool = True, padding: str = "task") -> None:
         super().__init__()
         for key, value, valid in (("pooling", pooling, ("cls", "mean", "last")), ("pos", pos, ("sin", "learned")),
-                                  ("init", init, ("torch", "lra")), ("gelu", gelu, ("exact", "tanh"))):
+                                  ("init", init, ("torch", "lra")), ("gelu", gelu, ("exact", "tanh")),
+                                  ("padding", padding, ("task", "release"))):
             if value not in valid:
                 raise ValueError(f"model: {key}={value!r} must be one of {', '.join(valid)}")
-        self.pooling, self.dual, self.has_padding = pooling, dual, has_padding
+        release_padding = padding == "release"
+        self.pooling, self.dual, self.has_padding = pooling, dual, has_padding or release_padding
+        self.release_padding = release_padding
         total_len = seq_len + (pooling == "cls")
         self.embed = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embed.weight, std=1.0)
@@ -113,7 +126,7 @@ class LRAClassifier(nn.Module):
         self.blocks = nn.ModuleList(
             Block(d_model, num_heads, mlp_dim,
                   build_attention(attn_cfg, num_heads=num_heads, head_dim=head_dim, max_seq_len=total_len),
-                  dropout, attn_dropout, qkv_dim, norm_eps, gelu, proj_bias)
+                  dropout, attn_dropout, qkv_dim, norm_eps, gelu, proj_bias, release_padding)
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(d_model, eps=norm_eps)
@@ -144,7 +157,8 @@ class LRAClassifier(nn.Module):
         x = self.embed(tokens)  # (B, L, C)
         if self.cls is not None:
             x = torch.cat([self.cls.expand(B, -1, -1), x], dim=1)  # (B, 1 + L, C)
-            mask = torch.cat([mask.new_ones(B, 1), mask], dim=1)  # (B, 1 + L)
+            cls_mask = mask[:, :1] if self.release_padding else mask.new_ones(B, 1)  # the release copies token 0's
+            mask = torch.cat([cls_mask, mask], dim=1)  # (B, 1 + L)
         x = self.dropout(x + self.pos[: x.shape[1]])
         key_padding_mask = mask if self.has_padding else None  # no host sync to check for padding
         for block in self.blocks:
@@ -152,6 +166,8 @@ class LRAClassifier(nn.Module):
         x = self.norm(x)
         if self.pooling == "cls":
             return x[:, 0]
+        if self.pooling == "mean" and self.release_padding:  # the release averages every position
+            return x.mean(1)
         if self.pooling == "mean":
             weights = mask.to(x.dtype)[..., None]  # (B, L, 1)
             return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)

@@ -87,7 +87,8 @@ def _check_supported(model: LRAClassifier, cfg, device, dtype, seq_len: int) -> 
     heads = int(cfg.model.num_heads)
     dim = int(cfg.model.get("qkv_dim") or cfg.model.d_model) // heads
     probe = torch.zeros(1, heads, seq_len, dim, device=device, dtype=dtype)
-    return model.attention_modules()[0].unsupported_reasons(probe, probe, probe, None)
+    mask = torch.ones(1, seq_len, device=device, dtype=torch.bool) if model.has_padding else None
+    return model.attention_modules()[0].unsupported_reasons(probe, probe, probe, mask)
 
 
 @dataclass

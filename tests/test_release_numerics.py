@@ -114,3 +114,29 @@ def test_compiled_run_matches_eager(make_cfg):
     compiled = run(make_cfg(*common, "trainer.compile=true"))
     assert compiled["compiled"] is True and eager["compiled"] is False
     assert compiled["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-3)
+
+
+def test_release_padding_masks_zero_tokens_and_averages_padded_queries():
+    """padding=release: token 0 is padding even for a pixel task; a padded query's attention output is the
+    mean of v over all positions; mean pooling averages every position."""
+    torch.manual_seed(0)
+    model = LRAClassifier(vocab_size=8, num_classes=2, seq_len=6, attn_cfg=FULL, d_model=16, num_heads=2,
+                          num_layers=1, mlp_dim=16, pooling="mean", has_padding=False, padding="release",
+                          dropout=0.0, attn_dropout=0.0).eval()
+    assert model.has_padding
+    attn = model.blocks[0].attn
+    x = torch.randn(1, 6, 16)
+    mask = torch.tensor([[True, False, True, True, False, True]])
+    out = attn.attention  # the backend alone, to rebuild the expected output
+    qkv = attn.qkv(x).view(1, 6, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    expected = out(qkv[0], qkv[1], qkv[2], mask)
+    expected[:, :, ~mask[0]] = qkv[2].mean(dim=2, keepdim=True).expand(-1, -1, int((~mask).sum()), -1)
+    expected = attn.proj(expected.transpose(1, 2).reshape(1, 6, 16))
+    assert torch.allclose(attn(x, mask), expected, atol=1e-6)
+    tokens = torch.tensor([[3, 0, 5, 1, 0, 2]])
+    hidden = {}
+    model.norm.register_forward_hook(lambda module, args, output: hidden.update(x=output))
+    pooled = model.encode(tokens)
+    assert torch.allclose(pooled, hidden["x"].mean(1), atol=1e-6)
+    with pytest.raises(ValueError, match="model: padding='none' must be one of task, release"):
+        LRAClassifier(vocab_size=8, num_classes=2, seq_len=6, attn_cfg=FULL, padding="none")

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 _RELEASE_NUMERICS = {"model.init": "lra", "model.norm_eps": 1e-6, "model.gelu": "tanh", "model.proj_bias": False,
+                     "model.padding": "release",
                      "model.pos": "sin", "trainer.betas": [0.9, 0.98], "trainer.eps": 1e-9,
                      "trainer.test_weights": "final"}
 _LISTOPS = {

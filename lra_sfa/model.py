@@ -6,8 +6,11 @@ token embeddings N(0, 1), sinusoidal or learned positions, pre-LN blocks
 zero-initialised CLS vector prepended, the mean over real tokens, or the
 last real token), and a head Dense(mlp_dim) -> ReLU -> Dense(classes).
 ``qkv_dim`` (default ``d_model``) is the q/k/v width, as LRA's ``qkv_dim``.
-For a dual task (retrieval) both documents go through the same encoder and
-the head takes [x1, x2, x1 * x2, x1 - x2].
+For a dual task (retrieval) both documents go through the same encoder; with
+``dual_head=paper`` the head takes [x1, x2, x1 * x2, x1 - x2] (the paper's
+Eq. 1), with ``dual_head=release`` it takes [x1, x2] through
+Dense(mlp_dim) -> ReLU -> Dense(mlp_dim / 2) -> ReLU -> Dense(classes), as the
+release's matching code runs (it passes no interaction).
 
 The release's numerical details are options, all set by ``conf/model/lra_base.yaml``:
 ``init=lra`` (its Flax initialisers, see ``release_init``), ``norm_eps=1e-6``,
@@ -104,11 +107,13 @@ class LRAClassifier(nn.Module):
                  num_heads: int = 4, num_layers: int = 2, mlp_dim: int = 128, pooling: str = "cls",
                  dropout: float = 0.1, attn_dropout: float = 0.1, pos: str = "sin", dual: bool = False,
                  has_padding: bool = True, qkv_dim: int | None = None, init: str = "torch",
-                 norm_eps: float = 1e-5, gelu: str = "exact", proj_bias: bool = True, padding: str = "task") -> None:
+                 norm_eps: float = 1e-5, gelu: str = "exact", proj_bias: bool = True, padding: str = "task",
+                 dual_head: str = "paper") -> None:
         super().__init__()
         for key, value, valid in (("pooling", pooling, ("cls", "mean", "last")), ("pos", pos, ("sin", "learned")),
                                   ("init", init, ("torch", "lra")), ("gelu", gelu, ("exact", "tanh")),
-                                  ("padding", padding, ("task", "release"))):
+                                  ("padding", padding, ("task", "release")),
+                                  ("dual_head", dual_head, ("paper", "release"))):
             if value not in valid:
                 raise ValueError(f"model: {key}={value!r} must be one of {', '.join(valid)}")
         release_padding = padding == "release"
@@ -131,8 +136,13 @@ class LRAClassifier(nn.Module):
         )
         self.norm = nn.LayerNorm(d_model, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
-        head_in = 4 * d_model if dual else d_model
-        self.head = nn.Sequential(nn.Linear(head_in, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, num_classes))
+        self.nli_features = dual and dual_head == "paper"
+        if dual and dual_head == "release":
+            self.head = nn.Sequential(nn.Linear(2 * d_model, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, mlp_dim // 2),
+                                      nn.ReLU(), nn.Linear(mlp_dim // 2, num_classes))
+        else:
+            head_in = 4 * d_model if dual else d_model
+            self.head = nn.Sequential(nn.Linear(head_in, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, num_classes))
         if init == "lra":
             release_init(self)
 
@@ -177,7 +187,8 @@ class LRAClassifier(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.dual:
             x1, x2 = self.encode(tokens[:, 0]), self.encode(tokens[:, 1])  # each (B, C)
-            features = torch.cat([x1, x2, x1 * x2, x1 - x2], dim=-1)  # (B, 4C)
+            pair = [x1, x2, x1 * x2, x1 - x2] if self.nli_features else [x1, x2]
+            features = torch.cat(pair, dim=-1)  # (B, 4C) or (B, 2C)
         else:
             features = self.encode(tokens)
         return self.head(features)
@@ -216,7 +227,7 @@ def release_init(model: LRAClassifier) -> None:
         for linear in (block.mlp[0], block.mlp[3]):
             _xavier_uniform(linear.weight, linear.in_features, linear.out_features)
             _small_normal_bias(linear)
-    for linear in (model.head[0], model.head[2]):
+    for linear in (layer for layer in model.head if isinstance(layer, nn.Linear)):
         std = math.sqrt(1.0 / linear.in_features) / 0.87962566103423978  # truncated normal's std correction
         nn.init.trunc_normal_(linear.weight, std=std, a=-2 * std, b=2 * std)
         nn.init.zeros_(linear.bias)

@@ -140,3 +140,13 @@ def test_release_padding_masks_zero_tokens_and_averages_padded_queries():
     assert torch.allclose(pooled, hidden["x"].mean(1), atol=1e-6)
     with pytest.raises(ValueError, match="model: padding='none' must be one of task, release"):
         LRAClassifier(vocab_size=8, num_classes=2, seq_len=6, attn_cfg=FULL, padding="none")
+
+
+@pytest.mark.parametrize("dual_head, features", [("paper", 4 * 16), ("release", 2 * 16)])
+def test_dual_heads(dual_head, features):
+    """paper: [x1, x2, x1*x2, x1-x2] -> Dense -> ReLU -> Dense; release: [x1, x2] with one more hidden layer."""
+    model = LRAClassifier(vocab_size=8, num_classes=2, seq_len=6, attn_cfg=FULL, d_model=16, num_heads=2,
+                          num_layers=1, mlp_dim=32, dual=True, dual_head=dual_head, init="lra")
+    linears = [layer for layer in model.head if isinstance(layer, torch.nn.Linear)]
+    assert linears[0].in_features == features and len(linears) == (3 if dual_head == "release" else 2)
+    assert model(torch.randint(1, 8, (3, 2, 6))).shape == (3, 2)

@@ -74,7 +74,7 @@ RELEASE = {
         "model.num_heads": 4, "model.num_layers": 4, "model.mlp_dim": 512, "model.dropout": 0.1,
         "model.attn_dropout": 0.1, "trainer.batch_size": 32, "trainer.max_steps": 5000, "trainer.lr": 0.05,
         "trainer.schedule": "rsqrt", "trainer.warmup_steps": 8000, "trainer.weight_decay": 0.1,
-        "trainer.grad_clip": None, **_RELEASE_NUMERICS,
+        "trainer.grad_clip": None, "model.dual_head": "release", **_RELEASE_NUMERICS,
     },
 }
 

@@ -43,10 +43,10 @@ from pathlib import Path
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lra_sfa.bench.kernels import KERNEL_CSV_COLUMNS, KERNEL_KEY, RowWriter
+from lra_sfa.bench.kernels.rows import KERNEL_CSV_COLUMNS, KERNEL_KEY, RowWriter
 from lra_sfa.bench.timing import time_ms
-from lra_sfa.kernels.wide_ref import wide_dense_reference
-from lra_sfa.kernels.wide_triton import wide_triton_attention
+from lra_sfa.kernels.wide.reference import wide_dense_reference
+from lra_sfa.kernels.wide.triton_kernel import wide_triton_attention
 from lra_sfa.sfa_wide import simhash_codes, simhash_planes, unit_columns
 
 WIDE_KEY = ["op", "heads", "seq_len", "head_dim", "topk", "D", "cap", "mode", "codes"]  # one cell of sfa_wide.csv

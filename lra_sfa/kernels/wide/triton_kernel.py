@@ -57,7 +57,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lra_sfa.kernels.wide_posting import WidePlan, build_plan, validate_codes
+from lra_sfa.kernels.wide.plan import WidePlan, build_plan, validate_codes
 
 LOG2E = 1.4426950408889634
 OVERLAP_INIT_VALUE = -1.0e30  # running max before any candidate (overlap mode)

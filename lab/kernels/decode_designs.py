@@ -83,8 +83,8 @@ import torch
 import triton
 import triton.language as tl
 
-from lra_sfa.kernels.flash_sfa_fwd import BOUND_MIN_SUM, LOG2E, NEG_BIG, interpreting
-from lra_sfa.kernels.topk_pack import index_dtype, topk_pack
+from lra_sfa.kernels.sfa.topk_pack import index_dtype, topk_pack
+from lra_sfa.kernels.sfa.triton_fwd import BOUND_MIN_SUM, LOG2E, NEG_BIG, interpreting
 
 
 @triton.jit

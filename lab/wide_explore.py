@@ -25,8 +25,9 @@ import torch
 from lra_sfa.bench.kernels import RowWriter
 from lra_sfa.bench.timing import time_ms
 from lra_sfa.bench.wide import check
-from lra_sfa.kernels.wide_posting import build_plan, wide_posting_attention
-from lra_sfa.kernels.wide_triton import DEFAULT_BLOCKS, _work_items, wide_triton_attention
+from lra_sfa.kernels.wide.plan import build_plan
+from lra_sfa.kernels.wide.posting import wide_posting_attention
+from lra_sfa.kernels.wide.triton_kernel import DEFAULT_BLOCKS, _work_items, wide_triton_attention
 
 COLUMNS = ["config", "op", "seq_len", "heads_measured", "D", "topk", "bucket_size", "ms_8_heads", "max_rel_err",
            "plain_rel_err", "check", "device", "date"]

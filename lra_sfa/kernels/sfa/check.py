@@ -88,8 +88,8 @@ def full_check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int,
     ``topk_agrees``. ``out_nograd`` is ``fn`` again without autograd (the
     forward-only path). Returns errors and the pass verdict.
     """
-    from lra_sfa.kernels.sfa_ref import sfa_chunked
-    from lra_sfa.kernels.topk_pack import topk_pack
+    from lra_sfa.kernels.sfa.reference import sfa_chunked
+    from lra_sfa.kernels.sfa.topk_pack import topk_pack
 
     dim = q.shape[-1]
     leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lra_sfa.kernels.flash_sfa_fwd import LOG2E, dot, score_bound, set_block_shapes
+from lra_sfa.kernels.sfa.triton_fwd import LOG2E, dot, score_bound, set_block_shapes
 
 # name: (loop stage, q in registers)
 FWD_STAGES = {"scores": (1, False), "+exp2": (2, False), "whole": (3, False), "whole, no exp2": (4, False),
@@ -84,7 +84,7 @@ def fwd_stage_runner(stage: str, qd: torch.Tensor, kd: torch.Tensor, v: torch.Te
                      warps: int, stages: int):
     """A no-argument callable running the bounded forward loop cut at ``stage`` (FWD_STAGES) on (B*H, L, D)
     codes qd, kd and dense v; it returns (out (B*H, L, D), lse2 (B*H, L))."""
-    from lra_sfa.kernels.flash_sfa import key_code_range, tile_descriptor
+    from lra_sfa.kernels.sfa.launcher import key_code_range, tile_descriptor
 
     if stage not in FWD_STAGES:
         raise ValueError(f"fwd_stage_runner: unknown stage {stage!r}; use one of {tuple(FWD_STAGES)}")

@@ -71,6 +71,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from lra_sfa.kernels.sfa.tiles import key_code_range
+
 LOG2E = 1.4426950408889634
 GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 BOUND_MIN_SUM = gl.constexpr(2.0 ** -64)  # as flash_sfa_fwd's: below it a row's bound was too loose
@@ -285,8 +287,6 @@ def gluon_ws_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_
     ring of ``stages`` K/V tiles of ``block_n`` keys; ``maxnreg`` caps the registers per thread at launch and
     ``consumer_regs`` is what the second compute warpgroup asks for (``setmaxnreg``). With ``topk_q`` > 0, qd is
     the dense q and the kernel keeps each row's ``topk_q`` largest entries itself (as ``topk_pack``)."""
-    from lra_sfa.kernels.flash_sfa import key_code_range
-
     check_launch("gluon_ws_forward", (qd, kd, v), consumers,
                  {"consumers*BLOCK_M": consumers * block_m, "BLOCK_N": block_n})
     if stages < consumers:

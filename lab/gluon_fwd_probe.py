@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 import triton
 
-from lra_sfa.kernels import flash_sfa_fwd as fwd
-from lra_sfa.kernels.flash_sfa import launch_forward, pad_bias
-from lra_sfa.kernels.flash_sfa_gluon import gluon_ws_forward
-from lra_sfa.kernels.topk_pack import topk_pack
+from lra_sfa.kernels.sfa import triton_fwd as fwd
+from lra_sfa.kernels.sfa.gluon_fwd import gluon_ws_forward
+from lra_sfa.kernels.sfa.launcher import launch_forward, pad_bias
+from lra_sfa.kernels.sfa.topk_pack import topk_pack
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lra_sfa.kernels.flash_sfa_fwd import LOG2E, NEG_BIG, softmax_pv_update
+from lra_sfa.kernels.sfa.triton_fwd import LOG2E, NEG_BIG, softmax_pv_update
 
 
 @triton.jit

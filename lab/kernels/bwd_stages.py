@@ -31,8 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from lra_sfa.kernels.flash_sfa_bwd import set_bwd_block_shapes
-from lra_sfa.kernels.flash_sfa_fwd import LOG2E, dot
+from lra_sfa.kernels.sfa.triton_bwd import set_bwd_block_shapes
+from lra_sfa.kernels.sfa.triton_fwd import LOG2E, dot
 
 DKDV_STAGES = {"scores": 1, "+dV": 2, "+dP,dS": 3, "whole": 4, "whole, no exp2": 5,
                "whole, masked lse/delta loads": 6, "whole, delta loaded first": 7}
@@ -128,7 +128,7 @@ def bwd_stage_runner(kernel: str, stage: str, qd: torch.Tensor, kd: torch.Tensor
     """A no-argument callable running ``kernel`` ('dkdv' or 'dq') cut at ``stage`` (DKDV_STAGES / DQ_STAGES)
     on (B*H, L, D) codes qd, kd, dense v and dout, lse2 (B*H, L) base 2 and delta (B*H, L); it returns the
     kernel's outputs ((dk, dv) or (dq,))."""
-    from lra_sfa.kernels.flash_sfa import tile_descriptor
+    from lra_sfa.kernels.sfa.launcher import tile_descriptor
 
     table = {"dkdv": (DKDV_STAGES, _dkdv_stages_kernel, block_n), "dq": (DQ_STAGES, _dq_stages_kernel, block_m)}
     if kernel not in table or stage not in table[kernel][0]:

@@ -49,7 +49,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
 
-from lra_sfa.kernels.flash_sfa_gluon import LOG2E, _load_partition, check_launch, nvmma_descriptor, wgmma_layout
+from lra_sfa.kernels.sfa.gluon_fwd import LOG2E, _load_partition, check_launch, nvmma_descriptor, wgmma_layout
 
 # Compute warpgroups per program, each with its own 64 rows. One warpgroup measured slower in both kernels
 # (dQ 4.59-6.09 ms, dK/dV 6.62-9.26 against 4.14 / 6.08; see Measured), so the kernels are written for two.

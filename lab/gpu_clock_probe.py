@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lra_sfa.kernels.flash_sfa import flash_sfa
-from lra_sfa.kernels.topk_pack import topk_pack
+from lra_sfa.kernels.sfa.launcher import flash_sfa
+from lra_sfa.kernels.sfa.topk_pack import topk_pack
 
 
 def sample(stop: threading.Event, rows: list) -> None:

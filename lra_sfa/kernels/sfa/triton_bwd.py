@@ -95,7 +95,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from lra_sfa.kernels.flash_sfa_fwd import dot
+from lra_sfa.kernels.sfa.triton_fwd import dot
 
 
 @triton.jit

@@ -1,7 +1,7 @@
 """SFA restricted to a sliding window: feature sparsity composed with token sparsity.
 
 q and k are cut to their ``topk`` (``topk_k`` for k) largest-magnitude
-features by the SFA sparsifier (``lra_sfa.kernels.sfa_ref.sparsify``: signs
+features by the SFA sparsifier (``lra_sfa.kernels.sfa.reference.sparsify``: signs
 kept, gradient masked to the kept support, scale 1/sqrt(full head dim)); then
 exact windowed attention runs on the sparse codes. Exactness as in SFA: a
 pair inside the window with no shared feature scores 0 (not -inf) and still
@@ -20,7 +20,7 @@ import torch
 
 from lra_sfa.baselines._patterns import BandGlobalPattern, SparsePattern
 from lra_sfa.baselines._sparse_backend import BlockSparseAttention, band_tile
-from lra_sfa.kernels.sfa_ref import sparsify
+from lra_sfa.kernels.sfa.reference import sparsify
 
 
 class SFAWindowAttention(BlockSparseAttention):

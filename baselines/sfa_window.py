@@ -8,9 +8,8 @@ pair inside the window with no shared feature scores 0 (not -inf) and still
 takes part in the softmax; pairs outside the window are excluded.
 
 Same engines as ``windowed`` (FlexAttention on CUDA, sharing its compiled
-kernel; blocked PyTorch on CPU). The top-k is ``torch.topk``, which costs
-about 6.5 ms per 2^20 rows at head_dim 64 on the H200
-(../shared/research/device.md). Defaults: k/d = 1/8 at head_dim 64 (the SFA
+kernel; blocked PyTorch on CPU). The top-k is ``torch.topk``, a sizeable
+share of the forward on the GPU (results/kernels/NOTES.md). Defaults: k/d = 1/8 at head_dim 64 (the SFA
 paper's choice), window as ``longformer``.
 """
 

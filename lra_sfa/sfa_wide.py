@@ -200,9 +200,8 @@ class SFAWideAttention(AttentionBackend):
 
     def _impl(self, device: torch.device, value_dim: int) -> str:
         """auto: posting on the CPU; the Triton bucket kernels on CUDA, measured faster than the posting
-        path at every length tried (H200, 2026-11-29, results/kernels/sfa_wide_explore.csv: 2.4 vs 2.8 ms
-        forward at L=1K and 14 vs 260 ms at 16K, D=4096, k=16), unless k or the value head dim is not a
-        power of two (the kernels' tl.arange needs one; the posting path takes any)."""
+        path at every length tried (results/kernels/sfa_wide_explore.csv), unless k or the value head dim is
+        not a power of two (the kernels' tl.arange needs one; the posting path takes any)."""
         if self.impl != "auto":
             return self.impl
         powers = all(x & (x - 1) == 0 for x in (self.k, value_dim))

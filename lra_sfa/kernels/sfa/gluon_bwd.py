@@ -1,12 +1,12 @@
 """FlashSFA backward's dQ and dK/dV kernels for Hopper in Gluon, warp-specialised like the forward.
 
 dQ (``_gluon_dq_kernel``)
-    The same as ``flash_sfa_bwd._dq_kernel`` without a padding mask: per
+    The same as ``triton_bwd._dq_kernel`` without a padding mask: per
     query block, over all key tiles, P = 2^(Q~K~^T * scale - lse2),
     dS = P * (dO V^T - delta), dQ~ += dS K~; then dQ = sm * dQ~ masked to
     each query's top-k support (rebuilt from the packed indices). lse2 and
-    delta are read from the rows the launcher pads (``flash_sfa.pad_rows``).
-    As in ``flash_sfa_gluon``'s forward, one producer warp streams K/V tiles by
+    delta are read from the rows the launcher pads (``tiles.pad_rows``).
+    As in ``gluon_fwd``'s forward, one producer warp streams K/V tiles by
     TMA into a ring of STAGES buffers, and two compute warpgroups (one
     per 64 query rows) take every tile from it (``empty`` counts one arrival
     per warpgroup). Each warpgroup keeps its Q and dO tiles in shared memory
@@ -15,29 +15,21 @@ dQ (``_gluon_dq_kernel``)
     issues itself.
 
 dK/dV (``_gluon_dkdv_kernel``)
-    The same as ``flash_sfa_bwd._dkdv_kernel`` without a padding mask: each
+    The same as ``triton_bwd._dkdv_kernel`` without a padding mask: each
     compute warpgroup keeps 64 keys' K, V tiles and dK, dV accumulators and
     takes every (Q, dO) tile of the producer's ring, working on transposed
     tiles (keys x queries) so that P^T and dS^T are matmul operands straight
     from registers; lse2 is loaded one iteration ahead (PREFETCH).
 
-Measured (H200, 2026-11-29, bf16, L=16K, d=128, k=8, B*H=16, each kernel
-alone; ``sfa_explore_2026-11-29_s11_gluon_{dq,bwd,dkdv_prefetch,d64}.csv``)
-    dQ: 64x128 tiles, 2 stages 4.14-4.21 ms against the Triton kernel's 4.70;
-    64x64 3 stages 4.37, 4 stages 4.42, 2 stages 4.48; one warpgroup
-    4.59-6.09. dK/dV: 64 queries x 64 keys, 3 stages with lse2 one iteration
-    ahead 6.08 ms, without 6.23-6.32 (4 stages 6.18), against the Triton
-    kernel's 6.52; with delta ahead as well 6.92-7.44 (the 240 registers
-    spill); one warpgroup 6.62-9.26 (that launch is removed from both
-    kernels). Whole backward 10.51 ms against 11.29.
-    d=64 (L=32K, k=16): dQ 10.53, dK/dV 16.12, against 27.72 for the whole
-    Triton backward. Both kernels still do 7 matmuls per tile pair: the
-    gain is the producer warp and the shared tiles, as in the forward.
+Why
+    Both kernels still do 7 matmuls per tile pair; the gain over the Triton
+    kernels is the producer warp and the tiles two warpgroups share, as in
+    the forward (results/kernels/NOTES.md).
 
-Limits (``flash_sfa.gluon_bwd_eligible``; everything else runs the Triton
-    kernels): CUDA sm_90, fp16 / bf16, head_dim 64 or 128, L a multiple of
-    128, no padding mask. No CPU interpreter runs Gluon, so ``python -m
-    lra_sfa.bench.kernels --mode check`` checks them on the GPU.
+Limits (``dispatch``; everything else runs the Triton kernels): CUDA sm_90,
+    fp16 / bf16, head_dim 64 or 128, L a multiple of 128, no padding mask.
+    No CPU interpreter runs Gluon, so ``pytest -m gpu
+    tests/test_kernels_gpu.py`` checks them on the GPU against float64.
 """
 
 from __future__ import annotations
@@ -52,7 +44,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from lra_sfa.kernels.sfa.gluon_fwd import LOG2E, _load_partition, check_launch, nvmma_descriptor, wgmma_layout
 
 # Compute warpgroups per program, each with its own 64 rows. One warpgroup measured slower in both kernels
-# (dQ 4.59-6.09 ms, dK/dV 6.62-9.26 against 4.14 / 6.08; see Measured), so the kernels are written for two.
+# (results/kernels/NOTES.md), so the kernels are written for two.
 WARPGROUPS = gl.constexpr(2)
 
 

@@ -1,7 +1,7 @@
 """FlashSFA forward for Hopper in Gluon: the bounded loop, warp-specialised.
 
 What it computes
-    The same as ``flash_sfa_fwd``'s BOUNDED path: per query block, a fixed
+    The same as ``triton_fwd``'s BOUNDED path: per query block, a fixed
     per-row offset (``score_bound``: an upper bound of the row's scaled scores
     from the key codes' per-feature range), then over all key tiles S = Q~K~^T
     on tensor cores, p = 2^(S * scale - offset), l += rowsum(p), O += P V; no
@@ -20,40 +20,27 @@ How
     warpgroup is through the ring, in ring slot IDX), and writes O through
     its Q buffer by TMA. With TOPK_Q > 0 (the forward-only path) it first
     keeps each row's TOPK_Q largest |q| itself, as ``topk_pack`` would.
-    Launches (``flash_sfa.gluon_config``): two warpgroups over 128-key tiles
+    Launches (``dispatch.gluon_config``): two warpgroups over 128-key tiles
     (2 stages, 240 registers each by ``setmaxnreg`` under ``maxnreg`` 168)
     where L is a multiple of 128, else one over 64-key tiles (3 stages,
     ``maxnreg`` 128: two programs per SM).
     Every barrier the kernel allocates is used: an initialised barrier that
     no partition uses is dead to the allocator, which gave its bytes to
-    scratch (a race measured in session 11; PTX wants mbarrier.inval first).
+    scratch (a race seen on the H200; PTX wants mbarrier.inval first).
 
-Measured (H200, 2026-11-29, bf16, L=16K, d=128, k=8, B*H=16, kernel only;
-``gluon_fwd_probe_2026-11-29_s11*.csv``, ``sfa_explore_2026-11-29_s1{0,1}_gluon.csv``)
-    Two warpgroups, 64x128 tiles, 2 stages: 3.14-3.17 ms against cuDNN's
-    3.15-3.18 in the same calls (13.32 vs 12.74 ms at 32K); 64x64, 3 stages
-    3.30, 4 stages 3.27; 64x128, 3 stages 3.19. One warpgroup, 64x64, 3
-    stages: 3.36-3.44 (the Triton kernel: 3.58; outputs bit-identical), 4
-    stages (one program per SM) 4.91. FA3-style ping-pong (the warpgroups
-    passing the tensor cores back and forth by mbarriers, one matmul at a
-    time): 3.51 vs 3.30 (64x64), 3.133 vs 3.139 (64x128); removed. With the
-    next tile's Q.K^T kept in flight during the softmax and P.V chained
-    asynchronously (FA3's intra-warpgroup overlap): 5.04 ms (64x64), 5.43
-    (128x64); removed. The single-partition Gluon kernel (TMA issued by the
-    compute warps): 4.01 ms plain, 4.74 with the overlap (commit f603002).
-    Sweeps (2^19 tokens, fwd with top-k): 1.00x cuDNN at 16K, 1.03x at
-    32K-128K (one warpgroup, session 10: 0.90x, 0.93-0.97x). At d=64 the
-    two-warpgroup launch took 9.02 ms at 32K, k=16 (kernel only), the
-    Triton forward 8.51 ms with its top-k in the sweep (another call): not
-    faster, so d=64 keeps the Triton kernel.
+Why
+    The Triton forward cannot overlap one warpgroup's softmax with another's
+    matmuls; a producer warp that owns the TMA loads and compute warpgroups
+    that share its ring bring the forward to cuDNN's time at d = 128. FA3's
+    ping-pong scheduling and intra-warpgroup overlap were tried here and
+    lost (results/kernels/NOTES.md).
 
-Limits (``flash_sfa.gluon_eligible``; everything else runs the Triton
-    kernel): CUDA sm_90, fp16 / bf16, head_dim 128 (64 compiles and runs; at
-    32K, k=16 it was not faster than the Triton kernel, which keeps that
-    shape), L a multiple of 64, no padding mask.
-    Gluon has no CPU interpreter, so CI cannot run this file; ``python -m
-    lra_sfa.bench.kernels --mode check`` checks it on the GPU against float64
-    (shapes that take each launch, one with a loose bound).
+Limits (``dispatch``; everything else runs the Triton kernel): CUDA sm_90,
+    fp16 / bf16, head_dim 128 (64 compiles and runs but is not faster than
+    the Triton kernel, which keeps that shape), L a multiple of 64, no
+    padding mask. Gluon has no CPU interpreter, so CI cannot run this file;
+    ``pytest -m gpu tests/test_kernels_gpu.py`` checks it on the GPU against
+    float64 (shapes that take each launch, one with a loose bound).
 """
 
 from __future__ import annotations
@@ -75,7 +62,7 @@ from lra_sfa.kernels.sfa.tiles import key_code_range
 
 LOG2E = 1.4426950408889634
 GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
-BOUND_MIN_SUM = gl.constexpr(2.0 ** -64)  # as flash_sfa_fwd's: below it a row's bound was too loose
+BOUND_MIN_SUM = gl.constexpr(2.0 ** -64)  # as triton_fwd's: below it a row's bound was too loose
 
 
 @gluon.constexpr_function

@@ -31,20 +31,11 @@ Block sizes
     4 warps): large enough for 16-byte row loads, small enough that the k
     selection rounds stay in registers.
 
-Measured (H200, 2026-11-28, bf16, 2^20 rows of D=128, values + ids + dense
-codes): key-packed kernel 0.40 ms (k=8) and 0.58 ms (k=16); the first
-version (value rounds, as the fp32 path) took 1.29 / 1.97 ms; torch.topk on
-|x| alone 6.9 ms. On 2026-11-29, calls timed back to back: 0.33 / 0.55 ms.
-The memory floor (read x, write the codes) is about 0.13 ms, so the
-selection rounds still dominate: the PTX for sm_90 has vectorised 16-byte
-loads and stores, and its k rounds of 32-bit integer max and compare-select
-(about 40 max.s32 per thread per round) run on the INT32 pipes.
-Float keys (2026-11-29, ``sfa_explore_2026-11-29_fused.csv``, k=8): the
-same keys offset by 2^23 so their bits are positive normal float32 numbers,
-and the rounds as float max / compare on the FP32 pipes: 0.352 ms against
-0.325 ms for the integer keys at 4096 elements and 4 warps per program;
-2048 / 4 warps 0.389 (integer 0.345), 8192 / 8 warps 0.380, 4096 / 8 warps
-0.392. A loss, removed; the integer keys and 4096 / 4 warps stay.
+Design and why
+    The 16-bit path's integer keys make each round two instructions per
+    element; float keys on the FP32 pipes and other tile sizes measured
+    slower, and torch.topk far slower (results/kernels/NOTES.md). The
+    selection rounds, not memory, bound the kernel.
 """
 
 from __future__ import annotations

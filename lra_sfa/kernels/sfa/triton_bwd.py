@@ -12,10 +12,10 @@ What it computes
     ``_delta_kernel`` (rowsum), ``_dkdv_kernel`` (one program per key block,
     looping over query blocks) and ``_dq_kernel`` (one program per query
     block, looping over key blocks); no atomics, so results are deterministic.
-    On the H200, for bf16 / fp16 at head_dim 64 or 128 with L a multiple of
-    128 and no padding, ``flash_sfa_bwd_gluon`` replaces the last two with
-    warp-specialised Gluon kernels of the same math (faster there; numbers
-    in that file); this file runs every other shape and the CPU interpreter.
+    On Hopper, where ``dispatch`` allows (bf16 / fp16, head_dim 64 or 128, L
+    a multiple of 128, no padding), ``gluon_bwd`` replaces the last two with
+    warp-specialised Gluon kernels of the same math; this file runs every
+    other shape and the CPU interpreter.
     Q, K, V, dO tiles load and dQ, dK, dV tiles store through TMA tensor
     descriptors over (B*H, L, D) views, so rows past L are zero-filled on load
     and dropped on store by the hardware.
@@ -30,59 +30,14 @@ Masking
 Limits
     As the forward: head_dim 16..128, fp16 / bf16 / fp32 (IEEE dots), any L.
 
-Measured (H200, 2026-11-29, bf16, L=16K, d=128, k=8, B*H=16, each kernel
-alone; results/kernels/sfa_explore_2026-11-29_s9_*.csv)
-    dK/dV 64x128 w8 s4 6.50 ms, dQ 128x64 w8 s3 4.69 ms; the autotuned
-    backward (delta, dK/dV, dQ) 11.29 ms; fwd+bwd 14.99 ms against cuDNN
-    12.49 ms (sparsified inputs) / 13.82 ms (random): 0.83x. Per matmul the
-    kernels now run faster than cuDNN's backward (dK/dV ~680 TFLOP/s over
-    its 4 matmuls, dQ ~700 over its 3, cuDNN ~590 over 5); the gap is the 7
-    matmuls per tile pair against cuDNN's 5. Sweep (2^19 tokens, commit
-    0a5142d): fwd+bwd d=128 k=8 0.84x cuDNN at 16K, 0.85x at 32K, 0.89x at
-    64K, 0.86x at 128K (0.72-0.76x in session 8), 1.57-1.62x FA2 from 8K;
-    k=16 0.85-0.91x from 16K; d=64 k=8 0.90-0.91x from 32K.
-Where the time goes (``flash_sfa_bwd_stages``: the loops with stages taken
-    out; same shape and tiles, ``..._s9_bwd_stages*.csv``; measured before
-    the lse2 / delta change below). dK/dV, whole loop 7.24 ms: Q.K^T and
-    exp2 2.01 ms, + dV 3.97, + dP, dS and dK 7.24; exp2 alone 0.99 ms (6.26
-    without it). dQ, whole loop 5.21 ms (the real kernel, 4.91, schedules
-    better): Q.K^T and exp2 1.78, + dP and dS 4.53, + dQ 5.21; exp2 0.84 ms.
-    So exp2 is 14-16% of each loop and the rest is matmuls with their
-    loads. Halving the special-function work with fp16-pair exponentials
-    (``ex2.approx.f16x2``, session 10) saved nothing: dK/dV 6.56 vs 6.51
-    ms, dQ 4.69 vs 4.70 (``sfa_explore_2026-11-29_s10_exp2_f16_bwd.csv``),
-    so it is the instructions around exp2, not its throughput, that cost.
-    The dQ kernel's recomputed Q.K^T and dO.V^T (~3 ms of its 4.9) are what
-    a 5-matmul backward would save.
-lse2 / delta loads. In the dK/dV loop they cost 0.57 ms as masked pointer
-    loads: masked (rows past L) 7.78 ms, unmasked but delta loaded at the
-    loop's top 7.56, unmasked after the dV matmul 7.24 (stage ablations).
-    So the launcher pads both to ``ROW_PAD`` rows (lse2 = +inf in the
-    padding) and the loop reads them by TMA, like its Q and dO tiles: 6.50
-    ms against 7.25 ms for unmasked pointer loads
-    (``..._s9_lse_tma.csv``). The dQ kernel applies no key mask without
-    padding (keys past L have zero K rows, so their dS column adds nothing
-    to dS K): 4.69 against 4.91 ms.
-TMA descriptors against pointer loads (before the padding): dK/dV 64x128
-    w8 s3 8.02 vs 8.35 ms (7.97 vs 8.28 in an earlier call); dQ 128x64 w8
-    s3 4.95 vs 5.54 ms, 128x32 w4 s3 5.33 vs 5.52.
-Fused dQ (the dK/dV kernel also forms dS K~ for each tile pair and adds it
-    into an fp32 accumulator, so the dQ kernel and its two recomputed
-    matmuls go: 5 matmuls instead of 7). Three ways tried, all losses, so
-    removed (same shape, ``sfa_explore_2026-11-29_s9_fused_dq.csv``):
-    packed support columns (tl.gather of q's top-k columns, scalar atomics
-    on a (B*H*L, k) buffer) 15.9 ms autotuned backward; dense atomics masked
-    to q's support 27.1 ms; FlashAttention-3's TMA reduce-add of the whole
-    (64, D) tile 14.3 ms; against 13.0 ms for the two kernels then. The dK/dV
-    kernel with the fifth matmul ran 15.6 ms (64x128 w8 s3, TMA reduce)
-    against 7.9 + 5.0 ms for the pair: a third (64, D) fp32 tile on top of
-    the two (128, D) accumulators, and dS transposed through shared memory,
-    cost more than the dQ kernel saves. FA3 keeps it cheap with warpgroup
-    register reallocation, which Triton 3.6 does not expose.
-Warp specialisation of either loop (``tl.range(warp_specialize=True)``,
-    ``sfa_explore_2026-11-29_s9_ws.csv``): no change with 8 warps (dK/dV
-    64x128 s4 7.83 vs 7.82 ms, dQ 128x64 s3 4.93 vs 4.93); with 4 warps the
-    dK/dV kernel returned NaN and one dQ config failed to compile. Not used.
+Design and why
+    Two kernels, not one: fusing dQ into the dK/dV loop (5 matmuls per tile
+    pair instead of 7) needs a third fp32 tile and atomics or a TMA
+    reduce-add, and every variant tried ran slower than the pair. lse2 and
+    delta are read by TMA from rows the launcher pads to ``ROW_PAD`` (no
+    masks in the loop), and the dQ kernel applies no key mask without
+    padding (zero K rows past L add nothing). Measurements of each choice:
+    results/kernels/README.md and NOTES.md there.
 Block sizes
     dK/dV keeps two fp32 (BLOCK_N, D) accumulators in registers, so BLOCK_N
     64 with 4 warps (or 128 with 8) at D=128; dQ keeps one, so BLOCK_M 64-128.
@@ -210,11 +165,7 @@ def bwd_config(block_m: int, block_n: int, warps: int, stages: int) -> triton.Co
 
 
 INTERPRETER_BWD_CONFIG = bwd_config(64, 64, 4, 1)
-# H200, 2026-11-29, bf16, L=16K, d=128, k=8, B*H=16, each kernel alone, TMA: dK/dV 64x128 w8 s4 7.88 ms, 64x128 w8
-# s3 7.97-8.02, 32x64 w4 s4 8.09-8.14, 64x128 w8 s2 8.92, 32x128 w8 s4 9.34, 64x64 w4 s3 9.83, 32x128 w4 s4 33.4;
-# dQ 128x64 w8 s3 4.94-4.95, 128x64 w8 s4 4.96, 64x128 w4 s3 5.15, 128x32 w4 s3 5.32, 64x64 w4 s3 5.46,
-# 128x128 w8 s3 out of shared memory. Pointer loads (before): dK/dV 64x128 w8 s3 8.28-8.55, dQ 128x32 w4 s3 5.38-5.52.
-# After lse2 / delta by TMA and no dQ key mask: dK/dV 64x128 w8 s4 6.50, s3 6.87; dQ 128x64 w8 s3 4.69.
+# The fastest launches measured at L=16K, d=128 on an H200 (results/kernels/NOTES.md), three per kernel
 DKDV_CONFIGS = [bwd_config(64, 128, 8, 4), bwd_config(64, 128, 8, 3), bwd_config(32, 64, 4, 4)]
 DQ_CONFIGS = [bwd_config(128, 64, 8, 3), bwd_config(64, 128, 4, 3), bwd_config(128, 32, 4, 3)]
 BWD_KEY = ["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "FULL_SUPPORT"]

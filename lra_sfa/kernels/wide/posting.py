@@ -1,15 +1,9 @@
 """Wide-code SFA through per-feature posting lists (PyTorch, any device).
 
-Computes the attention defined in ``wide_ref`` (overlap or exact mode, optional
+Computes the attention defined in ``reference`` (overlap or exact mode, optional
 cap, padding, self-attending fallback) without ever forming an L x L tensor.
 
-Plan (``build_plan``), per flattened group g = (batch, head):
-* every real key token j contributes one entry per active feature f; the
-  entries are sorted by (g * D + f, j), giving one posting list per bucket
-  (g, f) in position order: ``key_tok`` and ``bucket_ptr``.
-* every query entry (token i, slot t) with feature f gets a key range
-  [lo, hi) in ``key_tok``: the whole list of (g, f), or with ``cap=C`` the
-  window of C entries that holds i's rank in the list (see wide_ref).
+Plan: ``plan.build_plan`` (posting lists and per-query-entry key ranges).
 
 Attention (``wide_posting_attention``): queries are processed in chunks of
 about ``chunk_incidences`` (query, key, feature) incidences, each expanded.
@@ -26,10 +20,9 @@ candidate's weight becomes exp(s - m) - exp(-m). Backward recomputes each
 chunk (activation checkpointing), so memory is O(n * k) plus one chunk.
 
 Work: O(n * k * mean list length) incidences, each O(1) for the score
-(O(k^2) with a cap). The uncapped form replaced the k x k comparison on
-2026-11-29: the attention's forward+backward at B=4, H=4, L=256, D=4096,
-k=16 (learned codes at init) on 2 CPU threads went from 517 ms to 50 ms
-(idle 2-core machine, mean of 5 calls).
+(O(k^2) with a cap); summing incidences instead of comparing the k x k
+codes of every pair made the uncapped form about ten times faster on the CPU
+(results/kernels/NOTES.md).
 Cap: with ``cap=C`` each query entry sees at most C keys, so work is
 O(n * k * C); the (query, key, feature) incidences outside the window are
 counted in ``incidences_total - incidences_kept``.

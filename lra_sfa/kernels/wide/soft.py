@@ -33,7 +33,7 @@ isotropic hard candidates per query at 64K). ``attn.balance_weight`` adds it to 
 
 Cost: it forms (B, H, tables, L, L) tensors, so it is a training-time path for short sequences (the
 needle protocol trains at 256 tokens); eval and inference use the hard codes and the posting kernels
-(``wide_posting``), which never form an L x L tensor. A query with no hard candidate has no self
+(``posting``), which never form an L x L tensor. A query with no hard candidate has no self
 fallback here: it attends to the keys it is softly closest to.
 """
 

@@ -1,8 +1,8 @@
 """Triton kernels for wide-code SFA: bucket-at-a-time candidate scoring and aggregation.
 
-Computes exactly what ``wide_ref.wide_dense_reference`` defines (overlap or
+Computes exactly what ``reference.wide_dense_reference`` defines (overlap or
 exact mode, optional cap, padding, self-attending fallback), forward and
-backward, from the posting lists of ``wide_posting.build_plan``.
+backward, from the posting lists of ``plan.build_plan``.
 
 Design (the split-K flash-decoding layout the issue suggests):
 * One program per work item = (bucket (g, f), tile of BLOCK_M query entries
@@ -34,18 +34,10 @@ on tensor cores, fp32 as IEEE fp32). Tests use 16 x 16 tiles under
 TRITON_INTERPRET=1 (fp32 only: the interpreter's bf16 tl.dot returns garbage
 with triton 3.6 + numpy 2.4; bf16 is checked on the GPU).
 
-Measured (H200, 2026-11-29, B=1, H=8, dv=64, bf16; results/kernels/sfa_wide.md and the launch
-grid sfa_wide_explore.csv), exact overlap, D=131072, k=8, uniform codes, forward ms for 8 heads:
-* tiles: 64 x 64 (the first default, 4 warps) 612 ms at 1M tokens with "compare"; 16 x 16
-  (2 warps) 207 ms; 32 x 32 332-387 ms; 16 x 32 299 ms. Small tiles waste less of each bucket
-  (Poisson-sized, mean 4 at 64K and 64 at 1M) and keep the unrolled loop in registers: ptxas
-  for sm_90 (run on the CPU machine) reports 243 registers and no spills for "select" at 16 x 16,
-  4.3 KB of spill stores at 64 x 64 (1055 ms), 1.1 KB for "compare" at 64 x 64. Backward: one
-  warp (868 vs 1132 ms at 1M, forward+backward).
-* score loop at 16 x 16: "select" 207 ms, "compare" 219 ms at 1M (12.1 vs 13.2 ms at 64K).
-* LSH codes (bench.wide): 211 ms forward at 1M against cuDNN's 5.12 s (24x), forward+backward
-  831 ms against 17.9 s (22x); ~511 candidates per query. The posting lists and work items
-  take 40 ms of the 211 (``wide_explore`` "plan" row).
+Launch: 16 x 16 tiles, 2 warps forward and 1 backward: buckets are small
+(Poisson-sized) and small tiles waste less of each and keep the unrolled score
+loop in registers without spills; it was the fastest launch at every bucket
+size measured (results/kernels/sfa_wide.md).
 """
 
 from __future__ import annotations
@@ -232,10 +224,7 @@ def _wide_bwd_kernel(tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr, q_o
 SCORE_DESIGNS = ("select", "compare")  # _block_scores_select, _block_scores
 
 
-# Default launch: 16 x 16 tiles, 2 warps forward, 1 backward. Measured (H200, 2026-11-29, grid in
-# results/kernels/sfa_wide_explore.csv): fastest at every bucket size tried (mean 4, 16 and 64 query
-# entries and keys per bucket: D = 131072, k = 8 at 64K, 256K, 1M tokens), 3x faster than the first
-# 64 x 64 launch at 1M; larger buckets (D = 4096, k = 16 past 16K tokens) were not in the grid.
+# Default launch (module docstring)
 DEFAULT_BLOCKS = (16, 16)  # (BLOCK_M query entries, BLOCK_N keys)
 DEFAULT_WARPS = (2, 1)  # (forward, backward)
 
@@ -367,7 +356,7 @@ def wide_triton_attention(
     scores: str = "select",
     max_partial_bytes: int = 2 << 30,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Wide attention with the Triton kernels; same contract as ``wide_posting.wide_attention``.
+    """Wide attention with the Triton kernels; same contract as ``api.wide_attention``.
 
     ``blocks`` (BLOCK_M query entries x BLOCK_N keys per tile) and ``num_warps`` (one int, or
     (forward, backward)) default to DEFAULT_BLOCKS and DEFAULT_WARPS; ``scores`` picks the score

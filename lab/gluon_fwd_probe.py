@@ -5,7 +5,7 @@ reports how many runs differ bitwise from the first, how many 64-row blocks diff
 output, the largest relative difference, and the median time (triton.testing.do_bench), beside cuDNN on the
 same codes. Writes ``gluon_fwd_probe.csv`` under --out. Needs an H200 (sm_90).
 
-    python scripts/gluon_fwd_probe.py --out DIR --configs 64,64,3,1,128 64,64,3,2,168,240,1
+    python -m lab.gluon_fwd_probe --out DIR --configs 64,64,3,1,128 64,64,3,2,168,240,1
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import triton
 
 from lra_sfa.kernels.sfa import triton_fwd as fwd
 from lra_sfa.kernels.sfa.gluon_fwd import gluon_ws_forward
-from lra_sfa.kernels.sfa.launcher import launch_forward, pad_bias
+from lra_sfa.kernels.sfa.launcher import launch_forward
+from lra_sfa.kernels.sfa.tiles import pad_bias
 from lra_sfa.kernels.sfa.topk_pack import topk_pack
 
 

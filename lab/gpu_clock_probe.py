@@ -1,6 +1,6 @@
 """GPU probe: the SM clock and board power while the FlashSFA forward and cuDNN's forward run back to back.
 
-The forward's stage ablations (flash_sfa_fwd docstring) find each matmul loop
+The forward's stage ablations (lab/kernels/fwd_stages.py; results/kernels/NOTES.md) find each matmul loop
 at ~610-660 TFLOP/s, ~65% of the H200's nominal bf16 peak (989 TFLOP/s at
 the boost clock). This probe reads nvidia-smi every 50 ms while each kernel
 runs for ~2 s at L = 16K, d = 128, k = 8, 16 heads, so the notes can say how
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lra_sfa.kernels.sfa.launcher import flash_sfa
+from lra_sfa.kernels.sfa.autograd import flash_sfa
 from lra_sfa.kernels.sfa.topk_pack import topk_pack
 
 

@@ -1,6 +1,6 @@
 """Launch grid of the wide-code SFA kernels (score loop, tile size, warps) and their host-side stages.
 
-    python -m lra_sfa.bench.wide_explore --out results/kernels
+    python -m lab.wide_explore --out results/kernels
 
 For each length: codes drawn uniformly at random (one feature from each of k equal slices of D, so
 feature use is uniform as with unit-direction LSH codes and a query meets about L k^2 / D keys; LSH
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--date", default=datetime.date.today().isoformat())
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("lra_sfa.bench.wide_explore needs a CUDA device")
+        raise SystemExit("lab.wide_explore needs a CUDA device")
     table = RowWriter(Path(args.out) / "sfa_wide_explore.csv", COLUMNS, key=EXPLORE_KEY)
     D, K = args.D, args.k
     base = dict(D=D, topk=K, device=torch.cuda.get_device_name(), date=args.date)

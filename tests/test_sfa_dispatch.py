@@ -111,3 +111,20 @@ def test_config_reaches_gluon(make_cfg):
     cfg = make_cfg("attn=sfa", "attn.impl=gluon")
     backend = build_attention(cfg.attn, num_heads=2, head_dim=64, max_seq_len=128)
     assert isinstance(backend, SFAAttention) and backend.impl == "gluon"
+
+
+def test_the_run_record_names_the_kernel_and_refuses_gluon_off_hopper(make_cfg):
+    """Through the real runner: attn.impl=triton (the CPU interpreter) records attn_path "triton"; attn.impl=gluon
+    on the CPU ends as `unsupported` with the Gluon rule as its reason, not a crash or a silent fallback."""
+    from lra_sfa.train import run
+
+    if not dispatch.interpreting():
+        pytest.skip("the Triton kernels run on the CPU only under TRITON_INTERPRET=1 (set by conftest without CUDA)")
+    small = ["task=listops", "model=tiny", "task.seq_len=16", "task.max_depth=2", "task.min_length=3",
+             "task.max_length=13", "task.num_train=64", "task.num_val=16", "task.num_test=16", "task.workers=1",
+             "attn=sfa", "attn.topk=2", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_every=2",
+             "trainer.device=cpu"]
+    record = run(make_cfg(*small, "attn.impl=triton"))
+    assert record["status"] == "ok" and record["attn_path"] == "triton", record
+    record = run(make_cfg(*small, "attn.impl=gluon"))
+    assert record["status"] == "unsupported" and "impl=gluon" in record["reason"], record.get("reason")

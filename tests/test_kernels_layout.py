@@ -51,3 +51,11 @@ def test_importing_the_package_does_not_import_triton():
             "print('triton' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_kernel_benchmark_points_explore_at_the_lab():
+    pytest.importorskip("triton")
+    from lra_sfa.bench.kernels import main
+
+    with pytest.raises(SystemExit, match="python -m lab.kernel_explore"):
+        main(["--mode", "explore", "--sections", "decode"])

@@ -27,7 +27,8 @@ MODES = ("sweep", "check", "plot", "merge", "table", "explore")  # explore: a po
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m lra_sfa.bench.kernels", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=MODES, default="sweep")
     parser.add_argument("--src", default=None, help="--mode merge: a folder of benchmark CSVs (a device run's $OUT)")
     parser.add_argument("--out", default="results/kernels")
@@ -49,7 +50,13 @@ def parse_args(argv=None):
                         "design 0 online, 1 bounded (DECODE_DESIGNS; default: sfa_decode's bounded launch_defaults)")
     parser.add_argument("--checks", type=int, nargs="+", default=None, choices=range(len(GPU_CHECKS)),
                         help="--mode check: run only these entries of GPU_CHECKS (default all)")
-    return parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if args.mode == "explore":  # before the unknown options: the explore-only ones went with it
+        raise SystemExit("lra_sfa.bench.kernels --mode explore moved to the lab: python -m lab.kernel_explore "
+                         "with the same options (lab/README.md)")
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def main(argv=None) -> None:
@@ -69,7 +76,4 @@ def main(argv=None) -> None:
         if not gpu_checks(row_log(args.out), args.checks):
             raise SystemExit("lra_sfa.bench.kernels: a GPU check failed the DESIGN.md rule (see sfa_explore.csv)")
         return
-    if args.mode == "explore":
-        raise SystemExit("lra_sfa.bench.kernels --mode explore moved to the lab: python -m lab.kernel_explore "
-                         "(lab/README.md)")
     run_sweep(args)

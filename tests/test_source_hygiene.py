@@ -19,7 +19,6 @@ PATTERNS = {
     "date": re.compile(r"\b20\d\d-\d\d-\d\d\b"),
     "ms figure": re.compile(r"\d\s?ms\b"),
     "commit hash": re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b"),
-    "work period": re.compile(r"\bsessions? \d+\b", re.IGNORECASE),
     "run label": re.compile(r"_s\d+(?:_|\.csv\b)"),
 }
 
@@ -55,7 +54,7 @@ def test_the_check_finds_each_kind_in_comments_and_docstrings_only():
 
 
 def f():
-    """Session 9 found it (sfa_explore_s11_gluon.csv)."""
+    """The grid found it (sfa_explore_s11_gluon.csv)."""
     x = "2026-11-29 3 ms f603002"  # a string in code is not prose
     return x  # 12ms here
 '''

@@ -21,8 +21,7 @@ batch dimension (tiles that hold only padding are dropped, tiles mixing real
 and padded keys become partial). One compiled ``flex_attention``
 (``dynamic=True``) is shared by all backends; block masks without padding are
 cached per (pattern, batch). Tile 128 (the FlexAttention default): the sm90
-backward kernels need 128-multiples (64-tiles fail with NoValidChoicesError,
-measured 2026-11-28, ../shared/research/device.md).
+backward kernels need 128-multiples (64-tiles fail with NoValidChoicesError).
 """
 
 from __future__ import annotations
@@ -138,8 +137,8 @@ def build_block_mask(pattern: SparsePattern, key_padding_mask: torch.Tensor | No
     Tiles holding only padding are dropped; tiles mixing real and padded keys
     are partial, so the mask_mod (pattern plus an int32 padding lookup) runs
     there. Without padding the mask_mod has no lookup for it. The lookup is
-    costly: with a bool table the windowed forward took 11.8 ms against 0.91
-    ms without (H200, B*H*L = 2^20, L = 1024); int32 is not re-measured.
+    costly (a bool table made the windowed forward an order of magnitude
+    slower; results/kernels/NOTES.md), so the table is int32.
     """
     from torch.nn.attention.flex_attention import BlockMask
 

@@ -83,10 +83,9 @@ class SparsePattern:
         arithmetic wherever it can be: sizes are Python ints (one compiled
         kernel per configuration), and tensor lookups are limited to the
         padding table and what cannot be computed (random blocks, scattered
-        global tokens). Measured on the H200 (2026-11-28, forward, B*H*L = 2^20,
-        L = 1024, window 25): 0.91 ms arithmetic band, 14.8 ms with three bool
-        table lookups, 11.8 ms with the bool padding lookup alone; tables are
-        int32 since then (bool loads were the suspect; not re-measured).
+        global tokens): table lookups made the forward an order of magnitude
+        slower than the arithmetic band (results/kernels/NOTES.md); tables
+        are int32.
         """
         raise NotImplementedError
 

@@ -1,16 +1,15 @@
 """SFA restricted to a sliding window: feature sparsity composed with token sparsity.
 
 q and k are cut to their ``topk`` (``topk_k`` for k) largest-magnitude
-features by the SFA sparsifier (``lra_sfa.kernels.sfa_ref.sparsify``: signs
+features by the SFA sparsifier (``lra_sfa.kernels.sfa.reference.sparsify``: signs
 kept, gradient masked to the kept support, scale 1/sqrt(full head dim)); then
 exact windowed attention runs on the sparse codes. Exactness as in SFA: a
 pair inside the window with no shared feature scores 0 (not -inf) and still
 takes part in the softmax; pairs outside the window are excluded.
 
 Same engines as ``windowed`` (FlexAttention on CUDA, sharing its compiled
-kernel; blocked PyTorch on CPU). The top-k is ``torch.topk``, which costs
-about 6.5 ms per 2^20 rows at head_dim 64 on the H200
-(../shared/research/device.md). Defaults: k/d = 1/8 at head_dim 64 (the SFA
+kernel; blocked PyTorch on CPU). The top-k is ``torch.topk``, a sizeable
+share of the forward on the GPU (results/kernels/NOTES.md). Defaults: k/d = 1/8 at head_dim 64 (the SFA
 paper's choice), window as ``longformer``.
 """
 
@@ -20,7 +19,7 @@ import torch
 
 from lra_sfa.baselines._patterns import BandGlobalPattern, SparsePattern
 from lra_sfa.baselines._sparse_backend import BlockSparseAttention, band_tile
-from lra_sfa.kernels.sfa_ref import sparsify
+from lra_sfa.kernels.sfa.reference import sparsify
 
 
 class SFAWindowAttention(BlockSparseAttention):

@@ -7,14 +7,17 @@
 from __future__ import annotations
 
 from lra_sfa.attention import AttentionBackend
-from lra_sfa.kernels import IMPLS, resolve_impl, sfa_attention
+from lra_sfa.kernels.sfa.api import IMPLS, kernel_head_dim, resolve_impl, sfa_attention, sfa_path
 
 
 class SFAAttention(AttentionBackend):
     """Sparse Feature Attention, paper form (top-k of each d-dim q and k).
 
     topk: features kept per query (and per key unless ``topk_k`` is given).
-    impl: "auto" (Triton on CUDA, reference on CPU), "triton" or "reference".
+    impl: "auto" (on CUDA the Gluon kernels where ``kernels.sfa.dispatch`` allows, else Triton; the
+    reference on CPU), "gluon" (Gluon or an unsupported reason saying why not), "triton" or "reference".
+    ``last_path`` names what ran: "reference", "triton", "gluon", or for a training call whose forward
+    and backward differ, "triton_fwd+gluon_bwd" / "gluon_fwd+triton_bwd".
     """
 
     def __init__(self, topk: int = 8, topk_k: int | None = None, impl: str = "auto", head_dim: int | None = None):
@@ -35,8 +38,8 @@ class SFAAttention(AttentionBackend):
         reasons = super().unsupported_reasons(q, k, v, key_padding_mask)
         if max(self.topk, self.topk_k or 0) > q.shape[-1]:
             reasons.append(f"SFAAttention: topk={self.topk} exceeds head_dim {q.shape[-1]}")
-        if resolve_impl(self.impl, q.device) == "triton":
-            from lra_sfa.kernels.flash_sfa import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS
+        if resolve_impl(self.impl, q.device) in ("triton", "gluon"):
+            from lra_sfa.kernels.sfa.launcher import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS
 
             if q.shape[-1] > max(SUPPORTED_HEAD_DIMS):  # smaller ones run zero-padded, exactly
                 reasons.append(f"SFAAttention: the Triton kernels take head_dim up to {max(SUPPORTED_HEAD_DIMS)} "
@@ -44,10 +47,22 @@ class SFAAttention(AttentionBackend):
                                "use attn.impl=reference")
             if q.dtype not in SUPPORTED_DTYPES:
                 reasons.append(f"SFAAttention: the Triton kernels take dtypes {SUPPORTED_DTYPES}, got {q.dtype}")
+        if self.impl == "gluon" and not reasons:
+            reasons.extend(self._gluon_reasons(q, key_padding_mask))
         return reasons
 
+    def _gluon_reasons(self, q, key_padding_mask) -> list[str]:
+        """Why impl=gluon cannot run q's shape (the dispatch rules; the backward's too while training)."""
+        from lra_sfa.kernels.sfa.dispatch import gluon_reasons
+
+        _, _, length, head_dim = q.shape
+        shape = (q.device, q.dtype, length, kernel_head_dim(head_dim), key_padding_mask is not None)
+        parts = [False, True] if self.training else [False]
+        reasons = [reason for backward in parts for reason in gluon_reasons(*shape, backward=backward)]
+        return [f"SFAAttention: impl=gluon: {reason}" for reason in dict.fromkeys(reasons)]
+
     def forward(self, q, k, v, key_padding_mask=None):
-        self.last_path = resolve_impl(self.impl, q.device)
+        self.last_path = sfa_path(q, k, v, key_padding_mask, self.impl)
         return sfa_attention(q, k, v, self.topk, self.topk_k, key_padding_mask, impl=self.impl)
 
     def extra_repr(self) -> str:

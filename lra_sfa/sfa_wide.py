@@ -15,9 +15,9 @@ linearly to b by the fraction ``bits_anneal`` of the run; eval always hashes wit
 ``relax="soft"`` (simhash only) trains through relaxed buckets instead: each sign bit is soft
 (sigmoid of the projection over tau, tau annealed from ``tau_start`` to ``tau_end``), every pair is
 weighted by its probability of sharing a bucket, so pairs that should meet get a gradient towards a
-common bucket (``lra_sfa.kernels.wide_soft``; dense in L, a training path for short sequences; eval
+common bucket (``lra_sfa.kernels.wide.soft``; dense in L, a training path for short sequences; eval
 and inference use the hard codes and the posting kernels).
-Attention is then computed only from the codes (``lra_sfa.kernels.wide_posting``):
+Attention is then computed only from the codes (``lra_sfa.kernels.wide.posting``):
 
     s(i, j) = scale * sum over shared features f of qcode(i, f) * kcode(j, f)
 
@@ -56,8 +56,8 @@ import torch
 from torch import nn
 
 from lra_sfa.attention import AttentionBackend
-from lra_sfa.kernels.wide_posting import wide_attention
-from lra_sfa.kernels.wide_soft import sign_buckets, simhash_soft_attention
+from lra_sfa.kernels.wide.api import wide_attention
+from lra_sfa.kernels.wide.soft import sign_buckets, simhash_soft_attention
 
 CODES = ("learned", "lsh", "simhash")
 RELAXES = ("ste", "gumbel", "soft")
@@ -200,9 +200,8 @@ class SFAWideAttention(AttentionBackend):
 
     def _impl(self, device: torch.device, value_dim: int) -> str:
         """auto: posting on the CPU; the Triton bucket kernels on CUDA, measured faster than the posting
-        path at every length tried (H200, 2026-11-29, results/kernels/sfa_wide_explore.csv: 2.4 vs 2.8 ms
-        forward at L=1K and 14 vs 260 ms at 16K, D=4096, k=16), unless k or the value head dim is not a
-        power of two (the kernels' tl.arange needs one; the posting path takes any)."""
+        path at every length tried (results/kernels/sfa_wide_explore.csv), unless k or the value head dim is
+        not a power of two (the kernels' tl.arange needs one; the posting path takes any)."""
         if self.impl != "auto":
             return self.impl
         powers = all(x & (x - 1) == 0 for x in (self.k, value_dim))

@@ -10,12 +10,12 @@
 set -u
 export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
 DATE=${1:-$(date +%F)}
-python3 -m lra_sfa.bench.kernels --mode explore --sections decode --out "$OUT/decode" --decode-configs \
+python3 -m lab.kernel_explore --sections decode --out "$OUT/decode" --decode-configs \
   32,4,3,16 32,4,3,16,2 32,4,3,32,2 32,4,3,16,3 32,4,3,24,3 32,4,3,32,3 32,4,3,64,3 64,4,3,32,3 \
   2>&1 | grep -v WARN
 best=$(python3 - "$OUT/decode/sfa_explore.csv" <<'PY'
 import csv, sys
-designs = {"twopass": 1, "bounded": 2, "prefetch": 3}  # lra_sfa.bench.kernels.DECODE_DESIGNS
+designs = {"bounded": 1, "prefetch": 1}  # lra_sfa.bench.kernels.decode.DECODE_DESIGNS: 0 online, 1 bounded
 rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["name"].startswith("sfa_decode") and r["ms"] != "nan"]
 words = min(rows, key=lambda r: float(r["ms"]))["name"].split()  # "sfa_decode L=.. B*H=.. bnN wN sN pN[ design]"
 design = designs.get(words[-1], 0)

@@ -12,8 +12,7 @@ Files use the official TSV format (header ``Source<TAB>Target``; the Source
 is the parenthesised tree, e.g. ``( ( ( [MAX 2 ) 9 ) ] )``).
 LRA tokenisation: parentheses dropped, ``]`` becomes ``X``, split on spaces.
 
-Speed: the 100k LRA set took 98.8 s with 2 worker processes on an idle
-2-core CPU (2026-11-29). Workers are processes with their own seed streams;
+Speed: results/tasks/NOTES.md. Workers are processes with their own seed streams;
 trees that outgrow max_length are abandoned while being built.
 """
 

@@ -19,21 +19,7 @@ Sources:
   snakes2 algorithm with LRA's per-resolution parameters), each split from its own seed
   stream, over ``n_workers`` processes, cached as .npz under ``cache_dir/pathfinder``.
 
-Generation speed, measured 2026-11-28 on this 2-core CI machine while other jobs ran (load
-average 6.5-8), one worker process (``python -m lra_sfa.tasks.pathfinder bench``); images per
-CPU second is the per-core rate, wall rate in brackets:
-
-    px   easy         intermediate  hard
-    32   559 (276)    294 (192)     86 (40)
-    64   376 (371)     36 (27)      1.9 (1.2)
-    128  166 (111)     94 (62)      5.6 (3.9)
-    256  110 (91)         -         64 (43)
-
-So the 200k-image 32 px hard set takes ~200k / (16 x 86) = 2.4 min on 16 free cores (estimate,
-from the per-core rate; workers are independent processes), Path-X (128 hard) ~37 min. Measured
-on the 16-core GPU host (2026-11-29, 16 workers): 2,000-image 32 px hard splits took 5.7-6.8 s,
-294-350 images/s with the process-pool start included; at that rate 200k would take ~10 min
-(the 40k training split's time was not logged). Hard
+Generation speed per resolution and difficulty: results/tasks/NOTES.md. Hard
 images are slow because both target snakes must grow 14 paddles without a dead end: with the
 published parameters 1 attempt in ~30 (32 px), ~250 (128 px) and ~2000 (64 px) succeeds, as in
 the original, which restarts the same way. (The speed-ups, cached renderings and memoised first

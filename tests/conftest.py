@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -24,6 +23,8 @@ def make_cfg(tmp_path):
     """compose(overrides) -> a config whose run dir, results store and cache are under tmp_path."""
 
     def _make(*overrides: str):
+        from hydra import compose, initialize_config_module  # imported here: the GPU machine may lack hydra
+
         with initialize_config_module("lra_sfa.conf", version_base=None):
             return compose("config", overrides=[
                 f"run_dir={tmp_path / 'run'}", f"results_dir={tmp_path / 'store'}",
@@ -40,6 +41,8 @@ def attn_names() -> list[str]:
 
 def train_smoke(tmp_path, overrides: list[str]) -> dict:
     """Two training steps of the tiny model through the real runner; returns the record."""
+    from hydra import compose, initialize_config_module
+
     from lra_sfa.train import run
 
     base = ["model=tiny", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_every=2", "trainer.device=cpu",

@@ -28,7 +28,7 @@ from lra_sfa.baselines.nystromformer import NystromformerAttention
 from lra_sfa.baselines.performer import PerformerAttention
 from lra_sfa.baselines.sfa_window import SFAWindowAttention
 from lra_sfa.baselines.windowed import WindowedAttention
-from lra_sfa.kernels.sfa_ref import sparsify
+from lra_sfa.kernels.sfa.reference import sparsify
 
 ATTN_DIR = Path(__file__).resolve().parents[1] / "conf" / "attn"
 ATTN_YAMLS = sorted(ATTN_DIR.glob("*.yaml"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lra_sfa.kernels.sfa_ref as sfa_ref
+import lra_sfa.kernels.sfa.reference as sfa_ref
 from lra_sfa import sfa_attention
 from lra_sfa.kernels import sfa_dense_reference
 

@@ -11,8 +11,8 @@ import torch
 from omegaconf import OmegaConf
 
 from lra_sfa.attention import build_attention
-from lra_sfa.kernels.wide_posting import wide_attention, wide_posting_attention
-from lra_sfa.kernels.wide_ref import capped_candidates, wide_dense_reference
+from lra_sfa.kernels.wide import wide_attention, wide_posting_attention
+from lra_sfa.kernels.wide.reference import capped_candidates, wide_dense_reference
 from lra_sfa.sfa_wide import SFAWideAttention
 
 CONF = os.path.join(os.path.dirname(__file__), "..", "conf", "attn", "sfa_wide.yaml")
@@ -83,7 +83,7 @@ def test_triton_interpreter_equals_dense_reference(mode, cap, scores):
         return wide_dense_reference(q_idx, qv, k_idx, kv, vv, D, 0.6, mode, cap, mask)
 
     def triton_path(qv, kv, vv):
-        from lra_sfa.kernels.wide_triton import wide_triton_attention
+        from lra_sfa.kernels.wide.triton_kernel import wide_triton_attention
 
         return wide_triton_attention(q_idx, qv, k_idx, kv, vv, D, 0.6, mode, cap, mask, blocks=(16, 16),
                                      scores=scores)[0]
@@ -439,7 +439,7 @@ def test_soft_simhash_anneals_tau_and_rejects_other_codes():
 def test_soft_share_probabilities_match_their_definition():
     """a_t = prod over bits of [s_q s_k + (1 - s_q)(1 - s_k)] (bits in groups of 7: 10 bits = 7 + 3 here);
     m = 1 - prod_t (1 - a_t), kept accurate where every a_t is tiny."""
-    from lra_sfa.kernels.wide_soft import soft_any_prob, soft_share_probs
+    from lra_sfa.kernels.wide.soft import soft_any_prob, soft_share_probs
 
     torch.manual_seed(9)
     s_q, s_k = torch.rand(2, 3, 4, 5, 10, dtype=torch.float64), torch.rand(2, 3, 4, 7, 10, dtype=torch.float64)

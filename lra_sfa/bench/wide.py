@@ -6,8 +6,8 @@ Shapes: B=1, H=8, head dim 64 (q, k, v bf16 random normal). Codes (``--codes``):
 ``lsh`` (a fixed random projection of q and k to D unit-norm feature directions,
 top-k per token, as ``attn=sfa_wide codes=lsh``) or ``simhash`` (k tables of
 log2(D/k) orthonormal sign bits, as ``codes=simhash``); with either, feature use
-is uniform and a query meets about L k^2 / D keys. (Until 2026-11-29 the LSH
-directions were plain Gaussian: 4x that at D = 131072, k = 8; results/kernels/sfa_wide.md.)
+is uniform and a query meets about L k^2 / D keys (plain Gaussian LSH directions
+met about 4x that at D = 131072, k = 8; results/kernels/sfa_wide.md).
 Variants: ``overlap`` with ``cap=None`` (exact overlap) and with each
 ``--variants`` cap. Times include building the posting lists (sorts) but not the codes;
 ``codes_ms`` is the time to build the q and k codes at that length
@@ -43,10 +43,10 @@ from pathlib import Path
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lra_sfa.bench.kernels import KERNEL_CSV_COLUMNS, KERNEL_KEY, RowWriter
+from lra_sfa.bench.kernels.rows import KERNEL_CSV_COLUMNS, KERNEL_KEY, RowWriter
 from lra_sfa.bench.timing import time_ms
-from lra_sfa.kernels.wide_ref import wide_dense_reference
-from lra_sfa.kernels.wide_triton import wide_triton_attention
+from lra_sfa.kernels.wide.reference import wide_dense_reference
+from lra_sfa.kernels.wide.triton_kernel import wide_triton_attention
 from lra_sfa.sfa_wide import simhash_codes, simhash_planes, unit_columns
 
 WIDE_KEY = ["op", "heads", "seq_len", "head_dim", "topk", "D", "cap", "mode", "codes"]  # one cell of sfa_wide.csv

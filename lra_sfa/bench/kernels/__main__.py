@@ -1,0 +1,5 @@
+"""``python -m lra_sfa.bench.kernels``: see ``cli``."""
+
+from lra_sfa.bench.kernels.cli import main
+
+main()

@@ -1,0 +1,55 @@
+"""Tensor layouts the FlashSFA kernels read: aligned rows, TMA descriptors, padded rows, the key-code range.
+
+Host-side helpers shared by the Triton and Gluon launchers (no kernels here).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from lra_sfa.kernels.sfa.triton_bwd import ROW_PAD
+
+
+def aligned_rows(x: torch.Tensor) -> torch.Tensor:
+    """Contiguous, 16-byte aligned view of x (copies only when needed, e.g. a strided slice)."""
+    x = x.contiguous()
+    return x if x.data_ptr() % 16 == 0 else x.clone()
+
+
+def pad_bias(key_padding_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """(B, L) fp32 additive bias, 0 for real tokens and -inf for padding; a 1-element dummy if no mask."""
+    if key_padding_mask is None:
+        return torch.zeros(1, dtype=torch.float32, device=device)
+    bias = torch.zeros(key_padding_mask.shape, dtype=torch.float32, device=device)
+    return bias.masked_fill_(~key_padding_mask.to(device), float("-inf"))
+
+
+def tile_descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:
+    """TMA descriptor over a (B*H, L, D) tensor, ``rows`` rows at a time (configs reset the block shape)."""
+    batch_heads, length, head_dim = x.shape
+    return TensorDescriptor(x, [batch_heads, length, head_dim], [length * head_dim, head_dim, 1], [1, rows, head_dim])
+
+
+def row_descriptor(x: torch.Tensor) -> TensorDescriptor:
+    """TMA descriptor over a (B*H, L_PAD) fp32 tensor, one row block at a time (the block set by the config)."""
+    batch_heads, length = x.shape
+    return TensorDescriptor(x, [batch_heads, length], [length, 1], [1, 16])
+
+
+def pad_rows(x: torch.Tensor, value: float) -> torch.Tensor:
+    """(B*H, L) fp32 -> (B*H, L_PAD) with L_PAD a multiple of ``ROW_PAD``, ``value`` in the padding: the layout
+    the backward kernels read lse2 (padded with +inf) and delta (with 0) in, without masks."""
+    length = x.shape[1]
+    return torch.nn.functional.pad(x, (0, triton.cdiv(length, ROW_PAD) * ROW_PAD - length), value=value)
+
+
+def key_code_range(kd: torch.Tensor) -> torch.Tensor:
+    """(B*H, 2, D) fp32: per batch*head the column-wise max (row 0) and min (row 1) of the key codes kd (B*H, L, D).
+
+    The forward's BOUNDED configs turn it into a per-query upper bound on the
+    scores, so they can skip the online softmax's running max and rescaling.
+    """
+    kmin, kmax = torch.aminmax(kd, dim=1)  # (B*H, D) each
+    return torch.stack((kmax, kmin), dim=1).float()

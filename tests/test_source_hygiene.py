@@ -1,0 +1,64 @@
+"""Source carries design, not diaries: no dates, measured millisecond figures, commit hashes or run labels.
+
+Comments and docstrings of every .py under lra_sfa/, tasks/ and baselines/
+are searched; measurements and their history belong in results/ (for the
+kernels, results/kernels/README.md and NOTES.md there).
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+import tokenize
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDERS = ("lra_sfa", "tasks", "baselines")
+PATTERNS = {
+    "date": re.compile(r"\b20\d\d-\d\d-\d\d\b"),
+    "ms figure": re.compile(r"\d\s?ms\b"),
+    "commit hash": re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b"),
+    "run label": re.compile(r"_s\d+(?:_|\.csv\b)"),
+}
+
+
+def prose(source: str) -> list[tuple[int, str]]:
+    """(line, text) of every comment and docstring in a Python source."""
+    found = [(tok.start[0], tok.string) for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+             if tok.type == tokenize.COMMENT]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(
+                    first.value.value, str):
+                found.extend((first.lineno + i, line) for i, line in enumerate(first.value.value.splitlines()))
+    return found
+
+
+def diary_entries(source: str) -> list[tuple[int, str, str]]:
+    """(line, pattern name, text) for each comment or docstring line that matches a pattern."""
+    return [(line, name, text.strip()) for line, text in prose(source)
+            for name, pattern in PATTERNS.items() if pattern.search(text)]
+
+
+def test_source_has_no_dates_ms_figures_hashes_or_run_labels():
+    hits = [f"{path.relative_to(REPO)}:{line}: {name}: {text}"
+            for folder in FOLDERS for path in sorted((REPO / folder).rglob("*.py"))
+            for line, name, text in diary_entries(path.read_text())]
+    assert not hits, "measurement history in source (move it to results/):\n" + "\n".join(hits)
+
+
+def test_the_check_finds_each_kind_in_comments_and_docstrings_only():
+    source = '''"""Kernel. Measured 3.17 ms on 2026-11-29 (commit f603002)."""
+
+
+def f():
+    """The grid found it (sfa_explore_s11_gluon.csv)."""
+    x = "2026-11-29 3 ms f603002"  # a string in code is not prose
+    return x  # 12ms here
+'''
+    kinds = {name for _, name, _ in diary_entries(source)}
+    assert kinds == set(PATTERNS)
+    assert all(line != 6 for line, _, _ in diary_entries(source))
+    assert diary_entries('"""Decode for 128 keys, D=4096 features, in 2 stages, cafe."""\n') == []

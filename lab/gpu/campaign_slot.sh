@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# GPU machine: one slot of a campaign (python -m lra_sfa.campaign), records and small checkpoints back.
+#
+# Here (the checkout that travels):   mkdir -p .campaign; cp ../shared/device/wheels/*.whl .whl/
+#   run with carry [".whl", ".campaign"]:
+#   LRA_SFA_GIT_COMMIT=<commit> bash lab/gpu/campaign_slot.sh lra_core 8 [overrides...]
+# There: installs the Hydra wheels, unpacks .campaign/work.tgz (the run dirs of cells cut last time),
+# runs the campaign for <minutes>, and returns $OUT/records.tgz (new records: unpack into results/runs/)
+# and $OUT/work.tgz (run dirs whose checkpoints are under 16 MiB, e.g. Pathfinder's; copy it to
+# .campaign/work.tgz for the next slot). Larger checkpoints (ListOps) cannot travel: those cells restart.
+set -u
+campaign=$1; minutes=$2; shift 2
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null; export PYTHONPATH=/tmp/site
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH=/tmp/site:$PWD
+export LRA_SFA_CACHE=/tmp/lra_cache PYTHONUNBUFFERED=1
+mkdir -p /tmp/campaign /tmp/records
+[ -f .campaign/work.tgz ] && tar xzf .campaign/work.tgz -C /tmp/campaign
+cp results/runs/*.json /tmp/records/ 2>/dev/null  # finished cells are skipped
+before=$(ls /tmp/records | sort)
+python3 -m lra_sfa.campaign campaign="$campaign" deadline_minutes="$minutes" store=/tmp/records \
+  work_dir=/tmp/campaign "$@"
+new=$(comm -13 <(echo "$before") <(ls /tmp/records | sort))
+[ -n "$new" ] && tar czf "$OUT/records.tgz" -C /tmp/records $new
+find /tmp/campaign -name checkpoint.pt -size +16M -delete
+tar czf "$OUT/work.tgz" -C /tmp/campaign .

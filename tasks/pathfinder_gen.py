@@ -31,7 +31,8 @@ def _cache(p: SnakeParams) -> RenderCache:
 
 
 def _two_targets(canvas: Canvas) -> list | None:
-    """Both target snakes (the original ``two_snakes``), or None when any step fails."""
+    """Both target snakes (the original ``two_snakes``), or None when any step fails; the canvas is
+    changed only on success."""
     p, rng = canvas.p, canvas.rng
     mu = list(p.snake_contrasts) * 2
     rng.shuffle(mu)
@@ -42,6 +43,8 @@ def _two_targets(canvas: Canvas) -> list | None:
     if second is None:
         return None
     targets = [first, second]
+    if p.generator == "official":
+        return _grow_official(canvas, targets, mu)
     views = [canvas.mask.copy(), canvas.mask.copy()]  # what each target avoids: committed + partner's newest
     canvas.add_mask(views[0], *second.pending)
     canvas.add_mask(views[1], *first.pending)
@@ -51,6 +54,22 @@ def _two_targets(canvas: Canvas) -> list | None:
             if not canvas.extend(snake, contrast * mu[i], views[i], views[1 - i]):
                 return None
     canvas.mask = np.maximum(views[0], views[1])  # every target paddle committed
+    return targets
+
+
+def _grow_official(canvas: Canvas, targets: list, mu: list[float]) -> list | None:
+    """snakes2's growth: one occupied mask for both targets, where each paddle is committed one step
+    late (so a target does not see the other's newest paddle, and the two may touch or cross), and
+    only the second target's last paddle is committed before the distractors."""
+    p, rng = canvas.p, canvas.rng
+    mask = canvas.mask.copy()
+    for _ in range(p.contour_length - 1):
+        contrast = rng.choice(p.paddle_contrasts)
+        for i, snake in enumerate(targets):
+            if not canvas.extend(snake, contrast * mu[i], mask):
+                return None
+    canvas.add_mask(mask, *targets[1].pending)
+    canvas.mask = mask
     return targets
 
 
@@ -89,17 +108,19 @@ def generate_image(p: SnakeParams, rng: random.Random, keep_layers: bool = False
     cache = _cache(p)
     label = rng.randrange(2)
     margin = p.paddle_margins[rng.randrange(len(p.paddle_margins))]
+    canvas = Canvas(p, cache, margin, rng, keep_layers)
     for _ in range(MAX_TARGET_ATTEMPTS):
-        canvas = Canvas(p, cache, margin, rng, keep_layers)
         targets = _two_targets(canvas)
         if targets is not None:
             break
     else:
         raise RuntimeError(f"pathfinder: no two target snakes fit after {MAX_TARGET_ATTEMPTS} attempts with {p}")
     layers = [canvas.paint(t) for t in targets]
+    placed = 0
     for _ in range(p.num_distractors):
         for _ in range(p.max_distractor_retrial + 1):
             if _distractor(canvas):
+                placed += 1
                 break
     origin = rng.randrange(2)
     terminal = origin if label == 1 else 1 - origin
@@ -108,7 +129,7 @@ def generate_image(p: SnakeParams, rng: random.Random, keep_layers: bool = False
         canvas.paste(canvas.image, cache.marker, centre)
     image = bytescale(canvas.view(canvas.image))
     info = {"margin": margin, "targets": [t.paddles for t in targets], "marker_snakes": (origin, terminal),
-            "markers": markers}
+            "markers": markers, "distractors": placed}
     if keep_layers:
         info["layers"] = layers
     return image, label, info

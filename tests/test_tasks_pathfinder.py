@@ -11,7 +11,7 @@ from PIL import Image
 
 from lra_sfa.tasks.base import TaskDataError
 from lra_sfa.tasks.pathfinder import Pathfinder, PathX, main, read_metadata, write_release
-from lra_sfa.tasks.pathfinder_gen import generate, generate_image
+from lra_sfa.tasks.pathfinder_gen import generate, generate_image, generate_images
 from lra_sfa.tasks.snakes import CONTOUR_LENGTH, _dilate, lra_params
 
 from .conftest import train_smoke
@@ -79,6 +79,16 @@ def test_generated_label_is_true_to_the_image(resolution, difficulty, count, gen
         check_label_true_to_image(image, label, info, p)
         labels.append(label)
     assert 0 < sum(labels) < count  # both classes occur
+
+
+@pytest.mark.parametrize("resolution,difficulty,count", [(32, "hard", 24), (64, "easy", 8), (128, "hard", 3)])
+def test_batched_official_label_is_true_to_the_image(resolution, difficulty, count):
+    p = lra_params(resolution, difficulty)
+    made = generate_images(p, count, random.Random(f"batched-{resolution}"), keep_layers=True)
+    for image, label, info in made:
+        assert image.shape == (resolution, resolution) and image.dtype == np.uint8 and image.max() == 255
+        check_label_true_to_image(image, label, info, p)
+    assert 0 < sum(label for _, label, _ in made) < count
 
 
 def test_lra_parameters():

@@ -24,6 +24,9 @@ import numpy as np
 from lra_sfa.tasks.snakes import Canvas, RenderCache
 
 SEED_IDS = 360  # ids 0..359: seed paddles at whole degrees -180..179; 360 + k: growth candidate k
+# Growth candidates turned by continuity x turn >= pi/2 keep the weight cos(pi/2)^2 ~ 4e-33, not 0; they are
+# left out, which changes a draw with probability below 1e-27 per step (a live step's total weight is >= 1e-4).
+NEGLIGIBLE = 1e-20
 
 
 @dataclass
@@ -32,9 +35,12 @@ class Tables:
 
     heading: np.ndarray  # (K,) the direction the snake goes on after this paddle
     drawn: np.ndarray  # (K,) the paddle's own orientation (seeds: the heading; candidates: flipped)
-    weight: np.ndarray  # (K, U) continuity weight of each growth candidate after this paddle
-    sprite: np.ndarray  # (K, S*S) the paddle's margin mask, flattened
-    window: np.ndarray  # (S*S,) flat canvas offsets of a sprite around its centre
+    cand: np.ndarray  # (K, V) ascending indices of the growth candidates with weight after this paddle
+    weight: np.ndarray  # (K, V) their continuity weights, 0 where the row is padded
+    cells: np.ndarray  # (K, Z) flat canvas offsets (from the paddle's centre) where its margin mask is > 0
+    values: np.ndarray  # (K, Z) the mask there (rows padded by repeating an entry)
+    hard: np.ndarray  # (K, Z') offsets where the mask is >= 0.8: only there can it reach the collision sum 1.8
+    hard_values: np.ndarray  # (K, Z') the mask there
     flat: np.ndarray  # (U,) flat offsets of the growth candidates from the pivot
     near: np.ndarray  # (U, D) flat offsets of each candidate's margin disk
     offsets: np.ndarray  # (U, 2) candidate offsets (dy, dx)
@@ -45,12 +51,31 @@ def build_tables(cache: RenderCache, margin: int) -> Tables:
     seeds = np.radians(np.arange(-180, 180, dtype=np.float64))
     flipped = np.where(angles < 0, angles + math.pi, angles - math.pi)
     heading, drawn = np.concatenate([seeds, angles]), np.concatenate([seeds, flipped])
-    sprites = [cache.paddle(margin, float(theta)).mask for theta in drawn]
-    half = sprites[0].shape[0] // 2
+    sprites = np.stack([cache.paddle(margin, float(theta)).mask for theta in drawn])  # (K, S, S)
+    half = sprites.shape[1] // 2
     dy, dx = np.mgrid[-half : half + 1, -half : half + 1]  # (S, S) each
+    window = (dy * cache.full + dx).ravel()
+    cells, values = _ragged(sprites.reshape(len(drawn), -1) > 0, window, sprites.reshape(len(drawn), -1))
+    can_hit = sprites.reshape(len(drawn), -1) + np.float32(1.0) >= 1.8  # (K, S*S), in the mask's float32 arithmetic
+    hard, hard_values = _ragged(can_hit, window, sprites.reshape(len(drawn), -1))
     weight = np.stack([cache.turn_weight(margin, float(theta)) for theta in heading])  # (K, U)
-    return Tables(heading, drawn, weight, np.stack(sprites).reshape(len(sprites), -1),  # (K, S, S) -> (K, S*S)
-                  (dy * cache.full + dx).ravel(), flat, near, offsets)
+    keep = weight > NEGLIGIBLE
+    cand, kept = np.zeros((len(heading), keep.sum(1).max()), np.int64), np.zeros((len(heading), keep.sum(1).max()))
+    for row, mask in enumerate(keep):
+        cand[row, : mask.sum()], kept[row, : mask.sum()] = np.flatnonzero(mask), weight[row, mask]
+    return Tables(heading, drawn, cand, kept, cells, values, hard, hard_values, flat, near, offsets)
+
+
+def _ragged(keep: np.ndarray, where: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``keep`` (K, N), ``where`` (N,) and ``values`` (K, N) at its True entries, padded by repeating
+    the row's first entry (a repeated cell gets the same value twice when pasted, so the paste stays right)."""
+    width = keep.sum(1).max()
+    out_where, out_values = np.zeros((len(keep), width), np.int64), np.zeros((len(keep), width), np.float32)
+    for row, mask in enumerate(keep):
+        index = np.flatnonzero(mask)
+        index = np.concatenate([index, np.full(width - len(index), index[0])])
+        out_where[row], out_values[row] = where[index], values[row, index]
+    return out_where, out_values
 
 
 def _ceil_step(y: np.ndarray, x: np.ndarray, theta: np.ndarray, dist: float) -> tuple[np.ndarray, np.ndarray]:
@@ -132,16 +157,12 @@ class Batch:
             pending &= ~ok
         self.alive &= ~pending
 
-    def _window(self, rows: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Flat indices of a sprite window around ``centre`` (r, 2): into the stacked masks and into one canvas."""
-        cells = self._flat(centre)[:, None] + self.t.window[None, :]  # (r, S*S)
-        return rows[:, None] * self.full**2 + cells, cells
-
     def _commit(self, rows: np.ndarray, centre: np.ndarray, ids: np.ndarray) -> None:
         """Paste paddle masks into the rows' occupied masks, clipped to the image (as snakes2 clips them)."""
-        where, cells = self._window(rows, centre)
+        cells = self._flat(centre)[:, None] + self.t.cells[ids]  # (r, Z)
+        where = rows[:, None] * self.full**2 + cells
         flat = self.masks.reshape(-1)  # (n, full*full) -> (n*full*full,), a view
-        flat[where] = np.maximum(flat[where], self.t.sprite[ids] * self.inside[cells])
+        flat[where] = np.maximum(flat[where], self.t.values[ids] * self.inside[cells])
 
     def _extend(self, snake: int, step: int) -> None:
         """One paddle for target ``snake`` of every live attempt (``Canvas.extend`` on a shared mask)."""
@@ -151,16 +172,18 @@ class Batch:
                             self.p.paddle_length + 2 * self.canvas.margin)
         base = (py + self.border) * self.full + px + self.border  # (r,)
         flat = self.masks.reshape(-1)  # (n, full*full) -> (n*full*full,), a view
-        near = (rows * self.full**2 + base)[:, None, None] + t.near[None]  # (r, U, D)
-        pmf = self.inside[t.flat[None] + base[:, None]] * (1.0 - flat[near].max(2)) * t.weight[last]  # (r, U)
+        cand = t.cand[last]  # (r, V)
+        near = (rows * self.full**2 + base)[:, None, None] + t.near[cand]  # (r, V, D)
+        pmf = self.inside[t.flat[cand] + base[:, None]] * (1.0 - flat[near].max(2)) * t.weight[last]  # (r, V)
         total = pmf.sum(1)
         cmf = np.cumsum(pmf / np.where(total > 0, total, 1.0)[:, None], 1)
         choice, found = np.zeros(len(rows), np.int64), np.zeros(len(rows), bool)
         todo = np.flatnonzero(total >= 1e-4)  # the others are at a dead end
         for _ in range(self.p.max_paddle_retrial + 1):
-            k = np.argmax(cmf[todo] > self.gen.random(len(todo))[:, None], 1)
-            where, _ = self._window(rows[todo], np.stack([py[todo] + t.offsets[k, 0], px[todo] + t.offsets[k, 1]], 1))
-            clear = (flat[where] + t.sprite[SEED_IDS + k]).max(1) < 1.8
+            k = cand[todo, np.argmax(cmf[todo] > self.gen.random(len(todo))[:, None], 1)]
+            head = (py[todo] + t.offsets[k, 0] + self.border) * self.full + px[todo] + t.offsets[k, 1] + self.border
+            where = (rows[todo] * self.full**2 + head)[:, None] + t.hard[SEED_IDS + k]  # (r', Z')
+            clear = (flat[where] + t.hard_values[SEED_IDS + k]).max(1) < 1.8
             choice[todo[clear]], found[todo[clear]] = k[clear], True
             todo = todo[~clear]
         ok = rows[found]

@@ -21,13 +21,21 @@ Lanczos-resized) go on the first paddle's tail of one target and the last paddle
 the same target (label 1) or of the other one (label 0). The image is byte-scaled to
 0..255 (what ``scipy.misc.imsave`` did).
 
-Deliberate differences, all to keep the label true to the image: the second seed paddle
-must not overlap the first; while the targets grow, each one's newest paddle is visible to
-the other's collision check (the original commits a paddle's mask one step late, so the two
-targets could touch); both targets' last paddles are committed before distractors are placed
-(the original commits only the second's). The seed availability uses the paddle footprint
-placed exactly at the tail (the original's dilation kernel is off by one pixel). Single-paddle
-filler (``use_single_paddles``) is off, as in the published wrapper script.
+Two generators (``SnakeParams.generator``):
+
+* ``official`` (default) behaves as snakes2 did when it made the LRA release, bug included. Its
+  seed test refuses a seed whenever ``cv2.dilate``'s border fill reaches the dilated mask
+  (``RenderCache.seed_footprint``): at 32 px it lets through only paddles heading up and left
+  (30 angles of 360), so the first target always starts that way, ~11 of 12 target attempts end
+  at the seed, and most distractor tries fail. The second seed is not tested against the
+  first; each target paddle's mask is committed one step late, so a target does not see the
+  other's newest paddle, and only the second target's last paddle is committed before the
+  distractors: the two targets may touch or cross (at 32 px hard about a quarter of images).
+* ``clean`` keeps the label true to the image: the seed test uses the paddle footprint placed
+  exactly at the tail, the second seed paddle must not overlap the first, each target sees the
+  other's newest paddle, and both last paddles are committed before the distractors.
+
+Single-paddle filler (``use_single_paddles``) is off in both, as in the published wrapper script.
 """
 
 from __future__ import annotations

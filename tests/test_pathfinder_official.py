@@ -18,6 +18,7 @@ import random
 import numpy as np
 import pytest
 
+from lra_sfa.tasks.pathfinder_batch import Batch, build_tables
 from lra_sfa.tasks.pathfinder_gen import generate_image, generate_images
 from lra_sfa.tasks.snakes import Canvas, RenderCache, lra_params
 
@@ -163,3 +164,21 @@ def test_clean_images_match_the_project_column(num):
     assert stats["targets overlapping"].max() == 0.0
     heading = stats["first paddle heading up-left"]  # seed angles uniform: a quarter head up-left
     assert abs(heading.mean() - 0.25) <= 4 * math.sqrt(0.25 * 0.75 / len(heading))
+
+
+@pytest.mark.parametrize("resolution,difficulty,margin", [(32, "hard", 1), (128, "easy", 3)])
+def test_batched_masks_hold_exactly_the_committed_paddles(resolution, difficulty, margin):
+    """Every target paddle but the first target's last, pasted one by one as ``Canvas.add_mask`` does."""
+    p = lra_params(resolution, difficulty)
+    cache = RenderCache(p)
+    canvas = Canvas(p, cache, margin, random.Random(0))
+    batch = Batch(canvas, build_tables(cache, margin), 600, np.random.default_rng(resolution))
+    batch.grow()
+    survivors = batch.survivors()
+    assert survivors
+    for mask, (first, second) in survivors:
+        assert len(first) == len(second) == p.contour_length
+        want = canvas.mask.copy()
+        for centre, angle in first[:-1] + second:
+            canvas.add_mask(want, cache.paddle(margin, angle).mask, centre)
+        np.testing.assert_array_equal(mask, want)

@@ -1,8 +1,10 @@
 """Whole Pathfinder images from ``snakes.Canvas``, and parallel generation of many of them.
 
-``generate(params, num, seed, workers)`` splits the work into fixed chunks of
-``CHUNK`` images, each with its own ``random.Random((seed, chunk))`` stream, so the
-result depends on (params, num, seed) only, not on the number of worker processes.
+``generate_image`` makes one image, one target attempt at a time; ``generate_images`` makes many,
+and with the ``official`` generator grows their target attempts in batches (``pathfinder_batch``).
+``generate(params, num, seed, workers)`` splits the work into fixed chunks of ``CHUNK`` images,
+each with its own ``random.Random((seed, chunk))`` stream, so the result depends on
+(params, num, seed) only, not on the number of worker processes.
 Speed: see the ``pathfinder`` module docstring (``python -m lra_sfa.tasks.pathfinder bench``).
 """
 

@@ -23,14 +23,12 @@ the same target (label 1) or of the other one (label 0). The image is byte-scale
 
 Two generators (``SnakeParams.generator``):
 
-* ``official`` (default) behaves as snakes2 did when it made the LRA release, bug included. Its
-  seed test refuses a seed whenever ``cv2.dilate``'s border fill reaches the dilated mask
-  (``RenderCache.seed_footprint``): at 32 px it lets through only paddles heading up and left
-  (30 angles of 360), so the first target always starts that way, ~11 of 12 target attempts end
-  at the seed, and most distractor tries fail. The second seed is not tested against the
-  first; each target paddle's mask is committed one step late, so a target does not see the
-  other's newest paddle, and only the second target's last paddle is committed before the
-  distractors: the two targets may touch or cross (at 32 px hard about a quarter of images).
+* ``official`` (default) behaves as snakes2 did when it made the LRA release, bugs included. Its
+  seed test (``RenderCache.seed_footprint``) lets through, at 32 px, only paddles heading up and
+  left (30 angles of 360): the first target always starts that way and most distractor tries
+  fail. The second seed is not tested against the first; a target paddle's mask is committed one
+  step late, so a target does not see the other's newest paddle; only the second target's last
+  paddle is committed before the distractors: the targets may touch (a quarter of 32 px images).
 * ``clean`` keeps the label true to the image: the seed test uses the paddle footprint placed
   exactly at the tail, the second seed paddle must not overlap the first, each target sees the
   other's newest paddle, and both last paddles are committed before the distractors.
@@ -45,7 +43,9 @@ import random
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw
+
+from lra_sfa.tasks.paddles import Paddle, disk, render_marker, render_paddle
+from lra_sfa.tasks.paddles import translate as _translate
 
 CONTOUR_LENGTH = {"easy": 6, "intermediate": 9, "hard": 14}
 GENERATORS = ("official", "clean")
@@ -103,35 +103,8 @@ def lra_params(resolution: int, difficulty: str, generator: str = "official") ->
                        num_distractors=budget // distractor_length, generator=generator, **cfg)
 
 
-def _translate(y: float, x: float, theta: float, dist: float) -> tuple[int, int]:
-    """Move (y, x) by ``dist`` along ``theta`` and round up, as the original ``translate_coord``."""
-    return int(math.ceil(y + dist * math.sin(theta))), int(math.ceil(x + dist * math.cos(theta)))
-
-
 def _flip(theta: float) -> float:
     return theta + math.pi if theta < 0 else theta - math.pi
-
-
-def _disk(radius: float) -> np.ndarray:
-    """Integer offsets (n, 2) with y^2 + x^2 <= radius^2."""
-    r = int(math.floor(radius))
-    ys, xs = np.mgrid[-r : r + 1, -r : r + 1]  # (2r+1, 2r+1) each
-    keep = ys**2 + xs**2 <= radius**2
-    return np.stack([ys[keep], xs[keep]], axis=1)
-
-
-def _dilate(binary: np.ndarray, radius: int) -> np.ndarray:
-    out = np.zeros_like(binary)
-    padded = np.pad(binary, radius)
-    h, w = binary.shape
-    for dy, dx in _disk(radius):
-        out |= padded[radius + dy : radius + dy + h, radius + dx : radius + dx + w]
-    return out
-
-
-def _lanczos(array: np.ndarray, size: int) -> np.ndarray:
-    """uint8 array -> (size, size) Lanczos resize, as float in [0, 1]."""
-    return np.asarray(Image.fromarray(array).resize((size, size), Image.LANCZOS), dtype=np.float32) / 255.0
 
 
 def _covers(offsets: np.ndarray, size: int) -> bool:
@@ -140,39 +113,6 @@ def _covers(offsets: np.ndarray, size: int) -> bool:
     for dy, dx in offsets:
         hit[max(0, -dy) : size - max(0, dy), max(0, -dx) : size - max(0, dx)] = True
     return bool(hit.all())
-
-
-@dataclass
-class Paddle:
-    line: np.ndarray  # (n, n) float in [0, 1], the paddle starting at the centre
-    mask: np.ndarray  # (n, n) float in [0, 1], the paddle dilated by the margin
-    struct: np.ndarray  # (k, 2) offsets where the mask is saturated (seed availability)
-
-
-def render_paddle(length: int, thickness: float, margin: int, aa: int, theta: float) -> Paddle:
-    """A paddle from the sprite centre along ``theta``, drawn at ``aa`` x and Lanczos-resized."""
-    if round(thickness * aa) != thickness * aa:
-        raise ValueError(f"pathfinder: thickness {thickness} x aa_scale {aa} must be an integer")
-    half = length + math.ceil(thickness) + margin
-    blown_size, centre = 2 * half * aa + 1, half * aa
-    head_y, head_x = _translate(centre, centre, theta, length * aa)
-    image = Image.new("L", (blown_size, blown_size), 0)
-    ImageDraw.Draw(image).line([(centre, centre), (head_x, head_y)], fill=255, width=round(thickness * aa))
-    blown = np.asarray(image)
-    size = 2 * half + 1
-    dilated = _dilate(blown > 0, margin * aa).astype(np.uint8) * 255
-    mask_u8 = np.asarray(Image.fromarray(dilated).resize((size, size), Image.LANCZOS))
-    struct = np.argwhere(mask_u8 == 255) - half  # (k, 2)
-    return Paddle(_lanczos(blown, size), mask_u8.astype(np.float32) / 255.0, struct)
-
-
-def render_marker(radius: float, aa: int) -> np.ndarray:
-    """A disk centred on the sprite's middle pixel, drawn at ``aa`` x and Lanczos-resized."""
-    half = int(math.ceil(radius)) + 2
-    size = 2 * half + 1
-    ys, xs = np.ogrid[: size * aa, : size * aa]
-    disk = ((ys - half * aa) ** 2 + (xs - half * aa) ** 2 <= (radius * aa) ** 2).astype(np.uint8) * 255
-    return _lanczos(disk, size)
 
 
 class RenderCache:
@@ -202,17 +142,13 @@ class RenderCache:
         return self.paddles[key]
 
     def seed_footprint(self, margin: int, theta: float) -> tuple[np.ndarray, bool]:
-        """Offsets (k, 2) from a candidate tail that must be free for a seed paddle along ``theta``,
-        and whether the seed test can pass at all (memoised per margin and angle).
-
-        ``clean``: the saturated part of the paddle's margin mask, placed at the tail. ``official``:
-        what snakes2's seed test computes. It renders that mask with its start at (r + 1, r + 1) of a
-        (2r + 1)^2 window, r = paddle_length + margin, clipped to the window, and dilates the occupied
-        mask with it through ``cv2.dilate``, whose anchor is the window's centre (r, r): the footprint
-        loses its far side and moves one pixel down and right. ``cv2.dilate`` reads pixels outside the
-        image as -DBL_MAX, so an image pixel whose whole footprint lies outside comes out negative, and
-        snakes2's coordinate search then finds no free pixel at all: for most angles the seed is refused.
-        """
+        """Offsets (k, 2) from a candidate tail that must be free for a seed along ``theta``, and whether
+        the seed test can pass at all (memoised). ``clean``: the saturated part of the paddle's margin mask
+        at the tail. ``official``: snakes2 draws that mask from (r + 1, r + 1) in a (2r + 1)^2 window,
+        r = paddle_length + margin, cut to the window, and dilates the occupied mask with it by
+        ``cv2.dilate``, anchored at the window's centre: the footprint loses its far side and moves one pixel
+        down and right. Pixels outside the image read as -DBL_MAX, so if any image pixel's footprint lies
+        wholly outside, the dilated mask has a negative value and snakes2 finds no free tail at all."""
         key = (margin, round(theta, 9))
         if key not in self.footprints:
             struct = self.paddle(margin, theta).struct
@@ -239,7 +175,7 @@ class RenderCache:
         angles = np.deg2rad(np.arange(0, 360, 360.0 / (2 * radius * math.pi)))
         offsets = np.stack([np.floor(radius * np.sin(angles)), np.floor(radius * np.cos(angles))], 1).astype(int)
         offsets = np.unique(offsets, axis=0)  # (U, 2)
-        near = offsets[:, None, :] + _disk(margin)[None, :, :]  # (U, D, 2)
+        near = offsets[:, None, :] + disk(margin)[None, :, :]  # (U, D, 2)
         flat = offsets[:, 0] * self.full + offsets[:, 1]
         return offsets, np.arctan2(offsets[:, 0], offsets[:, 1]), flat, near[..., 0] * self.full + near[..., 1]
 
@@ -335,13 +271,9 @@ class Canvas:
         return free
 
     def seed(self, border: int, contrast: float, fresh: bool = False) -> Snake | None:
-        """A first paddle at a free place (the original ``seed_snake``); None when nothing fits.
-
-        ``fresh`` (first target seed, empty canvas): the first angle is drawn among those with a free
-        tail. A target attempt whose first angle has none fails before drawing anything else, and the
-        caller starts a new one, so skipping such attempts leaves the distribution unchanged; it saves
-        the ~11 of 12 attempts that ``official`` refuses at 32 px.
-        """
+        """A first paddle at a free place (the original ``seed_snake``); None when nothing fits. ``fresh``
+        (first target, empty canvas): the first angle is drawn among those with a free tail; an attempt
+        drawing another fails before drawing anything else, so skipping it leaves the distribution as is."""
         p, rng = self.p, self.rng
         for trial in range(p.max_paddle_retrial + 1):
             if fresh and trial == 0:

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from lra_sfa.tasks.base import TaskDataError
+from lra_sfa.tasks.paddles import dilate
 from lra_sfa.tasks.pathfinder import Pathfinder, PathX, main, read_metadata, write_release
 from lra_sfa.tasks.pathfinder_gen import generate, generate_image, generate_images
-from lra_sfa.tasks.snakes import CONTOUR_LENGTH, _dilate, lra_params
+from lra_sfa.tasks.snakes import CONTOUR_LENGTH, lra_params
 
 from .conftest import train_smoke
 
@@ -57,7 +58,7 @@ def check_label_true_to_image(image: np.ndarray, label: int, info: dict, p) -> N
         y, x = marker
         assert layers[which][max(0, y - 1) : y + 2, max(0, x - 1) : x + 2].any(), "marker off its contour"
     for layer in layers:
-        labels = components(_dilate(layer, info["margin"] + 1))
+        labels = components(dilate(layer, info["margin"] + 1))
         assert labels.max() == 1, "a target contour is broken into pieces"
     # what is drawn is in the image: contour pixels and markers are bright
     for layer in layers:

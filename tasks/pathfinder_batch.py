@@ -47,6 +47,7 @@ class Tables:
 
 
 def build_tables(cache: RenderCache, margin: int) -> Tables:
+    """The lookup tables of ``Tables`` for paddles of ``margin``, from the cache's renderings and candidates."""
     offsets, angles, flat, near = cache.steps[margin]
     seeds = np.radians(np.arange(-180, 180, dtype=np.float64))
     flipped = np.where(angles < 0, angles + math.pi, angles - math.pi)
@@ -60,7 +61,8 @@ def build_tables(cache: RenderCache, margin: int) -> Tables:
     hard, hard_values = _ragged(can_hit, window, sprites.reshape(len(drawn), -1))
     weight = np.stack([cache.turn_weight(margin, float(theta)) for theta in heading])  # (K, U)
     keep = weight > NEGLIGIBLE
-    cand, kept = np.zeros((len(heading), keep.sum(1).max()), np.int64), np.zeros((len(heading), keep.sum(1).max()))
+    width = keep.sum(1).max()
+    cand, kept = np.zeros((len(heading), width), np.int64), np.zeros((len(heading), width))
     for row, mask in enumerate(keep):
         cand[row, : mask.sum()], kept[row, : mask.sum()] = np.flatnonzero(mask), weight[row, mask]
     return Tables(heading, drawn, cand, kept, cells, values, hard, hard_values, flat, near, offsets)
@@ -109,7 +111,7 @@ class Batch:
     def _seed_first(self, n: int) -> None:
         """The first target's seed: as ``Canvas.seed(fresh=True)``, retried while head or pivot is off the image."""
         p, canvas, border = self.p, self.canvas, 2 * self.p.seed_distance
-        angles = np.asarray(canvas._first_angles(border), np.int64)
+        angles = np.asarray(canvas.first_angles(border), np.int64)
         if len(angles) == 0:
             self.alive[:] = False
             return

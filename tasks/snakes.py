@@ -277,7 +277,7 @@ class Canvas:
         p, rng = self.p, self.rng
         for trial in range(p.max_paddle_retrial + 1):
             if fresh and trial == 0:
-                angles = self._first_angles(border)
+                angles = self.first_angles(border)
                 if not angles:
                     return None
                 theta = math.radians(angles[rng.randrange(len(angles))])
@@ -293,7 +293,7 @@ class Canvas:
                 return self._start(tail, theta, pivot, contrast)
         return None
 
-    def _first_angles(self, border: int) -> list[int]:
+    def first_angles(self, border: int) -> list[int]:
         """Angles (whole degrees, ascending) with a free tail on the empty canvas, memoised."""
         key = (self.margin, border)
         if key not in self.cache.first_angles:

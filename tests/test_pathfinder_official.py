@@ -110,8 +110,8 @@ def test_official_seed_test_refuses_most_angles_at_32px():
 
 
 # ---- image statistics at 32 px hard ------------------------------------------------------------------
-# Issue 21's table: (official snakes2, this project's corrected generator). ``n_ref`` is the smallest of its
-# samples; ``unit`` is the rounding of its figures.
+# Issue 21's table: (official snakes2, this project's corrected generator, rounding unit of the figures).
+# N_REF is the smallest of its samples.
 REFERENCE = {
     "mean intensity": (20.2, 28.0, 0.1),
     "lit fraction (>= 64)": (0.126, 0.176, 0.001),
@@ -162,7 +162,7 @@ def test_clean_images_match_the_project_column(num):
     stats = image_statistics("clean", num, seed=f"clean-{num}")
     check_against_table(stats, column=1)
     assert stats["targets overlapping"].max() == 0.0
-    heading = stats["first paddle heading up-left"]  # seed angles uniform: a quarter head up-left
+    heading = stats["first paddle heading up-left"]  # seed angles drawn uniformly: near a quarter up-left
     assert abs(heading.mean() - 0.25) <= 4 * math.sqrt(0.25 * 0.75 / len(heading))
 
 

@@ -15,15 +15,22 @@ Sources:
   ``pathfinder32/curv_baseline/imgs/0/sample_172.png``) are skipped and counted in the
   source string, and the rest is split 80/10/10 (LRA's proportions) in that order,
   each part capped at num_train / num_val / num_test.
-* otherwise generated (``tasks/snakes.py``, ``tasks/pathfinder_gen.py``: the published
-  snakes2 algorithm with LRA's per-resolution parameters), each split from its own seed
-  stream, over ``n_workers`` processes, cached as .npz under ``cache_dir/pathfinder``.
+* otherwise generated (``tasks/snakes.py``, ``tasks/pathfinder_gen.py``: the snakes2 algorithm
+  with LRA's per-resolution parameters), each split from its own seed stream, over ``n_workers``
+  processes, cached as .npz under ``cache_dir/pathfinder``, keyed by ``generator``: ``official``
+  (default) reproduces the release's distribution, the bugs of snakes2's seed test and target
+  growth included; ``clean`` is the corrected variant, whose label is always true to the image
+  (``snakes`` module docstring).
 
-Generation speed per resolution and difficulty: results/tasks/NOTES.md. Hard
-images are slow because both target snakes must grow 14 paddles without a dead end: with the
-published parameters 1 attempt in ~30 (32 px), ~250 (128 px) and ~2000 (64 px) succeeds, as in
-the original, which restarts the same way. (The speed-ups, cached renderings and memoised first
-seeds, leave the output unchanged: checked bit for bit against the first version.)
+Generation speed: ``python -m lra_sfa.tasks.pathfinder bench`` prints images per wall second and
+per CPU second (the per-core rate: workers are independent processes); measured rates are in
+``results/tasks/NOTES.md``. Hard images are slow because both target snakes must grow 14
+paddles without a dead end, and snakes2 restarts both from nothing when one fails. At 32 px
+hard it keeps about 1 attempt in 320: its seed test refuses 330 of the 360 seed angles, and
+about 1 in 26 of the attempts it lets through grows both targets; the ``clean`` variant keeps
+about 1 in 34. The
+``official`` path skips the attempts the seed test refuses on the empty canvas (distribution
+unchanged: they draw nothing else) and grows the rest in batches (``tasks/pathfinder_batch.py``).
 
 CLI: ``python -m lra_sfa.tasks.pathfinder samples --out results/plots/pathfinder_samples.png``
 writes a labelled PNG grid; ``bench`` measures speed; ``export`` writes the release layout.
@@ -46,7 +53,7 @@ from PIL import Image
 
 from lra_sfa.tasks.base import Split, Task, TaskData, TaskDataError, cache_key, save_arrays_atomic
 from lra_sfa.tasks.pathfinder_gen import generate, generate_image
-from lra_sfa.tasks.snakes import CONTOUR_LENGTH, lra_params
+from lra_sfa.tasks.snakes import CONTOUR_LENGTH, GENERATORS, lra_params
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -168,9 +175,10 @@ class Pathfinder(Task):
 
     def __init__(self, seq_len: int = 1024, pooling: str = "mean", data_dir: str | None = None,
                  resolution: int = 32, difficulty: str = "hard", num_train: int = 160_000, num_val: int = 20_000,
-                 num_test: int = 20_000, seed: int = 0, n_workers: int | None = None) -> None:
+                 num_test: int = 20_000, seed: int = 0, n_workers: int | None = None,
+                 generator: str = "official") -> None:
         super().__init__(seq_len, pooling, data_dir)
-        self.params = lra_params(int(resolution), difficulty)
+        self.params = lra_params(int(resolution), difficulty, generator)
         if self.seq_len != resolution * resolution:
             raise ValueError(f"task {self.name}: seq_len={seq_len} must be resolution^2 = {resolution ** 2} "
                              f"for resolution={resolution} (set task.seq_len={resolution ** 2})")
@@ -180,6 +188,7 @@ class Pathfinder(Task):
     def describe(self) -> dict:
         return {**super().describe(), "resolution": self.resolution, "difficulty": self.difficulty,
                 "contour_length": CONTOUR_LENGTH[self.difficulty], "data_seed": self.seed,
+                "generator": None if self.data_dir else self.params.generator,
                 **{f"num_{k}": v for k, v in self.sizes.items()}}
 
     def load(self, cache_dir) -> TaskData:
@@ -190,7 +199,7 @@ class Pathfinder(Task):
         for index, split in enumerate(SPLITS):
             key = cache_key(task="pathfinder", v=1, params=asdict(self.params), seed=self.seed, split=split,
                             num=self.sizes[split])
-            path = root / f"{self.resolution}px_{self.difficulty}_{split}_{key}.npz"
+            path = root / f"{self.resolution}px_{self.difficulty}_{self.params.generator}_{split}_{key}.npz"
             if not path.is_file():
                 started = time.perf_counter()
                 images, labels = generate(self.params, self.sizes[split], seed=f"{self.seed}-{index}",
@@ -234,14 +243,15 @@ class PathX(Pathfinder):
 
 
 # ---- command line ----------------------------------------------------------------------------------
-def save_samples(out: Path, resolution: int = 32, difficulty: str = "hard", num: int = 16, seed: int = 0) -> Path:
+def save_samples(out: Path, resolution: int = 32, difficulty: str = "hard", num: int = 16, seed: int = 0,
+                 generator: str = "official") -> Path:
     """A PNG grid of generated images titled with their labels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    params, rng = lra_params(resolution, difficulty), random.Random(f"samples-{seed}")
+    params, rng = lra_params(resolution, difficulty, generator), random.Random(f"samples-{seed}")
     cols = min(num, 4)
     rows = -(-num // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False)
@@ -251,7 +261,8 @@ def save_samples(out: Path, resolution: int = 32, difficulty: str = "hard", num:
         image, label, _ = generate_image(params, rng)
         ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(f"label {label}: {'connected' if label else 'not connected'}", fontsize=8)
-    fig.suptitle(f"Pathfinder {resolution} px, {difficulty} (contour length {CONTOUR_LENGTH[difficulty]})")
+    fig.suptitle(f"Pathfinder {resolution} px, {difficulty} (contour length {CONTOUR_LENGTH[difficulty]}), "
+                 f"{generator} generator")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -259,14 +270,15 @@ def save_samples(out: Path, resolution: int = 32, difficulty: str = "hard", num:
     return out
 
 
-def bench(resolution: int, difficulty: str, num: int, workers: int) -> tuple[float, float]:
+def bench(resolution: int, difficulty: str, num: int, workers: int, generator: str = "official") -> tuple[float, float]:
     """Generate ``num`` images with ``workers`` processes; print and return (images per wall second,
     images per CPU second). The CPU rate is the per-core speed even on a machine busy with other work."""
     started, cpu = time.perf_counter(), _cpu_seconds()
-    generate(lra_params(resolution, difficulty), num, seed="bench", workers=workers)
+    generate(lra_params(resolution, difficulty, generator), num, seed="bench", workers=workers)
     wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
-    print(f"pathfinder {resolution}px {difficulty}: {num} images, {workers} worker(s): {num / wall:.1f} images/s wall, "
-          f"{num / cpu:.1f} images per CPU second (load average {os.getloadavg()[0]:.1f})")
+    print(f"pathfinder {resolution}px {difficulty} ({generator}): {num} images, {workers} worker(s): "
+          f"{num / wall:.1f} images/s wall, {num / cpu:.1f} images per CPU second "
+          f"(load average {os.getloadavg()[0]:.1f})")
     return num / wall, num / cpu
 
 
@@ -285,13 +297,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--generator", default="official", choices=list(GENERATORS))
     args = parser.parse_args(argv)
     if args.command == "samples":
-        print(save_samples(Path(args.out), args.resolution, args.difficulty, args.num, args.seed))
+        print(save_samples(Path(args.out), args.resolution, args.difficulty, args.num, args.seed, args.generator))
     elif args.command == "bench":
-        bench(args.resolution, args.difficulty, args.num, args.workers)
+        bench(args.resolution, args.difficulty, args.num, args.workers, args.generator)
     else:
-        images, labels = generate(lra_params(args.resolution, args.difficulty), args.num, args.seed, args.workers)
+        params = lra_params(args.resolution, args.difficulty, args.generator)
+        images, labels = generate(params, args.num, args.seed, args.workers)
         write_release(Path(args.out), images, labels)
         print(f"wrote {len(labels)} images to {args.out}")
 

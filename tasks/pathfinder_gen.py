@@ -1,8 +1,10 @@
 """Whole Pathfinder images from ``snakes.Canvas``, and parallel generation of many of them.
 
-``generate(params, num, seed, workers)`` splits the work into fixed chunks of
-``CHUNK`` images, each with its own ``random.Random((seed, chunk))`` stream, so the
-result depends on (params, num, seed) only, not on the number of worker processes.
+``generate_image`` makes one image, one target attempt at a time; ``generate_images`` makes many,
+and with the ``official`` generator grows their target attempts in batches (``pathfinder_batch``).
+``generate(params, num, seed, workers)`` splits the work into fixed chunks of ``CHUNK`` images,
+each with its own ``random.Random((seed, chunk))`` stream, so the result depends on
+(params, num, seed) only, not on the number of worker processes.
 Speed: see the ``pathfinder`` module docstring (``python -m lra_sfa.tasks.pathfinder bench``).
 """
 
@@ -16,12 +18,15 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from lra_sfa.tasks.snakes import Canvas, RenderCache, SnakeParams
+from lra_sfa.tasks.pathfinder_batch import Batch, Tables, build_tables
+from lra_sfa.tasks.snakes import Canvas, RenderCache, Snake, SnakeParams
 
 log = logging.getLogger(__name__)
 CHUNK = 256
 MAX_TARGET_ATTEMPTS = 50_000  # 64 px hard accepts ~1 in 2000 (measured), see the pathfinder docstring
+BATCH_BYTES = 32 << 20  # occupied masks of one batch of target attempts
 _CACHES: dict[SnakeParams, RenderCache] = {}
+_TABLES: dict[tuple[SnakeParams, int], Tables] = {}
 
 
 def _cache(p: SnakeParams) -> RenderCache:
@@ -31,7 +36,8 @@ def _cache(p: SnakeParams) -> RenderCache:
 
 
 def _two_targets(canvas: Canvas) -> list | None:
-    """Both target snakes (the original ``two_snakes``), or None when any step fails."""
+    """Both target snakes (the original ``two_snakes``), or None when any step fails; the canvas is
+    changed only on success."""
     p, rng = canvas.p, canvas.rng
     mu = list(p.snake_contrasts) * 2
     rng.shuffle(mu)
@@ -42,6 +48,8 @@ def _two_targets(canvas: Canvas) -> list | None:
     if second is None:
         return None
     targets = [first, second]
+    if p.generator == "official":
+        return _grow_official(canvas, targets, mu)
     views = [canvas.mask.copy(), canvas.mask.copy()]  # what each target avoids: committed + partner's newest
     canvas.add_mask(views[0], *second.pending)
     canvas.add_mask(views[1], *first.pending)
@@ -54,15 +62,32 @@ def _two_targets(canvas: Canvas) -> list | None:
     return targets
 
 
+def _grow_official(canvas: Canvas, targets: list, mu: list[float]) -> list | None:
+    """snakes2's growth: one occupied mask for both targets, where each paddle is committed one step
+    late (so a target does not see the other's newest paddle, and the two may touch or cross), and
+    only the second target's last paddle is committed before the distractors."""
+    p, rng = canvas.p, canvas.rng
+    mask = canvas.mask.copy()
+    for _ in range(p.contour_length - 1):
+        contrast = rng.choice(p.paddle_contrasts)
+        for i, snake in enumerate(targets):
+            if not canvas.extend(snake, contrast * mu[i], mask):
+                return None
+    canvas.add_mask(mask, *targets[1].pending)
+    canvas.mask = mask
+    return targets
+
+
 def _distractor(canvas: Canvas) -> bool:
     """One distractor snake (the original ``make_snake``); the canvas is unchanged on failure."""
     p, rng = canvas.p, canvas.rng
     if float((canvas.view(canvas.mask) <= 0.3).mean()) < 0.01:
         return False
-    mask = canvas.mask.copy()
     snake = canvas.seed(1, rng.choice(p.snake_contrasts))
-    ok = snake is not None and all(
-        canvas.extend(snake, rng.choice(p.snake_contrasts), canvas.mask) for _ in range(p.distractor_length - 1))
+    if snake is None:
+        return False
+    mask = canvas.mask.copy()
+    ok = all(canvas.extend(snake, rng.choice(p.snake_contrasts), canvas.mask) for _ in range(p.distractor_length - 1))
     if not ok:
         canvas.mask = mask
         return False
@@ -84,34 +109,100 @@ def generate_image(p: SnakeParams, rng: random.Random, keep_layers: bool = False
 
     The bookkeeping dict holds ``margin``, ``targets`` (per target, its paddles as (start, angle)),
     ``marker_snakes`` (target index under the origin and terminal marker), ``markers`` (their
-    centres) and, with ``keep_layers``, ``layers``: each target's own rendering (float, size x size).
+    centres), ``distractors`` (how many were placed) and, with ``keep_layers``, ``layers``: each
+    target's own rendering (float, size x size). One attempt at a time: the reference for
+    ``generate_images``.
     """
     cache = _cache(p)
     label = rng.randrange(2)
     margin = p.paddle_margins[rng.randrange(len(p.paddle_margins))]
+    canvas = Canvas(p, cache, margin, rng, keep_layers)
     for _ in range(MAX_TARGET_ATTEMPTS):
-        canvas = Canvas(p, cache, margin, rng, keep_layers)
         targets = _two_targets(canvas)
         if targets is not None:
             break
     else:
         raise RuntimeError(f"pathfinder: no two target snakes fit after {MAX_TARGET_ATTEMPTS} attempts with {p}")
+    return _finish(canvas, targets, label)
+
+
+def _finish(canvas: Canvas, targets: list[Snake], label: int) -> tuple[np.ndarray, int, dict]:
+    """Paint the targets, add distractors and markers: the image, its label and bookkeeping."""
+    p, rng = canvas.p, canvas.rng
     layers = [canvas.paint(t) for t in targets]
+    placed = 0
     for _ in range(p.num_distractors):
         for _ in range(p.max_distractor_retrial + 1):
             if _distractor(canvas):
+                placed += 1
                 break
     origin = rng.randrange(2)
     terminal = origin if label == 1 else 1 - origin
     markers = (targets[origin].tail, targets[terminal].head)
     for centre in markers:
-        canvas.paste(canvas.image, cache.marker, centre)
+        canvas.paste(canvas.image, canvas.cache.marker, centre)
     image = bytescale(canvas.view(canvas.image))
-    info = {"margin": margin, "targets": [t.paddles for t in targets], "marker_snakes": (origin, terminal),
-            "markers": markers}
-    if keep_layers:
+    info = {"margin": canvas.margin, "targets": [t.paddles for t in targets], "marker_snakes": (origin, terminal),
+            "markers": markers, "distractors": placed}
+    if canvas.keep_layers:
         info["layers"] = layers
     return image, label, info
+
+
+def generate_images(p: SnakeParams, count: int, rng: random.Random,
+                    keep_layers: bool = False) -> list[tuple[np.ndarray, int, dict]]:
+    """``count`` images as ``generate_image`` makes them; with the ``official`` generator, the target
+    snakes of all of them are grown in batches (``pathfinder_batch``), which is several times faster."""
+    if p.generator != "official":
+        return [generate_image(p, rng, keep_layers) for _ in range(count)]
+    labels = [rng.randrange(2) for _ in range(count)]
+    margins = [p.paddle_margins[rng.randrange(len(p.paddle_margins))] for _ in range(count)]
+    gen = np.random.default_rng(rng.getrandbits(64))
+    grown = {m: _batched_targets(p, m, margins.count(m), rng, gen) for m in set(margins)}
+    out = []
+    for label, margin in zip(labels, margins):
+        canvas = Canvas(p, _cache(p), margin, rng, keep_layers)
+        canvas.mask, paddles = grown[margin].pop()
+        out.append(_finish(canvas, _rebuild(canvas, paddles), label))
+    return out
+
+
+def _batched_targets(p: SnakeParams, margin: int, needed: int, rng: random.Random,
+                     gen: np.random.Generator) -> list:
+    """``needed`` surviving target attempts at ``margin``: (occupied mask, paddles of both targets)."""
+    cache = _cache(p)
+    if (p, margin) not in _TABLES:
+        _TABLES[p, margin] = build_tables(cache, margin)
+    canvas, got, tried = Canvas(p, cache, margin, rng), [], 0
+    limit = max(64, BATCH_BYTES // (4 * cache.full**2))
+    while len(got) < needed:
+        if tried >= MAX_TARGET_ATTEMPTS and not got:
+            raise RuntimeError(f"pathfinder: no two target snakes fit after {tried} attempts with {p}")
+        rate = (len(got) + 1) / (tried + 32)  # survivors per attempt so far, starting from 1 in 32
+        size = int(min(limit, max(64, 1.25 * (needed - len(got)) / rate)))
+        batch = Batch(canvas, _TABLES[p, margin], size, gen)
+        batch.grow()
+        got.extend(batch.survivors())
+        tried += size
+    return got[:needed][::-1]  # reversed: the caller pops from the end, in attempt order
+
+
+def _rebuild(canvas: Canvas, paddles: list[list[tuple[tuple[int, int], float]]]) -> list[Snake]:
+    """Target snakes from their paddles, with snakes2's contrasts: a per-target factor from the snake
+    contrasts, times a paddle contrast drawn per step (shared by both targets)."""
+    p, rng = canvas.p, canvas.rng
+    mu = list(p.snake_contrasts) * 2
+    rng.shuffle(mu)
+    steps = [rng.choice(p.paddle_contrasts) for _ in range(2)]
+    steps += [rng.choice(p.paddle_contrasts) for _ in range(p.contour_length - 1)]
+    targets = []
+    for i, own in enumerate(paddles):
+        snake = Snake(pivot=own[-1][0], theta=own[-1][1], tail=own[0][0], head=own[-1][0], paddles=own)
+        contrasts = [steps[i]] + steps[2:]
+        snake.strokes = [(canvas.cache.paddle(canvas.margin, angle).line, at, c * mu[i])
+                         for (at, angle), c in zip(own, contrasts)]
+        targets.append(snake)
+    return targets
 
 
 def _chunk(args: tuple[SnakeParams, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -119,9 +210,8 @@ def _chunk(args: tuple[SnakeParams, int, int, int]) -> tuple[np.ndarray, np.ndar
     rng = random.Random(f"pathfinder-{seed}-{chunk}")
     images = np.empty((count, p.size * p.size), np.uint8)
     labels = np.empty(count, np.int64)
-    for i in range(count):
-        image, labels[i], _ = generate_image(p, rng)
-        images[i] = image.reshape(-1)  # (size, size) -> (size * size,)
+    for i, (image, label, _) in enumerate(generate_images(p, count, rng)):
+        images[i], labels[i] = image.reshape(-1), label  # (size, size) -> (size * size,)
     return images, labels
 
 

@@ -21,13 +21,19 @@ Lanczos-resized) go on the first paddle's tail of one target and the last paddle
 the same target (label 1) or of the other one (label 0). The image is byte-scaled to
 0..255 (what ``scipy.misc.imsave`` did).
 
-Deliberate differences, all to keep the label true to the image: the second seed paddle
-must not overlap the first; while the targets grow, each one's newest paddle is visible to
-the other's collision check (the original commits a paddle's mask one step late, so the two
-targets could touch); both targets' last paddles are committed before distractors are placed
-(the original commits only the second's). The seed availability uses the paddle footprint
-placed exactly at the tail (the original's dilation kernel is off by one pixel). Single-paddle
-filler (``use_single_paddles``) is off, as in the published wrapper script.
+Two generators (``SnakeParams.generator``):
+
+* ``official`` (default) behaves as snakes2 did when it made the LRA release, bugs included. Its
+  seed test (``RenderCache.seed_footprint``) lets through, at 32 px, only paddles heading up and
+  left (30 angles of 360): the first target always starts that way and most distractor tries
+  fail. The second seed is not tested against the first; a target paddle's mask is committed one
+  step late, so a target does not see the other's newest paddle; only the second target's last
+  paddle is committed before the distractors: the targets may touch (a quarter of 32 px images).
+* ``clean`` keeps the label true to the image: the seed test uses the paddle footprint placed
+  exactly at the tail, the second seed paddle must not overlap the first, each target sees the
+  other's newest paddle, and both last paddles are committed before the distractors.
+
+Single-paddle filler (``use_single_paddles``) is off in both, as in the published wrapper script.
 """
 
 from __future__ import annotations
@@ -37,9 +43,12 @@ import random
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw
+
+from lra_sfa.tasks.paddles import Paddle, disk, render_marker, render_paddle
+from lra_sfa.tasks.paddles import translate as _translate
 
 CONTOUR_LENGTH = {"easy": 6, "intermediate": 9, "hard": 14}
+GENERATORS = ("official", "clean")
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,7 @@ class SnakeParams:
     aa_scale: int = 2
     max_paddle_retrial: int = 2
     max_distractor_retrial: int = 4
+    generator: str = "official"
 
 
 # Per resolution: padding, margins, paddle length, thickness, marker radius, seed distance,
@@ -76,8 +86,11 @@ _RESOLUTION = {
 }
 
 
-def lra_params(resolution: int, difficulty: str) -> SnakeParams:
-    """The LRA release's generator settings for ``resolution`` (32/64/128/256) and difficulty."""
+def lra_params(resolution: int, difficulty: str, generator: str = "official") -> SnakeParams:
+    """The LRA release's generator settings for ``resolution`` (32/64/128/256), difficulty and
+    ``generator`` (``official``: snakes2's behaviour, bug included; ``clean``: the corrected one)."""
+    if generator not in GENERATORS:
+        raise ValueError(f"pathfinder: generator={generator!r} must be one of {list(GENERATORS)}")
     if resolution not in _RESOLUTION:
         raise ValueError(f"pathfinder: resolution={resolution!r} must be one of {sorted(_RESOLUTION)}")
     if difficulty not in CONTOUR_LENGTH:
@@ -87,71 +100,19 @@ def lra_params(resolution: int, difficulty: str) -> SnakeParams:
     distractor_length = contour_length // 3  # Python 2 integer division in the original scripts
     budget = cfg.pop("budget")
     return SnakeParams(size=resolution, contour_length=contour_length, distractor_length=distractor_length,
-                       num_distractors=budget // distractor_length, **cfg)
-
-
-def _translate(y: float, x: float, theta: float, dist: float) -> tuple[int, int]:
-    """Move (y, x) by ``dist`` along ``theta`` and round up, as the original ``translate_coord``."""
-    return int(math.ceil(y + dist * math.sin(theta))), int(math.ceil(x + dist * math.cos(theta)))
+                       num_distractors=budget // distractor_length, generator=generator, **cfg)
 
 
 def _flip(theta: float) -> float:
     return theta + math.pi if theta < 0 else theta - math.pi
 
 
-def _disk(radius: float) -> np.ndarray:
-    """Integer offsets (n, 2) with y^2 + x^2 <= radius^2."""
-    r = int(math.floor(radius))
-    ys, xs = np.mgrid[-r : r + 1, -r : r + 1]  # (2r+1, 2r+1) each
-    keep = ys**2 + xs**2 <= radius**2
-    return np.stack([ys[keep], xs[keep]], axis=1)
-
-
-def _dilate(binary: np.ndarray, radius: int) -> np.ndarray:
-    out = np.zeros_like(binary)
-    padded = np.pad(binary, radius)
-    h, w = binary.shape
-    for dy, dx in _disk(radius):
-        out |= padded[radius + dy : radius + dy + h, radius + dx : radius + dx + w]
-    return out
-
-
-def _lanczos(array: np.ndarray, size: int) -> np.ndarray:
-    """uint8 array -> (size, size) Lanczos resize, as float in [0, 1]."""
-    return np.asarray(Image.fromarray(array).resize((size, size), Image.LANCZOS), dtype=np.float32) / 255.0
-
-
-@dataclass
-class Paddle:
-    line: np.ndarray  # (n, n) float in [0, 1], the paddle starting at the centre
-    mask: np.ndarray  # (n, n) float in [0, 1], the paddle dilated by the margin
-    struct: np.ndarray  # (k, 2) offsets where the mask is saturated (seed availability)
-
-
-def render_paddle(length: int, thickness: float, margin: int, aa: int, theta: float) -> Paddle:
-    """A paddle from the sprite centre along ``theta``, drawn at ``aa`` x and Lanczos-resized."""
-    if round(thickness * aa) != thickness * aa:
-        raise ValueError(f"pathfinder: thickness {thickness} x aa_scale {aa} must be an integer")
-    half = length + math.ceil(thickness) + margin
-    blown_size, centre = 2 * half * aa + 1, half * aa
-    head_y, head_x = _translate(centre, centre, theta, length * aa)
-    image = Image.new("L", (blown_size, blown_size), 0)
-    ImageDraw.Draw(image).line([(centre, centre), (head_x, head_y)], fill=255, width=round(thickness * aa))
-    blown = np.asarray(image)
-    size = 2 * half + 1
-    dilated = _dilate(blown > 0, margin * aa).astype(np.uint8) * 255
-    mask_u8 = np.asarray(Image.fromarray(dilated).resize((size, size), Image.LANCZOS))
-    struct = np.argwhere(mask_u8 == 255) - half  # (k, 2)
-    return Paddle(_lanczos(blown, size), mask_u8.astype(np.float32) / 255.0, struct)
-
-
-def render_marker(radius: float, aa: int) -> np.ndarray:
-    """A disk centred on the sprite's middle pixel, drawn at ``aa`` x and Lanczos-resized."""
-    half = int(math.ceil(radius)) + 2
-    size = 2 * half + 1
-    ys, xs = np.ogrid[: size * aa, : size * aa]
-    disk = ((ys - half * aa) ** 2 + (xs - half * aa) ** 2 <= (radius * aa) ** 2).astype(np.uint8) * 255
-    return _lanczos(disk, size)
+def _covers(offsets: np.ndarray, size: int) -> bool:
+    """Whether every pixel of a size x size image has at least one of ``offsets`` (k, 2) inside it."""
+    hit = np.zeros((size, size), bool)
+    for dy, dx in offsets:
+        hit[max(0, -dy) : size - max(0, dy), max(0, -dx) : size - max(0, dx)] = True
+    return bool(hit.all())
 
 
 class RenderCache:
@@ -167,7 +128,9 @@ class RenderCache:
         self.full = p.size + 2 * self.border
         self.steps = {m: self._step_candidates(p.paddle_length + m, m) for m in p.paddle_margins}
         self.turn_weights: dict[tuple[int, float], np.ndarray] = {}
+        self.footprints: dict[tuple[int, float], tuple[np.ndarray, bool]] = {}
         self.fresh_free: dict[tuple[int, float, int], np.ndarray] = {}
+        self.first_angles: dict[tuple[int, int], list[int]] = {}
         self.inside = np.zeros((self.full, self.full), np.float32)  # 1 on the image, 0 on the border
         self.inside[self.border : self.border + p.size, self.border : self.border + p.size] = 1.0
 
@@ -177,6 +140,25 @@ class RenderCache:
             p = self.p
             self.paddles[key] = render_paddle(p.paddle_length, p.thickness, margin, p.aa_scale, theta)
         return self.paddles[key]
+
+    def seed_footprint(self, margin: int, theta: float) -> tuple[np.ndarray, bool]:
+        """Offsets (k, 2) from a candidate tail that must be free for a seed along ``theta``, and whether
+        the seed test can pass at all (memoised). ``clean``: the saturated part of the paddle's margin mask
+        at the tail. ``official``: snakes2 draws that mask from (r + 1, r + 1) in a (2r + 1)^2 window,
+        r = paddle_length + margin, cut to the window, and dilates the occupied mask with it by
+        ``cv2.dilate``, anchored at the window's centre: the footprint loses its far side and moves one pixel
+        down and right. Pixels outside the image read as -DBL_MAX, so if any image pixel's footprint lies
+        wholly outside, the dilated mask has a negative value and snakes2 finds no free tail at all."""
+        key = (margin, round(theta, 9))
+        if key not in self.footprints:
+            struct = self.paddle(margin, theta).struct
+            if self.p.generator == "clean":
+                self.footprints[key] = (struct, True)
+            else:
+                reach = self.p.paddle_length + margin
+                kept = struct[((struct >= -reach - 1) & (struct <= reach - 1)).all(1)] + 1  # (k', 2)
+                self.footprints[key] = (kept, _covers(kept, self.p.size))
+        return self.footprints[key]
 
     def turn_weight(self, margin: int, theta: float) -> np.ndarray:
         """cos(min(continuity * turn, pi/2))^2 for each growth candidate after heading ``theta`` (U,)."""
@@ -193,7 +175,7 @@ class RenderCache:
         angles = np.deg2rad(np.arange(0, 360, 360.0 / (2 * radius * math.pi)))
         offsets = np.stack([np.floor(radius * np.sin(angles)), np.floor(radius * np.cos(angles))], 1).astype(int)
         offsets = np.unique(offsets, axis=0)  # (U, 2)
-        near = offsets[:, None, :] + _disk(margin)[None, :, :]  # (U, D, 2)
+        near = offsets[:, None, :] + disk(margin)[None, :, :]  # (U, D, 2)
         flat = offsets[:, 0] * self.full + offsets[:, 1]
         return offsets, np.arctan2(offsets[:, 0], offsets[:, 1]), flat, near[..., 0] * self.full + near[..., 1]
 
@@ -264,11 +246,15 @@ class Canvas:
 
     # ---- seeds -------------------------------------------------------------------------------------
     def available(self, theta: float, border: int, fresh: bool = False) -> np.ndarray:
-        """Flat indices of tails where a paddle along ``theta`` hits no occupied pixel.
+        """Flat indices of free tails for a seed along ``theta`` (``RenderCache.seed_footprint``), none when
+        the seed test refuses the angle; the ``border`` outermost pixels count as occupied.
 
         ``fresh``: the mask is still the empty canvas's (first target seed), so the answer depends
         on (margin, theta, border) only and is memoised.
         """
+        footprint, usable = self.cache.seed_footprint(self.margin, theta)
+        if not usable:
+            return footprint[:0, 0]
         key = (self.margin, round(theta, 9), border)
         if fresh and key in self.cache.fresh_free:
             return self.cache.fresh_free[key]
@@ -277,7 +263,7 @@ class Canvas:
         inner[:border, :], inner[-border:, :], inner[:, :border], inner[:, -border:] = True, True, True, True
         blocked = np.zeros((self.size, self.size), bool)
         b, s = self.border, self.size
-        for dy, dx in self.cache.paddle(self.margin, theta).struct:
+        for dy, dx in footprint:
             blocked |= occupied[b + dy : b + dy + s, b + dx : b + dx + s]
         free = np.flatnonzero(~blocked)
         if fresh:
@@ -285,10 +271,18 @@ class Canvas:
         return free
 
     def seed(self, border: int, contrast: float, fresh: bool = False) -> Snake | None:
-        """A first paddle at a free place (the original ``seed_snake``); None when nothing fits."""
+        """A first paddle at a free place (the original ``seed_snake``); None when nothing fits. ``fresh``
+        (first target, empty canvas): the first angle is drawn among those with a free tail; an attempt
+        drawing another fails before drawing anything else, so skipping it leaves the distribution as is."""
         p, rng = self.p, self.rng
-        for _ in range(p.max_paddle_retrial + 1):
-            theta = math.radians(rng.randrange(-180, 180))
+        for trial in range(p.max_paddle_retrial + 1):
+            if fresh and trial == 0:
+                angles = self.first_angles(border)
+                if not angles:
+                    return None
+                theta = math.radians(angles[rng.randrange(len(angles))])
+            else:
+                theta = math.radians(rng.randrange(-180, 180))
             free = self.available(theta, border, fresh)
             if len(free) == 0:
                 return None
@@ -299,8 +293,18 @@ class Canvas:
                 return self._start(tail, theta, pivot, contrast)
         return None
 
+    def first_angles(self, border: int) -> list[int]:
+        """Angles (whole degrees, ascending) with a free tail on the empty canvas, memoised."""
+        key = (self.margin, border)
+        if key not in self.cache.first_angles:
+            self.cache.first_angles[key] = [
+                deg for deg in range(-180, 180) if len(self.available(math.radians(deg), border, fresh=True))]
+        return self.cache.first_angles[key]
+
     def second_seed(self, first: Snake, contrast: float) -> Snake | None:
-        """The other target's first paddle, ``seed_distance`` from the first one's tail."""
+        """The other target's first paddle, ``seed_distance`` from the first one's tail: its head and
+        pivot on the image; ``clean`` also wants its tail there and no overlap with the first paddle
+        (``official``, as snakes2, tests neither)."""
         p, rng = self.p, self.rng
         for _ in range(p.max_paddle_retrial + 1):
             theta = math.radians(rng.randrange(-180, 180))
@@ -309,6 +313,10 @@ class Canvas:
                     int(np.round(first.tail[1] + p.seed_distance * math.cos(phi))))
             head = _translate(*tail, theta, p.paddle_length)
             pivot = _translate(*head, _flip(theta), p.paddle_length + self.margin)
+            if self.p.generator == "official":
+                if self.inside(head, pivot):
+                    return self._start(tail, theta, pivot, contrast)
+                continue
             if not self.inside(head, pivot, tail):
                 continue
             mask = self.mask.copy()

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from lra_sfa.tasks.base import TaskDataError
+from lra_sfa.tasks.paddles import dilate
 from lra_sfa.tasks.pathfinder import Pathfinder, PathX, main, read_metadata, write_release
-from lra_sfa.tasks.pathfinder_gen import generate, generate_image
-from lra_sfa.tasks.snakes import CONTOUR_LENGTH, _dilate, lra_params
+from lra_sfa.tasks.pathfinder_gen import generate, generate_image, generate_images
+from lra_sfa.tasks.snakes import CONTOUR_LENGTH, lra_params
 
 from .conftest import train_smoke
 
@@ -47,14 +48,17 @@ def check_label_true_to_image(image: np.ndarray, label: int, info: dict, p) -> N
     assert info["markers"][1] == targets[terminal][-1][0]
     assert [len(t) for t in targets] == [p.contour_length, p.contour_length]
     # rendered pixels: each target is one contour (its paddle gaps bridged by margin + 1 pixels),
-    # covering its own markers; the two targets share no pixel, so only label 1 connects the markers
+    # covering its own markers; with the clean generator the two targets share no pixel, so only label 1
+    # connects the markers (the official one, as the release, lets them touch)
     layers = [layer > 0.2 for layer in info["layers"]]
-    assert not (layers[0] & layers[1]).any()
+    if p.generator == "clean":
+        assert not (layers[0] & layers[1]).any()
+    assert 0 <= info["distractors"] <= p.num_distractors
     for which, marker in zip((origin, terminal), info["markers"]):
         y, x = marker
         assert layers[which][max(0, y - 1) : y + 2, max(0, x - 1) : x + 2].any(), "marker off its contour"
     for layer in layers:
-        labels = components(_dilate(layer, info["margin"] + 1))
+        labels = components(dilate(layer, info["margin"] + 1))
         assert labels.max() == 1, "a target contour is broken into pieces"
     # what is drawn is in the image: contour pixels and markers are bright
     for layer in layers:
@@ -63,10 +67,11 @@ def check_label_true_to_image(image: np.ndarray, label: int, info: dict, p) -> N
         assert image[y, x] > 60
 
 
+@pytest.mark.parametrize("generator", ["official", "clean"])
 @pytest.mark.parametrize("resolution,difficulty,count", [(32, "hard", 24), (32, "easy", 24), (64, "easy", 8),
                                                          (128, "hard", 2)])
-def test_generated_label_is_true_to_the_image(resolution, difficulty, count):
-    p = lra_params(resolution, difficulty)
+def test_generated_label_is_true_to_the_image(resolution, difficulty, count, generator):
+    p = lra_params(resolution, difficulty, generator)
     rng = random.Random(f"test-{resolution}-{difficulty}")
     labels = []
     for _ in range(count):
@@ -77,6 +82,16 @@ def test_generated_label_is_true_to_the_image(resolution, difficulty, count):
     assert 0 < sum(labels) < count  # both classes occur
 
 
+@pytest.mark.parametrize("resolution,difficulty,count", [(32, "hard", 24), (64, "easy", 8), (128, "hard", 3)])
+def test_batched_official_label_is_true_to_the_image(resolution, difficulty, count):
+    p = lra_params(resolution, difficulty)
+    made = generate_images(p, count, random.Random(f"batched-{resolution}"), keep_layers=True)
+    for image, label, info in made:
+        assert image.shape == (resolution, resolution) and image.dtype == np.uint8 and image.max() == 255
+        check_label_true_to_image(image, label, info, p)
+    assert 0 < sum(label for _, label, _ in made) < count
+
+
 def test_lra_parameters():
     assert [lra_params(32, d).num_distractors for d in CONTOUR_LENGTH] == [10, 6, 5]
     p = lra_params(128, "hard")
@@ -85,6 +100,8 @@ def test_lra_parameters():
         lra_params(48, "hard")
     with pytest.raises(ValueError, match="difficulty"):
         lra_params(32, "medium")
+    with pytest.raises(ValueError, match=r"generator='snakes' must be one of \['official', 'clean'\]"):
+        lra_params(32, "hard", "snakes")
 
 
 def test_generation_is_deterministic_and_independent_of_workers():
@@ -108,6 +125,17 @@ def test_generated_task_is_cached(tmp_path):
     again = task.load(tmp_path)
     assert time.perf_counter() - started < 2.0
     np.testing.assert_array_equal(again.test.inputs, data.test.inputs)
+
+
+def test_generator_keys_cache_and_record(tmp_path):
+    sizes = dict(resolution=32, difficulty="easy", num_train=6, num_val=4, num_test=4, n_workers=1)
+    official, clean = Pathfinder(**sizes), Pathfinder(generator="clean", **sizes)
+    assert (official.describe()["generator"], clean.describe()["generator"]) == ("official", "clean")
+    a, b = official.load(tmp_path), clean.load(tmp_path)
+    assert not np.array_equal(a.train.inputs, b.train.inputs)
+    names = sorted(path.name for path in (tmp_path / "pathfinder").glob("*.npz"))
+    assert len(names) == 6 and sum("_official_" in n for n in names) == 3 and sum("_clean_" in n for n in names) == 3
+    assert Pathfinder(data_dir=str(tmp_path)).describe()["generator"] is None  # release files: no generator
 
 
 def test_seq_len_must_match_resolution():

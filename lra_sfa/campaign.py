@@ -73,8 +73,7 @@ def finished_cells(store: Path) -> dict[str, dict]:
 
 
 def _cell_config(cell: Cell, cfg: DictConfig, seconds_left: float | None) -> DictConfig:
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+    from lra_sfa.compose import compose_config
 
     overrides = [f"experiment={cell.experiment}", f"attn={cell.attn}", f"seed={cell.seed}", *cell.overrides,
                  *cfg.overrides, f"cell='{cell.key}'", f"run_dir={Path(cfg.work_dir) / cell.slug}",
@@ -82,10 +81,7 @@ def _cell_config(cell: Cell, cfg: DictConfig, seconds_left: float | None) -> Dic
                  f"trainer.checkpoint_every={int(cfg.checkpoint_every)}", "trainer.progress=false"]
     if seconds_left is not None:
         overrides.append(f"trainer.max_seconds={max(1.0, seconds_left):.0f}")
-    if GlobalHydra.instance().is_initialized():  # inside the campaign's own app: same config module
-        return compose("config", overrides=overrides)
-    with initialize_config_module("lra_sfa.conf", version_base=None):
-        return compose("config", overrides=overrides)
+    return compose_config(overrides)
 
 
 def run_campaign(cfg: DictConfig) -> list[tuple[Cell, str]]:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from lra_sfa.report_data import Inputs, load_inputs
 from lra_sfa.report_efficiency import efficiency_section
+from lra_sfa.report_headline import headline_markdown
 from lra_sfa.report_tables import accuracy_section
 
 KEYS = ("in_dir", "out_dir", "published_dir", "kernels_csv")
@@ -141,7 +142,7 @@ def build_report(in_dir: Path, out_dir: Path, published_dir: Path | None = None,
                  kernels_csv: Path | None = None) -> Inputs:
     """Load, write tables, plots and RESULTS.md; returns what was loaded (skipped files included)."""
     inputs = load_inputs(Path(in_dir), published_dir, kernels_csv)
-    accuracy_md, accuracy_csv = accuracy_section(inputs.runs, inputs.published)
+    accuracy_md, accuracy_csv = accuracy_section(inputs.runs, inputs.published, headline_markdown(inputs.runs))
     efficiency_md, efficiency_csv = efficiency_section(inputs.bench, inputs.published, inputs.kernels_csv)
     tables = Path(out_dir) / "tables"
     _write_text(tables / "accuracy.md", "# Accuracy (LRA Table 1 form)\n\n" + accuracy_md)

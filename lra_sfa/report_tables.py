@@ -169,24 +169,28 @@ def published_lra_table1(published: dict[str, pd.DataFrame]) -> str | None:
         ["model (published)", *LRA_COLUMNS.values(), "Avg"], rows)
 
 
-def accuracy_section(runs: list[dict], published: dict[str, pd.DataFrame]) -> tuple[str, pd.DataFrame]:
-    """Markdown body (headings from ##) and the long-form CSV frame."""
+def published_reproductions(published: dict[str, pd.DataFrame]) -> str | None:
+    frame = published.get("lra_reproductions")
+    if frame is None:
+        return None
+    rows = [[row["model"], *["" if pd.isna(row[c]) else row[c] for c in LRA_COLUMNS], row["source"], row["note"]]
+            for _, row in frame.iterrows()]
+    return md_table(["model", *LRA_COLUMNS.values(), "source", "note"], rows)
+
+
+def accuracy_section(runs: list[dict], published: dict[str, pd.DataFrame],
+                     headline: str = "") -> tuple[str, pd.DataFrame]:
+    """Markdown body (headings from ##) and the long-form CSV frame: ``headline`` (protocol-complete
+    runs, report_headline) first, the published tables beside it, every run group in the appendix."""
     frame = group_runs(runs)
     lra_rows = frame[frame["column"].notna()] if not frame.empty else frame
     other = frame[frame["column"].isna()] if not frame.empty else frame
     backends = sorted(set(frame["attn"]), key=attn_order) if not frame.empty else ["full", "sfa"]
     parts = [
-        "## Measured: test accuracy (%), LRA protocols",
-        "Mean over the `ok` runs of each cell. † = shorter than the protocol (stopped by the time budget "
-        "or before its configured steps): not comparable with the published numbers. \"needs data\": "
-        "the dataset cannot be downloaded on the machines used so far (no runs). Avg needs all five tasks.",
-        _lra_matrix(lra_rows, backends, "test_pct"),
-        "## Measured: validation accuracy (%), LRA protocols",
-        _lra_matrix(lra_rows, backends, "val_pct"),
-        "## Measured: every LRA-protocol group (steps, device)",
-        _details(lra_rows) if not lra_rows.empty else "No LRA-protocol run records yet.",
-        "## Measured: other protocols (not LRA; never averaged)",
-        _details(other) if not other.empty else "No other run records.",
+        "## Measured: test accuracy (%), protocol-complete runs",
+        "Mean ± standard deviation over seeds, with n, of the runs that trained to the protocol's last step "
+        "with its settings (`lra_sfa/report_headline.py`). A backend with no such run has no row.",
+        headline or "No protocol-complete run yet.",
     ]
     table1 = published_lra_table1(published)
     parts += ["## Published: LRA paper Table 1 (not measured here)",
@@ -194,6 +198,23 @@ def accuracy_section(runs: list[dict], published: dict[str, pd.DataFrame]) -> tu
     if table1:
         pairs = ", ".join(f"{ours} = {theirs}" for ours, theirs in PUBLISHED_LRA_MODEL.items())
         parts.append(f"Our backends correspond to the paper's models as: {pairs}.")
+    reproductions = published_reproductions(published)
+    if reproductions:
+        parts += ["## Published reproductions of the LRA release (not measured here)", reproductions]
+    parts += [
+        "## Appendix: every run group, budget-cut and exploratory runs included",
+        "Mean over the `ok` runs of each group. † = shorter than the protocol (stopped by the time budget "
+        "or before its configured steps): not comparable with the published numbers. \"needs data\": "
+        "the dataset cannot be downloaded on the machines used so far (no runs). Avg needs all five tasks.",
+        "### Test accuracy (%)",
+        _lra_matrix(lra_rows, backends, "test_pct"),
+        "### Validation accuracy (%)",
+        _lra_matrix(lra_rows, backends, "val_pct"),
+        "### Every LRA-protocol group (steps, device)",
+        _details(lra_rows) if not lra_rows.empty else "No LRA-protocol run records yet.",
+        "### Other protocols (not LRA; never averaged)",
+        _details(other) if not other.empty else "No other run records.",
+    ]
     return "\n\n".join(parts) + "\n", accuracy_csv(frame, published)
 
 

@@ -14,7 +14,7 @@ Sources:
   b'labels'), from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz.
 * otherwise the HF hub dataset ``hf_name`` (default ``uoft-cs/cifar10``, columns img/label),
   cached or downloaded; offline and uncached fails within seconds.
-Token arrays are cached under ``cache_dir/image``.
+Token arrays are cached under ``cache_dir/image``, keyed by the size and mtime of each pickle.
 
 The pickles are read by a restricted unpickler (``CifarUnpickler``) that admits only the
 numpy array and dtype constructors and ``_codecs.encode``, all that the release (and a
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lra_sfa.tasks.base import Split, Task, TaskData, TaskDataError, cache_key, save_arrays_atomic
+from lra_sfa.tasks.base import Split, Task, TaskData, TaskDataError, cache_key, files_fingerprint, save_arrays_atomic
 from lra_sfa.tasks.sources import load_hf
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -134,11 +134,10 @@ class Cifar10(Task):
             if not folder.is_dir():
                 raise TaskDataError(f"image: data_dir {folder} does not exist. {HINT}")
             source = str(folder)
-            stamp = [(folder / n).stat().st_mtime_ns if (folder / n).is_file() else 0
-                     for n in TRAIN_FILES + (TEST_FILE,)]
+            stamp = files_fingerprint(*(folder / name for name in TRAIN_FILES + (TEST_FILE,)))
         else:
-            source, stamp = f"hf:{self.hf_name}", []
-        path = Path(cache_dir).expanduser() / "image" / f"{cache_key(source=source, stamp=stamp, v=1)}.npz"
+            source, stamp = f"hf:{self.hf_name}", ""
+        path = Path(cache_dir).expanduser() / "image" / f"{cache_key(source=source, stamp=stamp, v=2)}.npz"
         if not path.is_file():
             train, test = self._read(folder) if self.data_dir else self._read_hf()
             save_arrays_atomic(path, train_inputs=train[0], train_labels=train[1], test_inputs=test[0],

@@ -363,7 +363,7 @@ def _resume_mode(cfg, run_dir: Path, env: dist.DistEnv) -> bool:
 
 
 def _finished(cfg, run_dir: Path, env: dist.DistEnv) -> dict | None:
-    """Under any resume setting, the record of a run in ``run_dir`` that already reached max_steps (else None)."""
+    """Unless resume=false, the record of a run in ``run_dir`` that already reached max_steps (else None)."""
     if cfg.resume is False:
         return None
     record = dist.broadcast_object(ckpt.finished_record(run_dir, cfg) if env.is_main else None, env)

@@ -39,10 +39,11 @@ from lra_sfa import distributed as dist
 CHECKPOINT_NAME = "checkpoint.pt"
 PAYLOAD_KEYS = ("model", "optimizer", "schedule", "sampler", "step", "settings", "rng")
 # trainer keys that change neither the model, the data order nor the optimisation: free to change on resume
-# (max_steps and max_seconds extend or budget a run; the rest are bookkeeping, evaluation after training or where
-# it runs).
+# (max_steps and max_seconds extend or budget a run; the rest are bookkeeping, evaluation after training, or where
+# and how it runs).
 RESUME_FREE = frozenset({"max_steps", "max_seconds", "checkpoint_every", "progress", "timing_warmup_steps",
-                         "log_every", "device", "find_unused_parameters", "test_lengths"})
+                         "log_every", "device", "find_unused_parameters", "test_lengths", "compile", "compile_mode",
+                         "data_on_device"})
 
 
 class CheckpointError(ValueError):

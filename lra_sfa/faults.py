@@ -70,6 +70,7 @@ CONFIG_TYPES: dict[str, tuple[str, bool]] = {
     "model.qkv_dim": ("int", True),
     "model.dropout": ("float", False),
     "model.attn_dropout": ("float", False),
+    "model.norm_eps": ("float", False),
 }
 
 
@@ -124,6 +125,7 @@ CONFIG_RANGES: dict[str, Range] = {
     "trainer.test_lengths": AT_LEAST_1, "model.d_model": AT_LEAST_1, "model.num_heads": AT_LEAST_1,
     "model.num_layers": AT_LEAST_1, "model.mlp_dim": AT_LEAST_1, "model.qkv_dim": Range(low=1, hint="or null"),
     "model.dropout": Range(low=0, high=1, high_open=True), "model.attn_dropout": Range(low=0, high=1, high_open=True),
+    "model.norm_eps": Range(low=0, low_open=True),
 }
 RESUME_CHOICES = (True, False, "auto", "force")
 _ABSENT = object()

@@ -90,20 +90,19 @@ def _file_entries(root: Path, read_under: tuple[str, ...]):
         stat = root.stat()
         yield root.name, stat.st_size, stat.st_mtime_ns, ""
         return
-    stack = [root]
+    stack = [("", str(root))]  # (path relative to root, absolute path); strings: this runs once per file
     while stack:
-        folder = stack.pop()
+        rel_folder, folder = stack.pop()
         with os.scandir(folder) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
+                rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
                 if entry.is_dir():
-                    stack.append(Path(entry.path))
+                    stack.append((rel, entry.path))
                     continue
-                rel = Path(entry.path).relative_to(root)
                 stat = entry.stat()
-                digest = ""
-                if rel.parts[0] in read_under and entry.is_file():
-                    digest = hashlib.sha256(Path(entry.path).read_bytes()).hexdigest()
-                yield str(rel), stat.st_size, stat.st_mtime_ns, digest
+                read = rel.split("/", 1)[0] in read_under and entry.is_file()
+                digest = hashlib.sha256(Path(entry.path).read_bytes()).hexdigest() if read else ""
+                yield rel, stat.st_size, stat.st_mtime_ns, digest
 
 
 def files_fingerprint(*roots: Path, read_under: tuple[str, ...] = ()) -> str:

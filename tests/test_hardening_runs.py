@@ -161,3 +161,13 @@ def test_attn_yaml_without_target_gets_build_attention_message(make_cfg, tmp_pat
     with pytest.raises(ValueError, match="has no _target_; set it to an importable AttentionBackend class"):
         run(make_cfg(*TINY, "~attn._target_", "trainer.max_steps=2"))
     assert not (tmp_path / "run" / "record.json").exists()
+
+
+def test_bench_record_holds_null_never_nan(tmp_path):
+    from lra_sfa.bench.common import write_bench_record
+
+    cell = {"kind": "bench", "mode": "sweep", "attn": "full", "part": "attention", "op": "fwd", "seq_len": 1024,
+            "date": "2026-12-01T10:00:00+00:00", "status": "ok", "ms": float("nan"), "peak_memory_mb": 12.5}
+    on_disk = strict_json(write_bench_record(cell, tmp_path))
+    assert on_disk["ms"] is None and on_disk["peak_memory_mb"] == 12.5 and on_disk["non_finite_fields"] == ["ms"]
+    assert on_disk["status"] == "error" and "ms" in on_disk["reason"]

@@ -11,7 +11,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lra_sfa import distributed as dist
-from lra_sfa.records import config_hash, git_commit, now_iso, store_record, write_json_atomic
+from lra_sfa.records import (
+    REQUIRED_FIELDS,
+    config_hash,
+    finite_or_null,
+    git_commit,
+    now_iso,
+    store_record,
+    write_json_atomic,
+)
 from lra_sfa.tasks.base import Task
 
 
@@ -65,18 +73,23 @@ def build_task(task_cfg: DictConfig) -> Task:
     return task
 
 
+class RecordWriteError(OSError):
+    """A finished run whose record could not be written everywhere (the message says what was kept)."""
+
+
 class RunRecord:
     """Accumulates one flat record; ``finish`` writes it (rank 0 only) and returns it."""
 
     def __init__(self, cfg: DictConfig, device: torch.device, dtype: torch.dtype, world_size: int) -> None:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         attn = dict(resolved["attn"])
+        target = attn.pop("_target_", None)  # missing: build_attention names the problem
         self.results_dir = cfg.results_dir
         self.data = {
             "kind": "run",
             "task": str(resolved["task"]["_target_"]).rsplit(".", 1)[-1].lower(),
-            "attn": attn.pop("name", None) or str(attn["_target_"]).rsplit(".", 1)[-1],
-            "attn_target": attn.pop("_target_"),
+            "attn": attn.pop("name", None) or str(target).rsplit(".", 1)[-1],
+            "attn_target": target,
             "attn_args": attn,
             "seq_len": int(cfg.task.seq_len),
             "model": resolved["model"],
@@ -119,11 +132,42 @@ class RunRecord:
             self.data["tokens_per_second"] = steps * batch_size * seq_len / seconds
 
     def finish(self, status: str, reason: str | None, run_dir: Path, env: dist.DistEnv) -> dict:
-        self.data["status"], self.data["reason"] = status, reason
+        """Set the status, replace NaN/Inf by null, write record.json and the store copy (rank 0); return it.
+
+        A run whose headline numbers (the required fields, the final loss) were NaN or Inf is not ``ok``:
+        it becomes ``error`` with a reason naming them. Both copies are attempted even if one fails; then
+        an OSError names what failed and what was kept.
+        """
         if self.data["peak_memory_mb"] is None:
             self.data["peak_memory_mb"] = peak_memory_mb(self.device)
+        self.data, replaced = finite_or_null(self.data)
+        if replaced:
+            self.data["non_finite_fields"] = replaced
+            headline = [key for key in replaced if key in REQUIRED_FIELDS or key == "final_train_loss"]
+            if status == "ok" and headline:
+                status, reason = "error", f"non-finite {', '.join(headline)} (recorded as null)"
+        self.data["status"], self.data["reason"] = status, reason
         if env.is_main:
-            write_json_atomic(Path(run_dir) / "record.json", self.data)
-            if self.results_dir:
-                store_record(self.data, self.results_dir)
+            write_record_copies(self.data, Path(run_dir) / "record.json", self.results_dir)
         return self.data
+
+
+def write_record_copies(data: dict, run_file: Path, results_dir: str | None) -> list[Path]:
+    """Write ``run_file`` and the results-store copy, each attempted whatever befell the other; returns the
+    written paths, or raises OSError naming what failed and what was kept."""
+    written, failed = [], []
+    writers = [(str(run_file), lambda: write_json_atomic(run_file, data))]
+    if results_dir:
+        writers.append((str(results_dir), lambda: store_record(data, results_dir)))
+    for where, write in writers:
+        try:
+            written.append(write())
+        except OSError as exc:
+            failed.append(str(exc) if where in str(exc) else f"{where}: {exc}")
+    if failed:
+        kept = [f"the record in {', '.join(map(str, written))}"] if written else []
+        checkpoint = Path(run_file).parent / "checkpoint.pt"
+        kept += [f"the checkpoint {checkpoint}"] if checkpoint.is_file() else []
+        raise RecordWriteError(f"could not write the run record: {'; '.join(failed)}; kept: "
+                               f"{' and '.join(kept) or 'nothing'}")
+    return written

@@ -4,7 +4,13 @@ A record lands in the run directory (``record.json``) and is copied into a
 results store (a folder of ``<date>_<task>_<attn>_<id>.json`` files). Writes go
 to a temporary file in the same folder, are fsynced and renamed into place,
 so a reader never sees a partial record, and concurrent writers (parallel
-sweep jobs) never collide: each record has its own unique file name.
+sweep jobs) never collide: each record has its own unique file name. JSON is
+written strictly (``allow_nan=False``): a record holds null, never NaN or Inf
+(``finite_or_null`` replaces them before writing). A failed write (a full
+disk) raises an OSError naming the file.
+
+Readers check every field they know the type of (``FIELD_KINDS``): a record
+with a wrongly typed field is listed as invalid, never read.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -25,6 +32,18 @@ REQUIRED_FIELDS = (
     "git_commit", "config_hash", "date",
 )
 STATUSES = ("ok", "oom", "diverged", "unsupported", "error")
+# field -> kind, for the fields readers use; null is valid for all but task, attn and status (a run that
+# stopped early has no numbers). number = finite int or float; scores = an object of finite numbers or nulls.
+FIELD_KINDS = {
+    "task": "str", "attn": "str", "status": "str", "attn_args": "dict", "seq_len": "int", "model": "dict",
+    "dtype": "str", "device": "str", "val_accuracy": "number", "test_accuracy": "number",
+    "train_seconds": "number", "steps_per_second": "number", "tokens_per_second": "number",
+    "peak_memory_mb": "number", "steps": "int", "git_commit": "str", "config_hash": "str", "date": "str",
+    "max_steps": "int", "seed": "int", "batch_size": "int", "world_size": "int", "num_train": "int",
+    "protocol": "str", "reason": "str", "trainer": "dict", "history": "list", "final_train_loss": "number",
+    "stopped_by_time_budget": "bool", "test_accuracy_by_length": "scores", "test_accuracy_by_depth": "scores",
+}
+NOT_NULL = ("task", "attn", "status")
 
 
 def git_commit() -> str:
@@ -51,6 +70,46 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _has_kind(value, kind: str) -> bool:
+    if kind == "number":
+        return _is_number(value)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "scores":
+        return isinstance(value, dict) and all(v is None or _is_number(v) for v in value.values())
+    return isinstance(value, {"str": str, "dict": dict, "list": list, "bool": bool}[kind])
+
+
+def field_problems(record: dict, kinds: dict[str, str] = FIELD_KINDS, not_null: tuple = NOT_NULL) -> list[str]:
+    """One line per present field whose value is not of its kind (null allowed except for ``not_null``)."""
+    problems = []
+    for key, kind in kinds.items():
+        if key not in record or (record[key] is None and key not in not_null):
+            continue
+        if not _has_kind(record[key], kind):
+            want = {"number": "a finite number", "int": "an integer", "scores": "an object of finite numbers",
+                    "dict": "an object", "list": "a list", "str": "a string", "bool": "true or false"}[kind]
+            problems.append(f"field '{key}' is {record[key]!r:.60}, expected {want}")
+    return problems
+
+
+def finite_or_null(value: Any, where: str = "") -> tuple[Any, list[str]]:
+    """``value`` with every NaN or Inf float (at any depth) replaced by None, and the dotted paths replaced."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, [where or "value"]
+    if isinstance(value, dict):
+        pairs = [(key, finite_or_null(item, f"{where}.{key}" if where else str(key))) for key, item in value.items()]
+        return {key: item for key, (item, _) in pairs}, [path for _, (_, paths) in pairs for path in paths]
+    if isinstance(value, (list, tuple)):
+        items = [finite_or_null(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        return [item for item, _ in items], [path for _, paths in items for path in paths]
+    return value, []
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
@@ -64,10 +123,15 @@ def _write_temp(path: Path, data: Any) -> str:
         raise OSError(f"cannot write {path}: the folder {path.parent} is not writable ({exc.strerror})") from None
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
+            json.dump(data, f, indent=2, sort_keys=True, default=str, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+    except OSError as exc:  # a full disk, a quota, an I/O error: name the file (the raw error does not)
+        os.unlink(tmp)
+        error = OSError(f"cannot write {path} ({exc.strerror or exc})")
+        error.errno = exc.errno
+        raise error from None
     except BaseException:
         os.unlink(tmp)
         raise
@@ -135,7 +199,7 @@ def validate_record(record: Any) -> list[str]:
     problems = [f"missing field '{key}'" for key in REQUIRED_FIELDS if key not in record]
     if record.get("status") not in STATUSES:
         problems.append(f"status {record.get('status')!r} not in {STATUSES}")
-    return problems
+    return problems + [line for line in field_problems(record) if not line.startswith("field 'status'")]
 
 
 def load_records(folder: str | Path, kind: str = "run") -> tuple[list[dict], list[tuple[Path, str]]]:

@@ -1,9 +1,10 @@
 """Loading for the report: run and bench records (valid ones, and the skipped with reasons), published CSVs.
 
 Run records are validated with ``lra_sfa.records.validate_record`` (the
-schema ``load_records`` applies); a run that says ``ok`` without a test
-accuracy is partial and skipped too. Bench
-records (``"kind": "bench"``) are checked for the fields their mode needs.
+schema ``load_records`` applies, field types included); a run that says
+``ok`` without a test accuracy is partial and skipped too. Bench records
+(``"kind": "bench"``) are checked for the fields their mode needs and for
+the types of the fields the report reads (``BENCH_KINDS``).
 Nothing raises on a bad file: it is returned with the reason.
 """
 
@@ -16,10 +17,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from lra_sfa.records import validate_record
+from lra_sfa.records import field_problems, validate_record
 
 BENCH_FIELDS = ("mode", "attn", "seq_len", "status", "device", "date")
 BENCH_STATUSES = ("ok", "oom", "timeout", "unsupported", "error")
+BENCH_KINDS = {"mode": "str", "attn": "str", "status": "str", "device": "str", "date": "str", "seq_len": "int",
+               "part": "str", "op": "str", "dtype": "str", "batch": "int", "heads": "int", "head_dim": "int",
+               "ms": "number", "peak_memory_mb": "number", "steps_per_second": "number",
+               "tokens_per_second": "number"}
 BENCH_OK_FIELDS = {"sweep": ("ms", "peak_memory_mb"), "lra_table2": ("steps_per_second", "peak_memory_mb"),
                    "overhead": ("runner_step_ms", "bare_step_ms", "overhead_fraction")}
 
@@ -51,6 +56,9 @@ def bench_problem(record: dict) -> str | None:
     missing = [key for key in BENCH_FIELDS if key not in record]
     if missing:
         return f"bench record missing field(s) {missing}"
+    wrong = field_problems(record, BENCH_KINDS, ("mode", "attn", "status"))
+    if wrong:
+        return "; ".join(wrong)
     if record["status"] not in BENCH_STATUSES:
         return f"status {record['status']!r} not in {BENCH_STATUSES}"
     if record["mode"] not in BENCH_OK_FIELDS:

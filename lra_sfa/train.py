@@ -15,6 +15,7 @@ Under torchrun the model is wrapped in DDP and rank 0 alone writes.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -151,7 +152,10 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> None:
     sampler = EpochSampler(len(data.train), int(tcfg.batch_size), int(cfg.seed), env.rank, env.world_size)
     state = ckpt.TrainState()
     if ctx.resume:
-        state = ckpt.load(run_dir, raw_model, optimizer, schedule, sampler, device, cfg, env)
+        state = ckpt.load(run_dir, raw_model, optimizer, schedule, sampler, device, cfg, env,
+                          force=cfg.resume == "force")
+        if state.resume_forced:
+            record.update(resume_forced=state.resume_forced)
     max_steps, eval_every, log_every = int(tcfg.max_steps), int(tcfg.eval_every), int(tcfg.log_every)
     timing_warmup = min(int(tcfg.timing_warmup_steps), max(0, max_steps - state.step - 1))
     attention = raw_model.attention_modules()
@@ -195,9 +199,19 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> None:
                 dist.synchronize(device)
                 segment_start = time.perf_counter()
         if tcfg.checkpoint_every and (state.step % int(tcfg.checkpoint_every) == 0 or out_of_time):
-            ckpt.save(run_dir, raw_model, optimizer, schedule, sampler, state, cfg, env)  # a cut run resumes here
+            _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx, record)  # a cut run resumes here
     progress.stop()
     _finish_loop(raw_model, state, attention, out_of_time, timed_seconds, timed_steps, ctx, record)
+
+
+def _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx: LoopContext, record: RunRecord) -> None:
+    """A checkpoint that cannot be written (a full disk) does not stop training: the results stay valid, the
+    previous checkpoint stays usable, and the failure is printed and kept in the record."""
+    try:
+        ckpt.save(ctx.run_dir, raw_model, optimizer, schedule, sampler, state, ctx.cfg, ctx.env)
+    except ckpt.CheckpointWriteError as exc:
+        print(f"lra-sfa: warning: {exc}; training goes on", file=sys.stderr)
+        record.update(checkpoint_errors=[*record.data.get("checkpoint_errors", []), str(exc)])
 
 
 def _finish_loop(raw_model, state, attention, out_of_time, timed_seconds, timed_steps, ctx, record) -> None:
@@ -341,10 +355,22 @@ def _wrap_for_ranks(model: LRAClassifier, ctx: LoopContext, record: RunRecord):
 
 
 def _resume_mode(cfg, run_dir: Path, env: dist.DistEnv) -> bool:
-    """resume=true/false as given; resume=auto continues when <run_dir>/checkpoint.pt exists (rank 0 decides)."""
+    """resume=true/false as given (force: true); resume=auto continues when <run_dir>/checkpoint.pt exists (rank 0
+    decides)."""
     if cfg.resume == "auto":
         return bool(dist.broadcast_object(ckpt.exists(run_dir), env))
     return bool(cfg.resume)
+
+
+def _finished(cfg, run_dir: Path, env: dist.DistEnv) -> dict | None:
+    """Unless resume=false, the record of a run in ``run_dir`` that already reached max_steps (else None)."""
+    if cfg.resume is False:
+        return None
+    record = dist.broadcast_object(ckpt.finished_record(run_dir, cfg) if env.is_main else None, env)
+    if record is not None and env.is_main:
+        print(f"lra-sfa: {run_dir} already finished ({record['steps']} of {cfg.trainer.max_steps} steps, status ok); "
+              "record.json and the results store are left as they are", file=sys.stderr)
+    return record
 
 
 def run(cfg: DictConfig) -> dict:
@@ -368,6 +394,9 @@ def _run(cfg: DictConfig, env: dist.DistEnv) -> dict:
     faults.check_writable(run_dir, "run dir")
     if cfg.results_dir:
         faults.check_writable(cfg.results_dir, "results store (results_dir)")
+    finished = _finished(cfg, run_dir, env)
+    if finished is not None:
+        return finished
     torch.manual_seed(int(cfg.seed) + env.rank)
     dtype = _resolve_dtype(cfg.trainer.precision, device)
     record = RunRecord(cfg, device, dtype, env.world_size)

@@ -84,6 +84,41 @@ def cache_key(**params) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _file_entries(root: Path, read_under: tuple[str, ...]):
+    """(relative path, size, mtime_ns, content digest or '') for ``root`` (a file) or every file below it."""
+    if root.is_file():
+        stat = root.stat()
+        yield root.name, stat.st_size, stat.st_mtime_ns, ""
+        return
+    stack = [("", str(root))]  # (path relative to root, absolute path); strings: this runs once per file
+    while stack:
+        rel_folder, folder = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
+                if entry.is_dir():
+                    stack.append((rel, entry.path))
+                    continue
+                stat = entry.stat()
+                read = rel.split("/", 1)[0] in read_under and entry.is_file()
+                digest = hashlib.sha256(Path(entry.path).read_bytes()).hexdigest() if read else ""
+                yield rel, stat.st_size, stat.st_mtime_ns, digest
+
+
+def files_fingerprint(*roots: Path, read_under: tuple[str, ...] = ()) -> str:
+    """A cheap content fingerprint of release files, for cache keys: every file's path, size and mtime under
+    each root (stat only, no reads), plus a content hash of the files below the sub-folders ``read_under``
+    (small metadata, where an edit may keep the size and land within the clock's resolution). Editing,
+    adding or deleting any file changes it; a missing root counts as empty."""
+    digest = hashlib.sha256()
+    for root in roots:
+        digest.update(f"root {root}\n".encode())
+        if root.exists():
+            for entry in _file_entries(Path(root), read_under):
+                digest.update(("\t".join(map(str, entry)) + "\n").encode())
+    return digest.hexdigest()[:16]
+
+
 def save_arrays_atomic(path: Path, **arrays: np.ndarray) -> None:
     """Write an .npz atomically (temp file + rename), so a kill leaves no partial cache."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,17 +14,23 @@ Sources:
   b'labels'), from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz.
 * otherwise the HF hub dataset ``hf_name`` (default ``uoft-cs/cifar10``, columns img/label),
   cached or downloaded; offline and uncached fails within seconds.
-Token arrays are cached under ``cache_dir/image``.
+Token arrays are cached under ``cache_dir/image``, keyed by the size and mtime of each pickle.
+
+The pickles are read by a restricted unpickler (``CifarUnpickler``) that admits only the
+numpy array and dtype constructors and ``_codecs.encode``, all that the release (and a
+re-save under Python 3) refers to: a crafted ``data_batch_1`` cannot run code.
 """
 
 from __future__ import annotations
 
+import codecs
+import importlib
 import pickle
 from pathlib import Path
 
 import numpy as np
 
-from lra_sfa.tasks.base import Split, Task, TaskData, TaskDataError, cache_key, save_arrays_atomic
+from lra_sfa.tasks.base import Split, Task, TaskData, TaskDataError, cache_key, files_fingerprint, save_arrays_atomic
 from lra_sfa.tasks.sources import load_hf
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -33,6 +39,43 @@ TRAIN_FRACTION = 0.9  # TFDS train[:90%] -> 45,000 of 50,000
 GRAY_WEIGHTS = np.asarray([0.2989, 0.5870, 0.1140], np.float32)
 HINT = ("Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, unpack it and pass "
         "task.data_dir=/path/to/cifar-10-batches-py (holding data_batch_1..5 and test_batch).")
+
+
+def _numpy_function(module: str, name: str):
+    """numpy 2 keeps the pickle helpers in numpy._core, numpy 1 in numpy.core (pickles name either)."""
+    for package in ("numpy._core", "numpy.core"):
+        try:
+            return getattr(importlib.import_module(f"{package}.{module}"), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"numpy has no {module}.{name}")
+
+
+_ALLOWED_GLOBALS = {
+    **{(f"{package}.multiarray", "_reconstruct"): _numpy_function("multiarray", "_reconstruct")
+       for package in ("numpy.core", "numpy._core")},
+    **{(f"{package}.numeric", "_frombuffer"): _numpy_function("numeric", "_frombuffer")
+       for package in ("numpy.core", "numpy._core")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,  # bytes written by Python 3 at protocol <= 2
+}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles builtin types and numpy arrays only; any other global is refused before it is loaded.
+
+    Plain ``pickle.load`` would run whatever a file names (a planted ``data_batch_1`` runs code); this is
+    the standard library's documented way to restrict globals (there is no safer CIFAR reader to reuse:
+    the official format is a pickle).
+    """
+
+    def find_class(self, module: str, name: str):
+        found = _ALLOWED_GLOBALS.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"refers to {module}.{name}, which the CIFAR pickles never hold; "
+                                         "refused without running it (only numpy arrays and builtin types load)")
+        return found
 
 
 def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
@@ -48,7 +91,11 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise TaskDataError(f"image: missing file {path}. {HINT}")
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = CifarUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as err:
+        if "refused without running it" in str(err):
+            raise TaskDataError(f"image: {path} {err}") from None
+        raise TaskDataError(f"image: {path} is not a readable CIFAR pickle (UnpicklingError: {err})") from None
     except Exception as err:  # pickle raises many types on a broken file
         raise TaskDataError(f"image: {path} is not a readable CIFAR pickle ({type(err).__name__}: {err})") from err
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
@@ -87,11 +134,10 @@ class Cifar10(Task):
             if not folder.is_dir():
                 raise TaskDataError(f"image: data_dir {folder} does not exist. {HINT}")
             source = str(folder)
-            stamp = [(folder / n).stat().st_mtime_ns if (folder / n).is_file() else 0
-                     for n in TRAIN_FILES + (TEST_FILE,)]
+            stamp = files_fingerprint(*(folder / name for name in TRAIN_FILES + (TEST_FILE,)))
         else:
-            source, stamp = f"hf:{self.hf_name}", []
-        path = Path(cache_dir).expanduser() / "image" / f"{cache_key(source=source, stamp=stamp, v=1)}.npz"
+            source, stamp = f"hf:{self.hf_name}", ""
+        path = Path(cache_dir).expanduser() / "image" / f"{cache_key(source=source, stamp=stamp, v=2)}.npz"
         if not path.is_file():
             train, test = self._read(folder) if self.data_dir else self._read_hf()
             save_arrays_atomic(path, train_inputs=train[0], train_labels=train[1], test_inputs=test[0],

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import re
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -35,6 +36,7 @@ SYMBOLS = tuple(str(d) for d in range(10)) + OPERATORS + ("X",)
 PAD, UNK = 0, 1
 VOCAB = {symbol: i + 2 for i, symbol in enumerate(SYMBOLS)}  # 0 = pad, 1 = unknown
 SPLITS = ("train", "val", "test")
+MAX_LINE_BYTES = 1 << 20  # the longest LRA example (2000 tokens) takes about 10 KB
 
 
 class _TooLong(Exception):
@@ -158,30 +160,59 @@ def write_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
             os.unlink(tmp)
 
 
+def _lines(handle, path: Path):
+    """Decoded lines of a file opened in binary; a line that is not UTF-8, or longer than any ListOps
+    example could be, is a TaskDataError naming the file and line (read in bounded pieces, so a file
+    without newlines never fills memory)."""
+    line_no = 0
+    while True:
+        raw = handle.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        line_no += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise TaskDataError(f"listops: {path} line {line_no} is longer than {MAX_LINE_BYTES} bytes, far beyond "
+                                "any ListOps example (a few KB); is this the right file?")
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise TaskDataError(f"listops: {path} line {line_no}: byte {raw[err.start]:#04x} at column "
+                                f"{err.start + 1} is not UTF-8") from None
+
+
 def read_tsv(path: Path, seq_len: int) -> Split:
     """Read an official-format TSV into a Split; errors name the file and line."""
     if not path.is_file():
         raise TaskDataError(f"listops: missing file {path} (expected basic_train.tsv, basic_val.tsv, basic_test.tsv)")
     inputs, labels = [], []
-    with open(path, newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = next(reader, None)
-        if header != ["Source", "Target"]:
-            raise TaskDataError(f"listops: {path} line 1: expected header 'Source<TAB>Target', got {header!r}")
-        for line_no, row in enumerate(reader, start=2):
-            if len(row) != 2:
-                raise TaskDataError(f"listops: {path} line {line_no}: expected 2 tab-separated fields, got {len(row)}")
-            source, target = row
-            if not target.strip().lstrip("-").isdigit() or not 0 <= int(target) <= 9:
-                raise TaskDataError(f"listops: {path} line {line_no}: Target {target!r} is not an integer 0..9")
-            ids = [VOCAB.get(token, UNK) for token in tokenize(source)]
-            if not ids:
-                raise TaskDataError(f"listops: {path} line {line_no}: empty Source")
-            inputs.append(pad_to(ids, seq_len, dtype=np.int8))
-            labels.append(int(target))
+    with open(path, "rb") as handle:
+        reader = csv.reader(_lines(handle, path), delimiter="\t")
+        try:
+            header = next(reader, None)
+            if header != ["Source", "Target"]:
+                raise TaskDataError(f"listops: {path} line 1: expected header 'Source<TAB>Target', got {header!r}")
+            for row in reader:
+                source, target = _fields(row, path, reader.line_num)
+                ids = [VOCAB.get(token, UNK) for token in tokenize(source)]
+                if not ids:
+                    raise TaskDataError(f"listops: {path} line {reader.line_num}: empty Source")
+                inputs.append(pad_to(ids, seq_len, dtype=np.int8))
+                labels.append(int(target))
+        except csv.Error as err:
+            raise TaskDataError(f"listops: {path} line {reader.line_num}: {err}") from None
     if not labels:
         raise TaskDataError(f"listops: {path} has a header but no examples")
     return Split(np.stack(inputs), np.asarray(labels, dtype=np.int64))
+
+
+def _fields(row: list[str], path: Path, line_no: int) -> tuple[str, str]:
+    """(Source, Target) of one row; Target must be one ASCII digit (int() would also take other scripts' digits)."""
+    if len(row) != 2:
+        raise TaskDataError(f"listops: {path} line {line_no}: expected 2 tab-separated fields, got {len(row)}")
+    source, target = row
+    if re.fullmatch(r"[0-9]", target.strip()) is None:
+        raise TaskDataError(f"listops: {path} line {line_no}: Target {target!r} is not an integer 0..9")
+    return source, target.strip()
 
 
 class ListOps(Task):

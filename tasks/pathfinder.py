@@ -14,7 +14,9 @@ Sources:
   Images are read in metadata order (batches in numeric order), empty images (the release's
   ``pathfinder32/curv_baseline/imgs/0/sample_172.png``) are skipped and counted in the
   source string, and the rest is split 80/10/10 (LRA's proportions) in that order,
-  each part capped at num_train / num_val / num_test.
+  each part capped at num_train / num_val / num_test. Image paths in the metadata must stay
+  inside the folder (no absolute paths, no '..'). The prepared arrays are cached keyed by a
+  fingerprint of the folder (every file's size and mtime, the metadata's content).
 * otherwise generated (``tasks/snakes.py``, ``tasks/pathfinder_gen.py``: the snakes2 algorithm
   with LRA's per-resolution parameters), each split from its own seed stream, over ``n_workers``
   processes, cached as .npz under ``cache_dir/pathfinder``, keyed by ``generator``: ``official``
@@ -46,12 +48,12 @@ import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
 
-from lra_sfa.tasks.base import Split, Task, TaskData, TaskDataError, cache_key, save_arrays_atomic
+from lra_sfa.tasks.base import Split, Task, TaskData, TaskDataError, cache_key, files_fingerprint, save_arrays_atomic
 from lra_sfa.tasks.pathfinder_gen import generate, generate_image
 from lra_sfa.tasks.snakes import CONTOUR_LENGTH, GENERATORS, lra_params
 
@@ -85,6 +87,15 @@ def _metadata_lines(path: Path) -> list[str]:
         raise TaskDataError(f"pathfinder: {path} is neither UTF-8 text nor a .npy array ({err})") from err
 
 
+def _inside(rel: str, where: str) -> str:
+    """``rel`` when it names a file below the release folder; an absolute path or a '..' is refused, since
+    the metadata must never make the loader read files elsewhere."""
+    if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
+        raise TaskDataError(f"pathfinder: {where}: image path {rel!r} leaves the data folder (absolute or '..'); "
+                            "the release lists paths inside it, like 'imgs/0 sample_0.png'")
+    return rel
+
+
 def read_metadata(folder: Path) -> list[tuple[str, int, str]]:
     """(image path relative to ``folder``, label, 'metadata file:line') for every listed image."""
     files = sorted((folder / "metadata").glob("*.npy"), key=lambda f: (not f.stem.isdigit(), int(f.stem)
@@ -102,7 +113,7 @@ def read_metadata(folder: Path) -> list[tuple[str, int, str]]:
                 raise TaskDataError(f"pathfinder: {where}: expected >= 4 space-separated fields, got {line!r}")
             if fields[3] not in ("0", "1"):
                 raise TaskDataError(f"pathfinder: {where}: label (field 3) {fields[3]!r} is not 0 or 1")
-            entries.append((f"{fields[0]}/{fields[1]}", int(fields[3]), where))
+            entries.append((_inside(f"{fields[0]}/{fields[1]}", where), int(fields[3]), where))
     return entries
 
 
@@ -213,7 +224,8 @@ class Pathfinder(Task):
 
     def _load_release(self, root: Path) -> TaskData:
         folder = find_release(Path(self.data_dir).expanduser().resolve(), self.resolution, self.difficulty)
-        path = root / f"release_{cache_key(folder=str(folder), resolution=self.resolution, v=1)}.npz"
+        stamp = files_fingerprint(folder, read_under=("metadata",))
+        path = root / f"release_{cache_key(folder=str(folder), resolution=self.resolution, stamp=stamp, v=2)}.npz"
         if path.is_file():
             with np.load(path) as data:
                 images, labels, skipped = data["inputs"], data["labels"], list(data["skipped"])

@@ -11,7 +11,8 @@ Sources:
   files are read in (label, id) order, ``unsup/`` is ignored.
 * otherwise the HF hub dataset ``hf_name`` (default ``stanfordnlp/imdb``, columns text/label),
   from the local HF cache or downloaded; offline and uncached fails within seconds.
-Token arrays are cached under ``cache_dir/text`` keyed by source and seq_len.
+Token arrays are cached under ``cache_dir/text`` keyed by source, seq_len and a fingerprint of
+the review files (path, size and mtime of each), so a file edited in place is noticed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lra_sfa.tasks.base import Split, Task, TaskData, TaskDataError, cache_key, save_arrays_atomic
+from lra_sfa.tasks.base import Split, Task, TaskData, TaskDataError, cache_key, files_fingerprint, save_arrays_atomic
 from lra_sfa.tasks.sources import byte_ids, load_hf
 
 LABELS = {"neg": 0, "pos": 1}
@@ -41,6 +42,9 @@ def read_aclimdb_split(folder: Path, split: str, seq_len: int) -> Split:
             match = _NAME.match(path.name)
             if match is None:
                 raise TaskDataError(f"text: {path}: file name is not <id>_<rating>.txt")
+            if not path.is_file():  # checked before any open: reading a FIFO would block forever
+                raise TaskDataError(f"text: {path} is not a regular file (a FIFO, socket, device or folder); "
+                                    "aclImdb review folders hold only <id>_<rating>.txt files")
             files.append((label, int(match.group(1)), path))
     if not files:
         raise TaskDataError(f"text: {folder / split} holds no reviews. {ACLIMDB_HINT}")
@@ -82,12 +86,11 @@ class Text(Task):
             folder = Path(self.data_dir).expanduser().resolve()
             if not folder.is_dir():
                 raise TaskDataError(f"text: data_dir {folder} does not exist. {ACLIMDB_HINT}")
-            stamp = [(folder / s / lab).stat().st_mtime_ns if (folder / s / lab).is_dir() else 0
-                     for s in ("train", "test") for lab in LABELS]
+            stamp = files_fingerprint(*(folder / s / lab for s in ("train", "test") for lab in LABELS))
             source = str(folder)
         else:
-            stamp, source = [], f"hf:{self.hf_name}"
-        key = cache_key(source=source, seq_len=self.seq_len, stamp=stamp, v=1)
+            stamp, source = "", f"hf:{self.hf_name}"
+        key = cache_key(source=source, seq_len=self.seq_len, stamp=stamp, v=2)
         path = Path(cache_dir).expanduser() / "text" / f"{key}.npz"
         if not path.is_file():
             splits = self._read(folder) if self.data_dir else self._read_hf()

@@ -225,7 +225,7 @@ def test_wrong_type_is_one_line_error_naming_the_key(tmp_path, shared_cache):
     ("model.num_layers=2.5", ("model.num_layers=2.5", "an integer")),
     ("trainer.grad_clip=high", ("trainer.grad_clip='high'", "a number or null")),
     ("trainer.batch_size=0", ("trainer.batch_size=0", "at least 1")),
-    ("resume=sometimes", ("resume='sometimes'", "true, false or auto")),
+    ("resume=sometimes", ("resume='sometimes'", "true, false, auto or force")),
 ])
 def test_wrong_type_names_key_and_expected_type(make_cfg, tmp_path, override, fragments):
     with pytest.raises(ValueError) as info:
@@ -349,7 +349,7 @@ WRITER = """
 import sys
 from lra_sfa.records import store_record, write_json_atomic
 store, worker, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-base = {{key: 0 for key in {fields!r}}}
+base = {{key: None for key in {fields!r}}}
 for index in range(count):
     record = dict(base, task="listops", attn="full", status="ok", date="2026-11-28", worker=worker, index=index,
                   padding=[index] * size)

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lra_sfa.bench.timing import call_ms
 from lra_sfa.recording import device_name
-from lra_sfa.records import git_commit, now_iso, write_json_atomic
+from lra_sfa.records import finite_or_null, git_commit, now_iso, write_json_atomic
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BENCH_STATUSES = ("ok", "oom", "timeout", "unsupported", "error")
@@ -230,4 +230,9 @@ def write_bench_record(record: dict[str, Any], out_dir: str | Path | None) -> Pa
     name = "_".join(str(record.get(key, "x")) for key in ("mode", "attn", "part", "op")) + f"_L{record['seq_len']}"
     name = name.replace("/", "-")
     path = Path(out_dir) / f"{str(record['date'])[:10]}_{name}_{uuid.uuid4().hex[:8]}.json"
+    record, replaced = finite_or_null(record)  # strict JSON: a NaN or Inf timing is null, and listed
+    if replaced:
+        record["non_finite_fields"] = replaced
+        if record.get("status") == "ok":
+            record.update(status="error", reason=f"non-finite {', '.join(replaced)} (recorded as null)")
     return write_json_atomic(path, record)

@@ -4,8 +4,8 @@
 permutation of the 784 positions to every image, drawn from ``permutation_seed`` (the psMNIST
 protocol: neighbouring pixels end up far apart, so the task needs long-range interactions). The
 token is the pixel value itself; value 0 (black) is a real token, so ``has_padding = False``, as
-for the LRA image task. Splits 55k / 5k / 10k: the validation set is 5,000 training images chosen
-by ``split_seed``; test is the official test set.
+for the LRA image task. Splits 55k / 5k / 10k: the validation set is ``num_val`` (5,000) training
+images chosen by ``split_seed``; test is the official test set.
 
 Sources, in order:
 * ``data_dir``: a folder holding the four original idx files (``train-images-idx3-ubyte``,
@@ -33,7 +33,6 @@ FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-label
          "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049  # 0x0803: uint8 data, 3 dims; 0x0801: uint8 data, 1 dim
 SIDE = 28
-NUM_VAL = 5000
 HINT = (f"Install the data with `apt-get install dataset-fashion-mnist` (files go to {DEBIAN_DIR}), or put "
         f"{', '.join(n + '.gz' for n in FILES.values())} (from https://github.com/zalandoresearch/fashion-mnist) "
         "in a folder and pass task.data_dir=/path/to/that/folder.")
@@ -105,18 +104,22 @@ class FashionMNIST(Task):
     has_padding = False  # pixel value 0 is a real token
 
     def __init__(self, seq_len: int = 784, pooling: str = "cls", data_dir: str | None = None,
-                 permute: bool = False, permutation_seed: int = 0, split_seed: int = 0,
+                 permute: bool = False, permutation_seed: int = 0, split_seed: int = 0, num_val: int = 5000,
                  hf_name: str = "fashion_mnist") -> None:
         self.name = "fmnist_perm" if permute else "fmnist"
         super().__init__(seq_len, pooling, data_dir)
         if self.seq_len != SIDE * SIDE:
             raise ValueError(f"task {self.name}: seq_len={seq_len} must be 784 (28 x 28 pixels)")
         self.permute, self.permutation_seed, self.split_seed = bool(permute), int(permutation_seed), int(split_seed)
+        if int(num_val) < 1:
+            raise ValueError(f"task {self.name}: num_val={num_val} must be at least 1 (held out of train)")
+        self.num_val = int(num_val)
         self.hf_name = hf_name
 
     def describe(self) -> dict:
         return {**super().describe(), "permute": self.permute,
-                "permutation_seed": self.permutation_seed if self.permute else None, "split_seed": self.split_seed}
+                "permutation_seed": self.permutation_seed if self.permute else None,
+                "split_seed": self.split_seed, "num_val": self.num_val}
 
     def _folder(self) -> Path | None:
         """The idx folder to read: data_dir (must exist), else the Debian package's folder if present, else None."""
@@ -145,11 +148,11 @@ class FashionMNIST(Task):
             for split in ("train", "test"):
                 arrays[f"{split}_inputs"] = arrays[f"{split}_inputs"][:, perm]  # (N, 784) positions reordered
         inputs, labels = arrays["train_inputs"], arrays["train_labels"]
-        if len(labels) <= NUM_VAL:
-            raise TaskDataError(f"fmnist: {source} has {len(labels)} training images; {NUM_VAL} are held out "
-                                "for validation, so more are needed")
+        if len(labels) <= self.num_val:
+            raise TaskDataError(f"fmnist: {source} has {len(labels)} training images; task.num_val={self.num_val} "
+                                "are held out for validation, so more are needed")
         order = np.random.default_rng(self.split_seed).permutation(len(labels))
-        val, train = np.sort(order[:NUM_VAL]), np.sort(order[NUM_VAL:])
+        val, train = np.sort(order[:self.num_val]), np.sort(order[self.num_val:])
         return TaskData(train=Split(inputs[train], labels[train]), val=Split(inputs[val], labels[val]),
                         test=Split(arrays["test_inputs"], arrays["test_labels"]), source=source)
 

@@ -11,6 +11,7 @@
 #       bash scripts/gpu_extra_tasks.sh mqar full,sfa,sfa:topk=16 256,1024,4096 16,64,256 128 1e-3,2.2e-3
 # Records go to $OUT/runs, then into one archive $OUT/runs_extra.tgz: unpack it and copy runs/*.json to
 # results/runs. MAX_SECONDS (optional) caps each run; a capped run is recorded as shorter than the protocol.
+# EXTRA (optional) adds overrides to every run, e.g. a smoke test: EXTRA="trainer.max_steps=2 task.num_train=64".
 set -u
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null && export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH=${PYTHONPATH:-}:$PWD
@@ -25,7 +26,7 @@ attn_args() {  # "sfa:topk=16" -> "attn=sfa attn.topk=16"
 train() {  # one run; its own run dir
   local dir=/tmp/runs/$1; shift
   echo "=== $*"
-  python3 -m lra_sfa "$@" $budget trainer.progress=false hydra.run.dir="$dir" 2>&1 | tail -2
+  python3 -m lra_sfa "$@" $budget ${EXTRA:-} trainer.progress=false hydra.run.dir="$dir" 2>&1 | tail -2
 }
 case ${1:-} in
   fmnist)

@@ -16,10 +16,11 @@ shifted by one), the value is not in the input after its query, so a bidirection
 answer. With ``random_non_queries`` the filler positions hold uniform random tokens ``1 ..
 vocab_size - 1`` instead of 0 (Zoology's option; its Figure 2 runs leave it off).
 
-Sampling without replacement under the power law uses the Gumbel top-k trick (the top P of
-``log p + Gumbel noise`` is distributed as successive draws without replacement), so generation is
-vectorised numpy over row blocks. Splits are generated from ``seed`` (one stream per split) and
-cached under ``cache_dir/mqar``; tokens and labels are int16.
+Keys and values are uniform draws without replacement; the query slots are drawn without
+replacement under the power law by the Gumbel top-k trick (the top P of ``log p + Gumbel noise`` is
+distributed as successive draws without replacement), so generation is vectorised numpy over row
+blocks. Splits are generated from ``seed`` (one stream per split) and cached under ``cache_dir/mqar``;
+tokens and labels are int16.
 """
 
 from __future__ import annotations
@@ -65,15 +66,21 @@ def distinct_draws(rng: np.random.Generator, rows: int, count: int, log_p: np.nd
     return np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, 1), axis=1), 1)
 
 
+def distinct_uniform(rng: np.random.Generator, rows: int, count: int, n: int) -> np.ndarray:
+    """(rows, count) distinct integers in [0, n) per row, every subset and order equally likely: the
+    positions of the ``count`` smallest of n uniform numbers, shuffled (float32 halves the cost of
+    Gumbel keys, which only a non-uniform law needs)."""
+    smallest = np.argpartition(rng.random((rows, n), dtype=np.float32), count - 1, axis=1)[:, :count]
+    return rng.permuted(smallest, axis=1)
+
+
 def make_block(rng: np.random.Generator, rows: int, seq_len: int, num_pairs: int, vocab_size: int,
                power_a: float, random_non_queries: bool) -> tuple[np.ndarray, np.ndarray]:
     """``rows`` sequences: tokens (rows, seq_len) int16 and labels (rows, seq_len) int16 (IGNORE_INDEX off queries)."""
     half = vocab_size // 2
     context = 2 * num_pairs
-    uniform_keys = np.zeros(half - 1)  # log-probabilities: uniform over the key and value vocabularies
-    uniform_values = np.zeros(vocab_size - half)
-    keys = 1 + distinct_draws(rng, rows, num_pairs, uniform_keys)  # (rows, P) in 1 .. half-1
-    values = half + distinct_draws(rng, rows, num_pairs, uniform_values)  # (rows, P) in half .. vocab-1
+    keys = 1 + distinct_uniform(rng, rows, num_pairs, half - 1)  # (rows, P) in 1 .. half-1
+    values = half + distinct_uniform(rng, rows, num_pairs, vocab_size - half)  # (rows, P) in half .. vocab-1
     gaps = distinct_draws(rng, rows, num_pairs, np.log(gap_probabilities((seq_len - context) // 2, power_a)))
     if random_non_queries:
         tokens = rng.integers(1, vocab_size, size=(rows, seq_len), dtype=np.int16)

@@ -56,7 +56,7 @@ def _task_loss(model, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 
 def _batch_hits(model, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per example: correct predictions and scored positions (1 and 0/1 for a classification label)."""
+    """Per example: the number of correct answers and of scored positions (a class label: 0 or 1, and 1)."""
     if labels.dim() == 1:
         return (model(tokens).argmax(-1) == labels).float(), torch.ones_like(labels, dtype=torch.float32)
     select = labels != IGNORE_INDEX  # (B, L)

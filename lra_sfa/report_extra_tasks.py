@@ -3,7 +3,8 @@
 Both stand beside the LRA table and are never averaged into it. Written under ``out_dir``:
 
     tables/fmnist.md, tables/fmnist.csv   test accuracy (%) per backend for fmnist and fmnist_perm:
-                                          mean ± std (n seeds) over protocol-complete seq_fmnist runs,
+                                          mean ± std (n seeds) over protocol-complete seq_fmnist runs
+                                          (last step, the settings of conf/experiment/seq_fmnist.yaml),
                                           every group with steps and device, published sMNIST / psMNIST
                                           Transformer numbers as context (MNIST digits: another data set)
     tables/mqar.md, tables/mqar.csv       per-query test accuracy (%) per backend and width for each
@@ -29,18 +30,38 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lra_sfa.report_data import attn_order, length_label, variant_labels  # noqa: E402
+from lra_sfa.report_headline import protocol_settings  # noqa: E402
 from lra_sfa.report_tables import md_table  # noqa: E402
 
 FMNIST_TASKS = ("fmnist", "fmnist_perm")
+MQAR_AXES_MODEL = ("d_model", "num_heads", "mlp_dim")  # the width sweep (heads and MLP follow d_model)
+MQAR_AXES_TRAINER = ("lr", "batch_size")  # the lr sweep; the batch follows the length
 PUBLISHED_TASK = {"fmnist": "sMNIST", "fmnist_perm": "pMNIST"}
 PLOTS = {"mqar_width.png": "MQAR: accuracy against model width per backend (Zoology Figure 2 form)",
          "mqar_heatmap.png": "MQAR: accuracy over (pairs, length) per backend (best width and lr)"}
 
 
 def _complete(record: dict) -> bool:
-    """Trained to the protocol's last step (not cut by the time budget)."""
+    """Trained to its last step (not cut by the time budget)."""
     steps, max_steps = record.get("steps") or 0, record.get("max_steps")
     return not record.get("stopped_by_time_budget") and max_steps is not None and steps >= max_steps
+
+
+def follows_protocol(record: dict, protocol: str, free_model: tuple[str, ...] = (),
+                     free_trainer: tuple[str, ...] = ()) -> bool:
+    """Trained to its last step with the model and training settings of ``conf/experiment/<protocol>.yaml``,
+    except the ``free_*`` keys (a sweep's axes); a setting the record lacks is not held against it."""
+    if str(record.get("protocol")) != protocol or not _complete(record):
+        return False
+    expected = protocol_settings(protocol)
+    if expected is None:
+        return False
+    model, trainer, _ = expected
+    for have, want, free in ((record.get("model") or {}, model, free_model),
+                             (record.get("trainer") or {}, trainer, free_trainer)):
+        if any(have[key] != value for key, value in want.items() if key in have and key not in free):
+            return False
+    return True
 
 
 def _pct(value) -> float | None:
@@ -58,7 +79,7 @@ def fmnist_frame(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([{
         "task": str(r["task"]), "attn": labels[id(r)], "protocol": str(r.get("protocol", "custom")),
         "seed": r.get("seed"), "test": _pct(r.get("test_accuracy")), "val": _pct(r.get("val_accuracy")),
-        "steps": r.get("steps"), "max_steps": r.get("max_steps"), "complete": _complete(r),
+        "steps": r.get("steps"), "max_steps": r.get("max_steps"), "complete": follows_protocol(r, "seq_fmnist"),
         "permutation_seed": r.get("permutation_seed"), "device": r.get("device"), "date": str(r.get("date", ""))[:10],
     } for r in records], columns=["task", "attn", "protocol", "seed", "test", "val", "steps", "max_steps",
                                   "complete", "permutation_seed", "device", "date"])
@@ -73,9 +94,9 @@ def _mean_std(values: pd.Series) -> str:
 
 def fmnist_section(frame: pd.DataFrame, published: dict[str, pd.DataFrame]) -> str:
     """Markdown: the headline table (protocol-complete seq_fmnist runs), every group, published context."""
-    parts = ["Test accuracy (%), mean ± std over seeds (n), from runs of `experiment=seq_fmnist` trained to "
-             "its last step. Fashion-MNIST pixels, 784 tokens; fmnist_perm: one fixed permutation of the "
-             "positions (its seed is in each record)."]
+    parts = ["Test accuracy (%), mean ± std over seeds (n), from runs trained to the last step with the "
+             "settings of `experiment=seq_fmnist` (other runs: in the list below). Fashion-MNIST pixels, "
+             "784 tokens; fmnist_perm: one fixed permutation of the positions (its seed is in each record)."]
     head = frame[(frame.protocol == "seq_fmnist") & frame.complete]
     backends = sorted(set(head.attn), key=attn_order)
     if backends:
@@ -109,7 +130,8 @@ def mqar_frame(runs: list[dict]) -> pd.DataFrame:
         "attn": labels[id(r)], "protocol": str(r.get("protocol", "custom")), "seq_len": int(r["seq_len"]),
         "num_pairs": int(r.get("num_pairs") or 0), "d_model": int((r.get("model") or {}).get("d_model") or 0),
         "lr": float((r.get("trainer") or {}).get("lr") or math.nan), "seed": r.get("seed"),
-        "test": _pct(r.get("test_accuracy")), "val": _pct(r.get("val_accuracy")), "complete": _complete(r),
+        "test": _pct(r.get("test_accuracy")), "val": _pct(r.get("val_accuracy")),
+        "complete": follows_protocol(r, "mqar", MQAR_AXES_MODEL, MQAR_AXES_TRAINER),
         "device": r.get("device"), "date": str(r.get("date", ""))[:10],
     } for r in records], columns=["attn", "protocol", "seq_len", "num_pairs", "d_model", "lr", "seed", "test",
                                   "val", "complete", "device", "date"])
@@ -130,7 +152,8 @@ def mqar_best(frame: pd.DataFrame) -> pd.DataFrame:
 
 def mqar_section(best: pd.DataFrame, plots_made: dict[str, Path | None]) -> str:
     """Markdown: rows backend x width, columns (length, pairs); the lr of each cell in the CSV."""
-    parts = ["Per-query test accuracy (%) from protocol-complete `experiment=mqar` runs; each cell takes the "
+    parts = ["Per-query test accuracy (%) from `experiment=mqar` runs trained to the last step with its settings "
+             "(width, lr and length are the sweep's axes); each cell takes the "
              "learning rate with the best validation accuracy (`tables/mqar.csv` names it and the number of runs)."]
     if best.empty:
         parts.append("No protocol-complete mqar runs yet.")

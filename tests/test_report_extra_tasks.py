@@ -13,19 +13,24 @@ from lra_sfa import report
 from lra_sfa.records import store_record
 from lra_sfa.report_data import load_published
 from lra_sfa.report_extra_tasks import extra_tasks_section, mqar_best, mqar_frame
+from lra_sfa.report_headline import protocol_settings
 
 from .test_report import PUBLISHED, run_record
 
 
 def fmnist_runs(rng: random.Random) -> list[dict]:
+    model, trainer, _ = protocol_settings("seq_fmnist")
     runs = []
     for task in ("fmnist", "fmnist_perm"):
         for attn, seeds in (("full", 3), ("sfa", 3), ("linear", 1)):
             for seed in range(seeds):
                 runs.append(run_record(rng, task, attn, 784, "seq_fmnist", seed=seed, max_steps=4300, steps=4300,
-                                       permutation_seed=0 if task == "fmnist_perm" else None))
-    runs.append(run_record(rng, "fmnist", "windowed", 784, "seq_fmnist", steps=900, max_steps=4300,
-                           stopped_by_time_budget=True))  # short: never a headline cell
+                                       permutation_seed=0 if task == "fmnist_perm" else None, model=model,
+                                       trainer=trainer))
+    runs.append(run_record(rng, "fmnist", "windowed", 784, "seq_fmnist", steps=900, max_steps=4300, model=model,
+                           trainer=trainer, stopped_by_time_budget=True))  # short: never a headline cell
+    runs.append(run_record(rng, "fmnist", "bigbird", 784, "seq_fmnist", steps=4300, max_steps=4300,
+                           model={**model, "d_model": 64}, trainer=trainer))  # another width: exploration
     return runs
 
 
@@ -50,8 +55,9 @@ def test_fmnist_table_is_protocol_complete_mean_std_with_published_context(tmp_p
     full = [100 * r["test_accuracy"] for r in runs if r["task"] == "fmnist" and r["attn"] == "full"]
     assert f"{np.mean(full):.2f} ± {np.std(full, ddof=1):.2f} (n=3)" in table
     headline = table.split("Every group")[0]
-    assert "windowed" not in headline and "| linear |" in headline and "(n=1)" in headline
-    assert "windowed" in table  # listed with its steps among every group
+    assert "windowed" not in headline and "bigbird" not in headline
+    assert "| linear |" in headline and "(n=1)" in headline
+    assert "windowed" in table and "bigbird" in table  # listed with their steps among every group
     assert "a different data set" in table and "97.9" in table and "pMNIST" in table
     frame = pd.read_csv(tmp_path / "tables" / "fmnist.csv")
     assert len(frame) == len(runs) and set(frame.task) == {"fmnist", "fmnist_perm"}

@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP_TORCH_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-all lint tables bench bench-kernels pathfinder-samples clean
+.PHONY: help install run test test-all lint tables bench bench-kernels pathfinder-samples fmnist-data clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -47,6 +47,16 @@ bench-kernels: $(STAMP) ## SFA Triton kernels against cuDNN / FlashAttention-2 (
 
 pathfinder-samples: $(STAMP) ## a PNG grid of generated Pathfinder examples with their labels
 	$(PY) -m lra_sfa.tasks.pathfinder samples --out results/plots/pathfinder_samples.png
+
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+fmnist-data: ## Fashion-MNIST idx files for task=fmnist: Debian's dataset-fashion-mnist (where apt exists)
+	@if [ -f $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz ]; then echo "fmnist-data: already in $(FMNIST_DIR)"; \
+	elif command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get install -y dataset-fashion-mnist || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }; \
+	else echo "fmnist-data: no apt-get here; put the four idx .gz files of github.com/zalandoresearch/fashion-mnist" \
+	  "in a folder and pass task.data_dir=<folder>" >&2; exit 1; fi
 
 clean: ## remove outputs and caches (not .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

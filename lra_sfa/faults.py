@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lra_sfa.recording import RecordWriteError, RunRecord, hydra_job, peak_memory_mb
 from lra_sfa.records import REQUIRED_FIELDS, git_commit, now_iso, store_record, write_json_atomic
+from lra_sfa.tasks.base import IGNORE_INDEX
 
 # key -> (expected kind, allow null). Kinds: int, float (ints accepted), bool, str, floats (a list of floats),
 # ints (a list of integers). A key absent from the composed config (a task without it) is not checked.
@@ -199,14 +200,18 @@ def _first_bad(chunk: np.ndarray, low: int, high: int) -> tuple[int, object] | N
 
 
 def check_split(split, split_name: str, task_name: str, vocab_size: int, num_classes: int,
-                chunk: int = 4096) -> None:
-    """Token ids in [0, vocab_size), labels in [0, num_classes), no NaN/Inf; ValueError naming the example."""
+                chunk: int = 4096, ignore_label: int | None = None) -> None:
+    """Token ids in [0, vocab_size), labels in [0, num_classes) (or ``ignore_label``, for per-position
+    labels), no NaN/Inf; ValueError naming the example."""
     for field, array, high, what in (("inputs", split.inputs, vocab_size, "token id"),
                                      ("labels", split.labels, num_classes, "label")):
         if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
             raise ValueError(f"task {task_name}: {split_name} {field} have dtype {array.dtype}, expected numbers")
         for start in range(0, len(array), chunk):
-            found = _first_bad(np.asarray(array[start : start + chunk]), 0, high)
+            values = np.asarray(array[start : start + chunk])
+            if field == "labels" and ignore_label is not None:
+                values = np.where(values == ignore_label, 0, values)  # unscored positions are valid
+            found = _first_bad(values, 0, high)
             if found is not None:
                 row, value = found
                 raise ValueError(
@@ -219,7 +224,8 @@ def check_task_data(data, task) -> None:
     """Validate every split of a loaded task once (cheap next to training)."""
     for name in ("train", "val", "test"):
         check_split(getattr(data, name), name, getattr(task, "name", type(task).__name__),
-                    int(task.vocab_size), int(task.num_classes))
+                    int(task.vocab_size), int(task.num_classes),
+                    ignore_label=IGNORE_INDEX if getattr(task, "token_level", False) else None)
 
 
 def describe_oom(exc: BaseException, where: dict, cfg: DictConfig, dtype: torch.dtype) -> tuple[str, dict]:

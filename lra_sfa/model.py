@@ -3,8 +3,9 @@
 Follows the LRA release's classifier (lra_benchmarks/models/transformer):
 token embeddings N(0, 1), sinusoidal or learned positions, pre-LN blocks
 (bias-free q/k/v projections, GELU MLP), a final LayerNorm, pooling (a
-zero-initialised CLS vector prepended, the mean over real tokens, or the
-last real token), and a head Dense(mlp_dim) -> ReLU -> Dense(classes).
+zero-initialised CLS vector prepended, the mean over real tokens, the
+last real token, or ``none``: every position keeps its vector, for per-token
+tasks such as MQAR), and a head Dense(mlp_dim) -> ReLU -> Dense(classes).
 ``qkv_dim`` (default ``d_model``) is the q/k/v width, as LRA's ``qkv_dim``.
 For a dual task (retrieval) both documents go through the same encoder; with
 ``dual_head=paper`` the head takes [x1, x2, x1 * x2, x1 - x2] (the paper's
@@ -110,12 +111,14 @@ class LRAClassifier(nn.Module):
                  norm_eps: float = 1e-5, gelu: str = "exact", proj_bias: bool = True, padding: str = "task",
                  dual_head: str = "paper") -> None:
         super().__init__()
-        for key, value, valid in (("pooling", pooling, ("cls", "mean", "last")), ("pos", pos, ("sin", "learned")),
-                                  ("init", init, ("torch", "lra")), ("gelu", gelu, ("exact", "tanh")),
-                                  ("padding", padding, ("task", "release")),
+        for key, value, valid in (("pooling", pooling, ("cls", "mean", "last", "none")),
+                                  ("pos", pos, ("sin", "learned")), ("init", init, ("torch", "lra")),
+                                  ("gelu", gelu, ("exact", "tanh")), ("padding", padding, ("task", "release")),
                                   ("dual_head", dual_head, ("paper", "release"))):
             if value not in valid:
                 raise ValueError(f"model: {key}={value!r} must be one of {', '.join(valid)}")
+        if pooling == "none" and dual:
+            raise ValueError("model: pooling=none (per-token outputs) does not apply to a dual (pair) task")
         release_padding = padding == "release"
         self.pooling, self.dual, self.has_padding = pooling, dual, has_padding or release_padding
         self.release_padding = release_padding
@@ -161,7 +164,7 @@ class LRAClassifier(nn.Module):
         return [block.attn.attention for block in self.blocks]
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, L) tokens -> (B, d_model) pooled representation."""
+        """(B, L) tokens -> (B, d_model) pooled representation; (B, L, d_model) with pooling none."""
         B, L = tokens.shape
         mask = tokens != 0 if self.has_padding else torch.ones_like(tokens, dtype=torch.bool)  # (B, L)
         x = self.embed(tokens)  # (B, L, C)
@@ -174,6 +177,8 @@ class LRAClassifier(nn.Module):
         for block in self.blocks:
             x = block(x, key_padding_mask)
         x = self.norm(x)
+        if self.pooling == "none":
+            return x
         if self.pooling == "cls":
             return x[:, 0]
         if self.pooling == "mean" and self.release_padding:  # the release averages every position
@@ -184,13 +189,19 @@ class LRAClassifier(nn.Module):
         last = mask.long().cumsum(1).argmax(1)  # index of the last real token, (B,)
         return x[torch.arange(B, device=x.device), last]
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, classes); with pooling none (B, L, classes), or (M, classes) at the M positions
+        where ``select`` (B, L) bool is True (the head then runs on those positions only)."""
         if self.dual:
             x1, x2 = self.encode(tokens[:, 0]), self.encode(tokens[:, 1])  # each (B, C)
             pair = [x1, x2, x1 * x2, x1 - x2] if self.nli_features else [x1, x2]
             features = torch.cat(pair, dim=-1)  # (B, 4C) or (B, 2C)
         else:
             features = self.encode(tokens)
+        if select is not None:
+            if self.pooling != "none":
+                raise ValueError(f"model: select= needs pooling none (per-token outputs), not {self.pooling!r}")
+            features = features[select]  # (B, L, C) -> (M, C)
         return self.head(features)
 
 
@@ -234,4 +245,7 @@ def release_init(model: LRAClassifier) -> None:
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy; per-token logits (B, L, C) with labels (B, L) skip label -100."""
+    if logits.dim() == 3:
+        logits, labels = logits.flatten(0, 1), labels.flatten()  # (B, L, C) -> (B * L, C); (B, L) -> (B * L,)
     return F.cross_entropy(logits.float(), labels)

@@ -7,6 +7,7 @@ in ``results/published/`` and the SFA kernel CSV. Writes, under ``out_dir``:
     tables/accuracy.md, tables/accuracy.csv       LRA Table 1 form (val and test), published beside
     tables/efficiency.md, tables/efficiency.csv   LRA Table 2 form, the length sweep, harness overhead,
                                                   SFA kernels vs SDPA beside the SFA paper
+    tables/fmnist.*, tables/mqar.*, plots/mqar_*  the non-LRA tasks (lra_sfa/report_extra_tasks.py)
     plots/*.png                                   see lra_sfa/report_plots.py
     RESULTS.md                                    all of the above in one page (the README links it)
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from lra_sfa.report_data import Inputs, load_inputs
 from lra_sfa.report_efficiency import efficiency_section
+from lra_sfa.report_extra_tasks import extra_tasks_section
 from lra_sfa.report_headline import headline_markdown
 from lra_sfa.report_tables import accuracy_section
 
@@ -112,7 +114,8 @@ def _plots_md(made: dict[str, Path | None]) -> str:
     return "\n\n".join(lines)
 
 
-def results_page(inputs: Inputs, accuracy_md: str, efficiency_md: str, made: dict[str, Path | None]) -> str:
+def results_page(inputs: Inputs, accuracy_md: str, efficiency_md: str, made: dict[str, Path | None],
+                 extra_md: str = "") -> str:
     devices = sorted({str(r.get("device")) for r in [*inputs.runs, *inputs.bench]})
     dates = sorted(str(r.get("date", ""))[:10] for r in [*inputs.runs, *inputs.bench])
     span = f"{dates[0]} to {dates[-1]}" if dates else "none"
@@ -126,6 +129,8 @@ def results_page(inputs: Inputs, accuracy_md: str, efficiency_md: str, made: dic
         "`tables/efficiency.{md,csv}`.",
         "## Accuracy (LRA Table 1 form)", _demote(accuracy_md),
         "## Efficiency", _demote(efficiency_md),
+        "## Other tasks: sequential Fashion-MNIST and MQAR (own tables, not averaged into LRA)",
+        extra_md or "No records yet.",
         "## Plots", _plots_md(made),
         "## Skipped records", _skipped_md(inputs),
     ]) + "\n"
@@ -150,7 +155,8 @@ def build_report(in_dir: Path, out_dir: Path, published_dir: Path | None = None,
     _write_text(tables / "accuracy.csv", accuracy_csv.convert_dtypes().to_csv(index=False))
     _write_text(tables / "efficiency.csv", efficiency_csv.convert_dtypes().to_csv(index=False))
     made = make_plots(inputs, Path(out_dir) / "plots")
-    _write_text(Path(out_dir) / "RESULTS.md", results_page(inputs, accuracy_md, efficiency_md, made))
+    extra_md = extra_tasks_section(inputs.runs, inputs.published, Path(out_dir))
+    _write_text(Path(out_dir) / "RESULTS.md", results_page(inputs, accuracy_md, efficiency_md, made, extra_md))
     return inputs
 
 

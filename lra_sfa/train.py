@@ -33,7 +33,7 @@ from lra_sfa.model import LRAClassifier, cross_entropy
 from lra_sfa.optim import build_optimizer
 from lra_sfa.progress import TrainProgress
 from lra_sfa.recording import RunRecord, build_task, peak_memory_mb
-from lra_sfa.tasks.base import Split
+from lra_sfa.tasks.base import IGNORE_INDEX, Split
 
 
 class Diverged(RuntimeError):
@@ -46,31 +46,61 @@ def _autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _task_loss(model, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on a batch; per-position labels (B, L) count only where asked (not IGNORE_INDEX),
+    and the head runs on those positions alone."""
+    if labels.dim() == 1:
+        return cross_entropy(model(tokens), labels)
+    select = labels != IGNORE_INDEX  # (B, L)
+    return cross_entropy(model(tokens, select=select), labels[select])
+
+
+def _batch_hits(model, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: the number of correct answers and of scored positions (a class label: 0 or 1, and 1)."""
+    if labels.dim() == 1:
+        return (model(tokens).argmax(-1) == labels).float(), torch.ones_like(labels, dtype=torch.float32)
+    select = labels != IGNORE_INDEX  # (B, L)
+    hits = torch.zeros(labels.shape, device=labels.device)
+    hits[select] = (model(tokens, select=select).argmax(-1) == labels[select]).float()
+    return hits.sum(1), select.sum(1).float()
+
+
+def _merge_counts(values: np.ndarray, env: dist.DistEnv) -> np.ndarray:
+    """Sum per-example counts over ranks (each rank fills only its own examples)."""
+    if env.world_size == 1:
+        return values
+    return dist.sum_across(torch.from_numpy(values).to(env.device), env).cpu().numpy()
+
+
 @torch.no_grad()
 def evaluate(model, split: Split, batch_size: int, device, dtype, env: dist.DistEnv,
              where: dict | None = None) -> dict[str, float]:
     """Accuracy on a split (reduced across ranks), plus accuracy per value of each meta key.
 
+    Per-position tasks (labels (N, L)) score every asked position: accuracy is correct answers over
+    all asked positions (per-query accuracy), per meta group likewise.
     ``model`` is the plain module (not the DDP wrapper): ranks evaluate
     different numbers of batches, so no collective may run inside forward.
     """
     model.eval()
-    correct = np.zeros(len(split), dtype=bool)
+    correct = np.zeros(len(split), dtype=np.float32)  # correct answers per example
+    asked = np.zeros(len(split), dtype=np.float32)  # scored positions per example (1 for a class label)
     seen = np.zeros(len(split), dtype=bool)
     for indices in eval_batches(len(split), batch_size, env.rank, env.world_size):
         tokens, labels = to_tensors(split, indices, device)
         if where is not None:
             where["shape"] = list(tokens.shape)
         with _autocast(device, dtype):
-            logits = model(tokens)
-        correct[indices] = (logits.argmax(-1) == labels).cpu().numpy()
+            hits, count = _batch_hits(model, tokens, labels)
+        correct[indices], asked[indices] = hits.cpu().numpy(), count.cpu().numpy()
         seen[indices] = True
-    correct, seen = dist.merge_flags(correct, env), dist.merge_flags(seen, env)
+    correct, asked, seen = _merge_counts(correct, env), _merge_counts(asked, env), dist.merge_flags(seen, env)
     model.train()
-    result = {"accuracy": float(correct[seen].mean())}
+    result = {"accuracy": float(correct[seen].sum() / max(asked[seen].sum(), 1.0))}
     for key, values in split.meta.items():
         result[f"accuracy_by_{key}"] = {
-            str(value): float(correct[values == value].mean()) for value in np.unique(values)
+            str(value): float(correct[values == value].sum() / max(asked[values == value].sum(), 1.0))
+            for value in np.unique(values)
         }
     return result
 
@@ -112,7 +142,7 @@ def _train_step(model, raw_model, attention, optimizer, schedule, tokens, labels
     for module in attention:
         module.on_step(step, int(tcfg.max_steps))
     with _autocast(ctx.device, ctx.dtype):
-        loss = cross_entropy(model(tokens), labels)
+        loss = _task_loss(model, tokens, labels)
         extras = [t for t in (m.extra_loss() for m in attention) if t is not None]
         total = loss + sum(extras) if extras else loss
     optimizer.zero_grad(set_to_none=True)

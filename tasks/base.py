@@ -8,6 +8,8 @@ memory-mapped) and integer labels.
 
 * single inputs: ``inputs`` is (N, seq_len); pad id 0.
 * pairs (retrieval): ``inputs`` is (N, 2, seq_len) and ``Task.dual`` is True.
+* per-position labels (``Task.token_level``, e.g. MQAR): ``labels`` is (N, seq_len) with -100
+  wherever nothing is asked; the task's pooling is ``none`` and the model predicts every position.
 * ``meta``: optional per-example arrays (N,) kept for analysis, e.g. the
   needle task's length and depth; the runner reports accuracy per group.
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 PAD_ID = 0
+IGNORE_INDEX = -100  # per-position label of a position that is not scored (torch cross_entropy's default)
 
 
 class TaskDataError(ValueError):
@@ -60,10 +63,11 @@ class Task:
     num_classes: int = 0
     dual: bool = False  # True: inputs are pairs (N, 2, L) for a dual encoder
     has_padding: bool = True  # False: token 0 is real data (pixels), so no padding mask is derived
+    token_level: bool = False  # True: labels are per position (N, seq_len), -100 where nothing is asked; pooling none
 
     def __init__(self, seq_len: int, pooling: str = "cls", data_dir: str | None = None) -> None:
-        if pooling not in ("cls", "mean", "last"):
-            raise ValueError(f"task {self.name}: pooling={pooling!r} must be one of cls, mean, last")
+        if pooling not in ("cls", "mean", "last", "none"):
+            raise ValueError(f"task {self.name}: pooling={pooling!r} must be one of cls, mean, last, none")
         if int(seq_len) < 1:
             raise ValueError(f"task {self.name}: seq_len={seq_len!r} must be a positive int")
         self.seq_len = int(seq_len)

@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	# setuptools notes that an editable install of a package-dir layout uses an import hook ("Editable
+	# installation"): informational, and the layout (lra_sfa.tasks from tasks/, ...) is deliberate.
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install lra-sfa with its dev extras (CPU torch)

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lra_sfa import checkpoint as ckpt
 from lra_sfa import distributed as dist
-from lra_sfa import faults
+from lra_sfa import faults, memory
 from lra_sfa.data import EpochSampler, eval_batches, resident_split, split_bytes, to_tensors
 from lra_sfa.model import LRAClassifier, cross_entropy
 from lra_sfa.optim import build_optimizer
@@ -442,6 +442,10 @@ def _run(cfg: DictConfig, env: dist.DistEnv) -> dict:
     task = build_task(cfg.task)
     record.update(**task.describe())
     model = _build_model(cfg, task, device)  # before the data: a bad attention config fails in seconds
+    refusal = memory.cpu_refusal(model.attention_modules()[0], cfg, device, dtype, env.world_size)
+    if refusal:  # the OOM killer would end the run with no record
+        record.update(**refusal[1])
+        return record.finish("oom", refusal[0], run_dir, env)
     data = task.load(cfg.paths.cache_dir)
     faults.check_task_data(data, task)
     record.update(data_source=data.source, num_train=len(data.train))

@@ -14,12 +14,12 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
+# PYTHONWARNINGS: setuptools notes that an editable install of a package-dir layout uses an import hook
+# ("Editable installation"); informational, and the layout (lra_sfa.tasks from tasks/, ...) is deliberate.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
-	# setuptools notes that an editable install of a package-dir layout uses an import hook ("Editable
-	# installation"): informational, and the layout (lra_sfa.tasks from tasks/, ...) is deliberate.
 	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

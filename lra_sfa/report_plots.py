@@ -108,13 +108,15 @@ def plot_accuracy_speed_memory(runs: list[dict], path: Path) -> Path | None:
     backends = sorted({str(a).split(" (")[0] for a in frame["attn"]}, key=attn_order)  # one colour per backend
     for ax, ((task, protocol, length), group) in zip(axes.flat, groups):
         variants: dict[str, int] = {}
+        several_devices = group["device"].nunique() > 1
         for row in group.itertuples():
             backend = str(row.attn).split(" (")[0]
+            where = f" [{str(row.device).split(' (')[0].replace('NVIDIA ', '').split()[0]}]" if several_devices else ""
             variants[backend] = variants.get(backend, -1) + 1
             ax.scatter(row.steps_per_second, row.test_pct, s=30 + 570 * float(row.peak_memory_mb or 0.0) / largest,
                        alpha=0.6, color=f"C{backends.index(backend) % 10}", edgecolors="black", linewidths=0.5,
-                       marker=MARKERS[variants[backend] % len(MARKERS)], label=_legend_label(str(row.attn), row.short),
-                       clip_on=False)  # a point at 100% stays whole
+                       marker=MARKERS[variants[backend] % len(MARKERS)],
+                       label=_legend_label(str(row.attn) + where, row.short), clip_on=False)  # 100% stays whole
         title = LRA_COLUMNS.get(str(group["column"].iloc[0]), task) if group["column"].notna().all() else task
         ax.set_title(f"{title}: {protocol}, L={length_label(length)}", fontsize=9)
         ax.set_xlabel("training steps/s")

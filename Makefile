@@ -14,16 +14,18 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
+# PYTHONWARNINGS: setuptools notes that an editable install of a package-dir layout uses an import hook
+# ("Editable installation"); informational, and the layout (lra_sfa.tasks from tasks/, ...) is deliberate.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install lra-sfa with its dev extras (CPU torch)
 
-run: $(STAMP) ## the main job: full vs SFA on a reduced ListOps (2-core CPU, < 10 min), then the comparison table
+run: $(STAMP) ## the main job: full vs SFA on a reduced ListOps (1-2 min on an idle 2-core CPU), then the comparison
 	$(PY) -m lra_sfa.demo
 
 test: $(STAMP) ## the CPU test suite (Triton kernels under TRITON_INTERPRET=1), slow tests excluded
@@ -35,7 +37,7 @@ test-all: $(STAMP) ## every test, slow ones included
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check lra_sfa tasks baselines tests
 
-tables: $(STAMP) ## regenerate results/tables and results/plots from the records in results/, and the kernel README table
+tables: $(STAMP) ## regenerate results/tables, results/plots and the kernel README table from the committed records
 	$(PY) -m lra_sfa.report
 	$(PY) -m lra_sfa.bench.kernels --mode table
 

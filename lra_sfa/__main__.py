@@ -128,7 +128,18 @@ def _quiet_other_ranks(argv: list[str]) -> list[str]:
     return argv + [f"{key}={value}" for key, value in extra.items() if _arg_value(argv, key) is None]
 
 
+def _group_options(group: str) -> str:
+    """The options of a config group, from the installed ``lra_sfa.conf`` folder (for the --help template)."""
+    from importlib.resources import files
+
+    folder = files("lra_sfa.conf").joinpath(*group.split("/"))
+    return ", ".join(sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml")))
+
+
 def main() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("lra_sfa_options", _group_options, replace=True)
     argv = sys.argv[1:]
     if "--help" not in argv and "-h" not in argv and "--cfg" not in argv and "-c" not in argv:
         problem = _check_launcher(argv) or _check_output_root(argv)

@@ -41,6 +41,10 @@ class AttentionBackend(nn.Module):
     # True where torch.compile traces the backend without breaking its graph (plain PyTorch ops);
     # trainer.compile=auto compiles a model only when every layer's backend says so.
     compile_safe: ClassVar[bool] = False
+    # How many (batch, heads, L, L) score tensors one forward keeps for its backward (a backend that builds the
+    # dense scores: softmax input and output, a clamp's mask, ...). Above 0, a CPU run estimates that memory
+    # before training and is recorded as oom when it exceeds the RAM available (lra_sfa/memory.py).
+    score_matrices: ClassVar[int] = 0
 
     def __init__(self) -> None:
         super().__init__()

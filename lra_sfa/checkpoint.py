@@ -35,6 +35,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lra_sfa import distributed as dist
+from lra_sfa.fileio import chmod_like_open
 
 CHECKPOINT_NAME = "checkpoint.pt"
 PAYLOAD_KEYS = ("model", "optimizer", "schedule", "sampler", "step", "settings", "rng")
@@ -144,6 +145,7 @@ def _write_atomic(payload: dict, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.", suffix=".tmp")
     os.close(fd)
     try:
+        chmod_like_open(tmp)
         torch.save(payload, tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())

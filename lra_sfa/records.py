@@ -26,6 +26,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from lra_sfa.fileio import chmod_like_open
+
 REQUIRED_FIELDS = (
     "task", "attn", "attn_args", "seq_len", "model", "dtype", "device", "status", "val_accuracy",
     "test_accuracy", "train_seconds", "steps_per_second", "tokens_per_second", "peak_memory_mb", "steps",
@@ -122,6 +124,7 @@ def _write_temp(path: Path, data: Any) -> str:
     except OSError as exc:
         raise OSError(f"cannot write {path}: the folder {path.parent} is not writable ({exc.strerror})") from None
     try:
+        chmod_like_open(fd)  # mkstemp's 0600 would make a shared store unreadable to others
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True, default=str, allow_nan=False)
             f.write("\n")

@@ -162,8 +162,12 @@ def build_report(in_dir: Path, out_dir: Path, published_dir: Path | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
+    argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print(__doc__)
+        return 0
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
+        args = parse_args(argv)
         inputs = build_report(**args)
     except ValueError as exc:
         print(f"lra-sfa report: error: {exc}", file=sys.stderr)

@@ -3,9 +3,10 @@
 * ``speed_vs_length.png`` / ``memory_vs_length.png``: the sweep, log-log, one
   line per backend, one panel per part and pass; a legend entry says what
   stopped a backend (e.g. "oom at 512K").
-* ``accuracy_speed_memory.png``: the LRA paper's Figure 3 form, one panel per
-  task: training steps/s (x) against test accuracy (y), marker area
-  proportional to peak memory, from the run records.
+* ``accuracy_speed_memory.png``: the LRA paper's Figure 3 form from the GPU
+  runs, one panel per task setting: training steps/s (x) against test
+  accuracy (y, 0-100%), marker area proportional to peak memory, a legend
+  naming each point.
 * ``needle_heatmap.png``: accuracy over (length, depth) per backend
   (``lra_sfa.tasks.needle.plot_needle_heatmap``).
 * ``sfa_kernel_speedup.png``: the SFA Triton kernels' speed-up over SDPA from
@@ -76,38 +77,60 @@ def plot_sweep(records: list[dict], key: str, ylabel: str, path: Path) -> Path |
     return _save(fig, path)
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def _legend_label(attn: str, short: bool, width: int = 48) -> str:
+    """A backend label wrapped for a legend; the arguments of a variant go on the following lines."""
+    import textwrap
+
+    return textwrap.fill(attn + (" †" if short else ""), width=width, subsequent_indent="  ")
+
+
 def plot_accuracy_speed_memory(runs: list[dict], path: Path) -> Path | None:
-    """LRA Figure 3 form per task: steps/s vs test accuracy, marker area ~ peak memory."""
-    frame = group_runs(runs)
+    """LRA Figure 3 form from the GPU runs: one panel per task setting (task, protocol, length), steps/s
+    against test accuracy (0-100%), marker area ~ peak memory; a colour per backend, a marker shape per
+    variant of a backend, and a legend beside each panel naming every point."""
+    gpu = [r for r in runs if not str(r.get("device", "cpu")).startswith("cpu")]  # CPU and GPU speeds differ 10x
+    frame = group_runs(gpu)
     if frame.empty:
         return None
     frame = frame[(frame["runs"] > 0) & frame["test_pct"].notna() & frame["steps_per_second"].notna()]
     if frame.empty:
         return None
     groups = list(frame.groupby(["task", "protocol", "seq_len"], sort=True))
-    cols = min(3, len(groups))
+    cols = min(2, len(groups))
     rows = -(-len(groups) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(8.4 * cols, 3.9 * rows), squeeze=False)
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
     largest = float(frame["peak_memory_mb"].max() or 1.0)
-    colours = sorted(set(frame["attn"]), key=attn_order)  # one colour per backend in every panel
+    backends = sorted({str(a).split(" (")[0] for a in frame["attn"]}, key=attn_order)  # one colour per backend
     for ax, ((task, protocol, length), group) in zip(axes.flat, groups):
+        variants: dict[str, int] = {}
+        several_devices = group["device"].nunique() > 1
         for row in group.itertuples():
-            size = 40 + 600 * float(row.peak_memory_mb or 0.0) / largest
-            ax.scatter(row.steps_per_second, row.test_pct, s=size, alpha=0.5, color=f"C{colours.index(row.attn) % 10}")
-            label = f"{row.attn}{' †' if row.short else ''}\n{row.peak_memory_mb:.0f} MB"
-            ax.annotate(label, (row.steps_per_second, row.test_pct), fontsize=7, ha="center", va="center")
+            backend = str(row.attn).split(" (")[0]
+            where = f" [{str(row.device).split(' (')[0].replace('NVIDIA ', '').split()[0]}]" if several_devices else ""
+            variants[backend] = variants.get(backend, -1) + 1
+            ax.scatter(row.steps_per_second, row.test_pct, s=30 + 570 * float(row.peak_memory_mb or 0.0) / largest,
+                       alpha=0.6, color=f"C{backends.index(backend) % 10}", edgecolors="black", linewidths=0.5,
+                       marker=MARKERS[variants[backend] % len(MARKERS)],
+                       label=_legend_label(str(row.attn) + where, row.short), clip_on=False)  # 100% stays whole
         title = LRA_COLUMNS.get(str(group["column"].iloc[0]), task) if group["column"].notna().all() else task
-        where = ", ".join(sorted({str(d).split(" (")[0] for d in group["device"]}))
-        ax.set_title(f"{title} ({protocol}, L={length_label(length)}; {where})", fontsize=9)
+        ax.set_title(f"{title}: {protocol}, L={length_label(length)}", fontsize=9)
         ax.set_xlabel("training steps/s")
         ax.set_ylabel("test accuracy (%)")
-        ax.margins(0.3)
+        ax.set_ylim(0, 100)
+        ax.set_xlim(left=0, right=1.1 * float(group["steps_per_second"].max()))
         ax.grid(True, alpha=0.3)
-    devices = ", ".join(sorted(set(frame["device"])))
-    fig.suptitle(f"accuracy vs speed vs memory (marker area ~ peak memory; † = shorter than the protocol); "
-                 f"{devices}", fontsize=9)
+        legend = ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                           markerscale=0.6, labelspacing=0.6)
+        for handle in legend.legend_handles:
+            handle.set_sizes([40])
+    devices = ", ".join(sorted({str(d).split(" (")[0] for d in frame["device"]}))
+    fig.suptitle(f"Accuracy vs speed vs memory ({devices}): marker area ~ peak memory "
+                 f"(largest {largest / 1024:.0f} GB); † = stopped before the protocol's steps", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -120,8 +143,24 @@ def plot_needle(runs: list[dict], path: Path) -> Path | None:
     if not needle:
         return None
     labels = variant_labels(needle, lambda r: str(r["attn"]))  # one panel per configuration
+    short, notes = _numbered_variants(sorted(set(labels.values()), key=attn_order))
     ordered = sorted(needle, key=lambda r: str(r.get("date", "")))  # later records win on duplicates
-    return plot_needle_heatmap([dict(r, attn=labels[id(r)]) for r in ordered], path)
+    return plot_needle_heatmap([dict(r, attn=short[labels[id(r)]]) for r in ordered], path, notes)
+
+
+def _numbered_variants(labels: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Short panel titles for variant labels: ``sfa_wide (D=..., k=8)`` -> ``sfa_wide [2]``, with the
+    notes that say what each number stands for."""
+    short, notes, counts = {}, [], {}
+    for label in labels:
+        backend, _, args = label.partition(" (")
+        if not args:
+            short[label] = label
+            continue
+        counts[backend] = counts.get(backend, 0) + 1
+        short[label] = f"{backend} [{counts[backend]}]"
+        notes.append(f"{short[label]}: {args.rstrip(')')}")
+    return short, notes
 
 
 def plot_needle_by_length(runs: list[dict], path: Path) -> Path | None:

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lra_sfa import checkpoint as ckpt
 from lra_sfa import distributed as dist
-from lra_sfa import faults
+from lra_sfa import faults, memory
 from lra_sfa.data import EpochSampler, eval_batches, resident_split, split_bytes, to_tensors
 from lra_sfa.model import LRAClassifier, cross_entropy
 from lra_sfa.optim import build_optimizer
@@ -74,11 +74,14 @@ def _merge_counts(values: np.ndarray, env: dist.DistEnv) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(model, split: Split, batch_size: int, device, dtype, env: dist.DistEnv,
-             where: dict | None = None) -> dict[str, float]:
+             where: dict | None = None, progress: TrainProgress | None = None) -> dict[str, float]:
     """Accuracy on a split (reduced across ranks), plus accuracy per value of each meta key.
 
     Per-position tasks (labels (N, L)) score every asked position: accuracy is correct answers over
     all asked positions (per-query accuracy), per meta group likewise.
+
+    With ``progress``, the batches show as a bar named after ``where["phase"]``.
+
     ``model`` is the plain module (not the DDP wrapper): ranks evaluate
     different numbers of batches, so no collective may run inside forward.
     """
@@ -86,7 +89,11 @@ def evaluate(model, split: Split, batch_size: int, device, dtype, env: dist.Dist
     correct = np.zeros(len(split), dtype=np.float32)  # correct answers per example
     asked = np.zeros(len(split), dtype=np.float32)  # scored positions per example (1 for a class label)
     seen = np.zeros(len(split), dtype=bool)
-    for indices in eval_batches(len(split), batch_size, env.rank, env.world_size):
+    batches = eval_batches(len(split), batch_size, env.rank, env.world_size)
+    if progress is not None:
+        total = math.ceil(len(range(env.rank, len(split), env.world_size)) / batch_size)
+        batches = progress.track(batches, total, (where or {}).get("phase", "eval"))
+    for indices in batches:
         tokens, labels = to_tensors(split, indices, device)
         if where is not None:
             where["shape"] = list(tokens.shape)
@@ -134,6 +141,7 @@ class LoopContext:
     run_dir: Path
     resume: bool
     where: dict = field(default_factory=lambda: {"phase": "setup", "shape": []})
+    progress: TrainProgress | None = None
 
 
 def _train_step(model, raw_model, attention, optimizer, schedule, tokens, labels, ctx: LoopContext, step: int):
@@ -165,7 +173,7 @@ def _eval_point(raw_model, state: ckpt.TrainState, ctx: LoopContext) -> None:
     tcfg = ctx.cfg.trainer
     ctx.where["phase"] = "eval on val"
     val = evaluate(raw_model, ctx.data.val, int(tcfg.eval_batch_size or tcfg.batch_size), ctx.device, ctx.dtype,
-                   ctx.env, ctx.where)
+                   ctx.env, ctx.where, ctx.progress)
     state.history.append({"step": state.step, "loss": state.last_loss, "val_accuracy": val["accuracy"]})
     if val["accuracy"] > state.best_val:
         state.best_val, state.best_step = val["accuracy"], state.step
@@ -192,6 +200,7 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> None:
     loss_sum, loss_count = torch.zeros((), device=device), 0
     timed_seconds, timed_steps, segment_start = 0.0, 0, None
     progress = TrainProgress(max_steps, enabled=env.is_main and bool(tcfg.progress))
+    ctx.progress = progress
     progress.start(state.step)
     model.train()
     budget = float(tcfg.max_seconds) if tcfg.get("max_seconds") else None
@@ -230,8 +239,8 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> None:
                 segment_start = time.perf_counter()
         if tcfg.checkpoint_every and (state.step % int(tcfg.checkpoint_every) == 0 or out_of_time):
             _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx, record)  # a cut run resumes here
-    progress.stop()
     _finish_loop(raw_model, state, attention, out_of_time, timed_seconds, timed_steps, ctx, record)
+    progress.stop()  # after the test passes, which show their batches on it
 
 
 def _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx: LoopContext, record: RunRecord) -> None:
@@ -254,7 +263,7 @@ def _finish_loop(raw_model, state, attention, out_of_time, timed_seconds, timed_
         raw_model.load_state_dict(state.best_weights)
     ctx.where["phase"] = "eval on test"
     test = evaluate(raw_model, ctx.data.test, int(tcfg.eval_batch_size or tcfg.batch_size), ctx.device, ctx.dtype,
-                    ctx.env, ctx.where)
+                    ctx.env, ctx.where, ctx.progress)
     record.update(
         val_accuracy=state.best_val, best_step=state.best_step, test_accuracy=test["accuracy"],
         test_weights=test_weights, final_val_accuracy=final_val,
@@ -303,7 +312,7 @@ def _test_at_lengths(raw_model, lengths: list[int], ctx) -> tuple[dict, dict, di
         batch = max(1, base_batch * base_len // int(length))
         try:
             start = time.perf_counter()
-            result = evaluate(raw_model, split, batch, ctx.device, ctx.dtype, ctx.env, ctx.where)
+            result = evaluate(raw_model, split, batch, ctx.device, ctx.dtype, ctx.env, ctx.where, ctx.progress)
             dist.synchronize(ctx.device)
             seconds[str(length)] = round(time.perf_counter() - start, 3)
         except torch.cuda.OutOfMemoryError:  # the trained model's own results are kept
@@ -433,6 +442,10 @@ def _run(cfg: DictConfig, env: dist.DistEnv) -> dict:
     task = build_task(cfg.task)
     record.update(**task.describe())
     model = _build_model(cfg, task, device)  # before the data: a bad attention config fails in seconds
+    refusal = memory.cpu_refusal(model.attention_modules()[0], cfg, device, dtype, env.world_size)
+    if refusal:  # the OOM killer would end the run with no record
+        record.update(**refusal[1])
+        return record.finish("oom", refusal[0], run_dir, env)
     data = task.load(cfg.paths.cache_dir)
     faults.check_task_data(data, task)
     record.update(data_source=data.source, num_train=len(data.train))

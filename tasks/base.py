@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lra_sfa.fileio import chmod_like_open
+
 PAD_ID = 0
 IGNORE_INDEX = -100  # per-position label of a position that is not scored (torch cross_entropy's default)
 
@@ -130,6 +132,7 @@ def save_arrays_atomic(path: Path, **arrays: np.ndarray) -> None:
     os.close(fd)
     try:
         np.savez(tmp, **arrays)
+        chmod_like_open(tmp)  # a shared cache stays readable (mkstemp makes 0600)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lra_sfa.fileio import chmod_like_open
 from lra_sfa.tasks.base import Split, Task, TaskData, TaskDataError, cache_key, pad_to, save_arrays_atomic
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
@@ -150,6 +151,7 @@ def write_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        chmod_like_open(fd)  # a shared cache stays readable (mkstemp makes 0600)
         with os.fdopen(fd, "w", newline="") as f:
             f.write("Source\tTarget\n")
             for source, target in rows:

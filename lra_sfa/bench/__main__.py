@@ -6,7 +6,7 @@
     python -m lra_sfa.bench device=cpu bench.lengths=[64,128]     # a CPU smoke run
 
 Every cell is one JSON record (``"kind": "bench"``) in ``out_dir``
-(default ``results/bench``, or ``$LRA_SFA_BENCH_RESULTS``); ``make tables``
+(default ``outputs/bench/records``, or ``$LRA_SFA_BENCH_RESULTS``; ``out_dir=results/bench`` publishes); ``make tables``
 turns them into ``results/tables/efficiency.md`` and the plots.
 Other benchmarks: ``lra_sfa.bench.kernels`` (SFA Triton kernels),
 ``lra_sfa.bench.baselines``, ``lra_sfa.bench.wide``, ``lra_sfa.bench.overhead``.

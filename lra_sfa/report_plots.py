@@ -88,10 +88,14 @@ def _legend_label(attn: str, short: bool, width: int = 48) -> str:
 
 
 def plot_accuracy_speed_memory(runs: list[dict], path: Path) -> Path | None:
-    """LRA Figure 3 form from the GPU runs: one panel per task setting (task, protocol, length), steps/s
-    against test accuracy (0-100%), marker area ~ peak memory; a colour per backend, a marker shape per
-    variant of a backend, and a legend beside each panel naming every point."""
-    gpu = [r for r in runs if not str(r.get("device", "cpu")).startswith("cpu")]  # CPU and GPU speeds differ 10x
+    """LRA Figure 3 form from the protocol-complete GPU runs (``report_headline.protocol_complete``): one
+    panel per task setting (task, protocol, length), steps/s against test accuracy (0-100%), marker area
+    ~ peak memory; a colour per backend, a marker shape per variant of a backend, and a legend beside
+    each panel naming every point. Budget-cut and exploratory runs are left out, as in the headline."""
+    from lra_sfa.report_headline import protocol_complete
+
+    gpu = [r for r in runs if not str(r.get("device", "cpu")).startswith("cpu")  # CPU and GPU speeds differ 10x
+           and protocol_complete(r)]
     frame = group_runs(gpu)
     if frame.empty:
         return None

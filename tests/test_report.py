@@ -55,10 +55,11 @@ def synthetic_store(folder: Path, seed: int = 0) -> int:
     """~300 records: LRA runs (full complete), needle runs, a 1K-1M sweep with OOMs, Table 2, overhead."""
     rng, count = random.Random(seed), 0
     for attn in ("full", "sfa", "linear", "performer_relu"):
-        for task, length, protocol in LRA_TASKS:
+        for task, _length, protocol in LRA_TASKS:
             if attn == "full" or task in ("listops", "pathfinder"):
                 for _ in range(3):
-                    store_record(run_record(rng, task, attn, length, protocol), folder / "runs")
+                    store_record(protocol_record(rng, protocol, attn, rng.uniform(0.3, 0.9), task=task),
+                                 folder / "runs")
                     count += 1
         for length in (1024, 4096):
             depths = {f"{d:g}": rng.random() for d in (0.0, 0.25, 0.5, 0.75, 1.0)}
@@ -127,13 +128,14 @@ def test_three_hundred_records_build_every_table_and_plot(store):
     accuracy = (store / "tables" / "accuracy.md").read_text()
     appendix = accuracy.split("## Appendix")[1]
     assert "needs data" not in appendix.split("### Validation")[0].split("| full |")[1].split("\n")[0]
-    assert "No protocol-complete run yet." in accuracy.split("## Published")[0]  # fixture settings are no protocol
+    headline = accuracy.split("## Published")[0]
+    assert headline.count("(n=3)") == 4 * 2 + 3 and "| performer_relu |" in headline  # full: 5 tasks, others 2
     frame = pd.read_csv(store / "tables" / "accuracy.csv")
     full = frame[(frame["source"] == "measured") & (frame["attn"] == "full") & frame["column"].notna()
                  & (frame["column"] != "pathx")]
     assert len(full) == 5 and (full["runs"] == 3).all()  # 3 synthetic seeds per task
     shown = full.sort_values("date").groupby("column").tail(1)  # each column shows its latest row
-    full_row = next(line for line in accuracy.splitlines() if line.startswith("| full |"))
+    full_row = next(line for line in appendix.splitlines() if line.startswith("| full |"))
     assert full_row.rstrip(" |").endswith(f"{shown['test_pct'].mean():.2f}")  # the 5-task average
     assert frame["source"].str.startswith("published: Tay et al. 2021").sum() == 11 * 7
     efficiency = (store / "tables" / "efficiency.md").read_text()

@@ -2,7 +2,7 @@
 # On the GPU machine (issue 8): the SimHash operating point D = 262144, k = 16 (16 tables of 14 bits):
 # its 1M-token forward against cuDNN, then the needle trained at 256 tokens and tested to 64K
 # (3000 steps, bits annealed from 2), and full attention again under a second seed (the noise of
-# the 64K baseline).   LRA_SFA_GIT_COMMIT=<hash> bash scripts/gpu_needle_wide.sh
+# the 64K baseline).   LRA_SFA_GIT_COMMIT=<hash> bash lab/gpu/gpu_needle_wide.sh
 set -u
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null && export PYTHONPATH=/tmp/site
 # the package install maps the top-level tasks/ and baselines/ into lra_sfa (PYTHONPATH=$PWD alone does not)
@@ -18,5 +18,5 @@ set -f
 timeout 120 python3 -m lra_sfa experiment=lra_needle task.seq_len=256 'trainer.test_lengths=[1024,4096,16384,65536]' \
   trainer.max_steps=3000 trainer.eval_every=500 attn=full seed=1 trainer.progress=false \
   hydra.run.dir=/tmp/runs/full_seed1 2>&1 | tail -n 2
-bash scripts/gpu_lra_runs.sh \
+bash lab/gpu/gpu_lra_runs.sh \
   needle_long=sfa_wide_simhash:D=262144:k=16:bits_start=2:bits_anneal=0.9@230 2>&1 | grep -v WARN | tail -n 4

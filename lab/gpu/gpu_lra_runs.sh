@@ -3,7 +3,7 @@
 # (trainer.max_seconds; the record says how many steps ran and stopped_by_time_budget).
 # Every backend of one task gets the same budget, so their accuracies compare at equal training time.
 #
-#   LRA_SFA_GIT_COMMIT=<local HEAD> bash scripts/gpu_lra_runs.sh SPEC...
+#   LRA_SFA_GIT_COMMIT=<local HEAD> bash lab/gpu/gpu_lra_runs.sh SPEC...
 #   SPEC = <preset>=<attn>[,<attn>...]@<seconds>
 #   presets: listops (experiment=lra_listops), pf32 (experiment=lra_pathfinder, 40k generated images),
 #            needle1k / needle4k (experiment=lra_needle at seq_len 1024 / 4096),
@@ -14,8 +14,8 @@
 #   e.g. :seed=1 or :trainer.lr=5e-4, are passed as written)
 #   needle_long trains a fixed trainer.max_steps=$NEEDLE_STEPS (default 3000) for every backend, so they are
 #   trained the same way; give it a budget that does not bind (the record says if it did)
-#   e.g.   bash scripts/gpu_lra_runs.sh listops=performer,bigbird,linformer@90 pf32=sfa@45 needle1k=full,sfa@30
-#          bash scripts/gpu_lra_runs.sh needle_long=full,sfa,sfa_wide_simhash:bits_start=2@400
+#   e.g.   bash lab/gpu/gpu_lra_runs.sh listops=performer,bigbird,linformer@90 pf32=sfa@45 needle1k=full,sfa@30
+#          bash lab/gpu/gpu_lra_runs.sh needle_long=full,sfa,sfa_wide_simhash:bits_start=2@400
 # The device gets no .git: pass the commit so records name it. Records go to $OUT/runs, then into one
 # archive, $OUT/runs_lra.tgz (the device returns at most 8 files): unpack it and copy runs/*.json to results/runs.
 set -u

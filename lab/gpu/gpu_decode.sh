@@ -2,7 +2,7 @@
 # On the GPU machine (issue 3): time the SFA decode kernel's launch grid (BLOCK_N, warps, stages, split
 # programs per SM; single-pass and bounded designs, the latter with and without register prefetch; two-pass
 # lost on 2026-11-29) at a 128K context, then re-runs the decode part of the kernel sweep with the fastest one (earlier grids: results/kernels/sfa_decode_grid_*.csv).
-#   bash scripts/gpu_decode.sh [DATE]
+#   bash lab/gpu/gpu_decode.sh [DATE]
 # The grid runs at head dim 128, so the sweep re-runs the head-dim-128 decode rows only.
 # Writes $OUT/decode/sfa_explore.csv (the grid) and $OUT/decode/sfa_vs_sdpa.csv + sfa_checks.csv (decode rows
 # only, as `python -m lra_sfa.bench.kernels --mode sweep --ops decode` writes them); bring them home with

@@ -2,7 +2,7 @@
 # On the GPU machine (issue 7): a run killed with SIGKILL after its first checkpoint and resumed, beside the
 # same run uninterrupted; then a 2-job Hydra multirun sweep. Records go to $OUT/runs (the results store),
 # and a summary comparing the step counts is printed; they come back as one archive, $OUT/runs_resume.tgz.
-#   LRA_SFA_GIT_COMMIT=<local HEAD> bash scripts/gpu_resume_sweep.sh   (after gpu_lra_runs.sh's set-up)
+#   LRA_SFA_GIT_COMMIT=<local HEAD> bash lab/gpu/gpu_resume_sweep.sh   (after gpu_lra_runs.sh's set-up)
 set -u
 export LRA_SFA_RESULTS=$OUT/runs LRA_SFA_CACHE=/tmp/lra_cache PYTHONUNBUFFERED=1
 run="python3 -m lra_sfa experiment=listops_reduced attn=sfa trainer.checkpoint_every=100 trainer.progress=false"

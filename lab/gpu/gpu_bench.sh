@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine (issue 6): the efficiency sweep, the LRA Table 2 protocol and the harness overhead,
 # as run on 2026-11-29 (lengths quadrupling 1K..1M to fit the device budget; bench.lengths takes any list).
-#   LRA_SFA_GIT_COMMIT=<local HEAD> bash scripts/gpu_bench.sh SWEEP_ATTNS TABLE2_ATTNS [SWEEP_S] [TABLE2_S]
-#   e.g. bash scripts/gpu_bench.sh bigbird,performer_relu,sfa_wide windowed,sfa_window,sfa_wide 300 120
+#   LRA_SFA_GIT_COMMIT=<local HEAD> bash lab/gpu/gpu_bench.sh SWEEP_ATTNS TABLE2_ATTNS [SWEEP_S] [TABLE2_S]
+#   e.g. bash lab/gpu/gpu_bench.sh bigbird,performer_relu,sfa_wide windowed,sfa_window,sfa_wide 300 120
 #   ("-" skips a part; "all" = every conf/attn backend; OVERHEAD=0 skips the harness-overhead measurement.)
 #   Records come back as one archive, $OUT/bench.tgz:
 #   unpack it and copy bench/*.json to results/bench, then `make tables`.

@@ -2,7 +2,9 @@
 
 ``${floordiv:a,b}`` is the integer ``a // b``; experiment=mqar uses it for a batch of a fixed number
 of tokens at any length (``${floordiv:65536,${task.seq_len}}``) and a fixed head width
-(``${floordiv:${model.d_model},64}`` heads). OmegaConf has no arithmetic of its own.
+(``${floordiv:${model.d_model},64}`` heads). ``${mul:a,b}`` is the integer ``a * b``; the Pathfinder
+tasks derive their length from the image side (``${mul:${.resolution},${.resolution}}``).
+OmegaConf has no arithmetic of its own.
 """
 
 from __future__ import annotations
@@ -19,10 +21,17 @@ def floordiv(numerator, denominator) -> int:
     return a // b
 
 
+def mul(a, b) -> int:
+    """``a * b`` for integers."""
+    return int(a) * int(b)
+
+
 def register() -> None:
     """Register the resolvers once (importing lra_sfa calls this)."""
     if not OmegaConf.has_resolver("floordiv"):
         OmegaConf.register_new_resolver("floordiv", floordiv)
+    if not OmegaConf.has_resolver("mul"):
+        OmegaConf.register_new_resolver("mul", mul)
 
 
 register()

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_module
 from lra_sfa.bench import common, overhead, sweep
 from lra_sfa.bench.__main__ import run_bench
 from lra_sfa.records import load_records
-from lra_sfa.report_data import bench_problem
+from lra_sfa.report.load import bench_problem
 
 TINY = ["device=cpu", "bench.lengths=[64,128]", "bench.heads=2", "bench.head_dim=16", "bench.repeats=2",
         "bench.warmup=1", "bench.mlp_ratio=2"]
@@ -139,7 +139,7 @@ def test_kernel_csv_rows_are_replaced_cell_by_cell(tmp_path):
     """sfa_vs_sdpa.csv holds FlashSFA and wide-code rows; a re-run replaces only the cells it measures
     (a partial sweep or another D keeps the rest), and the kernel report reads the FlashSFA rows only."""
     from lra_sfa.bench.kernels import KERNEL_CSV_COLUMNS, KERNEL_KEY, SFA_IMPL, RowWriter
-    from lra_sfa.report_kernels import measured_kernels
+    from lra_sfa.report.kernels import measured_kernels
 
     path = tmp_path / "sfa_vs_sdpa.csv"
     base = dict(op="fwd", batch=1, heads=8, head_dim=64, topk=16, dtype="bf16", baseline="sdpa_cudnn",

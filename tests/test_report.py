@@ -17,7 +17,7 @@ import pytest
 
 from lra_sfa import report
 from lra_sfa.records import REQUIRED_FIELDS, load_records, store_record, write_json_atomic
-from lra_sfa.report_data import length_label
+from lra_sfa.report.load import length_label
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_RUNS = REPO / "results" / "runs"
@@ -205,7 +205,7 @@ def protocol_record(rng: random.Random, protocol: str, attn: str, test_accuracy:
 
 
 def test_headline_is_mean_and_spread_of_protocol_complete_runs_only():
-    from lra_sfa.report_headline import headline_markdown, mean_std, protocol_complete
+    from lra_sfa.report.headline import headline_markdown, mean_std, protocol_complete
 
     rng = random.Random(4)
     complete = [protocol_record(rng, "lra_listops", "full", acc) for acc in (0.36, 0.37, 0.35)]
@@ -256,7 +256,7 @@ def test_length_labels(length, label):
 def test_runs_with_other_attention_arguments_are_not_averaged_as_seeds():
     """Two seeds of one config average into one row; a run of the same backend with other arguments
     (here SimHash codes) gets its own row, labelled by the arguments that differ."""
-    from lra_sfa.report_tables import group_runs
+    from lra_sfa.report.tables import group_runs
 
     rng = random.Random(0)
     learned = {"codes": "learned", "D": 4096, "k": 16}
@@ -276,7 +276,7 @@ def test_runs_with_other_attention_arguments_are_not_averaged_as_seeds():
 
 
 def test_needle_by_length_plot_draws_runs_tested_at_other_lengths(tmp_path):
-    from lra_sfa.report_plots import plot_needle, plot_needle_by_length
+    from lra_sfa.report.plots import plot_needle, plot_needle_by_length
 
     rng = random.Random(1)
     tested = run_record(rng, "needle", "full", 128, "needle", test_accuracy=1.0,
@@ -291,7 +291,7 @@ def test_needle_by_length_plot_draws_runs_tested_at_other_lengths(tmp_path):
 
 
 def test_run_labels_tell_apart_seeds_and_step_counts():
-    from lra_sfa.report_data import run_labels
+    from lra_sfa.report.load import run_labels
 
     runs = [{"seed": 0, "steps": 3000}, {"seed": 1, "steps": 3000}, {"seed": 1, "steps": 2730}, {"seed": 0}]
     labels = {id(runs[0]): "full", id(runs[1]): "full", id(runs[2]): "full", id(runs[3]): "sfa"}

@@ -11,9 +11,9 @@ import pandas as pd
 
 from lra_sfa import report
 from lra_sfa.records import store_record
-from lra_sfa.report_data import load_published
-from lra_sfa.report_extra_tasks import extra_tasks_section, mqar_best, mqar_frame
-from lra_sfa.report_headline import protocol_settings
+from lra_sfa.report.extra_tasks import extra_tasks_section, mqar_best, mqar_frame
+from lra_sfa.report.headline import protocol_settings
+from lra_sfa.report.load import load_published
 
 from .test_report import PUBLISHED, run_record
 

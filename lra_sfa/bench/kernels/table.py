@@ -13,7 +13,7 @@ def markdown_table(csv_path: Path) -> str:
     """The README table of the ``sfa_triton`` rows: one line per (op, d, k, L), cuDNN and FA2 side by side."""
     import pandas as pd
 
-    from lra_sfa.report_tables import md_table
+    from lra_sfa.markdown import md_table
 
     frame = pd.read_csv(csv_path)
     frame = frame[frame["impl"] == SFA_IMPL]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lra_sfa.report_data import length_label
-from lra_sfa.report_tables import md_table
+from lra_sfa.markdown import md_table
+from lra_sfa.report.load import length_label
 
 
 def measured_kernels(csv_path: Path | None) -> str:

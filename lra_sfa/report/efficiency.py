@@ -7,7 +7,7 @@
   backend reached in each series (attention / block x fwd / fwd+bwd) and what
   stopped it; then milliseconds and peak memory per length.
 * The harness overhead (``mode: overhead``).
-* The SFA kernels against SDPA, beside the SFA paper's numbers (``report_kernels``).
+* The SFA kernels against SDPA, beside the SFA paper's numbers (``report.kernels``).
 
 When a cell was measured more than once, the latest record counts.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lra_sfa.report_data import attn_order, latest, length_label
-from lra_sfa.report_tables import md_table
+from lra_sfa.markdown import md_table
+from lra_sfa.report.load import attn_order, latest, length_label
 
 SERIES = (("attention", "fwd"), ("attention", "fwd_bwd"), ("block", "fwd"), ("block", "fwd_bwd"))
 SERIES_LABEL = {("attention", "fwd"): "attention fwd", ("attention", "fwd_bwd"): "attention fwd+bwd",
@@ -34,12 +34,12 @@ def sweep_config(record: dict) -> tuple:
             record.get("head_dim"), bool(record.get("mask")))
 
 
-def _config_title(config: tuple) -> str:
+def config_title(config: tuple) -> str:
     device, dtype, batch, heads, head_dim, mask = config
     return f"{device}, {dtype}, batch {batch}, {heads} heads, head_dim {head_dim}" + (", padding mask" if mask else "")
 
 
-def _configs(records: list[dict]) -> list[tuple]:
+def sweep_configs(records: list[dict]) -> list[tuple]:
     """Sweep shapes, GPU ones first, then by number of records."""
     counts: dict[tuple, int] = {}
     cuda: dict[tuple, bool] = {}
@@ -62,7 +62,7 @@ def series_reach(cells: dict[int, dict]) -> str:
     return length_label(longest) + (f" ({failure})" if failure else "")
 
 
-def _cells(records: list[dict]) -> dict[tuple, dict[int, dict]]:
+def sweep_cells(records: list[dict]) -> dict[tuple, dict[int, dict]]:
     """(attn, part, op) -> {length: latest record}."""
     chosen = latest(records, lambda r: (r["attn"], r.get("part"), r.get("op"), int(r["seq_len"])))
     cells: dict[tuple, dict[int, dict]] = {}
@@ -94,13 +94,13 @@ def sweep_section(records: list[dict]) -> str:
         return ("No sweep records yet. On the GPU: `python -m lra_sfa.bench` (every backend, 1K to 1M tokens; "
                 "see `conf/bench/sweep.yaml`).")
     parts = []
-    for config in _configs(sweep):
+    for config in sweep_configs(sweep):
         chosen = [r for r in sweep if sweep_config(r) == config]
-        cells = _cells(chosen)
+        cells = sweep_cells(chosen)
         backends = sorted({attn for attn, _, _ in cells}, key=attn_order)
         lengths = sorted({int(r["seq_len"]) for r in chosen})
         dates = sorted(str(r["date"])[:10] for r in chosen)
-        parts.append(f"### Sweep on {_config_title(config)} ({dates[0]}" +
+        parts.append(f"### Sweep on {config_title(config)} ({dates[0]}" +
                      (f" to {dates[-1]})" if dates[-1] != dates[0] else ")"))
         present = [s for s in SERIES if any((attn, *s) in cells for attn in backends)]
         rows = [[attn, *[series_reach(cells.get((attn, *s), {})) for s in present]] for attn in backends]
@@ -206,7 +206,7 @@ def overhead_section(records: list[dict]) -> str:
 
 def efficiency_section(records: list[dict], published: dict[str, pd.DataFrame],
                        kernels_csv: Path | None = None) -> tuple[str, pd.DataFrame]:
-    from lra_sfa.report_kernels import kernels_section
+    from lra_sfa.report.kernels import kernels_section
 
     parts = ["## LRA Table 2 protocol: Text-model training steps, batch 32", table2_section(records, published),
              "## Sweep: cost against sequence length", sweep_section(records),

@@ -18,8 +18,9 @@ import statistics
 
 from omegaconf import OmegaConf
 
-from lra_sfa.report_data import attn_order
-from lra_sfa.report_tables import LRA_COLUMNS, md_table
+from lra_sfa.markdown import md_table
+from lra_sfa.report.load import attn_order
+from lra_sfa.report.tables import LRA_COLUMNS
 
 CANONICAL = {"listops": "lra_listops", "text": "lra_text", "retrieval": "lra_retrieval", "image": "lra_image",
              "pathfinder": "lra_pathfinder", "pathx": "lra_pathx"}

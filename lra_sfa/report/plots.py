@@ -25,9 +25,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lra_sfa.report_data import attn_order, length_label, run_labels, variant_labels  # noqa: E402
-from lra_sfa.report_efficiency import SERIES, SERIES_LABEL, _cells, _config_title, _configs, sweep_config  # noqa: E402
-from lra_sfa.report_tables import LRA_COLUMNS, group_runs  # noqa: E402
+from lra_sfa.report.efficiency import (  # noqa: E402
+    SERIES,
+    SERIES_LABEL,
+    config_title,
+    sweep_cells,
+    sweep_config,
+    sweep_configs,
+)
+from lra_sfa.report.load import attn_order, length_label, run_labels, variant_labels  # noqa: E402
+from lra_sfa.report.tables import LRA_COLUMNS, group_runs  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -49,8 +56,8 @@ def plot_sweep(records: list[dict], key: str, ylabel: str, path: Path) -> Path |
     sweep = [r for r in records if r["mode"] == "sweep"]
     if not sweep:
         return None
-    config = _configs(sweep)[0]
-    cells = _cells([r for r in sweep if sweep_config(r) == config])
+    config = sweep_configs(sweep)[0]
+    cells = sweep_cells([r for r in sweep if sweep_config(r) == config])
     present = [s for s in SERIES if any(k[1:] == s for k in cells)]
     cols = min(2, len(present))
     rows = -(-len(present) // cols)
@@ -72,7 +79,7 @@ def plot_sweep(records: list[dict], key: str, ylabel: str, path: Path) -> Path |
         ax.set_xlabel("sequence length")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=6)
-    fig.suptitle(_config_title(config), fontsize=9)
+    fig.suptitle(config_title(config), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -88,11 +95,11 @@ def _legend_label(attn: str, short: bool, width: int = 48) -> str:
 
 
 def plot_accuracy_speed_memory(runs: list[dict], path: Path) -> Path | None:
-    """LRA Figure 3 form from the protocol-complete GPU runs (``report_headline.protocol_complete``): one
+    """LRA Figure 3 form from the protocol-complete GPU runs (``headline.protocol_complete``): one
     panel per task setting (task, protocol, length), steps/s against test accuracy (0-100%), marker area
     ~ peak memory; a colour per backend, a marker shape per variant of a backend, and a legend beside
     each panel naming every point. Budget-cut and exploratory runs are left out, as in the headline."""
-    from lra_sfa.report_headline import protocol_complete
+    from lra_sfa.report.headline import protocol_complete
 
     gpu = [r for r in runs if not str(r.get("device", "cpu")).startswith("cpu")  # CPU and GPU speeds differ 10x
            and protocol_complete(r)]

@@ -7,8 +7,8 @@ in ``results/published/`` and the SFA kernel CSV. Writes, under ``out_dir``:
     tables/accuracy.md, tables/accuracy.csv       LRA Table 1 form (val and test), published beside
     tables/efficiency.md, tables/efficiency.csv   LRA Table 2 form, the length sweep, harness overhead,
                                                   SFA kernels vs SDPA beside the SFA paper
-    tables/fmnist.*, tables/mqar.*, plots/mqar_*  the non-LRA tasks (lra_sfa/report_extra_tasks.py)
-    plots/*.png                                   see lra_sfa/report_plots.py
+    tables/fmnist.*, tables/mqar.*, plots/mqar_*  the non-LRA tasks (lra_sfa/report/extra_tasks.py)
+    plots/*.png                                   see lra_sfa/report/plots.py
     RESULTS.md                                    all of the above in one page (the README links it)
 
 Bad or partial records are listed (here and at the end of RESULTS.md) and
@@ -26,11 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-from lra_sfa.report_data import Inputs, load_inputs
-from lra_sfa.report_efficiency import efficiency_section
-from lra_sfa.report_extra_tasks import extra_tasks_section
-from lra_sfa.report_headline import headline_markdown
-from lra_sfa.report_tables import accuracy_section
+from lra_sfa.report.efficiency import efficiency_section
+from lra_sfa.report.extra_tasks import extra_tasks_section
+from lra_sfa.report.headline import headline_markdown
+from lra_sfa.report.load import Inputs, load_inputs
+from lra_sfa.report.tables import accuracy_section
 
 KEYS = ("in_dir", "out_dir", "published_dir", "kernels_csv")
 REPO_PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published"
@@ -78,7 +78,7 @@ def _demote(markdown: str) -> str:
 
 def make_plots(inputs: Inputs, plots_dir: Path) -> dict[str, Path | None]:
     """Every figure; a figure with no data is not written (and an old copy is removed)."""
-    from lra_sfa import report_plots as plots
+    from lra_sfa.report import plots
 
     made = {
         "speed_vs_length.png": plots.plot_sweep(inputs.bench, "ms", "ms per call (median)",
@@ -178,7 +178,3 @@ def main(argv: list[str] | None = None) -> int:
           f"{args['out_dir']}/RESULTS.md, tables/, plots/ ({len(inputs.skipped)} skipped, "
           f"{time.perf_counter() - start:.1f} s)")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

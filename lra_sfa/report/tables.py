@@ -16,7 +16,8 @@ import statistics
 
 import pandas as pd
 
-from lra_sfa.report_data import attn_order, length_label, variant_labels
+from lra_sfa.markdown import md_table
+from lra_sfa.report.load import attn_order, length_label, variant_labels
 
 LRA_COLUMNS = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "image": "Image",
                "pathfinder": "Pathfinder", "pathx": "Path-X"}
@@ -25,15 +26,6 @@ NEEDS_DATA = ("text", "retrieval", "image")  # IMDB, AAN, CIFAR-10: no download 
 PUBLISHED_LRA_MODEL = {"full": "Transformer", "windowed": "Local Attention", "longformer": "Longformer",
                        "linformer": "Linformer", "bigbird": "BigBird", "linear": "Linear Trans.",
                        "performer_relu": "Performer"}
-
-
-def md_table(headers: list[str], rows: list[list]) -> str:
-    """A GitHub markdown table."""
-    def cell(value) -> str:
-        return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def lra_column(record: dict) -> str | None:
@@ -181,7 +173,7 @@ def published_reproductions(published: dict[str, pd.DataFrame]) -> str | None:
 def accuracy_section(runs: list[dict], published: dict[str, pd.DataFrame],
                      headline: str = "") -> tuple[str, pd.DataFrame]:
     """Markdown body (headings from ##) and the long-form CSV frame: ``headline`` (protocol-complete
-    runs, report_headline) first, the published tables beside it, every run group in the appendix."""
+    runs, report.headline) first, the published tables beside it, every run group in the appendix."""
     frame = group_runs(runs)
     lra_rows = frame[frame["column"].notna()] if not frame.empty else frame
     other = frame[frame["column"].isna()] if not frame.empty else frame
@@ -189,7 +181,7 @@ def accuracy_section(runs: list[dict], published: dict[str, pd.DataFrame],
     parts = [
         "## Measured: test accuracy (%), protocol-complete runs",
         "Mean ± standard deviation over seeds, with n, of the runs that trained to the protocol's last step "
-        "with its settings (`lra_sfa/report_headline.py`). A backend with no such run has no row.",
+        "with its settings (`lra_sfa/report/headline.py`). A backend with no such run has no row.",
         headline or "No protocol-complete run yet.",
     ]
     table1 = published_lra_table1(published)

@@ -29,9 +29,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lra_sfa.report_data import attn_order, length_label, variant_labels  # noqa: E402
-from lra_sfa.report_headline import protocol_settings  # noqa: E402
-from lra_sfa.report_tables import md_table  # noqa: E402
+from lra_sfa.markdown import md_table  # noqa: E402
+from lra_sfa.report.headline import protocol_settings  # noqa: E402
+from lra_sfa.report.load import attn_order, length_label, variant_labels  # noqa: E402
 
 FMNIST_TASKS = ("fmnist", "fmnist_perm")
 MQAR_AXES_MODEL = ("d_model", "num_heads", "mlp_dim")  # the width sweep (heads and MLP follow d_model)

@@ -1,0 +1,5 @@
+"""``python -m lra_sfa.report``."""
+
+from lra_sfa.report.app import main
+
+raise SystemExit(main())

@@ -4,9 +4,12 @@
 #   LRA_SFA_GIT_COMMIT=<commit> bash lab/gpu/protocol_runs.sh "<overrides of run 1>" "<overrides of run 2>" ...
 #
 # Each argument is one run's overrides, e.g. "experiment=lra_listops attn=full seed=1". The data of the first
-# run's task is generated once before the runs start (they share the cache). Runs go in parallel (the
-# small LRA models leave most of an H100/H200 idle); a run's record says how fast it trained, so compare
-# steps/s only between runs that shared the GPU the same way. Records and logs come back as $OUT/runs.tgz.
+# run's task is generated once before the runs start (they share the cache). Runs go in parallel: two
+# ListOps protocol runs at once shared an H100 evenly (11.1 + 12.5 steps/s, against 22.9 alone), so there
+# they gain nothing in total and each takes twice as long; smaller models may gain. Plan a call so every
+# run ends inside its 10 minutes (a run that does not returns nothing; trainer.max_seconds cuts it with a
+# record instead). Compare steps/s only between runs that shared the GPU the same way. Each run logs one
+# line per evaluation. Records and logs come back as $OUT/runs.tgz.
 set -u
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH=/tmp/site:$PWD

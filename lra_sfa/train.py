@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,88 +27,17 @@ from omegaconf import DictConfig, OmegaConf
 from lra_sfa import checkpoint as ckpt
 from lra_sfa import distributed as dist
 from lra_sfa import faults, memory
-from lra_sfa.data import EpochSampler, eval_batches, resident_split, split_bytes, to_tensors
-from lra_sfa.model import LRAClassifier, cross_entropy
+from lra_sfa.data import EpochSampler, to_tensors
+from lra_sfa.evaluation import autocast, evaluate, task_loss
+from lra_sfa.model import LRAClassifier
 from lra_sfa.optim import build_optimizer
+from lra_sfa.placement import compile_choice, place_data
 from lra_sfa.progress import TrainProgress
 from lra_sfa.recording import RunRecord, build_task, peak_memory_mb
-from lra_sfa.tasks.base import IGNORE_INDEX, Split
 
 
 class Diverged(RuntimeError):
     """The loss became NaN or Inf."""
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _task_loss(model, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on a batch; per-position labels (B, L) count only where asked (not IGNORE_INDEX),
-    and the head runs on those positions alone."""
-    if labels.dim() == 1:
-        return cross_entropy(model(tokens), labels)
-    select = labels != IGNORE_INDEX  # (B, L)
-    return cross_entropy(model(tokens, select=select), labels[select])
-
-
-def _batch_hits(model, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per example: the number of correct answers and of scored positions (a class label: 0 or 1, and 1)."""
-    if labels.dim() == 1:
-        return (model(tokens).argmax(-1) == labels).float(), torch.ones_like(labels, dtype=torch.float32)
-    select = labels != IGNORE_INDEX  # (B, L)
-    hits = torch.zeros(labels.shape, device=labels.device)
-    hits[select] = (model(tokens, select=select).argmax(-1) == labels[select]).float()
-    return hits.sum(1), select.sum(1).float()
-
-
-def _merge_counts(values: np.ndarray, env: dist.DistEnv) -> np.ndarray:
-    """Sum per-example counts over ranks (each rank fills only its own examples)."""
-    if env.world_size == 1:
-        return values
-    return dist.sum_across(torch.from_numpy(values).to(env.device), env).cpu().numpy()
-
-
-@torch.no_grad()
-def evaluate(model, split: Split, batch_size: int, device, dtype, env: dist.DistEnv,
-             where: dict | None = None, progress: TrainProgress | None = None) -> dict[str, float]:
-    """Accuracy on a split (reduced across ranks), plus accuracy per value of each meta key.
-
-    Per-position tasks (labels (N, L)) score every asked position: accuracy is correct answers over
-    all asked positions (per-query accuracy), per meta group likewise.
-
-    With ``progress``, the batches show as a bar named after ``where["phase"]``.
-
-    ``model`` is the plain module (not the DDP wrapper): ranks evaluate
-    different numbers of batches, so no collective may run inside forward.
-    """
-    model.eval()
-    correct = np.zeros(len(split), dtype=np.float32)  # correct answers per example
-    asked = np.zeros(len(split), dtype=np.float32)  # scored positions per example (1 for a class label)
-    seen = np.zeros(len(split), dtype=bool)
-    batches = eval_batches(len(split), batch_size, env.rank, env.world_size)
-    if progress is not None:
-        total = math.ceil(len(range(env.rank, len(split), env.world_size)) / batch_size)
-        batches = progress.track(batches, total, (where or {}).get("phase", "eval"))
-    for indices in batches:
-        tokens, labels = to_tensors(split, indices, device)
-        if where is not None:
-            where["shape"] = list(tokens.shape)
-        with _autocast(device, dtype):
-            hits, count = _batch_hits(model, tokens, labels)
-        correct[indices], asked[indices] = hits.cpu().numpy(), count.cpu().numpy()
-        seen[indices] = True
-    correct, asked, seen = _merge_counts(correct, env), _merge_counts(asked, env), dist.merge_flags(seen, env)
-    model.train()
-    result = {"accuracy": float(correct[seen].sum() / max(asked[seen].sum(), 1.0))}
-    for key, values in split.meta.items():
-        result[f"accuracy_by_{key}"] = {
-            str(value): float(correct[values == value].sum() / max(asked[values == value].sum(), 1.0))
-            for value in np.unique(values)
-        }
-    return result
 
 
 def _resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -149,8 +77,8 @@ def _train_step(model, raw_model, attention, optimizer, schedule, tokens, labels
     tcfg = ctx.cfg.trainer
     for module in attention:
         module.on_step(step, int(tcfg.max_steps))
-    with _autocast(ctx.device, ctx.dtype):
-        loss = _task_loss(model, tokens, labels)
+    with autocast(ctx.device, ctx.dtype):
+        loss = task_loss(model, tokens, labels)
         extras = [t for t in (m.extra_loss() for m in attention) if t is not None]
         total = loss + sum(extras) if extras else loss
     optimizer.zero_grad(set_to_none=True)
@@ -333,42 +261,6 @@ def _attention_stats(modules) -> dict[str, float]:
     return stats
 
 
-def _compile_choice(cfg, model: LRAClassifier, device: torch.device, world_size: int) -> bool:
-    """trainer.compile: true/false as given; auto compiles on one CUDA device when every backend is compile-safe."""
-    choice = cfg.trainer.get("compile", False)
-    if choice == "auto":
-        return device.type == "cuda" and world_size == 1 and all(
-            m.compile_safe for m in model.attention_modules())
-    if choice not in (True, False):
-        raise ValueError(f"config trainer.compile={choice!r} must be true, false or auto")
-    return bool(choice)
-
-
-def _data_on_device(cfg, data, device: torch.device) -> bool:
-    """trainer.data_on_device: true/false as given; auto keeps splits on a CUDA device when together they
-    take at most a tenth of its memory."""
-    choice = cfg.trainer.get("data_on_device", False)
-    if choice == "auto":
-        if device.type != "cuda":
-            return False
-        total = sum(split_bytes(split) for split in (data.train, data.val, data.test))
-        return total <= torch.cuda.get_device_properties(device).total_memory // 10
-    if choice not in (True, False):
-        raise ValueError(f"config trainer.data_on_device={choice!r} must be true, false or auto")
-    return bool(choice)
-
-
-def _place_data(cfg, data, device: torch.device, record: RunRecord) -> float:
-    """Move the splits to the device when ``trainer.data_on_device`` asks for it; returns their MiB there."""
-    resident = _data_on_device(cfg, data, device)
-    record.update(data_on_device=resident)
-    if not resident:
-        return 0.0
-    for name in ("train", "val", "test"):
-        setattr(data, name, resident_split(getattr(data, name), device))
-    return sum(split_bytes(getattr(data, name)) for name in ("train", "val", "test")) / 2**20
-
-
 def _build_model(cfg, task, device) -> LRAClassifier:
     return LRAClassifier(
         vocab_size=task.vocab_size, num_classes=task.num_classes, seq_len=int(cfg.task.seq_len),
@@ -456,9 +348,9 @@ def _run(cfg: DictConfig, env: dist.DistEnv) -> dict:
         reasons = _check_supported(model, cfg, device, dtype, int(cfg.task.seq_len))
         if reasons:
             return record.finish("unsupported", "; ".join(reasons), run_dir, env)
-        compiled = _compile_choice(cfg, model, device, env.world_size)
+        compiled = compile_choice(cfg, model, device, env.world_size)
         record.update(compiled=compiled)
-        resident_mb = _place_data(cfg, data, device, record)
+        resident_mb = place_data(cfg, data, device, record)
         model = _wrap_for_ranks(model, ctx, record)
         if compiled:
             model = torch.compile(model, mode=str(cfg.trainer.get("compile_mode", "default")))

@@ -295,13 +295,13 @@ def test_bad_inputs_name_split_example_and_value(make_cfg, tmp_path, kind, fragm
 
 NAN_LOSS = """
 import torch
-import lra_sfa.train as train
-_ce, _calls = train.cross_entropy, [0]
+import lra_sfa.evaluation as evaluation
+_ce, _calls = evaluation.cross_entropy, [0]
 def _nan_after_three(logits, labels):
     _calls[0] += 1
     loss = _ce(logits, labels)
     return loss * float("nan") if _calls[0] > 3 else loss
-train.cross_entropy = _nan_after_three
+evaluation.cross_entropy = _nan_after_three
 """
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lra_sfa.tasks.needle import QUERY, Needle, make_split, plot_needle_heatmap
+from lra_sfa.report.needle import plot_needle_heatmap
+from lra_sfa.tasks.needle import QUERY, Needle, make_split
 
 from .conftest import train_smoke
 

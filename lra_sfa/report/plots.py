@@ -8,7 +8,7 @@
   accuracy (y, 0-100%), marker area proportional to peak memory, a legend
   naming each point.
 * ``needle_heatmap.png``: accuracy over (length, depth) per backend
-  (``lra_sfa.tasks.needle.plot_needle_heatmap``).
+  (``lra_sfa.report.needle.plot_needle_heatmap``).
 * ``sfa_kernel_speedup.png``: the SFA Triton kernels' speed-up over SDPA from
   ``results/kernels/sfa_vs_sdpa.csv``.
 
@@ -147,7 +147,7 @@ def plot_accuracy_speed_memory(runs: list[dict], path: Path) -> Path | None:
 
 
 def plot_needle(runs: list[dict], path: Path) -> Path | None:
-    from lra_sfa.tasks.needle import plot_needle_heatmap
+    from lra_sfa.report.needle import plot_needle_heatmap
 
     needle = [r for r in runs if str(r["task"]).startswith("needle") and r.get("test_accuracy_by_depth")
               and r["status"] == "ok"]

@@ -128,7 +128,7 @@ def _quiet_other_ranks(argv: list[str]) -> list[str]:
     return argv + [f"{key}={value}" for key, value in extra.items() if _arg_value(argv, key) is None]
 
 
-def _group_options(group: str) -> str:
+def group_options(group: str) -> str:
     """The options of a config group, from the installed ``lra_sfa.conf`` folder (for the --help template)."""
     from importlib.resources import files
 
@@ -139,7 +139,7 @@ def _group_options(group: str) -> str:
 def main() -> None:
     from omegaconf import OmegaConf
 
-    OmegaConf.register_new_resolver("lra_sfa_options", _group_options, replace=True)
+    OmegaConf.register_new_resolver("lra_sfa_options", group_options, replace=True)
     argv = sys.argv[1:]
     if "--help" not in argv and "-h" not in argv and "--cfg" not in argv and "-c" not in argv:
         problem = _check_launcher(argv) or _check_output_root(argv)

@@ -1,10 +1,13 @@
 """``make run``: full vs SFA attention on a REDUCED ListOps, then a comparison table.
 
-    python -m lra_sfa.demo [hydra overrides applied to every run, e.g. trainer.max_steps=100]
+    python -m lra_sfa.demo [key=value ...: training keys applied to every run, e.g. trainer.max_steps=100]
 
-Runs ``experiment=listops_reduced`` once per backend through the same
-``run(cfg)`` as the CLI, writes each run's record under ``outputs/demo/``
-and prints and writes the comparison (``outputs/demo/comparison.{md,csv}``).
+A Hydra app whose config, ``conf/demo.yaml``, is the training config with
+``experiment=listops_reduced`` plus ``demo.backends`` and ``demo.out_dir``,
+so a mistyped key fails before any run. Runs the experiment once per backend
+through the same ``run(cfg)`` as the CLI, each composed afresh with the
+command line's overrides, writes each run's record under ``demo.out_dir``
+and prints and writes the comparison (``<demo.out_dir>/comparison.{md,csv}``).
 This is a reduced protocol sized for a 2-core CPU; its numbers are not
 comparable with published LRA results (use ``experiment=lra_listops``).
 """
@@ -12,17 +15,20 @@ comparable with published LRA results (use ``experiment=lra_listops``).
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+import hydra
 import pandas as pd
-from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from lra_sfa.__main__ import CLEAR_ERRORS, group_options
+from lra_sfa.compose import compose_config
 from lra_sfa.train import run
 
-BACKENDS = ("full", "sfa")
-OUT = Path("outputs/demo")
 COLUMNS = {
     "attn": "attention", "attn_path": "path", "test_accuracy": "test acc", "val_accuracy": "val acc",
     "steps": "steps", "train_seconds": "train s", "steps_per_second": "steps/s", "peak_memory_mb": "peak MB",
@@ -35,7 +41,13 @@ def comparison_table(records: list[dict]) -> pd.DataFrame:
     return frame.rename(columns=COLUMNS)
 
 
-def main(overrides: list[str]) -> pd.DataFrame:
+def run_demo(backends: Sequence[str], out: Path, overrides: Sequence[str]) -> pd.DataFrame:
+    """One ``experiment=listops_reduced`` run per backend (``overrides`` after the demo's own), then the
+    comparison, printed and written under ``out``."""
+    options = group_options("attn").split(", ")
+    unknown = [name for name in backends if name not in options]
+    if unknown:
+        raise ValueError(f"demo.backends: {unknown} not in conf/attn/; valid: {', '.join(options)}")
     console = Console(width=max(120, Console().width))
     console.print(
         "[bold yellow]REDUCED PROTOCOL[/]: ListOps with expressions of 41-127 tokens, 8k training examples, "
@@ -43,14 +55,11 @@ def main(overrides: list[str]) -> pd.DataFrame:
         "`python -m lra_sfa experiment=lra_listops attn=...` runs the paper protocol."
     )
     records = []
-    with initialize_config_module("lra_sfa.conf", version_base=None):
-        for backend in BACKENDS:
-            cfg = compose("config", overrides=[
-                "experiment=listops_reduced", f"attn={backend}", f"run_dir={OUT / backend}",
-                f"results_dir={OUT / 'runs'}", *overrides,
-            ])
-            console.rule(f"{backend}")
-            records.append(run(cfg))
+    for backend in backends:
+        cfg = compose_config(["experiment=listops_reduced", f"attn={backend}", f"run_dir={out / backend}",
+                              f"results_dir={out / 'runs'}", *overrides])
+        console.rule(f"{backend}")
+        records.append(run(cfg))
     frame = comparison_table(records)
     device, date = records[0]["device"], records[0]["date"][:10]
     table = Table(title=f"Reduced ListOps: full vs SFA ({device}, {date})")
@@ -59,13 +68,28 @@ def main(overrides: list[str]) -> pd.DataFrame:
     for row in frame.itertuples(index=False):
         table.add_row(*[f"{value:.4g}" if isinstance(value, float) else str(value) for value in row])
     console.print(table)
-    OUT.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(OUT / "comparison.csv", index=False)
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "comparison.csv", index=False)
     header = f"Reduced ListOps protocol (not LRA), device {device}, date {date}, overrides {overrides or 'none'}\n\n"
-    (OUT / "comparison.md").write_text(header + frame.to_markdown(index=False) + "\n")
-    console.print(f"written: {OUT / 'comparison.md'}, {OUT / 'comparison.csv'}, records in {OUT / 'runs'}")
+    (out / "comparison.md").write_text(header + frame.to_markdown(index=False) + "\n")
+    console.print(f"written: {out / 'comparison.md'}, {out / 'comparison.csv'}, records in {out / 'runs'}")
     return frame
 
 
+@hydra.main(version_base=None, config_path="pkg://lra_sfa.conf", config_name="demo")
+def _app(cfg: DictConfig) -> None:
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(("demo.", "demo="))]
+    try:
+        run_demo([str(name) for name in cfg.demo.backends], Path(cfg.demo.out_dir), overrides)
+    except CLEAR_ERRORS as exc:
+        print(f"lra-sfa demo: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main() -> None:
+    """``python -m lra_sfa.demo [key=value ...]`` (``make run``)."""
+    _app()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

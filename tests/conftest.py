@@ -55,3 +55,25 @@ def train_smoke(tmp_path, overrides: list[str]) -> dict:
     assert (tmp_path / "run" / "record.json").is_file()
     return record
 
+
+
+@pytest.fixture
+def network_attempts(monkeypatch) -> list:
+    """Every socket connection the test makes, refused and listed: an offline path must try none (a
+    deterministic check where a wall-clock limit would only catch slow retries)."""
+    import socket
+
+    attempts: list = []
+
+    def refuse(self, address, *args):
+        attempts.append(address)
+        raise OSError(f"network refused in this test: {address}")
+
+    def no_lookup(host, *args, **kwargs):
+        attempts.append(host)
+        raise socket.gaierror(f"name lookup refused in this test: {host}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    return attempts

@@ -1,13 +1,11 @@
 """The report: tables, plots and RESULTS.md from records alone; bad files skipped and listed.
 
-Every store here is made of fixture records written by the tests; the committed records under
-results/runs are only checked for validity, never read for their numbers."""
+Every store here is made of fixture records, published tables and a kernel CSV written by the tests in
+the formats of results/runs, results/published and results/kernels; nothing reads the committed results/."""
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +14,37 @@ import pandas as pd
 import pytest
 
 from lra_sfa import report
-from lra_sfa.records import REQUIRED_FIELDS, load_records, store_record, write_json_atomic
+from lra_sfa.records import REQUIRED_FIELDS, store_record, write_json_atomic
 from lra_sfa.report.load import length_label
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_RUNS = REPO / "results" / "runs"
-PUBLISHED = REPO / "results" / "published"
-KERNELS_CSV = REPO / "results" / "kernels" / "sfa_vs_sdpa.csv"
+SOURCE = "Fixture paper A (test data)"  # the published fixtures' source; their numbers are invented
+LRA_HEAD = ["source", "table", "model", "listops", "text", "retrieval", "image", "pathfinder", "pathx", "average",
+            "note"]
+PUBLISHED_TABLES = {  # results/published/<stem>.csv: columns as there, rows and numbers invented
+    "lra_table1": (LRA_HEAD, [
+        [SOURCE, "Table 1", "Transformer", "31.11", "61.22", "55.33", "41.44", "70.55", "FAIL", "51.93", "test %"],
+        [SOURCE, "Table 1", "Performer", "18.01", "65.02", "53.03", "42.04", "77.05", "FAIL", "51.03", ""],
+        [SOURCE, "Table 1", "Linear Trans.", "16.13", "65.90", "53.09", "42.34", "75.30", "FAIL", "50.55", ""]]),
+    "lra_reproductions": (LRA_HEAD, [
+        ["Fixture reproduction B", "README table", "Transformer", "35.55", "62.20", "", "", "48.80", "", "",
+         "published reproduction, not measured here"]]),
+    "lra_table2": (["source", "table", "model", "seq_len", "steps_per_second", "speedup_vs_transformer",
+                    "peak_memory_gb", "device", "note"],
+                   [[SOURCE, "Table 2", model, str(n), f"{sps / (n / 1000):.1f}", ratio, f"{gb * n / 1000:.2f}",
+                     "4x4 TPU v3", ""] for model, sps, ratio, gb in (("Transformer", 8.0, "1.0", 0.9),
+                                                                    ("Performer", 9.0, "2.5", 0.3))
+                    for n in (1000, 2000, 3000, 4000)]),
+    "sfa_paper": (["source", "table", "metric", "setting", "seq_len", "dense", "sfa", "unit", "note"], [
+        ["Fixture paper C", "Table 9", "attention module latency", "batch 8, d=128, k=8", "4096", "900", "300", "ms",
+         ""],
+        ["Fixture paper C", "Table 9", "attention module latency", "batch 8, d=128, k=8", "16384", "3600", "1000",
+         "ms", ""]]),
+    "seq_mnist": (["source", "table", "model", "dataset", "task", "test_accuracy", "note"], [
+        ["Fixture paper D", "Table 6", "Transformer", "MNIST (digits)", "pMNIST", "96.5", "a different data set"]]),
+}
+KERNEL_COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "ms", "baseline",
+                  "baseline_ms", "speedup", "max_rel_err", "peak_mem_mb", "device", "date", "mode", "cap", "D",
+                  "mean_candidates", "dropped_frac"]  # results/kernels/sfa_vs_sdpa.csv
 LRA_TASKS = (("listops", 2000, "lra_listops"), ("text", 4096, "lra_text"), ("retrieval", 4000, "lra_retrieval"),
              ("image", 1024, "lra_image"), ("pathfinder", 1024, "lra_pathfinder"))
 SWEEP_LENGTHS = [2**n for n in range(10, 21)]
@@ -96,6 +118,38 @@ def synthetic_store(folder: Path, seed: int = 0) -> int:
     return count + 1
 
 
+def write_published(folder: Path) -> Path:
+    """The published tables, in the results/published CSV format, under ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, (columns, rows) in PUBLISHED_TABLES.items():
+        pd.DataFrame(rows, columns=columns).to_csv(folder / f"{stem}.csv", index=False)
+    return folder
+
+
+def write_kernels_csv(path: Path, seed: int = 0) -> pd.DataFrame:
+    """A kernel benchmark CSV in the results/kernels format: SFA Triton rows and one wide-code row."""
+    rng, rows = random.Random(seed), []
+    for op in ("fwd", "fwd_bwd", "decode"):
+        for head_dim in (64, 128):
+            for baseline in ("sdpa_cudnn", "sdpa_fa2"):
+                for seq_len in (1024, 4096, 16384):
+                    ms, base = round(rng.uniform(0.1, 10), 4), round(rng.uniform(0.1, 10), 4)
+                    rows.append({"impl": "sfa_triton", "op": op, "batch": 4, "heads": 8, "seq_len": seq_len,
+                                 "head_dim": head_dim, "topk": 8, "dtype": "bf16", "ms": ms, "baseline": baseline,
+                                 "baseline_ms": base, "speedup": round(base / ms, 4), "max_rel_err": 2e-3,
+                                 "peak_mem_mb": 100.0, "device": "NVIDIA H200", "date": "2026-11-29"})
+    rows.append({**rows[0], "impl": "sfa_wide", "speedup": 123.45, "D": 4096})  # wide codes: their own table
+    frame = pd.DataFrame(rows, columns=KERNEL_COLUMNS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def make_report(*overrides: str) -> int:
+    """``python -m lra_sfa.report <overrides>`` in this process: the same config, the same exit code."""
+    return report.run_report(report.report_config(overrides))
+
+
 def add_bad_files(folder: Path) -> None:
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     (folder / "runs" / "corrupt.json").write_text('{"kind": "run", "task": "listo')
@@ -108,9 +162,8 @@ def add_bad_files(folder: Path) -> None:
 @pytest.fixture
 def store(tmp_path) -> Path:
     folder = tmp_path / "results"
-    shutil.copytree(PUBLISHED, folder / "published")
-    (folder / "kernels").mkdir()
-    shutil.copy(KERNELS_CSV, folder / "kernels" / KERNELS_CSV.name)
+    write_published(folder / "published")
+    write_kernels_csv(folder / "kernels" / "sfa_vs_sdpa.csv")
     return folder
 
 
@@ -118,7 +171,7 @@ def test_three_hundred_records_build_every_table_and_plot(store):
     count = synthetic_store(store)
     add_bad_files(store)
     assert count >= 290
-    assert report.main([f"in_dir={store}", f"out_dir={store}"]) == 0
+    assert make_report(f"in_dir={store}") == 0  # out_dir defaults to in_dir
     for name in ("tables/accuracy.md", "tables/accuracy.csv", "tables/efficiency.md", "tables/efficiency.csv",
                  "RESULTS.md", *[f"plots/{plot}" for plot in report.PLOT_FILES]):
         assert (store / name).is_file() and (store / name).stat().st_size > 0, name
@@ -137,7 +190,7 @@ def test_three_hundred_records_build_every_table_and_plot(store):
     shown = full.sort_values("date").groupby("column").tail(1)  # each column shows its latest row
     full_row = next(line for line in appendix.splitlines() if line.startswith("| full |"))
     assert full_row.rstrip(" |").endswith(f"{shown['test_pct'].mean():.2f}")  # the 5-task average
-    assert frame["source"].str.startswith("published: Tay et al. 2021").sum() == 11 * 7
+    assert frame["source"].str.startswith(f"published: {SOURCE}").sum() == 3 * 7  # 3 models x 7 columns
     efficiency = (store / "tables" / "efficiency.md").read_text()
     reach = {}
     for line in efficiency.split("Longest length reached")[1].splitlines():
@@ -145,7 +198,7 @@ def test_three_hundred_records_build_every_table_and_plot(store):
             reach.setdefault(line.split("|")[1].strip(), line)  # the first table after the heading
     assert "| 256K (oom at 512K) |" in reach["full"] and "| 1M | 1M | 1M | 1M |" in reach["sfa"]
     assert "128K (oom at 256K)" in reach["bigbird"]
-    assert "40.00 (1.00x)" in efficiency and "3.0%" in efficiency and "Published: Tay et al. 2021" in efficiency
+    assert "40.00 (1.00x)" in efficiency and "3.0%" in efficiency and f"Published: {SOURCE}, Table 2" in efficiency
     eff = pd.read_csv(store / "tables" / "efficiency.csv")
     t2 = eff[(eff["source"] == "measured") & (eff["mode"] == "lra_table2") & (eff["seq_len"] == 4096)]
     assert t2.set_index("attn").loc["linear", "speedup_vs_full"] == pytest.approx(4.0)
@@ -162,13 +215,13 @@ def test_missing_tasks_say_needs_data_and_published_stays_apart(store, capsys):
         store_record(run_record(rng, "pathfinder", attn, 1024, "lra_pathfinder"), store / "runs")
     (store / "runs" / "corrupt.json").write_text("not json")
     out = store / "out"
-    assert report.main([f"in_dir={store}", f"out_dir={out}"]) == 0
+    assert make_report(f"in_dir={store}", f"out_dir={out}") == 0
     assert "skipped runs/corrupt.json" in capsys.readouterr().err
     accuracy = (out / "tables" / "accuracy.md").read_text()
     headline, rest = accuracy.split("## Published: LRA paper Table 1")
     published, appendix = rest.split("## Appendix")
-    assert "No protocol-complete run yet." in headline and "36.37" in published and "36.37" not in appendix
-    assert "37.35" in published and "published reproduction" in published  # E/LRA, labelled
+    assert "No protocol-complete run yet." in headline and "31.11" in published and "31.11" not in appendix
+    assert "35.55" in published and "published reproduction" in published  # labelled as such
     rows = {}
     for line in appendix.splitlines():
         if line.startswith("| "):
@@ -178,14 +231,15 @@ def test_missing_tasks_say_needs_data_and_published_stays_apart(store, capsys):
     efficiency = (out / "tables" / "efficiency.md").read_text()
     assert "No sweep records yet" in efficiency and "No Table 2 records yet" in efficiency
     measured_kernels, published_sfa = efficiency.split("### Published: SFA paper")
-    kernels = pd.read_csv(KERNELS_CSV)
+    kernels = pd.read_csv(store / "kernels" / "sfa_vs_sdpa.csv")
     first_cell = kernels[(kernels["impl"] == "sfa_triton") & (kernels["op"] == "fwd") & (kernels["head_dim"] == 128)
                          & (kernels["topk"] == 8) & (kernels["baseline"] == "sdpa_cudnn")].sort_values("seq_len")
     assert f"| fwd | 128 | 8 | sdpa_cudnn | {first_cell['speedup'].iloc[0]:.2f} |" in measured_kernels
-    assert "| 7879 ms | 3324 ms | 2.37x | Table 9 |" in published_sfa and "7879" not in measured_kernels
+    assert "| 900 ms | 300 ms | 3.00x | Table 9 |" in published_sfa and "| 16K |" in published_sfa
+    assert "900 ms" not in measured_kernels and "123.45" not in measured_kernels  # wide rows: not this table
     assert not (out / "plots" / "speed_vs_length.png").exists()
     first = {p.name: p.read_text() for p in (out / "tables").iterdir()}
-    report.main([f"in_dir={store}", f"out_dir={out}"])
+    make_report(f"in_dir={store}", f"out_dir={out}")
     assert first == {p.name: p.read_text() for p in (out / "tables").iterdir()}  # no clock in the output
 
 
@@ -226,25 +280,44 @@ def test_headline_is_mean_and_spread_of_protocol_complete_runs_only():
     assert "| lra_listops_2020 | full | 38.00 (n=1) |" in page
 
 
-def test_committed_records_are_valid():
-    runs, invalid = load_records(REAL_RUNS, kind="run")
-    assert len(runs) >= 3 and not invalid
-    assert all(json.loads(path.read_text())["device"] for path in REAL_RUNS.glob("*.json"))
-
-
-def test_cli_arguments(tmp_path):
+def test_command_line_is_a_hydra_app_that_leaves_no_files_behind(tmp_path):
+    """``python -m lra_sfa.report key=value``: the records' folder in, the tables out, nothing else written
+    in the working directory (no outputs/, no .hydra/, no log); bad keys and folders are one line, exit 2."""
     folder = tmp_path / "results"
-    (folder / "runs").mkdir(parents=True)
     store_record(run_record(random.Random(5), "listops", "full", 2000, "lra_listops"), folder / "runs")
     ok = subprocess.run([sys.executable, "-m", "lra_sfa.report", f"in_dir={folder}", f"out_dir={tmp_path / 'o'}"],
-                        capture_output=True, text=True, timeout=120)
+                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "o" / "RESULTS.md").is_file() and "1 run + 0 bench records" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "lra_sfa.report", "indir=x"], capture_output=True, text=True,
-                         timeout=120)
-    assert bad.returncode == 2 and "indir=x" in bad.stderr and "in_dir" in bad.stderr
-    missing = report.main([f"in_dir={tmp_path / 'nope'}"])
-    assert missing == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "results"]
+    for bad, named in (("indir=x", "'indir=x'; use key=value with key in ('in_dir'"), ("+extra=1", "'+extra=1'"),
+                       ("results", "'results'"), (f"in_dir={tmp_path / 'nope'}", "nope is not a folder")):
+        run = subprocess.run([sys.executable, "-m", "lra_sfa.report", bad], capture_output=True, text=True,
+                             timeout=120, cwd=tmp_path)
+        assert run.returncode == 2 and named in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    shown = subprocess.run([sys.executable, "-m", "lra_sfa.report", "--help"], capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path)
+    assert shown.returncode == 0 and "make tables" in shown.stdout
+    assert all(f"\n{key}: " in shown.stdout for key in report.app.KEYS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "results"]
+
+
+def test_config_defaults_fill_in_as_documented(tmp_path):
+    from lra_sfa.report.app import REPO_PUBLISHED, report_paths
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    paths = report_paths(report.report_config([f"in_dir={bare}"]))
+    assert paths == {"in_dir": bare, "out_dir": bare, "published_dir": REPO_PUBLISHED,
+                     "kernels_csv": bare / "kernels" / "sfa_vs_sdpa.csv"}
+    store = write_published(tmp_path / "store" / "published").parent
+    paths = report_paths(report.report_config([f"in_dir={store}", f"out_dir={tmp_path / 'o'}", "kernels_csv=k.csv"]))
+    assert paths["published_dir"] == store / "published" and paths["out_dir"] == tmp_path / "o"
+    assert paths["kernels_csv"] == Path("k.csv")
+    assert report_paths(report.report_config([f"in_dir={store}", "published_dir="]))["published_dir"] is None
+    with pytest.raises(ValueError, match=r"bad argument 'indir=x'; use key=value with key in \('in_dir'"):
+        report.report_config(["indir=x"])
+    assert make_report("in_dir=") == 2 and make_report(f"in_dir={tmp_path / 'nope'}") == 2
 
 
 @pytest.mark.parametrize(("length", "label"), [(64, "64"), (1024, "1K"), (3072, "3K"), (1000, "1K"),

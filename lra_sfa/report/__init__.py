@@ -6,6 +6,6 @@ run group, published numbers) -> efficiency and kernels (bench records, the kern
 records; it never imports the benchmarks that write them.
 """
 
-from lra_sfa.report.app import PLOT_FILES, build_report, main
+from lra_sfa.report.app import PLOT_FILES, build_report, main, report_config, run_report
 
-__all__ = ["PLOT_FILES", "build_report", "main"]
+__all__ = ["PLOT_FILES", "build_report", "main", "report_config", "run_report"]

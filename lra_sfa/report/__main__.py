@@ -2,4 +2,4 @@
 
 from lra_sfa.report.app import main
 
-raise SystemExit(main())
+main()

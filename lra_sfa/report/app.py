@@ -15,16 +15,22 @@ Bad or partial records are listed (here and at the end of RESULTS.md) and
 skipped; they never stop the report. The output depends only on the inputs
 (no clock), so rerunning on unchanged records changes no file.
 
-Arguments are ``key=value``: in_dir (default results), out_dir (default
-in_dir), published_dir (default <in_dir>/published, else the source tree's
-results/published), kernels_csv (default <in_dir>/kernels/sfa_vs_sdpa.csv).
+A Hydra app like the others; its config is ``conf/report.yaml`` (in_dir,
+out_dir, published_dir, kernels_csv: defaults and meanings there and in
+``--help``). Hydra's run folder is the working directory and it writes no
+``.hydra/`` or log file: the report writes only under out_dir. An argument
+that is not one of those keys (or Hydra's own) is one line on stderr, exit 2.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
 
 from lra_sfa.report.efficiency import efficiency_section
 from lra_sfa.report.extra_tasks import extra_tasks_section
@@ -33,7 +39,7 @@ from lra_sfa.report.load import Inputs, load_inputs
 from lra_sfa.report.tables import accuracy_section
 
 KEYS = ("in_dir", "out_dir", "published_dir", "kernels_csv")
-REPO_PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published"
+REPO_PUBLISHED = Path(__file__).resolve().parents[2] / "results" / "published"
 PLOT_FILES = {
     "speed_vs_length.png": "Speed against length (sweep, log-log)",
     "memory_vs_length.png": "Peak memory against length (sweep, log-log)",
@@ -52,23 +58,45 @@ PLOT_SOURCES = {  # where each plot's device, date and settings are written
 }
 
 
-def parse_args(argv: list[str]) -> dict[str, Path | None]:
-    """``key=value`` arguments; an unknown key or a bare word is a clear error."""
-    values: dict[str, str] = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in KEYS:
-            raise ValueError(f"report: bad argument {arg!r}; use key=value with key in {KEYS}")
-        values[key] = value
-    in_dir = Path(values.get("in_dir", "results"))
-    published = values.get("published_dir")
-    if published is None:
+def report_paths(cfg: DictConfig) -> dict[str, Path | None]:
+    """The keyword arguments of ``build_report`` from a report config, defaults filled in as
+    ``conf/report.yaml`` describes them (null: the default; ``published_dir=""``: no published numbers)."""
+    if cfg.in_dir is None or not str(cfg.in_dir):
+        raise ValueError("report: in_dir is empty; give the folder of records (default: results)")
+    in_dir = Path(str(cfg.in_dir))
+    if cfg.published_dir is None:
         published_dir = in_dir / "published" if (in_dir / "published").is_dir() else REPO_PUBLISHED
     else:
-        published_dir = Path(published) if published else None
-    kernels = values.get("kernels_csv")
-    return {"in_dir": in_dir, "out_dir": Path(values.get("out_dir", str(in_dir))), "published_dir": published_dir,
+        published_dir = Path(str(cfg.published_dir)) if str(cfg.published_dir) else None
+    kernels = str(cfg.kernels_csv or "")
+    return {"in_dir": in_dir, "out_dir": Path(str(cfg.out_dir or in_dir)), "published_dir": published_dir,
             "kernels_csv": Path(kernels) if kernels else in_dir / "kernels" / "sfa_vs_sdpa.csv"}
+
+
+def argument_problem(argv: Sequence[str]) -> str | None:
+    """Why a command-line argument is neither ``key=value`` with a report key nor Hydra's own (a flag,
+    its value, or a ``hydra.``/``hydra/`` override); None when all are. Checked before Hydra parses the
+    line, because Hydra reports an unknown key in several lines."""
+    previous = ""
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        key = key.lstrip("+~")
+        flag_or_value = arg.startswith("-") or (not sep and previous.startswith("-"))
+        if not flag_or_value and not (sep and (key in KEYS or key.startswith(("hydra.", "hydra/")))):
+            return f"bad argument {arg!r}; use key=value with key in {KEYS}"
+        previous = arg
+    return None
+
+
+def report_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """``conf/report.yaml`` with ``overrides`` applied, as ``python -m lra_sfa.report <overrides>``
+    composes it; ValueError for an argument that is not a report key."""
+    from lra_sfa.compose import compose_config
+
+    problem = argument_problem(overrides)
+    if problem:
+        raise ValueError(f"report: {problem}")
+    return compose_config(list(overrides), config_name="report")
 
 
 def _demote(markdown: str) -> str:
@@ -160,14 +188,12 @@ def build_report(in_dir: Path, out_dir: Path, published_dir: Path | None = None,
     return inputs
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_report(cfg: DictConfig) -> int:
+    """The report for one config (``report_config`` or the Hydra app's): prints what it read, wrote and
+    skipped; returns the exit code (2 with one line on stderr for bad input)."""
     start = time.perf_counter()
-    argv = sys.argv[1:] if argv is None else argv
-    if "--help" in argv or "-h" in argv:
-        print(__doc__)
-        return 0
     try:
-        args = parse_args(argv)
+        args = report_paths(cfg)
         inputs = build_report(**args)
     except ValueError as exc:
         print(f"lra-sfa report: error: {exc}", file=sys.stderr)
@@ -178,3 +204,19 @@ def main(argv: list[str] | None = None) -> int:
           f"{args['out_dir']}/RESULTS.md, tables/, plots/ ({len(inputs.skipped)} skipped, "
           f"{time.perf_counter() - start:.1f} s)")
     return 0
+
+
+@hydra.main(version_base=None, config_path="pkg://lra_sfa.conf", config_name="report")
+def _app(cfg: DictConfig) -> None:
+    code = run_report(cfg)
+    if code:
+        raise SystemExit(code)
+
+
+def main() -> None:
+    """``python -m lra_sfa.report [key=value ...]``: the Hydra app, after the one-line argument check."""
+    problem = argument_problem(sys.argv[1:])
+    if problem:
+        print(f"lra-sfa report: error: report: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    _app()

@@ -189,6 +189,10 @@ def test_table_shows_median_spread_and_verdict_per_card(tmp_path):
     (tmp_path / "README.md").write_text("no section\n")
     with pytest.raises(SystemExit, match="README.md has no"):
         run(_cfg(tmp_path, "mode=table"))
+    (tmp_path / "sfa_vs_sdpa.csv").unlink()
+    (tmp_path / "README.md").write_text("# Kernels\n\n## Table\n\nstale\n")
+    run(_cfg(tmp_path, "mode=table"))  # no CSV yet (make tables before the first sweep): the section says so
+    assert (tmp_path / "README.md").read_text().startswith("# Kernels\n\n## Table\n\nNo rows measured under")
 
 
 def test_an_older_csv_is_refused_by_name(tmp_path):

@@ -22,7 +22,7 @@ from lra_sfa.report.load import length_label
 REPO = Path(__file__).resolve().parents[1]
 REAL_RUNS = REPO / "results" / "runs"
 PUBLISHED = REPO / "results" / "published"
-KERNELS_CSV = REPO / "results" / "kernels" / "sfa_vs_sdpa.csv"
+KERNELS_CSV = REPO / "results" / "kernels" / "archive" / "sfa_vs_sdpa.csv"  # a CSV of the older protocol
 LRA_TASKS = (("listops", 2000, "lra_listops"), ("text", 4096, "lra_text"), ("retrieval", 4000, "lra_retrieval"),
              ("image", 1024, "lra_image"), ("pathfinder", 1024, "lra_pathfinder"))
 SWEEP_LENGTHS = [2**n for n in range(10, 21)]

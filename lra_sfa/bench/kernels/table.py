@@ -14,6 +14,9 @@ TABLE_HEADING = "## Table"
 NEEDED = ("op", "seq_len", "head_dim", "topk", "baseline", "speedup_median", "speedup_min", "speedup_max",
           "repeats", "verdict", "device", "git_commit")
 BASELINES = (("sdpa_cudnn", "cuDNN"), ("sdpa_fa2", "FA2"))
+NOT_MEASURED = ("No rows measured under the interleaved protocol yet: run the commands above on the GPU machine, "
+                "bring the CSVs home with `mode=merge`, and `mode=table` writes this section. The table of the "
+                "older protocol is in `archive/README.md`.")
 
 
 def load_rows(csv_path: Path):
@@ -78,7 +81,8 @@ def markdown_table(csv_path: Path) -> str:
 
 
 def write_table(out: Path) -> None:
-    """Rewrite the table section (``TABLE_HEADING`` to the end) of ``out/README.md`` from ``out/sfa_vs_sdpa.csv``."""
+    """Rewrite the table section (``TABLE_HEADING`` to the end) of ``out/README.md`` from ``out/sfa_vs_sdpa.csv``
+    (without that file, a line saying so)."""
     readme = out / "README.md"
     if not readme.is_file():
         raise SystemExit(f"lra_sfa.bench.kernels mode=table: no {readme}")
@@ -86,8 +90,11 @@ def write_table(out: Path) -> None:
     if TABLE_HEADING not in text:
         raise SystemExit(f"lra_sfa.bench.kernels mode=table: {readme} has no '{TABLE_HEADING}' section")
     head = text[:text.index(TABLE_HEADING)]
-    readme.write_text(f"{head}{TABLE_HEADING}\n\n{markdown_table(out / 'sfa_vs_sdpa.csv')}")
-    print(f"wrote the table of {out / 'sfa_vs_sdpa.csv'} into {readme}")
+    csv_path = out / "sfa_vs_sdpa.csv"
+    body = markdown_table(csv_path) if csv_path.is_file() else NOT_MEASURED + "\n"
+    readme.write_text(f"{head}{TABLE_HEADING}\n\n{body}")
+    print(f"wrote the table of {csv_path} into {readme}" if csv_path.is_file() else
+          f"no {csv_path}: {readme} says the table is not measured yet")
 
 
 def plot(csv_path: Path, png_path: Path) -> None:

@@ -62,6 +62,7 @@ def bench_decode(out_rows: RowWriter, checks: RowWriter, meta: dict, timer: prot
     k_range = cache_key_range(k_vals, k_idx, dim) if design == "bounded" else None  # cache state: not timed
     run = partial(sfa_decode, q, k_vals, k_idx, v, topk, block_n=block_n, num_warps=warps, num_stages=stages,
                   programs_per_sm=per_sm, k_range=k_range)
+    peak = protocol.peak_mib(run, device)  # before the baselines' dense caches exist
     kd = torch.zeros(batch, heads, length, dim, device=device, dtype=torch.bfloat16)
     kd.scatter_(-1, k_idx.long(), k_vals)  # (B, H, L, D) dense codes of the cache
     k_random = torch.randn_like(kd)
@@ -70,7 +71,6 @@ def bench_decode(out_rows: RowWriter, checks: RowWriter, meta: dict, timer: prot
         calls[f"{name}_random"] = (sdpa_call(name, q, k_random, v), ())
         calls[f"{name}_sparse"] = (sdpa_call(name, q, kd, v), ())
     times = protocol.interleaved(calls, repeats, timer)
-    peak = protocol.peak_mib(run, device)
     kernel_err, torch_err = _decode_errors(q, k_vals, k_idx, kd, v, topk, run())
     sparse_bytes, dense_bytes = cache_bytes_per_token(dim, topk, torch.bfloat16)
     for name in backends:

@@ -81,9 +81,10 @@ def faster_input(times: dict[str, list[float]], name: str) -> list[float]:
 
 
 def peak_mib(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak allocated MiB during one call of ``fn`` (inputs included); NaN off CUDA."""
+    """Peak allocated MiB during one call of ``fn`` (inputs included) after a warm-up call (compilation and
+    autotuning never count); NaN off CUDA."""
+    fn()
     if device.type != "cuda":
-        fn()
         return float("nan")
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)

@@ -66,6 +66,9 @@ def run_sweep(cfg: DictConfig, timer: protocol.Timer | None = None, device: str 
         raise ValueError(f"ops={list(cfg.ops)}: {unknown} not among {list(OPS)}")
     if sorted(set(cfg.baselines) - set(BACKENDS)) or not cfg.baselines:
         raise ValueError(f"baselines={list(cfg.baselines)}: each must be one of {sorted(BACKENDS)}")
+    if (cfg.batch is None) != (cfg.heads is None):
+        raise ValueError(f"batch={cfg.batch}, heads={cfg.heads}: set both (one shape at every length) or neither "
+                         "(batch x heads from tokens)")
     if cfg.repeats < protocol.MIN_REPEATS:
         raise ValueError(f"repeats={cfg.repeats}: a ratio needs at least {protocol.MIN_REPEATS} interleaved repeats")
     where = torch.device(device)

@@ -80,6 +80,8 @@ def run_sweep(cfg: DictConfig, timer: protocol.Timer | None = None, device: str 
     print(f"kernel sweep on {base['device']} at commit {base['git_commit']}: torch {base['torch_version']}, "
           f"Triton {base['triton_version']}, cuDNN {base['cudnn_version']}; {cfg.repeats} interleaved repeats",
           flush=True)
+    if base["git_commit"] == "unknown":
+        print("warning: no commit for the rows (no .git here): set LRA_SFA_GIT_COMMIT=<commit>", flush=True)
     started, skipped = time.time(), []
     backends = list(cfg.baselines)
     jobs = [(dim, topk, length, "decode") for dim in cfg.dims for length in cfg.decode_lengths for topk in cfg.topks

@@ -23,9 +23,9 @@ for part in ${PARTS//,/ }; do
   case $part in
     sweep) timeout 570 python3 -m lra_sfa.bench.kernels out="$OUT/kernels" hydra.run.dir=/tmp/bench_kernels \
              ${OVERRIDES:-} 2>&1 | log ;;
-    short) timeout 300 python3 -m lra_sfa.bench.kernels bench_kernels=short out="$OUT/kernels" topk_rows=0 \
+    short) timeout 250 python3 -m lra_sfa.bench.kernels bench_kernels=short out="$OUT/kernels" topk_rows=0 \
              hydra.run.dir=/tmp/bench_kernels ${OVERRIDES:-} 2>&1 | log ;;
-    gpu-tests) LRA_SFA_GPU_SUMMARY="$OUT/kernels/sfa_gpu_checks.csv" timeout 400 python3 -m pytest -m gpu -q \
+    gpu-tests) LRA_SFA_GPU_SUMMARY="$OUT/kernels/sfa_gpu_checks.csv" timeout 320 python3 -m pytest -m gpu -q \
                  -p no:cacheprovider tests/test_kernels_gpu.py 2>&1 | tail -40 | log ;;
     *) echo "kernel_protocol.sh: unknown part '$part' (sweep, short, gpu-tests)" | log ;;
   esac

@@ -21,9 +21,9 @@ log() { grep --line-buffered -v WARN | tee -a "$OUT/kernels/log.txt"; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.limit,temperature.gpu --format=csv 2>&1 | log
 for part in ${PARTS//,/ }; do
   case $part in
-    sweep) timeout 570 python3 -m lra_sfa.bench.kernels out="$OUT/kernels" hydra.run.dir=/tmp/bench_kernels \
+    sweep) timeout 570 python3 -m lra_sfa.bench.kernels out="$OUT/kernels" budget_s=450 hydra.run.dir=/tmp/bench_kernels \
              ${OVERRIDES:-} 2>&1 | log ;;
-    short) timeout 250 python3 -m lra_sfa.bench.kernels bench_kernels=short out="$OUT/kernels" topk_rows=0 \
+    short) timeout 250 python3 -m lra_sfa.bench.kernels bench_kernels=short out="$OUT/kernels" topk_rows=0 budget_s=200 \
              hydra.run.dir=/tmp/bench_kernels ${OVERRIDES:-} 2>&1 | log ;;
     gpu-tests) LRA_SFA_GPU_SUMMARY="$OUT/kernels/sfa_gpu_checks.csv" timeout 320 python3 -m pytest -m gpu -q \
                  -p no:cacheprovider tests/test_kernels_gpu.py 2>&1 | tail -40 | log ;;

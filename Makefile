@@ -39,12 +39,12 @@ lint: $(STAMP) ## ruff
 
 tables: $(STAMP) ## regenerate results/tables, results/plots and the kernel README table from the committed records
 	$(PY) -m lra_sfa.report
-	$(PY) -m lra_sfa.bench.kernels --mode table
+	$(PY) -m lra_sfa.bench.kernels mode=table
 
 bench: $(STAMP) ## efficiency sweep of every conf/attn backend (GPU; small lengths on CPU)
 	$(PY) -m lra_sfa.bench
 
-bench-kernels: $(STAMP) ## SFA Triton kernels against cuDNN / FlashAttention-2 (GPU)
+bench-kernels: $(STAMP) ## SFA kernels against cuDNN / FlashAttention-2 by interleaved repeats (GPU; conf/bench_kernels.yaml)
 	$(PY) -m lra_sfa.bench.kernels
 
 pathfinder-samples: $(STAMP) ## a PNG grid of generated Pathfinder examples with their labels

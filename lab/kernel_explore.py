@@ -5,7 +5,7 @@
 Each section times its candidates at one long shape (``--explore-length``,
 ``--explore-dim``) and writes a row per candidate to ``$OUT/sfa_explore.csv``
 (section, name, ms, note: the output's difference from the shipped kernel).
-Sections: checks (the GPU checks of ``lra_sfa.bench.kernels --mode check``),
+Sections: checks (the GPU checks of ``lra_sfa.bench.kernels mode=check``, into sfa_gpu_checks.csv),
 topk, fwd, fwd_stages, gluon, variants, bwd, bwd_stages, gluon_bwd, full, decode.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -30,8 +31,9 @@ from lra_sfa.bench.kernels.calls import (
     time_ms,
     torch_topk_codes,
 )
-from lra_sfa.bench.kernels.check import gpu_checks, row_log
+from lra_sfa.bench.kernels.check import run_checks
 from lra_sfa.bench.kernels.prefill import forward_config
+from lra_sfa.bench.kernels.rows import RowWriter
 from lra_sfa.kernels.sfa import check as sfa_check
 from lra_sfa.kernels.sfa import triton_bwd as bwd
 from lra_sfa.kernels.sfa import triton_fwd as fwd
@@ -41,6 +43,17 @@ from lra_sfa.kernels.sfa.topk_pack import topk_pack
 
 SECTIONS = ("checks", "topk", "fwd", "fwd_stages", "gluon", "variants", "bwd", "bwd_stages", "gluon_bwd", "full",
             "decode")
+
+
+def row_log(out: str):
+    """record(section, name, ms, note): one row of sfa_explore.csv, echoed to stdout."""
+    log = RowWriter(Path(out) / "sfa_explore.csv", ["section", "name", "ms", "note"])
+
+    def record(section: str, name: str, ms: float, note: str = "") -> None:
+        log.write(dict(section=section, name=name, ms=round(ms, 4), note=note))
+        print(f"{section:8s} {name:44s} {ms:9.4f} ms  {note}", flush=True)
+
+    return record
 
 
 def _topk_both(q: torch.Tensor, k: torch.Tensor, topk: int) -> None:
@@ -55,7 +68,7 @@ def explore(args) -> None:
     """
     record, sections = row_log(args.out), set(args.sections)
     if "checks" in sections:
-        gpu_checks(record)
+        run_checks(Path(args.out))
     if "topk" in sections:
         x = torch.randn(args.topk_rows, 128, device=DEVICE, dtype=torch.bfloat16)
         for topk in args.topks:

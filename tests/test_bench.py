@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import subprocess
@@ -133,78 +132,3 @@ def test_harness_overhead_on_cpu(tmp_path):
     assert record["seq_len"] == 64 and record["task"] == "needle" and record["batch"] == 4
     stored, invalid = load_records(tmp_path / "store", kind="bench")
     assert not invalid and len(stored) == 1 and bench_problem(stored[0]) is None
-
-
-def test_kernel_csv_rows_are_replaced_cell_by_cell(tmp_path):
-    """sfa_vs_sdpa.csv holds FlashSFA and wide-code rows; a re-run replaces only the cells it measures
-    (a partial sweep or another D keeps the rest), and the kernel report reads the FlashSFA rows only."""
-    from lra_sfa.bench.kernels import KERNEL_CSV_COLUMNS, KERNEL_KEY, SFA_IMPL, RowWriter
-    from lra_sfa.report.kernels import measured_kernels
-
-    path = tmp_path / "sfa_vs_sdpa.csv"
-    base = dict(op="fwd", batch=1, heads=8, head_dim=64, topk=16, dtype="bf16", baseline="sdpa_cudnn",
-                device="test", date="2026-11-29")
-    sweep = RowWriter(path, KERNEL_CSV_COLUMNS, key=KERNEL_KEY)
-    sweep.write(dict(base, impl=SFA_IMPL, seq_len=1024, ms=1.0, baseline_ms=2.0, speedup=2.0))
-    sweep.write(dict(base, impl=SFA_IMPL, seq_len=4096, ms=2.0, baseline_ms=3.0, speedup=1.5))
-    wide = RowWriter(path, KERNEL_CSV_COLUMNS, key=KERNEL_KEY)
-    for features, speedup in ((4096, 0.25), (131072, 1.1)):
-        wide.write(dict(base, impl="sfa_wide", seq_len=2048, ms=4.0, baseline_ms=1.0, speedup=speedup,
-                        mode="overlap", cap="null", D=features))
-    again = RowWriter(path, KERNEL_CSV_COLUMNS, key=KERNEL_KEY)  # one FlashSFA cell re-measured
-    again.write(dict(base, impl=SFA_IMPL, seq_len=4096, ms=1.0, baseline_ms=3.0, speedup=3.0, batch=2))
-    rows = list(csv.DictReader(path.open()))
-    assert [(r["impl"], r["seq_len"], r["D"], r["speedup"]) for r in rows] == [
-        (SFA_IMPL, "1024", "", "2.0"), (SFA_IMPL, "4096", "", "3.0"),
-        ("sfa_wide", "2048", "4096", "0.25"), ("sfa_wide", "2048", "131072", "1.1")]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sfa_vs_sdpa.csv"]  # no temporary file left
-    table = measured_kernels(path)
-    assert "3.00" in table and "0.25" not in table
-    RowWriter(path, KERNEL_CSV_COLUMNS)  # no key: a fresh file
-    assert path.read_text().strip() == ",".join(KERNEL_CSV_COLUMNS)
-
-
-def test_kernel_merge_brings_a_device_run_into_the_results(tmp_path):
-    """--mode merge: a device run's CSVs replace their cells in results/kernels and keep every other row;
-    a folder without benchmark CSVs is an error naming it."""
-    from lra_sfa.bench.kernels import KERNEL_CSV_COLUMNS, KERNEL_KEY, RowWriter, main
-
-    base = dict(impl="sfa_triton", op="decode", batch=8, heads=16, head_dim=128, topk=8, dtype="bf16",
-                baseline="sdpa_cudnn", device="test")
-    results, run = tmp_path / "results", tmp_path / "run"
-    old = RowWriter(results / "sfa_vs_sdpa.csv", KERNEL_CSV_COLUMNS, key=KERNEL_KEY)
-    for length in (8192, 131072):
-        old.write(dict(base, seq_len=length, ms=1.5, baseline_ms=1.9, speedup=1.27, date="2026-11-28"))
-    RowWriter(run / "sfa_vs_sdpa.csv", KERNEL_CSV_COLUMNS, key=KERNEL_KEY).write(
-        dict(base, seq_len=131072, ms=1.2, baseline_ms=1.83, speedup=1.53, date="2026-11-29"))
-    main(["--mode", "merge", "--src", str(run), "--out", str(results)])
-    rows = list(csv.DictReader((results / "sfa_vs_sdpa.csv").open()))
-    assert [(r["seq_len"], r["speedup"], r["date"]) for r in rows] == [
-        ("8192", "1.27", "2026-11-28"), ("131072", "1.53", "2026-11-29")]
-    assert (results / "sfa_vs_sdpa.png").is_file()
-    with pytest.raises(SystemExit, match="none of"):
-        main(["--mode", "merge", "--src", str(tmp_path / "empty"), "--out", str(results)])
-
-
-def test_kernel_table_rewrites_the_readme_section(tmp_path):
-    """--mode table: one line per (op, d, k, L) with cuDNN and FA2 side by side, fwd before decode and by L;
-    only the section from '## Table' on is rewritten; a README without it is an error naming the file."""
-    from lra_sfa.bench.kernels import KERNEL_CSV_COLUMNS, KERNEL_KEY, RowWriter, main
-
-    rows = RowWriter(tmp_path / "sfa_vs_sdpa.csv", KERNEL_CSV_COLUMNS, key=KERNEL_KEY)
-    base = dict(impl="sfa_triton", batch=1, heads=16, head_dim=128, topk=8, dtype="bf16", max_rel_err="2.0e-03",
-                peak_mem_mb=900.0, device="test", date="2026-11-29")
-    for op, length, ms in (("decode", 8192, 1.2), ("fwd", 32768, 14.0), ("fwd", 16384, 7.5)):
-        for baseline, base_ms in (("sdpa_cudnn", 6.5), ("sdpa_fa2", 12.0)):
-            rows.write(dict(base, op=op, seq_len=length, ms=ms, baseline=baseline, baseline_ms=base_ms,
-                            speedup=round(base_ms / ms, 4)))
-    (tmp_path / "README.md").write_text("# Kernels\n\nintro kept\n\n## Table\n\nold table\n")
-    main(["--mode", "table", "--out", str(tmp_path)])
-    text = (tmp_path / "README.md").read_text()
-    assert text.startswith("# Kernels\n\nintro kept\n\n## Table\n\n| op |") and "old table" not in text
-    lines = [line for line in text.splitlines() if line.startswith("| fwd") or line.startswith("| decode")]
-    assert [line.split("|")[4].strip() for line in lines] == ["16384", "32768", "8192"]
-    assert "| 7.500 | 6.500 | 0.87 | 12.000 | 1.60 |" in lines[0]
-    (tmp_path / "README.md").write_text("no section\n")
-    with pytest.raises(SystemExit, match="README.md has no"):
-        main(["--mode", "table", "--out", str(tmp_path)])

@@ -53,9 +53,11 @@ def test_importing_the_package_does_not_import_triton():
     assert out.strip() == "False"
 
 
-def test_the_kernel_benchmark_points_explore_at_the_lab():
+def test_the_kernel_benchmark_points_explore_at_the_lab(monkeypatch, tmp_path):
     pytest.importorskip("triton")
     from lra_sfa.bench.kernels import main
 
-    with pytest.raises(SystemExit, match="python -m lab.kernel_explore"):
-        main(["--mode", "explore", "--sections", "decode"])
+    for argv in (["--mode", "explore", "--sections", "decode"], ["mode=explore", f"hydra.run.dir={tmp_path}"]):
+        monkeypatch.setattr(sys, "argv", ["python -m lra_sfa.bench.kernels", *argv])
+        with pytest.raises(SystemExit, match="python -m lab.kernel_explore"):
+            main()

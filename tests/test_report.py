@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from lra_sfa import report
+from lra_sfa.bench.kernels.rows import COLUMNS as KERNEL_CSV_COLUMNS
 from lra_sfa.records import REQUIRED_FIELDS, store_record, write_json_atomic
 from lra_sfa.report.load import length_label
 
@@ -42,9 +43,7 @@ PUBLISHED_TABLES = {  # results/published/<stem>.csv: columns as there, rows and
     "seq_mnist": (["source", "table", "model", "dataset", "task", "test_accuracy", "note"], [
         ["Fixture paper D", "Table 6", "Transformer", "MNIST (digits)", "pMNIST", "96.5", "a different data set"]]),
 }
-KERNEL_COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "ms", "baseline",
-                  "baseline_ms", "speedup", "max_rel_err", "peak_mem_mb", "device", "date", "mode", "cap", "D",
-                  "mean_candidates", "dropped_frac"]  # results/kernels/sfa_vs_sdpa.csv
+KERNEL_COLUMNS = KERNEL_CSV_COLUMNS + ["D"]  # results/kernels/sfa_vs_sdpa.csv (D: an older wide-code row)
 LRA_TASKS = (("listops", 2000, "lra_listops"), ("text", 4096, "lra_text"), ("retrieval", 4000, "lra_retrieval"),
              ("image", 1024, "lra_image"), ("pathfinder", 1024, "lra_pathfinder"))
 SWEEP_LENGTHS = [2**n for n in range(10, 21)]
@@ -134,11 +133,17 @@ def write_kernels_csv(path: Path, seed: int = 0) -> pd.DataFrame:
             for baseline in ("sdpa_cudnn", "sdpa_fa2"):
                 for seq_len in (1024, 4096, 16384):
                     ms, base = round(rng.uniform(0.1, 10), 4), round(rng.uniform(0.1, 10), 4)
+                    ratio = base / ms
+                    low, high = round(ratio * 0.97, 4), round(ratio * 1.03, 4)
+                    verdict = "faster" if low > 1 else "slower" if high < 1 else "tie"
                     rows.append({"impl": "sfa_triton", "op": op, "batch": 4, "heads": 8, "seq_len": seq_len,
-                                 "head_dim": head_dim, "topk": 8, "dtype": "bf16", "ms": ms, "baseline": baseline,
-                                 "baseline_ms": base, "speedup": round(base / ms, 4), "max_rel_err": 2e-3,
-                                 "peak_mem_mb": 100.0, "device": "NVIDIA H200", "date": "2026-11-29"})
-    rows.append({**rows[0], "impl": "sfa_wide", "speedup": 123.45, "D": 4096})  # wide codes: their own table
+                                 "head_dim": head_dim, "topk": 8, "dtype": "bf16", "sfa_path": "triton", "ms": ms,
+                                 "baseline": baseline, "baseline_ms": base, "speedup_median": round(ratio, 4),
+                                 "speedup_min": low, "speedup_max": high, "repeats": 5, "verdict": verdict,
+                                 "max_rel_err": 2e-3, "peak_mem_mb": 100.0, "device": "NVIDIA H200",
+                                 "git_commit": "abc1234", "torch_version": "2.13.0", "triton_version": "3.7.0",
+                                 "cudnn_version": "91000", "date": "2026-11-29"})
+    rows.append({**rows[0], "impl": "sfa_wide", "speedup_median": 123.45, "D": 4096})  # wide codes: not in this table
     frame = pd.DataFrame(rows, columns=KERNEL_COLUMNS)
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
@@ -234,7 +239,8 @@ def test_missing_tasks_say_needs_data_and_published_stays_apart(store, capsys):
     kernels = pd.read_csv(store / "kernels" / "sfa_vs_sdpa.csv")
     first_cell = kernels[(kernels["impl"] == "sfa_triton") & (kernels["op"] == "fwd") & (kernels["head_dim"] == 128)
                          & (kernels["topk"] == 8) & (kernels["baseline"] == "sdpa_cudnn")].sort_values("seq_len")
-    assert f"| fwd | 128 | 8 | sdpa_cudnn | {first_cell['speedup'].iloc[0]:.2f} |" in measured_kernels
+    cell = f"{first_cell['speedup_median'].iloc[0]:.2f} {first_cell['verdict'].iloc[0]}"
+    assert f"| NVIDIA H200 | fwd | 128 | 8 | sdpa_cudnn | {cell} |" in measured_kernels
     assert "| 900 ms | 300 ms | 3.00x | Table 9 |" in published_sfa and "| 16K |" in published_sfa
     assert "900 ms" not in measured_kernels and "123.45" not in measured_kernels  # wide rows: not this table
     assert not (out / "plots" / "speed_vs_length.png").exists()

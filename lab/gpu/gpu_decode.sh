@@ -5,9 +5,11 @@
 #   bash lab/gpu/gpu_decode.sh [DATE]
 # The grid runs at head dim 128, so the sweep re-runs the head-dim-128 decode rows only.
 # Writes $OUT/decode/sfa_explore.csv (the grid) and $OUT/decode/sfa_vs_sdpa.csv + sfa_checks.csv (decode rows
-# only, as `python -m lra_sfa.bench.kernels --mode sweep --ops decode` writes them); bring them home with
-# `python -m lra_sfa.bench.kernels --mode merge --src <the returned decode folder>` (replaces those cells only).
+# only, as `python -m lra_sfa.bench.kernels mode=sweep ops=[decode]` writes them); bring them home with
+# `python -m lra_sfa.bench.kernels mode=merge src=<the returned decode folder>` (replaces those cells only).
+# Carry the Hydra wheels (cp ../shared/device/wheels/*.whl .whl/; carry [".whl"]) and set LRA_SFA_GIT_COMMIT.
 set -u
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
 DATE=${1:-$(date +%F)}
 python3 -m lab.kernel_explore --sections decode --out "$OUT/decode" --decode-configs \
@@ -24,5 +26,5 @@ print(",".join(part[2:] if part.startswith("bn") else part[1:] for part in field
 PY
 )
 echo "decode config (BLOCK_N,warps,stages,programs_per_sm,design): $best"
-python3 -m lra_sfa.bench.kernels --mode sweep --ops decode --dims 128 --decode-config "$best" --out "$OUT/decode" \
-  --date "$DATE" --rep-ms 200 2>&1 | grep -v WARN
+python3 -m lra_sfa.bench.kernels mode=sweep 'ops=[decode]' 'dims=[128]' "decode_config=[$best]" out="$OUT/decode" \
+  date="$DATE" 'topks=[8,16]' hydra.run.dir=/tmp/bench_kernels 2>&1 | grep -v WARN

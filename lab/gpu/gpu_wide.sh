@@ -2,8 +2,8 @@
 # On the GPU machine (issue 8): the wide-code SFA benchmark with the default launch: exact overlap at
 # D = 131072, k = 8 to 1M tokens, and capped (cap = 64) at D = 4096, k = 16 from 128K to 1M.
 #   bash lab/gpu/gpu_wide.sh [DATE]          (about 5 minutes; the launch grid: python -m lab.wide_explore)
-# Writes $OUT/wide/{sfa_wide.csv, sfa_vs_sdpa.csv, sfa_wide.png} and $OUT/wide/log.txt; bring the rows home with
-# `python -m lra_sfa.bench.kernels --mode merge --src <the returned wide folder>`.
+# Writes $OUT/wide/{sfa_wide.csv, sfa_wide.png} and $OUT/wide/log.txt; bring the rows home with
+# `python -m lra_sfa.bench.kernels mode=merge src=<the returned wide folder>`.
 set -u
 export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
 DATE=${1:-$(date +%F)}

@@ -15,15 +15,16 @@ Variants: ``overlap`` with ``cap=None`` (exact overlap) and with each
 with fewer heads and scaled to 8 (heads are independent; ``baseline_note``
 says so).
 
-Rows go to ``sfa_wide.csv`` and, as ``impl=sfa_wide``, to the kernel CSV
-``sfa_vs_sdpa.csv``; each replaces the row of its own cell (``WIDE_KEY``,
-``KERNEL_KEY``), so a run at another D, k or cap keeps the earlier ones.
+Rows go to ``sfa_wide.csv`` (not to the FlashSFA table ``sfa_vs_sdpa.csv``,
+whose rows follow the interleaved protocol of ``bench.kernels``); each replaces
+the row of its own cell (``WIDE_KEY``), so a run at another D, k or cap keeps
+the earlier ones.
 
-Columns: the kernel CSV columns plus mean_candidates (counted pairs per
+Columns (``COLUMNS``): shape, ms, baseline_ms, speedup, plus mean_candidates (counted pairs per
 query), dropped_frac (pairs lost to the cap, 1 - capped / exact candidates,
 where the exact run exists at that L), dropped_incidence_frac ((query, key,
 feature) incidences outside the windows), mode, cap, D, baseline_note, codes_ms,
-codes (only ``lsh`` rows also go to the kernel CSV, whose cells have no codes key).
+codes.
 Correctness: at lengths <= --check-max-len, forward and gradients against
 ``wide_dense_reference`` in fp32 from the same codes; ``max_rel_err`` is the
 kernel's ||err|| / ||ref||, ``plain_rel_err`` the same dense reference run in
@@ -43,7 +44,7 @@ from pathlib import Path
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lra_sfa.bench.kernels.rows import KERNEL_CSV_COLUMNS, KERNEL_KEY, RowWriter
+from lra_sfa.bench.kernels.rows import RowWriter
 from lra_sfa.bench.timing import time_ms
 from lra_sfa.kernels.wide.reference import wide_dense_reference
 from lra_sfa.kernels.wide.triton_kernel import wide_triton_attention
@@ -180,7 +181,6 @@ def run_bench(args) -> None:
     candidates_exact: dict[int, float] = {}
     # each row replaces the row of the same cell (other D, k, caps and lengths stay), files rewritten per row
     table = RowWriter(out_dir / "sfa_wide.csv", COLUMNS, key=WIDE_KEY)
-    kernel_csv = RowWriter(out_dir / "sfa_vs_sdpa.csv", KERNEL_CSV_COLUMNS, key=KERNEL_KEY)  # beside FlashSFA
     for length in [int(x) for x in args.lengths.split(",")]:
         q, k, v = (torch.randn(1, H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         codes = both_codes(q, k, proj, K, args.codes)  # q_idx, q_val, k_idx, k_val
@@ -215,8 +215,6 @@ def run_bench(args) -> None:
                     row.update(max_rel_err=f"{err:.2e}", plain_rel_err=f"{plain:.2e}",
                                check="pass" if err <= 2 * plain + 1e-2 else "FAIL")
                 table.write(row)
-                if args.codes == "lsh":  # the kernel CSV keeps one code family per cell (its key has no codes)
-                    kernel_csv.write(row)
                 print(f"L={length:>8} {op:7} cap={str(cap):5} {ms:10.2f} ms  cudnn {base_ms:10.2f} ms  "
                       f"x{base_ms / ms:6.2f}  cand/q {cands / (H * length):9.1f}  "
                       f"peak {peak:8.0f} MiB  {row.get('check', '')}", flush=True)

@@ -1,5 +1,5 @@
-"""``python -m lra_sfa.bench.kernels``: see ``cli``."""
+"""``python -m lra_sfa.bench.kernels``: see ``app``."""
 
-from lra_sfa.bench.kernels.cli import main
+from lra_sfa.bench.kernels.app import main
 
 main()

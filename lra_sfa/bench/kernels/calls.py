@@ -1,8 +1,8 @@
-"""What the kernel benchmark times: SFA and SDPA calls on random inputs, with queued CUDA-event timing.
+"""What the kernel benchmark times: SFA and SDPA calls on random inputs.
 
-Kernel timings queue the calls back to back (``timing.time_ms(queued=True)``,
-as ``triton.testing.do_bench``): the GPU time of each call, with the host's
-launch work overlapped as in a training or decoding loop.
+The sweep times these closures by ``protocol`` (``triton.testing.do_bench``,
+interleaved repeats). ``time_ms`` (queued CUDA events, as ``do_bench``) stays
+for the lab's explorations, which time one candidate at a time.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ def shape_for(length: int, tokens: int, max_heads: int = 16) -> tuple[int, int]:
     return max(1, tokens // (length * heads)), heads
 
 
-def random_qkv(batch: int, heads: int, length: int, dim: int, dtype: torch.dtype, seed: int):
-    gen = torch.Generator(device=DEVICE).manual_seed(seed)
-    return [torch.randn(batch, heads, length, dim, device=DEVICE, dtype=dtype, generator=gen) for _ in range(3)]
+def random_qkv(batch: int, heads: int, length: int, dim: int, dtype: torch.dtype, seed: int,
+               device: str | torch.device = DEVICE) -> list[torch.Tensor]:
+    """q, k, v: (batch, heads, length, dim) standard normal, from a generator seeded with ``seed``."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return [torch.randn(batch, heads, length, dim, device=device, dtype=dtype, generator=gen) for _ in range(3)]
 
 
 def sdpa_call(backend: str, q, k, v, grad_out=None):

@@ -1,19 +1,24 @@
 """The sweep's prefill rows: SFA forward (and forward+backward) against cuDNN and FA2 SDPA at one shape.
 
-Dense baselines are timed on random q, k and on the top-k-sparsified q, k; the
-faster (less favourable to SFA) is used. SFA times include the top-k of q and
-k. Errors: sampled query rows recomputed in float64 (``kernels.sfa.check``).
+All calls of a cell run on the same bf16 inputs. Dense baselines are timed on
+random q, k and on the top-k-sparsified q, k, and in each round the faster of
+the two (the one less favourable to SFA) is the baseline. SFA's time includes
+the top-k of q and k. The calls are timed by ``protocol.interleaved``. Errors:
+sampled query rows recomputed in float64 (``kernels.sfa.check``).
 """
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
-from lra_sfa.bench.kernels.calls import BACKENDS, DEVICE, leaf, random_qkv, sdpa_call, sfa_call, time_ms
+from lra_sfa.bench.kernels import protocol
+from lra_sfa.bench.kernels.calls import leaf, random_qkv, sdpa_call, sfa_call
 from lra_sfa.bench.kernels.rows import SFA_IMPL, RowWriter
 from lra_sfa.kernels.sfa import check as sfa_check
 from lra_sfa.kernels.sfa.autograd import flash_sfa
-from lra_sfa.kernels.sfa.dispatch import gluon_config, gluon_eligible
+from lra_sfa.kernels.sfa.dispatch import gluon_config, gluon_eligible, kernel_path
 from lra_sfa.kernels.sfa.topk_pack import topk_pack
 
 CHECK_ROWS, CHECK_HEADS = 128, 2
@@ -27,7 +32,7 @@ def check_prefill(q, k, v, topk: int, out, dq, grad_out) -> dict:
     k_vals, _, kd = topk_pack(k.detach(), topk)
     topk_ok = sfa_check.topk_agrees(q.detach(), q_vals, topk) and sfa_check.topk_agrees(k.detach(), k_vals, topk)
     heads_used = slice(0, min(CHECK_HEADS, batch * heads))
-    rows = torch.randperm(length, device=DEVICE)[:CHECK_ROWS].sort().values
+    rows = torch.randperm(length, device=q.device)[:CHECK_ROWS].sort().values
     qd, kd, vf = (t.reshape(flat)[heads_used] for t in (qd, kd, v.detach()))  # (h, L, D)
     g = support = None
     if grad_out is not None:
@@ -64,37 +69,61 @@ def forward_config(q: torch.Tensor) -> str:
     return "gluon ws " + " ".join(f"{name}={value}" for name, value in gluon_config(q.shape[-2]).items())
 
 
-def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, cache: dict, rep_ms: float) -> None:
-    batch, heads, length, dim, topk = (meta[k] for k in ("batch", "heads", "seq_len", "head_dim", "topk"))
-    q, k, v = random_qkv(batch, heads, length, dim, torch.bfloat16, seed=length + dim)
-    grad = None if op == "fwd" else torch.randn_like(q)
-    leaves = (q, k, v) if grad is None else tuple(leaf(t) for t in (q, k, v))
-    sfa_ms, peak = time_ms(sfa_call(*leaves, topk, grad), rep_ms)
-    for t in leaves:
-        t.grad = None
-    out = flash_sfa(*leaves, topk, topk)
-    dq = None
-    if grad is not None:
-        out.backward(grad)
-        dq = leaves[0].grad
-    check = check_prefill(q, k, v, topk, out.detach(), dq, grad)
-    fwd_config = forward_config(q)
+def prefill_calls(q, k, v, topk: int, grad, backends: list[str]) -> dict[str, protocol.Call]:
+    """The cell's timed calls on one set of inputs: "sfa" (top-k included) and, per SDPA backend,
+    "<name>_random" (q, k as given) and "<name>_sparse" (their top-k codes). With ``grad``, each call runs
+    forward and backward on leaves of its own, whose gradients the timer resets between runs."""
     _, _, qd = topk_pack(q, topk)
     _, _, kd = topk_pack(k, topk)
-    for name in BACKENDS:
-        key = (name, op, batch, heads, length, dim)
-        if key not in cache:
-            args = (q, k, v) if grad is None else tuple(leaf(t) for t in (q, k, v))
-            cache[key] = time_ms(sdpa_call(name, *args, grad), rep_ms)[0]
-        sparse_args = (qd, kd, v) if grad is None else tuple(leaf(t) for t in (qd, kd, v))
-        sparse_ms = time_ms(sdpa_call(name, *sparse_args, grad), rep_ms)[0]
-        base_ms = min(cache[key], sparse_ms)
-        row = dict(meta, impl=SFA_IMPL, op=op, ms=round(sfa_ms, 4), baseline=f"sdpa_{name}",
-                   baseline_ms=round(base_ms, 4), speedup=round(base_ms / sfa_ms, 4),
+
+    def leaves(*tensors) -> tuple:
+        return tensors if grad is None else tuple(leaf(t) for t in tensors)
+
+    sfa_leaves = leaves(q, k, v)
+    calls = {"sfa": (sfa_call(*sfa_leaves, topk, grad), sfa_leaves if grad is not None else ())}
+    for name in backends:
+        for inputs, tensors in (("random", (q, k, v)), ("sparse", (qd, kd, v))):
+            args = leaves(*tensors)
+            calls[f"{name}_{inputs}"] = (sdpa_call(name, *args, grad), args if grad is not None else ())
+    return calls
+
+
+def _sfa_outputs(q, k, v, topk: int, grad) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """SFA's output (and, with ``grad``, dQ) once more, on fresh leaves, for the float64 check."""
+    if grad is None:
+        with torch.no_grad():
+            return flash_sfa(q, k, v, topk, topk), None
+    leaves = tuple(leaf(t) for t in (q, k, v))
+    out = flash_sfa(*leaves, topk, topk)
+    out.backward(grad)
+    return out.detach(), leaves[0].grad
+
+
+def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, timer: protocol.Timer,
+                  repeats: int, backends: list[str], device: torch.device) -> None:
+    """One cell: SFA against each SDPA backend at meta's shape, ``repeats`` interleaved rounds, one row each."""
+    batch, heads, length, dim, topk = (meta[k] for k in ("batch", "heads", "seq_len", "head_dim", "topk"))
+    q, k, v = random_qkv(batch, heads, length, dim, torch.bfloat16, seed=length + dim, device=device)
+    grad = None if op == "fwd" else torch.randn_like(q)
+    sfa_leaves = (q, k, v) if grad is None else tuple(leaf(t) for t in (q, k, v))
+    peak = protocol.peak_mib(sfa_call(*sfa_leaves, topk, grad), device)  # before the baselines' inputs exist
+    del sfa_leaves
+    calls = prefill_calls(q, k, v, topk, grad, backends)
+    times = protocol.interleaved(calls, repeats, timer)
+    out, dq = _sfa_outputs(q, k, v, topk, grad)
+    check = check_prefill(q, k, v, topk, out, dq, grad)
+    path = kernel_path(q.device, q.dtype, length, dim, False, "auto", backward=grad is not None)
+    fwd_config = forward_config(q)
+    for name in backends:
+        stats = protocol.ratio_summary(times["sfa"], protocol.faster_input(times, name))
+        row = dict(meta, impl=SFA_IMPL, op=op, sfa_path=path, baseline=f"sdpa_{name}", **stats,
                    max_rel_err=f"{check['kernel_err']:.3e}", peak_mem_mb=round(peak, 1))
         out_rows.write(row)
-        checks.write(dict(row, baseline_random_ms=round(cache[key], 4), baseline_sparse_ms=round(sparse_ms, 4),
-                          torch_err=f"{check['torch_err']:.3e}", passes=check["ok"], fwd_config=fwd_config))
-        print(f"{op:8s} L={length:>7d} d={dim:3d} k={topk:2d} B={batch} H={heads}: sfa {sfa_ms:8.3f} ms  "
-              f"{name} {base_ms:8.3f} ms  x{base_ms / sfa_ms:5.2f}  err {check['kernel_err']:.2e} "
-              f"(torch {check['torch_err']:.2e}) {'ok' if check['ok'] else 'FAIL'}", flush=True)
+        checks.write(dict(row, torch_err=f"{check['torch_err']:.3e}", passes=check["ok"], fwd_config=fwd_config,
+                          **{f"baseline_{inputs}_ms": round(statistics.median(times[f"{name}_{inputs}"]), 4)
+                             for inputs in ("random", "sparse")}))
+        print(f"{op:8s} L={length:>7d} d={dim:3d} k={topk:2d} B={batch} H={heads} {path}: sfa {stats['ms']:8.3f} ms  "
+              f"{name} {stats['baseline_ms']:8.3f} ms  x{stats['speedup_median']:5.2f} "
+              f"[{stats['speedup_min']:.2f}-{stats['speedup_max']:.2f}] {stats['verdict']:6s} "
+              f"err {check['kernel_err']:.2e} (torch {check['torch_err']:.2e}) {'ok' if check['ok'] else 'FAIL'}",
+              flush=True)

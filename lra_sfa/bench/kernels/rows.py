@@ -1,8 +1,10 @@
 """The kernel benchmark's CSV files: their columns, the key of one cell, and a writer that keeps other cells.
 
-``sfa_vs_sdpa.csv`` holds one row per shape, op and baseline (``COLUMNS``),
-plus the wide-code rows of ``lra_sfa.bench.wide`` (``WIDE_COLUMNS``);
-``sfa_checks.csv`` the same cells with the check's errors (``CHECK_COLUMNS``).
+``sfa_vs_sdpa.csv`` holds one row per shape, op, baseline and card (``COLUMNS``):
+the ratio's median and spread over the interleaved repeats with its verdict
+(``protocol``), and what produced it (commit, torch / Triton / cuDNN versions,
+card, the SFA kernels that ran). ``sfa_checks.csv`` holds the same cells with
+the check's errors and both baseline inputs' times (``CHECK_COLUMNS``).
 """
 
 from __future__ import annotations
@@ -10,16 +12,16 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "ms", "baseline",
-           "baseline_ms", "speedup", "max_rel_err", "peak_mem_mb", "device", "date"]
-# sfa_vs_sdpa.csv also holds the wide-code rows (impl=sfa_wide, from lra_sfa.bench.wide); these columns
-# say which variant a wide row is, and stay empty on the sfa_triton rows.
-WIDE_COLUMNS = ["mode", "cap", "D", "mean_candidates", "dropped_frac"]
-KERNEL_CSV_COLUMNS = COLUMNS + WIDE_COLUMNS
+PROVENANCE = ["device", "git_commit", "torch_version", "triton_version", "cudnn_version", "date"]
+COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "sfa_path", "ms", "baseline",
+           "baseline_ms", "speedup_median", "speedup_min", "speedup_max", "repeats", "verdict", "max_rel_err",
+           "peak_mem_mb", *PROVENANCE]
 CHECK_COLUMNS = COLUMNS + ["baseline_random_ms", "baseline_sparse_ms", "torch_err", "passes", "cache_bytes_per_token",
                            "dense_bytes_per_token", "fwd_config"]
-# one cell of sfa_vs_sdpa.csv / sfa_checks.csv: a re-measured cell replaces its row (batch x heads follow L)
-KERNEL_KEY = ["impl", "op", "seq_len", "head_dim", "topk", "dtype", "baseline", "mode", "cap", "D"]
+TOPK_COLUMNS = ["rows", "head_dim", "topk", "topk_pack_ms", "torch_topk_ms", *PROVENANCE]
+TOPK_KEY = ["rows", "head_dim", "topk", "device"]
+# one cell of sfa_vs_sdpa.csv / sfa_checks.csv: a re-measured cell replaces its row; rows of other cards stay
+KERNEL_KEY = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "baseline", "device"]
 SFA_IMPL = "sfa_triton"
 
 
@@ -31,8 +33,8 @@ class RowWriter:
     """A CSV of dict rows, rewritten atomically (a temporary file, then a rename) after every row.
 
     With ``key`` (column names) the rows already in the file are kept and a new row replaces the one
-    with the same key, so a partial re-run (one op, one head dim, one impl) updates its own cells and
-    loses none of the others; each row keeps its own ``date``. Without ``key`` the file starts empty.
+    with the same key, so a partial re-run (one op, one head dim, one card) updates its own cells and
+    loses none of the others; each row keeps its own commit and date. Without ``key`` the file starts empty.
     """
 
     def __init__(self, path: Path, columns: list[str], key: list[str] | None = None):

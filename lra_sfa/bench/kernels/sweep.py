@@ -1,9 +1,12 @@
-"""``--mode sweep``: SFA against cuDNN and FA2 over lengths, head dims and top-k, then the plot.
+"""``mode=sweep``: SFA against cuDNN and FA2 over lengths, head dims and top-k, by the interleaved protocol.
 
 Writes ``sfa_vs_sdpa.csv`` and ``sfa_checks.csv`` cell by cell (``rows.KERNEL_KEY``;
 the files are rewritten after every row, so a timeout or a partial re-run keeps
 everything else), ``sfa_topk.csv`` (``topk_pack`` against torch.topk) and
-``sfa_vs_sdpa.png``. ``--budget-s`` skips the jobs left when it is spent.
+``sfa_vs_sdpa.png``. Every row names its commit, library versions and card
+(``protocol.provenance``). Shapes: batch x heads from ``tokens`` per length
+(batch x heads x L = tokens), or fixed by ``batch`` and ``heads``. Cells left
+when ``budget_s`` is spent are skipped and listed at the end.
 """
 
 from __future__ import annotations
@@ -13,52 +16,91 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
-from lra_sfa.bench.kernels.calls import DEVICE, shape_for, time_ms, torch_topk_codes
+from lra_sfa.bench.kernels import protocol
+from lra_sfa.bench.kernels.calls import BACKENDS, shape_for, torch_topk_codes
 from lra_sfa.bench.kernels.decode import bench_decode
 from lra_sfa.bench.kernels.prefill import bench_prefill
-from lra_sfa.bench.kernels.rows import CHECK_COLUMNS, KERNEL_CSV_COLUMNS, KERNEL_KEY, RowWriter
+from lra_sfa.bench.kernels.rows import CHECK_COLUMNS, COLUMNS, KERNEL_KEY, TOPK_COLUMNS, TOPK_KEY, RowWriter
 from lra_sfa.bench.kernels.table import plot
 from lra_sfa.kernels.sfa.topk_pack import topk_pack
 
+OPS = ("fwd", "fwd_bwd", "decode")
 
-def run_sweep(args) -> None:
-    out_dir = Path(args.out)
-    rows = RowWriter(out_dir / "sfa_vs_sdpa.csv", KERNEL_CSV_COLUMNS, key=KERNEL_KEY)
+
+def cell_shape(cfg: DictConfig, length: int, tokens: int) -> tuple[int, int]:
+    """(batch, heads) of one cell: ``cfg.batch`` x ``cfg.heads`` where set, else from ``tokens`` per shape."""
+    if cfg.batch is not None and cfg.heads is not None:
+        return int(cfg.batch), int(cfg.heads)
+    return shape_for(length, tokens)
+
+
+def prefill_jobs(cfg: DictConfig) -> list[tuple[int, int, int, str]]:
+    """(dim, topk, length, op) in run order: the first (dim, topk) pair's lengths, its extra forward lengths,
+    then the other pairs and their extra lengths, so that a spent budget cuts the least asked-for cells."""
+    ops = [op for op in ("fwd", "fwd_bwd") if op in cfg.ops]
+    pairs = [(dim, topk) for topk in cfg.topks for dim in cfg.dims]
+    jobs = [[(dim, topk, length, op) for length in cfg.lengths for op in ops] for dim, topk in pairs]
+    extra = [[(dim, cfg.topks[0], length, "fwd") for length in cfg.fwd_extra_lengths] if "fwd" in ops else []
+             for dim in cfg.dims]
+    return jobs[0] + extra[0] + [job for part in jobs[1:] for job in part] + [job for part in extra[1:] for job in part]
+
+
+def time_topk(cfg: DictConfig, timer: protocol.Timer, base: dict, out_dir: Path, device: torch.device) -> None:
+    """``topk_pack`` against torch.topk on |x| for ``topk_rows`` rows of d = 128, into sfa_topk.csv."""
+    table = RowWriter(out_dir / "sfa_topk.csv", TOPK_COLUMNS, key=TOPK_KEY)
+    x = torch.randn(cfg.topk_rows, 128, device=device, dtype=torch.bfloat16)
+    for topk in cfg.topks:
+        pack_ms = timer(partial(topk_pack, x, topk), ())
+        torch_ms = timer(partial(torch_topk_codes, x, topk, False), ())
+        table.write(dict(base, rows=cfg.topk_rows, head_dim=128, topk=topk, topk_pack_ms=round(pack_ms, 4),
+                         torch_topk_ms=round(torch_ms, 4)))
+        print(f"top-k {cfg.topk_rows} rows x 128, k={topk}: topk_pack {pack_ms:.3f} ms, torch.topk {torch_ms:.3f} ms")
+
+
+def run_sweep(cfg: DictConfig, timer: protocol.Timer | None = None, device: str = "cuda") -> list[str]:
+    """Every cell of the grid that fits ``cfg.budget_s``; returns the cells skipped for the budget."""
+    unknown = sorted(set(cfg.ops) - set(OPS))
+    if unknown:
+        raise ValueError(f"ops={list(cfg.ops)}: {unknown} not among {list(OPS)}")
+    if sorted(set(cfg.baselines) - set(BACKENDS)) or not cfg.baselines:
+        raise ValueError(f"baselines={list(cfg.baselines)}: each must be one of {sorted(BACKENDS)}")
+    if (cfg.batch is None) != (cfg.heads is None):
+        raise ValueError(f"batch={cfg.batch}, heads={cfg.heads}: set both (one shape at every length) or neither "
+                         "(batch x heads from tokens)")
+    if cfg.repeats < protocol.MIN_REPEATS:
+        raise ValueError(f"repeats={cfg.repeats}: a ratio needs at least {protocol.MIN_REPEATS} interleaved repeats")
+    where = torch.device(device)
+    timer = timer or protocol.do_bench_timer(cfg.warmup_ms, cfg.rep_ms)
+    out_dir = Path(cfg.out)
+    rows = RowWriter(out_dir / "sfa_vs_sdpa.csv", COLUMNS, key=KERNEL_KEY)
     checks = RowWriter(out_dir / "sfa_checks.csv", CHECK_COLUMNS, key=KERNEL_KEY)
-    base = dict(dtype="bf16", device=torch.cuda.get_device_name(), date=args.date)
-    started, cache = time.time(), {}
-    for dim in args.dims if "decode" in args.ops else ():
-        for length in args.decode_lengths:
-            for topk in args.topks:
-                batch, heads = shape_for(length, args.decode_tokens)
-                bench_decode(rows, checks, dict(base, batch=batch, heads=heads, seq_len=length, head_dim=dim,
-                                                topk=topk), args.rep_ms, args.decode_config)
-    if "fwd" not in args.ops and "fwd_bwd" not in args.ops:
-        plot(out_dir / "sfa_vs_sdpa.csv", out_dir / "sfa_vs_sdpa.png")
-        return
-    topk_rows = RowWriter(out_dir / "sfa_topk.csv", ["rows", "head_dim", "topk", "topk_pack_ms", "torch_topk_ms",
-                                                      "device", "date"], key=["rows", "head_dim", "topk"])
-    x = torch.randn(args.topk_rows, 128, device=DEVICE, dtype=torch.bfloat16)
-    for topk in args.topks:
-        pack_ms = time_ms(partial(topk_pack, x, topk))[0]
-        torch_ms = time_ms(partial(torch_topk_codes, x, topk, False))[0]
-        topk_rows.write(dict(rows=args.topk_rows, head_dim=128, topk=topk, topk_pack_ms=round(pack_ms, 4),
-                             torch_topk_ms=round(torch_ms, 4), device=base["device"], date=args.date))
-        print(f"top-k {args.topk_rows} rows x 128, k={topk}: topk_pack {pack_ms:.3f} ms, torch.topk {torch_ms:.3f} ms")
-    del x
-    pairs = [(dim, topk) for topk in args.topks for dim in args.dims]
-    jobs = [(dim, topk, length, op) for dim, topk in pairs for length in args.lengths for op in ("fwd", "fwd_bwd")
-            if op in args.ops]
-    extra = [(dim, args.topks[0], length, "fwd") for dim in args.dims for length in args.fwd_extra_lengths
-             if "fwd" in args.ops]
-    per_dim = len(jobs) // len(pairs)  # the first (dim, topk) pair's jobs, then its extra lengths, then the rest
-    jobs = jobs[:per_dim] + extra[:len(args.fwd_extra_lengths)] + jobs[per_dim:] + extra[len(args.fwd_extra_lengths):]
+    base = protocol.provenance(where, str(cfg.date))
+    print(f"kernel sweep on {base['device']} at commit {base['git_commit']}: torch {base['torch_version']}, "
+          f"Triton {base['triton_version']}, cuDNN {base['cudnn_version']}; {cfg.repeats} interleaved repeats",
+          flush=True)
+    if base["git_commit"] == "unknown":
+        print("warning: no commit for the rows (no .git here): set LRA_SFA_GIT_COMMIT=<commit>", flush=True)
+    started, skipped = time.time(), []
+    backends = list(cfg.baselines)
+    jobs = [(dim, topk, length, "decode") for dim in cfg.dims for length in cfg.decode_lengths for topk in cfg.topks
+            if "decode" in cfg.ops] + prefill_jobs(cfg)
+    if jobs and any(op != "decode" for *_, op in jobs) and cfg.topk_rows:
+        time_topk(cfg, timer, base, out_dir, where)
     for dim, topk, length, op in jobs:
-        if time.time() - started > args.budget_s:
-            print(f"budget of {args.budget_s} s spent: skipping {op} L={length} d={dim} k={topk}", flush=True)
+        if time.time() - started > cfg.budget_s:
+            skipped.append(f"{op} L={length} d={dim} k={topk}")
             continue
-        batch, heads = shape_for(length, args.tokens)
-        meta = dict(base, batch=batch, heads=heads, seq_len=length, head_dim=dim, topk=topk)
-        bench_prefill(rows, checks, meta, op, cache, args.rep_ms)
-    plot(out_dir / "sfa_vs_sdpa.csv", out_dir / "sfa_vs_sdpa.png")
+        batch, heads = cell_shape(cfg, length, cfg.decode_tokens if op == "decode" else cfg.tokens)
+        meta = dict(base, batch=batch, heads=heads, seq_len=length, head_dim=dim, topk=topk, dtype="bf16")
+        if op == "decode":
+            config = tuple(cfg.decode_config) if cfg.decode_config else None
+            bench_decode(rows, checks, meta, timer, cfg.repeats, backends, where, config)
+        else:
+            bench_prefill(rows, checks, meta, op, timer, cfg.repeats, backends, where)
+    if skipped:
+        print(f"budget_s={cfg.budget_s} spent: skipped {len(skipped)} cells: {', '.join(skipped)}", flush=True)
+    if rows.rows:
+        plot(out_dir / "sfa_vs_sdpa.csv", out_dir / "sfa_vs_sdpa.png")
+    return skipped

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# On the GPU machine (issue 23): the SFA kernel benchmark by the interleaved protocol, and the float64 checks.
+#   Here (the checkout that travels): cp ../shared/device/wheels/*.whl .whl/   (Hydra; run with carry [".whl"])
+#   LRA_SFA_GIT_COMMIT=$(git rev-parse --short=12 HEAD) bash lab/gpu/kernel_protocol.sh [PARTS]
+# PARTS, comma-separated (default: sweep), each sized to share one 10-minute device call as shown:
+#   sweep      the default grid: L = 1K..64K, d = 64 and 128, k = 8, fwd and fwd_bwd (budget_s, about 6 minutes)
+#   short      bench_kernels=short: L = 1K..8K at batch x heads = 256 (LRA's lengths)
+#   gpu-tests  pytest -m gpu tests/test_kernels_gpu.py with its summary (sfa_gpu_checks.csv)
+# e.g. one call `... kernel_protocol.sh sweep`, a second `... kernel_protocol.sh short,gpu-tests`.
+# Everything lands in $OUT/kernels (CSVs written row by row, so a time-out keeps the rows done, plus log.txt);
+# at home: python -m lra_sfa.bench.kernels mode=merge src=<the returned kernels folder>, then mode=table.
+# Extra Hydra overrides for the sweeps go in $OVERRIDES (e.g. OVERRIDES='repeats=7 budget_s=300').
+set -u
+PARTS=${1:-sweep}
+[ -n "${LRA_SFA_GIT_COMMIT:-}" ] || echo "warning: LRA_SFA_GIT_COMMIT is not set: rows will say git_commit=unknown"
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH=/tmp/site:$PWD
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT/kernels"
+log() { grep --line-buffered -v WARN | tee -a "$OUT/kernels/log.txt"; }
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.limit,temperature.gpu --format=csv 2>&1 | log
+for part in ${PARTS//,/ }; do
+  case $part in
+    sweep) timeout 570 python3 -m lra_sfa.bench.kernels out="$OUT/kernels" budget_s=450 hydra.run.dir=/tmp/bench_kernels \
+             ${OVERRIDES:-} 2>&1 | log ;;
+    short) timeout 250 python3 -m lra_sfa.bench.kernels bench_kernels=short out="$OUT/kernels" topk_rows=0 budget_s=200 \
+             hydra.run.dir=/tmp/bench_kernels ${OVERRIDES:-} 2>&1 | log ;;
+    gpu-tests) LRA_SFA_GPU_SUMMARY="$OUT/kernels/sfa_gpu_checks.csv" timeout 320 python3 -m pytest -m gpu -q \
+                 -p no:cacheprovider tests/test_kernels_gpu.py 2>&1 | tail -40 | log ;;
+    *) echo "kernel_protocol.sh: unknown part '$part' (sweep, short, gpu-tests)" | log ;;
+  esac
+done

@@ -222,3 +222,12 @@ def test_padded_path_from_the_config(make_cfg):
     bad = OmegaConf.merge(make_cfg("attn=full").attn, {"padded_path": "flash"})
     with pytest.raises(ValueError, match=r"padded_path='flash' must be one of \('auto', 'flex', 'sdpa_mask'"):
         build_attention(bad, num_heads=2, head_dim=8, max_seq_len=16)
+
+
+def test_a_run_records_the_padded_path(tmp_path):
+    from tests.conftest import train_smoke
+
+    listops = ["task=listops", "task.seq_len=16", "task.max_depth=2", "task.min_length=3", "task.max_length=13",
+               "task.num_train=64", "task.num_val=16", "task.num_test=16", "task.workers=1"]
+    record = train_smoke(tmp_path, [*listops, "attn=full", "attn.padded_path=sdpa_mask"])
+    assert record["attn_path"] == "sdpa+mask" and record["attn_args"]["padded_path"] == "sdpa_mask"

@@ -16,6 +16,7 @@ naming the forward and backward kernels that ran.
 from __future__ import annotations
 
 import csv
+import fcntl
 import os
 
 import pytest
@@ -32,18 +33,29 @@ pytestmark = [
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
 
+class SummaryFile:
+    """Appends each case's row to LRA_SFA_GPU_SUMMARY as it passes or fails, under a file lock, so a run cut
+    by a time limit keeps the rows done and pytest-xdist workers can share one file."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+
+    def append(self, row: dict) -> None:
+        from lra_sfa.bench.kernels.check import CHECK_COLUMNS
+
+        if not self.path:
+            return
+        with open(self.path, "a", newline="") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            writer = csv.DictWriter(handle, fieldnames=CHECK_COLUMNS)
+            if handle.tell() == 0:
+                writer.writeheader()
+            writer.writerow(row)
+
+
 @pytest.fixture(scope="module")
 def summary():
-    from lra_sfa.bench.kernels.check import CHECK_COLUMNS
-
-    rows: list[dict] = []
-    yield rows
-    path = os.environ.get("LRA_SFA_GPU_SUMMARY")
-    if path and rows:
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CHECK_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+    return SummaryFile(os.environ.get("LRA_SFA_GPU_SUMMARY"))
 
 
 def _qkv(length: int, dim: int, dtype: torch.dtype, scale: float, heads: int):

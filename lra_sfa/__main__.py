@@ -48,11 +48,13 @@ def _is_main_rank() -> bool:
 
 @hydra.main(version_base=None, config_path="pkg://lra_sfa.conf", config_name="config")
 def _app(cfg: DictConfig) -> dict | None:
+    from lra_sfa.compose import name_attn
     from lra_sfa.train import run  # after Hydra has parsed arguments: fast --help
 
     hydra_cfg = HydraConfig.get()
     with open_dict(cfg):
         cfg.run_dir = cfg.run_dir or hydra_cfg.runtime.output_dir
+    name_attn(cfg, hydra_cfg.runtime.choices, hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         record = run(cfg)
@@ -139,7 +141,10 @@ def group_options(group: str) -> str:
 def main() -> None:
     from omegaconf import OmegaConf
 
+    from lra_sfa.schema import register as register_schema
+
     OmegaConf.register_new_resolver("lra_sfa_options", group_options, replace=True)
+    register_schema()  # a config file may inherit /schema/<group> (lra_sfa.schema)
     argv = sys.argv[1:]
     if "--help" not in argv and "-h" not in argv and "--cfg" not in argv and "-c" not in argv:
         problem = _check_launcher(argv) or _check_output_root(argv)

@@ -103,12 +103,13 @@ def check_supported(backend: AttentionBackend, q, k, v, key_padding_mask=None) -
         raise ValueError("; ".join(reasons))
 
 
-def build_attention(cfg: Any, *, num_heads: int, head_dim: int, max_seq_len: int) -> AttentionBackend:
+def build_attention(cfg: Any, *, num_heads: int, head_dim: int, max_seq_len: int,
+                    name: str | None = None) -> AttentionBackend:
     """Instantiate an attention config, adding the context arguments it accepts.
 
-    ``cfg`` is a DictConfig with ``_target_`` (from ``conf/attn/*.yaml``).
+    ``cfg`` is a DictConfig with ``_target_`` (from ``conf/attn/<name>.yaml``).
     A misspelt target or an argument the class does not take raises a
-    ValueError that names the config (its ``name`` key, or the target).
+    ValueError that names the config (``name``, the attn choice, or the target).
     """
     from hydra.errors import InstantiationException
     from hydra.utils import get_class, instantiate
@@ -116,7 +117,7 @@ def build_attention(cfg: Any, *, num_heads: int, head_dim: int, max_seq_len: int
 
     container = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
     target = container.get("_target_")
-    label = container.pop("name", None) or target
+    label = name or target
     where = f"attention config '{label}' (conf/attn/{label}.yaml or your own attn YAML)"
     if not target:
         raise ValueError(f"{where} has no _target_; set it to an importable AttentionBackend class")
@@ -132,7 +133,8 @@ def build_attention(cfg: Any, *, num_heads: int, head_dim: int, max_seq_len: int
     unknown = [key for key in container if key != "_target_" and key not in params and not accepts_var_kw]
     if unknown:
         valid = [p for p in params if p not in ("self", *CONTEXT_ARGS)]
-        raise ValueError(f"{where}: {target} takes no argument(s) {unknown}; valid arguments: {valid}")
+        retired = " (the name: key is gone: the file name names the backend; delete it)" if "name" in unknown else ""
+        raise ValueError(f"{where}: {target} takes no argument(s) {unknown}; valid arguments: {valid}{retired}")
     extra = {key: value for key, value in context.items() if key in params and key not in container}
     try:
         return instantiate(container, **extra)

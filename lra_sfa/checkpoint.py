@@ -45,6 +45,8 @@ PAYLOAD_KEYS = ("model", "optimizer", "schedule", "sampler", "step", "settings",
 RESUME_FREE = frozenset({"max_steps", "max_seconds", "checkpoint_every", "progress", "timing_warmup_steps",
                          "log_every", "device", "find_unused_parameters", "test_lengths", "compile", "compile_mode",
                          "data_on_device"})
+# settings older checkpoints hold that are no longer part of the config (attn.name: the attn choice names the backend)
+RETIRED_SETTINGS = frozenset({"attn.name"})
 
 
 class CheckpointError(ValueError):
@@ -92,7 +94,7 @@ def resume_settings(cfg) -> dict:
 
 def settings_changes(saved: dict, now: dict) -> dict:
     """key -> {"checkpoint": saved value, "now": current value} for every key that differs ("absent" if missing)."""
-    keys = sorted(set(saved) | set(now))
+    keys = sorted((set(saved) - RETIRED_SETTINGS) | set(now))
     return {key: {"checkpoint": saved.get(key, "absent"), "now": now.get(key, "absent")}
             for key in keys if saved.get(key, "absent") != now.get(key, "absent")}
 

@@ -1,17 +1,53 @@
-"""Composing the project's configs from Python (``conf/`` as the package ``lra_sfa.conf``)."""
+"""Composing the project's configs from Python (``conf/`` as the package ``lra_sfa.conf``).
+
+A composed run config names its attention backend in ``attn_name``: the attn
+group's choice (``full``, ``sfa``, ``sfa_wide``, ...), which Hydra knows only
+while it composes (``hydra.runtime.choices``). Both ways in fill it there:
+``compose_config`` below and the ``python -m lra_sfa`` app (for each job of a
+multirun too), so the name never depends on which Hydra app is running when
+the record is written (the campaign composes its cells inside its own app).
+"""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from collections.abc import Iterable, Mapping
+
+from omegaconf import DictConfig, open_dict
+
+
+def attn_choice(choices: Mapping, overrides: Iterable[str]) -> str | None:
+    """The attn group's choice, or None when there is none or the overrides replace ``attn._target_`` (the
+    backend is then not the chosen file's: the record names its class, see ``lra_sfa.recording.attn_name``)."""
+    if any(str(item).split("=", 1)[0].lstrip("~+") == "attn._target_" for item in overrides):
+        return None
+    choice = choices.get("attn")
+    return str(choice) if choice else None
+
+
+def name_attn(cfg: DictConfig, choices: Mapping, overrides: Iterable[str]) -> DictConfig:
+    """Fill a run config's ``attn_name`` (declared null in conf/config.yaml) from the composition's choices;
+    a value given explicitly (``attn_name=mine``) stays. Returns ``cfg``."""
+    if "attn_name" in cfg.keys() and cfg.get("attn_name") is None:
+        with open_dict(cfg):
+            cfg.attn_name = attn_choice(choices, overrides)
+    return cfg
 
 
 def compose_config(overrides: list[str], config_name: str = "config") -> DictConfig:
     """``config_name`` composed with ``overrides``, inside a running Hydra app (which already holds
-    this config module) or outside one."""
+    this config module) or outside one; a run config gets its ``attn_name``."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
+    from lra_sfa.schema import register
+
+    register()  # the schema in the ConfigStore, for config files that inherit it
     if GlobalHydra.instance().is_initialized():
-        return compose(config_name, overrides=overrides)
-    with initialize_config_module("lra_sfa.conf", version_base=None):
-        return compose(config_name, overrides=overrides)
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    else:
+        with initialize_config_module("lra_sfa.conf", version_base=None):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return name_attn(cfg, choices, overrides)

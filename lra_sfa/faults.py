@@ -6,7 +6,8 @@ prints that line and exits with code 2 (a sweep records the job as ``error``
 and goes on). Checked before any training step:
 
 - config values of the wrong type or out of range (``trainer.max_steps=abc``,
-  ``trainer.grad_clip=-1``, ``model.num_heads=0``, ``trainer.betas=[0.9]``),
+  ``trainer.grad_clip=-1``, ``model.num_heads=0``, ``trainer.betas=[0.9]``), against the
+  schema in ``lra_sfa.schema``,
 - output folders that cannot be written (run dir, results store),
 - inputs outside the vocabulary, labels outside the classes, NaN or Inf in a
   floating-point split (checked once per split at load, in chunks).
@@ -14,162 +15,22 @@ and goes on). Checked before any training step:
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lra_sfa.recording import RecordWriteError, RunRecord, hydra_job, peak_memory_mb
+from lra_sfa.recording import RecordWriteError, RunRecord, attn_name, hydra_job, peak_memory_mb
 from lra_sfa.records import REQUIRED_FIELDS, git_commit, now_iso, store_record, write_json_atomic
+from lra_sfa.schema import validate_config
 from lra_sfa.tasks.base import IGNORE_INDEX
 
-# key -> (expected kind, allow null). Kinds: int, float (ints accepted), bool, str, floats (a list of floats),
-# ints (a list of integers). A key absent from the composed config (a task without it) is not checked.
-CONFIG_TYPES: dict[str, tuple[str, bool]] = {
-    "seed": ("int", False),
-    "task.seq_len": ("int", False),
-    "task.num_train": ("int", False),
-    "task.num_val": ("int", False),
-    "task.num_test": ("int", False),
-    "task.seed": ("int", False),
-    "task.workers": ("int", True),
-    "task.n_workers": ("int", True),
-    "task.resolution": ("int", False),
-    "task.min_length": ("int", False),
-    "task.max_length": ("int", False),
-    "task.max_depth": ("int", False),
-    "task.max_args": ("int", False),
-    "trainer.max_steps": ("int", False),
-    "trainer.max_seconds": ("float", True),
-    "trainer.batch_size": ("int", False),
-    "trainer.eval_batch_size": ("int", True),
-    "trainer.eval_every": ("int", False),
-    "trainer.log_every": ("int", False),
-    "trainer.lr": ("float", False),
-    "trainer.schedule": ("str", False),
-    "trainer.warmup_steps": ("int", False),
-    "trainer.weight_decay": ("float", False),
-    "trainer.betas": ("floats", False),
-    "trainer.eps": ("float", False),
-    "trainer.grad_clip": ("float", True),
-    "trainer.timing_warmup_steps": ("int", False),
-    "trainer.checkpoint_every": ("int", False),
-    "trainer.progress": ("bool", False),
-    "trainer.device": ("str", False),
-    "trainer.precision": ("str", False),
-    "trainer.test_lengths": ("ints", True),
-    "model.d_model": ("int", False),
-    "model.num_heads": ("int", False),
-    "model.num_layers": ("int", False),
-    "model.mlp_dim": ("int", False),
-    "model.qkv_dim": ("int", True),
-    "model.dropout": ("float", False),
-    "model.attn_dropout": ("float", False),
-    "model.norm_eps": ("float", False),
-}
-
-
-@dataclass(frozen=True)
-class Range:
-    """The valid values of a numeric key (of each item for a list kind): bounds inclusive unless ``*_open``,
-    None = unbounded; ``length`` fixes a list's length; ``hint`` says what to use instead."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    length: int | None = None
-    hint: str = ""
-
-    def holds(self, value) -> bool:
-        if isinstance(value, (list, tuple)):
-            return (self.length is None or len(value) == self.length) and all(self.holds(v) for v in value)
-        if not math.isfinite(value):
-            return False
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-    def describe(self) -> str:
-        if self.low is not None and self.high is not None:
-            text = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-        elif self.low is not None:
-            text = f"greater than {self.low:g}" if self.low_open else f"at least {self.low:g}"
-        else:
-            text = "finite"
-        if self.length is not None:
-            text = f"a list of {self.length} numbers, each {text}"
-        return text + (f" ({self.hint})" if self.hint else "")
-
-
-AT_LEAST_1, AT_LEAST_0 = Range(low=1), Range(low=0)
-# Every numeric key of CONFIG_TYPES has its range here (a float key without one must at least be finite).
-CONFIG_RANGES: dict[str, Range] = {
-    "seed": AT_LEAST_0, "task.seed": AT_LEAST_0, "task.seq_len": AT_LEAST_1, "task.num_train": AT_LEAST_1,
-    "task.num_val": AT_LEAST_1, "task.num_test": AT_LEAST_1, "task.workers": AT_LEAST_1,
-    "task.n_workers": AT_LEAST_1, "task.resolution": AT_LEAST_1, "task.min_length": AT_LEAST_0,
-    "task.max_length": AT_LEAST_1, "task.max_depth": AT_LEAST_1, "task.max_args": Range(low=2),
-    "trainer.max_steps": AT_LEAST_1, "trainer.max_seconds": Range(low=0, low_open=True, hint="or null for none"),
-    "trainer.batch_size": AT_LEAST_1, "trainer.eval_batch_size": Range(low=1, hint="or null for batch_size"),
-    "trainer.eval_every": AT_LEAST_1, "trainer.log_every": AT_LEAST_1,
-    "trainer.lr": Range(low=0, low_open=True), "trainer.warmup_steps": AT_LEAST_0,
-    "trainer.weight_decay": AT_LEAST_0, "trainer.betas": Range(low=0, high=1, high_open=True, length=2),
-    "trainer.eps": Range(low=0, low_open=True),
-    "trainer.grad_clip": Range(low=0, low_open=True, hint="the max gradient norm; null for no clipping"),
-    "trainer.timing_warmup_steps": AT_LEAST_0, "trainer.checkpoint_every": Range(low=0, hint="0 for none"),
-    "trainer.test_lengths": AT_LEAST_1, "model.d_model": AT_LEAST_1, "model.num_heads": AT_LEAST_1,
-    "model.num_layers": AT_LEAST_1, "model.mlp_dim": AT_LEAST_1, "model.qkv_dim": Range(low=1, hint="or null"),
-    "model.dropout": Range(low=0, high=1, high_open=True), "model.attn_dropout": Range(low=0, high=1, high_open=True),
-    "model.norm_eps": Range(low=0, low_open=True),
-}
-RESUME_CHOICES = (True, False, "auto", "force")
-_ABSENT = object()
-KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-              "floats": "a list of numbers", "ints": "a list of integers"}
-
-
-def _has_kind(value, kind: str) -> bool:
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "str":
-        return isinstance(value, str)
-    item_kind = "int" if kind == "ints" else "float"
-    return isinstance(value, (list, tuple)) and all(_has_kind(item, item_kind) for item in value)
-
-
-def check_config_types(cfg: DictConfig) -> None:
-    """Raise ValueError naming the first key whose value has the wrong type or range (one line each).
-
-    The one place where config values are checked before a run: types from
-    ``CONFIG_TYPES``, ranges from ``CONFIG_RANGES`` (NaN and Inf are never valid).
-    """
-    for key, (kind, nullable) in CONFIG_TYPES.items():
-        value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
-        if value is _ABSENT:
-            continue
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value, resolve=True)
-        if value is None and nullable:
-            continue
-        if not _has_kind(value, kind):
-            expected = KIND_WORDS[kind] + (" or null" if nullable else "")
-            raise ValueError(f"config {key}={value!r} has the wrong type: expected {expected}")
-        bound = CONFIG_RANGES.get(key, Range() if kind in ("float", "floats") else None)
-        if bound is not None and not bound.holds(value):
-            raise ValueError(f"config {key}={value!r} must be {bound.describe()}")
-    resume = cfg.get("resume")
-    if resume not in RESUME_CHOICES:
-        raise ValueError(f"config resume={resume!r} has the wrong type: expected true, false, auto or force")
+# The config check is the schema's (types and ranges in one place); run() calls it by this name.
+check_config_types = validate_config
 
 
 def check_writable(folder: str | Path, what: str) -> Path:
@@ -244,7 +105,7 @@ def _minimal_record(cfg: DictConfig) -> dict:
     choices, _ = hydra_job()
     target = OmegaConf.select(cfg, "task._target_", default=None, throw_on_missing=False)
     task = str(target).rsplit(".", 1)[-1].lower() if target else choices.get("task", "unknown")
-    attn = OmegaConf.select(cfg, "attn.name", default=None, throw_on_missing=False) or choices.get("attn", "unknown")
+    attn = attn_name(cfg)
     record.update(kind="run", task=task, attn=attn, attn_args={}, model={}, steps=0, date=now_iso(), world_size=1,
                   git_commit=git_commit())
     return record

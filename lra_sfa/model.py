@@ -109,7 +109,7 @@ class LRAClassifier(nn.Module):
                  dropout: float = 0.1, attn_dropout: float = 0.1, pos: str = "sin", dual: bool = False,
                  has_padding: bool = True, qkv_dim: int | None = None, init: str = "torch",
                  norm_eps: float = 1e-5, gelu: str = "exact", proj_bias: bool = True, padding: str = "task",
-                 dual_head: str = "paper") -> None:
+                 dual_head: str = "paper", attn_name: str | None = None) -> None:
         super().__init__()
         for key, value, valid in (("pooling", pooling, ("cls", "mean", "last", "none")),
                                   ("pos", pos, ("sin", "learned")), ("init", init, ("torch", "lra")),
@@ -133,7 +133,8 @@ class LRAClassifier(nn.Module):
         head_dim = (qkv_dim or d_model) // num_heads
         self.blocks = nn.ModuleList(
             Block(d_model, num_heads, mlp_dim,
-                  build_attention(attn_cfg, num_heads=num_heads, head_dim=head_dim, max_seq_len=total_len),
+                  build_attention(attn_cfg, num_heads=num_heads, head_dim=head_dim, max_seq_len=total_len,
+                                  name=attn_name),
                   dropout, attn_dropout, qkv_dim, norm_eps, gelu, proj_bias, release_padding)
             for _ in range(num_layers)
         )

@@ -59,6 +59,14 @@ def hydra_job() -> tuple[dict, list[str]]:
     return dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task)
 
 
+def attn_name(cfg: DictConfig) -> str:
+    """The record's ``attn``: the attn group's choice that composition put in ``attn_name`` (``full``, ``sfa``,
+    ...; see lra_sfa.compose), else the class name of ``attn._target_`` (an attention given by its target alone)."""
+    name = OmegaConf.select(cfg, "attn_name", default=None, throw_on_missing=False)
+    target = OmegaConf.select(cfg, "attn._target_", default=None, throw_on_missing=False)
+    return str(name or (str(target).rsplit(".", 1)[-1] if target else "custom"))
+
+
 def build_task(task_cfg: DictConfig) -> Task:
     """Instantiate ``conf/task/<name>.yaml``; a bad value gets a clear error naming the key."""
     from hydra.errors import InstantiationException
@@ -88,7 +96,7 @@ class RunRecord:
         self.data = {
             "kind": "run",
             "task": str(resolved["task"]["_target_"]).rsplit(".", 1)[-1].lower(),
-            "attn": attn.pop("name", None) or str(target).rsplit(".", 1)[-1],
+            "attn": attn_name(cfg),
             "attn_target": target,
             "attn_args": attn,
             "seq_len": int(cfg.task.seq_len),

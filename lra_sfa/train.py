@@ -33,7 +33,7 @@ from lra_sfa.model import LRAClassifier
 from lra_sfa.optim import build_optimizer
 from lra_sfa.placement import compile_choice, place_data
 from lra_sfa.progress import TrainProgress
-from lra_sfa.recording import RunRecord, build_task, peak_memory_mb
+from lra_sfa.recording import RunRecord, attn_name, build_task, peak_memory_mb
 
 
 class Diverged(RuntimeError):
@@ -264,7 +264,7 @@ def _attention_stats(modules) -> dict[str, float]:
 def _build_model(cfg, task, device) -> LRAClassifier:
     return LRAClassifier(
         vocab_size=task.vocab_size, num_classes=task.num_classes, seq_len=int(cfg.task.seq_len),
-        attn_cfg=cfg.attn, pooling=task.pooling, dual=task.dual, has_padding=task.has_padding,
+        attn_cfg=cfg.attn, attn_name=attn_name(cfg), pooling=task.pooling, dual=task.dual, has_padding=task.has_padding,
         **OmegaConf.to_container(cfg.model, resolve=True),
     ).to(device)
 
@@ -307,8 +307,6 @@ def _finished(cfg, run_dir: Path, env: dist.DistEnv) -> dict | None:
 def run(cfg: DictConfig) -> dict:
     """One training run from a composed config; returns (and writes) its record."""
     faults.check_config_types(cfg)
-    if cfg.trainer.get("test_weights", "best_val") not in ("best_val", "final"):
-        raise ValueError(f"config trainer.test_weights={cfg.trainer.test_weights!r} must be best_val or final")
     env = dist.setup(cfg.trainer.device)
     record = None
     try:

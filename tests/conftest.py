@@ -23,13 +23,12 @@ def make_cfg(tmp_path):
     """compose(overrides) -> a config whose run dir, results store and cache are under tmp_path."""
 
     def _make(*overrides: str):
-        from hydra import compose, initialize_config_module  # imported here: the GPU machine may lack hydra
+        from lra_sfa.compose import compose_config  # imported here: the GPU machine may lack hydra
 
-        with initialize_config_module("lra_sfa.conf", version_base=None):
-            return compose("config", overrides=[
-                f"run_dir={tmp_path / 'run'}", f"results_dir={tmp_path / 'store'}",
-                f"paths.cache_dir={tmp_path / 'cache'}", "trainer.progress=false", *overrides,
-            ])
+        return compose_config([
+            f"run_dir={tmp_path / 'run'}", f"results_dir={tmp_path / 'store'}",
+            f"paths.cache_dir={tmp_path / 'cache'}", "trainer.progress=false", *overrides,
+        ])
 
     return _make
 
@@ -41,16 +40,13 @@ def attn_names() -> list[str]:
 
 def train_smoke(tmp_path, overrides: list[str]) -> dict:
     """Two training steps of the tiny model through the real runner; returns the record."""
-    from hydra import compose, initialize_config_module
-
+    from lra_sfa.compose import compose_config
     from lra_sfa.train import run
 
     base = ["model=tiny", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_every=2", "trainer.device=cpu",
             "trainer.progress=false", f"run_dir={tmp_path / 'run'}", "results_dir=null",
             f"paths.cache_dir={tmp_path / 'cache'}"]
-    with initialize_config_module("lra_sfa.conf", version_base=None):
-        cfg = compose("config", overrides=base + overrides)
-    record = run(cfg)
+    record = run(compose_config(base + overrides))
     assert record["status"] == "ok", record
     assert (tmp_path / "run" / "record.json").is_file()
     return record

@@ -51,6 +51,7 @@ def test_campaign_runs_then_skips_finished_cells(tmp_path, monkeypatch):
     assert sorted(r["cell"] for r in records) == [
         "experiment=listops_reduced attn=full seed=0", "experiment=listops_reduced attn=sfa seed=0"]
     assert all(r["git_commit"] == "abc1234" and r["steps"] == r["max_steps"] == 12 for r in records)
+    assert sorted(r["attn"] for r in records) == ["full", "sfa"]  # the cell's attn choice, not the campaign app's
     second = run_campaign(_campaign(tmp_path))
     assert all(outcome.startswith("finished before") for _, outcome in second)
     assert len(list((tmp_path / "store").glob("*.json"))) == 2

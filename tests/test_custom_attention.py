@@ -62,7 +62,7 @@ def run_cli(root: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProce
     return subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600)
 
 
-GOOD_YAML = "_target_: my_clipped_attention.ClippedAttention\nname: mine\nclip: 3.0\n"
+GOOD_YAML = "_target_: my_clipped_attention.ClippedAttention\nclip: 3.0\n"
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +85,9 @@ def test_user_attention_from_outside_the_package_trains_and_records(user_folder)
 @pytest.mark.parametrize(
     "yaml_text,expected",
     [
-        ("_target_: my_clipped_attention.ClipedAttention\nname: mine\n",
+        ("_target_: my_clipped_attention.ClipedAttention\n",
          r"attention config 'mine'.*cannot be imported"),
-        ("_target_: my_clipped_attention.ClippedAttention\nname: mine\nclip_value: 3.0\n",
+        ("_target_: my_clipped_attention.ClippedAttention\nclip_value: 3.0\n",
          r"attention config 'mine'.*clip_value.*valid arguments: \['clip'\]"),
     ],
     ids=["misspelt_target", "unknown_argument"],

@@ -17,7 +17,7 @@ from lra_sfa.train import run
 
 from .test_train import EASY_LISTOPS
 
-FULL = OmegaConf.create({"_target_": "lra_sfa.baselines.full.FullAttention", "name": "full"})
+FULL = OmegaConf.create({"_target_": "lra_sfa.baselines.full.FullAttention"})
 
 
 def _model(init: str, **kwargs) -> LRAClassifier:

@@ -124,7 +124,7 @@ def test_token_head_and_query_loss_on_every_backend(make_cfg, name):
 
 
 def test_select_needs_token_outputs():
-    attn = OmegaConf.create({"_target_": "lra_sfa.baselines.full.FullAttention", "name": "full"})
+    attn = OmegaConf.create({"_target_": "lra_sfa.baselines.full.FullAttention"})
     build_attention(attn, num_heads=2, head_dim=16, max_seq_len=9)
     model = LRAClassifier(vocab_size=8, num_classes=3, seq_len=8, attn_cfg=attn, d_model=32, num_heads=2)
     with pytest.raises(ValueError, match="pooling none"):

@@ -63,7 +63,6 @@ def load_backend(name: str, num_heads: int, head_dim: int, max_seq_len: int, **o
 
     path = conf_dir() / f"{name}.yaml"
     cfg = yaml.safe_load(path.read_text())
-    cfg.pop("name", None)
     module_name, _, class_name = cfg.pop("_target_").rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     params = inspect.signature(cls.__init__).parameters

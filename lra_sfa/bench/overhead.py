@@ -47,12 +47,12 @@ DEFAULT_OVERRIDES = [
 
 def compose_runner_cfg(overrides: list[str], steps: int, run_dir: Path) -> DictConfig:
     """conf/config.yaml with the defaults above, then ``overrides``; evaluation only after the last step."""
-    from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
+    from lra_sfa.compose import compose_config
+
     GlobalHydra.instance().clear()
-    with initialize_config_module("lra_sfa.conf", version_base=None):
-        cfg = compose("config", overrides=[*DEFAULT_OVERRIDES, *overrides])
+    cfg = compose_config([*DEFAULT_OVERRIDES, *overrides])
     total = int(cfg.trainer.timing_warmup_steps) + steps
     with_steps = {"trainer": {"max_steps": total, "eval_every": total, "max_seconds": None},
                   "run_dir": str(run_dir), "results_dir": None}

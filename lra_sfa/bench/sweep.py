@@ -131,10 +131,9 @@ def run_cell(attn_cfg: DictConfig, part: str, op: str, length: int, bench: DictC
     return fields
 
 
-def _cell_record(base: dict, attn_cfg: DictConfig, part: str, op: str, length: int, bench: DictConfig,
+def _cell_record(base: dict, name: str, attn_cfg: DictConfig, part: str, op: str, length: int, bench: DictConfig,
                  measured: dict) -> dict[str, Any]:
     args = OmegaConf.to_container(attn_cfg, resolve=True)
-    name = args.pop("name", None)
     target = args.pop("_target_", None)
     width = int(bench.heads) * int(bench.head_dim)
     return {
@@ -167,7 +166,7 @@ def run_sweep(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> list
                         print(f"bench: budget_seconds={budget:g} spent; stopping before {name} {part} {op} L={length}")
                         return records
                     measured = run_cell(attn_cfgs[name], part, op, length, bench, device, dtype)
-                    record = _cell_record(base, attn_cfgs[name], part, op, length, bench, measured)
+                    record = _cell_record(base, name, attn_cfgs[name], part, op, length, bench, measured)
                     common.write_bench_record(record, cfg.out_dir)
                     records.append(record)
                     print(format_cell(record), flush=True)

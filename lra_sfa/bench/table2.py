@@ -127,7 +127,6 @@ def run_table2(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> lis
     for name in names:
         attn_cfg = common.load_attn_cfg(name, (bench.attn_args or {}).get(name))
         args = OmegaConf.to_container(attn_cfg, resolve=True)
-        args.pop("name", None)
         target = args.pop("_target_", None)
         for length in sorted(int(value) for value in bench.lengths):
             if budget is not None and time.perf_counter() - start > budget:

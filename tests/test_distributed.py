@@ -25,8 +25,8 @@ DDP_ARGS = [*TINY, "task.num_train=800", "trainer.batch_size=16", "trainer.max_s
 class FullWithUnusedParameter(FullAttention):
     """Full attention holding a parameter that no loss touches (DDP must be told to expect it)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, padded_path: str = "auto") -> None:
+        super().__init__(padded_path=padded_path)
         self.idle = torch.nn.Parameter(torch.randn(4))
 
 

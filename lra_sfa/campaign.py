@@ -12,6 +12,7 @@ finished one. Records name their cell (``cell``) and the commit; a tree without 
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -72,6 +73,55 @@ def finished_cells(store: Path) -> dict[str, dict]:
     return {record["cell"]: record for record in records if record.get("cell") and is_finished(record)}
 
 
+def _sibling_key(key: str) -> str:
+    """A cell key without its seed: cells that differ only in the seed take the same time."""
+    return re.sub(r" seed=-?\d+", "", key)
+
+
+def cell_estimates(store: Path, work_dir: Path) -> dict[str, tuple[float, float]]:
+    """Seed-free cell key -> (the whole run's seconds, its checkpoint's MiB), estimated from the records of
+    the store and of the work dir's cut cells that name a cell and a training rate.
+
+    Seconds: ``max_steps`` at the recorded steps/s plus the run's time outside the timed steps (data,
+    compilation, evaluation: ``wall_seconds - train_seconds``, or a minute for records without it).
+    MiB: fp32 weights and AdamW's two moments, 12 bytes a parameter.
+    """
+    from lra_sfa.records import load_records
+
+    records = []
+    for folder in (store, work_dir):
+        records += load_records(folder)[0] if folder.is_dir() else []
+    estimates = {}
+    for record in records:
+        rate, key = record.get("steps_per_second"), record.get("cell")
+        if not key or not rate or not record.get("max_steps"):
+            continue
+        wall, train = record.get("wall_seconds"), record.get("train_seconds") or 0.0
+        overhead = wall - train if wall and wall > train else 60.0  # a resumed run's wall is one segment
+        seconds = record["max_steps"] / rate + overhead
+        megabytes = 12 * (record.get("num_parameters") or 0) / 2**20
+        estimates[_sibling_key(key)] = (max(seconds, estimates.get(_sibling_key(key), (0.0, 0.0))[0]), megabytes)
+    return estimates
+
+
+def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: float | None) -> str | None:
+    """Why the cell is not started in this slot, or None: it would be cut, and its checkpoint is larger than
+    what the next slot gets back (``checkpoint_travel_mb``), so the time would be lost."""
+    travel_mb = cfg.get("checkpoint_travel_mb")
+    estimate = estimates.get(_sibling_key(cell.key))
+    if seconds_left is None or travel_mb is None or estimate is None:
+        return None
+    seconds, megabytes = estimate
+    resume = Path(cfg.work_dir) / cell.slug / "record.json"
+    if resume.is_file():  # a cut run of this cell: only its remaining steps are left
+        done = json.loads(resume.read_text())
+        if done.get("max_steps"):
+            seconds *= 1 - min(int(done.get("steps") or 0), done["max_steps"]) / done["max_steps"]
+    if seconds <= seconds_left or megabytes <= float(travel_mb):
+        return None
+    return f"not started: needs about {seconds:.0f} s, {seconds_left:.0f} s left, checkpoint ~{megabytes:.0f} MiB"
+
+
 def _cell_config(cell: Cell, cfg: DictConfig, seconds_left: float | None) -> DictConfig:
     from lra_sfa.compose import compose_config
 
@@ -94,6 +144,7 @@ def run_campaign(cfg: DictConfig) -> list[tuple[Cell, str]]:
     cells = expand_cells(cfg.campaign.cells)
     done = finished_cells(Path(cfg.store))
     deadline = time.monotonic() + 60 * float(cfg.deadline_minutes) if cfg.deadline_minutes else None
+    estimates = cell_estimates(Path(cfg.store), Path(cfg.work_dir))
     outcomes = []
     for cell in cells:
         if cell.key in done:
@@ -103,6 +154,10 @@ def run_campaign(cfg: DictConfig) -> list[tuple[Cell, str]]:
         seconds_left = None if deadline is None else deadline - time.monotonic()
         if cfg.dry_run or (seconds_left is not None and seconds_left < 60):
             outcomes.append((cell, "to run"))
+            continue
+        skip = _cannot_finish(cell, cfg, estimates, seconds_left)
+        if skip:
+            outcomes.append((cell, skip))
             continue
         record = run(_cell_config(cell, cfg, seconds_left))
         cut = record.get("stopped_by_time_budget")
@@ -132,7 +187,7 @@ def main(cfg: DictConfig) -> None:
         print(f"lra-sfa campaign: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     _print_table(outcomes)
-    left = sum(outcome == "to run" or outcome.startswith("cut") for _, outcome in outcomes)
+    left = sum(outcome == "to run" or outcome.startswith(("cut", "not started")) for _, outcome in outcomes)
     print(f"{len(outcomes) - left} of {len(outcomes)} cells finished" + (f"; {left} left" if left else ""))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import resource
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -127,6 +128,7 @@ class RunRecord:
             "overrides": hydra_job()[1],  # the job's command-line overrides (a sweep's axes)
         }
         self.device = device
+        self.started = time.monotonic()
 
     def update(self, **fields) -> None:
         self.data.update(fields)
@@ -146,6 +148,7 @@ class RunRecord:
         it becomes ``error`` with a reason naming them. Both copies are attempted even if one fails; then
         an OSError names what failed and what was kept.
         """
+        self.data["wall_seconds"] = round(time.monotonic() - self.started, 1)  # this process, set-up included
         if self.data["peak_memory_mb"] is None:
             self.data["peak_memory_mb"] = peak_memory_mb(self.device)
         self.data, replaced = finite_or_null(self.data)

@@ -7,7 +7,7 @@ import json
 import pytest
 from hydra import compose, initialize_config_module
 
-from lra_sfa.campaign import Cell, expand_cells, is_finished, run_campaign
+from lra_sfa.campaign import Cell, cell_estimates, expand_cells, is_finished, run_campaign
 
 SMALL = ["task.seq_len=16", "task.max_depth=2", "task.min_length=3", "task.max_length=13", "task.num_train=400",
          "task.num_val=64", "task.num_test=64", "task.workers=1", "trainer.max_steps=12", "trainer.eval_every=6",
@@ -78,3 +78,26 @@ def test_campaign_needs_a_commit(tmp_path, monkeypatch):
     monkeypatch.setattr("lra_sfa.records.git_commit", lambda: "unknown")
     with pytest.raises(ValueError, match="LRA_SFA_GIT_COMMIT"):
         run_campaign(_campaign(tmp_path))
+
+
+def test_a_cell_that_would_be_cut_and_lose_its_checkpoint_is_not_started(tmp_path, monkeypatch):
+    """With checkpoint_travel_mb set, a cell whose siblings' records say it cannot finish before the deadline,
+    and whose checkpoint would not travel, is left for a later slot; without it, the cell runs."""
+    monkeypatch.setenv("LRA_SFA_GIT_COMMIT", "abc1234")
+    one_seed = "campaign.cells=[{experiment: listops_reduced, attns: [full], seeds: [0]}]"
+    run_campaign(_campaign(tmp_path, one_seed))
+    (path,) = (tmp_path / "store").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["wall_seconds"] >= record["train_seconds"] > 0
+    record["steps_per_second"] = 12 / 1000  # as if the whole run took 1000 s at this rate
+    path.write_text(json.dumps(record))
+    estimates = cell_estimates(tmp_path / "store", tmp_path / "work")
+    seconds, megabytes = estimates["experiment=listops_reduced attn=full"]
+    assert seconds >= 1000 and megabytes == pytest.approx(12 * record["num_parameters"] / 2**20)
+    two_seeds = "campaign.cells=[{experiment: listops_reduced, attns: [full, sfa], seeds: [1]}]"
+    planned = run_campaign(_campaign(tmp_path, two_seeds, "deadline_minutes=5", "checkpoint_travel_mb=0"))
+    assert planned[0][1].startswith("not started: needs about")
+    assert planned[1][1].startswith("ok")  # no sibling record: nothing to estimate from, so it runs
+    kept = run_campaign(_campaign(tmp_path, two_seeds, "deadline_minutes=5",
+                                  f"checkpoint_travel_mb={megabytes + 1:.0f}"))
+    assert kept[0][1].startswith("ok")  # its checkpoint would travel: cut or not, the time is not lost

@@ -7,7 +7,8 @@
 # There: installs the Hydra wheels, unpacks .campaign/work.tgz (the run dirs of cells cut last time),
 # runs the campaign for <minutes>, and returns $OUT/records.tgz (new records: unpack into results/runs/)
 # and $OUT/work.tgz (run dirs whose checkpoints are under 16 MiB, e.g. Pathfinder's; copy it to
-# .campaign/work.tgz for the next slot). Larger checkpoints (ListOps) cannot travel: those cells restart.
+# .campaign/work.tgz for the next slot). Larger checkpoints (ListOps) cannot travel: those cells restart, so a
+# cell that would be cut and whose checkpoint is larger is not started (checkpoint_travel_mb=16).
 set -u
 campaign=$1; minutes=$2; shift 2
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null; export PYTHONPATH=/tmp/site
@@ -17,7 +18,7 @@ mkdir -p /tmp/campaign /tmp/records
 [ -f .campaign/work.tgz ] && tar xzf .campaign/work.tgz -C /tmp/campaign
 cp results/runs/*.json /tmp/records/ 2>/dev/null  # finished cells are skipped
 before=$(ls /tmp/records | sort)
-python3 -m lra_sfa.campaign campaign="$campaign" deadline_minutes="$minutes" store=/tmp/records \
+python3 -m lra_sfa.campaign campaign="$campaign" deadline_minutes="$minutes" store=/tmp/records checkpoint_travel_mb=16 \
   work_dir=/tmp/campaign "$@"
 new=$(comm -13 <(echo "$before") <(ls /tmp/records | sort))
 [ -n "$new" ] && tar czf "$OUT/records.tgz" -C /tmp/records $new

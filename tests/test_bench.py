@@ -149,7 +149,10 @@ def test_harness_overhead_on_cpu(tmp_path):
     overrides = ["task.seq_len=64", "task.num_train=64", "task.num_val=16", "task.num_test=16",
                  "model.d_model=32", "model.num_heads=2", "model.num_layers=1", "model.mlp_dim=64",
                  "trainer.batch_size=4", f"paths.cache_dir={tmp_path / 'cache'}"]
-    record = overhead.main(["--steps", "4", "--repeats", "1", "--out", str(tmp_path / "store"), *overrides])
+    with initialize_config_module("lra_sfa.conf", version_base=None):
+        cfg = compose("bench_overhead", overrides=["steps=4", "repeats=1", f"out={tmp_path / 'store'}",
+                                                   "overrides=[" + ",".join(f"'{item}'" for item in overrides) + "]"])
+    record = overhead.run_overhead(cfg)
     assert record["runner_step_ms"] > 0 and record["bare_step_ms"] > 0
     assert math.isfinite(record["overhead_fraction"]) and record["overhead_fraction"] < 1
     assert record["overhead_fraction"] == pytest.approx(1 - record["bare_step_ms"] / record["runner_step_ms"])

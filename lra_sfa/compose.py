@@ -51,3 +51,9 @@ def compose_config(overrides: list[str], config_name: str = "config") -> DictCon
     with open_dict(cfg):
         del cfg["hydra"]
     return name_attn(cfg, choices, overrides)
+
+
+def attn_config(name: str) -> DictConfig:
+    """``conf/attn/<name>.yaml`` as the run config composes it (``attn=<name>``): a file that inherits
+    another (``defaults: [sfa_wide]``) comes back whole, which a plain YAML load would not give."""
+    return compose_config([f"attn={name}"]).attn

@@ -61,3 +61,31 @@ def test_lra_listops_protocol_values(make_cfg):
     trainer = cfg.trainer
     assert (trainer.batch_size, trainer.max_steps, trainer.lr, trainer.schedule) == (32, 5000, 0.05, "rsqrt")
     assert cfg.trainer.warmup_steps == 1000 and cfg.trainer.weight_decay == 0.1 and cfg.task.pooling == "cls"
+
+
+def _differences(a, b, prefix: str = "") -> set[str]:
+    """Dotted keys whose values differ between two plain nested dicts."""
+    keys = set(a) | set(b)
+    out = set()
+    for key in keys:
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            out |= _differences(left, right, f"{prefix}{key}.")
+        elif left != right:
+            out.add(f"{prefix}{key}")
+    return out
+
+
+@pytest.mark.parametrize(("child", "parent", "differs"), [
+    ("experiment=pathfinder_40k", "experiment=lra_pathfinder",
+     {"protocol", "task.num_train", "task.num_val", "task.num_test", "trainer.eval_every"}),
+    ("experiment=needle_4k", "experiment=lra_needle", {"task.seq_len"}),
+    ("experiment=needle_long", "experiment=lra_needle",
+     {"task.seq_len", "trainer.max_steps", "trainer.test_lengths"}),
+    ("attn=sfa_wide_simhash", "attn=sfa_wide", {"attn.codes", "attn.D", "attn.k", "attn_name"}),
+])
+def test_gpu_presets_inherit_and_differ_only_where_they_say(child, parent, differs):
+    from lra_sfa.compose import compose_config
+
+    composed = [OmegaConf.to_container(compose_config([item]), resolve=False) for item in (child, parent)]
+    assert _differences(*composed) == differs

@@ -2,8 +2,8 @@
 
     python -m lra_sfa.bench.baselines out=results/kernels     # config: conf/bench_baselines.yaml
 
-For every backend YAML named (default: the baselines of baselines/, read
-straight from conf/attn/ with PyYAML, no Hydra needed):
+For every backend named (default: the baselines of baselines/; each
+``conf/attn/<name>.yaml`` as the run config composes it):
 
 1. Check, at a small shape with a key padding mask: the CUDA path in bf16
    against the CPU path in float64 on the same (bf16-rounded) inputs, output
@@ -34,12 +34,12 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lra_sfa.bench.timing import time_ms
+from lra_sfa.compose import attn_config
 from lra_sfa.oldargs import exit_if_old_form, replacement
 
-CONF_ATTN = Path(__file__).resolve().parents[1].parent / "conf" / "attn"
 COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "ms", "baseline",
            "baseline_ms", "speedup", "max_rel_err", "peak_mem_mb", "device", "date", "status"]
 CHECK_COLUMNS = ["name", "path", "batch", "heads", "seq_len", "head_dim", "dtype", "err_out", "err_dq", "err_dk",
@@ -47,22 +47,9 @@ CHECK_COLUMNS = ["name", "path", "batch", "heads", "seq_len", "head_dim", "dtype
 DEVICE = "cuda"  # "cpu" under dry_run=true (logic check only, tiny sizes)
 
 
-def conf_dir() -> Path:
-    """conf/attn of the installed package (``lra_sfa.conf``) or of the source tree."""
-    try:
-        import lra_sfa.conf as conf_pkg
-
-        return Path(conf_pkg.__file__).resolve().parent / "attn"
-    except ImportError:
-        return CONF_ATTN
-
-
 def load_backend(name: str, num_heads: int, head_dim: int, max_seq_len: int, **overrides):
-    """Instantiate conf/attn/<name>.yaml with PyYAML (the context args its class names are added)."""
-    import yaml
-
-    path = conf_dir() / f"{name}.yaml"
-    cfg = yaml.safe_load(path.read_text())
+    """Instantiate conf/attn/<name>.yaml as composed (the context args its class names are added)."""
+    cfg = OmegaConf.to_container(attn_config(name), resolve=True)
     module_name, _, class_name = cfg.pop("_target_").rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     params = inspect.signature(cls.__init__).parameters

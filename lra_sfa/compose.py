@@ -55,5 +55,8 @@ def compose_config(overrides: list[str], config_name: str = "config") -> DictCon
 
 def attn_config(name: str) -> DictConfig:
     """``conf/attn/<name>.yaml`` as the run config composes it (``attn=<name>``): a file that inherits
-    another (``defaults: [sfa_wide]``) comes back whole, which a plain YAML load would not give."""
-    return compose_config([f"attn={name}"]).attn
+    another (``defaults: [sfa_wide]``) comes back whole, which a plain YAML load would not give. Detached
+    from the run config and open to new keys, as a loaded file is (``attn_args`` merge into it)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create(OmegaConf.to_container(compose_config([f"attn={name}"]).attn, resolve=True))

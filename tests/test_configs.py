@@ -89,3 +89,14 @@ def test_gpu_presets_inherit_and_differ_only_where_they_say(child, parent, diffe
 
     composed = [OmegaConf.to_container(compose_config([item]), resolve=False) for item in (child, parent)]
     assert _differences(*composed) == differs
+
+
+def test_attn_config_gives_an_inheriting_file_whole_and_open_to_new_keys():
+    from lra_sfa.bench.common import load_attn_cfg
+    from lra_sfa.compose import attn_config
+
+    cfg = attn_config("sfa_wide_simhash")
+    assert (cfg.codes, cfg.D, cfg.k) == ("simhash", 131072, 8) and "defaults" not in cfg
+    assert cfg._target_ == OmegaConf.load(CONF / "attn" / "sfa_wide.yaml")._target_
+    merged = load_attn_cfg("sfa_wide_simhash", {"bits_start": 2, "new_key": 1})
+    assert merged.bits_start == 2 and merged.new_key == 1 and merged.D == 131072

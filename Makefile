@@ -48,7 +48,7 @@ bench-kernels: $(STAMP) ## SFA kernels against cuDNN / FlashAttention-2 by inter
 	$(PY) -m lra_sfa.bench.kernels
 
 pathfinder-samples: $(STAMP) ## a PNG grid of generated Pathfinder examples with their labels
-	$(PY) -m lra_sfa.tasks.pathfinder samples --out results/plots/pathfinder_samples.png
+	$(PY) -m lra_sfa.tasks.pathfinder mode=samples out=results/plots/pathfinder_samples.png
 
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -51,3 +51,12 @@ def compose_config(overrides: list[str], config_name: str = "config") -> DictCon
     with open_dict(cfg):
         del cfg["hydra"]
     return name_attn(cfg, choices, overrides)
+
+
+def attn_config(name: str) -> DictConfig:
+    """``conf/attn/<name>.yaml`` as the run config composes it (``attn=<name>``): a file that inherits
+    another (``defaults: [sfa_wide]``) comes back whole, which a plain YAML load would not give. Detached
+    from the run config and open to new keys, as a loaded file is (``attn_args`` merge into it)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create(OmegaConf.to_container(compose_config([f"attn={name}"]).attn, resolve=True))

@@ -24,7 +24,7 @@ Sources:
   growth included; ``clean`` is the corrected variant, whose label is always true to the image
   (``snakes`` module docstring).
 
-Generation speed: ``python -m lra_sfa.tasks.pathfinder bench`` prints images per wall second and
+Generation speed: ``python -m lra_sfa.tasks.pathfinder mode=bench`` prints images per wall second and
 per CPU second (the per-core rate: workers are independent processes); measured rates are in
 ``results/tasks/NOTES.md``. Hard images are slow because both target snakes must grow 14
 paddles without a dead end, and snakes2 restarts both from nothing when one fails. At 32 px
@@ -34,17 +34,18 @@ about 1 in 34. The
 ``official`` path skips the attempts the seed test refuses on the empty canvas (distribution
 unchanged: they draw nothing else) and grows the rest in batches (``tasks/pathfinder_batch.py``).
 
-CLI: ``python -m lra_sfa.tasks.pathfinder samples --out results/plots/pathfinder_samples.png``
-writes a labelled PNG grid; ``bench`` measures speed; ``export`` writes the release layout.
+CLI (a Hydra app, ``conf/pathfinder_tools.yaml``): ``python -m lra_sfa.tasks.pathfinder
+out=results/plots/pathfinder_samples.png`` writes a labelled PNG grid (``mode=samples``);
+``mode=bench`` measures speed; ``mode=export out=<folder>`` writes the release layout.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import random
 import resource
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -299,27 +300,48 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lra_sfa.tasks.pathfinder")
-    parser.add_argument("command", choices=["samples", "bench", "export"])
-    parser.add_argument("--out", default="results/plots/pathfinder_samples.png",
-                        help="PNG (samples) or folder (export)")
-    parser.add_argument("--resolution", type=int, default=32)
-    parser.add_argument("--difficulty", default="hard", choices=list(CONTOUR_LENGTH))
-    parser.add_argument("--num", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--generator", default="official", choices=list(GENERATORS))
-    args = parser.parse_args(argv)
-    if args.command == "samples":
-        print(save_samples(Path(args.out), args.resolution, args.difficulty, args.num, args.seed, args.generator))
-    elif args.command == "bench":
-        bench(args.resolution, args.difficulty, args.num, args.workers, args.generator)
+TOOL_MODES = ("samples", "bench", "export")
+OLD_OPTIONS = {name: name for name in ("out", "resolution", "difficulty", "num", "seed", "workers", "generator")}
+
+
+def run_tool(cfg) -> None:
+    """One mode of ``conf/pathfinder_tools.yaml`` (``cfg``: its composed config); bad keys are a ValueError."""
+    for key, value, valid in (("mode", cfg.mode, TOOL_MODES), ("difficulty", cfg.difficulty, tuple(CONTOUR_LENGTH)),
+                              ("generator", cfg.generator, tuple(GENERATORS))):
+        if value not in valid:
+            raise ValueError(f"{key}={value!r} must be one of {', '.join(valid)}")
+    resolution, difficulty, num, generator = int(cfg.resolution), str(cfg.difficulty), int(cfg.num), str(cfg.generator)
+    if cfg.mode == "samples":
+        out = Path(str(cfg.out or "results/plots/pathfinder_samples.png"))
+        print(save_samples(out, resolution, difficulty, num, int(cfg.seed), generator))
+    elif cfg.mode == "bench":
+        bench(resolution, difficulty, num, int(cfg.workers), generator)
     else:
-        params = lra_params(args.resolution, args.difficulty, args.generator)
-        images, labels = generate(params, args.num, args.seed, args.workers)
-        write_release(Path(args.out), images, labels)
-        print(f"wrote {len(labels)} images to {args.out}")
+        if not cfg.out:
+            raise ValueError("mode=export needs out=<folder> (the release layout is written there)")
+        images, labels = generate(lra_params(resolution, difficulty, generator), num, int(cfg.seed), int(cfg.workers))
+        write_release(Path(str(cfg.out)), images, labels)
+        print(f"wrote {len(labels)} images to {cfg.out}")
+
+
+def _tool_app(cfg) -> None:
+    try:
+        run_tool(cfg)
+    except ValueError as exc:
+        print(f"lra_sfa.tasks.pathfinder: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main() -> None:
+    """``python -m lra_sfa.tasks.pathfinder [key=value ...]`` (a Hydra app; imported here, not by the task);
+    the old ``samples --out PNG`` form gets one line."""
+    import hydra
+
+    from lra_sfa.oldargs import exit_if_old_form, replacement
+
+    exit_if_old_form(replacement("python -m lra_sfa.tasks.pathfinder", "conf/pathfinder_tools.yaml", sys.argv[1:],
+                                 OLD_OPTIONS, positional=("mode", TOOL_MODES)))
+    hydra.main(version_base=None, config_path="pkg://lra_sfa.conf", config_name="pathfinder_tools")(_tool_app)()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ and with the ``official`` generator grows their target attempts in batches (``pa
 ``generate(params, num, seed, workers)`` splits the work into fixed chunks of ``CHUNK`` images,
 each with its own ``random.Random((seed, chunk))`` stream, so the result depends on
 (params, num, seed) only, not on the number of worker processes.
-Speed: see the ``pathfinder`` module docstring (``python -m lra_sfa.tasks.pathfinder bench``).
+Speed: see the ``pathfinder`` module docstring (``python -m lra_sfa.tasks.pathfinder mode=bench``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from lra_sfa.attention import build_attention
 from lra_sfa.baselines._engines import FLEX_TILE, blocked_attention, build_block_mask, key_validity
@@ -28,6 +27,7 @@ from lra_sfa.baselines.nystromformer import NystromformerAttention
 from lra_sfa.baselines.performer import PerformerAttention
 from lra_sfa.baselines.sfa_window import SFAWindowAttention
 from lra_sfa.baselines.windowed import WindowedAttention
+from lra_sfa.compose import attn_config
 from lra_sfa.kernels.sfa.reference import sparsify
 
 ATTN_DIR = Path(__file__).resolve().parents[1] / "conf" / "attn"
@@ -230,7 +230,7 @@ def test_flex_impl_on_cpu_is_a_clear_error():
 
 
 def attn_cfg(path: Path, **overrides):
-    cfg = OmegaConf.load(path)
+    cfg = attn_config(path.stem)  # composed: a file may inherit another (defaults: [sfa_wide])
     for key, value in overrides.items():
         cfg[key] = value
     return cfg
@@ -244,7 +244,7 @@ def test_every_baseline_has_a_yaml():
     names = {p.stem for p in ATTN_YAMLS}
     assert MINE <= names
     for path in ATTN_YAMLS:
-        cfg = OmegaConf.load(path)
+        cfg = attn_config(path.stem)
         assert str(cfg._target_).startswith("lra_sfa."), f"{path}: _target_ must be an lra_sfa class"
 
 

@@ -105,9 +105,11 @@ def test_padding_mask_keeps_a_prefix():
 
 def test_table2_protocol_from_the_cli(tmp_path):
     env = {**os.environ, "LRA_SFA_BENCH_RESULTS": str(tmp_path / "store")}
+    small = ",".join(f"'{item}'" for item in ("model.d_model=32", "model.num_heads=2", "model.num_layers=1",
+                                                "model.mlp_dim=64"))
     args = ["bench=lra_table2", "device=cpu", "bench.attns=[full,sfa]", "bench.lengths=[64,128]", "bench.batch=2",
-            "bench.model.d_model=32", "bench.model.num_heads=2", "bench.model.num_layers=1", "bench.model.mlp_dim=64",
-            "bench.warmup_steps=1", "bench.timed_steps=2", f"hydra.run.dir={tmp_path / 'out'}"]
+            f"bench.overrides=[{small}]", "bench.warmup_steps=1", "bench.timed_steps=2",
+            f"hydra.run.dir={tmp_path / 'out'}"]
     result = subprocess.run([sys.executable, "-m", "lra_sfa.bench", *args], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -118,14 +120,39 @@ def test_table2_protocol_from_the_cli(tmp_path):
         assert record["mode"] == "lra_table2" and record["status"] == "ok" and bench_problem(record) is None
         assert record["steps_per_second"] > 0 and record["timed_steps"] == 2 and record["peak_memory_mb"] > 0
         assert record["batch"] == 2 and record["model"]["d_model"] == 32 and "synthetic" in record["data"]
+        assert record["experiment"] == "lra_text" and record["model"]["init"] == "lra"  # the composed model
         assert record["tokens_per_second"] == pytest.approx(record["steps_per_second"] * 2 * record["seq_len"])
+
+
+def test_table2_model_and_optimizer_are_the_text_experiments():
+    from lra_sfa.bench.table2 import OPTIMIZER_KEYS, text_protocol
+    from lra_sfa.compose import compose_config
+
+    def table2(*overrides: str):
+        with initialize_config_module("lra_sfa.conf", version_base=None):
+            return compose("bench", overrides=["bench=lra_table2", *overrides]).bench
+
+    bench = text_protocol(table2())
+    text = compose_config(["experiment=lra_text"])
+    assert bench.model == text.model and bench.pooling == text.task.pooling == "cls"
+    assert dict(bench.optimizer) == {key: text.trainer[key] for key in OPTIMIZER_KEYS}
+    model = bench.model
+    assert (model.d_model, model.num_heads, model.num_layers, model.mlp_dim) == (256, 4, 4, 1024)
+    assert bench.optimizer.schedule == "rsqrt" and bench.optimizer.lr == 0.05
+    small = text_protocol(table2("bench.overrides=['model.d_model=32']"))
+    assert small.model.d_model == 32 and small.model.num_layers == text.model.num_layers
+    with pytest.raises(ValueError, match="bench.experiment='nosuch'"):
+        text_protocol(table2("bench.experiment=nosuch"))
 
 
 def test_harness_overhead_on_cpu(tmp_path):
     overrides = ["task.seq_len=64", "task.num_train=64", "task.num_val=16", "task.num_test=16",
                  "model.d_model=32", "model.num_heads=2", "model.num_layers=1", "model.mlp_dim=64",
                  "trainer.batch_size=4", f"paths.cache_dir={tmp_path / 'cache'}"]
-    record = overhead.main(["--steps", "4", "--repeats", "1", "--out", str(tmp_path / "store"), *overrides])
+    with initialize_config_module("lra_sfa.conf", version_base=None):
+        cfg = compose("bench_overhead", overrides=["steps=4", "repeats=1", f"out={tmp_path / 'store'}",
+                                                   "overrides=[" + ",".join(f"'{item}'" for item in overrides) + "]"])
+    record = overhead.run_overhead(cfg)
     assert record["runner_step_ms"] > 0 and record["bare_step_ms"] > 0
     assert math.isfinite(record["overhead_fraction"]) and record["overhead_fraction"] < 1
     assert record["overhead_fraction"] == pytest.approx(1 - record["bare_step_ms"] / record["runner_step_ms"])

@@ -61,3 +61,42 @@ def test_lra_listops_protocol_values(make_cfg):
     trainer = cfg.trainer
     assert (trainer.batch_size, trainer.max_steps, trainer.lr, trainer.schedule) == (32, 5000, 0.05, "rsqrt")
     assert cfg.trainer.warmup_steps == 1000 and cfg.trainer.weight_decay == 0.1 and cfg.task.pooling == "cls"
+
+
+def _differences(a, b, prefix: str = "") -> set[str]:
+    """Dotted keys whose values differ between two plain nested dicts."""
+    keys = set(a) | set(b)
+    out = set()
+    for key in keys:
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            out |= _differences(left, right, f"{prefix}{key}.")
+        elif left != right:
+            out.add(f"{prefix}{key}")
+    return out
+
+
+@pytest.mark.parametrize(("child", "parent", "differs"), [
+    ("experiment=pathfinder_40k", "experiment=lra_pathfinder",
+     {"protocol", "task.num_train", "task.num_val", "task.num_test", "trainer.eval_every"}),
+    ("experiment=needle_4k", "experiment=lra_needle", {"task.seq_len"}),
+    ("experiment=needle_long", "experiment=lra_needle",
+     {"task.seq_len", "trainer.max_steps", "trainer.test_lengths"}),
+    ("attn=sfa_wide_simhash", "attn=sfa_wide", {"attn.codes", "attn.D", "attn.k", "attn_name"}),
+])
+def test_gpu_presets_inherit_and_differ_only_where_they_say(child, parent, differs):
+    from lra_sfa.compose import compose_config
+
+    composed = [OmegaConf.to_container(compose_config([item]), resolve=False) for item in (child, parent)]
+    assert _differences(*composed) == differs
+
+
+def test_attn_config_gives_an_inheriting_file_whole_and_open_to_new_keys():
+    from lra_sfa.bench.common import load_attn_cfg
+    from lra_sfa.compose import attn_config
+
+    cfg = attn_config("sfa_wide_simhash")
+    assert (cfg.codes, cfg.D, cfg.k) == ("simhash", 131072, 8) and "defaults" not in cfg
+    assert cfg._target_ == OmegaConf.load(CONF / "attn" / "sfa_wide.yaml")._target_
+    merged = load_attn_cfg("sfa_wide_simhash", {"bits_start": 2, "new_key": 1})
+    assert merged.bits_start == 2 and merged.new_key == 1 and merged.D == 131072

@@ -6,12 +6,13 @@ import random
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_module
 from PIL import Image
 
 from lra_sfa.tasks import pathfinder
 from lra_sfa.tasks.base import TaskDataError
 from lra_sfa.tasks.paddles import dilate
-from lra_sfa.tasks.pathfinder import Pathfinder, PathX, main, read_metadata, write_release
+from lra_sfa.tasks.pathfinder import Pathfinder, PathX, read_metadata, run_tool, write_release
 from lra_sfa.tasks.pathfinder_gen import generate, generate_image, generate_images
 from lra_sfa.tasks.snakes import CONTOUR_LENGTH, lra_params
 
@@ -196,7 +197,9 @@ def test_release_errors_name_file_and_line(tmp_path):
 
 def test_samples_cli_writes_png(tmp_path):
     out = tmp_path / "plots" / "samples.png"
-    main(["samples", "--out", str(out), "--num", "4", "--difficulty", "easy"])
+    with initialize_config_module("lra_sfa.conf", version_base=None):
+        cfg = compose("pathfinder_tools", overrides=["mode=samples", f"out={out}", "num=4", "difficulty=easy"])
+    run_tool(cfg)
     with Image.open(out) as image:
         assert image.size[0] > 200 and image.size[1] > 200
 

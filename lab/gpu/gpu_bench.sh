@@ -13,7 +13,7 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/n
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT/bench"
 attns() { [[ $1 == all ]] && echo "bench.attns=null" || echo "bench.attns=[$1]"; }
-[[ ${OVERHEAD:-1} == 0 ]] || timeout 90 python3 -m lra_sfa.bench.overhead --out "$OUT/bench" 2>&1 | tail -2
+[[ ${OVERHEAD:-1} == 0 ]] || timeout 90 python3 -m lra_sfa.bench.overhead out="$OUT/bench" 2>&1 | tail -2
 if [[ $SWEEP != - ]]; then
   timeout $(( SWEEP_S + 60 )) python3 -m lra_sfa.bench out_dir="$OUT/bench" hydra.run.dir=/tmp/bench_sweep \
     "$(attns "$SWEEP")" 'bench.lengths=[1024,4096,16384,65536,262144,1048576]' bench.max_seconds=6 \

@@ -1,20 +1,17 @@
 #!/usr/bin/env bash
-# On the GPU machine: LRA-protocol training runs under a per-run wall-clock budget
+# On the GPU machine: training runs of conf/experiment presets under a per-run wall-clock budget
 # (trainer.max_seconds; the record says how many steps ran and stopped_by_time_budget).
-# Every backend of one task gets the same budget, so their accuracies compare at equal training time.
+# Every backend of one experiment gets the same budget, so their accuracies compare at equal training time.
 #
 #   LRA_SFA_GIT_COMMIT=<local HEAD> bash lab/gpu/gpu_lra_runs.sh SPEC...
-#   SPEC = <preset>=<attn>[,<attn>...]@<seconds>
-#   presets: listops (experiment=lra_listops), pf32 (experiment=lra_pathfinder, 40k generated images),
-#            needle1k / needle4k (experiment=lra_needle at seq_len 1024 / 4096),
-#            needle_long (trained at 256 tokens, then tested at 1K, 4K, 16K and 64K: trainer.test_lengths)
-#   attn "sfa_wide_simhash" = attn=sfa_wide with SimHash codes at D = 131072, k = 8 (the operating point
-#   that met the 1M speed target; results/kernels/sfa_wide.md); any attn may carry its own overrides,
-#   colon-separated: sfa_wide_simhash:bits_start=2 adds attn.bits_start=2 (keys "seed" or with a dot,
-#   e.g. :seed=1 or :trainer.lr=5e-4, are passed as written)
-#   needle_long trains a fixed trainer.max_steps=$NEEDLE_STEPS (default 3000) for every backend, so they are
-#   trained the same way; give it a budget that does not bind (the record says if it did)
-#   e.g.   bash lab/gpu/gpu_lra_runs.sh listops=performer,bigbird,linformer@90 pf32=sfa@45 needle1k=full,sfa@30
+#   SPEC = <experiment>=<attn>[,<attn>...]@<seconds>: python -m lra_sfa experiment=<experiment> attn=<attn>
+#   The presets are config files: lra_listops, pathfinder_40k (Pathfinder-32 on 40k generated images),
+#   lra_needle (1K) / needle_4k, needle_long (trained at 256 tokens, tested at 1K..64K);
+#   attn=sfa_wide_simhash is the wide-code operating point (conf/attn/sfa_wide_simhash.yaml).
+#   An attn may carry its own overrides, colon-separated: sfa_wide_simhash:bits_start=2 adds attn.bits_start=2
+#   (keys "seed" or with a dot, e.g. :seed=1 or :trainer.lr=5e-4, are passed as written).
+#   Pathfinder's head dim is 4 (qkv_dim 16, 4 heads): give sfa k=2 of its 4 features, pathfinder_40k=sfa:topk=2.
+#   e.g.   bash lab/gpu/gpu_lra_runs.sh lra_listops=performer,bigbird,linformer@90 pathfinder_40k=sfa:topk=2@45
 #          bash lab/gpu/gpu_lra_runs.sh needle_long=full,sfa,sfa_wide_simhash:bits_start=2@400
 # The device gets no .git: pass the commit so records name it. Records go to $OUT/runs, then into one
 # archive, $OUT/runs_lra.tgz (the device returns at most 8 files): unpack it and copy runs/*.json to results/runs.
@@ -24,20 +21,12 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/n
 export LRA_SFA_RESULTS=$OUT/runs LRA_SFA_CACHE=/tmp/lra_cache PYTHONUNBUFFERED=1
 set -f  # no globbing: overrides such as trainer.test_lengths=[...] are passed as written
 mkdir -p "$OUT/runs"
-preset() {  # the overrides of one preset and attention
-  case $1 in
-    listops) echo "experiment=lra_listops" ;;
-    pf32) echo "experiment=lra_pathfinder task.num_train=40000 task.num_val=2000 task.num_test=2000 trainer.eval_every=500" ;;
-    needle1k) echo "experiment=lra_needle task.seq_len=1024" ;;
-    needle4k) echo "experiment=lra_needle task.seq_len=4096" ;;
-    needle_long) echo "experiment=lra_needle task.seq_len=256 trainer.test_lengths=[1024,4096,16384,65536]" \
-                      "trainer.max_steps=${NEEDLE_STEPS:-3000} trainer.eval_every=500" ;;
-    *) echo "unknown preset '$1' (valid: listops pf32 needle1k needle4k needle_long)" >&2; exit 2 ;;
-  esac
-}
+declare -A RENAMED=([listops]=lra_listops [pf32]=pathfinder_40k [needle1k]=lra_needle [needle4k]=needle_4k)
 for spec in "$@"; do
-  name=${spec%%=*}; rest=${spec#*=}; attns=${rest%@*}; secs=${rest##*@}
-  args=$(preset "$name") || exit 2
+  experiment=${spec%%=*}; rest=${spec#*=}; attns=${rest%@*}; secs=${rest##*@}
+  if [[ -n ${RENAMED[$experiment]:-} ]]; then
+    echo "preset $experiment is experiment=${RENAMED[$experiment]} now (conf/experiment/)" >&2; exit 2
+  fi
   for attn_spec in ${attns//,/ }; do
     attn=${attn_spec%%:*}; own=""
     if [[ $attn_spec == *:* ]]; then  # key=value overrides: attn.key, unless the key is seed or has a dot
@@ -45,15 +34,9 @@ for spec in "$@"; do
         [[ ${kv%%=*} == seed || ${kv%%=*} == *.* ]] && own="$own $kv" || own="$own attn.$kv"
       done
     fi
-    extra="attn=$attn"
-    # Pathfinder-32's model has head_dim 4 (qkv_dim 16, 4 heads): below the Triton kernels' sizes, so
-    # the Triton kernels run zero-padded to 16 (exact), with k=2 of 4 features.
-    [[ $name == pf32 && $attn == sfa ]] && extra="attn=sfa attn.topk=2"
-    [[ $attn == sfa_wide_simhash ]] && extra="attn=sfa_wide attn.codes=simhash attn.D=131072 attn.k=8"
-    extra="$extra $own"
-    echo "=== $name $attn_spec ($secs s): $args $extra"
-    timeout $(( secs + 180 )) python3 -m lra_sfa $args $extra trainer.max_seconds=$secs trainer.progress=false \
-      hydra.run.dir=/tmp/runs/${name}_${attn_spec//[:=]/_} 2>&1 | tail -3
+    echo "=== $experiment $attn_spec ($secs s): experiment=$experiment attn=$attn$own"
+    timeout $(( secs + 180 )) python3 -m lra_sfa experiment=$experiment attn=$attn $own trainer.max_seconds=$secs \
+      trainer.progress=false hydra.run.dir=/tmp/runs/${experiment}_${attn_spec//[:=]/_} 2>&1 | tail -3
   done
 done
 python3 - <<'PY'

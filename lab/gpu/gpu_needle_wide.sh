@@ -11,8 +11,8 @@ export PYTHONUNBUFFERED=1 LRA_SFA_RESULTS=$OUT/runs LRA_SFA_CACHE=/tmp/lra_cache
 mkdir -p "$OUT/wide" "$OUT/runs"
 # two calls: one length list would project the 1M time quadratically from 2K and skip it (it did, once)
 for lengths in 2048 1048576; do
-  timeout 150 python3 -m lra_sfa.bench.wide --codes simhash --D 262144 --k 16 --variants null --ops fwd \
-    --lengths $lengths --max-call-s 100 --out "$OUT/wide" 2>&1 | grep --line-buffered -v WARN | tee -a "$OUT/wide/log.txt"
+  timeout 150 python3 -m lra_sfa.bench.wide codes=simhash D=262144 k=16 'variants=[null]' 'ops=[fwd]' \
+    "lengths=[$lengths]" max_call_s=100 out="$OUT/wide" 2>&1 | grep --line-buffered -v WARN | tee -a "$OUT/wide/log.txt"
 done
 set -f
 timeout 120 python3 -m lra_sfa experiment=lra_needle task.seq_len=256 'trainer.test_lengths=[1024,4096,16384,65536]' \

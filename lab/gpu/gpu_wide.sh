@@ -9,7 +9,7 @@ export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
 DATE=${1:-$(date +%F)}
 mkdir -p "$OUT/wide"
 run() { timeout "$1" "${@:2}" 2>&1 | grep --line-buffered -v WARN | tee -a "$OUT/wide/log.txt"; }
-run 300 python3 -m lra_sfa.bench.wide --D 131072 --k 8 --variants null --lengths 65536,262144,1048576 \
-  --deadline-s 150 --max-call-s 60 --date "$DATE" --out "$OUT/wide"
-run 200 python3 -m lra_sfa.bench.wide --D 4096 --k 16 --variants 64 --lengths 131072,262144,524288,1048576 \
-  --deadline-s 120 --max-call-s 30 --date "$DATE" --out "$OUT/wide"
+run 300 python3 -m lra_sfa.bench.wide D=131072 k=8 'variants=[null]' 'lengths=[65536,262144,1048576]' \
+  deadline_s=150 max_call_s=60 date="$DATE" out="$OUT/wide"
+run 200 python3 -m lra_sfa.bench.wide D=4096 k=16 'variants=[64]' 'lengths=[131072,262144,524288,1048576]' \
+  deadline_s=120 max_call_s=30 date="$DATE" out="$OUT/wide"

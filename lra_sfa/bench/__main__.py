@@ -8,7 +8,7 @@
 Every cell is one JSON record (``"kind": "bench"``) in ``out_dir``
 (default ``outputs/bench/records``, or ``$LRA_SFA_BENCH_RESULTS``; ``out_dir=results/bench`` publishes); ``make tables``
 turns them into ``results/tables/efficiency.md`` and the plots.
-Other benchmarks: ``lra_sfa.bench.kernels`` (SFA Triton kernels),
+Other benchmarks, each a Hydra app with its config under ``conf/``: ``lra_sfa.bench.kernels`` (SFA Triton kernels),
 ``lra_sfa.bench.baselines``, ``lra_sfa.bench.wide``, ``lra_sfa.bench.overhead``.
 """
 

@@ -1,9 +1,9 @@
 """Check and time the attention baselines on CUDA against cuDNN SDPA.
 
-    python -m lra_sfa.bench.baselines --out results/kernels
+    python -m lra_sfa.bench.baselines out=results/kernels     # config: conf/bench_baselines.yaml
 
-For every backend YAML named (default: the baselines of baselines/, read
-straight from conf/attn/ with PyYAML, no Hydra needed):
+For every backend named (default: the baselines of baselines/; each
+``conf/attn/<name>.yaml`` as the run config composes it):
 
 1. Check, at a small shape with a key padding mask: the CUDA path in bf16
    against the CPU path in float64 on the same (bf16-rounded) inputs, output
@@ -12,11 +12,11 @@ straight from conf/attn/ with PyYAML, no Hydra needed):
    bf16, and the pass rule is DESIGN.md's: err <= 2 x plain + 1e-2. Backends
    with one PyTorch path pass at err <= 3e-2.
 2. Time forward and forward+backward at each length (bf16, head_dim 64,
-   batch x heads x length = ``--tokens``, heads 16 where batch >= 2), after
+   batch x heads x length = ``tokens``, heads 16 where batch >= 2), after
    one warm-up call (compilation), as CUDA-event medians; peak memory is
    ``max_memory_allocated`` over the timed calls, inputs included. The
    baseline is cuDNN SDPA at the same shape. OOM and errors are rows with a
-   status, not crashes; ``--budget-s`` stops timing early (rows say so).
+   status, not crashes; ``budget_s`` stops timing early (rows say so).
 
 Writes ``baselines.csv`` (the SFA kernel CSV's columns plus ``status``) and
 ``baselines.checks.csv``; prints a short table last.
@@ -24,45 +24,32 @@ Writes ``baselines.csv`` (the SFA kernel CSV's columns plus ``status``) and
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
-import datetime
 import importlib
 import inspect
+import sys
 import time
 from pathlib import Path
 
+import hydra
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from lra_sfa.bench.timing import time_ms
+from lra_sfa.compose import attn_config
+from lra_sfa.oldargs import exit_if_old_form, replacement
 
-CONF_ATTN = Path(__file__).resolve().parents[1].parent / "conf" / "attn"
-DEFAULT_NAMES = ["windowed", "longformer", "bigbird", "sfa_window", "performer", "performer_relu", "linformer",
-                 "nystromformer", "linear"]
 COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "ms", "baseline",
            "baseline_ms", "speedup", "max_rel_err", "peak_mem_mb", "device", "date", "status"]
 CHECK_COLUMNS = ["name", "path", "batch", "heads", "seq_len", "head_dim", "dtype", "err_out", "err_dq", "err_dk",
                  "err_dv", "max_rel_err", "plain_err", "rule", "verdict", "warmup_s", "status"]
-DEVICE = "cuda"  # "cpu" under --dry-run (logic check only, tiny sizes)
-
-
-def conf_dir() -> Path:
-    """conf/attn of the installed package (``lra_sfa.conf``) or of the source tree."""
-    try:
-        import lra_sfa.conf as conf_pkg
-
-        return Path(conf_pkg.__file__).resolve().parent / "attn"
-    except ImportError:
-        return CONF_ATTN
+DEVICE = "cuda"  # "cpu" under dry_run=true (logic check only, tiny sizes)
 
 
 def load_backend(name: str, num_heads: int, head_dim: int, max_seq_len: int, **overrides):
-    """Instantiate conf/attn/<name>.yaml with PyYAML (the context args its class names are added)."""
-    import yaml
-
-    path = conf_dir() / f"{name}.yaml"
-    cfg = yaml.safe_load(path.read_text())
+    """Instantiate conf/attn/<name>.yaml as composed (the context args its class names are added)."""
+    cfg = OmegaConf.to_container(attn_config(name), resolve=True)
     module_name, _, class_name = cfg.pop("_target_").rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     params = inspect.signature(cls.__init__).parameters
@@ -167,7 +154,7 @@ def make_ops(backend, q, k, v, grad_out):
 
 
 def sdpa_ops(q, k, v, grad_out):
-    """cuDNN SDPA (the math kernel under --dry-run)."""
+    """cuDNN SDPA (the math kernel under dry_run=true)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
@@ -194,7 +181,7 @@ def measure(ops: dict, args, meta: dict, impl: str, baseline: dict | None, write
         if baseline is not None:
             row.update(baseline="sdpa_cudnn", baseline_ms=round(baseline[op], 4) if op in baseline else "")
         if time.time() > deadline:
-            writer(dict(row, status="skipped: --budget-s reached"))
+            writer(dict(row, status="skipped: budget_s reached"))
             continue
         try:
             ms, peak = time_ms(fn, args.rep_ms, max_reps=30, cuda=DEVICE == "cuda")
@@ -334,33 +321,20 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="results/kernels")
-    parser.add_argument("--names", nargs="+", default=DEFAULT_NAMES, help="conf/attn YAML names")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
-    parser.add_argument("--blocked-lengths", type=int, nargs="*", default=[16384],
-                        help="lengths at which the blocked engine of flex backends is also timed")
-    parser.add_argument("--tokens", type=int, default=2**20, help="batch * heads * length per shape")
-    parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
-    parser.add_argument("--check-length", type=int, default=1000)
-    parser.add_argument("--rep-ms", type=float, default=100.0)
-    parser.add_argument("--budget-s", type=float, default=240.0, help="stop timing new rows after this")
-    parser.add_argument("--date", default=datetime.date.today().isoformat())
-    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: checks the script's logic only")
-    parser.add_argument("--probe", nargs="*", default=[], metavar="NAME",
-                        help="profile one forward of these backends at the first length before the checks")
-    return parser.parse_args(argv)
+OLD_OPTIONS = {name: name.replace("-", "_") for name in (
+    "out", "names", "lengths", "blocked-lengths", "tokens", "head-dim", "dtype", "check-length", "rep-ms",
+    "budget-s", "date", "dry-run", "probe")}
 
 
-def main(argv=None) -> None:
+def run(args: DictConfig) -> None:
+    """Checks then timings for ``conf/bench_baselines.yaml`` (``args``: its composed config)."""
     global DEVICE
-    args = parse_args(argv)
+    if args.dtype not in ("bf16", "fp16"):
+        raise SystemExit(f"lra_sfa.bench.baselines: dtype={args.dtype!r} must be bf16 or fp16")
     if args.dry_run:
         DEVICE = "cpu"
     elif not torch.cuda.is_available():
-        raise SystemExit("lra_sfa.bench.baselines needs a CUDA device (or --dry-run for a CPU logic check)")
+        raise SystemExit("lra_sfa.bench.baselines needs a CUDA device (or dry_run=true for a CPU logic check)")
     for attr in ("cache_size_limit", "recompile_limit"):
         if hasattr(torch._dynamo.config, attr):
             setattr(torch._dynamo.config, attr, 64)
@@ -384,6 +358,18 @@ def main(argv=None) -> None:
     writer = RowWriter(out / "baselines.csv", COLUMNS)
     sweep(args, dtype, checks, writer, deadline)
     print(summary(writer.rows))
+
+
+@hydra.main(version_base=None, config_path="pkg://lra_sfa.conf", config_name="bench_baselines")
+def _app(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def main() -> None:
+    """``python -m lra_sfa.bench.baselines [key=value ...]``; the old ``--flag value`` form gets one line."""
+    exit_if_old_form(replacement("python -m lra_sfa.bench.baselines", "conf/bench_baselines.yaml", sys.argv[1:],
+                                 OLD_OPTIONS, lists=("names", "lengths", "blocked-lengths", "probe")))
+    _app()
 
 
 if __name__ == "__main__":

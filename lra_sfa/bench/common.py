@@ -195,11 +195,14 @@ def attn_registry() -> list[str]:
 
 
 def load_attn_cfg(name: str, overrides: dict | None = None) -> DictConfig:
-    """conf/attn/<name>.yaml with ``overrides`` merged in; an unknown name lists the valid ones."""
+    """conf/attn/<name>.yaml as composed (a file may inherit another) with ``overrides`` merged in; an
+    unknown name lists the valid ones."""
+    from lra_sfa.compose import attn_config
+
     path = conf_root() / "attn" / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"bench.attns: no backend '{name}' (no {path}); valid names: {attn_registry()}")
-    cfg = OmegaConf.load(path)
+    cfg = attn_config(name)
     if overrides:
         cfg = OmegaConf.merge(cfg, overrides)
     return cfg

@@ -1,7 +1,7 @@
 """Harness overhead: the runner's training step against a bare loop on pre-staged tensors.
 
-    python -m lra_sfa.bench.overhead                       # L = 4K, LRA Text-size model, needle data
-    python -m lra_sfa.bench.overhead --steps 100 attn=sfa  # extra args are Hydra overrides of conf/config.yaml
+    python -m lra_sfa.bench.overhead                                       # L = 4K, LRA Text-size model, needle data
+    python -m lra_sfa.bench.overhead steps=100 "overrides=['attn=sfa']"    # overrides of conf/config.yaml
 
 1. The runner: ``lra_sfa.train.run(cfg)`` on the composed config (by default
    ``experiment=lra_needle`` at ``task.seq_len=4096`` with the LRA Text model
@@ -15,20 +15,21 @@
    at the end.
 
 overhead = 1 - (bare step time) / (runner step time), from the medians of
-``--repeats`` alternating measurements. A negative value means the two are
+``repeats`` alternating measurements. A negative value means the two are
 equal within noise. Writes one ``"kind": "bench", "mode": "overhead"``
-record under ``--out`` and prints a summary line.
+record under ``out`` (``conf/bench_overhead.yaml``) and prints a summary line.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,6 +37,7 @@ from lra_sfa.bench import common
 from lra_sfa.bench.sweep import autocast
 from lra_sfa.data import to_tensors
 from lra_sfa.model import LRAClassifier, cross_entropy
+from lra_sfa.oldargs import exit_if_old_form, replacement
 from lra_sfa.optim import build_optimizer
 
 DEFAULT_OVERRIDES = [
@@ -132,18 +134,27 @@ def measure_overhead(overrides: list[str], steps: int = 50, repeats: int = 2) ->
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m lra_sfa.bench.overhead", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=50, help="timed steps per measurement")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runner/bare measurements")
-    parser.add_argument("--out", default="results/bench", help="folder for the record ('' = none)")
-    args, overrides = parser.parse_known_args(argv)
-    record = measure_overhead(overrides, args.steps, args.repeats)
-    common.write_bench_record(record, args.out or None)
+def run_overhead(cfg: DictConfig) -> dict[str, Any]:
+    """Measure for ``conf/bench_overhead.yaml`` (``cfg``: its composed config), write and print the record."""
+    record = measure_overhead([str(item) for item in cfg.overrides], int(cfg.steps), int(cfg.repeats))
+    common.write_bench_record(record, str(cfg.out) if cfg.out else None)
     print(f"harness overhead: {100 * record['overhead_fraction']:.1f}% of a training step "
           f"(runner {record['runner_step_ms']:.2f} ms, bare loop {record['bare_step_ms']:.2f} ms; "
           f"{record['attn']}, L={record['seq_len']}, batch {record['batch']}, {record['device']})")
     return record
+
+
+@hydra.main(version_base=None, config_path="pkg://lra_sfa.conf", config_name="bench_overhead")
+def _app(cfg: DictConfig) -> None:
+    run_overhead(cfg)
+
+
+def main() -> None:
+    """``python -m lra_sfa.bench.overhead [key=value ...]``; the old ``--steps 100 attn=sfa`` form gets one line."""
+    exit_if_old_form(replacement("python -m lra_sfa.bench.overhead", "conf/bench_overhead.yaml", sys.argv[1:],
+                                 {"steps": "steps", "repeats": "repeats", "out": "out"}, rest="overrides",
+                                 keys=("steps", "repeats", "out", "overrides")))
+    _app()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """The LRA paper's Table 2 protocol: training-step speed and memory of the Text model.
 
 ``python -m lra_sfa.bench bench=lra_table2`` trains the LRA Text classifier
-(``conf/bench/lra_table2.yaml``: 4 layers, 4 heads, width 256, MLP 1024,
-batch 32) for ``warmup_steps`` untimed and ``timed_steps`` timed steps at each
-length (1K, 2K, 3K, 4K) with each backend, and records steps/s, tokens/s and
-peak memory; the report divides by full attention's numbers at the same
-length (the paper's "speed-up" and memory columns).
+for ``warmup_steps`` untimed and ``timed_steps`` timed steps at each length
+(1K, 2K, 3K, 4K, batch 32) with each backend, and records steps/s, tokens/s
+and peak memory; the report divides by full attention's numbers at the same
+length (the paper's "speed-up" and memory columns). The model, its pooling and
+the optimiser are not restated here: ``text_protocol`` composes
+``bench.experiment`` (``experiment=lra_text``, 4 layers, 4 heads, width 256,
+MLP 1024) so Table 2 measures exactly the model the Text runs train.
 
 The inputs are synthetic: uniform byte ids 1..256 and random labels,
 pre-staged on the device (two batches, alternated), so the numbers are the
@@ -23,8 +25,28 @@ from omegaconf import DictConfig, OmegaConf
 
 from lra_sfa.bench import common
 from lra_sfa.bench.sweep import autocast
+from lra_sfa.compose import compose_config
 from lra_sfa.model import LRAClassifier, cross_entropy
 from lra_sfa.optim import build_optimizer
+
+OPTIMIZER_KEYS = ("lr", "schedule", "warmup_steps", "max_steps", "weight_decay", "betas", "eps")
+
+
+def text_protocol(bench: DictConfig) -> DictConfig:
+    """``bench`` with ``model``, ``pooling`` and ``optimizer`` taken from the run config that
+    ``experiment=<bench.experiment>`` plus ``bench.overrides`` composes (model group, task pooling,
+    trainer optimiser keys): one source for the Text model, shared with training."""
+    experiment = bench.get("experiment")
+    overrides = [str(item) for item in (bench.get("overrides") or [])]
+    try:
+        run = compose_config([f"experiment={experiment}", *overrides])
+    except Exception as exc:  # Hydra's errors (missing config, bad override) become one line
+        raise ValueError(f"bench.experiment={experiment!r} with bench.overrides={overrides} does not compose: "
+                         f"{common.first_line(exc)}") from None
+    trainer = OmegaConf.to_container(run.trainer, resolve=True)
+    return OmegaConf.merge(OmegaConf.to_container(bench, resolve=True), {
+        "model": OmegaConf.to_container(run.model, resolve=True), "pooling": str(run.task.pooling),
+        "optimizer": {key: trainer[key] for key in OPTIMIZER_KEYS}})
 
 
 def _build(attn_cfg: DictConfig, length: int, bench: DictConfig, device: torch.device) -> LRAClassifier:
@@ -118,7 +140,7 @@ def run_train_cell(attn_cfg: DictConfig, length: int, bench: DictConfig, device:
 
 def run_table2(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> list[dict[str, Any]]:
     """Every backend at every length (ascending; a failure stops that backend's lengths)."""
-    bench = cfg.bench
+    bench = text_protocol(cfg.bench)
     names = common.selected_attns(bench.attns)
     base = common.base_record("lra_table2", device, dtype)
     model = OmegaConf.to_container(bench.model, resolve=True)
@@ -133,7 +155,8 @@ def run_table2(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> lis
                 print(f"bench: budget_seconds={budget:g} spent; stopping before {name} L={length}")
                 return records
             measured = run_train_cell(attn_cfg, length, bench, device, dtype)
-            record = {**base, "task": "text", "data": "synthetic bytes (uniform ids 1..256), pre-staged",
+            record = {**base, "task": "text", "experiment": str(bench.experiment),
+                      "data": "synthetic bytes (uniform ids 1..256), pre-staged",
                       "attn": name, "attn_target": target, "attn_args": args, "part": "train", "op": "train_step",
                       "seq_len": length, "batch": int(bench.batch), "model": model, "pooling": str(bench.pooling),
                       "steps_per_second": None, "tokens_per_second": None, "peak_memory_mb": None, "ms": None,

@@ -1,15 +1,15 @@
 """Benchmark wide-code SFA (Triton bucket kernels) against cuDNN SDPA, 4K to 1M tokens.
 
-    python -m lra_sfa.bench.wide --out results/kernels
+    python -m lra_sfa.bench.wide out=results/kernels     # config: conf/bench_wide.yaml
 
-Shapes: B=1, H=8, head dim 64 (q, k, v bf16 random normal). Codes (``--codes``):
+Shapes: B=1, H=8, head dim 64 (q, k, v bf16 random normal). Codes (``codes``):
 ``lsh`` (a fixed random projection of q and k to D unit-norm feature directions,
 top-k per token, as ``attn=sfa_wide codes=lsh``) or ``simhash`` (k tables of
 log2(D/k) orthonormal sign bits, as ``codes=simhash``); with either, feature use
 is uniform and a query meets about L k^2 / D keys (plain Gaussian LSH directions
 met about 4x that at D = 131072, k = 8; results/kernels/sfa_wide.md).
 Variants: ``overlap`` with ``cap=None`` (exact overlap) and with each
-``--variants`` cap. Times include building the posting lists (sorts) but not the codes;
+``variants`` cap. Times include building the posting lists (sorts) but not the codes;
 ``codes_ms`` is the time to build the q and k codes at that length
 (projection and top-k), reported beside it. cuDNN at large L is measured
 with fewer heads and scaled to 8 (heads are independent; ``baseline_note``
@@ -25,29 +25,31 @@ query), dropped_frac (pairs lost to the cap, 1 - capped / exact candidates,
 where the exact run exists at that L), dropped_incidence_frac ((query, key,
 feature) incidences outside the windows), mode, cap, D, baseline_note, codes_ms,
 codes.
-Correctness: at lengths <= --check-max-len, forward and gradients against
+Correctness: at lengths <= check_max_len, forward and gradients against
 ``wide_dense_reference`` in fp32 from the same codes; ``max_rel_err`` is the
 kernel's ||err|| / ||ref||, ``plain_rel_err`` the same dense reference run in
 bf16, and ``check`` the DESIGN.md verdict (err <= 2 plain + 1e-2).
-Lengths whose projected time exceeds --max-call-s are skipped (printed).
+Lengths whose projected time exceeds max_call_s are skipped (printed).
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import math
+import sys
 import time
 from functools import partial
 from pathlib import Path
 
+import hydra
 import torch
+from omegaconf import DictConfig
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lra_sfa.bench.kernels.rows import RowWriter
 from lra_sfa.bench.timing import time_ms
 from lra_sfa.kernels.wide.reference import wide_dense_reference
 from lra_sfa.kernels.wide.triton_kernel import wide_triton_attention
+from lra_sfa.oldargs import exit_if_old_form, replacement
 from lra_sfa.sfa_wide import simhash_codes, simhash_planes, unit_columns
 
 WIDE_KEY = ["op", "heads", "seq_len", "head_dim", "topk", "D", "cap", "mode", "codes"]  # one cell of sfa_wide.csv
@@ -142,33 +144,33 @@ def measure_variant(codes, v, D, scale, cap, backward: bool):
     return ms, peak, {key: float(value) for key, value in holder.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--lengths", default="2048,4096,16384,65536,131072,262144,524288,1048576")
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--D", type=int, default=4096)
-    parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--variants", default="null,64", help="caps to run; null = exact overlap (no cap)")
-    parser.add_argument("--codes", default="lsh", choices=["lsh", "simhash"],
-                        help="lsh: top-k of a d x D projection; simhash: k tables of log2(D/k) sign bits")
-    parser.add_argument("--ops", default="fwd,fwd_bwd")
-    parser.add_argument("--check-max-len", type=int, default=2048)
-    parser.add_argument("--max-call-s", type=float, default=6.0, help="skip a run projected to take longer")
-    parser.add_argument("--deadline-s", type=float, default=480.0, help="stop starting new runs after this")
-    parser.add_argument("--out", default="results/kernels")
-    parser.add_argument("--date", default=datetime.date.today().isoformat())
-    args = parser.parse_args()
+OLD_OPTIONS = {"lengths": "lengths", "heads": "heads", "head-dim": "head_dim", "D": "D", "k": "k",
+               "variants": "variants", "codes": "codes", "ops": "ops", "check-max-len": "check_max_len",
+               "max-call-s": "max_call_s", "deadline-s": "deadline_s", "out": "out", "date": "date"}
+
+
+@hydra.main(version_base=None, config_path="pkg://lra_sfa.conf", config_name="bench_wide")
+def _app(cfg: DictConfig) -> None:
+    if cfg.codes not in ("lsh", "simhash"):
+        raise SystemExit(f"lra_sfa.bench.wide: codes={cfg.codes!r} must be lsh or simhash")
     if not torch.cuda.is_available():
         raise SystemExit("lra_sfa.bench.wide needs a CUDA device (timings and the cuDNN baseline are GPU-only)")
-    run_bench(args)
+    run_bench(cfg)
 
 
-def run_bench(args) -> None:
+def main() -> None:
+    """``python -m lra_sfa.bench.wide [key=value ...]``; the old ``--flag value`` form gets one line."""
+    exit_if_old_form(replacement("python -m lra_sfa.bench.wide", "conf/bench_wide.yaml", sys.argv[1:], OLD_OPTIONS,
+                                 lists=("lengths", "variants", "ops")))
+    _app()
+
+
+def run_bench(args: DictConfig) -> None:
+    """Every (length, op, cap) cell of ``conf/bench_wide.yaml`` (``args``: its composed config)."""
     began = time.time()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    variants = [None if c == "null" else int(c) for c in args.variants.split(",") if c]
+    variants = [None if c is None else int(c) for c in args.variants]
     H, d, D, K = args.heads, args.head_dim, args.D, args.k
     scale = 1.0 / math.sqrt(K)
     base = dict(impl="sfa_wide", batch=1, heads=H, head_dim=d, topk=K, dtype="bf16", baseline="sdpa_cudnn",
@@ -181,12 +183,12 @@ def run_bench(args) -> None:
     candidates_exact: dict[int, float] = {}
     # each row replaces the row of the same cell (other D, k, caps and lengths stay), files rewritten per row
     table = RowWriter(out_dir / "sfa_wide.csv", COLUMNS, key=WIDE_KEY)
-    for length in [int(x) for x in args.lengths.split(",")]:
+    for length in [int(x) for x in args.lengths]:
         q, k, v = (torch.randn(1, H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         codes = both_codes(q, k, proj, K, args.codes)  # q_idx, q_val, k_idx, k_val
         codes_ms, _ = time_ms(partial(both_codes, q, k, proj, K, args.codes), rep_ms=200.0, min_reps=1, max_reps=5)
         del q, k
-        for op in args.ops.split(","):
+        for op in args.ops:
             backward = op == "fwd_bwd"
             base_ms, note = cudnn_ms(length, H, d, backward)
             for cap in variants:

@@ -167,7 +167,7 @@ def test_refused_run_writes_an_oom_record_in_seconds(tmp_path, monkeypatch):
     with initialize_config_module("lra_sfa.conf", version_base=None):
         cfg = compose("config", overrides=[*TINY_LISTOPS, f"run_dir={tmp_path / 'run'}", "results_dir=null",
                                            f"paths.cache_dir={tmp_path / 'cache'}"])
-    cfg.attn = OmegaConf.create({"_target_": f"{__name__}.DenseScores", "name": "dense"})
+    cfg.attn = OmegaConf.create({"_target_": f"{__name__}.DenseScores"})
     record = run(cfg)
     assert record["status"] == "oom" and record["oom_shape"] == [8, 2, 24, 24] and record["steps"] == 0
     assert not (tmp_path / "cache").exists()  # refused before the data was generated

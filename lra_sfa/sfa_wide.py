@@ -26,7 +26,7 @@ Attention is then computed only from the codes (``lra_sfa.kernels.wide.posting``
 * ``cap=C`` (overlap): each query sees at most C keys per feature, the window
   of the feature's posting list around its own position (dropped incidences
   are counted in ``stats()["dropped_frac"]``); ``cap=null``: exact overlap.
-* ``capacity_factor=c`` (overlap, cap=null): each bucket keeps its C = ceil(c L k / D) highest-valued
+* ``capacity_factor=c`` (overlap, cap=null): each bucket keeps its C = round(c L k / D) >= 1 highest-valued
   keys (c times an isotropic bucket's mean load; ``lra_sfa.kernels.wide.capacity``), so a query meets at
   most k C keys on any codes; the dropped key entries leave the key's code (also in the relaxed training
   path), counted in ``stats()`` (``dropped_frac``, ``key_entries_dropped_frac``, ``capacity``).

@@ -161,6 +161,7 @@ def test_capacity_for_scales_with_the_isotropic_bucket_load():
     assert capacity_for(65536, 8, 131072, 2.0) == 8  # 2 x 4 keys per bucket
     assert capacity_for(1 << 20, 8, 131072, 2.0) == 128
     assert capacity_for(256, 8, 131072, 2.0) == 1  # never below one key
+    assert capacity_for(8193, 8, 131072, 2.0) == 1  # a CLS token does not double it
 
 
 @pytest.mark.parametrize("relax", ["ste", "soft"])

@@ -39,9 +39,10 @@ PRUNED = -3  # index of a dropped key entry: below every feature id and the kern
 
 
 def capacity_for(length: int, k: int, num_features: int, factor: float) -> int:
-    """Per-bucket capacity ceil(factor * L k / D), at least 1: ``factor`` times the mean keys per bucket of
-    isotropic codes, so candidates per query stay below about factor x L k^2 / D (+ k for the rounding)."""
-    return max(1, math.ceil(factor * length * k / num_features))
+    """Per-bucket capacity: ``factor`` times the mean keys per bucket of isotropic codes, L k / D, rounded to
+    the nearest int and at least 1: a query meets at most k C <= factor x L k^2 / D + k / 2 keys (k where C is
+    held at 1). Rounded, not ceiled: a CLS token makes L = 2^n + 1, whose ceil would double C."""
+    return max(1, math.floor(factor * length * k / num_features + 0.5))
 
 
 def bucket_capacity_keep(k_idx: torch.Tensor, k_val: torch.Tensor, key_real: torch.Tensor | None,

@@ -15,7 +15,9 @@ holds features [t D/k, (t+1) D/k); other codes: one table), over every (sequence
   sharing >= 1 feature with the query, each once), against the isotropic L k^2 / D;
 * which tokens share buckets: the fraction of incidences between identical tokens and between two
   tokens of one type, and (``<label>_types.csv``) per query type the candidates by key type and
-  their mean distance |i - j| / L, from exact candidate sets of sampled queries. Types follow the
+  their mean distance |i - j| / L, from exact candidate sets of sampled queries (with
+  ``capacity_factor``, over the key codes the kernel attends: the entries over capacity dropped;
+  occupancy and incidences are always those of the hash, before any capacity). Types follow the
   needle task (``tasks/needle.py``): cls, filler, needle_key, needle_value, other_key, other_value,
   query_marker, query_key (the final token, which repeats the needle's key).
 
@@ -36,6 +38,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lab.wide_codes_plot import plot_dir
+from lra_sfa.kernels.wide.capacity import apply_capacity
 from lra_sfa.model import LRAClassifier
 from lra_sfa.recording import build_task
 from lra_sfa.sfa_wide import SFAWideAttention
@@ -91,18 +94,28 @@ def token_types(tokens: torch.Tensor, task_cfg) -> torch.Tensor:
 
 
 class CodeTap:
-    """Forward hook on an SFAWideAttention: keeps the hard codes of its last call and its stats."""
+    """Forward hook on an SFAWideAttention: keeps the hard codes of its last call, the key codes the kernel
+    attends over (with ``capacity_factor``, the entries over capacity marked PRUNED) and its stats."""
 
     def __init__(self, module: SFAWideAttention) -> None:
-        self.module, self.codes, self.stats = module, None, {}
+        self.module, self.codes, self.attended, self.stats = module, None, None, {}
         module.register_forward_hook(self.hook)
 
     def hook(self, module, inputs, output) -> None:
         q, k = inputs[0], inputs[1]
+        mask = inputs[3] if len(inputs) > 3 else None
         with torch.no_grad():
             q_idx, q_val, _ = module._encode(q)
             k_idx, k_val, _ = module._encode(k)
         self.codes = (q_idx, q_val, k_idx, k_val)
+        self.attended = self.codes
+        capacity = module._capacity(q.shape[2])
+        if capacity is not None:
+            B, H, L, K = k_idx.shape
+            real = None if mask is None else mask[:, None, :].expand(B, H, L).reshape(B * H, L)
+            pruned = apply_capacity(q_idx.reshape(B * H, L, K), k_idx.reshape(B * H, L, K),
+                                    k_val.reshape(B * H, L, K), real, module.D, capacity)[0]  # (G, L, K)
+            self.attended = (q_idx, q_val, pruned.view(B, H, L, K), k_val)
         self.stats = module.stats()
 
 
@@ -211,7 +224,7 @@ def analyse_length(model, cfg, length: int, examples: int, batch: int, cache_dir
         for layer, tap in enumerate(taps):
             acc = per_layer.setdefault(layer, {"tables": [], "types": [], "stats": []})
             acc["tables"].append(table_rows(tap.codes, types, tokens, first.D, tables))
-            acc["types"].append(type_rows(tap.codes, types, positions))
+            acc["types"].append(type_rows(tap.attended, types, positions))
             acc["stats"].append(tap.stats)
     base = {"seq_len": length, "attn_len": length + 1, "D": first.D, "k": first.k, "examples": examples,
             "accuracy": correct / examples}

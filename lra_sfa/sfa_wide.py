@@ -26,6 +26,10 @@ Attention is then computed only from the codes (``lra_sfa.kernels.wide.posting``
 * ``cap=C`` (overlap): each query sees at most C keys per feature, the window
   of the feature's posting list around its own position (dropped incidences
   are counted in ``stats()["dropped_frac"]``); ``cap=null``: exact overlap.
+* ``capacity_factor=c`` (overlap, cap=null): each bucket keeps its C = round(c L k / D) >= 1 highest-valued
+  keys (c times an isotropic bucket's mean load; ``lra_sfa.kernels.wide.capacity``), so a query meets at
+  most k C keys on any codes; the dropped key entries leave the key's code (also in the relaxed training
+  path), counted in ``stats()`` (``dropped_frac``, ``key_entries_dropped_frac``, ``capacity``).
 * Defined fallback: a query with no candidate key (overlap), or with no real
   key at all (exact), attends to itself: its output is its own value row.
   Padding keys are never attended.
@@ -57,6 +61,7 @@ from torch import nn
 
 from lra_sfa.attention import AttentionBackend
 from lra_sfa.kernels.wide.api import wide_attention
+from lra_sfa.kernels.wide.capacity import capacity_for
 from lra_sfa.kernels.wide.soft import sign_buckets, simhash_soft_attention
 
 CODES = ("learned", "lsh", "simhash")
@@ -127,7 +132,7 @@ class SFAWideAttention(AttentionBackend):
                  relax: str = "ste", mode: str = "overlap", cap: int | None = None, mlp_hidden: int = 0,
                  balance_weight: float = 0.0, tau_start: float = 1.0, tau_end: float = 0.1,
                  scale: float | None = None, impl: str = "auto", bits_start: int | None = None,
-                 bits_anneal: float = 0.5, train_planes: bool = False) -> None:
+                 bits_anneal: float = 0.5, train_planes: bool = False, capacity_factor: float | None = None) -> None:
         super().__init__()
         for key, value, valid in (("codes", codes, CODES), ("relax", relax, RELAXES), ("mode", mode, MODES),
                                   ("impl", impl, IMPLS)):
@@ -153,6 +158,10 @@ class SFAWideAttention(AttentionBackend):
         if balance_weight > 0 and not (codes == "learned" or relax == "soft"):
             raise ValueError(f"attn sfa_wide: balance_weight={balance_weight} needs codes=learned (load balance) or "
                              f"codes=simhash relax=soft (collision budget), got codes={codes!r}, relax={relax!r}")
+        if capacity_factor is not None and (isinstance(capacity_factor, bool) or not isinstance(
+                capacity_factor, (int, float)) or capacity_factor <= 0 or mode != "overlap" or cap is not None):
+            raise ValueError(f"attn sfa_wide: capacity_factor={capacity_factor!r} must be null or a number > 0, and "
+                             f"needs mode=overlap and cap=null (got mode={mode!r}, cap={cap!r})")
         if train_planes and codes != "simhash":
             raise ValueError(f"attn sfa_wide: train_planes=true needs codes=simhash, got codes={codes!r}")
         if not 0 < bits_anneal <= 1:
@@ -165,6 +174,7 @@ class SFAWideAttention(AttentionBackend):
         self.scale = 1.0 / math.sqrt(k) if scale is None else scale
         self.tau = tau_start
         self.bits_start, self.bits_anneal, self.train_planes = bits_start, bits_anneal, train_planes
+        self.capacity_factor = capacity_factor
         self.table_bits = bits  # log2(D / k): SimHash bits per table at eval
         self.bits = bits if codes == "simhash" else None  # SimHash bits per table in use (training anneal)
         width = mlp_hidden if mlp_hidden > 0 else head_dim
@@ -274,7 +284,7 @@ class SFAWideAttention(AttentionBackend):
         """Training with relax=soft: relaxed buckets over every pair (``simhash_soft_attention``)."""
         q_h, k_h = self._features(q), self._features(k)
         out, extras = simhash_soft_attention(q_h, k_h, self.planes, self.k, v, self.scale, self.tau, self.bits,
-                                             key_padding_mask)
+                                             key_padding_mask, self._capacity(q.shape[2]))
         self.last_path = "soft"
         self._loss = self.balance_weight * extras["share_ratio"] if self.balance_weight > 0 else None
         with torch.no_grad():
@@ -282,10 +292,26 @@ class SFAWideAttention(AttentionBackend):
                 "feature_entropy_q": _feature_entropy(extras["q_idx"], self.D),
                 "feature_entropy_k": _feature_entropy(extras["k_idx"], self.D),
                 "mean_candidates": extras["candidates"].float().mean(),
-                "dropped_frac": torch.zeros(()),
                 "share_ratio": extras["share_ratio"].detach(),
+                **self._dropped(extras, q.shape[2]),
             }
         return out
+
+    def _capacity(self, length: int) -> int | None:
+        """Keys a bucket keeps at this length (``capacity_factor``), None without a capacity."""
+        if self.capacity_factor is None:
+            return None
+        return capacity_for(length, self.k, self.D, float(self.capacity_factor))
+
+    def _dropped(self, stats: dict, length: int) -> dict[str, torch.Tensor]:
+        """What the cap or the capacity dropped: (query, key, feature) incidences, and key entries (capacity)."""
+        total = stats["incidences_total"]
+        diag = {"dropped_frac": 1.0 - torch.as_tensor(stats["incidences_kept"]).float() / max(1, int(total))}
+        if self.capacity_factor is not None:
+            entries = max(1, int(stats["key_entries_total"]))
+            diag["key_entries_dropped_frac"] = 1.0 - torch.as_tensor(stats["key_entries_kept"]).float() / entries
+            diag["capacity"] = torch.tensor(float(self._capacity(length)))
+        return diag
 
     def forward(self, q, k, v, key_padding_mask=None):
         if self.relax == "soft" and self.training:
@@ -294,7 +320,7 @@ class SFAWideAttention(AttentionBackend):
         q_idx, q_val, q_logits = self._encode(q)
         k_idx, k_val, k_logits = self._encode(k)
         out, stats = wide_attention(q_idx, q_val, k_idx, k_val, v, self.D, self.scale, self.mode, self.cap,
-                                    key_padding_mask, impl=impl)
+                                    key_padding_mask, impl=impl, capacity=self._capacity(q.shape[2]))
         self.last_path = impl
         self._loss = None
         if self.balance_weight > 0 and self.training and self.codes == "learned":
@@ -306,7 +332,7 @@ class SFAWideAttention(AttentionBackend):
                 "feature_entropy_q": _feature_entropy(q_idx, self.D),
                 "feature_entropy_k": _feature_entropy(k_idx, self.D),
                 "mean_candidates": stats["candidates"] / queries,
-                "dropped_frac": 1.0 - stats["incidences_kept"] / max(1, int(stats["incidences_total"])),
+                **self._dropped(stats, q.shape[2]),
             }
         return out
 
@@ -323,5 +349,6 @@ class SFAWideAttention(AttentionBackend):
 
     def extra_repr(self) -> str:
         return (f"D={self.D}, k={self.k}, codes={self.codes}, relax={self.relax}, mode={self.mode}, "
-                f"cap={self.cap}, bits_start={self.bits_start}, train_planes={self.train_planes}, "
+                f"cap={self.cap}, capacity_factor={self.capacity_factor}, bits_start={self.bits_start}, "
+                f"train_planes={self.train_planes}, "
                 f"scale={self.scale:.4g}, impl={self.impl}")

@@ -6,6 +6,7 @@ one posting list per bucket (g, f) in position order (``key_tok``,
 ``bucket_ptr``). Every query entry (token i, slot t) with feature f gets a key
 range [lo, hi) in ``key_tok``: the whole list of (g, f), or with ``cap=C`` the
 window of C entries that holds i's rank in the list (see ``reference``).
+Key entries with a negative index (``capacity.PRUNED``) are in no list.
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ def build_plan(
     pos = torch.arange(L, device=dev)[None, :, None]
     key_comp = ((group * num_features + k_idx) * L + pos).reshape(-1)  # (G * L * K,) sort key (bucket, position)
     entries = torch.arange(key_comp.numel(), device=dev)
+    listed = (k_idx >= 0).reshape(-1)  # entries dropped by a bucket capacity (capacity.PRUNED) are in no list
     if key_real is not None:
-        real = key_real[:, :, None].expand(G, L, K).reshape(-1)
-        key_comp, entries = key_comp[real], entries[real]  # (E,)
+        listed = listed & key_real[:, :, None].expand(G, L, K).reshape(-1)
+    key_comp, entries = key_comp[listed], entries[listed]  # (E,)
     sorted_comp, perm = torch.sort(key_comp)  # (E,)
     key_ent = entries[perm]
     bucket_of = torch.div(sorted_comp, L, rounding_mode="floor")  # (E,) g * D + f

@@ -16,6 +16,9 @@ token; ``val``: (B, H, L, k) float). The score of query i and key j is
   position order, cut into windows of C entries; i's window is
   ``min(rank // C, last window)`` with ``rank`` = number of keys in the list
   before position i.
+* ``capacity=C`` (overlap mode only): each bucket keeps its C highest-valued
+  real keys; the other key entries are dropped from the key codes before
+  the rule above (``capacity``).
 * Padding keys (``key_padding_mask`` False) are never attended.
 * A query with no candidate (overlap) or no real key (exact) attends to
   itself: its output is its own value row v[i].
@@ -24,6 +27,8 @@ token; ``val``: (B, H, L, k) float). The score of query i and key j is
 from __future__ import annotations
 
 import torch
+
+from lra_sfa.kernels.wide.capacity import bucket_capacity_keep
 
 MODES = ("overlap", "exact")
 
@@ -79,22 +84,31 @@ def wide_dense_reference(
     mode: str = "overlap",
     cap: int | None = None,
     key_padding_mask: torch.Tensor | None = None,
+    capacity: int | None = None,
 ) -> torch.Tensor:
     """Wide-code attention with an explicit score matrix; returns (B, H, L, dv)."""
     if mode not in MODES:
         raise ValueError(f"wide_dense_reference: mode={mode!r} must be one of {MODES}")
-    if cap is not None and mode != "overlap":
-        raise ValueError(f"wide_dense_reference: cap={cap} applies to mode='overlap' only, got mode={mode!r}")
-    B, H, L, _ = q_idx.shape
+    if cap is not None and capacity is not None:
+        raise ValueError(f"wide_dense_reference: cap={cap} and capacity={capacity} exclude each other")
+    if (cap is not None or capacity is not None) and mode != "overlap":
+        raise ValueError(f"wide_dense_reference: cap={cap}, capacity={capacity} apply to mode='overlap' only, "
+                         f"got mode={mode!r}")
+    B, H, L, K = q_idx.shape
+    keep = torch.ones_like(k_val, dtype=torch.bool)
+    if capacity is not None:
+        real = None if key_padding_mask is None else key_padding_mask[:, None, :].expand(B, H, L).reshape(B * H, L)
+        keep = bucket_capacity_keep(k_idx.reshape(B * H, L, K), k_val.reshape(B * H, L, K), real, num_features,
+                                    capacity).view(B, H, L, K)
     qd = dense_codes(q_idx, q_val, num_features)
-    kd = dense_codes(k_idx, k_val, num_features)
+    kd = dense_codes(k_idx, k_val * keep, num_features)
     scores = (qd @ kd.transpose(-1, -2)) * scale  # (B, H, L, L)
     real = torch.ones(B, L, dtype=torch.bool, device=q_idx.device) if key_padding_mask is None else key_padding_mask
     allowed = real[:, None, None, :].expand(B, H, L, L)
     if mode == "overlap":
         if cap is None:
             ones_q = dense_codes(q_idx, torch.ones_like(q_val), num_features)
-            ones_k = dense_codes(k_idx, torch.ones_like(k_val), num_features)
+            ones_k = dense_codes(k_idx, keep.to(k_val.dtype), num_features)
             shared = (ones_q @ ones_k.transpose(-1, -2)) > 0
         else:
             shared = capped_candidates(q_idx, k_idx, num_features, cap, key_padding_mask)

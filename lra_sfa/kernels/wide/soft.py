@@ -43,6 +43,8 @@ import math
 
 import torch
 
+from lra_sfa.kernels.wide.capacity import bucket_capacity_keep
+
 GROUP_BITS = 7  # bits per bucket-distribution group: 2^7 = 128-long distributions, the matmul's inner dim
 
 
@@ -100,20 +102,35 @@ def simhash_soft_attention(
     tau: float,
     bits: int | None = None,
     key_padding_mask: torch.Tensor | None = None,
+    capacity: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Relaxed SimHash attention (module docstring). q_h, k_h: (B, H, L, e) code inputs; planes (H, e, T * b);
+    """Relaxed SimHash attention (module docstring). ``capacity=C``: a key's table t takes part (a_t(i, j) kept,
+    else 0) only where the key is among the C highest-valued keys of its hard bucket (``capacity``), the
+    relaxation of the hard path's bucket capacity. q_h, k_h: (B, H, L, e) code inputs; planes (H, e, T * b);
     v (B, H, L, dv); ``bits`` < b uses each table's first bits. Returns out (B, H, L, dv) and
     {"candidates": (B, H, L) keys sharing a bucket with each query under the hard codes,
     "q_idx", "k_idx": those hard codes' feature ids (B, H, L, T) (``sign_buckets``),
-    "share_ratio": the collision budget (module docstring), a differentiable scalar}. Runs in fp32
-    whatever the autocast (bf16 share probabilities would carry 3 significant digits into log m)."""
+    "share_ratio": the collision budget (module docstring), a differentiable scalar,
+    "incidences_total", "incidences_kept": hard (query, key, table) matches before and after the capacity}.
+    Runs in fp32 whatever the autocast (bf16 share probabilities would carry 3 significant digits into log m)."""
     with torch.autocast(device_type=q_h.device.type, enabled=False):
         out, extras = _soft_attention_fp32(q_h.float(), k_h.float(), planes.float(), tables, v.float(), scale,
-                                           tau, bits, key_padding_mask)
+                                           tau, bits, key_padding_mask, capacity)
     return out.to(v.dtype), extras
 
 
-def _soft_attention_fp32(q_h, k_h, planes, tables, v, scale, tau, bits, key_padding_mask):
+def _key_keep(k_idx, k_val, key_padding_mask, tables: int, full: int, capacity: int | None) -> torch.Tensor:
+    """(B, H, L, T) bool: key entries kept by the bucket capacity (all where ``capacity`` is None)."""
+    if capacity is None:
+        return torch.ones_like(k_idx, dtype=torch.bool)
+    B, H, L, T = k_idx.shape
+    real = None if key_padding_mask is None else key_padding_mask[:, None, :].expand(B, H, L).reshape(B * H, L)
+    keep = bucket_capacity_keep(k_idx.reshape(B * H, L, T), k_val.reshape(B * H, L, T), real, tables << full,
+                                capacity)
+    return keep.view(B, H, L, T)
+
+
+def _soft_attention_fp32(q_h, k_h, planes, tables, v, scale, tau, bits, key_padding_mask, capacity):
     """``simhash_soft_attention`` on fp32 inputs, autocast off."""
     B, H, L, e = q_h.shape
     full = planes.shape[-1] // tables
@@ -127,7 +144,8 @@ def _soft_attention_fp32(q_h, k_h, planes, tables, v, scale, tau, bits, key_padd
 
     q_idx, q_s, q_val = project(q_h)
     k_idx, k_s, k_val = project(k_h)
-    share = soft_share_probs(q_s, k_s)  # (B, H, T, L, L)
+    keep = _key_keep(k_idx, k_val.transpose(2, 3), key_padding_mask, tables, full, capacity)  # (B, H, L, T)
+    share = soft_share_probs(q_s, k_s) * keep.transpose(2, 3)[:, :, :, None, :]  # (B, H, T, L, L)
     score = (share * q_val[..., :, None] * k_val[..., None, :]).sum(2) * scale  # (B, H, L, L)
     any_share = soft_any_prob(share)  # (B, H, L, L)
     logits = score + any_share.clamp_min(1e-30).log()
@@ -142,8 +160,12 @@ def _soft_attention_fp32(q_h, k_h, planes, tables, v, scale, tau, bits, key_padd
     if key_padding_mask is not None:
         out = torch.where(key_padding_mask.any(-1)[:, None, None, None], out, v)
     with torch.no_grad():  # hard collisions: same bucket (every sign bit equal) in some table
-        same = (q_idx[:, :, :, None, :] == k_idx[:, :, None, :, :]).any(-1)  # (B, H, L, L)
+        match = q_idx[:, :, :, None, :] == k_idx[:, :, None, :, :]  # (B, H, L, L, T)
         if key_padding_mask is not None:
-            same = same & key_padding_mask[:, None, None, :]
-        candidates = same.sum(-1)
-    return out, {"candidates": candidates, "q_idx": q_idx, "k_idx": k_idx, "share_ratio": share_ratio}
+            match = match & key_padding_mask[:, None, None, :, None]
+        kept = match & keep[:, :, None, :, :]
+        candidates = kept.any(-1).sum(-1)
+    return out, {"candidates": candidates, "q_idx": q_idx, "k_idx": k_idx, "share_ratio": share_ratio,
+                 "incidences_total": match.sum(), "incidences_kept": kept.sum(),
+                 "key_entries_total": keep.numel() if key_padding_mask is None else
+                 key_padding_mask.sum() * H * tables, "key_entries_kept": keep.sum()}

@@ -1,0 +1,40 @@
+"""Occupancy and candidates per query against L from ``lab.wide_codes_analysis`` CSVs (one line per label, layer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def plot_dir(out: Path) -> Path:
+    """Draw ``out/wide_codes.png`` from every ``out/*.csv`` but the ``*_types.csv`` ones."""
+    frames = [pd.read_csv(path) for path in sorted(Path(out).glob("*.csv")) if not path.stem.endswith("_types")]
+    data = pd.concat(frames)
+    data = data[data["table"].astype(str) == "all"].sort_values("seq_len")
+    fig, (cand_ax, occ_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for (label, layer), frame in data.groupby(["label", "layer"]):
+        line, = cand_ax.plot(frame["seq_len"], frame["candidates_per_query"], "o-", label=f"{label}, layer {layer}")
+        occ_ax.plot(frame["seq_len"], frame["occupancy_mean"], "o-", color=line.get_color(),
+                    label=f"{label}, layer {layer}: mean")
+        occ_ax.plot(frame["seq_len"], frame["occupancy_max"], "^:", color=line.get_color(),
+                    label=f"{label}, layer {layer}: max")
+    iso = data.drop_duplicates("seq_len")
+    cand_ax.plot(iso["seq_len"], iso["isotropic_candidates"], "k--", label="isotropic L k^2 / D")
+    cand_ax.plot(iso["seq_len"], 2 * iso["isotropic_candidates"], "k:", label="2 x isotropic")
+    occ_ax.plot(iso["seq_len"], iso["occupancy_isotropic"], "k--", label="isotropic (Poisson, non-empty)")
+    cand_ax.set(xscale="log", yscale="log", xlabel="sequence length L", ylabel="candidates per query (kernel count)",
+                title="Candidates per query")
+    occ_ax.set(xscale="log", yscale="log", xlabel="sequence length L", ylabel="keys per non-empty bucket",
+               title="Bucket occupancy (all tables)")
+    cand_ax.legend(fontsize=7)
+    occ_ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    path = Path(out) / "wide_codes.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

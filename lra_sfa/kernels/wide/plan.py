@@ -75,15 +75,19 @@ def build_plan(
     group = torch.arange(G, device=dev)[:, None, None]
     pos = torch.arange(L, device=dev)[None, :, None]
     key_comp = ((group * num_features + k_idx) * L + pos).reshape(-1)  # (G * L * K,) sort key (bucket, position)
+    # an entry dropped by a bucket capacity (capacity.PRUNED, a negative index) sorts after every bucket, so
+    # no list holds it; a where, not a boolean index, so the unpadded path stays free of host syncs
+    past_all = G * num_features * L
+    key_comp = torch.where(k_idx.reshape(-1) >= 0, key_comp, past_all)
     entries = torch.arange(key_comp.numel(), device=dev)
-    listed = (k_idx >= 0).reshape(-1)  # entries dropped by a bucket capacity (capacity.PRUNED) are in no list
     if key_real is not None:
-        listed = listed & key_real[:, :, None].expand(G, L, K).reshape(-1)
-    key_comp, entries = key_comp[listed], entries[listed]  # (E,)
+        real = key_real[:, :, None].expand(G, L, K).reshape(-1)
+        key_comp, entries = key_comp[real], entries[real]  # (E,)
     sorted_comp, perm = torch.sort(key_comp)  # (E,)
     key_ent = entries[perm]
     bucket_of = torch.div(sorted_comp, L, rounding_mode="floor")  # (E,) g * D + f
     key_tok = torch.div(bucket_of, num_features, rounding_mode="floor") * L + sorted_comp % L
+    key_tok = torch.where(sorted_comp < past_all, key_tok, 0)  # dropped entries: a valid token, never in a range
     starts = torch.arange(G * num_features + 1, device=dev) * L
     bucket_ptr = torch.searchsorted(sorted_comp, starts)  # (G * D + 1,)
     q_bucket = (group * num_features + q_idx).reshape(-1)  # (N * K,)

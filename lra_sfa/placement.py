@@ -13,11 +13,12 @@ from lra_sfa.recording import RunRecord
 
 
 def compile_choice(cfg, model: LRAClassifier, device: torch.device, world_size: int) -> bool:
-    """trainer.compile: true/false as given; auto compiles on one CUDA device when every backend is compile-safe."""
+    """trainer.compile: true/false as given; auto compiles on one CUDA device when every backend traces whole
+    (``compile_safe``) or keeps its own kernels out of the graph (``compile_around``)."""
     choice = cfg.trainer.get("compile", False)
     if choice == "auto":
         return device.type == "cuda" and world_size == 1 and all(
-            m.compile_safe for m in model.attention_modules())
+            m.compile_safe or m.compile_around for m in model.attention_modules())
     if choice not in (True, False):
         raise ValueError(f"config trainer.compile={choice!r} must be true, false or auto")
     return bool(choice)

@@ -106,9 +106,10 @@ def test_resident_split_gathers_the_same_batches():
 
 
 @pytest.mark.slow
-def test_compiled_run_matches_eager(make_cfg):
+@pytest.mark.parametrize("attn", ["full", "sfa"])  # full traces whole; the model compiles around sfa
+def test_compiled_run_matches_eager(make_cfg, attn):
     """torch.compile changes no result: the same seed gives the same loss curve within float noise."""
-    common = [*EASY_LISTOPS, "attn=full", "trainer.max_steps=30", "trainer.eval_every=30", "trainer.log_every=5",
+    common = [*EASY_LISTOPS, f"attn={attn}", "trainer.max_steps=30", "trainer.eval_every=30", "trainer.log_every=5",
               "model.dropout=0.0", "model.attn_dropout=0.0"]
     eager = run(make_cfg(*common, "trainer.compile=false"))
     compiled = run(make_cfg(*common, "trainer.compile=true"))

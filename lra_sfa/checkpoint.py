@@ -47,6 +47,11 @@ RESUME_FREE = frozenset({"max_steps", "max_seconds", "checkpoint_every", "progre
                          "data_on_device"})
 # settings older checkpoints hold that are no longer part of the config (attn.name: the attn choice names the backend)
 RETIRED_SETTINGS = frozenset({"attn.name"})
+# settings newer than some checkpoints, with the value that computes what those checkpoints ran: a checkpoint
+# without the key is taken to hold that value
+ADDED_SETTINGS = {"attn.capacity_factor": None, "attn.padded_path": "auto"}
+# attention keys that pick a kernel for the same function (full's padded path): free to change on resume
+KERNEL_CHOICES = frozenset({"attn.padded_path"})
 
 
 class CheckpointError(ValueError):
@@ -94,7 +99,8 @@ def resume_settings(cfg) -> dict:
 
 def settings_changes(saved: dict, now: dict) -> dict:
     """key -> {"checkpoint": saved value, "now": current value} for every key that differs ("absent" if missing)."""
-    keys = sorted((set(saved) - RETIRED_SETTINGS) | set(now))
+    saved = {**{key: value for key, value in ADDED_SETTINGS.items() if key in now}, **saved}
+    keys = sorted(((set(saved) - RETIRED_SETTINGS) | set(now)) - KERNEL_CHOICES)
     return {key: {"checkpoint": saved.get(key, "absent"), "now": now.get(key, "absent")}
             for key in keys if saved.get(key, "absent") != now.get(key, "absent")}
 

@@ -119,3 +119,17 @@ def test_a_stale_name_key_in_a_user_yaml_says_what_to_do():
 def test_resuming_a_checkpoint_that_saved_attn_name_is_no_change(make_cfg):
     now = ckpt.resume_settings(make_cfg(*TINY))
     assert not ckpt.settings_changes({**now, "attn.name": "full"}, now)
+
+
+@pytest.mark.parametrize("attn", ["full", "sfa_wide"])
+def test_a_checkpoint_older_than_a_new_attn_key_resumes_when_it_ran_the_default(make_cfg, attn):
+    """Keys added since a checkpoint was made (full's padded_path, sfa_wide's capacity_factor) are taken at the
+    value that computes what the checkpoint ran; another value is a change, except a kernel choice."""
+    now = ckpt.resume_settings(make_cfg(*TINY, f"attn={attn}"))
+    added = "attn.padded_path" if attn == "full" else "attn.capacity_factor"
+    old = {key: value for key, value in now.items() if key != added}
+    assert not ckpt.settings_changes(old, now)
+    if attn == "full":
+        assert not ckpt.settings_changes(now, {**now, added: "flex"})  # the same function on another kernel
+    else:
+        assert set(ckpt.settings_changes(old, {**now, added: 2.0})) == {added}

@@ -62,3 +62,19 @@ def f():
     assert kinds == set(PATTERNS)
     assert all(line != 6 for line, _, _ in diary_entries(source))
     assert diary_entries('"""Decode for 128 keys, D=4096 features, in 2 stages, cafe."""\n') == []
+
+
+def test_no_tracked_text_labels_work_by_the_period_it_was_done_in():
+    """Docs, results write-ups, configs and scripts name commits, dates and devices, never the working period
+    in which something was done."""
+    period = re.compile(r"\bsessions?\b", re.IGNORECASE)
+    hits = []
+    for path in sorted(REPO.rglob("*")):
+        parts = path.relative_to(REPO).parts
+        if (not path.is_file() or path.suffix not in (".md", ".py", ".yaml", ".sh", ".toml")
+                or parts[0].startswith(".") or parts[0] in ("outputs", "multirun") or "egg-info" in parts[0]):
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if period.search(line.replace('scope="session"', "")):  # pytest's fixture scope is a name, not a label
+                hits.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:100]}")
+    assert not hits, "work labelled by its period (name the commit, date or device instead):\n" + "\n".join(hits)

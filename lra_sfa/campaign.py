@@ -100,7 +100,8 @@ def cell_estimates(store: Path, work_dir: Path) -> dict[str, tuple[float, float]
         overhead = wall - train if wall and wall > train else 60.0  # a resumed run's wall is one segment
         seconds = record["max_steps"] / rate + overhead
         megabytes = 12 * (record.get("num_parameters") or 0) / 2**20
-        estimates[_sibling_key(key)] = (max(seconds, estimates.get(_sibling_key(key), (0.0, 0.0))[0]), megabytes)
+        known_seconds, known_mb = estimates.get(_sibling_key(key), (0.0, 0.0))
+        estimates[_sibling_key(key)] = (max(seconds, known_seconds), max(megabytes, known_mb))
     return estimates
 
 

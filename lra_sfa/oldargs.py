@@ -22,11 +22,16 @@ def _hydra_value(values: list[str], as_list: bool) -> str:
     return " ".join(values) if values else "true"
 
 
+# the training config's groups and keys: what the old form passed through to a run (``attn=sfa``)
+RUN_ROOTS = ("attn", "task", "model", "trainer", "experiment", "seed", "paths", "resume")
+
+
 def _foreign(arg: str, keys: Sequence[str]) -> bool:
-    """``arg`` is a ``key=value`` override of a key the new config does not have."""
+    """``arg`` is a ``key=value`` override of a run's config that the new config does not have (a mistyped key
+    of the new config is not: Hydra names it)."""
     key, sep, _ = arg.lstrip("+~").partition("=")
     root = key.split(".")[0].split("/")[0]
-    return bool(sep) and not arg.startswith("-") and root not in (*keys, "hydra")
+    return bool(sep) and not arg.startswith("-") and root in RUN_ROOTS and root not in (*keys, "hydra")
 
 
 def replacement(command: str, config: str, argv: Sequence[str], options: Mapping[str, str],

@@ -36,6 +36,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lra_sfa.bench.common import attn_registry
 from lra_sfa.bench.timing import time_ms
 from lra_sfa.compose import attn_config
 from lra_sfa.oldargs import exit_if_old_form, replacement
@@ -49,6 +50,9 @@ DEVICE = "cuda"  # "cpu" under dry_run=true (logic check only, tiny sizes)
 
 def load_backend(name: str, num_heads: int, head_dim: int, max_seq_len: int, **overrides):
     """Instantiate conf/attn/<name>.yaml as composed (the context args its class names are added)."""
+    registry = attn_registry()
+    if name not in registry:
+        raise ValueError(f"bench.baselines: no backend {name!r} in conf/attn/; valid: {', '.join(registry)}")
     cfg = OmegaConf.to_container(attn_config(name), resolve=True)
     module_name, _, class_name = cfg.pop("_target_").rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)

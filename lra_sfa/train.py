@@ -72,6 +72,16 @@ class LoopContext:
     progress: TrainProgress | None = None
 
 
+@dataclass
+class LoopOutcome:
+    """What training leaves for the test pass: its state, whether the time budget cut it, and the timing."""
+
+    state: ckpt.TrainState
+    out_of_time: bool
+    timed_seconds: float
+    timed_steps: int
+
+
 def _train_step(model, raw_model, attention, optimizer, schedule, tokens, labels, ctx: LoopContext, step: int):
     """One optimiser step; returns the detached task loss (without auxiliary terms) for logging."""
     tcfg = ctx.cfg.trainer
@@ -109,8 +119,8 @@ def _eval_point(raw_model, state: ckpt.TrainState, ctx: LoopContext) -> None:
             state.best_weights = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
 
 
-def train_loop(model, ctx: LoopContext, record: RunRecord) -> None:
-    """Train, evaluate and fill ``record``; raises Diverged on a non-finite loss."""
+def train_loop(model, ctx: LoopContext, record: RunRecord) -> LoopOutcome:
+    """Train with a validation pass every ``eval_every`` steps; raises Diverged on a non-finite loss."""
     cfg, data, device, env, run_dir = ctx.cfg, ctx.data, ctx.device, ctx.env, ctx.run_dir
     tcfg = cfg.trainer
     raw_model = model.module if hasattr(model, "module") else model
@@ -167,8 +177,7 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> None:
                 segment_start = time.perf_counter()
         if tcfg.checkpoint_every and (state.step % int(tcfg.checkpoint_every) == 0 or out_of_time):
             _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx, record)  # a cut run resumes here
-    _finish_loop(raw_model, state, attention, out_of_time, timed_seconds, timed_steps, ctx, record)
-    progress.stop()  # after the test passes, which show their batches on it
+    return LoopOutcome(state, out_of_time, timed_seconds, timed_steps)
 
 
 def _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx: LoopContext, record: RunRecord) -> None:
@@ -181,10 +190,10 @@ def _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx: LoopCo
         record.update(checkpoint_errors=[*record.data.get("checkpoint_errors", []), str(exc)])
 
 
-def _finish_loop(raw_model, state, attention, out_of_time, timed_seconds, timed_steps, ctx, record) -> None:
-    """The ``trainer.test_weights`` weights on test; fill the record."""
-    tcfg = ctx.cfg.trainer
-    record.set_timing(timed_seconds, timed_steps, int(tcfg.batch_size), int(ctx.cfg.task.seq_len))
+def test_pass(raw_model, outcome: LoopOutcome, ctx: LoopContext, record: RunRecord) -> None:
+    """The ``trainer.test_weights`` weights on test (and at ``trainer.test_lengths``); fill the record."""
+    tcfg, state, attention = ctx.cfg.trainer, outcome.state, raw_model.attention_modules()
+    record.set_timing(outcome.timed_seconds, outcome.timed_steps, int(tcfg.batch_size), int(ctx.cfg.task.seq_len))
     test_weights = tcfg.get("test_weights", "best_val")
     final_val = state.history[-1]["val_accuracy"] if state.history else None
     if test_weights == "best_val" and state.best_weights is not None:
@@ -196,7 +205,7 @@ def _finish_loop(raw_model, state, attention, out_of_time, timed_seconds, timed_
         val_accuracy=state.best_val, best_step=state.best_step, test_accuracy=test["accuracy"],
         test_weights=test_weights, final_val_accuracy=final_val,
         steps=state.step, final_train_loss=state.last_loss, history=state.history,
-        resumed_from_step=state.start_step if ctx.resume else None, stopped_by_time_budget=out_of_time,
+        resumed_from_step=state.start_step if ctx.resume else None, stopped_by_time_budget=outcome.out_of_time,
         attn_path=attention[0].last_path, attn_stats=_attention_stats(attention),
         **{f"test_{key}": value for key, value in test.items() if key.startswith("accuracy_by_")},
     )
@@ -206,6 +215,8 @@ def _finish_loop(raw_model, state, attention, out_of_time, timed_seconds, timed_
         by_length, by_depth, unsupported, extra = _test_at_lengths(raw_model, lengths, ctx)
         record.update(test_accuracy_by_length={**record.data.get("test_accuracy_by_length", {}), **by_length},
                       test_accuracy_by_depth_at_length=by_depth, test_lengths_unsupported=unsupported, **extra)
+    if ctx.progress is not None:
+        ctx.progress.stop()  # after the test passes, which show their batches on it
 
 
 def _test_at_lengths(raw_model, lengths: list[int], ctx) -> tuple[dict, dict, dict, dict]:
@@ -353,7 +364,8 @@ def _run(cfg: DictConfig, env: dist.DistEnv) -> dict:
         if compiled:
             model = torch.compile(model, mode=str(cfg.trainer.get("compile_mode", "default")))
         dist.reset_peak_memory(device)
-        train_loop(model, ctx, record)
+        outcome = train_loop(model, ctx, record)
+        test_pass(model.module if hasattr(model, "module") else model, outcome, ctx, record)
     except torch.cuda.OutOfMemoryError as exc:
         reason, fields = faults.describe_oom(exc, ctx.where, cfg, dtype)
         record.update(**fields)

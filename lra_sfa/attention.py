@@ -42,9 +42,9 @@ class AttentionBackend(nn.Module):
     # trainer.compile=auto compiles a model only when every layer's backend says so.
     compile_safe: ClassVar[bool] = False
     # True where the forward launches its own kernels (Triton, Gluon) from Python that torch.compile should not
-    # trace: the backend keeps its forward out of the graph (torch.compiler.disable), and trainer.compile=auto
-    # compiles the rest of the model around it (one graph break per layer; the embedding, norms, projections
-    # and MLPs are fused as for a compile-safe backend).
+    # trace: a model about to be compiled keeps such forwards out of the graph (placement.keep_out_of_graph),
+    # and trainer.compile=auto compiles the rest around them (one graph break per layer; the embedding, norms,
+    # projections and MLPs are fused as for a compile-safe backend).
     compile_around: ClassVar[bool] = False
     # How many (batch, heads, L, L) score tensors one forward keeps for its backward (a backend that builds the
     # dense scores: softmax input and output, a clamp's mask, ...). Above 0, a CPU run estimates that memory

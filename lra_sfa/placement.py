@@ -24,6 +24,15 @@ def compile_choice(cfg, model: LRAClassifier, device: torch.device, world_size: 
     return bool(choice)
 
 
+def keep_out_of_graph(model: LRAClassifier) -> None:
+    """Before torch.compile: the forward of every ``compile_around`` backend runs eagerly (a graph break), so
+    the rest of the model compiles around it. Done here, not at import, so that importing the package does
+    not import torch._dynamo (and Triton with it)."""
+    for module in model.attention_modules():
+        if module.compile_around:
+            module.forward = torch.compiler.disable(type(module).forward.__get__(module))
+
+
 def data_on_device(cfg, data, device: torch.device) -> bool:
     """trainer.data_on_device: true/false as given; auto keeps splits on a CUDA device when together they
     take at most a tenth of its memory."""

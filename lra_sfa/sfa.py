@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from lra_sfa.attention import AttentionBackend
 from lra_sfa.kernels.sfa.api import IMPLS, kernel_head_dim, resolve_impl, sfa_attention, sfa_path
 
@@ -65,7 +63,6 @@ class SFAAttention(AttentionBackend):
 
     compile_around = True  # the launcher's dispatch and autotuning are Python: compiled models run it eagerly
 
-    @torch.compiler.disable
     def forward(self, q, k, v, key_padding_mask=None):
         self.last_path = sfa_path(q, k, v, key_padding_mask, self.impl)
         return sfa_attention(q, k, v, self.topk, self.topk_k, key_padding_mask, impl=self.impl)

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from lra_sfa.attention import AttentionBackend
 from lra_sfa.model import LRAClassifier
-from lra_sfa.placement import compile_choice
+from lra_sfa.placement import compile_choice, keep_out_of_graph
 from lra_sfa.sfa import SFAAttention
 
 SFA = OmegaConf.create({"_target_": "lra_sfa.sfa.SFAAttention", "topk": 4, "impl": "reference"})
@@ -53,6 +53,7 @@ def test_compiled_model_runs_sfa_eagerly_and_matches_eager():
     eager.sum().backward()
     eager_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
+    keep_out_of_graph(model)
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(model)(tokens)
     assert explanation.graph_break_count >= 2  # one per layer's attention

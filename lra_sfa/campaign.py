@@ -78,9 +78,15 @@ def _sibling_key(key: str) -> str:
     return re.sub(r" seed=-?\d+", "", key)
 
 
+def _experiment_key(key: str) -> str:
+    """A cell key without its seed and backend: the prior for a backend not yet run in that experiment."""
+    return re.sub(r" attn=\S+", "", _sibling_key(key))
+
+
 def cell_estimates(store: Path, work_dir: Path) -> dict[str, tuple[float, float]]:
     """Seed-free cell key -> (the whole run's seconds, its checkpoint's MiB), estimated from the records of
-    the store and of the work dir's cut cells that name a cell and a training rate.
+    the store and of the work dir's cut cells that name a cell and a training rate; also, as the prior for
+    backends not yet run, the same without the backend (the largest over the experiment's cells).
 
     Seconds: ``max_steps`` at the recorded steps/s plus the run's time outside the timed steps (data,
     compilation, evaluation: ``wall_seconds - train_seconds``, or a minute for records without it).
@@ -100,8 +106,9 @@ def cell_estimates(store: Path, work_dir: Path) -> dict[str, tuple[float, float]
         overhead = wall - train if wall and wall > train else 60.0  # a resumed run's wall is one segment
         seconds = record["max_steps"] / rate + overhead
         megabytes = 12 * (record.get("num_parameters") or 0) / 2**20
-        known_seconds, known_mb = estimates.get(_sibling_key(key), (0.0, 0.0))
-        estimates[_sibling_key(key)] = (max(seconds, known_seconds), max(megabytes, known_mb))
+        for group in (_sibling_key(key), _experiment_key(key)):
+            known_seconds, known_mb = estimates.get(group, (0.0, 0.0))
+            estimates[group] = (max(seconds, known_seconds), max(megabytes, known_mb))
     return estimates
 
 
@@ -109,7 +116,7 @@ def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: f
     """Why the cell is not started in this slot, or None: it would be cut, and its checkpoint is larger than
     what the next slot gets back (``checkpoint_travel_mb``), so the time would be lost."""
     travel_mb = cfg.get("checkpoint_travel_mb")
-    estimate = estimates.get(_sibling_key(cell.key))
+    estimate = estimates.get(_sibling_key(cell.key)) or estimates.get(_experiment_key(cell.key))
     if seconds_left is None or travel_mb is None or estimate is None:
         return None
     seconds, megabytes = estimate

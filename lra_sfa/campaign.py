@@ -120,9 +120,9 @@ def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: f
     if seconds_left is None or travel_mb is None or estimate is None:
         return None
     seconds, megabytes = estimate
-    resume = Path(cfg.work_dir) / cell.slug / "record.json"
-    if resume.is_file():  # a cut run of this cell: only its remaining steps are left
-        done = json.loads(resume.read_text())
+    run_dir = Path(cfg.work_dir) / cell.slug
+    if (run_dir / "checkpoint.pt").is_file() and (run_dir / "record.json").is_file():  # resumes: steps left only
+        done = json.loads((run_dir / "record.json").read_text())
         if done.get("max_steps"):
             seconds *= 1 - min(int(done.get("steps") or 0), done["max_steps"]) / done["max_steps"]
     if seconds <= seconds_left or megabytes <= float(travel_mb):

@@ -10,11 +10,14 @@ forward+backward, under ``torch.profiler``, and writes per call:
   GPU time, the call is launch-bound and fewer launches or CUDA graphs pay), and the wall
   time of a synchronised call (``wall_us``), both medians over ``--reps`` calls.
 
-The shapes are issue 23's: batch x heads = 256 (batch 32, 8 heads), L = 1K, 2K, 4K,
-8K, d = 64 and 128, k = 8. The card, torch, triton and cuDNN versions and the commit
-are in every row.
+The default shapes are issue 23's: batch x heads = 256 (batch 32, 8 heads), L = 1K, 2K,
+4K, 8K, d = 64 and 128, k = 8. Head dims below 16 (LRA Pathfinder's 4, Image's 8) run
+zero-padded in the SFA kernels; ``--dims 4,8 --batch 512 --lengths 1024`` measures what
+that costs. Where cuDNN refuses a shape the dense side is SDPA's own choice
+(``engine`` says ``sdpa_default``). The card, torch, triton and cuDNN versions and the
+commit are in every row.
 
-    python -m lab.short_seq_profile --out $OUT [--lengths 1024,2048,4096,8192] [--dims 64,128]
+    python -m lab.short_seq_profile --out $OUT [--lengths 1024,2048,4096,8192] [--dims 64,128] [--batch 32]
 
 The commit comes from git, or from ``LRA_SFA_GIT_COMMIT`` in a copy without ``.git``.
 """
@@ -36,7 +39,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lra_sfa.kernels.sfa.api import sfa_attention
 from lra_sfa.records import git_commit
 
-BATCH, HEADS, TOPK = 32, 8, 8
+TOPK = 8
+
+
+def topk_for(dim: int) -> int:
+    """k = 8, or half of a smaller head dim (Pathfinder's d = 4 runs k = 2 in its campaign cells)."""
+    return min(TOPK, max(1, dim // 2))
 KERNEL_COLUMNS = ["engine", "mode", "length", "head_dim", "kernel", "launches_per_call", "gpu_us_per_call"]
 SUMMARY_COLUMNS = ["card", "torch", "triton", "cudnn", "commit", "engine", "mode", "batch", "heads", "length",
                    "head_dim", "topk", "launches_per_call", "kernel_us_per_call", "host_us", "wall_us"]
@@ -73,18 +81,30 @@ def host_and_wall_us(call: Callable[[], object], reps: int) -> tuple[float, floa
     return statistics.median(host), statistics.median(wall)
 
 
-def calls_for(length: int, dim: int) -> dict[tuple[str, str], Callable[[], object]]:
-    """(engine, mode) -> one call on fresh bf16 inputs of (BATCH, HEADS, length, dim)."""
-    q, k, v = (torch.randn(BATCH, HEADS, length, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+def _dense(q, k, v) -> tuple[str, Callable[[], torch.Tensor]]:
+    """SDPA held to cuDNN, or SDPA's own choice where cuDNN refuses the shape (e.g. head dim 4)."""
+    def cudnn():
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    try:
+        with torch.no_grad():
+            cudnn()
+        return "sdpa_cudnn", cudnn
+    except RuntimeError:
+        return "sdpa_default", lambda: F.scaled_dot_product_attention(q, k, v)
+
+
+def calls_for(batch: int, heads: int, length: int, dim: int) -> dict[tuple[str, str], Callable[[], object]]:
+    """(engine, mode) -> one call on fresh bf16 inputs of (batch, heads, length, dim)."""
+    q, k, v = (torch.randn(batch, heads, length, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
     grad = torch.randn_like(q)
 
     def sfa():
-        return sfa_attention(q, k, v, topk_q=TOPK)
+        return sfa_attention(q, k, v, topk_q=topk_for(dim))
 
-    def cudnn():
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            return F.scaled_dot_product_attention(q, k, v)
+    dense_name, dense = _dense(q, k, v)
 
     def with_backward(forward):
         def call():
@@ -98,7 +118,7 @@ def calls_for(length: int, dim: int) -> dict[tuple[str, str], Callable[[], objec
         return call
 
     return {("sfa", "fwd"): no_grad(sfa), ("sfa", "fwd_bwd"): with_backward(sfa),
-            ("sdpa_cudnn", "fwd"): no_grad(cudnn), ("sdpa_cudnn", "fwd_bwd"): with_backward(cudnn)}
+            (dense_name, "fwd"): no_grad(dense), (dense_name, "fwd_bwd"): with_backward(dense)}
 
 
 def profile_call(call: Callable[[], object], reps: int) -> dict[str, tuple[float, float]]:
@@ -120,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--lengths", default="1024,2048,4096,8192")
     parser.add_argument("--dims", default="64,128")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--reps", type=int, default=20)
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -133,14 +155,14 @@ def main(argv: list[str] | None = None) -> None:
         kernels.writeheader()
         for dim in (int(x) for x in args.dims.split(",")):
             for length in (int(x) for x in args.lengths.split(",")):
-                for (engine, mode), call in calls_for(length, dim).items():
+                for (engine, mode), call in calls_for(args.batch, args.heads, length, dim).items():
                     table = profile_call(call, args.reps)
                     host, wall = host_and_wall_us(call, args.reps)
                     for name, (launches, us) in sorted(table.items(), key=lambda item: -item[1][1]):
                         kernels.writerow(dict(engine=engine, mode=mode, length=length, head_dim=dim, kernel=name,
                                               launches_per_call=round(launches, 2), gpu_us_per_call=round(us, 1)))
-                    row = dict(meta, engine=engine, mode=mode, batch=BATCH, heads=HEADS, length=length,
-                               head_dim=dim, topk=TOPK,
+                    row = dict(meta, engine=engine, mode=mode, batch=args.batch, heads=args.heads, length=length,
+                               head_dim=dim, topk=topk_for(dim),
                                launches_per_call=round(sum(n for n, _ in table.values()), 2),
                                kernel_us_per_call=round(sum(us for _, us in table.values()), 1),
                                host_us=round(host, 1), wall_us=round(wall, 1))

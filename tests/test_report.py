@@ -377,3 +377,28 @@ def test_run_labels_tell_apart_seeds_and_step_counts():
     got = run_labels(runs, labels)
     assert [got[id(r)] for r in runs] == ["full [seed 0]", "full [seed 1, 3000 steps]",
                                           "full [seed 1, 2730 steps]", "sfa"]
+
+
+def test_appendix_marks_runs_configured_below_their_protocol_and_lists_only_backends_with_lra_runs():
+    """A run set to fewer steps than its protocol's is shorter than the protocol (†) even though it reached
+    its own max_steps; the cell shows the longest-trained group; a backend with only needle runs has no
+    row in the LRA matrix."""
+    from lra_sfa.report.protocols import protocol_settings
+    from lra_sfa.report.tables import accuracy_section, group_runs
+
+    protocol_steps = protocol_settings("lra_listops")[1]["max_steps"]
+    rng = random.Random(0)
+    probe = run_record(rng, "listops", "full", 2000, "lra_listops", steps=40, max_steps=40, test_accuracy=0.17,
+                       date="2026-12-06T12:00:00+00:00")
+    longer = run_record(rng, "listops", "sfa", 2000, "lra_listops", steps=protocol_steps, max_steps=protocol_steps,
+                        test_accuracy=0.36, date="2026-12-01T12:00:00+00:00")
+    earlier = run_record(rng, "listops", "sfa", 2000, "lra_listops", steps=80, max_steps=80, test_accuracy=0.2,
+                         date="2026-12-05T12:00:00+00:00")
+    needle_only = run_record(rng, "needle", "sfa_wide", 256, "needle")
+    frame = group_runs([probe, longer, earlier, needle_only])
+    assert frame.query("attn == 'full'")["short"].item()
+    body, _ = accuracy_section([probe, longer, earlier, needle_only], {})
+    matrix = body.split("### Test accuracy (%)")[1].split("###")[0]
+    rows = {line.split("|")[1].strip(): line for line in matrix.splitlines() if line.startswith("| ")}
+    assert "17.00 †" in rows["full"] and "36.00 |" in rows["sfa"]  # the longest-trained sfa group, not the latest
+    assert "sfa_wide" not in rows

@@ -20,12 +20,11 @@ from omegaconf import OmegaConf
 
 from lra_sfa.markdown import md_table
 from lra_sfa.report.load import attn_order
+from lra_sfa.report.protocols import TRAINER_KEYS, protocol_settings
 from lra_sfa.report.tables import LRA_COLUMNS
 
 CANONICAL = {"listops": "lra_listops", "text": "lra_text", "retrieval": "lra_retrieval", "image": "lra_image",
              "pathfinder": "lra_pathfinder", "pathx": "lra_pathx"}
-TRAINER_KEYS = ("max_steps", "batch_size", "lr", "schedule", "warmup_steps", "weight_decay", "betas", "eps",
-                "grad_clip", "test_weights")
 
 
 @functools.cache
@@ -39,22 +38,6 @@ def _defaults() -> tuple[dict, dict]:
     model = {name: p.default for name, p in inspect.signature(LRAClassifier.__init__).parameters.items()
              if p.default is not inspect.Parameter.empty}
     return model, OmegaConf.to_container(compose_config([]).trainer, resolve=True)
-
-
-@functools.cache
-def protocol_settings(protocol: str) -> tuple[dict, dict, int] | None:
-    """(model, trainer subset, seq_len) of ``experiment=<protocol>`` as plain values, or None."""
-    from hydra.errors import MissingConfigException
-
-    from lra_sfa.compose import compose_config
-
-    try:
-        cfg = compose_config([f"experiment={protocol}"])
-    except MissingConfigException:
-        return None
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    trainer = {key: OmegaConf.to_container(cfg.trainer, resolve=True).get(key) for key in TRAINER_KEYS}
-    return model, trainer, int(cfg.task.seq_len)
 
 
 def protocol_complete(record: dict) -> bool:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from lra_sfa.markdown import md_table
 from lra_sfa.report.load import attn_order, length_label, variant_labels
+from lra_sfa.report.protocols import protocol_settings
 
 LRA_COLUMNS = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "image": "Image",
                "pathfinder": "Pathfinder", "pathx": "Path-X"}
@@ -43,8 +44,13 @@ def is_lra(record: dict) -> bool:
 
 
 def _short(record: dict) -> bool:
+    """Stopped by a time budget, before its configured steps, or configured for fewer than its protocol's."""
     steps, max_steps = record.get("steps") or 0, record.get("max_steps")
-    return bool(record.get("stopped_by_time_budget")) or (max_steps is not None and steps < max_steps)
+    if record.get("stopped_by_time_budget") or (max_steps is not None and steps < max_steps):
+        return True
+    protocol = str(record.get("protocol") or "")
+    settings = protocol_settings(protocol) if protocol.startswith("lra_") else None
+    return bool(settings) and max_steps is not None and max_steps < (settings[1]["max_steps"] or 0)
 
 
 def summarise(records: list[dict]) -> dict:
@@ -94,12 +100,17 @@ def group_runs(runs: list[dict]) -> pd.DataFrame:
     return frame.sort_values(["order", "task", "seq_len", "protocol"]).drop(columns="order").reset_index(drop=True)
 
 
+def _chosen(group: pd.DataFrame) -> pd.Series:
+    """A cell's group: the one trained longest, the latest among equals."""
+    return group.sort_values(["steps_max", "date"], na_position="first").iloc[-1]
+
+
 def _cell(group: pd.DataFrame, column: str, metric: str, any_records: bool) -> str:
     if group.empty:
         if column in NEEDS_DATA and not any_records:
             return "needs data"
         return "not run"
-    row = group.sort_values("date").iloc[-1]
+    row = _chosen(group)
     if row["runs"] == 0:
         return str(row["failed"])
     value = row[metric]
@@ -124,8 +135,8 @@ def _lra_matrix(lra: pd.DataFrame, backends: list[str], metric: str) -> str:
             in_column = _select(lra, column=column)
             group = _select(in_column, attn=attn)
             cells.append(_cell(group, column, metric, not in_column.empty))
-            if not group.empty and pd.notna(group.sort_values("date").iloc[-1][metric]):
-                values[column] = float(group.sort_values("date").iloc[-1][metric])
+            if not group.empty and pd.notna(_chosen(group)[metric]):
+                values[column] = float(_chosen(group)[metric])
         have = [values[c] for c in AVERAGE_OVER if c in values]
         average = f"{statistics.mean(have):.2f}" if len(have) == len(AVERAGE_OVER) else f"{len(have)}/5 tasks"
         rows.append([attn, *cells, average])
@@ -177,7 +188,8 @@ def accuracy_section(runs: list[dict], published: dict[str, pd.DataFrame],
     frame = group_runs(runs)
     lra_rows = frame[frame["column"].notna()] if not frame.empty else frame
     other = frame[frame["column"].isna()] if not frame.empty else frame
-    backends = sorted(set(frame["attn"]), key=attn_order) if not frame.empty else ["full", "sfa"]
+    # a backend or variant with no LRA run gets no row (its needle or other runs are in the table below)
+    backends = sorted(set(lra_rows["attn"]), key=attn_order) if not lra_rows.empty else ["full", "sfa"]
     parts = [
         "## Measured: test accuracy (%), protocol-complete runs",
         "Mean ± standard deviation over seeds, with n, of the runs that trained to the protocol's last step "
@@ -195,8 +207,10 @@ def accuracy_section(runs: list[dict], published: dict[str, pd.DataFrame],
         parts += ["## Published reproductions of the LRA release (not measured here)", reproductions]
     parts += [
         "## Appendix: every run group, budget-cut and exploratory runs included",
-        "Mean over the `ok` runs of each group. † = shorter than the protocol (stopped by the time budget "
-        "or before its configured steps): not comparable with the published numbers. \"needs data\": "
+        "Mean over the `ok` runs of each cell's longest-trained group (the latest among equals; every group in "
+        "the table below). † = shorter "
+        "than the protocol (stopped by the time budget or before its configured steps, or configured for "
+        "fewer steps than its protocol): not comparable with the published numbers. \"needs data\": "
         "the dataset cannot be downloaded on the machines used so far (no runs). Avg needs all five tasks.",
         "### Test accuracy (%)",
         _lra_matrix(lra_rows, backends, "test_pct"),

@@ -35,7 +35,7 @@ test-all: $(STAMP) ## every test, slow ones included
 	$(PY) -m pytest -q -n 2 tests
 
 lint: $(STAMP) ## ruff
-	$(PY) -m ruff check lra_sfa tasks baselines tests
+	$(PY) -m ruff check lra_sfa tasks baselines tests lab
 
 tables: $(STAMP) ## regenerate results/tables, results/plots and the kernel README table from the committed records
 	$(PY) -m lra_sfa.report

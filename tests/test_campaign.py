@@ -101,6 +101,3 @@ def test_a_cell_that_would_be_cut_and_lose_its_checkpoint_is_not_started(tmp_pat
     kept = run_campaign(_campaign(tmp_path, two_seeds, "deadline_minutes=5",
                                   f"checkpoint_travel_mb={megabytes + 1:.0f}"))
     assert kept[0][1].startswith("ok")  # its checkpoint would travel: cut or not, the time is not lost
-    other = "campaign.cells=[{experiment: lra_listops, attns: [full], seeds: [0]}]"
-    assert cell_estimates(tmp_path / "store", tmp_path / "work").get("experiment=lra_listops") is None
-    assert run_campaign(_campaign(tmp_path, other, "dry_run=true"))[0][1] == "to run"

@@ -128,3 +128,18 @@ def test_the_run_record_names_the_kernel_and_refuses_gluon_off_hopper(make_cfg):
     assert record["status"] == "ok" and record["attn_path"] == "triton", record
     record = run(make_cfg(*small, "attn.impl=gluon"))
     assert record["status"] == "unsupported" and "impl=gluon" in record["reason"], record.get("reason")
+
+
+@pytest.mark.parametrize("impl, kernels", [("auto", "auto"), ("triton", "triton"), ("gluon", "gluon")])
+def test_sfa_attention_hands_the_kernels_the_choice_sfa_path_reports(monkeypatch, impl, kernels):
+    """impl="auto" on CUDA resolves to the kernels and must still let dispatch choose Gluon or Triton (as
+    ``sfa_path`` reports); forcing "triton" there would record "gluon" for a Triton run. The CUDA resolution is
+    stood in for on the CPU; the GPU test ``test_attn_path_says_gluon_when_gluon_ran`` checks the kernels ran."""
+    from lra_sfa.kernels.sfa import autograd
+
+    seen = []
+    monkeypatch.setattr(api, "resolve_impl", lambda impl, device: "triton" if impl == "auto" else impl)
+    monkeypatch.setattr(autograd, "flash_sfa", lambda q, *args: seen.append(args[-1]) or q)
+    q = torch.randn(1, 2, 8, 16)
+    api.sfa_attention(q, q, q, topk_q=4, impl=impl)
+    assert seen == [kernels]

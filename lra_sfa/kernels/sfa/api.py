@@ -105,7 +105,7 @@ def sfa_attention(
         return sfa_chunked(q, k, v, topk_q, topk_k, key_padding_mask)
     from lra_sfa.kernels.sfa.autograd import flash_sfa  # imports triton
 
-    kernels = kernels_of(chosen)
+    kernels = kernels_of(impl)  # from impl, not chosen: "auto" chose the kernels, and dispatch picks which
     if kernel_head_dim(q.shape[-1]) == q.shape[-1]:
         return flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels)  # (an unsupported size raises there)
     return _padded_flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels)

@@ -124,6 +124,10 @@ def plot_accuracy_speed_memory(runs: list[dict], path: Path) -> Path | None:
             backend = str(row.attn).split(" (")[0]
             where = f" [{str(row.device).split(' (')[0].replace('NVIDIA ', '').split()[0]}]" if several_devices else ""
             variants[backend] = variants.get(backend, -1) + 1
+            if row.runs > 1:  # the seeds' spread: a bar from the lowest to the highest test accuracy
+                ax.errorbar(row.steps_per_second, row.test_pct, yerr=[[row.test_pct - row.test_min_pct],
+                                                                      [row.test_max_pct - row.test_pct]],
+                            fmt="none", ecolor=f"C{backends.index(backend) % 10}", elinewidth=1.2, capsize=4)
             ax.scatter(row.steps_per_second, row.test_pct, s=30 + 570 * float(row.peak_memory_mb or 0.0) / largest,
                        alpha=0.6, color=f"C{backends.index(backend) % 10}", edgecolors="black", linewidths=0.5,
                        marker=MARKERS[variants[backend] % len(MARKERS)],
@@ -141,7 +145,8 @@ def plot_accuracy_speed_memory(runs: list[dict], path: Path) -> Path | None:
             handle.set_sizes([40])
     devices = ", ".join(sorted({str(d).split(" (")[0] for d in frame["device"]}))
     fig.suptitle(f"Accuracy vs speed vs memory ({devices}): marker area ~ peak memory "
-                 f"(largest {largest / 1024:.0f} GB); † = stopped before the protocol's steps", fontsize=10)
+                 f"(largest {largest / 1024:.0f} GB); mean over seeds, bar: lowest to highest seed; "
+                 "† = stopped before the protocol's steps", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -54,14 +54,17 @@ def _short(record: dict) -> bool:
 
 
 def summarise(records: list[dict]) -> dict:
-    """One group of runs -> mean accuracies (%), steps, device, date, status."""
+    """One group of runs -> mean accuracies (%) with the seeds' test min and max, steps, device, date, status."""
     ok = [r for r in records if r["status"] == "ok"]
     pct = lambda key: round(100 * statistics.mean(r[key] for r in ok), 2) if ok and all(
         isinstance(r.get(key), (int, float)) for r in ok) else None
     steps = sorted(int(r.get("steps") or 0) for r in ok)
+    tests = [100 * r["test_accuracy"] for r in ok if isinstance(r.get("test_accuracy"), (int, float))]
     statuses = sorted({r["status"] for r in records if r["status"] != "ok"})
     return {
         "runs": len(ok), "failed": ", ".join(statuses) or None, "test_pct": pct("test_accuracy"),
+        "test_min_pct": round(min(tests), 2) if tests else None,
+        "test_max_pct": round(max(tests), 2) if tests else None,
         "val_pct": pct("val_accuracy"), "steps_min": steps[0] if steps else None,
         "steps_max": steps[-1] if steps else None, "max_steps": max((r.get("max_steps") or 0) for r in records),
         "short": any(_short(r) for r in ok), "steps_per_second": _mean(ok, "steps_per_second"),

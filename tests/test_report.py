@@ -350,7 +350,8 @@ def test_runs_with_other_attention_arguments_are_not_averaged_as_seeds():
     frame = group_runs(runs).set_index("attn")
     assert frame.loc["sfa_wide (D=4096, codes=learned, k=16)", "test_pct"] == 95.0
     assert frame.loc["sfa_wide (D=4096, codes=learned, k=16)", "runs"] == 2
-    assert frame.loc["sfa_wide (D=4096, codes=learned, k=16)", ["test_min_pct", "test_max_pct"]].tolist() == [90.0, 100.0]
+    spread = frame.loc["sfa_wide (D=4096, codes=learned, k=16)", ["test_min_pct", "test_max_pct"]]
+    assert spread.tolist() == [90.0, 100.0]
     assert frame.loc["sfa_wide (D=131072, codes=simhash, k=8)", "test_pct"] == 7.0
     assert frame.loc["full", "test_pct"] == 100.0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -101,3 +102,23 @@ def test_a_cell_that_would_be_cut_and_lose_its_checkpoint_is_not_started(tmp_pat
     kept = run_campaign(_campaign(tmp_path, two_seeds, "deadline_minutes=5",
                                   f"checkpoint_travel_mb={megabytes + 1:.0f}"))
     assert kept[0][1].startswith("ok")  # its checkpoint would travel: cut or not, the time is not lost
+
+
+CAMPAIGNS = sorted(path.stem for path in (Path(__file__).parents[1] / "conf" / "campaign").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", CAMPAIGNS)
+def test_every_shipped_campaign_cell_composes_and_validates(name):
+    """Each cell of each conf/campaign YAML composes as its run would (with its overrides) and passes the schema
+    checks, so a typo fails here, not minutes into a GPU slot."""
+    from lra_sfa.compose import compose_config
+    from lra_sfa.schema import validate_config
+
+    with initialize_config_module("lra_sfa.conf", version_base=None):
+        spec = compose("campaign", overrides=[f"campaign={name}"]).campaign.cells
+    cells = expand_cells(spec)
+    assert cells, name
+    for experiment, attn, overrides in sorted({(c.experiment, c.attn, c.overrides) for c in cells}):
+        cfg = compose_config([f"experiment={experiment}", f"attn={attn}", *overrides])
+        validate_config(cfg)
+        assert cfg.attn_name == attn and cfg.protocol, (experiment, attn)

@@ -168,11 +168,23 @@ def run_campaign(cfg: DictConfig) -> list[tuple[Cell, str]]:
             outcomes.append((cell, skip))
             continue
         record = run(_cell_config(cell, cfg, seconds_left))
-        cut = record.get("stopped_by_time_budget")
-        outcome = (f"cut at step {record['steps']} of {record['max_steps']} (resumes from its checkpoint)" if cut
-                   else f"{record['status']}, test {record.get('test_accuracy')}")
+        if record.get("stopped_by_time_budget"):
+            outcome = _cut_outcome(record, Path(cfg.work_dir) / cell.slug, cfg.get("checkpoint_travel_mb"))
+        else:
+            outcome = f"{record['status']}, test {record.get('test_accuracy')}"
         outcomes.append((cell, outcome))
     return outcomes
+
+
+def _cut_outcome(record: dict, run_dir: Path, travel_mb: float | None) -> str:
+    """What happens to a cell the deadline cut: it resumes from its checkpoint, unless the checkpoint is larger
+    than what travels to the next slot (``checkpoint_travel_mb``), where it restarts."""
+    cut = f"cut at step {record['steps']} of {record['max_steps']}"
+    checkpoint = run_dir / "checkpoint.pt"
+    megabytes = checkpoint.stat().st_size / 2**20 if checkpoint.is_file() else 0.0
+    if travel_mb is not None and megabytes > float(travel_mb):
+        return f"{cut} (its {megabytes:.0f} MiB checkpoint does not travel: the next slot restarts it)"
+    return f"{cut} (resumes from its checkpoint)"
 
 
 def _print_table(outcomes: list[tuple[Cell, str]]) -> None:

@@ -64,7 +64,7 @@ def test_a_cut_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     cfg = _campaign(tmp_path, "campaign.cells=[{experiment: listops_reduced, attns: [full], seeds: [0]}]",
                     _overrides([*SMALL, "trainer.max_seconds=0.001", "trainer.log_every=2"]))
     cut = run_campaign(cfg)
-    assert cut[0][1].startswith("cut at step")
+    assert cut[0][1].startswith("cut at step") and cut[0][1].endswith("(resumes from its checkpoint)")
     assert len(list((tmp_path / "work").glob("*/checkpoint.pt"))) == 1
     finish = run_campaign(_campaign(tmp_path, "campaign.cells=[{experiment: listops_reduced, attns: [full], "
                                               "seeds: [0]}]"))
@@ -73,6 +73,14 @@ def test_a_cut_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
                      key=lambda r: r["steps"])
     assert records[0]["stopped_by_time_budget"] and not records[1]["stopped_by_time_budget"]
     assert records[1]["resumed_from_step"] == records[0]["steps"] and records[1]["steps"] == 12
+
+
+def test_a_cut_cell_whose_checkpoint_stays_behind_says_it_restarts(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRA_SFA_GIT_COMMIT", "abc1234")
+    cfg = _campaign(tmp_path, "campaign.cells=[{experiment: listops_reduced, attns: [full], seeds: [0]}]",
+                    _overrides([*SMALL, "trainer.max_seconds=0.001", "trainer.log_every=2"]), "checkpoint_travel_mb=0")
+    (outcome,) = [text for _, text in run_campaign(cfg)]
+    assert outcome.startswith("cut at step") and "does not travel: the next slot restarts it" in outcome
 
 
 def test_campaign_needs_a_commit(tmp_path, monkeypatch):

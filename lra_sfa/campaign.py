@@ -7,7 +7,8 @@ run trained to its ``max_steps`` (or ended as oom / unsupported / diverged, whic
 repeat); a run cut by the deadline is recorded as cut (``stopped_by_time_budget``), keeps its
 checkpoint in ``work_dir/<cell>`` and resumes from it next time, so it is never mistaken for a
 finished one. Records name their cell (``cell``) and the commit; a tree without ``.git`` must pass
-``LRA_SFA_GIT_COMMIT``.
+``LRA_SFA_GIT_COMMIT``. With ``concurrency`` > 1, that many cells run at once on the device, each in its own
+process (for small models, which leave a GPU idle); their records say ``trainer.concurrent_runs``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 FINAL_STATUSES = ("oom", "unsupported", "diverged")  # outcomes a rerun of the same cell would repeat
 
@@ -130,50 +131,83 @@ def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: f
     return f"not started: needs about {seconds:.0f} s, {seconds_left:.0f} s left, checkpoint ~{megabytes:.0f} MiB"
 
 
-def _cell_config(cell: Cell, cfg: DictConfig, seconds_left: float | None) -> DictConfig:
+def _cell_config(cell: Cell, cfg: DictConfig, seconds_left: float | None, concurrent_runs: int = 1) -> DictConfig:
     from lra_sfa.compose import compose_config
 
     overrides = [f"experiment={cell.experiment}", f"attn={cell.attn}", f"seed={cell.seed}", *cell.overrides,
                  *cfg.overrides, f"cell='{cell.key}'", f"run_dir={Path(cfg.work_dir) / cell.slug}",
                  f"results_dir={cfg.store}", f"paths.cache_dir={cfg.paths.cache_dir}", "resume=auto",
-                 f"trainer.checkpoint_every={int(cfg.checkpoint_every)}", "trainer.progress=false"]
+                 f"trainer.checkpoint_every={int(cfg.checkpoint_every)}", "trainer.progress=false",
+                 f"trainer.concurrent_runs={concurrent_runs}"]
     if seconds_left is not None:
         overrides.append(f"trainer.max_seconds={max(1.0, seconds_left):.0f}")
     return compose_config(overrides)
 
 
 def run_campaign(cfg: DictConfig) -> list[tuple[Cell, str]]:
-    """Run every unfinished cell in order until done or past the deadline; returns (cell, outcome) rows."""
+    """Run every unfinished cell in order (``concurrency`` at a time) until done or past the deadline; returns
+    (cell, outcome) rows in the campaign's order."""
     from lra_sfa.records import git_commit
-    from lra_sfa.train import run
 
     if git_commit() == "unknown":
         raise ValueError("the campaign's records must name their commit: no .git here, so set LRA_SFA_GIT_COMMIT")
     cells = expand_cells(cfg.campaign.cells)
     done = finished_cells(Path(cfg.store))
-    deadline = time.monotonic() + 60 * float(cfg.deadline_minutes) if cfg.deadline_minutes else None
+    deadline = time.time() + 60 * float(cfg.deadline_minutes) if cfg.deadline_minutes else None
     estimates = cell_estimates(Path(cfg.store), Path(cfg.work_dir))
-    outcomes = []
+    outcomes: dict[Cell, str] = {}
+    pending = []
     for cell in cells:
         if cell.key in done:
             record = done[cell.key]
-            outcomes.append((cell, f"finished before ({record['status']}, test {record.get('test_accuracy')})"))
-            continue
-        seconds_left = None if deadline is None else deadline - time.monotonic()
-        if cfg.dry_run or (seconds_left is not None and seconds_left < 60):
-            outcomes.append((cell, "to run"))
-            continue
-        skip = _cannot_finish(cell, cfg, estimates, seconds_left)
-        if skip:
-            outcomes.append((cell, skip))
-            continue
-        record = run(_cell_config(cell, cfg, seconds_left))
-        if record.get("stopped_by_time_budget"):
-            outcome = _cut_outcome(record, Path(cfg.work_dir) / cell.slug, cfg.get("checkpoint_travel_mb"))
+            outcomes[cell] = f"finished before ({record['status']}, test {record.get('test_accuracy')})"
+        elif cfg.dry_run:
+            outcomes[cell] = "to run"
         else:
-            outcome = f"{record['status']}, test {record.get('test_accuracy')}"
-        outcomes.append((cell, outcome))
-    return outcomes
+            pending.append(cell)
+    concurrency = cfg.get("concurrency", 1)
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"campaign: concurrency={concurrency} must be an integer of at least 1 "
+                         "(the cells run at once on the device)")
+    if concurrency == 1 or len(pending) < 2:
+        outcomes.update((cell, _run_cell(cell, cfg, estimates, deadline, 1)) for cell in pending)
+    else:
+        outcomes.update(_run_concurrently(pending, cfg, estimates, deadline, concurrency))
+    return [(cell, outcomes[cell]) for cell in cells]
+
+
+def _run_concurrently(cells: list[Cell], cfg: DictConfig, estimates: dict, deadline: float | None,
+                      concurrency: int) -> dict[Cell, str]:
+    """Run ``cells`` in order, ``concurrency`` at a time, each in a fresh (spawned) process on the same device.
+
+    Small models leave most of a GPU idle (the step is launch-bound), so several at once finish more cells
+    per slot; each record says how many ran together (``trainer.concurrent_runs``), and the report takes
+    training speed only from runs that had the device alone. A process, not a thread, per run: each run
+    owns its CUDA context, compile caches and random state.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # no interpolation left to resolve there
+    with ProcessPoolExecutor(max_workers=concurrency, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {cell: pool.submit(_run_cell, cell, plain, estimates, deadline, concurrency) for cell in cells}
+        return {cell: future.result() for cell, future in futures.items()}
+
+
+def _run_cell(cell: Cell, cfg: DictConfig, estimates: dict, deadline: float | None, concurrent_runs: int) -> str:
+    """Run one cell (unless the deadline is near or it would be cut and lose its checkpoint); its outcome."""
+    from lra_sfa.train import run
+
+    seconds_left = None if deadline is None else deadline - time.time()
+    if seconds_left is not None and seconds_left < 60:
+        return "to run"
+    skip = _cannot_finish(cell, cfg, estimates, seconds_left)
+    if skip:
+        return skip
+    record = run(_cell_config(cell, cfg, seconds_left, concurrent_runs))
+    if record.get("stopped_by_time_budget"):
+        return _cut_outcome(record, Path(cfg.work_dir) / cell.slug, cfg.get("checkpoint_travel_mb"))
+    return f"{record['status']}, test {record.get('test_accuracy')}"
 
 
 def _cut_outcome(record: dict, run_dir: Path, travel_mb: float | None) -> str:

@@ -44,7 +44,7 @@ PAYLOAD_KEYS = ("model", "optimizer", "schedule", "sampler", "step", "settings",
 # and how it runs).
 RESUME_FREE = frozenset({"max_steps", "max_seconds", "checkpoint_every", "progress", "timing_warmup_steps",
                          "log_every", "device", "find_unused_parameters", "test_lengths", "compile", "compile_mode",
-                         "data_on_device"})
+                         "data_on_device", "concurrent_runs"})
 # settings older checkpoints hold that are no longer part of the config (attn.name: the attn choice names the backend)
 RETIRED_SETTINGS = frozenset({"attn.name"})
 # settings newer than some checkpoints, with the value that computes what those checkpoints ran: a checkpoint

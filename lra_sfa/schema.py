@@ -147,6 +147,7 @@ class TrainerConfig:
     find_unused_parameters: Any = key()
     compile: Any = key()
     data_on_device: Any = key()
+    concurrent_runs: int = key(AT_LEAST_1)
 
 
 @dataclass

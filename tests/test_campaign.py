@@ -83,6 +83,25 @@ def test_a_cut_cell_whose_checkpoint_stays_behind_says_it_restarts(tmp_path, mon
     assert outcome.startswith("cut at step") and "does not travel: the next slot restarts it" in outcome
 
 
+def test_concurrent_cells_run_in_their_own_processes_and_say_so(tmp_path, monkeypatch):
+    """concurrency=2 runs two cells at once, each in a spawned process; their records say
+    trainer.concurrent_runs = 2, and the report's speed column leaves such runs out."""
+    from lra_sfa.report.tables import summarise
+
+    monkeypatch.setenv("LRA_SFA_GIT_COMMIT", "abc1234")
+    outcomes = run_campaign(_campaign(tmp_path, "concurrency=2"))
+    assert [outcome.split(",")[0] for _, outcome in outcomes] == ["ok", "ok"]
+    records = [json.loads(path.read_text()) for path in (tmp_path / "store").glob("*.json")]
+    assert sorted(r["attn"] for r in records) == ["full", "sfa"]
+    assert all(r["trainer"]["concurrent_runs"] == 2 and r["steps"] == 12 for r in records)
+    shared = summarise(records[:1])
+    assert shared["steps_per_second"] is None and shared["peak_memory_mb"] == records[0]["peak_memory_mb"]
+    alone = dict(records[0], trainer={**records[0]["trainer"], "concurrent_runs": 1})
+    assert summarise([alone])["steps_per_second"] == alone["steps_per_second"]
+    with pytest.raises(ValueError, match="concurrency=0 must be an integer of at least 1"):
+        run_campaign(_campaign(tmp_path / "other", "concurrency=0"))
+
+
 def test_campaign_needs_a_commit(tmp_path, monkeypatch):
     monkeypatch.setattr("lra_sfa.records.git_commit", lambda: "unknown")
     with pytest.raises(ValueError, match="LRA_SFA_GIT_COMMIT"):

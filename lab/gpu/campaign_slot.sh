@@ -4,6 +4,7 @@
 # Here (the checkout that travels):   mkdir -p .campaign; cp ../shared/device/wheels/*.whl .whl/
 #   run with carry [".whl", ".campaign"]:
 #   LRA_SFA_GIT_COMMIT=<commit> bash lab/gpu/campaign_slot.sh lra_core 8 [overrides...]
+#   (small models, e.g. campaign=needle or fmnist: add concurrency=3 to run three cells at once)
 # There: installs the Hydra wheels, unpacks .campaign/work.tgz (the run dirs of cells cut last time),
 # runs the campaign for <minutes>, and returns $OUT/records.tgz (new records: unpack into results/runs/)
 # and $OUT/work.tgz (run dirs whose checkpoints are under 16 MiB, e.g. Pathfinder's; copy it to

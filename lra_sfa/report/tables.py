@@ -54,12 +54,16 @@ def _short(record: dict) -> bool:
 
 
 def summarise(records: list[dict]) -> dict:
-    """One group of runs -> mean accuracies (%) with the seeds' test min and max, steps, device, date, status."""
+    """One group of runs -> mean accuracies (%) with the seeds' test min and max, steps, training speed (runs that
+    had the device alone), memory, device, date, status."""
     ok = [r for r in records if r["status"] == "ok"]
     pct = lambda key: round(100 * statistics.mean(r[key] for r in ok), 2) if ok and all(
         isinstance(r.get(key), (int, float)) for r in ok) else None
     steps = sorted(int(r.get("steps") or 0) for r in ok)
     tests = [100 * r["test_accuracy"] for r in ok if isinstance(r.get("test_accuracy"), (int, float))]
+    # speed only from runs that had the device alone (a campaign with concurrency > 1 shares it); a process's
+    # peak memory is its own either way
+    alone = [r for r in ok if int((r.get("trainer") or {}).get("concurrent_runs") or 1) == 1]
     statuses = sorted({r["status"] for r in records if r["status"] != "ok"})
     return {
         "runs": len(ok), "failed": ", ".join(statuses) or None, "test_pct": pct("test_accuracy"),
@@ -67,8 +71,8 @@ def summarise(records: list[dict]) -> dict:
         "test_max_pct": round(max(tests), 2) if tests else None,
         "val_pct": pct("val_accuracy"), "steps_min": steps[0] if steps else None,
         "steps_max": steps[-1] if steps else None, "max_steps": max((r.get("max_steps") or 0) for r in records),
-        "short": any(_short(r) for r in ok), "steps_per_second": _mean(ok, "steps_per_second"),
-        "peak_memory_mb": _mean(ok, "peak_memory_mb"), "train_seconds": _mean(ok, "train_seconds"),
+        "short": any(_short(r) for r in ok), "steps_per_second": _mean(alone, "steps_per_second"),
+        "peak_memory_mb": _mean(ok, "peak_memory_mb"), "train_seconds": _mean(alone, "train_seconds"),
         "device": ", ".join(sorted({str(r.get("device")) for r in records})),
         "date": max(str(r.get("date", ""))[:10] for r in records),
         "num_train": ", ".join(sorted({str(r["num_train"]) for r in records if r.get("num_train")})) or None,

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+
+from lra_sfa.cli import exit_on_bad_input
 
 FINAL_STATUSES = ("oom", "unsupported", "diverged")  # outcomes a rerun of the same cell would repeat
 
@@ -167,7 +168,7 @@ def run_campaign(cfg: DictConfig) -> list[tuple[Cell, str]]:
             pending.append(cell)
     concurrency = cfg.get("concurrency", 1)
     if not isinstance(concurrency, int) or concurrency < 1:
-        raise ValueError(f"campaign: concurrency={concurrency} must be an integer of at least 1 "
+        raise ValueError(f"concurrency={concurrency} must be an integer of at least 1 "
                          "(the cells run at once on the device)")
     if concurrency == 1 or len(pending) < 2:
         outcomes.update((cell, _run_cell(cell, cfg, estimates, deadline, 1)) for cell in pending)
@@ -235,11 +236,8 @@ def _print_table(outcomes: list[tuple[Cell, str]]) -> None:
 
 @hydra.main(version_base=None, config_path="pkg://lra_sfa.conf", config_name="campaign")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_bad_input("lra-sfa campaign"):
         outcomes = run_campaign(cfg)
-    except ValueError as exc:
-        print(f"lra-sfa campaign: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     _print_table(outcomes)
     left = sum(outcome == "to run" or outcome.startswith(("cut", "not started")) for _, outcome in outcomes)
     print(f"{len(outcomes) - left} of {len(outcomes)} cells finished" + (f"; {left} left" if left else ""))

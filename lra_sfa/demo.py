@@ -14,7 +14,6 @@ comparable with published LRA results (use ``experiment=lra_listops``).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lra_sfa.__main__ import CLEAR_ERRORS, group_options
+from lra_sfa.cli import exit_on_bad_input
 from lra_sfa.compose import compose_config
 from lra_sfa.train import run
 
@@ -79,11 +79,8 @@ def run_demo(backends: Sequence[str], out: Path, overrides: Sequence[str]) -> pd
 @hydra.main(version_base=None, config_path="pkg://lra_sfa.conf", config_name="demo")
 def _app(cfg: DictConfig) -> None:
     overrides = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(("demo.", "demo="))]
-    try:
+    with exit_on_bad_input("lra-sfa demo", CLEAR_ERRORS):
         run_demo([str(name) for name in cfg.demo.backends], Path(cfg.demo.out_dir), overrides)
-    except CLEAR_ERRORS as exc:
-        print(f"lra-sfa demo: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def main() -> None:

@@ -325,11 +325,10 @@ def run_tool(cfg) -> None:
 
 
 def _tool_app(cfg) -> None:
-    try:
+    from lra_sfa.cli import exit_on_bad_input
+
+    with exit_on_bad_input("lra_sfa.tasks.pathfinder"):
         run_tool(cfg)
-    except ValueError as exc:
-        print(f"lra_sfa.tasks.pathfinder: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from lra_sfa.records import REQUIRED_FIELDS
 from lra_sfa.tasks import listops
 
@@ -61,3 +63,14 @@ def test_malformed_data_file_names_file_and_line(tmp_path):
     result = _cli("model=tiny", f"task.data_dir={data}", "task.seq_len=128", cwd=tmp_path)
     assert result.returncode == 2
     assert "basic_val.tsv line 4" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_exit_on_bad_input_prints_one_line_and_exits_2_for_the_named_errors_only(capsys):
+    from lra_sfa.cli import exit_on_bad_input
+
+    with pytest.raises(SystemExit) as stop, exit_on_bad_input("lra-sfa thing"):
+        raise ValueError("key x=3 must be one of (1, 2)")
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "lra-sfa thing: error: key x=3 must be one of (1, 2)\n"
+    with pytest.raises(KeyError), exit_on_bad_input("lra-sfa thing"):
+        raise KeyError("not a bad-input error: it propagates")

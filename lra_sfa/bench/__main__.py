@@ -14,10 +14,10 @@ Other benchmarks, each a Hydra app with its config under ``conf/``: ``lra_sfa.be
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
+
+from lra_sfa.cli import exit_on_bad_input
 
 MODES = ("sweep", "lra_table2")
 
@@ -50,11 +50,8 @@ def run_bench(cfg: DictConfig) -> list[dict]:
 
 @hydra.main(version_base=None, config_path="pkg://lra_sfa.conf", config_name="bench")
 def _app(cfg: DictConfig) -> None:
-    try:
+    with exit_on_bad_input("lra-sfa bench"):
         records = run_bench(cfg)
-    except ValueError as exc:
-        print(f"lra-sfa bench: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     counts: dict[str, int] = {}
     for record in records:
         counts[record["status"]] = counts.get(record["status"], 0) + 1

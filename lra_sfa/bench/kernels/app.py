@@ -24,6 +24,8 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from lra_sfa.cli import exit_on_bad_input
+
 MODES = ("sweep", "check", "merge", "table", "plot")
 LAB = ("lra_sfa.bench.kernels mode=explore moved to the lab: python -m lab.kernel_explore with the same options "
        "(lab/README.md)")
@@ -99,11 +101,8 @@ def run(cfg: DictConfig, device: str = "cuda") -> None:
 
 @hydra.main(version_base=None, config_path="pkg://lra_sfa.conf", config_name="bench_kernels")
 def _app(cfg: DictConfig) -> None:
-    try:
+    with exit_on_bad_input("lra_sfa.bench.kernels"):
         run(cfg)
-    except ValueError as exc:
-        print(f"lra_sfa.bench.kernels: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def main() -> None:

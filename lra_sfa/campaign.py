@@ -114,14 +114,20 @@ def cell_estimates(store: Path, work_dir: Path) -> dict[str, tuple[float, float]
     return estimates
 
 
-def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: float | None) -> str | None:
+def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: float | None,
+                   concurrent_runs: int = 1) -> str | None:
     """Why the cell is not started in this slot, or None: it would be cut, and its checkpoint is larger than
-    what the next slot gets back (``checkpoint_travel_mb``), so the time would be lost."""
+    what the next slot gets back (``checkpoint_travel_mb``), so the time would be lost.
+
+    With ``concurrent_runs`` cells sharing the device, the estimate (from solo runs) is scaled by that count:
+    the worst case, a device-bound model whose runs split the device evenly; a cell lost to a cut costs more
+    than one left for the next slot."""
     travel_mb = cfg.get("checkpoint_travel_mb")
     estimate = estimates.get(_sibling_key(cell.key)) or estimates.get(_experiment_key(cell.key))
     if seconds_left is None or travel_mb is None or estimate is None:
         return None
     seconds, megabytes = estimate
+    seconds *= concurrent_runs
     run_dir = Path(cfg.work_dir) / cell.slug
     if (run_dir / "checkpoint.pt").is_file() and (run_dir / "record.json").is_file():  # resumes: steps left only
         done = json.loads((run_dir / "record.json").read_text())
@@ -202,7 +208,7 @@ def _run_cell(cell: Cell, cfg: DictConfig, estimates: dict, deadline: float | No
     seconds_left = None if deadline is None else deadline - time.time()
     if seconds_left is not None and seconds_left < 60:
         return "to run"
-    skip = _cannot_finish(cell, cfg, estimates, seconds_left)
+    skip = _cannot_finish(cell, cfg, estimates, seconds_left, concurrent_runs)
     if skip:
         return skip
     record = run(_cell_config(cell, cfg, seconds_left, concurrent_runs))

@@ -18,6 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -85,13 +86,23 @@ def _experiment_key(key: str) -> str:
     return re.sub(r" attn=\S+", "", _sibling_key(key))
 
 
-def cell_estimates(store: Path, work_dir: Path) -> dict[str, tuple[float, float]]:
-    """Seed-free cell key -> (the whole run's seconds, its checkpoint's MiB), estimated from the records of
-    the store and of the work dir's cut cells that name a cell and a training rate; also, as the prior for
-    backends not yet run, the same without the backend (the largest over the experiment's cells).
+class Estimate(NamedTuple):
+    """What a cell costs, from its siblings' records: the whole run's seconds as the first run of its kind in a
+    process (``seconds``: data generation, compilation), the same after a sibling ran in that process
+    (``warm_seconds``: the data cache and the compiled kernels are reused), its checkpoint's MiB."""
+    seconds: float
+    warm_seconds: float
+    megabytes: float
 
-    Seconds: ``max_steps`` at the recorded steps/s plus the run's time outside the timed steps (data,
-    compilation, evaluation: ``wall_seconds - train_seconds``, or a minute for records without it).
+
+def cell_estimates(store: Path, work_dir: Path) -> dict[str, Estimate]:
+    """Seed-free cell key -> its Estimate, from the records of the store and of the work dir's cut cells that
+    name a cell and a training rate; also, as the prior for backends not yet run, the same without the
+    backend (the largest over the experiment's cells).
+
+    Seconds: ``max_steps`` at the slowest recorded steps/s plus the time outside the timed steps (data,
+    compilation, evaluation: ``wall_seconds - train_seconds``, or a minute for records without it), the
+    largest of the records for ``seconds`` and the smallest for ``warm_seconds``.
     MiB: fp32 weights and AdamW's two moments, 12 bytes a parameter.
     """
     from lra_sfa.records import load_records
@@ -99,25 +110,28 @@ def cell_estimates(store: Path, work_dir: Path) -> dict[str, tuple[float, float]
     records = []
     for folder in (store, work_dir):
         records += load_records(folder)[0] if folder.is_dir() else []
-    estimates = {}
+    parts: dict[str, tuple[float, float, float, float]] = {}  # group -> (train s, overheads max, min; MiB)
     for record in records:
         rate, key = record.get("steps_per_second"), record.get("cell")
         if not key or not rate or not record.get("max_steps"):
             continue
         wall, train = record.get("wall_seconds"), record.get("train_seconds") or 0.0
         overhead = wall - train if wall and wall > train else 60.0  # a resumed run's wall is one segment
-        seconds = record["max_steps"] / rate + overhead
+        seconds = record["max_steps"] / rate
         megabytes = 12 * (record.get("num_parameters") or 0) / 2**20
         for group in (_sibling_key(key), _experiment_key(key)):
-            known_seconds, known_mb = estimates.get(group, (0.0, 0.0))
-            estimates[group] = (max(seconds, known_seconds), max(megabytes, known_mb))
-    return estimates
+            known = parts.get(group, (0.0, 0.0, float("inf"), 0.0))
+            parts[group] = (max(seconds, known[0]), max(overhead, known[1]), min(overhead, known[2]),
+                            max(megabytes, known[3]))
+    return {group: Estimate(train + most, train + least, megabytes)
+            for group, (train, most, least, megabytes) in parts.items()}
 
 
 def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: float | None,
-                   concurrent_runs: int = 1) -> str | None:
+                   concurrent_runs: int = 1, warm: bool = False) -> str | None:
     """Why the cell is not started in this slot, or None: it would be cut, and its checkpoint is larger than
-    what the next slot gets back (``checkpoint_travel_mb``), so the time would be lost.
+    what the next slot gets back (``checkpoint_travel_mb``), so the time would be lost. ``warm``: a sibling
+    (the same cell but for the seed) ran before it in this process.
 
     With ``concurrent_runs`` cells sharing the device, the estimate (from solo runs) is scaled by that count:
     the worst case, a device-bound model whose runs split the device evenly; a cell lost to a cut costs more
@@ -126,8 +140,8 @@ def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: f
     estimate = estimates.get(_sibling_key(cell.key)) or estimates.get(_experiment_key(cell.key))
     if seconds_left is None or travel_mb is None or estimate is None:
         return None
-    seconds, megabytes = estimate
-    seconds *= concurrent_runs
+    seconds = (estimate.warm_seconds if warm else estimate.seconds) * concurrent_runs
+    megabytes = estimate.megabytes
     run_dir = Path(cfg.work_dir) / cell.slug
     if (run_dir / "checkpoint.pt").is_file() and (run_dir / "record.json").is_file():  # resumes: steps left only
         done = json.loads((run_dir / "record.json").read_text())
@@ -177,7 +191,12 @@ def run_campaign(cfg: DictConfig) -> list[tuple[Cell, str]]:
         raise ValueError(f"concurrency={concurrency} must be an integer of at least 1 "
                          "(the cells run at once on the device)")
     if concurrency == 1 or len(pending) < 2:
-        outcomes.update((cell, _run_cell(cell, cfg, estimates, deadline, 1)) for cell in pending)
+        ran: set[str] = set()
+        for cell in pending:
+            outcomes[cell] = _run_cell(cell, cfg, estimates, deadline, 1, warm=_sibling_key(cell.key) in ran)
+            if not outcomes[cell].startswith(("not started", "to run")):
+                ran.add(_sibling_key(cell.key))
+                estimates = cell_estimates(Path(cfg.store), Path(cfg.work_dir))  # with this cell's record
     else:
         outcomes.update(_run_concurrently(pending, cfg, estimates, deadline, concurrency))
     return [(cell, outcomes[cell]) for cell in cells]
@@ -201,14 +220,16 @@ def _run_concurrently(cells: list[Cell], cfg: DictConfig, estimates: dict, deadl
         return {cell: future.result() for cell, future in futures.items()}
 
 
-def _run_cell(cell: Cell, cfg: DictConfig, estimates: dict, deadline: float | None, concurrent_runs: int) -> str:
-    """Run one cell (unless the deadline is near or it would be cut and lose its checkpoint); its outcome."""
+def _run_cell(cell: Cell, cfg: DictConfig, estimates: dict, deadline: float | None, concurrent_runs: int,
+              warm: bool = False) -> str:
+    """Run one cell (unless the deadline is near or it would be cut and lose its checkpoint); its outcome.
+    ``warm``: a sibling ran before it in this process (see ``Estimate``)."""
     from lra_sfa.train import run
 
     seconds_left = None if deadline is None else deadline - time.time()
     if seconds_left is not None and seconds_left < 60:
         return "to run"
-    skip = _cannot_finish(cell, cfg, estimates, seconds_left, concurrent_runs)
+    skip = _cannot_finish(cell, cfg, estimates, seconds_left, concurrent_runs, warm)
     if skip:
         return skip
     record = run(_cell_config(cell, cfg, seconds_left, concurrent_runs))

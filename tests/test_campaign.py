@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
-from lra_sfa.campaign import Cell, _cannot_finish, cell_estimates, expand_cells, is_finished, run_campaign
+from lra_sfa.campaign import Cell, Estimate, _cannot_finish, cell_estimates, expand_cells, is_finished, run_campaign
 
 SMALL = ["task.seq_len=16", "task.max_depth=2", "task.min_length=3", "task.max_length=13", "task.num_train=400",
          "task.num_val=64", "task.num_test=64", "task.workers=1", "trainer.max_steps=12", "trainer.eval_every=6",
@@ -120,8 +120,8 @@ def test_a_cell_that_would_be_cut_and_lose_its_checkpoint_is_not_started(tmp_pat
     record["steps_per_second"] = 12 / 1000  # as if the whole run took 1000 s at this rate
     path.write_text(json.dumps(record))
     estimates = cell_estimates(tmp_path / "store", tmp_path / "work")
-    seconds, megabytes = estimates["experiment=listops_reduced attn=full"]
-    assert seconds >= 1000 and megabytes == pytest.approx(12 * record["num_parameters"] / 2**20)
+    seconds, warm_seconds, megabytes = estimates["experiment=listops_reduced attn=full"]
+    assert seconds == warm_seconds >= 1000 and megabytes == pytest.approx(12 * record["num_parameters"] / 2**20)
     two_seeds = "campaign.cells=[{experiment: listops_reduced, attns: [full, sfa], seeds: [1]}]"
     planned = run_campaign(_campaign(tmp_path, two_seeds, "deadline_minutes=5", "checkpoint_travel_mb=0"))
     assert planned[0][1].startswith("not started: needs about")
@@ -135,9 +135,18 @@ def test_cells_sharing_the_device_are_planned_at_the_shared_rate(tmp_path):
     """A 400 s cell fits 500 s alone; two at once may each take twice as long, so it is not started."""
     cfg = _campaign(tmp_path, "checkpoint_travel_mb=1")
     cell = Cell("listops_reduced", "full", 1)
-    estimates = {"experiment=listops_reduced attn=full": (400.0, 50.0)}
+    estimates = {"experiment=listops_reduced attn=full": Estimate(400.0, 300.0, 50.0)}
     assert _cannot_finish(cell, cfg, estimates, 500.0) is None
     assert _cannot_finish(cell, cfg, estimates, 500.0, concurrent_runs=2).startswith("not started: needs about 800 s")
+
+
+def test_a_cell_after_its_sibling_is_planned_without_the_cold_start(tmp_path):
+    """After a sibling ran in the same process (data cached, kernels compiled), the warm estimate applies."""
+    cfg = _campaign(tmp_path, "checkpoint_travel_mb=1")
+    cell = Cell("listops_reduced", "full", 1)
+    estimates = {"experiment=listops_reduced attn=full": Estimate(400.0, 300.0, 50.0)}
+    assert _cannot_finish(cell, cfg, estimates, 350.0).startswith("not started: needs about 400 s")
+    assert _cannot_finish(cell, cfg, estimates, 350.0, warm=True) is None
 
 
 CAMPAIGNS = sorted(path.stem for path in (Path(__file__).parents[1] / "conf" / "campaign").glob("*.yaml"))

@@ -5,8 +5,12 @@
 #   run with carry [".whl", ".campaign"]:
 #   LRA_SFA_GIT_COMMIT=<commit> bash lab/gpu/campaign_slot.sh lra_core 8 [overrides...]
 #   (small models, e.g. campaign=needle or fmnist: add concurrency=3 to run three cells at once)
+# <minutes> is when the campaign stops starting cells and cuts the running ones; the cut cell's last evaluation,
+# the set-up and the packing come on top, so in a 10-minute device call give at most 8.5, and no outer
+# `timeout` shorter than the call. The campaign itself is killed 60 s after <minutes> whatever it is doing.
 # There: installs the Hydra wheels, unpacks .campaign/work.tgz (the run dirs of cells cut last time),
-# runs the campaign for <minutes>, and returns $OUT/records.tgz (new records: unpack into results/runs/)
+# runs the campaign for <minutes>, and returns $OUT/records/ (each new record as soon as it is written, so
+# a killed call keeps them: copy into results/runs/)
 # and $OUT/work.tgz (run dirs whose checkpoints are under 16 MiB, e.g. Pathfinder's; copy it to
 # .campaign/work.tgz for the next slot). Larger checkpoints (ListOps) cannot travel: those cells restart, so a
 # cell that would be cut and whose checkpoint is larger is not started (checkpoint_travel_mb=16).
@@ -18,10 +22,12 @@ export LRA_SFA_CACHE=/tmp/lra_cache PYTHONUNBUFFERED=1
 mkdir -p /tmp/campaign /tmp/records
 [ -f .campaign/work.tgz ] && tar xzf .campaign/work.tgz -C /tmp/campaign
 cp results/runs/*.json /tmp/records/ 2>/dev/null  # finished cells are skipped
-before=$(ls /tmp/records | sort)
-python3 -m lra_sfa.campaign campaign="$campaign" deadline_minutes="$minutes" store=/tmp/records checkpoint_travel_mb=16 \
-  work_dir=/tmp/campaign "$@"
-new=$(comm -13 <(echo "$before") <(ls /tmp/records | sort))
-[ -n "$new" ] && tar czf "$OUT/records.tgz" -C /tmp/records $new
+touch /tmp/records.start; mkdir -p "$OUT/records"
+copy_new() { find /tmp/records -name '*.json' -newer /tmp/records.start -exec cp -p {} "$OUT/records/" \; ; }
+( while sleep 10; do copy_new; done ) & copier=$!
+hard_stop=$(python3 -c "print(int(float('$minutes') * 60) + 60)")
+timeout "$hard_stop" python3 -m lra_sfa.campaign campaign="$campaign" deadline_minutes="$minutes" store=/tmp/records \
+  checkpoint_travel_mb=16 work_dir=/tmp/campaign "$@"
+kill $copier; copy_new
 find /tmp/campaign -name checkpoint.pt -size +16M -delete
 tar czf "$OUT/work.tgz" -C /tmp/campaign .

@@ -78,3 +78,15 @@ def test_no_tracked_text_labels_work_by_the_period_it_was_done_in():
             if period.search(line.replace('scope="session"', "")):  # pytest's fixture scope is a name, not a label
                 hits.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:100]}")
     assert not hits, "work labelled by its period (name the commit, date or device instead):\n" + "\n".join(hits)
+
+
+def test_no_file_name_carries_a_run_label():
+    """Measurement files are named by what they hold, their date and the commit that added them, not by the
+    numbered working period that produced them (``..._s11_gluon.csv``); their mentions in text likewise."""
+    label = PATTERNS["run label"]
+    names = [path.relative_to(REPO) for folder in ("results", "lab", "docs", "conf")
+             for path in sorted((REPO / folder).rglob("*")) if path.is_file()]
+    assert not [name for name in names if label.search(name.name)]
+    mentions = [f"{name}:{number}" for name in names if name.suffix == ".md"
+                for number, line in enumerate((REPO / name).read_text().splitlines(), 1) if label.search(line)]
+    assert not mentions, "a file named by its working period is mentioned at: " + ", ".join(mentions)

@@ -404,3 +404,15 @@ def test_appendix_marks_runs_configured_below_their_protocol_and_lists_only_back
     rows = {line.split("|")[1].strip(): line for line in matrix.splitlines() if line.startswith("| ")}
     assert "17.00 †" in rows["full"] and "36.00 |" in rows["sfa"]  # the longest-trained sfa group, not the latest
     assert "sfa_wide" not in rows
+
+
+def test_speed_comes_from_solo_compiled_runs_where_some_seeds_ran_compiled():
+    from lra_sfa.report.tables import summarise
+
+    def run(rate, compiled, shared=1):
+        return {"status": "ok", "test_accuracy": 0.3, "steps_per_second": rate, "train_seconds": 100 / rate,
+                "compiled": compiled, "trainer": {"concurrent_runs": shared}, "device": "gpu", "date": "2026-12-06"}
+
+    mixed = summarise([run(25.0, False), run(30.0, True), run(32.0, True), run(90.0, True, shared=3)])
+    assert mixed["steps_per_second"] == 31.0 and mixed["runs"] == 4
+    assert summarise([run(25.0, False), run(27.0, False)])["steps_per_second"] == 26.0

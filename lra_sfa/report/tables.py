@@ -55,15 +55,17 @@ def _short(record: dict) -> bool:
 
 def summarise(records: list[dict]) -> dict:
     """One group of runs -> mean accuracies (%) with the seeds' test min and max, steps, training speed (runs that
-    had the device alone), memory, device, date, status."""
+    had the device alone; the compiled ones among them where there are any), memory, device, date, status."""
     ok = [r for r in records if r["status"] == "ok"]
     pct = lambda key: round(100 * statistics.mean(r[key] for r in ok), 2) if ok and all(
         isinstance(r.get(key), (int, float)) for r in ok) else None
     steps = sorted(int(r.get("steps") or 0) for r in ok)
     tests = [100 * r["test_accuracy"] for r in ok if isinstance(r.get("test_accuracy"), (int, float))]
-    # speed only from runs that had the device alone (a campaign with concurrency > 1 shares it); a process's
-    # peak memory is its own either way
+    # speed only from runs that had the device alone (a campaign with concurrency > 1 shares it), and from the
+    # compiled ones where some seeds ran compiled and others eagerly (the harness compiles where it can, so
+    # backends compare on that path); a process's peak memory is its own either way
     alone = [r for r in ok if int((r.get("trainer") or {}).get("concurrent_runs") or 1) == 1]
+    alone = [r for r in alone if r.get("compiled") is True] or alone
     statuses = sorted({r["status"] for r in records if r["status"] != "ok"})
     return {
         "runs": len(ok), "failed": ", ".join(statuses) or None, "test_pct": pct("test_accuracy"),

@@ -99,3 +99,54 @@ def test_attn_path_says_gluon_when_gluon_ran(monkeypatch):
     with pytest.raises(ValueError, match="kernels='gluon' cannot run"):
         SFAAttention(topk=8, impl="gluon")(q.float(), k.float(), v.float())
     assert SFAAttention(topk=8, impl="gluon").unsupported_reasons(q[..., :64], k[..., :64], v[..., :64])
+
+
+@pytest.mark.parametrize("padding", [False, True])
+def test_a_model_with_sfa_compiles_whole_on_the_gpu(padding):
+    """On CUDA too (dispatch reads the device), a model with SFA compiles to one graph, and the compiled model
+    (inductor) gives the eager model's output and gradients to bf16 rounding. Head dim 128 and L = 512: the
+    Gluon forward (without padding) and backward on Hopper, Triton elsewhere."""
+    import torch._dynamo
+    from omegaconf import OmegaConf
+
+    from lra_sfa.model import LRAClassifier
+
+    torch.manual_seed(0)
+    attn = OmegaConf.create({"_target_": "lra_sfa.sfa.SFAAttention", "topk": 8, "impl": "auto"})
+    model = LRAClassifier(vocab_size=20, num_classes=4, seq_len=512, attn_cfg=attn, d_model=512, num_heads=4,
+                          num_layers=2, mlp_dim=512, dropout=0.0, attn_dropout=0.0).cuda()
+    tokens = torch.randint(1, 20, (4, 512), device="cuda")
+    if padding:
+        tokens[1, 300:] = 0
+    with torch.autocast("cuda", torch.bfloat16):
+        eager = model(tokens).float()
+    eager.sum().backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(tokens)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    with torch.autocast("cuda", torch.bfloat16):
+        compiled = torch.compile(model, fullgraph=True)(tokens).float()
+    compiled.sum().backward()
+    torch.testing.assert_close(compiled, eager, atol=2e-2, rtol=2e-2)
+    for grad, want in zip((p.grad for p in model.parameters()), expected):
+        torch.testing.assert_close(grad, want, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("length,head_dim,padding", [(512, 128, False), (512, 64, True), (300, 32, False)])
+def test_the_flash_sfa_operators_pass_opcheck_on_the_gpu(length, head_dim, padding):
+    """The operators' fake shapes, schema and autograd registration hold on every kernel pair they dispatch to
+    (the Gluon forward and backward at d = 128 on Hopper, the Triton kernels with a padding mask)."""
+    from lra_sfa.kernels.sfa import autograd
+
+    q, k, v = (t.requires_grad_(True) for t in _qkv(length, head_dim, torch.bfloat16, 1.0, 2))
+    mask = torch.ones(q.shape[0], length, dtype=torch.bool, device="cuda")
+    if padding:
+        mask[-1, length // 2:] = False
+    args = (q, k, v, 8, 8, mask if padding else None, "auto")
+    torch.library.opcheck(autograd._train_forward, args,
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    with torch.no_grad():
+        torch.library.opcheck(autograd._forward_op, tuple(t.detach() if isinstance(t, torch.Tensor) else t
+                                                          for t in args), test_utils=("test_schema", "test_faketensor"))

@@ -1,7 +1,9 @@
 """FlashSFA's autograd.Function and its functional entry points ``flash_sfa`` and ``flash_sfa_forward``.
 
 Forward: ``topk_pack`` on q and on k (packed values, indices and zero-filled
-codes), then ``launcher.launch_forward`` on the codes and dense v. Without
+codes; for k also the codes' per-feature range, which the bounded forward
+reads, so no pass over K is added for it), then ``launcher.launch_forward``
+on the codes, that range and dense v. Without
 autograd and for 16-bit inputs, q's top-k runs inside the forward kernel
 instead (one pass over q fewer). Backward: ``launcher.launch_backward``; dQ and
 dK are masked to the top-k support (the masked gradient of DESIGN.md).
@@ -29,11 +31,11 @@ class FlashSFAFunction(torch.autograd.Function):
             uses_gluon(q.device, q.dtype, length, head_dim, has_bias, kernels, backward=True)
         flat = (batch * heads, length, head_dim)
         _, q_idx, qd = topk_pack(q, topk_q)
-        _, k_idx, kd = topk_pack(k, topk_k)
+        _, k_idx, kd, k_range = topk_pack(k, topk_k, key_range=True)  # k_range (B*H, 2, D)
         v_flat = aligned_rows(v).reshape(flat)  # (B*H, L, D)
         bias = pad_bias(key_padding_mask, q.device)
         qd, kd = aligned_rows(qd).reshape(flat), aligned_rows(kd).reshape(flat)  # (B*H, L, D)
-        out, lse2 = launch_forward(qd, kd, v_flat, bias, heads, has_bias, kernels=kernels)
+        out, lse2 = launch_forward(qd, kd, v_flat, bias, heads, has_bias, kernels=kernels, key_range=k_range)
         ctx.save_for_backward(qd, kd, v_flat, out, lse2, bias, q_idx, k_idx)
         ctx.meta = (q.shape, heads, has_bias, topk_q, topk_k, kernels)
         return out.reshape(q.shape)  # (B, H, L, D)
@@ -54,10 +56,11 @@ def _forward_only(q, k, v, topk_q: int, topk_k: int, key_padding_mask,
     fuse = topk_q if q.element_size() == 2 and topk_q < head_dim else 0
     with torch.no_grad():
         qd = q if fuse else topk_pack(q, topk_q)[2]
-        _, _, kd = topk_pack(k, topk_k)
+        _, _, kd, k_range = topk_pack(k, topk_k, key_range=True)  # k_range (B*H, 2, D)
         qd, kd, v_flat = (aligned_rows(t).reshape(flat) for t in (qd, kd, v))  # (B*H, L, D)
         out, lse2 = launch_forward(qd, kd, v_flat, pad_bias(key_padding_mask, q.device), heads,
-                                   key_padding_mask is not None, fuse_topk_q=fuse, kernels=kernels)
+                                   key_padding_mask is not None, fuse_topk_q=fuse, kernels=kernels,
+                                   key_range=k_range)
     return out.reshape(q.shape), lse2
 
 

@@ -183,9 +183,8 @@ def index_dtype(head_dim: int) -> torch.dtype:
     return torch.int8 if head_dim <= 128 else torch.int16
 
 
-
-
 def _check_pack(x: torch.Tensor, topk: int, key_range: bool) -> None:
+    """Raise ValueError naming the value unless topk_pack takes x and topk (and x has an L axis for key_range)."""
     head_dim = x.shape[-1]
     if head_dim not in SUPPORTED_PACK_DIMS:
         raise ValueError(f"topk_pack: head_dim={head_dim} is not one of {SUPPORTED_PACK_DIMS}")

@@ -119,3 +119,20 @@ def test_launchers_refuse_a_misshapen_range():
     rows = torch.randn(2, 128, 128, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match=r"gluon_ws_forward: key_range must be a contiguous float32"):
         gluon_fwd.gluon_ws_forward(rows, rows, rows, key_range=torch.zeros(2, 2, 128, dtype=torch.bfloat16))
+
+
+def test_more_row_groups_than_the_grid_takes_is_refused_and_flash_sfa_falls_back_to_the_launcher(monkeypatch):
+    """key_range puts batch*heads on the grid's second axis (at most MAX_ROW_GROUPS): beyond it topk_pack raises,
+    and FlashSFA packs k without the range (the launcher then takes it from the codes)."""
+    from lra_sfa.kernels.sfa import autograd
+    from lra_sfa.kernels.sfa import topk_pack as pack
+
+    x = torch.randn(4, 1, 3, 16)
+    monkeypatch.setattr(pack, "MAX_ROW_GROUPS", 2)
+    with pytest.raises(ValueError, match="at most 2 groups"):
+        pack.topk_pack(x, 4, key_range=True)
+    monkeypatch.setattr(autograd, "MAX_ROW_GROUPS", 2)
+    assert autograd._pack_keys(x, 4)[3] is None
+    monkeypatch.setattr(pack, "MAX_ROW_GROUPS", 4)
+    monkeypatch.setattr(autograd, "MAX_ROW_GROUPS", 4)
+    assert autograd._pack_keys(x, 4)[3].shape == (4, 2, 16)

@@ -17,7 +17,15 @@ from lra_sfa.kernels.sfa import triton_fwd as fwd
 from lra_sfa.kernels.sfa.dispatch import check_kernels, uses_gluon
 from lra_sfa.kernels.sfa.launcher import check_inputs, launch_backward, launch_forward
 from lra_sfa.kernels.sfa.tiles import aligned_rows, pad_bias
-from lra_sfa.kernels.sfa.topk_pack import topk_pack
+from lra_sfa.kernels.sfa.topk_pack import MAX_ROW_GROUPS, topk_pack
+
+
+def _pack_keys(k: torch.Tensor, topk_k: int):
+    """``topk_pack`` of k (B, H, L, D) with the codes' range (B*H, 2, D) folded in; beyond ``MAX_ROW_GROUPS``
+    batch*heads the range is None and the launcher computes it from the codes (one pass over them)."""
+    if k.shape[0] * k.shape[1] > MAX_ROW_GROUPS:
+        return (*topk_pack(k, topk_k), None)
+    return topk_pack(k, topk_k, key_range=True)
 
 
 class FlashSFAFunction(torch.autograd.Function):
@@ -31,7 +39,7 @@ class FlashSFAFunction(torch.autograd.Function):
             uses_gluon(q.device, q.dtype, length, head_dim, has_bias, kernels, backward=True)
         flat = (batch * heads, length, head_dim)
         _, q_idx, qd = topk_pack(q, topk_q)
-        _, k_idx, kd, k_range = topk_pack(k, topk_k, key_range=True)  # k_range (B*H, 2, D)
+        _, k_idx, kd, k_range = _pack_keys(k, topk_k)
         v_flat = aligned_rows(v).reshape(flat)  # (B*H, L, D)
         bias = pad_bias(key_padding_mask, q.device)
         qd, kd = aligned_rows(qd).reshape(flat), aligned_rows(kd).reshape(flat)  # (B*H, L, D)
@@ -56,7 +64,7 @@ def _forward_only(q, k, v, topk_q: int, topk_k: int, key_padding_mask,
     fuse = topk_q if q.element_size() == 2 and topk_q < head_dim else 0
     with torch.no_grad():
         qd = q if fuse else topk_pack(q, topk_q)[2]
-        _, _, kd, k_range = topk_pack(k, topk_k, key_range=True)  # k_range (B*H, 2, D)
+        _, _, kd, k_range = _pack_keys(k, topk_k)
         qd, kd, v_flat = (aligned_rows(t).reshape(flat) for t in (qd, kd, v))  # (B*H, L, D)
         out, lse2 = launch_forward(qd, kd, v_flat, pad_bias(key_padding_mask, q.device), heads,
                                    key_padding_mask is not None, fuse_topk_q=fuse, kernels=kernels,

@@ -59,6 +59,7 @@ import triton.language as tl
 SUPPORTED_PACK_DIMS = (16, 32, 64, 128, 256)
 BLOCK_ELEMS = 4096  # elements per program: 4096 // D rows
 WARPS = 4
+MAX_ROW_GROUPS = 65535  # key_range puts the row groups (batch*heads) on the grid's second axis, which CUDA caps
 
 
 @triton.jit
@@ -194,6 +195,9 @@ def _check_pack(x: torch.Tensor, topk: int, key_range: bool) -> None:
         raise ValueError(f"topk_pack: dtype {x.dtype} is not float16, bfloat16 or float32")
     if key_range and (x.dim() < 2 or x.shape[-2] < 1):
         raise ValueError(f"topk_pack: key_range needs x of shape (..., L, D) with L >= 1; got {tuple(x.shape)}")
+    if key_range and x.numel() // (x.shape[-2] * head_dim) > MAX_ROW_GROUPS:
+        raise ValueError(f"topk_pack: key_range takes at most {MAX_ROW_GROUPS} groups of L rows (batch*heads); "
+                         f"got {x.numel() // (x.shape[-2] * head_dim)} for x of shape {tuple(x.shape)}")
 
 
 def _column_range(x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,9 @@ forward-only output with the float64 reference by DESIGN.md's rule
 same dtype) + a dtype margin); on sm_90 it asserts first that
 ``dispatch.kernel_path`` names the kernels it expects. With
 LRA_SFA_GPU_SUMMARY=<file.csv> the module writes one row per case there,
-naming the forward and backward kernels that ran.
+naming the forward and backward kernels that ran. The key-code range that
+``topk_pack(k, topk, key_range=True)`` folds in by float32 atomics is checked
+against ``tiles.key_code_range`` on its codes, bit for bit.
 """
 
 from __future__ import annotations
@@ -75,6 +77,21 @@ def test_kernels_match_float64(case, summary):
     assert res["topk_ok"], "topk_pack's kept magnitudes differ from torch.topk's"
     failed = {n: (res[f"{n}_err"], res[f"{n}_torch_err"]) for n in ERRORS if not res[f"{n}_ok"]}
     assert not failed, f"{row['path']}: kernel error above 2 x plain PyTorch's + margin (kernel, torch): {failed}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("length,dim,topk", [(1000, 64, 8), (4096, 128, 8), (37, 128, 128)])
+def test_fused_key_range_matches_key_code_range(dtype, length, dim, topk):
+    """The range topk_pack folds in from many programs per head (atomic max / min) is key_code_range of its
+    codes exactly, with a column that is always kept and negative; topk == D takes no kernel."""
+    from lra_sfa.kernels.sfa.tiles import key_code_range
+    from lra_sfa.kernels.sfa.topk_pack import topk_pack
+
+    k = _qkv(length, dim, dtype, 1.0, 8)[1]  # (1, 8, L, D)
+    k[..., 0] = -(k[..., 0].abs() + 4)
+    _, _, kd, rng = topk_pack(k, topk, key_range=True)
+    assert torch.equal(rng, key_code_range(kd.reshape(8, length, dim)))  # (B*H, L, D)
+    assert bool((rng[:, 0, 0] < 0).all())
 
 
 @pytest.mark.skipif(not HOPPER, reason="the Gluon kernels need sm_90 (H100 / H200)")

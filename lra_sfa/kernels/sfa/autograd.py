@@ -1,7 +1,9 @@
 """FlashSFA as custom operators with autograd, and its functional entry points ``flash_sfa`` and ``flash_sfa_forward``.
 
 Forward: ``topk_pack`` on q and on k (packed values, indices and zero-filled
-codes), then ``launcher.launch_forward`` on the codes and dense v. Without
+codes; for k also the codes' per-feature range, which the bounded forward
+reads, so no pass over K is added for it), then ``launcher.launch_forward``
+on the codes, that range and dense v. Without
 autograd and for 16-bit inputs, q's top-k runs inside the forward kernel
 instead (one pass over q fewer). Backward: ``launcher.launch_backward``; dQ and
 dK are masked to the top-k support (the masked gradient of DESIGN.md).
@@ -18,7 +20,15 @@ from lra_sfa.kernels.sfa import triton_fwd as fwd
 from lra_sfa.kernels.sfa.dispatch import check_kernels, uses_gluon
 from lra_sfa.kernels.sfa.launcher import check_inputs, launch_backward, launch_forward
 from lra_sfa.kernels.sfa.tiles import aligned_rows, pad_bias
-from lra_sfa.kernels.sfa.topk_pack import index_dtype, topk_pack
+from lra_sfa.kernels.sfa.topk_pack import MAX_ROW_GROUPS, index_dtype, topk_pack
+
+
+def _pack_keys(k: torch.Tensor, topk_k: int):
+    """``topk_pack`` of k (B, H, L, D) with the codes' range (B*H, 2, D) folded in; beyond ``MAX_ROW_GROUPS``
+    batch*heads the range is None and the launcher computes it from the codes (one pass over them)."""
+    if k.shape[0] * k.shape[1] > MAX_ROW_GROUPS:
+        return (*topk_pack(k, topk_k), None)
+    return topk_pack(k, topk_k, key_range=True)
 
 # The kernels run inside custom operators (torch.library), so torch.compile keeps a model that calls them in
 # one graph: the operators are opaque nodes there (their launchers' dispatch and autotuning are Python,
@@ -40,12 +50,12 @@ def _train_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: in
         uses_gluon(q.device, q.dtype, length, head_dim, has_bias, kernels, backward=True)
     flat = (batch * heads, length, head_dim)
     _, q_idx, qd = topk_pack(q, topk_q)
-    _, k_idx, kd = topk_pack(k, topk_k)
+    _, k_idx, kd, k_range = _pack_keys(k, topk_k)
     # at topk == head_dim the codes are the inputs themselves: copy them, an operator's outputs are its own
     qd, kd = (codes.clone() if codes is source else codes for codes, source in ((qd, q), (kd, k)))
     qd, kd = aligned_rows(qd).reshape(flat), aligned_rows(kd).reshape(flat)  # (B*H, L, D)
     out, lse2 = launch_forward(qd, kd, aligned_rows(v).reshape(flat), pad_bias(key_padding_mask, q.device), heads,
-                               has_bias, kernels=kernels)
+                               has_bias, kernels=kernels, key_range=k_range)
     return out.reshape(q.shape), qd, kd, lse2, q_idx, k_idx
 
 
@@ -102,10 +112,10 @@ def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, 
     flat = (batch * heads, length, head_dim)
     fuse = topk_q if q.element_size() == 2 and topk_q < head_dim else 0
     qd = q if fuse else topk_pack(q, topk_q)[2]
-    _, _, kd = topk_pack(k, topk_k)
+    _, _, kd, k_range = _pack_keys(k, topk_k)
     qd, kd, v_flat = (aligned_rows(t).reshape(flat) for t in (qd, kd, v))  # (B*H, L, D)
     out, lse2 = launch_forward(qd, kd, v_flat, pad_bias(key_padding_mask, q.device), heads,
-                               key_padding_mask is not None, fuse_topk_q=fuse, kernels=kernels)
+                               key_padding_mask is not None, fuse_topk_q=fuse, kernels=kernels, key_range=k_range)
     return out.reshape(q.shape), lse2
 
 

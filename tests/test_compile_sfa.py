@@ -96,3 +96,21 @@ def test_the_flash_sfa_operators_pass_opcheck_and_compile_whole(head_dim, topk, 
         results.append([out.detach(), *(t.grad for t in leaves)])
     for got, expected in zip(*results):
         assert torch.equal(got, expected)
+
+
+def test_the_backward_keeps_its_own_copies_not_the_callers_fused_projection():
+    """q, k, v as the model makes them (views of one fused projection): nothing SFA saves for its backward holds
+    that three-times-larger buffer, and no output aliases an input."""
+    fused = torch.randn(2, 24, 3, 2, 16, requires_grad=True)  # (B, L, 3, H, D)
+    q, k, v = fused.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D), a view of fused
+    storages = []
+
+    def pack(tensor):
+        storages.append(tensor.untyped_storage().nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = flash_sfa(q, k, v, 4, 4, None)
+    assert storages and max(storages) <= q.numel() * q.element_size()
+    out.sum().backward()
+    assert fused.grad is not None and fused.grad.abs().sum() > 0

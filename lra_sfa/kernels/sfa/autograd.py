@@ -41,9 +41,12 @@ def _pack_keys(k: torch.Tensor, topk_k: int):
 @torch.library.custom_op("lra_sfa::flash_sfa_train_fwd", mutates_args=())
 def _train_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, topk_k: int,
                    key_padding_mask: torch.Tensor | None, kernels: str
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The training forward: (out (B, H, L, D), the zero-filled codes qd and kd (B*H, L, D), lse2 (B*H, L) fp32
-    base 2, q's and k's top-k feature ids (B, H, L, topk)); everything the backward reads."""
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                              torch.Tensor]:
+    """The training forward: (out (B, H, L, D), the zero-filled codes qd and kd (B*H, L, D), v as (B*H, L, D),
+    lse2 (B*H, L) fp32 base 2, q's and k's top-k feature ids (B, H, L, topk)); everything the backward reads.
+    v's flat copy is an output so that the backward keeps it, not the caller's v (in the model a view of the
+    fused q, k, v projection, three times its size)."""
     batch, heads, length, head_dim = q.shape
     has_bias = key_padding_mask is not None
     if kernels == "gluon":  # raise now, not after the forward, if the backward cannot run Gluon
@@ -54,49 +57,53 @@ def _train_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: in
     # at topk == head_dim the codes are the inputs themselves: copy them, an operator's outputs are its own
     qd, kd = (codes.clone() if codes is source else codes for codes, source in ((qd, q), (kd, k)))
     qd, kd = aligned_rows(qd).reshape(flat), aligned_rows(kd).reshape(flat)  # (B*H, L, D)
-    out, lse2 = launch_forward(qd, kd, aligned_rows(v).reshape(flat), pad_bias(key_padding_mask, q.device), heads,
-                               has_bias, kernels=kernels, key_range=k_range)
-    return out.reshape(q.shape), qd, kd, lse2, q_idx, k_idx
+    v_flat = aligned_rows(v).reshape(flat)  # (B*H, L, D)
+    if v_flat.untyped_storage().data_ptr() == v.untyped_storage().data_ptr():
+        v_flat = v_flat.clone()
+    out, lse2 = launch_forward(qd, kd, v_flat, pad_bias(key_padding_mask, q.device), heads, has_bias,
+                               kernels=kernels, key_range=k_range)
+    return out.reshape(q.shape), qd, kd, v_flat, lse2, q_idx, k_idx
 
 
 @_train_forward.register_fake
 def _(q, k, v, topk_q, topk_k, key_padding_mask, kernels):
     batch, heads, length, head_dim = q.shape
     flat, ids = (batch * heads, length, head_dim), index_dtype(head_dim)
-    return (q.new_empty(q.shape), q.new_empty(flat), q.new_empty(flat),
+    return (q.new_empty(q.shape), q.new_empty(flat), q.new_empty(flat), q.new_empty(flat),
             q.new_empty(flat[:2], dtype=torch.float32), q.new_empty((*q.shape[:3], topk_q), dtype=ids),
             q.new_empty((*q.shape[:3], topk_k), dtype=ids))
 
 
 @torch.library.custom_op("lra_sfa::flash_sfa_bwd", mutates_args=())
-def _backward(dout: torch.Tensor, qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+def _backward(dout: torch.Tensor, qd: torch.Tensor, kd: torch.Tensor, v_flat: torch.Tensor, out: torch.Tensor,
               lse2: torch.Tensor, q_idx: torch.Tensor, k_idx: torch.Tensor, key_padding_mask: torch.Tensor | None,
               topk_q: int, topk_k: int, kernels: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dq, dk, dv (B, H, L, D) from the training forward's outputs; dq and dk masked to the top-k supports."""
-    shape, flat = v.shape, qd.shape
-    saved = (qd, kd, aligned_rows(v).reshape(flat), out.reshape(flat), lse2, pad_bias(key_padding_mask, v.device),
-             q_idx, k_idx)
+    """dq, dk, dv (B, H, L, D) from the training forward's outputs; dq and dk masked to the top-k supports.
+    It has no autograd of its own: a double backward through SFA raises."""
+    shape, flat = out.shape, qd.shape
+    saved = (qd, kd, v_flat, out.reshape(flat), lse2, pad_bias(key_padding_mask, out.device), q_idx, k_idx)
     dq, dk, dv = launch_backward(saved, dout, shape[1], key_padding_mask is not None, topk_q, topk_k, kernels)
     return dq.reshape(shape), dk.reshape(shape), dv.reshape(shape)  # (B, H, L, D)
 
 
 @_backward.register_fake
-def _(dout, qd, kd, v, out, lse2, q_idx, k_idx, key_padding_mask, topk_q, topk_k, kernels):
-    return v.new_empty(v.shape), v.new_empty(v.shape), v.new_empty(v.shape)
+def _(dout, qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask, topk_q, topk_k, kernels):
+    return out.new_empty(out.shape), out.new_empty(out.shape), out.new_empty(out.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    _, _, v, topk_q, topk_k, key_padding_mask, kernels = inputs
-    out, qd, kd, lse2, q_idx, k_idx = output
-    ctx.save_for_backward(qd, kd, v, out, lse2, q_idx, k_idx, key_padding_mask)
+    _, _, _, topk_q, topk_k, key_padding_mask, kernels = inputs
+    out, qd, kd, v_flat, lse2, q_idx, k_idx = output
+    ctx.save_for_backward(qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask)
     ctx.meta = (topk_q, topk_k, kernels)
+    ctx.set_materialize_grads(False)  # only out's gradient is read: no zero tensors for the other outputs
 
 
 def _train_backward(ctx, dout, *_unused):
-    qd, kd, v, out, lse2, q_idx, k_idx, key_padding_mask = ctx.saved_tensors
+    qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask = ctx.saved_tensors
     topk_q, topk_k, kernels = ctx.meta
-    dq, dk, dv = _backward(dout.contiguous(), qd, kd, v, out, lse2, q_idx, k_idx, key_padding_mask, topk_q, topk_k,
-                           kernels)
+    dout = torch.zeros_like(out) if dout is None else dout.contiguous()
+    dq, dk, dv = _backward(dout, qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask, topk_q, topk_k, kernels)
     return dq, dk, dv, None, None, None, None
 
 

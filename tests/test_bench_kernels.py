@@ -172,6 +172,44 @@ def _protocol_rows(path, commit="c0ffee0"):
     return writer
 
 
+def test_cudagraph_timer_asks_for_the_median_and_a_bad_timer_is_named(monkeypatch):
+    import triton.testing
+
+    seen = {}
+
+    def fake_do_bench_cudagraph(fn, rep=20, grad_to_none=None, quantiles=None, return_mode="mean"):
+        seen.update(rep=rep, grad_to_none=grad_to_none, return_mode=return_mode)
+        return 2
+    monkeypatch.setattr(triton.testing, "do_bench_cudagraph", fake_do_bench_cudagraph)
+    leaf = torch.ones(2, requires_grad=True)
+    assert protocol.make_timer("cudagraph", 10, 40)(lambda: None, (leaf,)) == 2.0
+    assert seen == {"rep": 40, "grad_to_none": [leaf], "return_mode": "median"}
+    with pytest.raises(ValueError, match=r"timer='graphs' must be one of \('do_bench', 'cudagraph'\)"):
+        protocol.make_timer("graphs", 10, 40)
+
+
+def test_cells_timed_in_cuda_graphs_are_rows_and_a_table_of_their_own(tmp_path, cpu_sdpa):
+    """timer=cudagraph rows say so, sit beside the do_bench rows of the same cells (a re-run replaces only its own
+    timer's rows), and the README gets a second table for them; the first table and the report keep do_bench."""
+    from lra_sfa.bench.kernels.sweep import run_sweep
+    from lra_sfa.report.kernels import measured_kernels
+
+    grid = ["dims=[16]", "topks=[4]", "lengths=[64]", "ops=[fwd]", "tokens=128", "topk_rows=0", "date=2026-12-01"]
+    for timer in ("do_bench", "cudagraph", "cudagraph"):
+        run_sweep(_cfg(tmp_path, *grid, f"timer={timer}"), timer=FakeTimer(), device="cpu")
+    rows = list(csv.DictReader((tmp_path / "sfa_vs_sdpa.csv").open()))
+    assert sorted((r["timer"], r["baseline"]) for r in rows) == [
+        ("cudagraph", "sdpa_cudnn"), ("cudagraph", "sdpa_fa2"), ("do_bench", "sdpa_cudnn"), ("do_bench", "sdpa_fa2")]
+    (tmp_path / "README.md").write_text("# Kernels\n\n## Table\n\nold\n")
+    run(_cfg(tmp_path, "mode=table"))
+    text = (tmp_path / "README.md").read_text()
+    main, graphs = text.split("### Timed in CUDA graphs")
+    assert main.count("| cpu") == 1 and graphs.count("| cpu") == 1 and "2 rows of `sfa_vs_sdpa.csv`" in graphs
+    assert measured_kernels(tmp_path / "sfa_vs_sdpa.csv").count("| cpu") == 2  # do_bench only: cuDNN and FA2
+    with pytest.raises(ValueError, match="timer='nope' must be one of"):
+        run_sweep(_cfg(tmp_path, *grid, "timer=nope"), timer=FakeTimer(), device="cpu")
+
+
 def test_table_shows_median_spread_and_verdict_per_card(tmp_path):
     _protocol_rows(tmp_path / "sfa_vs_sdpa.csv")
     (tmp_path / "README.md").write_text("# Kernels\n\nintro kept\n\n## Table\n\nold table\n")

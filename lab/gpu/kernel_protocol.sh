@@ -5,6 +5,7 @@
 # PARTS, comma-separated (default: sweep), each sized to share one 10-minute device call as shown:
 #   sweep      the default grid: L = 1K..64K, d = 64 and 128, k = 8, fwd and fwd_bwd (budget_s, about 6 minutes)
 #   short      bench_kernels=short: L = 1K..8K at batch x heads = 256 (LRA's lengths)
+#   short-graph  the same grid with timer=cudagraph (each call captured in a CUDA graph: no host launch cost)
 #   gpu-tests  pytest -m gpu -n 2 tests/test_kernels_gpu.py with its summary (sfa_gpu_checks.csv; two workers
 #              halve the Triton compile time, and two L = 32K float64 references still fit one card)
 # e.g. one call `... kernel_protocol.sh sweep`, a second `... kernel_protocol.sh short,gpu-tests`.
@@ -26,8 +27,10 @@ for part in ${PARTS//,/ }; do
              ${OVERRIDES:-} 2>&1 | log ;;
     short) timeout 250 python3 -m lra_sfa.bench.kernels bench_kernels=short out="$OUT/kernels" topk_rows=0 budget_s=200 \
              hydra.run.dir=/tmp/bench_kernels ${OVERRIDES:-} 2>&1 | log ;;
+    short-graph) timeout 250 python3 -m lra_sfa.bench.kernels bench_kernels=short timer=cudagraph out="$OUT/kernels" \
+                   topk_rows=0 budget_s=200 hydra.run.dir=/tmp/bench_kernels ${OVERRIDES:-} 2>&1 | log ;;
     gpu-tests) LRA_SFA_GPU_SUMMARY="$OUT/kernels/sfa_gpu_checks.csv" timeout 320 python3 -m pytest -m gpu -q -n 2 \
                  -p no:cacheprovider tests/test_kernels_gpu.py 2>&1 | tail -40 | log ;;
-    *) echo "kernel_protocol.sh: unknown part '$part' (sweep, short, gpu-tests)" | log ;;
+    *) echo "kernel_protocol.sh: unknown part '$part' (sweep, short, short-graph, gpu-tests)" | log ;;
   esac
 done

@@ -39,6 +39,8 @@ def measured_kernels(csv_path: Path | None) -> str:
     frame = pd.read_csv(csv_path)
     if "impl" in frame:
         frame = frame[frame["impl"] == "sfa_triton"]  # wide-code rows: results/kernels/sfa_wide.md
+    if "timer" in frame:  # rows timed in CUDA graphs: their own table in results/kernels/README.md
+        frame = frame[frame["timer"].astype(object).fillna("do_bench") == "do_bench"]
     protocol = "speedup_median" in frame
     lengths = sorted(frame["seq_len"].unique())
     keys = (["device"] if protocol else []) + ["op", "head_dim", "topk", "baseline"]

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 MIN_REPEATS = 5  # rounds per ratio: fewer cannot show a spread worth a verdict
+TIMERS = ("do_bench", "cudagraph")
 VERDICTS = ("faster", "slower", "tie")
 
 # a timed call: the closure and the tensors whose .grad is reset before each run (its backward's leaves)
@@ -35,6 +36,27 @@ def do_bench_timer(warmup_ms: float, rep_ms: float) -> Timer:
                               return_mode="median"))
 
     return timer
+
+
+def cudagraph_timer(rep_ms: float) -> Timer:
+    """A timer that returns ``triton.testing.do_bench_cudagraph``'s median (milliseconds) of one call: the call is
+    run once (compilation, autotuning), captured in a CUDA graph and replayed, so the host's cost of issuing its
+    kernels is left out, as in a training step captured whole (``compile_mode=reduce-overhead``)."""
+    from triton.testing import do_bench_cudagraph
+
+    def timer(fn: Callable[[], object], grads: Sequence[torch.Tensor] = ()) -> float:
+        return float(do_bench_cudagraph(fn, rep=rep_ms, grad_to_none=list(grads) or None, return_mode="median"))
+
+    return timer
+
+
+def make_timer(name: str, warmup_ms: float, rep_ms: float) -> Timer:
+    """The timer called ``name`` (``TIMERS``); a ValueError names the valid ones."""
+    if name == "do_bench":
+        return do_bench_timer(warmup_ms, rep_ms)
+    if name == "cudagraph":
+        return cudagraph_timer(rep_ms)
+    raise ValueError(f"timer={name!r} must be one of {TIMERS}")
 
 
 def round_order(names: Sequence[str], round_index: int) -> list[str]:

@@ -1,9 +1,9 @@
 """The kernel benchmark's CSV files: their columns, the key of one cell, and a writer that keeps other cells.
 
-``sfa_vs_sdpa.csv`` holds one row per shape, op, baseline and card (``COLUMNS``):
+``sfa_vs_sdpa.csv`` holds one row per shape, op, baseline, card and timer (``COLUMNS``):
 the ratio's median and spread over the interleaved repeats with its verdict
 (``protocol``), and what produced it (commit, torch / Triton / cuDNN versions,
-card, the SFA kernels that ran). ``sfa_checks.csv`` holds the same cells with
+card, the SFA kernels that ran, ``timer``: do_bench or cudagraph). ``sfa_checks.csv`` holds the same cells with
 the check's errors and both baseline inputs' times (``CHECK_COLUMNS``).
 """
 
@@ -15,13 +15,13 @@ from pathlib import Path
 PROVENANCE = ["device", "git_commit", "torch_version", "triton_version", "cudnn_version", "date"]
 COLUMNS = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "sfa_path", "ms", "baseline",
            "baseline_ms", "speedup_median", "speedup_min", "speedup_max", "repeats", "verdict", "max_rel_err",
-           "peak_mem_mb", *PROVENANCE]
+           "peak_mem_mb", "timer", *PROVENANCE]
 CHECK_COLUMNS = COLUMNS + ["baseline_random_ms", "baseline_sparse_ms", "torch_err", "passes", "cache_bytes_per_token",
                            "dense_bytes_per_token", "fwd_config"]
 TOPK_COLUMNS = ["rows", "head_dim", "topk", "topk_pack_ms", "torch_topk_ms", *PROVENANCE]
 TOPK_KEY = ["rows", "head_dim", "topk", "device"]
 # one cell of sfa_vs_sdpa.csv / sfa_checks.csv: a re-measured cell replaces its row; rows of other cards stay
-KERNEL_KEY = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "baseline", "device"]
+KERNEL_KEY = ["impl", "op", "batch", "heads", "seq_len", "head_dim", "topk", "dtype", "baseline", "device", "timer"]
 SFA_IMPL = "sfa_triton"
 
 

@@ -72,11 +72,13 @@ def run_sweep(cfg: DictConfig, timer: protocol.Timer | None = None, device: str 
     if cfg.repeats < protocol.MIN_REPEATS:
         raise ValueError(f"repeats={cfg.repeats}: a ratio needs at least {protocol.MIN_REPEATS} interleaved repeats")
     where = torch.device(device)
-    timer = timer or protocol.do_bench_timer(cfg.warmup_ms, cfg.rep_ms)
+    timer_name = str(cfg.get("timer", "do_bench"))
+    made = protocol.make_timer(timer_name, cfg.warmup_ms, cfg.rep_ms)  # a bad name fails before any timing
+    timer = timer or made
     out_dir = Path(cfg.out)
     rows = RowWriter(out_dir / "sfa_vs_sdpa.csv", COLUMNS, key=KERNEL_KEY)
     checks = RowWriter(out_dir / "sfa_checks.csv", CHECK_COLUMNS, key=KERNEL_KEY)
-    base = protocol.provenance(where, str(cfg.date))
+    base = dict(protocol.provenance(where, str(cfg.date)), timer=timer_name)
     print(f"kernel sweep on {base['device']} at commit {base['git_commit']}: torch {base['torch_version']}, "
           f"Triton {base['triton_version']}, cuDNN {base['cudnn_version']}; {cfg.repeats} interleaved repeats",
           flush=True)

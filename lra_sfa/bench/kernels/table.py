@@ -1,7 +1,9 @@
 """``mode=table`` and ``mode=plot``: results/kernels/README.md's table and the speed-up plot from the CSV.
 
 Both show each ratio as its median over the interleaved repeats with the
-min-max spread, and the table its verdict (``protocol.verdict``).
+min-max spread, and the table its verdict (``protocol.verdict``). The table and
+the plot hold the rows timed by ``do_bench``; rows timed in CUDA graphs
+(``timer=cudagraph``) get a table of their own below it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ NOT_MEASURED = ("No rows measured under the interleaved protocol yet: run the co
                 "older protocol is in `archive/README.md`.")
 
 
-def load_rows(csv_path: Path):
-    """The ``sfa_triton`` rows of a protocol CSV as a DataFrame; a file without the protocol's columns (an
-    older file, see results/kernels/archive/) is an error naming it and them."""
+def load_rows(csv_path: Path, timer: str = "do_bench"):
+    """The ``sfa_triton`` rows of a protocol CSV timed by ``timer`` (rows without a timer: ``do_bench``) as a
+    DataFrame; a file without the protocol's columns (an older file, see results/kernels/archive/) is an error
+    naming it and them."""
     import pandas as pd
 
     if not csv_path.is_file():
@@ -31,7 +34,8 @@ def load_rows(csv_path: Path):
     if missing:
         raise SystemExit(f"lra_sfa.bench.kernels: {csv_path} lacks the protocol's columns {missing} "
                          "(rows of the older protocol live in results/kernels/archive/)")
-    return frame[frame["impl"] == SFA_IMPL]
+    timers = frame["timer"].astype(object).fillna("do_bench") if "timer" in frame.columns else "do_bench"
+    return frame[(frame["impl"] == SFA_IMPL) & (timers == timer)]
 
 
 def spread(row) -> str:
@@ -56,10 +60,20 @@ def preamble(frame) -> str:
 
 
 def markdown_table(csv_path: Path) -> str:
-    """The README table: one line per (card, op, d, k, L, B x H), cuDNN and FA2 side by side."""
+    """The README table of the do_bench rows, then, where there are any, the table of the CUDA-graph rows."""
+    text = preamble_and_table(load_rows(csv_path))
+    graphs = load_rows(csv_path, timer="cudagraph")
+    if len(graphs):
+        text += ("\n### Timed in CUDA graphs (`timer=cudagraph`)\n\nThe same cells with each call captured in a CUDA "
+                 "graph and replayed (`triton.testing.do_bench_cudagraph`): the host's cost of issuing the kernels "
+                 "is left out on both sides, as in a training step captured whole.\n\n" + preamble_and_table(graphs))
+    return text
+
+
+def preamble_and_table(frame) -> str:
+    """One table: a line per (card, op, d, k, L, B x H), cuDNN and FA2 side by side, after its preamble."""
     from lra_sfa.markdown import md_table
 
-    frame = load_rows(csv_path)
     frame = frame.assign(op_order=frame["op"].map({"fwd": 0, "fwd_bwd": 1, "decode": 2}))
     cells = ["device", "op_order", "op", "head_dim", "topk", "seq_len", "batch", "heads"]
     rows = []

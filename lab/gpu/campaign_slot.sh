@@ -10,7 +10,7 @@
 # `timeout` shorter than the call. The campaign itself is killed 60 s after <minutes> whatever it is doing.
 # There: installs the Hydra wheels, unpacks .campaign/work.tgz (the run dirs of cells cut last time),
 # runs the campaign for <minutes>, and returns $OUT/records/ (each new record as soon as it is written, so
-# a killed call keeps them: copy into results/runs/)
+# a killed call keeps them: copy into results/runs/), $OUT/campaign.log (its output, kept the same way)
 # and $OUT/work.tgz (run dirs whose checkpoints are under 16 MiB, e.g. Pathfinder's; copy it to
 # .campaign/work.tgz for the next slot). Larger checkpoints (ListOps) cannot travel: those cells restart, so a
 # cell that would be cut and whose checkpoint is larger is not started (checkpoint_travel_mb=16).
@@ -27,7 +27,7 @@ copy_new() { find /tmp/records -name '*.json' -newer /tmp/records.start -exec cp
 ( while sleep 10; do copy_new; done ) & copier=$!
 hard_stop=$(python3 -c "print(int(float('$minutes') * 60) + 60)")
 timeout "$hard_stop" python3 -m lra_sfa.campaign campaign="$campaign" deadline_minutes="$minutes" store=/tmp/records \
-  checkpoint_travel_mb=16 work_dir=/tmp/campaign "$@"
+  checkpoint_travel_mb=16 work_dir=/tmp/campaign "$@" 2>&1 | grep --line-buffered -v WARN | tee -a "$OUT/campaign.log"
 kill $copier; copy_new
 find /tmp/campaign -name checkpoint.pt -size +16M -delete
 tar czf "$OUT/work.tgz" -C /tmp/campaign .

@@ -15,12 +15,16 @@ from lra_sfa.recording import RunRecord
 def compile_choice(cfg, model: LRAClassifier, device: torch.device, world_size: int) -> bool:
     """trainer.compile: true/false as given; auto compiles on one CUDA device when every backend traces whole
     (``compile_safe``)."""
-    choice = cfg.trainer.get("compile", False)
+    return compile_wanted(cfg.trainer.get("compile", False), model, device, world_size, "trainer.compile")
+
+
+def compile_wanted(choice, model: LRAClassifier, device: torch.device, world_size: int, key: str) -> bool:
+    """A compile setting (true, false or auto, at config ``key``) for this model and device; see compile_choice."""
     if choice == "auto":
         return device.type == "cuda" and world_size == 1 and all(
             m.compile_safe for m in model.attention_modules())
     if choice not in (True, False):
-        raise ValueError(f"config trainer.compile={choice!r} must be true, false or auto")
+        raise ValueError(f"config {key}={choice!r} must be true, false or auto")
     return bool(choice)
 
 

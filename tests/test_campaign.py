@@ -167,3 +167,23 @@ def test_every_shipped_campaign_cell_composes_and_validates(name):
         cfg = compose_config([f"experiment={experiment}", f"attn={attn}", *overrides])
         validate_config(cfg)
         assert cfg.attn_name == attn and cfg.protocol, (experiment, attn)
+
+
+def test_a_cell_is_warm_only_after_a_sibling_actually_ran_and_estimates_are_reread(tmp_path, monkeypatch):
+    """Seed 0 not started (no warm-up happened), seed 1 runs cold, seed 2 after it warm; another backend cold;
+    the estimates are re-read after each cell that ran."""
+    import lra_sfa.campaign as campaign
+
+    monkeypatch.setenv("LRA_SFA_GIT_COMMIT", "abc1234")
+    seen, reads = [], []
+    monkeypatch.setattr(campaign, "cell_estimates", lambda store, work: reads.append(1) or {})
+
+    def fake_run(cell, cfg, estimates, deadline, concurrent_runs, warm=False):
+        seen.append((cell.attn, cell.seed, warm))
+        return "not started: needs about 900 s" if cell.seed == 0 else "ok, test 0.5"
+    monkeypatch.setattr(campaign, "_run_cell", fake_run)
+    cells = "campaign.cells=[{experiment: listops_reduced, attns: [full], seeds: [0, 1, 2]}, " \
+            "{experiment: listops_reduced, attns: [sfa], seeds: [1]}]"
+    run_campaign(_campaign(tmp_path, cells))
+    assert seen == [("full", 0, False), ("full", 1, False), ("full", 2, True), ("sfa", 1, False)]
+    assert len(reads) == 1 + 3  # once before the cells, then after each of the three that ran

@@ -38,14 +38,10 @@ class AttentionBackend(nn.Module):
     supported_head_dims: ClassVar[tuple[int, ...] | None] = None  # None = any
     supports_mask: ClassVar[bool] = True
     requires_cuda: ClassVar[bool] = False
-    # True where torch.compile traces the backend without breaking its graph (plain PyTorch ops);
-    # trainer.compile=auto compiles a model only when every layer's backend says so.
+    # True where torch.compile traces the backend without breaking its graph (plain PyTorch ops, or own kernels
+    # behind torch.library custom operators, as FlashSFA's); trainer.compile=auto compiles a model only when
+    # every layer's backend says so.
     compile_safe: ClassVar[bool] = False
-    # True where the forward launches its own kernels (Triton, Gluon) from Python that torch.compile should not
-    # trace: a model about to be compiled keeps such forwards out of the graph (placement.keep_out_of_graph),
-    # and trainer.compile=auto compiles the rest around them (one graph break per layer; the embedding, norms,
-    # projections and MLPs are fused as for a compile-safe backend).
-    compile_around: ClassVar[bool] = False
     # How many (batch, heads, L, L) score tensors one forward keeps for its backward (a backend that builds the
     # dense scores: softmax input and output, a clamp's mask, ...). Above 0, a CPU run estimates that memory
     # before training and is recorded as oom when it exceeds the RAM available (lra_sfa/memory.py).

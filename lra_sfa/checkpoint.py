@@ -118,7 +118,7 @@ def _rng_state() -> dict:
 def _set_rng_state(rng: dict) -> None:
     torch.set_rng_state(rng["torch"].cpu())
     state = rng["numpy"]
-    np.random.set_state((state["kind"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+    np.random.set_state((state["kind"], state["keys"].cpu().numpy().astype(np.uint32), state["pos"], state["has_gauss"],
                          state["gauss"]))
     random.setstate(rng["python"])
     if rng["cuda"] is not None and torch.cuda.is_available():

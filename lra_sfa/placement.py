@@ -14,23 +14,18 @@ from lra_sfa.recording import RunRecord
 
 def compile_choice(cfg, model: LRAClassifier, device: torch.device, world_size: int) -> bool:
     """trainer.compile: true/false as given; auto compiles on one CUDA device when every backend traces whole
-    (``compile_safe``) or keeps its own kernels out of the graph (``compile_around``)."""
-    choice = cfg.trainer.get("compile", False)
+    (``compile_safe``)."""
+    return compile_wanted(cfg.trainer.get("compile", False), model, device, world_size, "trainer.compile")
+
+
+def compile_wanted(choice, model: LRAClassifier, device: torch.device, world_size: int, key: str) -> bool:
+    """A compile setting (true, false or auto, at config ``key``) for this model and device; see compile_choice."""
     if choice == "auto":
         return device.type == "cuda" and world_size == 1 and all(
-            m.compile_safe or m.compile_around for m in model.attention_modules())
+            m.compile_safe for m in model.attention_modules())
     if choice not in (True, False):
-        raise ValueError(f"config trainer.compile={choice!r} must be true, false or auto")
+        raise ValueError(f"config {key}={choice!r} must be true, false or auto")
     return bool(choice)
-
-
-def keep_out_of_graph(model: LRAClassifier) -> None:
-    """Before torch.compile: the forward of every ``compile_around`` backend runs eagerly (a graph break), so
-    the rest of the model compiles around it. Done here, not at import, so that importing the package does
-    not import torch._dynamo (and Triton with it)."""
-    for module in model.attention_modules():
-        if module.compile_around:
-            module.forward = torch.compiler.disable(type(module).forward.__get__(module))
 
 
 def data_on_device(cfg, data, device: torch.device) -> bool:

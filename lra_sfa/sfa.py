@@ -61,7 +61,7 @@ class SFAAttention(AttentionBackend):
         reasons = [reason for backward in parts for reason in gluon_reasons(*shape, backward=backward)]
         return [f"SFAAttention: impl=gluon: {reason}" for reason in dict.fromkeys(reasons)]
 
-    compile_around = True  # the launcher's dispatch and autotuning are Python: compiled models run it eagerly
+    compile_safe = True  # the kernels are custom operators (kernels.sfa.autograd): opaque nodes in one graph
 
     def forward(self, q, k, v, key_padding_mask=None):
         self.last_path = sfa_path(q, k, v, key_padding_mask, self.impl)

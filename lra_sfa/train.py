@@ -31,7 +31,7 @@ from lra_sfa.data import EpochSampler, to_tensors
 from lra_sfa.evaluation import autocast, evaluate, task_loss
 from lra_sfa.model import LRAClassifier
 from lra_sfa.optim import build_optimizer
-from lra_sfa.placement import compile_choice, keep_out_of_graph, place_data
+from lra_sfa.placement import compile_choice, place_data
 from lra_sfa.progress import TrainProgress
 from lra_sfa.recording import RunRecord, attn_name, build_task, peak_memory_mb
 
@@ -362,7 +362,6 @@ def _run(cfg: DictConfig, env: dist.DistEnv) -> dict:
         resident_mb = place_data(cfg, data, device, record)
         model = _wrap_for_ranks(model, ctx, record)
         if compiled:
-            keep_out_of_graph(model.module if hasattr(model, "module") else model)
             model = torch.compile(model, mode=str(cfg.trainer.get("compile_mode", "default")))
         dist.reset_peak_memory(device)
         outcome = train_loop(model, ctx, record)

@@ -159,3 +159,48 @@ def test_harness_overhead_on_cpu(tmp_path):
     assert record["seq_len"] == 64 and record["task"] == "needle" and record["batch"] == 4
     stored, invalid = load_records(tmp_path / "store", kind="bench")
     assert not invalid and len(stored) == 1 and bench_problem(stored[0]) is None
+
+
+def test_table2_compiles_the_model_as_training_does(monkeypatch):
+    """bench.compile=true runs the timed steps through torch.compile (here its aot_eager backend, the CPU being
+    slow to build inductor code) and the record says so; auto stays eager off CUDA; a bad value is named."""
+    from lra_sfa.bench.common import load_attn_cfg
+    from lra_sfa.bench.table2 import run_train_cell, text_protocol
+
+    real, compiled = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda model, **_: compiled.append(model) or real(model, backend="aot_eager"))
+
+    def bench(choice: str):
+        small = "bench.overrides=['model.d_model=32','model.num_heads=2','model.num_layers=1','model.mlp_dim=64']"
+        with initialize_config_module("lra_sfa.conf", version_base=None):
+            cfg = compose("bench", overrides=["bench=lra_table2", small, "bench.batch=2", "bench.warmup_steps=1",
+                                              "bench.timed_steps=2", f"bench.compile={choice}"]).bench
+        return text_protocol(cfg)
+
+    attn = load_attn_cfg("sfa", {"impl": "triton"})
+    record = run_train_cell(attn, 64, bench("true"), torch.device("cpu"), torch.float32)
+    assert record["status"] == "ok" and record["compiled"] is True and len(compiled) == 1, record
+    record = run_train_cell(attn, 64, bench("auto"), torch.device("cpu"), torch.float32)
+    assert record["status"] == "ok" and record["compiled"] is False and len(compiled) == 1
+    with pytest.raises(ValueError, match="bench.compile='sometimes' must be true, false or auto"):
+        run_train_cell(attn, 64, bench("sometimes"), torch.device("cpu"), torch.float32)
+
+
+def test_table2_report_sets_compiled_runs_against_compiled_full():
+    """Compiled and eager Table 2 records of one card get sections of their own, each ratio against full
+    measured the same way; records from before the option (no `compiled`) keep theirs."""
+    from lra_sfa.report.efficiency import table2_section
+
+    def record(attn, sps, compiled, date="2026-12-06"):
+        fields = {"mode": "lra_table2", "device": "NVIDIA H100 80GB HBM3", "attn": attn, "seq_len": 1024,
+                  "status": "ok", "steps_per_second": sps, "peak_memory_mb": 100.0, "dtype": "bfloat16",
+                  "batch": 32, "date": date}
+        return fields if compiled is None else {**fields, "compiled": compiled}
+
+    records = [record("full", 10.0, False), record("sfa", 8.0, False), record("full", 20.0, True),
+               record("sfa", 25.0, True), record("full", 5.0, None, "2026-11-29"),
+               record("sfa", 4.0, None, "2026-11-29")]
+    text = table2_section(records, {})
+    assert text.count("### Measured on NVIDIA H100 80GB HBM3") == 3
+    assert "model under torch.compile" in text and "eager" in text
+    assert "25.00 (1.25x)" in text and "8.00 (0.80x)" in text and "4.00 (0.80x)" in text

@@ -286,6 +286,26 @@ def test_headline_is_mean_and_spread_of_protocol_complete_runs_only():
     assert "| lra_listops_2020 | full | 38.00 (n=1) |" in page
 
 
+def test_diverged_seeds_of_a_protocol_are_counted_beside_n_and_left_out_of_the_mean():
+    from lra_sfa.report.headline import headline_markdown, protocol_diverged
+    from lra_sfa.report.tables import _details, group_runs
+
+    rng = random.Random(6)
+    finished = protocol_record(rng, "lra_listops", "performer", 0.3645)
+    nan = [protocol_record(rng, "lra_listops", "performer", None, status="diverged", steps=0,
+                           reason=f"loss became nan by step {step}") for step in (2460, 4030)]
+    explored = protocol_record(rng, "lra_listops", "linear", None, status="diverged", steps=0)
+    explored["model"]["d_model"] = 256  # not the protocol's model: exploration, not a protocol outcome
+    only_nan = protocol_record(rng, "lra_listops", "bigbird", None, status="diverged", steps=0)
+    assert all(protocol_diverged(r) for r in (*nan, only_nan)) and not protocol_diverged(explored)
+    page = headline_markdown([finished, *nan, explored, only_nan])
+    assert "| performer | 36.45 (n=1; 2 diverged) |" in page and "| bigbird | diverged (1) |" in page
+    assert "| linear |" not in page and "left out of the mean" in page
+    appendix = _details(group_runs([finished, *nan]))
+    assert "| 1 (diverged) | 36.45 |" in appendix and "nan" not in appendix.replace("diverged", "")
+    assert "| 1 | " in _details(group_runs([finished]))  # no failures: the bare count
+
+
 def test_command_line_is_a_hydra_app_that_leaves_no_files_behind(tmp_path):
     """``python -m lra_sfa.report key=value``: the records' folder in, the tables out, nothing else written
     in the working directory (no outputs/, no .hydra/, no log); bad keys and folders are one line, exit 2."""

@@ -29,7 +29,7 @@ for part in ${PARTS//,/ }; do
              hydra.run.dir=/tmp/bench_kernels ${OVERRIDES:-} 2>&1 | log ;;
     short-graph) timeout 250 python3 -m lra_sfa.bench.kernels bench_kernels=short timer=cudagraph out="$OUT/kernels" \
                    topk_rows=0 budget_s=200 hydra.run.dir=/tmp/bench_kernels ${OVERRIDES:-} 2>&1 | log ;;
-    gpu-tests) LRA_SFA_GPU_SUMMARY="$OUT/kernels/sfa_gpu_checks.csv" timeout 320 python3 -m pytest -m gpu -q -n 2 \
+    gpu-tests) LRA_SFA_GPU_SUMMARY="$OUT/kernels/sfa_gpu_checks.csv" timeout 320 python3 -m pytest -m gpu -q -n 2 -p no:logging \
                  -p no:cacheprovider tests/test_kernels_gpu.py 2>&1 | tail -40 | log ;;
     *) echo "kernel_protocol.sh: unknown part '$part' (sweep, short, short-graph, gpu-tests)" | log ;;
   esac

@@ -28,6 +28,7 @@ from lra_sfa.bench.sweep import autocast
 from lra_sfa.compose import compose_config
 from lra_sfa.model import LRAClassifier, cross_entropy
 from lra_sfa.optim import build_optimizer
+from lra_sfa.placement import compile_wanted
 
 OPTIMIZER_KEYS = ("lr", "schedule", "warmup_steps", "max_steps", "weight_decay", "betas", "eps")
 
@@ -55,8 +56,9 @@ def _build(attn_cfg: DictConfig, length: int, bench: DictConfig, device: torch.d
                          attn_cfg=attn_cfg, pooling=str(bench.pooling), **model_args).to(device)
 
 
-def _train_step_fn(model: LRAClassifier, bench: DictConfig, length: int, device, dtype):
-    """One closure per cell: a full training step on alternating pre-staged batches."""
+def _train_step_fn(model: LRAClassifier, bench: DictConfig, length: int, device, dtype, compiled: bool = False):
+    """One closure per cell: a full training step on alternating pre-staged batches (the model's forward under
+    torch.compile where ``compiled``, as training compiles it)."""
     optimizer, schedule = build_optimizer(model, bench.optimizer)
     batch = int(bench.batch)
     tokens = torch.randint(1, int(bench.vocab_size), (2, batch, length), device=device)  # (2, B, L)
@@ -64,13 +66,14 @@ def _train_step_fn(model: LRAClassifier, bench: DictConfig, length: int, device,
     attention = model.attention_modules()
     max_steps = int(bench.optimizer.max_steps)
     state = {"step": 0}
+    forward = torch.compile(model) if compiled else model
 
     def step() -> None:
         index = state["step"] % 2
         for module in attention:
             module.on_step(state["step"], max_steps)
         with autocast(device, dtype):
-            loss = cross_entropy(model(tokens[index]), labels[index])
+            loss = cross_entropy(forward(tokens[index]), labels[index])
             extras = [t for t in (m.extra_loss() for m in attention) if t is not None]
             total = loss + sum(extras) if extras else loss
         optimizer.zero_grad(set_to_none=True)
@@ -118,9 +121,11 @@ def run_train_cell(attn_cfg: DictConfig, length: int, bench: DictConfig, device:
     if reasons:
         return {**fields, "status": "unsupported", "reason": "; ".join(reasons)}
     model.train()
+    compiled = compile_wanted(bench.get("compile", False), model, device, 1, "bench.compile")
+    fields["compiled"] = compiled
     step, failure = None, None
     try:
-        step = _train_step_fn(model, bench, length, device, dtype)
+        step = _train_step_fn(model, bench, length, device, dtype, compiled)
         timing = _time_steps(step, device, bench)
     except Exception as exc:  # every failure becomes a record; the run goes on
         failure = {"status": "oom" if common.is_oom(exc) else "error", "reason": common.first_line(exc)}

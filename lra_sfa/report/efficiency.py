@@ -116,12 +116,13 @@ def sweep_section(records: list[dict]) -> str:
 
 
 def table2_rows(records: list[dict]) -> list[dict]:
-    """Latest Table 2 records with speed and memory relative to full at the same device and length."""
+    """Latest Table 2 records with speed and memory relative to full at the same device, length and compilation
+    (``compiled``: the model under torch.compile; absent in records from before the option)."""
     chosen = latest([r for r in records if r["mode"] == "lra_table2"],
-                    lambda r: (r["device"], r["attn"], int(r["seq_len"])))
+                    lambda r: (r["device"], r.get("compiled"), r["attn"], int(r["seq_len"])))
     rows = []
-    for (device, _, length), record in chosen.items():
-        full = chosen.get((device, "full", length))
+    for (device, compiled, _, length), record in chosen.items():
+        full = chosen.get((device, compiled, "full", length))
         ok = record["status"] == "ok" and full is not None and full["status"] == "ok"
         rows.append({**record, "speedup_vs_full": record["steps_per_second"] / full["steps_per_second"] if ok else None,
                      "memory_vs_full": record["peak_memory_mb"] / full["peak_memory_mb"] if ok else None})
@@ -133,8 +134,9 @@ def table2_section(records: list[dict], published: dict[str, pd.DataFrame]) -> s
     parts = []
     if not rows:
         parts.append("No Table 2 records yet. On the GPU: `python -m lra_sfa.bench bench=lra_table2`.")
-    for device in sorted({r["device"] for r in rows}):
-        mine = {(r["attn"], int(r["seq_len"])): r for r in rows if r["device"] == device}
+    for device, compiled in sorted({(r["device"], r.get("compiled")) for r in rows}, key=str):
+        mine = {(r["attn"], int(r["seq_len"])): r for r in rows
+                if r["device"] == device and r.get("compiled") == compiled}
         lengths = sorted({length for _, length in mine})
         backends = sorted({attn for attn, _ in mine}, key=attn_order)
         table = []
@@ -156,6 +158,8 @@ def table2_section(records: list[dict], published: dict[str, pd.DataFrame]) -> s
 def _table2_setting(record: dict) -> str:
     """'bfloat16, batch 32, 4 layers x width 256 (4 heads, MLP 1024), synthetic bytes ...' from what is present."""
     parts = [str(record.get("dtype")), f"batch {record.get('batch')}"]
+    if record.get("compiled") is not None:
+        parts.append("model under torch.compile" if record["compiled"] else "eager")
     model = record.get("model")
     if isinstance(model, dict) and {"num_layers", "d_model", "num_heads", "mlp_dim"} <= set(model):
         parts.append(f"{model['num_layers']} layers x width {model['d_model']} ({model['num_heads']} heads, "

@@ -9,6 +9,8 @@ old runs complete, and one that a protocol sets otherwise does not. A run that o
 The attention backend's own arguments may differ (they are the thing compared). Each LRA column
 reads its canonical protocol; the other ``lra_*`` protocols (the 2020 ListOps config, the
 release's Text length, the paper's Retrieval head) get a table of their own, in the same form.
+A seed that followed its protocol until its loss became NaN (status ``diverged``) is an outcome of
+that protocol: its cell says how many diverged beside the n of the seeds averaged.
 """
 
 from __future__ import annotations
@@ -42,10 +44,21 @@ def _defaults() -> tuple[dict, dict]:
 
 def protocol_complete(record: dict) -> bool:
     """ok at max_steps, not cut, and trained with the settings of its protocol's experiment file."""
-    protocol = str(record.get("protocol") or "")
-    if record.get("status") != "ok" or record.get("stopped_by_time_budget") or not protocol.startswith("lra_"):
+    if record.get("status") != "ok" or record.get("stopped_by_time_budget"):
         return False
-    if record.get("steps") != record.get("max_steps") or not isinstance(record.get("model"), dict):
+    return record.get("steps") == record.get("max_steps") and follows_lra_protocol(record)
+
+
+def protocol_diverged(record: dict) -> bool:
+    """Trained under its protocol's settings until its loss became NaN or infinite: an outcome of the
+    protocol (counted beside the cell's n), not a run to average."""
+    return record.get("status") == "diverged" and follows_lra_protocol(record)
+
+
+def follows_lra_protocol(record: dict) -> bool:
+    """The record's model, task length and training settings are those of its ``lra_*`` protocol."""
+    protocol = str(record.get("protocol") or "")
+    if not protocol.startswith("lra_") or not isinstance(record.get("model"), dict):
         return False
     expected = protocol_settings(protocol)
     if expected is None:
@@ -60,38 +73,51 @@ def protocol_complete(record: dict) -> bool:
     return (model, trainer, record.get("seq_len")) == (expected_model, expected_trainer, expected_length)
 
 
-def mean_std(values: list[float]) -> str:
-    """'36.12 ± 0.48 (n=3)' in percent; a single run has no spread."""
+def mean_std(values: list[float], diverged: int = 0) -> str:
+    """'36.12 ± 0.48 (n=3)' in percent; a single run has no spread; '(n=1; 2 diverged)' where seeds of the
+    same protocol diverged, and 'diverged (2)' where no seed finished."""
     pct = [100 * value for value in values]
+    note = f"; {diverged} diverged" if diverged else ""
+    if not pct:
+        return f"diverged ({diverged})"
     if len(pct) == 1:
-        return f"{pct[0]:.2f} (n=1)"
-    return f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f} (n={len(pct)})"
+        return f"{pct[0]:.2f} (n=1{note})"
+    return f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f} (n={len(pct)}{note})"
 
 
-def _cells(records: list[dict]) -> dict[tuple[str, str], list[float]]:
-    """(protocol, backend) -> test accuracies of the protocol-complete runs."""
+def _cells(records: list[dict]) -> tuple[dict[tuple[str, str], list[float]], dict[tuple[str, str], int]]:
+    """(protocol, backend) -> test accuracies of the protocol-complete runs, and -> how many runs of that
+    protocol diverged."""
     cells: dict[tuple[str, str], list[float]] = {}
+    diverged: dict[tuple[str, str], int] = {}
     for record in records:
+        key = (str(record.get("protocol")), str(record.get("attn")))
         if protocol_complete(record) and isinstance(record.get("test_accuracy"), (int, float)):
-            cells.setdefault((str(record["protocol"]), str(record["attn"])), []).append(float(record["test_accuracy"]))
-    return cells
+            cells.setdefault(key, []).append(float(record["test_accuracy"]))
+        elif protocol_diverged(record):
+            diverged[key] = diverged.get(key, 0) + 1
+            cells.setdefault(key, [])
+    return cells, diverged
 
 
 def headline_markdown(records: list[dict]) -> str:
     """The headline matrix (canonical protocols) and the protocol-variant table, as markdown."""
-    cells = _cells(records)
+    cells, diverged = _cells(records)
+    cell = lambda key: mean_std(cells[key], diverged.get(key, 0)) if key in cells else ""
     canonical = set(CANONICAL.values())
     backends = sorted({attn for (protocol, attn) in cells if protocol in canonical}, key=attn_order)
     parts = []
     if backends:
-        rows = [[attn, *[mean_std(cells[(CANONICAL[c], attn)]) if (CANONICAL[c], attn) in cells else ""
-                         for c in LRA_COLUMNS]] for attn in backends]
+        rows = [[attn, *[cell((CANONICAL[c], attn)) for c in LRA_COLUMNS]] for attn in backends]
         parts.append(md_table(["backend", *LRA_COLUMNS.values()], rows))
     else:
         parts.append("No protocol-complete run yet.")
+    if diverged:
+        parts.append("n counts the seeds that trained to the protocol's last step; seeds whose loss became NaN "
+                     "under the same protocol are counted as diverged and left out of the mean.")
     variants = sorted(((p, a) for (p, a) in cells if p not in canonical), key=lambda pa: (pa[0], attn_order(pa[1])))
     if variants:
         parts.append("Protocol variants (protocol-complete runs):")
-        rows = [[protocol, attn, mean_std(cells[(protocol, attn)])] for protocol, attn in variants]
+        rows = [[protocol, attn, cell((protocol, attn))] for protocol, attn in variants]
         parts.append(md_table(["protocol", "backend", "test %"], rows))
     return "\n\n".join(parts)

@@ -121,7 +121,7 @@ def _cell(group: pd.DataFrame, column: str, metric: str, any_records: bool) -> s
         return "not run"
     row = _chosen(group)
     if row["runs"] == 0:
-        return str(row["failed"])
+        return str(row["failed"])  # every run of the group failed, so its status string is there
     value = row[metric]
     return "—" if pd.isna(value) else f"{value:.2f}" + (" †" if row["short"] else "")
 
@@ -160,7 +160,7 @@ def _details(frame: pd.DataFrame) -> str:
         steps = "—" if row.steps_max is None else (
             f"{row.steps_min}" if row.steps_min == row.steps_max else f"{row.steps_min}-{row.steps_max}")
         rows.append([row.task, row.attn, row.protocol, length_label(row.seq_len),
-                     row.runs if not row.failed else f"{row.runs} ({row.failed})",
+                     f"{row.runs} ({row.failed})" if isinstance(row.failed, str) else row.runs,
                      _fmt(row.test_pct), _fmt(row.val_pct), f"{steps} of {row.max_steps}" + (" †" if row.short else ""),
                      _fmt(row.steps_per_second), _fmt(row.peak_memory_mb, 0), row.num_train or "", row.device,
                      row.date])

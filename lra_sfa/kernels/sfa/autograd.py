@@ -1,10 +1,15 @@
-"""FlashSFA's autograd.Function and its functional entry points ``flash_sfa`` and ``flash_sfa_forward``.
+"""FlashSFA as custom operators with autograd, and its functional entry points ``flash_sfa`` and ``flash_sfa_forward``.
 
 Forward: ``topk_pack`` on q and on k (packed values, indices and zero-filled
-codes), then ``launcher.launch_forward`` on the codes and dense v. Without
+codes; for k also the codes' per-feature range, which the bounded forward
+reads, so no pass over K is added for it), then ``launcher.launch_forward``
+on the codes, that range and dense v. Without
 autograd and for 16-bit inputs, q's top-k runs inside the forward kernel
 instead (one pass over q fewer). Backward: ``launcher.launch_backward``; dQ and
 dK are masked to the top-k support (the masked gradient of DESIGN.md).
+Each runs as a torch.library custom operator (``lra_sfa::flash_sfa_train_fwd``,
+``lra_sfa::flash_sfa_bwd``, ``lra_sfa::flash_sfa_fwd``), the training pair
+joined by ``register_autograd``, so a compiled model keeps them in its graph.
 """
 
 from __future__ import annotations
@@ -15,50 +20,123 @@ from lra_sfa.kernels.sfa import triton_fwd as fwd
 from lra_sfa.kernels.sfa.dispatch import check_kernels, uses_gluon
 from lra_sfa.kernels.sfa.launcher import check_inputs, launch_backward, launch_forward
 from lra_sfa.kernels.sfa.tiles import aligned_rows, pad_bias
-from lra_sfa.kernels.sfa.topk_pack import topk_pack
+from lra_sfa.kernels.sfa.topk_pack import MAX_ROW_GROUPS, index_dtype, topk_pack
 
 
-class FlashSFAFunction(torch.autograd.Function):
-    """Autograd wrapper: forward saves the codes, indices, out and lse2; backward runs the kernels."""
+def _pack_keys(k: torch.Tensor, topk_k: int):
+    """``topk_pack`` of k (B, H, L, D) with the codes' range (B*H, 2, D) folded in; beyond ``MAX_ROW_GROUPS``
+    batch*heads the range is None and the launcher computes it from the codes (one pass over them)."""
+    if k.shape[0] * k.shape[1] > MAX_ROW_GROUPS:
+        return (*topk_pack(k, topk_k), None)
+    return topk_pack(k, topk_k, key_range=True)
 
-    @staticmethod
-    def forward(ctx, q, k, v, topk_q, topk_k, key_padding_mask, kernels="auto"):
-        batch, heads, length, head_dim = q.shape
-        has_bias = key_padding_mask is not None
-        if kernels == "gluon":  # raise now, not after the forward, if the backward cannot run Gluon
-            uses_gluon(q.device, q.dtype, length, head_dim, has_bias, kernels, backward=True)
-        flat = (batch * heads, length, head_dim)
-        _, q_idx, qd = topk_pack(q, topk_q)
-        _, k_idx, kd = topk_pack(k, topk_k)
-        v_flat = aligned_rows(v).reshape(flat)  # (B*H, L, D)
-        bias = pad_bias(key_padding_mask, q.device)
-        qd, kd = aligned_rows(qd).reshape(flat), aligned_rows(kd).reshape(flat)  # (B*H, L, D)
-        out, lse2 = launch_forward(qd, kd, v_flat, bias, heads, has_bias, kernels=kernels)
-        ctx.save_for_backward(qd, kd, v_flat, out, lse2, bias, q_idx, k_idx)
-        ctx.meta = (q.shape, heads, has_bias, topk_q, topk_k, kernels)
-        return out.reshape(q.shape)  # (B, H, L, D)
-
-    @staticmethod
-    def backward(ctx, dout):
-        shape, heads, has_bias, topk_q, topk_k, kernels = ctx.meta
-        dq, dk, dv = launch_backward(ctx.saved_tensors, dout, heads, has_bias, topk_q, topk_k, kernels)
-        return dq.reshape(shape), dk.reshape(shape), dv.reshape(shape), None, None, None, None  # (B, H, L, D)
+# The kernels run inside custom operators (torch.library), so torch.compile keeps a model that calls them in
+# one graph: the operators are opaque nodes there (their launchers' dispatch and autotuning are Python,
+# which the compiler does not trace), with fake implementations giving the output shapes. Operator outputs may
+# not alias inputs or one another: the training forward returns fresh codes and recomputes v's flat view and
+# the padding bias in the backward. Every output is contiguous (the fake implementations say so too, whatever
+# the inputs' strides).
 
 
-def _forward_only(q, k, v, topk_q: int, topk_k: int, key_padding_mask,
-                  kernels: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+@torch.library.custom_op("lra_sfa::flash_sfa_train_fwd", mutates_args=())
+def _train_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, topk_k: int,
+                   key_padding_mask: torch.Tensor | None, kernels: str
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                              torch.Tensor]:
+    """The training forward: (out (B, H, L, D), the zero-filled codes qd and kd (B*H, L, D), v as (B*H, L, D),
+    lse2 (B*H, L) fp32 base 2, q's and k's top-k feature ids (B, H, L, topk)); everything the backward reads.
+    v's flat copy is an output so that the backward keeps it, not the caller's v (in the model a view of the
+    fused q, k, v projection, three times its size)."""
+    batch, heads, length, head_dim = q.shape
+    has_bias = key_padding_mask is not None
+    if kernels == "gluon":  # raise now, not after the forward, if the backward cannot run Gluon
+        uses_gluon(q.device, q.dtype, length, head_dim, has_bias, kernels, backward=True)
+    flat = (batch * heads, length, head_dim)
+    _, q_idx, qd = topk_pack(q, topk_q)
+    _, k_idx, kd, k_range = _pack_keys(k, topk_k)
+    # at topk == head_dim the codes are the inputs themselves: copy them, an operator's outputs are its own
+    qd, kd = (codes.clone() if codes is source else codes for codes, source in ((qd, q), (kd, k)))
+    qd, kd = aligned_rows(qd).reshape(flat), aligned_rows(kd).reshape(flat)  # (B*H, L, D)
+    v_flat = aligned_rows(v).reshape(flat)  # (B*H, L, D)
+    if v_flat.untyped_storage().data_ptr() == v.untyped_storage().data_ptr():
+        v_flat = v_flat.clone()
+    out, lse2 = launch_forward(qd, kd, v_flat, pad_bias(key_padding_mask, q.device), heads, has_bias,
+                               kernels=kernels, key_range=k_range)
+    return out.reshape(q.shape), qd, kd, v_flat, lse2, q_idx, k_idx
+
+
+@_train_forward.register_fake
+def _(q, k, v, topk_q, topk_k, key_padding_mask, kernels):
+    batch, heads, length, head_dim = q.shape
+    flat, ids = (batch * heads, length, head_dim), index_dtype(head_dim)
+    return (q.new_empty(q.shape), q.new_empty(flat), q.new_empty(flat), q.new_empty(flat),
+            q.new_empty(flat[:2], dtype=torch.float32), q.new_empty((*q.shape[:3], topk_q), dtype=ids),
+            q.new_empty((*q.shape[:3], topk_k), dtype=ids))
+
+
+@torch.library.custom_op("lra_sfa::flash_sfa_bwd", mutates_args=())
+def _backward(dout: torch.Tensor, qd: torch.Tensor, kd: torch.Tensor, v_flat: torch.Tensor, out: torch.Tensor,
+              lse2: torch.Tensor, q_idx: torch.Tensor, k_idx: torch.Tensor, key_padding_mask: torch.Tensor | None,
+              topk_q: int, topk_k: int, kernels: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv (B, H, L, D) from the training forward's outputs; dq and dk masked to the top-k supports.
+    It has no autograd of its own: a double backward through SFA raises."""
+    shape, flat = out.shape, qd.shape
+    saved = (qd, kd, v_flat, out.reshape(flat), lse2, pad_bias(key_padding_mask, out.device), q_idx, k_idx)
+    dq, dk, dv = launch_backward(saved, dout, shape[1], key_padding_mask is not None, topk_q, topk_k, kernels)
+    return dq.reshape(shape), dk.reshape(shape), dv.reshape(shape)  # (B, H, L, D)
+
+
+@_backward.register_fake
+def _(dout, qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask, topk_q, topk_k, kernels):
+    return out.new_empty(out.shape), out.new_empty(out.shape), out.new_empty(out.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    _, _, _, topk_q, topk_k, key_padding_mask, kernels = inputs
+    out, qd, kd, v_flat, lse2, q_idx, k_idx = output
+    ctx.save_for_backward(qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask)
+    ctx.meta = (topk_q, topk_k, kernels)
+    ctx.set_materialize_grads(False)  # only out's gradient is read: no zero tensors for the other outputs
+
+
+def _train_backward(ctx, dout, *_unused):
+    qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask = ctx.saved_tensors
+    topk_q, topk_k, kernels = ctx.meta
+    dout = torch.zeros_like(out) if dout is None else dout.contiguous()
+    dq, dk, dv = _backward(dout, qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask, topk_q, topk_k, kernels)
+    return dq, dk, dv, None, None, None, None
+
+
+_train_forward.register_autograd(_train_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("lra_sfa::flash_sfa_fwd", mutates_args=())
+def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, topk_k: int,
+                key_padding_mask: torch.Tensor | None, kernels: str) -> tuple[torch.Tensor, torch.Tensor]:
     """No autograd: (out (B, H, L, D), lse2 (B*H, L) base 2). For fp16 / bf16 the forward kernel selects q's
     top-k itself (one pass over q fewer); only k goes through ``topk_pack``."""
     batch, heads, length, head_dim = q.shape
     flat = (batch * heads, length, head_dim)
     fuse = topk_q if q.element_size() == 2 and topk_q < head_dim else 0
-    with torch.no_grad():
-        qd = q if fuse else topk_pack(q, topk_q)[2]
-        _, _, kd = topk_pack(k, topk_k)
-        qd, kd, v_flat = (aligned_rows(t).reshape(flat) for t in (qd, kd, v))  # (B*H, L, D)
-        out, lse2 = launch_forward(qd, kd, v_flat, pad_bias(key_padding_mask, q.device), heads,
-                                   key_padding_mask is not None, fuse_topk_q=fuse, kernels=kernels)
+    qd = q if fuse else topk_pack(q, topk_q)[2]
+    _, _, kd, k_range = _pack_keys(k, topk_k)
+    qd, kd, v_flat = (aligned_rows(t).reshape(flat) for t in (qd, kd, v))  # (B*H, L, D)
+    out, lse2 = launch_forward(qd, kd, v_flat, pad_bias(key_padding_mask, q.device), heads,
+                               key_padding_mask is not None, fuse_topk_q=fuse, kernels=kernels, key_range=k_range)
     return out.reshape(q.shape), lse2
+
+
+@_forward_op.register_fake
+def _(q, k, v, topk_q, topk_k, key_padding_mask, kernels):
+    batch, heads, length, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((batch * heads, length), dtype=torch.float32)
+
+
+def _forward_only(q, k, v, topk_q: int, topk_k: int, key_padding_mask,
+                  kernels: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """No autograd: (out (B, H, L, D), lse2 (B*H, L) base 2), by the forward-only operator."""
+    with torch.no_grad():
+        return _forward_op(q, k, v, topk_q, topk_k, key_padding_mask, kernels)
 
 
 def needs_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -81,7 +159,7 @@ def flash_sfa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, to
     check_inputs(q, k, v, topk_q, topk_k, key_padding_mask)
     if not needs_backward(q, k, v):
         return _forward_only(q, k, v, topk_q, topk_k, key_padding_mask, kernels)[0]
-    return FlashSFAFunction.apply(q, k, v, topk_q, topk_k, key_padding_mask, kernels)
+    return _train_forward(q, k, v, topk_q, topk_k, key_padding_mask, kernels)[0]
 
 
 def flash_sfa_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, topk_k: int | None = None,

@@ -58,7 +58,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from lra_sfa.kernels.sfa.tiles import key_code_range
+from lra_sfa.kernels.sfa.tiles import check_key_range, key_code_range
 
 LOG2E = 1.4426950408889634
 GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
@@ -267,25 +267,30 @@ def check_launch(name: str, tensors: tuple, consumers: int, multiples: dict[str,
 
 def gluon_ws_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, block_m: int = 64, block_n: int = 64,
                      stages: int = 3, consumers: int = 1, maxnreg: int = 128, consumer_regs: int = 232,
-                     topk_q: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                     topk_q: int = 0, key_range: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounded FlashSFA forward on (B*H, L, D) codes qd, kd and dense v: returns out (B*H, L, D), lse2 (B*H, L).
 
     Each program runs ``consumers`` compute warpgroups (1 or 2) of ``block_m`` query rows each over one shared
     ring of ``stages`` K/V tiles of ``block_n`` keys; ``maxnreg`` caps the registers per thread at launch and
     ``consumer_regs`` is what the second compute warpgroup asks for (``setmaxnreg``). With ``topk_q`` > 0, qd is
-    the dense q and the kernel keeps each row's ``topk_q`` largest entries itself (as ``topk_pack``)."""
+    the dense q and the kernel keeps each row's ``topk_q`` largest entries itself (as ``topk_pack``).
+    ``key_range`` (B*H, 2, D) fp32 is kd's per-feature max / min, the bound's input (``topk_pack(k, topk,
+    key_range=True)``); when None it is computed from kd (``tiles.key_code_range``, a pass over kd)."""
     check_launch("gluon_ws_forward", (qd, kd, v), consumers,
                  {"consumers*BLOCK_M": consumers * block_m, "BLOCK_N": block_n})
     if stages < consumers:
         raise ValueError(f"gluon_ws_forward: stages={stages} must be >= consumers={consumers} (the online "
                          "fallback of warpgroup i reuses ring slot i)")
+    if key_range is None:
+        key_range = key_code_range(kd)
+    check_key_range("gluon_ws_forward", key_range, kd)
     batch_heads, length, head_dim = qd.shape
     out = torch.empty_like(v)
     lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
     grid = (length // (consumers * block_m), batch_heads)
     _gluon_ws_fwd_kernel[grid](nvmma_descriptor(qd, block_m), nvmma_descriptor(kd, block_n),
                                nvmma_descriptor(v, block_n), nvmma_descriptor(out, block_m),
-                               key_code_range(kd), lse2, length, LOG2E / math.sqrt(head_dim),
+                               key_range, lse2, length, LOG2E / math.sqrt(head_dim),
                                TOPK_Q=topk_q if topk_q < head_dim else 0,
                                HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
                                CONSUMERS=consumers, CONSUMER_REGS=consumer_regs, num_warps=4, maxnreg=maxnreg)

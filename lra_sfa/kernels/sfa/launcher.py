@@ -18,7 +18,14 @@ import triton
 from lra_sfa.kernels.sfa import triton_bwd as bwd
 from lra_sfa.kernels.sfa import triton_fwd as fwd
 from lra_sfa.kernels.sfa.dispatch import GLUON_DKDV_CONFIG, GLUON_DQ_CONFIG, gluon_config, uses_gluon
-from lra_sfa.kernels.sfa.tiles import aligned_rows, key_code_range, pad_rows, row_descriptor, tile_descriptor
+from lra_sfa.kernels.sfa.tiles import (
+    aligned_rows,
+    check_key_range,
+    key_code_range,
+    pad_rows,
+    row_descriptor,
+    tile_descriptor,
+)
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -61,7 +68,8 @@ _BOUNDED_CHOICE: dict[tuple, bool] = {}
 
 def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, heads: int,
                    has_bias: bool, config: triton.Config | None = None,
-                   fuse_topk_q: int = 0, kernels: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                   fuse_topk_q: int = 0, kernels: str = "auto",
+                   key_range: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """qd, kd, v: (B*H, L, D) contiguous. Returns out (B*H, L, D) and lse2 (B*H, L) fp32 (base 2).
 
     With ``fuse_topk_q`` > 0 (16-bit inputs only), qd is the dense q and the
@@ -70,14 +78,19 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: to
     forces one Triton tile configuration (benchmarks); by default the
     autotuned kernel runs on GPU and ``INTERPRETER_CONFIG`` under the
     interpreter. ``kernels`` ("auto", "gluon", "triton") picks Gluon or Triton
-    (``dispatch.uses_gluon``).
+    (``dispatch.uses_gluon``). ``key_range`` (B*H, 2, D) fp32 is kd's
+    per-feature max / min (``topk_pack(k, topk, key_range=True)``), read by
+    the bounded configs and the Gluon forward; when None it is computed from
+    kd (``tiles.key_code_range``, a pass over kd) if a bounded kernel may run.
     """
     batch_heads, length, head_dim = qd.shape
     if fuse_topk_q and qd.element_size() != 2:
         raise ValueError(f"launch_forward: fuse_topk_q needs fp16/bf16 q, got {qd.dtype}")
+    if key_range is not None:
+        check_key_range("launch_forward", key_range, kd)
     if config is None and uses_gluon(qd.device, qd.dtype, length, head_dim, has_bias, kernels, backward=False):
         from lra_sfa.kernels.sfa.gluon_fwd import gluon_ws_forward
-        return gluon_ws_forward(qd, kd, v, topk_q=fuse_topk_q, **gluon_config(length))
+        return gluon_ws_forward(qd, kd, v, topk_q=fuse_topk_q, key_range=key_range, **gluon_config(length))
     out = torch.empty_like(v)
     lse2 = torch.empty(batch_heads, length, dtype=torch.float32, device=qd.device)
     descs = {f"{name}_desc": tile_descriptor(t, 16) for name, t in (("Q", qd), ("K", kd), ("V", v), ("O", out))}
@@ -87,10 +100,11 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: to
     tune_key = (l_bucket, head_dim, has_bias, qd.dtype, fuse_topk_q)
     if config is not None:
         bounded = config.kwargs["BOUNDED"]
-    else:  # the key range costs a pass over K: skip it once the tuner has chosen an online config
+    else:  # a range not given costs a pass over K: skip it once the tuner has chosen an online config
         bounded = _BOUNDED_CHOICE.get(tune_key, any(c.kwargs["BOUNDED"] for c in fwd.GPU_CONFIGS))
-    kbound = key_code_range(kd) if bounded else bias  # a placeholder pointer when no config reads it
-    args = dict(Bias=bias, Lse=lse2, KBound=kbound, L=length, H=heads,
+    if key_range is None:
+        key_range = key_code_range(kd) if bounded else bias  # a placeholder pointer when no config reads it
+    args = dict(Bias=bias, Lse=lse2, KBound=key_range, L=length, H=heads,
                 qk_scale=fwd.LOG2E / math.sqrt(head_dim), l_bucket=l_bucket,
                 HEAD_DIM=head_dim, HAS_BIAS=has_bias, IEEE=qd.dtype == torch.float32,
                 TOPK_Q=fuse_topk_q if fuse_topk_q < head_dim else 0, **descs)

@@ -45,11 +45,24 @@ def pad_rows(x: torch.Tensor, value: float) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, triton.cdiv(length, ROW_PAD) * ROW_PAD - length), value=value)
 
 
+def check_key_range(name: str, key_range: torch.Tensor, kd: torch.Tensor) -> None:
+    """Raise ValueError naming ``name`` unless key_range is a (B*H, 2, D) fp32 contiguous tensor on kd's device."""
+    expected = (kd.shape[0], 2, kd.shape[-1])
+    if (tuple(key_range.shape) != expected or key_range.dtype != torch.float32 or not key_range.is_contiguous()
+            or key_range.device != kd.device):
+        raise ValueError(f"{name}: key_range must be a contiguous float32 tensor of shape {expected} on {kd.device} "
+                         f"(topk_pack(k, topk, key_range=True) or key_code_range(kd)); got {key_range.dtype} "
+                         f"{tuple(key_range.shape)} on {key_range.device}")
+
+
 def key_code_range(kd: torch.Tensor) -> torch.Tensor:
     """(B*H, 2, D) fp32: per batch*head the column-wise max (row 0) and min (row 1) of the key codes kd (B*H, L, D).
 
     The forward's BOUNDED configs turn it into a per-query upper bound on the
     scores, so they can skip the online softmax's running max and rescaling.
+    A second pass over kd: FlashSFA takes the same range from ``topk_pack(k,
+    topk, key_range=True)`` instead; this is the reference, and the fallback for
+    callers that pass kd alone.
     """
     kmin, kmax = torch.aminmax(kd, dim=1)  # (B*H, D) each
     return torch.stack((kmax, kmin), dim=1).float()

@@ -31,11 +31,17 @@ from pathlib import Path
 import torch
 
 CATEGORIES = (  # first match wins; names are lower-cased
-    ("attention", re.compile(r"flash|fmha|attention|attn|cudnn.*sdpa|sfa|varlen|(?<!log_)softmax")),
+    # the dense engines' kernels, and FlashSFA's own (its backward's dQ, dK/dV and delta kernels, the top-k
+    # packing of q and k), whose Triton names say nothing of attention
+    ("attention", re.compile(r"flash|fmha|attention|attn|cudnn.*sdpa|sfa|varlen|(?<!log_)softmax"
+                             r"|^_(dq|dkdv|delta)_kernel|topk_pack")),
     ("matmul", re.compile(r"gemm|nvjet|cutlass|xmma|sm90_|sm80_|matmul|aten::(mm|bmm|addmm|linear)$")),
     ("optimizer", re.compile(r"adam|foreach|multi_tensor|optim")),
+    # inductor's generated kernels before copies (their names list every op fused, casts among them), and
+    # ATen's copy kernels before its other elementwise ones
+    ("fused elementwise", re.compile(r"^triton_")),
     ("copy", re.compile(r"memcpy|memset|copy|cat|index|gather|scatter|nonzero|fill")),
-    ("fused elementwise", re.compile(r"^triton_|elementwise|vectorized|reduce|layer_norm|dropout|gelu|norm")),
+    ("fused elementwise", re.compile(r"elementwise|vectorized|reduce|layer_norm|dropout|gelu|norm")),
 )
 KERNEL_FIELDS = ["experiment", "attn", "category", "name", "launches_per_step", "us_per_step"]
 SUMMARY_FIELDS = ["experiment", "attn", "device", "steps_profiled", "step_wall_us", "kernel_us_per_step",
@@ -158,14 +164,36 @@ def _append(path: Path, fields: list[str], rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def recategorize(folder: Path) -> None:
+    """Re-derive the categories of ``folder``'s kernels.csv and the per-category sums of its summary.csv
+    from the kernel names, after a change to CATEGORIES (the measured times stay as they were)."""
+    with (folder / "kernels.csv").open(newline="") as handle:
+        kernels = [row | {"category": category(row["name"])} for row in csv.DictReader(handle)]
+    with (folder / "summary.csv").open(newline="") as handle:
+        summaries = list(csv.DictReader(handle))
+    for summary in summaries:
+        mine = [row for row in kernels if (row["experiment"], row["attn"]) == (summary["experiment"], summary["attn"])]
+        for label in dict.fromkeys([label for label, _ in CATEGORIES] + ["other"]):
+            us = sum(float(row["us_per_step"]) for row in mine if row["category"] == label)
+            summary[f"{label.replace(' ', '_')}_us"] = str(round(us, 1))
+    for name, fields, rows in (("kernels.csv", KERNEL_FIELDS, kernels), ("summary.csv", SUMMARY_FIELDS, summaries)):
+        (folder / name).unlink()
+        _append(folder / name, fields, rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lab.train_step_profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--recategorize", action="store_true",
+                        help="only re-derive the categories of the CSVs already in --out (no run)")
     parser.add_argument("--warmup", type=int, default=30, help="steps before the profile (compilation)")
     parser.add_argument("--steps", type=int, default=20, help="steps profiled")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the run, e.g. experiment=lra_pathfinder")
     args = parser.parse_args(argv)
+    if args.recategorize:
+        recategorize(args.out)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     summary, kernels = profile_run(args.overrides, args.out, args.warmup, args.steps)
     _append(args.out / "summary.csv", SUMMARY_FIELDS, [summary])

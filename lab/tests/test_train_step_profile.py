@@ -17,6 +17,25 @@ def test_kernel_names_fall_into_the_models_parts():
     assert category("Memcpy HtoD (Pageable -> Device)") == "copy"
     assert category("aten::bernoulli_") == "other"
     assert category("softmax_warp_forward") == "attention" and category("aten::_log_softmax") == "other"
+    for flash_sfa in ("_dq_kernel", "_dkdv_kernel", "_delta_kernel", "_topk_pack_keys_kernel", "_flash_sfa_fwd_kernel"):
+        assert category(flash_sfa) == "attention"
+    assert category("triton_per_fused__to_copy_add_native_layer_norm_backward_13") == "fused elementwise"
+    assert category("void at::native::elementwise_kernel<128, 4, direct_copy_kernel_cuda>") == "copy"
+
+
+def test_recategorize_rederives_the_categories_and_their_sums(tmp_path):
+    from lab.train_step_profile import KERNEL_FIELDS, SUMMARY_FIELDS, _append
+
+    rows = [{"experiment": "e", "attn": "sfa", "category": "other", "name": name, "launches_per_step": 4,
+             "us_per_step": us} for name, us in (("_dq_kernel", 100.0), ("_dkdv_kernel", 50.0), ("aten::foo", 7.0))]
+    _append(tmp_path / "kernels.csv", KERNEL_FIELDS, rows)
+    _append(tmp_path / "summary.csv", SUMMARY_FIELDS, [{"experiment": "e", "attn": "sfa", "attention_us": 0,
+                                                         "other_us": 157.0, "step_wall_us": 200.0}])
+    main(["--out", str(tmp_path), "--recategorize"])
+    (summary,) = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert (summary["attention_us"], summary["other_us"], summary["step_wall_us"]) == ("150.0", "7.0", "200.0")
+    assert [row["category"] for row in csv.DictReader((tmp_path / "kernels.csv").open())] == [
+        "attention", "attention", "other"]
 
 
 def test_a_cpu_run_profiles_its_steps(tmp_path):

@@ -14,12 +14,17 @@
 # and $OUT/work.tgz (run dirs whose checkpoints are under 16 MiB, e.g. Pathfinder's; copy it to
 # .campaign/work.tgz for the next slot). Larger checkpoints (ListOps) cannot travel: those cells restart, so a
 # cell that would be cut and whose checkpoint is larger is not started (checkpoint_travel_mb=16).
+# The compilers' caches travel too (Inductor's graphs, Triton's binaries): $OUT/compile_cache.tgz, when under
+# 40 MiB; copy it to .campaign/compile_cache.tgz, and the next slot's first cells skip most of their
+# compilation (a cache made on another card or torch is simply not hit).
 set -u
 campaign=$1; minutes=$2; shift 2
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null; export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH=/tmp/site:$PWD
 export LRA_SFA_CACHE=/tmp/lra_cache PYTHONUNBUFFERED=1
-mkdir -p /tmp/campaign /tmp/records
+export TORCHINDUCTOR_CACHE_DIR=/tmp/compile_cache/inductor TRITON_CACHE_DIR=/tmp/compile_cache/triton
+mkdir -p /tmp/campaign /tmp/records /tmp/compile_cache
+[ -f .campaign/compile_cache.tgz ] && tar xzf .campaign/compile_cache.tgz -C /tmp/compile_cache
 [ -f .campaign/work.tgz ] && tar xzf .campaign/work.tgz -C /tmp/campaign
 cp results/runs/*.json /tmp/records/ 2>/dev/null  # finished cells are skipped
 touch /tmp/records.start; mkdir -p "$OUT/records"
@@ -31,3 +36,6 @@ timeout "$hard_stop" python3 -m lra_sfa.campaign campaign="$campaign" deadline_m
 kill $copier; copy_new
 find /tmp/campaign -name checkpoint.pt -size +16M -delete
 tar czf "$OUT/work.tgz" -C /tmp/campaign .
+tar czf /tmp/compile_cache.tgz -C /tmp/compile_cache .
+if [ "$(stat -c %s /tmp/compile_cache.tgz)" -le $((40 << 20)) ]; then cp /tmp/compile_cache.tgz "$OUT/"
+else echo "compile cache $(du -h /tmp/compile_cache.tgz | cut -f1): over 40 MiB, not returned" | tee -a "$OUT/campaign.log"; fi

@@ -96,7 +96,9 @@ class PerformerAttention(AttentionBackend):
             masked = logits if real is None else logits.masked_fill(~real, float("-inf"))
             stab = masked.amax(dim=(-1, -2), keepdim=True).detach()  # (B, H, 1, 1)
             stab = torch.where(torch.isfinite(stab), stab, torch.zeros_like(stab))
-            feats = torch.exp(logits - stab) + SOFTMAX_EPS
+            # exp of the masked logits: a padded key's logit may exceed the real keys' maximum, and its
+            # exp would overflow to inf (inf * 0 = NaN where padded keys are zeroed below)
+            feats = torch.exp(masked - stab) + SOFTMAX_EPS
         feats = feats * self.num_features**-0.5
         if real is not None and not is_query:
             feats = feats * real

@@ -246,6 +246,24 @@ def test_performer_error_shrinks_as_features_grow():
     assert errors[-1] < 0.3, errors
 
 
+def test_performer_padded_keys_below_the_real_ones_cannot_overflow():
+    """Real keys of large norm have very negative FAVOR+ logits (w.k' - |k'|^2 / 2); a padded key near zero
+    has a logit near 0, far above the real keys' maximum that stabilises the exponent. Its feature must be
+    zero (never exp overflowing to inf, then NaN when zeroed), in the output and in the gradients."""
+    torch.manual_seed(0)
+    q, k, v = (t.requires_grad_(True) for t in rand_qkv(2, 2, 64, 16, dtype=torch.float32))
+    mask = padding_mask(2, 64, [64, 40])
+    pad = ~mask[:, None, :, None]
+    big_k = torch.where(pad, torch.zeros_like(k), 40 * k)  # real keys |k'| ~ 80: logits ~ -3000
+    attn = PerformerAttention(head_dim=16)
+    out = attn(q, big_k, v, mask)
+    out.square().sum().backward()
+    assert torch.isfinite(out).all() and all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    with torch.no_grad():
+        other = attn(q, torch.where(pad, torch.randn_like(k), 40 * k), v, mask)
+    torch.testing.assert_close(out.detach(), other, rtol=1e-5, atol=1e-5)
+
+
 def test_performer_relu_kernel_and_redraw():
     q, k, v = rand_qkv(1, 2, 30, 16, dtype=torch.float32)
     relu = PerformerAttention(head_dim=16, num_features=64, kernel="relu")

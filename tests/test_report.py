@@ -306,6 +306,20 @@ def test_diverged_seeds_of_a_protocol_are_counted_beside_n_and_left_out_of_the_m
     assert "| 1 | " in _details(group_runs([finished]))  # no failures: the bare count
 
 
+def test_withdrawn_records_stay_out_of_every_table_and_are_listed(tmp_path):
+    from lra_sfa.report.load import load_inputs
+
+    rng = random.Random(7)
+    kept = protocol_record(rng, "lra_listops", "performer", 0.3645)
+    bad = protocol_record(rng, "lra_listops", "performer", None, status="diverged", steps=0)
+    store_record(kept, tmp_path / "runs")
+    store_record(bad, tmp_path / "withdrawn")
+    inputs = load_inputs(tmp_path, None, None)
+    assert inputs.runs == [kept]
+    ((name, reason),) = inputs.skipped
+    assert name.startswith("withdrawn/") and reason.startswith("withdrawn: ")
+
+
 def test_command_line_is_a_hydra_app_that_leaves_no_files_behind(tmp_path):
     """``python -m lra_sfa.report key=value``: the records' folder in, the tables out, nothing else written
     in the working directory (no outputs/, no .hydra/, no log); bad keys and folders are one line, exit 2."""

@@ -92,8 +92,13 @@ def _check(record, path: Path) -> tuple[str | None, str | None]:
     return None, None
 
 
+WITHDRAWN = "withdrawn"  # a folder of records kept but not reported: their code had a defect found later
+
+
 def load_inputs(in_dir: Path, published_dir: Path | None, kernels_csv: Path | None) -> Inputs:
     """Every record under ``in_dir`` (recursively, as ``records.load_records``) and the published tables.
+    Records in a ``withdrawn/`` folder are listed as skipped, with that reason: a run whose code had a defect
+    found afterwards stays in the repository, out of every table, and its cell is run again.
 
     Run records are checked with ``records.validate_record`` (the schema
     ``load_records`` applies) plus ``run_problem``; bench records with
@@ -104,6 +109,10 @@ def load_inputs(in_dir: Path, published_dir: Path | None, kernels_csv: Path | No
     inputs = Inputs()
     for path in sorted(in_dir.rglob("*.json")):
         name = _relative(path, in_dir)
+        if WITHDRAWN in path.relative_to(in_dir).parts[:-1]:
+            inputs.skipped.append((name, f"withdrawn: made by code with a defect found later ({WITHDRAWN}/README.md "
+                                         f"says which and where it was fixed)"))
+            continue
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError) as exc:

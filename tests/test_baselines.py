@@ -193,6 +193,22 @@ def test_key_padding_mask_is_respected(path):
         assert out[2].abs().max() == 0, f"{path.stem}: a row with no real key must give 0"
 
 
+@pytest.mark.parametrize("path", ATTN_YAMLS, ids=[p.stem for p in ATTN_YAMLS])
+def test_large_real_keys_beside_zero_padded_keys_stay_finite(path):
+    """Trained models grow large q and k norms while the padding token's key stays small: every backend's
+    output and gradients stay finite when real keys are 40x a unit Gaussian and padded keys are zero."""
+    B, H, L, D = 2, 2, 128, 16
+    torch.manual_seed(0)
+    backend = build_from_yaml(path, H, D, L)
+    q, k, v = (t.requires_grad_(True) for t in rand_qkv(B, H, L, D, dtype=torch.float32))
+    mask = padding_mask(B, L, [L, 70])
+    pad = ~mask[:, None, :, None]
+    out = backend(40 * q, torch.where(pad, torch.zeros_like(k), 40 * k), v, mask)
+    out.square().sum().backward()
+    assert torch.isfinite(out).all(), f"{path.stem}: non-finite output"
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v)), f"{path.stem}: non-finite gradient"
+
+
 def tiny_model(path: Path, seq_len: int = 40):
     from lra_sfa.model import LRAClassifier
 

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from lra_sfa.bench import common, overhead, sweep
 from lra_sfa.bench.__main__ import run_bench
@@ -167,28 +168,38 @@ def test_table2_compiles_the_model_as_training_does(monkeypatch):
     from lra_sfa.bench.common import load_attn_cfg
     from lra_sfa.bench.table2 import run_train_cell, text_protocol
 
-    real, compiled = torch.compile, []
-    monkeypatch.setattr(torch, "compile", lambda model, **_: compiled.append(model) or real(model, backend="aot_eager"))
+    real, compiled, modes = torch.compile, [], []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None, **_: compiled.append(model) or modes.append(mode)
+                        or real(model, backend="aot_eager"))
 
-    def bench(choice: str):
+    def bench(choice: str, mode: str = "default"):
         small = "bench.overrides=['model.d_model=32','model.num_heads=2','model.num_layers=1','model.mlp_dim=64']"
         with initialize_config_module("lra_sfa.conf", version_base=None):
             cfg = compose("bench", overrides=["bench=lra_table2", small, "bench.batch=2", "bench.warmup_steps=1",
-                                              "bench.timed_steps=2", f"bench.compile={choice}"]).bench
+                                              "bench.timed_steps=2", f"bench.compile={choice}",
+                                              f"bench.compile_mode={mode}"]).bench
         return text_protocol(cfg)
 
     attn = load_attn_cfg("sfa", {"impl": "triton"})
     record = run_train_cell(attn, 64, bench("true"), torch.device("cpu"), torch.float32)
     assert record["status"] == "ok" and record["compiled"] is True and len(compiled) == 1, record
+    assert record["compile_mode"] == "default" and modes == ["default"]
+    record = run_train_cell(attn, 64, bench("true", "reduce-overhead"), torch.device("cpu"), torch.float32)
+    assert record["compile_mode"] == "reduce-overhead" and modes[-1] == "reduce-overhead"
     record = run_train_cell(attn, 64, bench("auto"), torch.device("cpu"), torch.float32)
-    assert record["status"] == "ok" and record["compiled"] is False and len(compiled) == 1
+    assert record["status"] == "ok" and record["compiled"] is False and len(compiled) == 2
+    assert record["compile_mode"] is None
     with pytest.raises(ValueError, match="bench.compile='sometimes' must be true, false or auto"):
         run_train_cell(attn, 64, bench("sometimes"), torch.device("cpu"), torch.float32)
+    from lra_sfa.bench.table2 import run_table2
+
+    with pytest.raises(ValueError, match="bench.compile_mode='fast' is not one of torch.compile's modes"):
+        run_table2(OmegaConf.create({"bench": bench("true", "fast")}), torch.device("cpu"), torch.float32)
 
 
 def test_table2_report_sets_compiled_runs_against_compiled_full():
-    """Compiled and eager Table 2 records of one card get sections of their own, each ratio against full
-    measured the same way; records from before the option (no `compiled`) keep theirs."""
+    """Compiled (per torch.compile mode) and eager Table 2 records of one card get sections of their own, each
+    ratio against full measured the same way; records from before the option (no `compiled`) keep theirs."""
     from lra_sfa.report.efficiency import table2_section
 
     def record(attn, sps, compiled, date="2026-12-06"):
@@ -199,8 +210,11 @@ def test_table2_report_sets_compiled_runs_against_compiled_full():
 
     records = [record("full", 10.0, False), record("sfa", 8.0, False), record("full", 20.0, True),
                record("sfa", 25.0, True), record("full", 5.0, None, "2026-11-29"),
-               record("sfa", 4.0, None, "2026-11-29")]
+               record("sfa", 4.0, None, "2026-11-29"),
+               {**record("full", 30.0, True), "compile_mode": "reduce-overhead"},
+               {**record("sfa", 36.0, True), "compile_mode": "reduce-overhead"}]
     text = table2_section(records, {})
-    assert text.count("### Measured on NVIDIA H100 80GB HBM3") == 3
+    assert text.count("### Measured on NVIDIA H100 80GB HBM3") == 4
+    assert "model under torch.compile (mode reduce-overhead)" in text and "36.00 (1.20x)" in text
     assert "model under torch.compile" in text and "eager" in text
     assert "25.00 (1.25x)" in text and "8.00 (0.80x)" in text and "4.00 (0.80x)" in text

@@ -56,9 +56,13 @@ def _build(attn_cfg: DictConfig, length: int, bench: DictConfig, device: torch.d
                          attn_cfg=attn_cfg, pooling=str(bench.pooling), **model_args).to(device)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
 def _train_step_fn(model: LRAClassifier, bench: DictConfig, length: int, device, dtype, compiled: bool = False):
     """One closure per cell: a full training step on alternating pre-staged batches (the model's forward under
-    torch.compile where ``compiled``, as training compiles it)."""
+    torch.compile in ``bench.compile_mode`` where ``compiled``, as training compiles it; reduce-overhead
+    replays the forward and backward as CUDA graphs, which takes the host's launch time out of the step)."""
     optimizer, schedule = build_optimizer(model, bench.optimizer)
     batch = int(bench.batch)
     tokens = torch.randint(1, int(bench.vocab_size), (2, batch, length), device=device)  # (2, B, L)
@@ -66,7 +70,7 @@ def _train_step_fn(model: LRAClassifier, bench: DictConfig, length: int, device,
     attention = model.attention_modules()
     max_steps = int(bench.optimizer.max_steps)
     state = {"step": 0}
-    forward = torch.compile(model) if compiled else model
+    forward = torch.compile(model, mode=str(bench.get("compile_mode", "default"))) if compiled else model
 
     def step() -> None:
         index = state["step"] % 2
@@ -123,6 +127,7 @@ def run_train_cell(attn_cfg: DictConfig, length: int, bench: DictConfig, device:
     model.train()
     compiled = compile_wanted(bench.get("compile", False), model, device, 1, "bench.compile")
     fields["compiled"] = compiled
+    fields["compile_mode"] = str(bench.get("compile_mode", "default")) if compiled else None
     step, failure = None, None
     try:
         step = _train_step_fn(model, bench, length, device, dtype, compiled)
@@ -147,6 +152,9 @@ def run_table2(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> lis
     """Every backend at every length (ascending; a failure stops that backend's lengths)."""
     bench = text_protocol(cfg.bench)
     names = common.selected_attns(bench.attns)
+    mode = str(bench.get("compile_mode", "default"))
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"bench.compile_mode={mode!r} is not one of torch.compile's modes {COMPILE_MODES}")
     base = common.base_record("lra_table2", device, dtype)
     model = OmegaConf.to_container(bench.model, resolve=True)
     budget = float(bench.budget_seconds) if bench.get("budget_seconds") else None

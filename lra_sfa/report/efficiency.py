@@ -115,11 +115,19 @@ def sweep_section(records: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
+def compilation(record: dict) -> str | None:
+    """How a Table 2 record's model ran: 'eager', torch.compile's mode ('default', 'reduce-overhead', ...), or
+    None for records from before ``compiled`` existed (``compile_mode`` absent: before that option, 'default')."""
+    if record.get("compiled") is None:
+        return None
+    return str(record.get("compile_mode") or "default") if record["compiled"] else "eager"
+
+
 def table2_rows(records: list[dict]) -> list[dict]:
     """Latest Table 2 records with speed and memory relative to full at the same device, length and compilation
-    (``compiled``: the model under torch.compile; absent in records from before the option)."""
+    (``compilation``: eager or the torch.compile mode; None in records from before the option)."""
     chosen = latest([r for r in records if r["mode"] == "lra_table2"],
-                    lambda r: (r["device"], r.get("compiled"), r["attn"], int(r["seq_len"])))
+                    lambda r: (r["device"], compilation(r), r["attn"], int(r["seq_len"])))
     rows = []
     for (device, compiled, _, length), record in chosen.items():
         full = chosen.get((device, compiled, "full", length))
@@ -134,9 +142,9 @@ def table2_section(records: list[dict], published: dict[str, pd.DataFrame]) -> s
     parts = []
     if not rows:
         parts.append("No Table 2 records yet. On the GPU: `python -m lra_sfa.bench bench=lra_table2`.")
-    for device, compiled in sorted({(r["device"], r.get("compiled")) for r in rows}, key=str):
+    for device, compiled in sorted({(r["device"], compilation(r)) for r in rows}, key=str):
         mine = {(r["attn"], int(r["seq_len"])): r for r in rows
-                if r["device"] == device and r.get("compiled") == compiled}
+                if r["device"] == device and compilation(r) == compiled}
         lengths = sorted({length for _, length in mine})
         backends = sorted({attn for attn, _ in mine}, key=attn_order)
         table = []
@@ -158,8 +166,10 @@ def table2_section(records: list[dict], published: dict[str, pd.DataFrame]) -> s
 def _table2_setting(record: dict) -> str:
     """'bfloat16, batch 32, 4 layers x width 256 (4 heads, MLP 1024), synthetic bytes ...' from what is present."""
     parts = [str(record.get("dtype")), f"batch {record.get('batch')}"]
-    if record.get("compiled") is not None:
-        parts.append("model under torch.compile" if record["compiled"] else "eager")
+    mode = compilation(record)
+    if mode is not None:
+        parts.append("eager" if mode == "eager" else "model under torch.compile" + (
+            f" (mode {mode})" if mode != "default" else ""))
     model = record.get("model")
     if isinstance(model, dict) and {"num_layers", "d_model", "num_heads", "mlp_dim"} <= set(model):
         parts.append(f"{model['num_layers']} layers x width {model['d_model']} ({model['num_heads']} heads, "

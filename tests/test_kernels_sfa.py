@@ -139,6 +139,42 @@ def test_matches_reference_end_to_end_fp32():
     assert int((got[0] != 0).sum(-1).max()) <= 6 and int((got[1] != 0).sum(-1).max()) <= 5
 
 
+def test_key_padding_key_end_is_one_past_the_last_real_key():
+    from lra_sfa.kernels.sfa.tiles import key_padding
+
+    mask = torch.zeros(4, 10, dtype=torch.bool)
+    mask[0] = True
+    mask[1, :3] = True
+    mask[2, [0, 6]] = True  # a hole before the last real key
+    padding = key_padding(mask, torch.device("cpu"))
+    assert padding.key_end.tolist() == [10, 3, 7, 0] and padding.key_end.dtype == torch.int32
+    assert torch.equal(padding.bias == 0, mask) and padding.bias.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_right_padded_batches_stop_at_the_key_end(dtype):
+    """Sequences ending at L, on a key-tile boundary (64), inside a tile (37), with no real key, and with a hole
+    before the last real key (the bias masks it): the kernels stop each key loop at the key end and skip dK/dV
+    blocks of padding only. Padded keys and values hold large numbers, which would show if any were read into
+    a score; the forward and all gradients pass the float64 rule, and padded keys get dK = dV = 0 exactly."""
+    length = 150
+    q, k, v = _inputs(5, 2, length, HEAD_DIM, torch.float32, seed=41)
+    mask = torch.zeros(5, length, dtype=torch.bool)
+    for row, end in enumerate((length, 64, 37, 0)):
+        mask[row, :end] = True
+    mask[4, :90] = True
+    mask[4, 20:50] = False
+    pad = ~mask[:, None, :, None]
+    k, v = (torch.where(pad, 30.0 + 5 * t, t).to(dtype) for t in (k, v))
+    result = sfa_check.full_check(q.to(dtype), k, v, 4, mask, flash_sfa)
+    for name in ("out", "dq", "dk", "dv", "out_nograd"):
+        assert result[f"{name}_ok"], (name, result[f"{name}_err"], result[f"{name}_torch_err"])
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q.to(dtype), k, v)]
+    flash_sfa(*leaves, 4, 4, mask).float().square().sum().backward()
+    for grad in (leaves[1].grad, leaves[2].grad):
+        assert torch.equal(grad.masked_select(pad), torch.zeros_like(grad.masked_select(pad)))
+
+
 def test_all_padding_rows_give_zero_and_finite_grads():
     q, k, v = (t.requires_grad_(True) for t in _inputs(2, 2, 40, HEAD_DIM, torch.float32, seed=8))
     mask = _mask(2, 40, seed=9)
@@ -302,7 +338,7 @@ def test_forward_variants_match_reference(variant, length, scale, padded):
     whose keys are all padding still gives exactly 0."""
     from lra_sfa.kernels.sfa import triton_fwd as fwd
     from lra_sfa.kernels.sfa.launcher import launch_forward
-    from lra_sfa.kernels.sfa.tiles import pad_bias
+    from lra_sfa.kernels.sfa.tiles import key_padding
 
     q, k, v = _inputs(2, 2, length, HEAD_DIM, torch.float32, seed=31 + length)
     q, k = q * scale, k * scale
@@ -315,7 +351,7 @@ def test_forward_variants_match_reference(variant, length, scale, padded):
     options = {"bounded": {"bounded": True},
                "bounded+rowsum_2d": {"bounded": True, "rowsum_2d": True}}
     config = fwd.fwd_config(32, 32, 4, 1, **options[variant])
-    out, lse2 = launch_forward(qd.reshape(flat), kd.reshape(flat), v.reshape(flat), pad_bias(mask, q.device), 2,
+    out, lse2 = launch_forward(qd.reshape(flat), kd.reshape(flat), v.reshape(flat), key_padding(mask, q.device), 2,
                                padded, config=config)
     out = out.reshape(q.shape)
     ref = sfa_chunked(q.double(), k.double(), v.double(), 4, 4, mask)

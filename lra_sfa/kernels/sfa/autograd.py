@@ -19,7 +19,7 @@ import torch
 from lra_sfa.kernels.sfa import triton_fwd as fwd
 from lra_sfa.kernels.sfa.dispatch import check_kernels, uses_gluon
 from lra_sfa.kernels.sfa.launcher import check_inputs, launch_backward, launch_forward
-from lra_sfa.kernels.sfa.tiles import aligned_rows, pad_bias
+from lra_sfa.kernels.sfa.tiles import aligned_rows, key_padding
 from lra_sfa.kernels.sfa.topk_pack import MAX_ROW_GROUPS, index_dtype, topk_pack
 
 
@@ -34,8 +34,8 @@ def _pack_keys(k: torch.Tensor, topk_k: int):
 # one graph: the operators are opaque nodes there (their launchers' dispatch and autotuning are Python,
 # which the compiler does not trace), with fake implementations giving the output shapes. Operator outputs may
 # not alias inputs or one another: the training forward returns fresh codes and recomputes v's flat view and
-# the padding bias in the backward. Every output is contiguous (the fake implementations say so too, whatever
-# the inputs' strides).
+# the key padding tensors in the backward. Every output is contiguous (the fake implementations say so too,
+# whatever the inputs' strides).
 
 
 @torch.library.custom_op("lra_sfa::flash_sfa_train_fwd", mutates_args=())
@@ -60,7 +60,7 @@ def _train_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: in
     v_flat = aligned_rows(v).reshape(flat)  # (B*H, L, D)
     if v_flat.untyped_storage().data_ptr() == v.untyped_storage().data_ptr():
         v_flat = v_flat.clone()
-    out, lse2 = launch_forward(qd, kd, v_flat, pad_bias(key_padding_mask, q.device), heads, has_bias,
+    out, lse2 = launch_forward(qd, kd, v_flat, key_padding(key_padding_mask, q.device), heads, has_bias,
                                kernels=kernels, key_range=k_range)
     return out.reshape(q.shape), qd, kd, v_flat, lse2, q_idx, k_idx
 
@@ -81,7 +81,7 @@ def _backward(dout: torch.Tensor, qd: torch.Tensor, kd: torch.Tensor, v_flat: to
     """dq, dk, dv (B, H, L, D) from the training forward's outputs; dq and dk masked to the top-k supports.
     It has no autograd of its own: a double backward through SFA raises."""
     shape, flat = out.shape, qd.shape
-    saved = (qd, kd, v_flat, out.reshape(flat), lse2, pad_bias(key_padding_mask, out.device), q_idx, k_idx)
+    saved = (qd, kd, v_flat, out.reshape(flat), lse2, key_padding(key_padding_mask, out.device), q_idx, k_idx)
     dq, dk, dv = launch_backward(saved, dout, shape[1], key_padding_mask is not None, topk_q, topk_k, kernels)
     return dq.reshape(shape), dk.reshape(shape), dv.reshape(shape)  # (B, H, L, D)
 
@@ -121,7 +121,7 @@ def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, 
     qd = q if fuse else topk_pack(q, topk_q)[2]
     _, _, kd, k_range = _pack_keys(k, topk_k)
     qd, kd, v_flat = (aligned_rows(t).reshape(flat) for t in (qd, kd, v))  # (B*H, L, D)
-    out, lse2 = launch_forward(qd, kd, v_flat, pad_bias(key_padding_mask, q.device), heads,
+    out, lse2 = launch_forward(qd, kd, v_flat, key_padding(key_padding_mask, q.device), heads,
                                key_padding_mask is not None, fuse_topk_q=fuse, kernels=kernels, key_range=k_range)
     return out.reshape(q.shape), lse2
 

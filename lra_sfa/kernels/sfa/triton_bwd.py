@@ -25,7 +25,10 @@ Masking
     rows past L get P = 0 (their dO rows are zero as well). Keys past L have
     zero K and V rows (TMA zero-fill): they add nothing to dS K in
     ``_dq_kernel`` and their dK / dV rows are never stored. Padded keys (a
-    key padding mask) get P = 0 in both kernels.
+    key padding mask) get P = 0 in both kernels; ``_dq_kernel``'s key loop
+    ends at the sequence's key end (``tiles.KeyPadding``), and a
+    ``_dkdv_kernel`` program whose key block starts there or later stores
+    zeros without looping over the queries.
 
 Limits
     As the forward: head_dim 16..128, fp16 / bf16 / fp32 (IEEE dots), any L.
@@ -76,7 +79,7 @@ def support_mask(Idx, rows, row_ok, cols, TOPK: tl.constexpr):
 
 @triton.jit
 def _dkdv_kernel(
-    Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse_desc, Delta_desc, Bias, Kidx,
+    Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse_desc, Delta_desc, Bias, KEnd, Kidx,
     L, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
@@ -88,11 +91,13 @@ def _dkdv_kernel(
     k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
     v = V_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
     key_ok = n_ok
+    query_end = L
     if HAS_BIAS:
         key_ok = tl.load(Bias + (bh // H).to(tl.int64) * L + offs_n, mask=n_ok, other=float("-inf")) == 0.0
+        query_end = tl.where(start_n < tl.load(KEnd + bh // H), L, 0)  # a block of padding only: dK = dV = 0
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    for start_m in tl.range(0, L, BLOCK_M):
+    for start_m in tl.range(0, query_end, BLOCK_M):
         q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
         do = DO_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
         lse = Lse_desc.load([bh, start_m]).reshape([BLOCK_M])  # +inf in the padding past L, so P = 0 there
@@ -115,7 +120,7 @@ def _dkdv_kernel(
 
 @triton.jit
 def _dq_kernel(
-    Q_desc, K_desc, V_desc, DO_desc, DQ_desc, Lse, Delta, Bias, Qidx,
+    Q_desc, K_desc, V_desc, DO_desc, DQ_desc, Lse, Delta, Bias, KEnd, Qidx,
     L, L_PAD, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
@@ -130,7 +135,10 @@ def _dq_kernel(
     lse = tl.load(Lse + bh.to(tl.int64) * L_PAD + offs_m)  # +inf past L (padding), so P = 0 there
     dlt = tl.load(Delta + bh.to(tl.int64) * L_PAD + offs_m)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for start_n in tl.range(0, L, BLOCK_N):
+    key_end = L
+    if HAS_BIAS:  # keys from the sequence's key end on are padding
+        key_end = tl.load(KEnd + bh // H)
+    for start_n in tl.range(0, key_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
         v = V_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])

@@ -28,9 +28,12 @@ Design and why
 Masking
     Only the last key tile, when L is not a multiple of BLOCK_N, pays for a
     bounds mask; a key padding mask is an additive fp32 bias (0 / -inf) per
-    key. The running max starts at -1e30 (finite), so a fully padded tile
-    yields p = 0 instead of NaN, and a query whose keys are all padding gets
-    output 0 and lse2 = 0 (the reference does the same).
+    key, and the key loop ends at the sequence's ``key_end`` (one past its
+    last real key, ``tiles.KeyPadding``): the tiles after it hold padding
+    only, so a right-padded batch costs its real keys, not L. The running max
+    starts at -1e30 (finite), so a fully padded tile yields p = 0 instead of
+    NaN, and a query whose keys are all padding gets output 0 and lse2 = 0
+    (the reference does the same).
 
 Limits
     head_dim in 16, 32, 64, 128; fp16 / bf16 (fp32 for tests: dots then run
@@ -116,7 +119,8 @@ def tile_scores(q, K_desc, V_desc, bh, start_n, BLOCK_M: tl.constexpr, BLOCK_N: 
 @triton.jit
 def online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr):
-    """The classic online softmax over all key tiles: returns acc (M, D), l_i, m_i (base 2)."""
+    """The classic online softmax over the key tiles before L (the caller's key end): returns acc (M, D), l_i,
+    m_i (base 2)."""
     offs_n = tl.arange(0, BLOCK_N)
     m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -174,7 +178,8 @@ def bounded_update(acc, l_acc, m_i, qk, v, bias_row, start_n, offs_n, qk_scale, 
 def bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr,
                  ROWSUM_2D: tl.constexpr):
-    """Softmax with a fixed per-row offset m_i >= every scaled score: no running max, no rescaling.
+    """Softmax with a fixed per-row offset m_i >= every scaled score (keys before L, the caller's key end):
+    no running max, no rescaling.
 
     p = 2^(s - m_i) <= 1 never overflows; the result equals the online
     softmax's whenever the largest p is not far below 1 (the caller checks).
@@ -208,7 +213,7 @@ def bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M: tl.
 
 @triton.jit
 def _flash_sfa_fwd_kernel(
-    Q_desc, K_desc, V_desc, O_desc, Bias, Lse, KBound,
+    Q_desc, K_desc, V_desc, O_desc, Bias, KEnd, Lse, KBound,
     L, H, qk_scale, l_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr,
@@ -219,18 +224,21 @@ def _flash_sfa_fwd_kernel(
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     bias_row = Bias + (bh // H).to(tl.int64) * L
+    key_end = L
+    if HAS_BIAS:  # keys from the sequence's key end on are padding: the loops stop there
+        key_end = tl.load(KEnd + bh // H)
     q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
     if TOPK_Q > 0:  # Q_desc holds dense q: keep each row's TOPK_Q largest |q| here (16-bit q only)
         q = keep_topk(q, TOPK_Q, HEAD_DIM)
     if BOUNDED:
         m_i = score_bound(q, KBound, bh, qk_scale, HEAD_DIM)
-        acc, l_i = bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M, BLOCK_N, HEAD_DIM,
-                                HAS_BIAS, IEEE, WARP_SPEC, ROWSUM_2D)
+        acc, l_i = bounded_rows(q, K_desc, V_desc, bias_row, bh, key_end, qk_scale, m_i, BLOCK_M, BLOCK_N,
+                                HEAD_DIM, HAS_BIAS, IEEE, WARP_SPEC, ROWSUM_2D)
         if tl.min(l_i, 0) < BOUND_MIN_SUM:  # the bound sat far above some row's true max: redo the block
-            acc, l_i, m_i = online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM,
-                                        HAS_BIAS, IEEE, WARP_SPEC)
+            acc, l_i, m_i = online_rows(q, K_desc, V_desc, bias_row, bh, key_end, qk_scale, BLOCK_M, BLOCK_N,
+                                        HEAD_DIM, HAS_BIAS, IEEE, WARP_SPEC)
     else:
-        acc, l_i, m_i = online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM,
+        acc, l_i, m_i = online_rows(q, K_desc, V_desc, bias_row, bh, key_end, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM,
                                     HAS_BIAS, IEEE, WARP_SPEC)
     finish_rows(acc, l_i, m_i, Lse, O_desc, bh, start_m, offs_m, L, BLOCK_M, HEAD_DIM)
 

@@ -50,6 +50,10 @@ class AttentionBackend(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.last_path: str = "none"  # which implementation ran last
+        # Whether the caller reads the outputs at padded query rows. A model none of whose outputs depend on
+        # them (keys masked in every layer, pooling over real tokens or the release's uniform padded queries)
+        # sets it False; a backend may then give those rows any value, and SFA skips computing them.
+        self.padding_rows_read: bool = True
 
     def forward(
         self,

@@ -65,7 +65,9 @@ class SFAAttention(AttentionBackend):
 
     def forward(self, q, k, v, key_padding_mask=None):
         self.last_path = sfa_path(q, k, v, key_padding_mask, self.impl)
-        return sfa_attention(q, k, v, self.topk, self.topk_k, key_padding_mask, impl=self.impl)
+        # rows nobody reads are skipped: 0 there, and the kernels run on the real tokens packed first
+        return sfa_attention(q, k, v, self.topk, self.topk_k, key_padding_mask, impl=self.impl,
+                             skip_padding=not self.padding_rows_read)
 
     def extra_repr(self) -> str:
         return f"topk={self.topk}, topk_k={self.topk_k}, impl={self.impl}"

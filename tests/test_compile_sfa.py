@@ -81,7 +81,7 @@ def test_the_flash_sfa_operators_pass_opcheck_and_compile_whole(head_dim, topk, 
     if padding:
         mask[1, 15:] = False
     mask = mask if padding else None
-    args = (*(t.detach().requires_grad_(True) for t in (q, k, v)), topk, topk, mask, "triton")
+    args = (*(t.detach().requires_grad_(True) for t in (q, k, v)), topk, topk, mask, "triton", padding)
     torch.library.opcheck(autograd._train_forward, args, test_utils=("test_schema", "test_faketensor",
                                                                       "test_autograd_registration"))
     with torch.no_grad():

@@ -167,7 +167,7 @@ def test_the_flash_sfa_operators_pass_opcheck_on_the_gpu(length, head_dim, paddi
     mask = torch.ones(q.shape[0], length, dtype=torch.bool, device="cuda")
     if padding:
         mask[-1, length // 2:] = False
-    args = (q, k, v, 8, 8, mask if padding else None, "auto")
+    args = (q, k, v, 8, 8, mask if padding else None, "auto", padding)
     torch.library.opcheck(autograd._train_forward, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     with torch.no_grad():

@@ -175,6 +175,66 @@ def test_right_padded_batches_stop_at_the_key_end(dtype):
         assert torch.equal(grad.masked_select(pad), torch.zeros_like(grad.masked_select(pad)))
 
 
+@pytest.mark.parametrize("head_dim", [HEAD_DIM, 8])
+def test_skip_padding_packs_real_tokens_and_zeroes_padding_rows(head_dim):
+    """skip_padding=True: the kernels run on the real tokens packed first (holes anywhere, a row of padding
+    only) and give padding rows 0; output and gradients equal the reference's with the same rule (its rows
+    times the mask), and the real rows equal those of a call without the option. Head dim 8 goes through the
+    zero-padded path."""
+    q, k, v = (t.requires_grad_(True) for t in _inputs(3, 2, 90, head_dim, torch.float32, seed=12))
+    mask = _mask(3, 90, seed=13)
+    mask[1, 60:] = False
+    mask[2] = False
+    out = sfa_attention(q, k, v, 4, 4, key_padding_mask=mask, impl="triton", skip_padding=True)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    ref = sfa_attention(*(t.double() for t in (q, k, v)), 4, 4, key_padding_mask=mask, impl="reference",
+                        skip_padding=True)
+    expected = torch.autograd.grad(ref, (q, k, v), grad.double())
+    assert sfa_check.rel_err(out, ref) < 1e-5
+    for mine, exact in zip(got, expected):
+        assert sfa_check.rel_err(mine, exact) < 1e-5
+    pad_rows = ~mask[:, None, :, None].expand_as(out)
+    assert torch.equal(out[pad_rows], torch.zeros_like(out[pad_rows]))
+    plain = sfa_attention(q, k, v, 4, 4, key_padding_mask=mask, impl="triton")
+    assert sfa_check.rel_err(out[~pad_rows], plain[~pad_rows]) < 1e-5
+
+
+@pytest.mark.parametrize("padding,pooling", [("task", "cls"), ("release", "mean"), ("task", "none")])
+def test_a_model_whose_padding_rows_reach_no_output_skips_them_with_the_same_loss(padding, pooling):
+    """The model tells its backends whether padded query rows are read (not with per-token outputs); where
+    they are not, SFA skips them and the logits and every parameter gradient are those of computing them."""
+    from omegaconf import OmegaConf
+
+    from lra_sfa.model import LRAClassifier
+
+    torch.manual_seed(0)
+    attn = OmegaConf.create({"_target_": "lra_sfa.sfa.SFAAttention", "topk": 4, "impl": "triton"})
+    model = LRAClassifier(vocab_size=20, num_classes=3, seq_len=40, attn_cfg=attn, d_model=32, num_heads=2,
+                          num_layers=2, mlp_dim=32, dropout=0.0, attn_dropout=0.0, pooling=pooling, padding=padding)
+    skipped = not model.attention_modules()[0].padding_rows_read
+    assert skipped == (pooling != "none")
+    tokens = torch.randint(1, 20, (3, 40))
+    tokens[1, 25:] = 0
+    tokens[2, ::3] = 0  # holes
+    results = []
+    for read in (True, False):
+        for module in model.attention_modules():
+            module.padding_rows_read = read
+        model.zero_grad()
+        logits = model(tokens)
+        logits.square().sum().backward()
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    (logits_read, grads_read), (logits_skip, grads_skip) = results
+    if pooling == "none":  # per-token outputs: padding rows differ, real ones do not
+        real = tokens != 0
+        torch.testing.assert_close(logits_skip[real], logits_read[real], rtol=1e-4, atol=1e-5)
+        return
+    torch.testing.assert_close(logits_skip, logits_read, rtol=1e-4, atol=1e-5)
+    for mine, want in zip(grads_skip, grads_read):
+        torch.testing.assert_close(mine, want, rtol=1e-4, atol=1e-5)
+
+
 def test_all_padding_rows_give_zero_and_finite_grads():
     q, k, v = (t.requires_grad_(True) for t in _inputs(2, 2, 40, HEAD_DIM, torch.float32, seed=8))
     mask = _mask(2, 40, seed=9)

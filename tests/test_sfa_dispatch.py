@@ -139,7 +139,7 @@ def test_sfa_attention_hands_the_kernels_the_choice_sfa_path_reports(monkeypatch
 
     seen = []
     monkeypatch.setattr(api, "resolve_impl", lambda impl, device: "triton" if impl == "auto" else impl)
-    monkeypatch.setattr(autograd, "flash_sfa", lambda q, *args: seen.append(args[-1]) or q)
+    monkeypatch.setattr(autograd, "flash_sfa", lambda q, *args, **kwargs: seen.append(args[-1]) or q)
     q = torch.randn(1, 2, 8, 16)
     api.sfa_attention(q, q, q, topk_q=4, impl=impl)
     assert seen == [kernels]

@@ -30,7 +30,11 @@ Masking
     bounds mask; a key padding mask is an additive fp32 bias (0 / -inf) per
     key, and the key loop ends at the sequence's ``key_end`` (one past its
     last real key, ``tiles.KeyPadding``): the tiles after it hold padding
-    only, so a right-padded batch costs its real keys, not L. The running max
+    only, so a right-padded batch costs its real keys, not L. With
+    ``ZERO_PAD_ROWS`` the query rows from ``key_end`` on are padding too:
+    they output 0 (lse2 0) and a block of them runs no key loop (the
+    callers pack real tokens first, ``api.sfa_attention(skip_padding=True)``,
+    so a batch costs its real tokens squared). The running max
     starts at -1e30 (finite), so a fully padded tile yields p = 0 instead of
     NaN, and a query whose keys are all padding gets output 0 and lse2 = 0
     (the reference does the same).
@@ -97,9 +101,11 @@ def softmax_pv_update(acc, l_i, m_i, qk, v, valid, qk_scale, bias, MASKED: tl.co
 
 
 @triton.jit
-def finish_rows(acc, l_i, m_i, Lse, O_desc, bh, start_m, offs_m, L, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Normalise, zero rows with no valid key, store O (through its descriptor) and lse2."""
-    empty = l_i == 0.0
+def finish_rows(acc, l_i, m_i, Lse, O_desc, bh, start_m, offs_m, L, row_end, BLOCK_M: tl.constexpr,
+                HEAD_DIM: tl.constexpr):
+    """Normalise, zero rows with no valid key and rows from ``row_end`` on, store O (through its descriptor)
+    and lse2."""
+    empty = (l_i == 0.0) | (offs_m >= row_end)
     inv = tl.where(empty, 0.0, 1.0 / tl.where(empty, 1.0, l_i))
     lse2 = tl.where(empty, 0.0, m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
     out = acc * inv[:, None]
@@ -218,6 +224,7 @@ def _flash_sfa_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr,
     BOUNDED: tl.constexpr = False, TOPK_Q: tl.constexpr = 0, ROWSUM_2D: tl.constexpr = False,
+    ZERO_PAD_ROWS: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -225,8 +232,12 @@ def _flash_sfa_fwd_kernel(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     bias_row = Bias + (bh // H).to(tl.int64) * L
     key_end = L
+    row_end = L
     if HAS_BIAS:  # keys from the sequence's key end on are padding: the loops stop there
         key_end = tl.load(KEnd + bh // H)
+        if ZERO_PAD_ROWS:  # so are the query rows from there on: output 0, and a block of them does no work
+            row_end = key_end
+            key_end = tl.where(start_m < row_end, key_end, 0)
     q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
     if TOPK_Q > 0:  # Q_desc holds dense q: keep each row's TOPK_Q largest |q| here (16-bit q only)
         q = keep_topk(q, TOPK_Q, HEAD_DIM)
@@ -240,7 +251,7 @@ def _flash_sfa_fwd_kernel(
     else:
         acc, l_i, m_i = online_rows(q, K_desc, V_desc, bias_row, bh, key_end, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM,
                                     HAS_BIAS, IEEE, WARP_SPEC)
-    finish_rows(acc, l_i, m_i, Lse, O_desc, bh, start_m, offs_m, L, BLOCK_M, HEAD_DIM)
+    finish_rows(acc, l_i, m_i, Lse, O_desc, bh, start_m, offs_m, L, row_end, BLOCK_M, HEAD_DIM)
 
 
 def set_block_shapes(nargs: dict) -> None:

@@ -200,10 +200,12 @@ def test_skip_padding_packs_real_tokens_and_zeroes_padding_rows(head_dim):
     assert sfa_check.rel_err(out[~pad_rows], plain[~pad_rows]) < 1e-5
 
 
-@pytest.mark.parametrize("padding,pooling", [("task", "cls"), ("release", "mean"), ("task", "none")])
+@pytest.mark.parametrize("padding,pooling", [("task", "cls"), ("task", "mean"), ("task", "last"), ("release", "cls"),
+                                             ("release", "mean"), ("task", "none")])
 def test_a_model_whose_padding_rows_reach_no_output_skips_them_with_the_same_loss(padding, pooling):
     """The model tells its backends whether padded query rows are read (not with per-token outputs); where
-    they are not, SFA skips them and the logits and every parameter gradient are those of computing them."""
+    they are not, SFA skips them and the logits and every parameter gradient are those of computing them, up
+    to rounding (packing changes the order of the sums)."""
     from omegaconf import OmegaConf
 
     from lra_sfa.model import LRAClassifier
@@ -233,6 +235,42 @@ def test_a_model_whose_padding_rows_reach_no_output_skips_them_with_the_same_los
     torch.testing.assert_close(logits_skip, logits_read, rtol=1e-4, atol=1e-5)
     for mine, want in zip(grads_skip, grads_read):
         torch.testing.assert_close(mine, want, rtol=1e-4, atol=1e-5)
+
+
+def test_fp16_forward_runs_online_where_a_loose_bound_loses_its_weights(monkeypatch):
+    """A BOUNDED config casts p = 2^(s - bound) to fp16, so a row whose bound sits 24+ binades above its largest
+    score loses every weight while its fp32 sum stays above the fallback threshold: forced, it is wrong; the
+    launcher's own choice for fp16 off the interpreter (FP16_CONFIG) is online and right."""
+    from lra_sfa.kernels.sfa import launcher
+    from lra_sfa.kernels.sfa import triton_fwd as fwd
+    from lra_sfa.kernels.sfa.tiles import key_padding
+
+    q, k, v = _inputs(1, 2, 256, 32, torch.float32, seed=14)
+    q, k = 2 * q, 2 * k
+    codes = [topk_pack(t.half(), 8)[2].reshape(2, 256, 32) for t in (q, k)]  # (B*H, L, D)
+    ref = sfa_chunked(*(c.double().reshape(1, 2, 256, 32) for c in codes), v.double(), 32, 32).reshape(2, 256, 32)
+    args = (*codes, v.half().reshape(2, 256, 32), key_padding(None, q.device), 2, False)
+    bounded, _ = launcher.launch_forward(*args, config=fwd.fwd_config(32, 32, 4, 1, bounded=True))
+    assert sfa_check.rel_err(bounded, ref) > 0.1  # the defect this guards against
+    assert not fwd.FP16_CONFIG.kwargs["BOUNDED"]
+    monkeypatch.setattr(fwd, "interpreting", lambda: False)
+    chosen = []
+    monkeypatch.setattr(fwd, "_flash_sfa_fwd_kernel", _RecordingKernel(fwd._flash_sfa_fwd_kernel, chosen))
+    out, _ = launcher.launch_forward(*args)
+    assert chosen == [False] and sfa_check.rel_err(out, ref) < 1e-2
+
+
+class _RecordingKernel:
+    """Stands in for the jitted forward: records each launch's BOUNDED and runs the real kernel."""
+
+    def __init__(self, kernel, seen: list):
+        self.kernel, self.seen = kernel, seen
+
+    def __getitem__(self, grid):
+        def launch(**kwargs):
+            self.seen.append(kwargs["BOUNDED"])
+            return self.kernel[grid](**kwargs)
+        return launch
 
 
 def test_all_padding_rows_give_zero_and_finite_grads():
@@ -424,6 +462,30 @@ def test_forward_variants_match_reference(variant, length, scale, padded):
         scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
     lse = lse2.reshape(2, 2, length).double()[:rows] / fwd.LOG2E
     assert torch.allclose(lse, torch.logsumexp(scores[:rows], dim=-1), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("options", [{}, {"bounded": True}, {"bounded": True, "rowsum_2d": True}])
+def test_every_forward_config_zeroes_rows_past_the_key_end(options):
+    """ZERO_PAD_ROWS on real tokens packed first (holes before, a row of padding only): the online and the
+    BOUNDED configs give the reference on real rows and exactly 0 on padding rows."""
+    from lra_sfa.kernels.sfa import triton_fwd as fwd
+    from lra_sfa.kernels.sfa.api import pack_real_first, unpack
+    from lra_sfa.kernels.sfa.launcher import launch_forward
+    from lra_sfa.kernels.sfa.tiles import key_padding
+
+    q, k, v = _inputs(2, 2, 100, HEAD_DIM, torch.float32, seed=33)
+    mask = _mask(2, 100, seed=34)
+    mask[0, 70:] = False
+    mask[1] = False
+    order, (qp, kp, vp), packed = pack_real_first(mask, q, k, v)
+    flat = (4, 100, HEAD_DIM)
+    codes = [topk_pack(t, 4)[2].reshape(flat) for t in (qp, kp)]
+    out, _ = launch_forward(*codes, vp.reshape(flat), key_padding(packed, q.device), 2, True,
+                            config=fwd.fwd_config(32, 32, 4, 1, **options), zero_pad_rows=True)
+    out = unpack(out.reshape(q.shape), order)
+    ref = sfa_chunked(q.double(), k.double(), v.double(), 4, 4, mask) * mask[:, None, :, None]
+    assert sfa_check.rel_err(out, ref) < 1e-4
+    assert torch.equal(out[~mask[:, None, :, None].expand_as(out)], torch.zeros(int((~mask).sum()) * 2 * HEAD_DIM))
 
 
 def test_score_bound_holds_and_is_finite_for_bf16():

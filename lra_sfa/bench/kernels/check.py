@@ -56,7 +56,8 @@ def _coverage() -> list[CheckCase]:
 
 CASES = _coverage() + [
     CheckCase(2048, 128, 8, False, torch.bfloat16, 1.0, "auto", "gluon"),  # two-warpgroup Gluon forward
-    CheckCase(4096, 128, 8, False, torch.float16, 1.0, "auto", "gluon"),
+    CheckCase(4096, 128, 8, False, torch.float16, 1.0, "auto", "triton_fwd+gluon_bwd"),
+    CheckCase(256, 32, 8, False, torch.float16, 2.0, "auto", "triton"),  # a loose bound in fp16: runs online
     CheckCase(1024, 128, 8, False, torch.bfloat16, 40.0, "auto", "gluon"),  # a bound so loose every block goes online
     CheckCase(2048, 128, 128, False, torch.bfloat16, 1.0, "auto", "gluon"),  # topk = D
     CheckCase(1984, 128, 16, False, torch.bfloat16, 1.0, "auto", "gluon_fwd+triton_bwd"),  # one-warpgroup forward

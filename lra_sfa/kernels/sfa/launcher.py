@@ -100,6 +100,8 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, padding:
     descs = {f"{name}_desc": tile_descriptor(t, 16) for name, t in (("Q", qd), ("K", kd), ("V", v), ("O", out))}
     if config is None and fwd.interpreting():
         config = fwd.INTERPRETER_CONFIG
+    elif config is None and qd.dtype == torch.float16:
+        config = fwd.FP16_CONFIG
     l_bucket = min(triton.next_power_of_2(length), TUNE_LENGTH_CAP)
     tune_key = (l_bucket, head_dim, has_bias, qd.dtype, fuse_topk_q)
     if config is not None:

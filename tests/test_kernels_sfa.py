@@ -216,6 +216,8 @@ def test_a_model_whose_padding_rows_reach_no_output_skips_them_with_the_same_los
                           num_layers=2, mlp_dim=32, dropout=0.0, attn_dropout=0.0, pooling=pooling, padding=padding)
     skipped = not model.attention_modules()[0].padding_rows_read
     assert skipped == (pooling != "none")
+    model(torch.randint(1, 20, (1, 40)))  # no padding token: a mask all True is still a mask
+    assert model.attention_modules()[0].last_path == ("triton+packed" if skipped else "triton")
     tokens = torch.randint(1, 20, (3, 40))
     tokens[1, 25:] = 0
     tokens[2, ::3] = 0  # holes

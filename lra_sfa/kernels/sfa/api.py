@@ -102,7 +102,8 @@ def sfa_attention(
     read them (their keys are masked in every layer and pooling skips them).
     The kernels then run on the real tokens packed first (``pack_real_first``),
     so a batch costs its real tokens squared, not L squared, wherever its
-    padding lies; the real rows are exactly those without the option.
+    padding lies; the real rows are those without the option, up to the
+    order of the sums.
     Never builds an L x L tensor for the whole sequence.
     """
     topk_k = topk_q if topk_k is None else topk_k
@@ -127,7 +128,7 @@ def sfa_attention(
 def pack_real_first(key_padding_mask: torch.Tensor, *tensors: torch.Tensor):
     """Each batch row's real tokens first, in their order, then its padding: (order (B, L), the (B, H, L, D)
     tensors gathered along L by it, the mask gathered, whose real tokens now end at each row's count).
-    Attention is equivariant in its keys' order, so real rows attend exactly as before."""
+    Attention does not depend on its keys' order, so real rows attend as before (sums in another order)."""
     order = torch.argsort((~key_padding_mask).to(torch.uint8), dim=1, stable=True)  # (B, L)
     packed = tuple(t.gather(2, order[:, None, :, None].expand_as(t)) for t in tensors)
     return order, packed, key_padding_mask.gather(1, order)

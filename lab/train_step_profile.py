@@ -130,9 +130,7 @@ def profile_run(overrides: list[str], out: Path, warmup: int, steps: int) -> tup
     kernels = sorted(({"experiment": experiment, "attn": attn, "category": category(name), "name": name,
                        "launches_per_step": round(count, 2), "us_per_step": round(us, 1)}
                       for name, (count, us) in table.items()), key=lambda row: -row["us_per_step"])
-    per_category = {label: 0.0 for label, _ in CATEGORIES} | {"other": 0.0}
-    for row in kernels:
-        per_category[row["category"]] += row["us_per_step"]
+    per_category = category_sums(kernels)
     kernel_us = sum(per_category.values())
     wall_us = 1e6 * hook.wall_s / steps
     summary = {"experiment": experiment, "attn": attn,
@@ -140,7 +138,7 @@ def profile_run(overrides: list[str], out: Path, warmup: int, steps: int) -> tup
                "steps_profiled": steps, "step_wall_us": round(wall_us, 1), "kernel_us_per_step": round(kernel_us, 1),
                "busy": round(kernel_us / wall_us, 3),
                "launches_per_step": round(sum(row["launches_per_step"] for row in kernels), 1),
-               **{f"{label.replace(' ', '_')}_us": round(us, 1) for label, us in per_category.items()},
+               **per_category,
                "compiled": record.get("compiled"), "attn_path": record.get("attn_path"),
                "git_commit": git_commit(), "torch_version": torch.__version__,
                "triton_version": _triton_version(), "overrides": " ".join(overrides)}
@@ -164,6 +162,14 @@ def _append(path: Path, fields: list[str], rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def category_sums(kernels: list[dict]) -> dict[str, float]:
+    """The summary's per-category columns (``attention_us``, ...): microseconds per step of each category."""
+    sums = {f"{label.replace(' ', '_')}_us": 0.0 for label, _ in CATEGORIES} | {"other_us": 0.0}
+    for row in kernels:
+        sums[f"{row['category'].replace(' ', '_')}_us"] += float(row["us_per_step"])
+    return {column: round(us, 1) for column, us in sums.items()}
+
+
 def recategorize(folder: Path) -> None:
     """Re-derive the categories of ``folder``'s kernels.csv and the per-category sums of its summary.csv
     from the kernel names, after a change to CATEGORIES (the measured times stay as they were)."""
@@ -173,9 +179,7 @@ def recategorize(folder: Path) -> None:
         summaries = list(csv.DictReader(handle))
     for summary in summaries:
         mine = [row for row in kernels if (row["experiment"], row["attn"]) == (summary["experiment"], summary["attn"])]
-        for label in dict.fromkeys([label for label, _ in CATEGORIES] + ["other"]):
-            us = sum(float(row["us_per_step"]) for row in mine if row["category"] == label)
-            summary[f"{label.replace(' ', '_')}_us"] = str(round(us, 1))
+        summary.update(category_sums(mine))
     for name, fields, rows in (("kernels.csv", KERNEL_FIELDS, kernels), ("summary.csv", SUMMARY_FIELDS, summaries)):
         (folder / name).unlink()
         _append(folder / name, fields, rows)

@@ -14,6 +14,8 @@ position 0, each row's tokens then padding), it times with
 * ``sfa``: ``SFAAttention(topk=8)`` on the same padded inputs (k = 2 at Pathfinder's head dim 4);
 * ``sfa (padding rows skipped)``: the same with ``padding_rows_read = False``, as the LRA model sets it: real
   tokens packed first, padding rows 0 and not computed (``sfa_attention(skip_padding=True)``);
+* ``sfa (padding rows trimmed)`` (right-padded shapes): the same without packing, as the LRA model runs a task
+  that pads on the right (``padding_is_suffix = True``): the kernels stop at each row's last real token;
 * with ``--compiled`` (ListOps only): ``full varlen compiled`` and ``full flex compiled``, the backend
   under ``torch.compile(fullgraph=True)`` as ``trainer.compile`` wraps the model (a graph break fails).
 
@@ -90,11 +92,12 @@ def sdpa_choice(q, k, v, attn_mask=None) -> str:
     return names.get(int(choice), str(choice))
 
 
-def engines(q, k, v, mask, compiled: bool) -> dict:
+def engines(q, k, v, mask, compiled: bool, right_padded: bool) -> dict:
     """name -> (call(q, k, v, mask), path label; None: the backend's last_path after the call)."""
     topk = 8 if q.shape[-1] >= 16 else 2
-    full, sfa, sfa_skip = FullAttention(), SFAAttention(topk=topk), SFAAttention(topk=topk)
-    sfa_skip.padding_rows_read = False
+    full, sfa, sfa_skip, sfa_trim = FullAttention(), *(SFAAttention(topk=topk) for _ in range(3))
+    sfa_skip.padding_rows_read = sfa_trim.padding_rows_read = False
+    sfa_trim.padding_is_suffix = True
     bool_mask = mask[:, None, None, :]
 
     def cudnn_masked(q, k, v, m):
@@ -110,7 +113,7 @@ def engines(q, k, v, mask, compiled: bool) -> dict:
         "full (auto)": (full, None),
         "sfa": (sfa, None),
         "sfa (padding rows skipped)": (sfa_skip, None),
-    } | ({
+    } | ({"sfa (padding rows trimmed)": (sfa_trim, None)} if right_padded else {}) | ({
         "full varlen compiled": (torch.compile(FullAttention("varlen"), fullgraph=True), "varlen"),
         "full flex compiled": (torch.compile(FullAttention("flex"), fullgraph=True), "flex+padding"),
     } if compiled else {})
@@ -147,7 +150,7 @@ def probe_shape(shape: str, env: dict, compiled: bool) -> list[dict]:
     base = dict(env, shape=shape, batch=B, heads=H, length=L, head_dim=D,
                 pad_fraction=round(1.0 - mask.float().mean().item(), 3))
     rows = []
-    for name, (fn, path) in engines(q, k, v, mask, compiled).items():
+    for name, (fn, path) in engines(q, k, v, mask, compiled, right_padded=shape != "pathfinder").items():
         row = dict(base, engine=name, path=path, err_out="", err_grad="", note="")
         try:
             if name == "sdpa" or name.startswith("sfa"):  # other functions (no mask; sparse codes)

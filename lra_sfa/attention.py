@@ -54,6 +54,9 @@ class AttentionBackend(nn.Module):
         # them (keys masked in every layer, pooling over real tokens or the release's uniform padded queries)
         # sets it False; a backend may then give those rows any value, and SFA skips computing them.
         self.padding_rows_read: bool = True
+        # Whether each row's padding follows all its real tokens (right padding, as where token 0 is the task's
+        # pad token); where rows are skipped, SFA then needs no packing (``sfa_attention(padding_is_suffix=)``).
+        self.padding_is_suffix: bool = False
 
     def forward(
         self,

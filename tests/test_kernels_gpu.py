@@ -175,11 +175,12 @@ def test_the_flash_sfa_operators_pass_opcheck_on_the_gpu(length, head_dim, paddi
                                                           for t in args), test_utils=("test_schema", "test_faketensor"))
 
 
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_skip_padding_matches_float64_on_the_gpu(head_dim):
+@pytest.mark.parametrize("head_dim,suffix", [(64, False), (128, False), (64, True), (128, True)])
+def test_skip_padding_matches_float64_on_the_gpu(head_dim, suffix):
     """sfa_attention(skip_padding=True) in bf16 on the autotuned GPU configs (the interpreter runs only its own):
-    ragged trailing padding with holes, a full row and a row of padding only; output and gradients (upstream
-    gradient on real rows, as the model gives) against the float64 reference with the same rule."""
+    ragged trailing padding with holes (packed), or right padding only (``padding_is_suffix``: trimmed), a full
+    row and a row of padding only; output and gradients (upstream gradient on real rows, as the model gives)
+    against the float64 reference with the same rule."""
     from lra_sfa.kernels import sfa_attention
     from lra_sfa.kernels.sfa import check as sfa_check
 
@@ -187,10 +188,12 @@ def test_skip_padding_matches_float64_on_the_gpu(head_dim):
     leaves = [torch.randn(3, 4, 2048, head_dim, device="cuda", generator=gen).to(torch.bfloat16).requires_grad_(True)
               for _ in range(3)]
     mask = torch.rand(3, 2048, device="cuda", generator=gen) > 0.3
+    if suffix:
+        mask[0] = True
     mask[0, 1333:] = False
     mask[1] = True
     mask[2] = False
-    out = sfa_attention(*leaves, 8, 8, key_padding_mask=mask, skip_padding=True)
+    out = sfa_attention(*leaves, 8, 8, key_padding_mask=mask, skip_padding=True, padding_is_suffix=suffix)
     grad = torch.randn(out.shape, device="cuda", generator=gen).to(out.dtype) * mask[:, None, :, None]
     got = torch.autograd.grad(out, leaves, grad)
     exact_leaves = [t.detach().double().requires_grad_(True) for t in leaves]

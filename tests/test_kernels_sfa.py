@@ -200,12 +200,47 @@ def test_skip_padding_packs_real_tokens_and_zeroes_padding_rows(head_dim):
     assert sfa_check.rel_err(out[~pad_rows], plain[~pad_rows]) < 1e-5
 
 
-@pytest.mark.parametrize("padding,pooling", [("task", "cls"), ("task", "mean"), ("task", "last"), ("release", "cls"),
-                                             ("release", "mean"), ("task", "none")])
-def test_a_model_whose_padding_rows_reach_no_output_skips_them_with_the_same_loss(padding, pooling):
-    """The model tells its backends whether padded query rows are read (not with per-token outputs); where
-    they are not, SFA skips them and the logits and every parameter gradient are those of computing them, up
-    to rounding (packing changes the order of the sums)."""
+@pytest.mark.parametrize("head_dim", [HEAD_DIM, 8])
+def test_right_padding_skips_rows_without_packing(head_dim):
+    """padding_is_suffix=True: under right padding (ends inside and on a tile, a full row, a row of padding only)
+    the unpacked call equals the packed one, output and gradients; with holes (a broken promise) real rows and
+    their gradients are still exact, and only the hole rows hold values instead of 0."""
+    q, k, v = (t.requires_grad_(True) for t in _inputs(4, 2, 90, head_dim, torch.float32, seed=15))
+    lengths = torch.tensor([90, 64, 37, 0])
+    mask = torch.arange(90)[None, :] < lengths[:, None]  # (B, L) right padding
+    grad = torch.randn(4, 2, 90, head_dim, generator=torch.Generator().manual_seed(16))
+    results = []
+    for suffix in (False, True):
+        out = sfa_attention(q, k, v, 4, 4, key_padding_mask=mask, impl="triton", skip_padding=True,
+                            padding_is_suffix=suffix)
+        results.append((out, torch.autograd.grad(out, (q, k, v), grad)))
+    (packed, packed_grads), (trimmed, trimmed_grads) = results
+    assert sfa_check.rel_err(trimmed, packed) < 1e-5
+    assert not trimmed[~mask[:, None, :, None].expand_as(trimmed)].any()
+    for mine, want in zip(trimmed_grads, packed_grads):
+        assert sfa_check.rel_err(mine, want) < 1e-5
+    holes = mask.clone()
+    holes[0, 10:20] = False
+    real = holes[:, None, :, None].expand_as(trimmed)
+    upstream = grad * real  # the model's gradient reaches real rows only
+    ref = sfa_attention(q, k, v, 4, 4, key_padding_mask=holes, impl="triton", skip_padding=True)
+    out = sfa_attention(q, k, v, 4, 4, key_padding_mask=holes, impl="triton", skip_padding=True,
+                        padding_is_suffix=True)
+    assert sfa_check.rel_err(out[real], ref[real]) < 1e-5
+    assert out[0, :, 10:20].abs().sum() > 0  # the holes were computed, not zeroed
+    for mine, want in zip(torch.autograd.grad(out, (q, k, v), upstream), torch.autograd.grad(ref, (q, k, v), upstream)):
+        assert sfa_check.rel_err(mine, want) < 1e-5
+
+
+@pytest.mark.parametrize("padding,pooling,has_padding", [
+    ("task", "cls", True), ("task", "mean", True), ("task", "last", True), ("release", "cls", True),
+    ("release", "mean", True), ("release", "mean", False), ("task", "none", True)])
+def test_a_model_whose_padding_rows_reach_no_output_skips_them_with_the_same_loss(padding, pooling, has_padding):
+    """The model tells its backends whether padded query rows are read (not with per-token outputs) and whether
+    the padding is right padding (a task with a pad token: trimmed; pixels' zeros under the release's mask:
+    packed); where rows are not read, SFA skips them and the logits and every parameter gradient are those of
+    computing them, up to rounding (packing changes the order of the sums). The batch has holes, so the
+    trimmed path also meets a broken promise, which must not change the loss either."""
     from omegaconf import OmegaConf
 
     from lra_sfa.model import LRAClassifier
@@ -213,11 +248,13 @@ def test_a_model_whose_padding_rows_reach_no_output_skips_them_with_the_same_los
     torch.manual_seed(0)
     attn = OmegaConf.create({"_target_": "lra_sfa.sfa.SFAAttention", "topk": 4, "impl": "triton"})
     model = LRAClassifier(vocab_size=20, num_classes=3, seq_len=40, attn_cfg=attn, d_model=32, num_heads=2,
-                          num_layers=2, mlp_dim=32, dropout=0.0, attn_dropout=0.0, pooling=pooling, padding=padding)
+                          num_layers=2, mlp_dim=32, dropout=0.0, attn_dropout=0.0, pooling=pooling, padding=padding,
+                          has_padding=has_padding)
     skipped = not model.attention_modules()[0].padding_rows_read
     assert skipped == (pooling != "none")
     model(torch.randint(1, 20, (1, 40)))  # no padding token: a mask all True is still a mask
-    assert model.attention_modules()[0].last_path == ("triton+packed" if skipped else "triton")
+    skipping = "+trimmed" if has_padding else "+packed"
+    assert model.attention_modules()[0].last_path == ("triton" + skipping if skipped else "triton")
     tokens = torch.randint(1, 20, (3, 40))
     tokens[1, 25:] = 0
     tokens[2, ::3] = 0  # holes

@@ -86,6 +86,7 @@ def sfa_attention(
     key_padding_mask: torch.Tensor | None = None,
     impl: str = "auto",
     skip_padding: bool = False,
+    padding_is_suffix: bool = False,
 ) -> torch.Tensor:
     """Exact Sparse Feature Attention.
 
@@ -103,7 +104,12 @@ def sfa_attention(
     The kernels then run on the real tokens packed first (``pack_real_first``),
     so a batch costs its real tokens squared, not L squared, wherever its
     padding lies; the real rows are those without the option, up to the
-    order of the sums.
+    order of the sums. ``padding_is_suffix``: the caller's promise that each
+    row's padding follows all its real tokens (right padding); the packing
+    is then the identity and is skipped, and the kernels stop at each row's
+    last real token. Were the promise broken, real rows would still be
+    exact, and padding rows before a row's last real token would hold their
+    attention over the real keys instead of 0.
     Never builds an L x L tensor for the whole sequence.
     """
     topk_k = topk_q if topk_k is None else topk_k
@@ -116,13 +122,14 @@ def sfa_attention(
     from lra_sfa.kernels.sfa.autograd import flash_sfa  # imports triton
 
     kernels = kernels_of(impl)  # from impl, not chosen: "auto" chose the kernels, and dispatch picks which
-    if skip:
+    pack = skip and not padding_is_suffix
+    if pack:
         order, (q, k, v), key_padding_mask = pack_real_first(key_padding_mask, q, k, v)
     if kernel_head_dim(q.shape[-1]) == q.shape[-1]:  # (an unsupported size raises in flash_sfa)
         out = flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows=skip)
     else:
         out = _padded_flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows=skip)
-    return unpack(out, order) if skip else out
+    return unpack(out, order) if pack else out
 
 
 def pack_real_first(key_padding_mask: torch.Tensor, *tensors: torch.Tensor):

@@ -115,8 +115,8 @@ def test_config_reaches_gluon(make_cfg):
 
 
 def test_the_run_record_names_the_kernel_and_refuses_gluon_off_hopper(make_cfg):
-    """Through the real runner: attn.impl=triton (the CPU interpreter) records attn_path "triton+packed" (a
-    padded task with cls pooling: padding rows skipped); attn.impl=gluon
+    """Through the real runner: attn.impl=triton (the CPU interpreter) records attn_path "triton+trimmed" (a
+    right-padded task with cls pooling: padding rows skipped without packing); attn.impl=gluon
     on the CPU ends as `unsupported` with the Gluon rule as its reason, not a crash or a silent fallback."""
     from lra_sfa.train import run
 
@@ -127,7 +127,7 @@ def test_the_run_record_names_the_kernel_and_refuses_gluon_off_hopper(make_cfg):
              "attn=sfa", "attn.topk=2", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_every=2",
              "trainer.device=cpu"]
     record = run(make_cfg(*small, "attn.impl=triton"))
-    assert record["status"] == "ok" and record["attn_path"] == "triton+packed", record  # padded, cls pooling
+    assert record["status"] == "ok" and record["attn_path"] == "triton+trimmed", record  # right padding, cls pooling
     record = run(make_cfg(*small, "attn.impl=gluon"))
     assert record["status"] == "unsupported" and "impl=gluon" in record["reason"], record.get("reason")
 

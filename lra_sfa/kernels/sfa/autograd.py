@@ -161,7 +161,8 @@ def flash_sfa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, to
     ``kernels``: "auto", "gluon" or "triton" (``dispatch``). With
     ``zero_pad_rows`` (and a mask) the rows from each sequence's last real
     token on output 0, constants, and cost nothing: for a mask whose real
-    tokens come first (``api.sfa_attention(skip_padding=True)`` packs them).
+    tokens come first (right padding, or the mask ``api.sfa_attention(
+    skip_padding=True)`` packs).
     """
     topk_k = topk_q if topk_k is None else topk_k
     check_kernels(kernels)

@@ -13,7 +13,7 @@ from lra_sfa.kernels.sfa import check as sfa_check
 from lra_sfa.kernels.sfa import triton_bwd as bwd
 from lra_sfa.kernels.sfa import triton_fwd as fwd
 from lra_sfa.kernels.sfa.launcher import launch_backward, launch_forward
-from lra_sfa.kernels.sfa.tiles import pad_bias, pad_rows, row_descriptor, tile_descriptor
+from lra_sfa.kernels.sfa.tiles import key_padding, pad_rows, row_descriptor, tile_descriptor
 
 
 def _backward_inputs(packs: dict, v: torch.Tensor, topk: int) -> tuple[tuple, torch.Tensor]:
@@ -21,17 +21,17 @@ def _backward_inputs(packs: dict, v: torch.Tensor, topk: int) -> tuple[tuple, to
     forward's out and lse2 included) and a random dout."""
     qd, kd = packs["q_dense"], packs["k_dense"]  # (B*H, L, D)
     batch_heads, length, _ = qd.shape
-    bias = pad_bias(None, qd.device)
-    out, lse2 = launch_forward(qd, kd, v, bias, batch_heads, False)
+    padding = key_padding(None, qd.device)
+    out, lse2 = launch_forward(qd, kd, v, padding, batch_heads, False)
     q_idx, k_idx = (packs[f"{n}_idx"].reshape(batch_heads * length, topk) for n in ("q", "k"))
-    return (qd, kd, v, out, lse2, bias, q_idx, k_idx), torch.randn_like(out)
+    return (qd, kd, v, out, lse2, padding, q_idx, k_idx), torch.randn_like(out)
 
 
 def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> None:
     """Each Triton backward kernel (dK/dV, dQ) alone at the explore shape, for each (BLOCK_M, BLOCK_N, warps,
     stages), against ``launch_backward`` (which runs the Gluon kernels where they apply)."""
     saved, dout = _backward_inputs(packs, v, topk)
-    qd, kd, _, out, lse2, bias, q_idx, k_idx = saved
+    qd, kd, _, out, lse2, padding, q_idx, k_idx = saved
     batch_heads, length, dim = qd.shape
     ref = launch_backward(saved, dout, batch_heads, False, topk, topk)
     record("bwd", "launch_backward (delta, dK/dV, dQ; Gluon where eligible)",
@@ -42,7 +42,7 @@ def explore_backward(args, record, packs: dict, v: torch.Tensor, topk: int) -> N
              for name, t in (("Q", qd), ("K", kd), ("V", v), ("DO", dout), *grads.items())}
     lse_pad = pad_rows(lse2, float("inf"))  # lse2 / delta rows as launch_backward lays them out
     delta = pad_rows((out.float() * dout.float()).sum(-1), 0.0)
-    common = dict(Bias=bias, L=length, H=batch_heads,
+    common = dict(Bias=padding.bias, KEnd=padding.key_end, L=length, H=batch_heads,
                   qk_scale=fwd.LOG2E / dim ** 0.5, sm_scale=1.0 / dim ** 0.5, l_bucket=length,
                   HEAD_DIM=dim, HAS_BIAS=False, IEEE=False, TOPK=topk, FULL_SUPPORT=False,
                   **{n: descs[n] for n in ("Q_desc", "K_desc", "V_desc", "DO_desc")})
@@ -112,7 +112,7 @@ def explore_backward_stages(args, record, packs: dict, v: torch.Tensor) -> None:
     """Where the backward's time goes: each kernel with stages taken out (``flash_sfa_bwd_stages``), at the first
     of --dkdv-configs / --dq-configs."""
     qd, kd = packs["q_dense"], packs["k_dense"]  # (B*H, L, D)
-    out, lse2 = launch_forward(qd, kd, v, pad_bias(None, qd.device), qd.shape[0], False)
+    out, lse2 = launch_forward(qd, kd, v, key_padding(None, qd.device), qd.shape[0], False)
     dout = torch.randn_like(out)
     delta = (out.float() * dout.float()).sum(-1)  # (B*H, L)
     for name, stages, config in (("dkdv", DKDV_STAGES, args.dkdv_configs[0]), ("dq", DQ_STAGES, args.dq_configs[0])):

@@ -11,7 +11,7 @@ from lra_sfa.bench.kernels.calls import sdpa_call, time_ms
 from lra_sfa.kernels.sfa import check as sfa_check
 from lra_sfa.kernels.sfa import triton_fwd as fwd
 from lra_sfa.kernels.sfa.launcher import launch_forward
-from lra_sfa.kernels.sfa.tiles import pad_bias
+from lra_sfa.kernels.sfa.tiles import key_padding
 
 
 def explore_forward_stages(args, record, packs: dict, v: torch.Tensor) -> None:
@@ -29,7 +29,7 @@ def explore_gluon(args, record, packs: dict, v: torch.Tensor) -> None:
     from lra_sfa.kernels.sfa.gluon_fwd import gluon_ws_forward
 
     qd, kd = packs["q_dense"], packs["k_dense"]
-    ref, _ = launch_forward(qd, kd, v, pad_bias(None, qd.device), qd.shape[0], False,
+    ref, _ = launch_forward(qd, kd, v, key_padding(None, qd.device), qd.shape[0], False,
                             fwd.fwd_config(64, 64, 4, 3, bounded=True))  # the Triton kernel (a forced config)
     for block_m, block_n, stages, consumers, maxnreg, *regs in args.gluon_configs:
         run = partial(gluon_ws_forward, qd, kd, v, block_m, block_n, stages, consumers, maxnreg, *regs)

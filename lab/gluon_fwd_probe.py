@@ -20,7 +20,7 @@ import triton
 from lra_sfa.kernels.sfa import triton_fwd as fwd
 from lra_sfa.kernels.sfa.gluon_fwd import gluon_ws_forward
 from lra_sfa.kernels.sfa.launcher import launch_forward
-from lra_sfa.kernels.sfa.tiles import pad_bias
+from lra_sfa.kernels.sfa.tiles import key_padding
 from lra_sfa.kernels.sfa.topk_pack import topk_pack
 
 
@@ -40,7 +40,8 @@ def main() -> None:
     q, k, v = (args.scale * torch.randn(1, bh, length, dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     qd, kd = (topk_pack(t, args.topk)[2].reshape(bh, length, dim) for t in (q, k))
     v = (v / args.scale).reshape(bh, length, dim)
-    ref, _ = launch_forward(qd, kd, v, pad_bias(None, q.device), bh, False, fwd.fwd_config(64, 64, 4, 3, bounded=True))
+    ref, _ = launch_forward(qd, kd, v, key_padding(None, q.device), bh, False,
+                            fwd.fwd_config(64, 64, 4, 3, bounded=True))
     rows = []
     shaped = [t.reshape(1, bh, length, dim) for t in (qd, kd, v)]
     from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -38,7 +38,7 @@ from lra_sfa.kernels.sfa import check as sfa_check
 from lra_sfa.kernels.sfa import triton_bwd as bwd
 from lra_sfa.kernels.sfa import triton_fwd as fwd
 from lra_sfa.kernels.sfa.launcher import launch_forward
-from lra_sfa.kernels.sfa.tiles import pad_bias
+from lra_sfa.kernels.sfa.tiles import key_padding
 from lra_sfa.kernels.sfa.topk_pack import topk_pack
 
 SECTIONS = ("checks", "topk", "fwd", "fwd_stages", "gluon", "variants", "bwd", "bwd_stages", "gluon_bwd", "full",
@@ -95,15 +95,15 @@ def explore_prefill(args, record, sections: set[str]) -> None:
         vals, idx, dense = topk_pack(t, topk)
         packs.update({f"{name}_vals": vals.reshape(16, length, topk), f"{name}_idx": idx.reshape(16, length, topk),
                       f"{name}_dense": dense.reshape(flat)})
-    vf, bias = v.reshape(flat), pad_bias(None, q.device)
-    ref, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, bias, 16, False)
+    vf, padding = v.reshape(flat), key_padding(None, q.device)
+    ref, _ = launch_forward(packs["q_dense"], packs["k_dense"], vf, padding, 16, False)
     for bm, bn, warps, stages, ws, *extra in args.fwd_configs if "fwd" in sections else ():
         bounded, fused, rowsum_2d = (bool(x) for x in (list(extra) + [0, 0, 0])[:3])
         cfg = fwd.fwd_config(bm, bn, warps, stages, bool(ws), bounded, rowsum_2d)
         name = (f"tma {bm}x{bn} w{warps} s{stages} ws{ws}{' bounded' * bounded}"
                 f"{' fused_q_topk' * fused}{' rowsum_2d' * rowsum_2d}")
         q_in = q.reshape(flat) if fused else packs["q_dense"]  # dense q: the kernel selects its top-k
-        run = partial(launch_forward, q_in, packs["k_dense"], vf, bias, 16, False, cfg, topk if fused else 0)
+        run = partial(launch_forward, q_in, packs["k_dense"], vf, padding, 16, False, cfg, topk if fused else 0)
         try:
             ms = time_ms(run)[0]
             got, _ = run()

@@ -11,7 +11,11 @@ position 0, each row's tokens then padding), it times with
 * ``flex+padding``: FlexAttention with the padding block mask (``attn.padded_path=flex``);
 * ``varlen``: FlashAttention's variable-length kernel over the real keys (``attn.padded_path=varlen``);
 * ``full (auto)``: ``FullAttention()`` as a run builds it; its ``attn_path`` is in ``path``;
-* ``sfa``: ``SFAAttention(topk=8)`` on the same padded inputs;
+* ``sfa``: ``SFAAttention(topk=8)`` on the same padded inputs (k = 2 at Pathfinder's head dim 4);
+* ``sfa (padding rows skipped)``: the same with ``padding_rows_read = False``, as the LRA model sets it: real
+  tokens packed first, padding rows 0 and not computed (``sfa_attention(skip_padding=True)``);
+* ``sfa (padding rows trimmed)`` (right-padded shapes): the same without packing, as the LRA model runs a task
+  that pads on the right (``padding_is_suffix = True``): the kernels stop at each row's last real token;
 * with ``--compiled`` (ListOps only): ``full varlen compiled`` and ``full flex compiled``, the backend
   under ``torch.compile(fullgraph=True)`` as ``trainer.compile`` wraps the model (a graph break fails).
 
@@ -20,7 +24,10 @@ copy of the batch whose last row is all padding: ``err_out`` and ``err_grad``
 (largest absolute difference of the output and of dq, dk, dv) sit beside
 ``sdpa+mask``'s own bf16 error. Lengths: ListOps uniform in [500, 2000];
 Text log-normal around IMDB's median review (about 970 bytes), clipped to
-[50, 4096]. CSV (card, torch, CUDA, cuDNN, triton, commit, one row per
+[50, 4096]; Pathfinder-32 (batch 512, head dim 4) with each pixel real with
+probability 0.34 (the share of nonzero pixels in the official generator's
+hard images, which the release's mask treats as real), so its padding is
+scattered, not trailing. CSV (card, torch, CUDA, cuDNN, triton, commit, one row per
 engine, shape and mode) to ``--out``/padded_full_probe.csv and stdout.
 
     python -m lab.padded_full_probe --out $OUT [--shapes listops,text] [--compiled]
@@ -50,7 +57,9 @@ from lra_sfa.sfa import SFAAttention
 SHAPES = {  # name: (batch, heads, attention length incl. CLS, head dim)
     "listops": (32, 8, 2001, 64),
     "text": (32, 8, 4097, 64),
+    "pathfinder": (512, 8, 1025, 4),
 }
+PATHFINDER_REAL = 0.34  # nonzero pixels of the official generator's 32 px hard images
 COLUMNS = ["card", "torch", "cuda", "cudnn", "triton", "commit", "shape", "batch", "heads", "length", "head_dim",
            "pad_fraction", "engine", "path", "mode", "ms", "vs_sdpa_mask", "err_out", "err_grad", "note"]
 
@@ -66,8 +75,12 @@ def lengths(shape: str, batch: int, gen: torch.Generator) -> torch.Tensor:
 def padded_batch(shape: str, seed: int = 0):
     B, H, L, D = SHAPES[shape]
     gen = torch.Generator().manual_seed(seed)
-    real = lengths(shape, B, gen)
-    mask = torch.arange(L)[None, :] <= real[:, None]  # (B, L): CLS at 0, then the row's tokens
+    if shape == "pathfinder":  # scattered padding: black pixels
+        mask = torch.rand(B, L, generator=gen) < PATHFINDER_REAL
+        mask[:, 0] = True  # CLS
+    else:
+        real = lengths(shape, B, gen)
+        mask = torch.arange(L)[None, :] <= real[:, None]  # (B, L): CLS at 0, then the row's tokens
     q, k, v = (torch.randn(B, H, L, D, generator=gen).to("cuda", torch.bfloat16) for _ in range(3))
     return q, k, v, mask.cuda()
 
@@ -79,9 +92,12 @@ def sdpa_choice(q, k, v, attn_mask=None) -> str:
     return names.get(int(choice), str(choice))
 
 
-def engines(q, k, v, mask, compiled: bool) -> dict:
+def engines(q, k, v, mask, compiled: bool, right_padded: bool) -> dict:
     """name -> (call(q, k, v, mask), path label; None: the backend's last_path after the call)."""
-    full, sfa = FullAttention(), SFAAttention(topk=8)
+    topk = 8 if q.shape[-1] >= 16 else 2
+    full, sfa, sfa_skip, sfa_trim = FullAttention(), *(SFAAttention(topk=topk) for _ in range(3))
+    sfa_skip.padding_rows_read = sfa_trim.padding_rows_read = False
+    sfa_trim.padding_is_suffix = True
     bool_mask = mask[:, None, None, :]
 
     def cudnn_masked(q, k, v, m):
@@ -96,7 +112,8 @@ def engines(q, k, v, mask, compiled: bool) -> dict:
         "varlen": (varlen_attention, "varlen"),
         "full (auto)": (full, None),
         "sfa": (sfa, None),
-    } | ({
+        "sfa (padding rows skipped)": (sfa_skip, None),
+    } | ({"sfa (padding rows trimmed)": (sfa_trim, None)} if right_padded else {}) | ({
         "full varlen compiled": (torch.compile(FullAttention("varlen"), fullgraph=True), "varlen"),
         "full flex compiled": (torch.compile(FullAttention("flex"), fullgraph=True), "flex+padding"),
     } if compiled else {})
@@ -133,10 +150,10 @@ def probe_shape(shape: str, env: dict, compiled: bool) -> list[dict]:
     base = dict(env, shape=shape, batch=B, heads=H, length=L, head_dim=D,
                 pad_fraction=round(1.0 - mask.float().mean().item(), 3))
     rows = []
-    for name, (fn, path) in engines(q, k, v, mask, compiled).items():
+    for name, (fn, path) in engines(q, k, v, mask, compiled, right_padded=shape != "pathfinder").items():
         row = dict(base, engine=name, path=path, err_out="", err_grad="", note="")
         try:
-            if name not in ("sdpa", "sfa"):  # those two compute other functions (no mask; sparse codes)
+            if name == "sdpa" or name.startswith("sfa"):  # other functions (no mask; sparse codes)
                 row["err_out"], row["err_grad"] = (f"{e:.2e}" for e in errors(fn, q, k, v, mask, grad))
             times = time_engine(fn, q, k, v, mask, grad)
             if row["path"] is None:

@@ -50,6 +50,13 @@ class AttentionBackend(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.last_path: str = "none"  # which implementation ran last
+        # Whether the caller reads the outputs at padded query rows. A model none of whose outputs depend on
+        # them (keys masked in every layer, pooling over real tokens or the release's uniform padded queries)
+        # sets it False; a backend may then give those rows any value, and SFA skips computing them.
+        self.padding_rows_read: bool = True
+        # Whether each row's padding follows all its real tokens (right padding, as where token 0 is the task's
+        # pad token); where rows are skipped, SFA then needs no packing (``sfa_attention(padding_is_suffix=)``).
+        self.padding_is_suffix: bool = False
 
     def forward(
         self,

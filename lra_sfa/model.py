@@ -138,6 +138,12 @@ class LRAClassifier(nn.Module):
                   dropout, attn_dropout, qkv_dim, norm_eps, gelu, proj_bias, release_padding)
             for _ in range(num_layers)
         )
+        # padded positions reach no output when pooling skips them (cls, masked mean, last) or when the release's
+        # padded queries replace the attention's rows there (its mean pooling included): the backends may skip them
+        # a task that pads (token 0 its pad token) pads on the right; zero pixels under the release's mask lie anywhere
+        for block in self.blocks:
+            block.attn.attention.padding_rows_read = not (release_padding or pooling in ("cls", "mean", "last"))
+            block.attn.attention.padding_is_suffix = has_padding
         self.norm = nn.LayerNorm(d_model, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.nli_features = dual and dual_head == "paper"

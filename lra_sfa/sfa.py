@@ -17,7 +17,10 @@ class SFAAttention(AttentionBackend):
     impl: "auto" (on CUDA the Gluon kernels where ``kernels.sfa.dispatch`` allows, else Triton; the
     reference on CPU), "gluon" (Gluon or an unsupported reason saying why not), "triton" or "reference".
     ``last_path`` names what ran: "reference", "triton", "gluon", or for a training call whose forward
-    and backward differ, "triton_fwd+gluon_bwd" / "gluon_fwd+triton_bwd".
+    and backward differ, "triton_fwd+gluon_bwd" / "gluon_fwd+triton_bwd"; "+packed" where the kernels ran on
+    real tokens packed first, padding rows skipped (the model reads none: ``padding_rows_read``), and
+    "+trimmed" where they skipped the padding rows after each row's last real token without packing (the
+    padding is right padding: ``padding_is_suffix``).
     """
 
     def __init__(self, topk: int = 8, topk_k: int | None = None, impl: str = "auto", head_dim: int | None = None):
@@ -64,8 +67,15 @@ class SFAAttention(AttentionBackend):
     compile_safe = True  # the kernels are custom operators (kernels.sfa.autograd): opaque nodes in one graph
 
     def forward(self, q, k, v, key_padding_mask=None):
-        self.last_path = sfa_path(q, k, v, key_padding_mask, self.impl)
-        return sfa_attention(q, k, v, self.topk, self.topk_k, key_padding_mask, impl=self.impl)
+        # rows nobody reads are skipped: 0 there, the kernels running on the real tokens packed first ("+packed"),
+        # or, under right padding, on the rows up to each sequence's last real token ("+trimmed")
+        skip = not self.padding_rows_read and key_padding_mask is not None
+        path = sfa_path(q, k, v, key_padding_mask, self.impl)
+        if skip and path != "reference":
+            path += "+trimmed" if self.padding_is_suffix else "+packed"
+        self.last_path = path
+        return sfa_attention(q, k, v, self.topk, self.topk_k, key_padding_mask, impl=self.impl, skip_padding=skip,
+                             padding_is_suffix=self.padding_is_suffix)
 
     def extra_repr(self) -> str:
         return f"topk={self.topk}, topk_k={self.topk_k}, impl={self.impl}"

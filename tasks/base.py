@@ -64,7 +64,9 @@ class Task:
     vocab_size: int = 0
     num_classes: int = 0
     dual: bool = False  # True: inputs are pairs (N, 2, L) for a dual encoder
-    has_padding: bool = True  # False: token 0 is real data (pixels), so no padding mask is derived
+    # True: token 0 is padding, after a sequence's real tokens (right padding); False: token 0 is real data (pixels),
+    # so no padding mask is derived (padding=release then masks value-0 tokens wherever they lie)
+    has_padding: bool = True
     token_level: bool = False  # True: labels are per position (N, seq_len), -100 where nothing is asked; pooling none
 
     def __init__(self, seq_len: int, pooling: str = "cls", data_dir: str | None = None) -> None:

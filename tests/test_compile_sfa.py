@@ -25,10 +25,12 @@ class OpaqueBackend(AttentionBackend):
         return v
 
 
-def _model(attn_cfg, attention=None) -> LRAClassifier:
+def _model(attn_cfg, attention=None, packed: bool = False) -> LRAClassifier:
+    """A small LRA model; ``packed``: pixel-like tokens under the release's mask (padding anywhere)."""
     torch.manual_seed(0)
+    padding = {"has_padding": False, "padding": "release"} if packed else {}
     model = LRAClassifier(vocab_size=12, num_classes=3, seq_len=16, attn_cfg=attn_cfg, d_model=32, num_heads=2,
-                          num_layers=2, mlp_dim=32, dropout=0.0, attn_dropout=0.0).eval()
+                          num_layers=2, mlp_dim=32, dropout=0.0, attn_dropout=0.0, **padding).eval()
     if attention is not None:
         for block in model.blocks:
             block.attn.attention = attention
@@ -46,13 +48,16 @@ def test_auto_compiles_models_with_sfa_on_one_cuda_device():
     assert not compile_choice(cfg, _model(FULL, OpaqueBackend()), cuda, world_size=1)
 
 
-@pytest.mark.parametrize("impl", ["reference", "triton"])
-def test_a_model_with_sfa_compiles_to_one_graph_that_matches_eager(impl):
+@pytest.mark.parametrize("impl,skipping", [("reference", ""), ("triton", "+trimmed"), ("triton", "+packed")])
+def test_a_model_with_sfa_compiles_to_one_graph_that_matches_eager(impl, skipping):
     """No graph break anywhere in the model (the kernels are opaque operators in the graph), and the compiled
-    model's output and gradients equal the eager model's."""
-    model = _model(OmegaConf.merge(SFA, {"impl": impl}))
+    model's output and gradients equal the eager model's, with padding rows skipped by trimming (right padding)
+    or by packing (the release's mask of value-0 pixels)."""
+    model = _model(OmegaConf.merge(SFA, {"impl": impl}), packed=skipping == "+packed")
     tokens = torch.randint(1, 12, (3, 16))
     tokens[0, 10:] = 0  # padding
+    if skipping == "+packed":
+        tokens[1, ::4] = 0  # zero pixels anywhere
     eager = model(tokens)
     eager.sum().backward()
     eager_grads = [p.grad.clone() for p in model.parameters()]
@@ -65,7 +70,7 @@ def test_a_model_with_sfa_compiles_to_one_graph_that_matches_eager(impl):
     torch.testing.assert_close(compiled, eager)
     for grad, expected in zip((p.grad for p in model.parameters()), eager_grads):
         torch.testing.assert_close(grad, expected)
-    assert model.blocks[0].attn.attention.last_path == impl
+    assert model.blocks[0].attn.attention.last_path == impl + skipping
 
 
 @pytest.mark.parametrize("head_dim,topk,padding", [(16, 4, True), (32, 32, False), (16, 1, False)])
@@ -81,7 +86,7 @@ def test_the_flash_sfa_operators_pass_opcheck_and_compile_whole(head_dim, topk, 
     if padding:
         mask[1, 15:] = False
     mask = mask if padding else None
-    args = (*(t.detach().requires_grad_(True) for t in (q, k, v)), topk, topk, mask, "triton")
+    args = (*(t.detach().requires_grad_(True) for t in (q, k, v)), topk, topk, mask, "triton", padding)
     torch.library.opcheck(autograd._train_forward, args, test_utils=("test_schema", "test_faketensor",
                                                                       "test_autograd_registration"))
     with torch.no_grad():

@@ -167,9 +167,39 @@ def test_the_flash_sfa_operators_pass_opcheck_on_the_gpu(length, head_dim, paddi
     mask = torch.ones(q.shape[0], length, dtype=torch.bool, device="cuda")
     if padding:
         mask[-1, length // 2:] = False
-    args = (q, k, v, 8, 8, mask if padding else None, "auto")
+    args = (q, k, v, 8, 8, mask if padding else None, "auto", padding)
     torch.library.opcheck(autograd._train_forward, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     with torch.no_grad():
         torch.library.opcheck(autograd._forward_op, tuple(t.detach() if isinstance(t, torch.Tensor) else t
                                                           for t in args), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("head_dim,suffix", [(64, False), (128, False), (64, True), (128, True)])
+def test_skip_padding_matches_float64_on_the_gpu(head_dim, suffix):
+    """sfa_attention(skip_padding=True) in bf16 on the autotuned GPU configs (the interpreter runs only its own):
+    ragged trailing padding with holes (packed), or right padding only (``padding_is_suffix``: trimmed), a full
+    row and a row of padding only; output and gradients (upstream gradient on real rows, as the model gives)
+    against the float64 reference with the same rule."""
+    from lra_sfa.kernels import sfa_attention
+    from lra_sfa.kernels.sfa import check as sfa_check
+
+    gen = torch.Generator(device="cuda").manual_seed(head_dim)
+    leaves = [torch.randn(3, 4, 2048, head_dim, device="cuda", generator=gen).to(torch.bfloat16).requires_grad_(True)
+              for _ in range(3)]
+    mask = torch.rand(3, 2048, device="cuda", generator=gen) > 0.3
+    if suffix:
+        mask[0] = True
+    mask[0, 1333:] = False
+    mask[1] = True
+    mask[2] = False
+    out = sfa_attention(*leaves, 8, 8, key_padding_mask=mask, skip_padding=True, padding_is_suffix=suffix)
+    grad = torch.randn(out.shape, device="cuda", generator=gen).to(out.dtype) * mask[:, None, :, None]
+    got = torch.autograd.grad(out, leaves, grad)
+    exact_leaves = [t.detach().double().requires_grad_(True) for t in leaves]
+    ref = sfa_attention(*exact_leaves, 8, 8, key_padding_mask=mask, impl="reference", skip_padding=True)
+    expected = torch.autograd.grad(ref, exact_leaves, grad.double())
+    assert sfa_check.rel_err(out, ref) < 1e-2
+    for name, mine, exact in zip("qkv", got, expected):
+        assert sfa_check.rel_err(mine, exact) < 2e-2, name
+    assert not out[~mask[:, None, :, None].expand_as(out)].any()

@@ -88,7 +88,7 @@ def test_flash_sfa_takes_the_range_from_the_packing(dtype, padded, monkeypatch):
     and gives bit for bit what launch_forward gives on the same codes with the range computed from kd."""
     from lra_sfa.kernels.sfa import autograd, launcher
     from lra_sfa.kernels.sfa import triton_fwd as fwd
-    from lra_sfa.kernels.sfa.tiles import pad_bias
+    from lra_sfa.kernels.sfa.tiles import key_padding
 
     bounded = fwd.fwd_config(32, 32, 4, 1, bounded=True)
     monkeypatch.setattr(fwd, "INTERPRETER_CONFIG", bounded)
@@ -102,7 +102,7 @@ def test_flash_sfa_takes_the_range_from_the_packing(dtype, padded, monkeypatch):
     assert not calls
     flat = (2, 45, 16)
     qd, kd = (topk_pack(t, 4)[2].reshape(flat) for t in (q, k))  # (B*H, L, D)
-    ref, _ = launcher.launch_forward(qd, kd, v.reshape(flat), pad_bias(mask, q.device), 2, padded)
+    ref, _ = launcher.launch_forward(qd, kd, v.reshape(flat), key_padding(mask, q.device), 2, padded)
     assert len(calls) == 1
     assert torch.equal(trained, ref.reshape(q.shape)) and torch.equal(out, ref.reshape(q.shape))
 
@@ -110,11 +110,11 @@ def test_flash_sfa_takes_the_range_from_the_packing(dtype, padded, monkeypatch):
 def test_launchers_refuse_a_misshapen_range():
     """launch_forward and the Gluon launcher name key_range and the shape they need."""
     from lra_sfa.kernels.sfa.launcher import launch_forward
-    from lra_sfa.kernels.sfa.tiles import pad_bias
+    from lra_sfa.kernels.sfa.tiles import key_padding
 
     qd = torch.randn(2, 64, 16)
     with pytest.raises(ValueError, match=r"launch_forward: key_range must be .* shape \(2, 2, 16\)"):
-        launch_forward(qd, qd, qd, pad_bias(None, qd.device), 2, False, key_range=torch.zeros(2, 16, 2))
+        launch_forward(qd, qd, qd, key_padding(None, qd.device), 2, False, key_range=torch.zeros(2, 16, 2))
     gluon_fwd = pytest.importorskip("lra_sfa.kernels.sfa.gluon_fwd")
     rows = torch.randn(2, 128, 128, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match=r"gluon_ws_forward: key_range must be a contiguous float32"):

@@ -139,6 +139,179 @@ def test_matches_reference_end_to_end_fp32():
     assert int((got[0] != 0).sum(-1).max()) <= 6 and int((got[1] != 0).sum(-1).max()) <= 5
 
 
+def test_key_padding_key_end_is_one_past_the_last_real_key():
+    from lra_sfa.kernels.sfa.tiles import key_padding
+
+    mask = torch.zeros(4, 10, dtype=torch.bool)
+    mask[0] = True
+    mask[1, :3] = True
+    mask[2, [0, 6]] = True  # a hole before the last real key
+    padding = key_padding(mask, torch.device("cpu"))
+    assert padding.key_end.tolist() == [10, 3, 7, 0] and padding.key_end.dtype == torch.int32
+    assert torch.equal(padding.bias == 0, mask) and padding.bias.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_right_padded_batches_stop_at_the_key_end(dtype):
+    """Sequences ending at L, on a key-tile boundary (64), inside a tile (37), with no real key, and with a hole
+    before the last real key (the bias masks it): the kernels stop each key loop at the key end and skip dK/dV
+    blocks of padding only. Padded keys and values hold large numbers, which would show if any were read into
+    a score; the forward and all gradients pass the float64 rule, and padded keys get dK = dV = 0 exactly."""
+    length = 150
+    q, k, v = _inputs(5, 2, length, HEAD_DIM, torch.float32, seed=41)
+    mask = torch.zeros(5, length, dtype=torch.bool)
+    for row, end in enumerate((length, 64, 37, 0)):
+        mask[row, :end] = True
+    mask[4, :90] = True
+    mask[4, 20:50] = False
+    pad = ~mask[:, None, :, None]
+    k, v = (torch.where(pad, 30.0 + 5 * t, t).to(dtype) for t in (k, v))
+    result = sfa_check.full_check(q.to(dtype), k, v, 4, mask, flash_sfa)
+    for name in ("out", "dq", "dk", "dv", "out_nograd"):
+        assert result[f"{name}_ok"], (name, result[f"{name}_err"], result[f"{name}_torch_err"])
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q.to(dtype), k, v)]
+    flash_sfa(*leaves, 4, 4, mask).float().square().sum().backward()
+    for grad in (leaves[1].grad, leaves[2].grad):
+        assert torch.equal(grad.masked_select(pad), torch.zeros_like(grad.masked_select(pad)))
+
+
+@pytest.mark.parametrize("head_dim", [HEAD_DIM, 8])
+def test_skip_padding_packs_real_tokens_and_zeroes_padding_rows(head_dim):
+    """skip_padding=True: the kernels run on the real tokens packed first (holes anywhere, a row of padding
+    only) and give padding rows 0; output and gradients equal the reference's with the same rule (its rows
+    times the mask), and the real rows equal those of a call without the option. Head dim 8 goes through the
+    zero-padded path."""
+    q, k, v = (t.requires_grad_(True) for t in _inputs(3, 2, 90, head_dim, torch.float32, seed=12))
+    mask = _mask(3, 90, seed=13)
+    mask[1, 60:] = False
+    mask[2] = False
+    out = sfa_attention(q, k, v, 4, 4, key_padding_mask=mask, impl="triton", skip_padding=True)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    ref = sfa_attention(*(t.double() for t in (q, k, v)), 4, 4, key_padding_mask=mask, impl="reference",
+                        skip_padding=True)
+    expected = torch.autograd.grad(ref, (q, k, v), grad.double())
+    assert sfa_check.rel_err(out, ref) < 1e-5
+    for mine, exact in zip(got, expected):
+        assert sfa_check.rel_err(mine, exact) < 1e-5
+    pad_rows = ~mask[:, None, :, None].expand_as(out)
+    assert torch.equal(out[pad_rows], torch.zeros_like(out[pad_rows]))
+    plain = sfa_attention(q, k, v, 4, 4, key_padding_mask=mask, impl="triton")
+    assert sfa_check.rel_err(out[~pad_rows], plain[~pad_rows]) < 1e-5
+
+
+@pytest.mark.parametrize("head_dim", [HEAD_DIM, 8])
+def test_right_padding_skips_rows_without_packing(head_dim):
+    """padding_is_suffix=True: under right padding (ends inside and on a tile, a full row, a row of padding only)
+    the unpacked call equals the packed one, output and gradients; with holes (a broken promise) real rows and
+    their gradients are still exact, and only the hole rows hold values instead of 0."""
+    q, k, v = (t.requires_grad_(True) for t in _inputs(4, 2, 90, head_dim, torch.float32, seed=15))
+    lengths = torch.tensor([90, 64, 37, 0])
+    mask = torch.arange(90)[None, :] < lengths[:, None]  # (B, L) right padding
+    grad = torch.randn(4, 2, 90, head_dim, generator=torch.Generator().manual_seed(16))
+    results = []
+    for suffix in (False, True):
+        out = sfa_attention(q, k, v, 4, 4, key_padding_mask=mask, impl="triton", skip_padding=True,
+                            padding_is_suffix=suffix)
+        results.append((out, torch.autograd.grad(out, (q, k, v), grad)))
+    (packed, packed_grads), (trimmed, trimmed_grads) = results
+    assert sfa_check.rel_err(trimmed, packed) < 1e-5
+    assert not trimmed[~mask[:, None, :, None].expand_as(trimmed)].any()
+    for mine, want in zip(trimmed_grads, packed_grads):
+        assert sfa_check.rel_err(mine, want) < 1e-5
+    holes = mask.clone()
+    holes[0, 10:20] = False
+    real = holes[:, None, :, None].expand_as(trimmed)
+    upstream = grad * real  # the model's gradient reaches real rows only
+    ref = sfa_attention(q, k, v, 4, 4, key_padding_mask=holes, impl="triton", skip_padding=True)
+    out = sfa_attention(q, k, v, 4, 4, key_padding_mask=holes, impl="triton", skip_padding=True,
+                        padding_is_suffix=True)
+    assert sfa_check.rel_err(out[real], ref[real]) < 1e-5
+    assert out[0, :, 10:20].abs().sum() > 0  # the holes were computed, not zeroed
+    for mine, want in zip(torch.autograd.grad(out, (q, k, v), upstream), torch.autograd.grad(ref, (q, k, v), upstream)):
+        assert sfa_check.rel_err(mine, want) < 1e-5
+
+
+@pytest.mark.parametrize("padding,pooling,has_padding", [
+    ("task", "cls", True), ("task", "mean", True), ("task", "last", True), ("release", "cls", True),
+    ("release", "mean", True), ("release", "mean", False), ("task", "none", True)])
+def test_a_model_whose_padding_rows_reach_no_output_skips_them_with_the_same_loss(padding, pooling, has_padding):
+    """The model tells its backends whether padded query rows are read (not with per-token outputs) and whether
+    the padding is right padding (a task with a pad token: trimmed; pixels' zeros under the release's mask:
+    packed); where rows are not read, SFA skips them and the logits and every parameter gradient are those of
+    computing them, up to rounding (packing changes the order of the sums). The batch has holes, so the
+    trimmed path also meets a broken promise, which must not change the loss either."""
+    from omegaconf import OmegaConf
+
+    from lra_sfa.model import LRAClassifier
+
+    torch.manual_seed(0)
+    attn = OmegaConf.create({"_target_": "lra_sfa.sfa.SFAAttention", "topk": 4, "impl": "triton"})
+    model = LRAClassifier(vocab_size=20, num_classes=3, seq_len=40, attn_cfg=attn, d_model=32, num_heads=2,
+                          num_layers=2, mlp_dim=32, dropout=0.0, attn_dropout=0.0, pooling=pooling, padding=padding,
+                          has_padding=has_padding)
+    skipped = not model.attention_modules()[0].padding_rows_read
+    assert skipped == (pooling != "none")
+    model(torch.randint(1, 20, (1, 40)))  # no padding token: a mask all True is still a mask
+    skipping = "+trimmed" if has_padding else "+packed"
+    assert model.attention_modules()[0].last_path == ("triton" + skipping if skipped else "triton")
+    tokens = torch.randint(1, 20, (3, 40))
+    tokens[1, 25:] = 0
+    tokens[2, ::3] = 0  # holes
+    results = []
+    for read in (True, False):
+        for module in model.attention_modules():
+            module.padding_rows_read = read
+        model.zero_grad()
+        logits = model(tokens)
+        logits.square().sum().backward()
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    (logits_read, grads_read), (logits_skip, grads_skip) = results
+    if pooling == "none":  # per-token outputs: padding rows differ, real ones do not
+        real = tokens != 0
+        torch.testing.assert_close(logits_skip[real], logits_read[real], rtol=1e-4, atol=1e-5)
+        return
+    torch.testing.assert_close(logits_skip, logits_read, rtol=1e-4, atol=1e-5)
+    for mine, want in zip(grads_skip, grads_read):
+        torch.testing.assert_close(mine, want, rtol=1e-4, atol=1e-5)
+
+
+def test_fp16_forward_runs_online_where_a_loose_bound_loses_its_weights(monkeypatch):
+    """A BOUNDED config casts p = 2^(s - bound) to fp16, so a row whose bound sits 24+ binades above its largest
+    score loses every weight while its fp32 sum stays above the fallback threshold: forced, it is wrong; the
+    launcher's own choice for fp16 off the interpreter (FP16_CONFIG) is online and right."""
+    from lra_sfa.kernels.sfa import launcher
+    from lra_sfa.kernels.sfa import triton_fwd as fwd
+    from lra_sfa.kernels.sfa.tiles import key_padding
+
+    q, k, v = _inputs(1, 2, 256, 32, torch.float32, seed=14)
+    q, k = 2 * q, 2 * k
+    codes = [topk_pack(t.half(), 8)[2].reshape(2, 256, 32) for t in (q, k)]  # (B*H, L, D)
+    ref = sfa_chunked(*(c.double().reshape(1, 2, 256, 32) for c in codes), v.double(), 32, 32).reshape(2, 256, 32)
+    args = (*codes, v.half().reshape(2, 256, 32), key_padding(None, q.device), 2, False)
+    bounded, _ = launcher.launch_forward(*args, config=fwd.fwd_config(32, 32, 4, 1, bounded=True))
+    assert sfa_check.rel_err(bounded, ref) > 0.1  # the defect this guards against
+    assert not fwd.FP16_CONFIG.kwargs["BOUNDED"]
+    monkeypatch.setattr(fwd, "interpreting", lambda: False)
+    chosen = []
+    monkeypatch.setattr(fwd, "_flash_sfa_fwd_kernel", _RecordingKernel(fwd._flash_sfa_fwd_kernel, chosen))
+    out, _ = launcher.launch_forward(*args)
+    assert chosen == [False] and sfa_check.rel_err(out, ref) < 1e-2
+
+
+class _RecordingKernel:
+    """Stands in for the jitted forward: records each launch's BOUNDED and runs the real kernel."""
+
+    def __init__(self, kernel, seen: list):
+        self.kernel, self.seen = kernel, seen
+
+    def __getitem__(self, grid):
+        def launch(**kwargs):
+            self.seen.append(kwargs["BOUNDED"])
+            return self.kernel[grid](**kwargs)
+        return launch
+
+
 def test_all_padding_rows_give_zero_and_finite_grads():
     q, k, v = (t.requires_grad_(True) for t in _inputs(2, 2, 40, HEAD_DIM, torch.float32, seed=8))
     mask = _mask(2, 40, seed=9)
@@ -302,7 +475,7 @@ def test_forward_variants_match_reference(variant, length, scale, padded):
     whose keys are all padding still gives exactly 0."""
     from lra_sfa.kernels.sfa import triton_fwd as fwd
     from lra_sfa.kernels.sfa.launcher import launch_forward
-    from lra_sfa.kernels.sfa.tiles import pad_bias
+    from lra_sfa.kernels.sfa.tiles import key_padding
 
     q, k, v = _inputs(2, 2, length, HEAD_DIM, torch.float32, seed=31 + length)
     q, k = q * scale, k * scale
@@ -315,7 +488,7 @@ def test_forward_variants_match_reference(variant, length, scale, padded):
     options = {"bounded": {"bounded": True},
                "bounded+rowsum_2d": {"bounded": True, "rowsum_2d": True}}
     config = fwd.fwd_config(32, 32, 4, 1, **options[variant])
-    out, lse2 = launch_forward(qd.reshape(flat), kd.reshape(flat), v.reshape(flat), pad_bias(mask, q.device), 2,
+    out, lse2 = launch_forward(qd.reshape(flat), kd.reshape(flat), v.reshape(flat), key_padding(mask, q.device), 2,
                                padded, config=config)
     out = out.reshape(q.shape)
     ref = sfa_chunked(q.double(), k.double(), v.double(), 4, 4, mask)
@@ -328,6 +501,30 @@ def test_forward_variants_match_reference(variant, length, scale, padded):
         scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
     lse = lse2.reshape(2, 2, length).double()[:rows] / fwd.LOG2E
     assert torch.allclose(lse, torch.logsumexp(scores[:rows], dim=-1), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("options", [{}, {"bounded": True}, {"bounded": True, "rowsum_2d": True}])
+def test_every_forward_config_zeroes_rows_past_the_key_end(options):
+    """ZERO_PAD_ROWS on real tokens packed first (holes before, a row of padding only): the online and the
+    BOUNDED configs give the reference on real rows and exactly 0 on padding rows."""
+    from lra_sfa.kernels.sfa import triton_fwd as fwd
+    from lra_sfa.kernels.sfa.api import pack_real_first, unpack
+    from lra_sfa.kernels.sfa.launcher import launch_forward
+    from lra_sfa.kernels.sfa.tiles import key_padding
+
+    q, k, v = _inputs(2, 2, 100, HEAD_DIM, torch.float32, seed=33)
+    mask = _mask(2, 100, seed=34)
+    mask[0, 70:] = False
+    mask[1] = False
+    order, (qp, kp, vp), packed = pack_real_first(mask, q, k, v)
+    flat = (4, 100, HEAD_DIM)
+    codes = [topk_pack(t, 4)[2].reshape(flat) for t in (qp, kp)]
+    out, _ = launch_forward(*codes, vp.reshape(flat), key_padding(packed, q.device), 2, True,
+                            config=fwd.fwd_config(32, 32, 4, 1, **options), zero_pad_rows=True)
+    out = unpack(out.reshape(q.shape), order)
+    ref = sfa_chunked(q.double(), k.double(), v.double(), 4, 4, mask) * mask[:, None, :, None]
+    assert sfa_check.rel_err(out, ref) < 1e-4
+    assert torch.equal(out[~mask[:, None, :, None].expand_as(out)], torch.zeros(int((~mask).sum()) * 2 * HEAD_DIM))
 
 
 def test_score_bound_holds_and_is_finite_for_bf16():

@@ -28,7 +28,8 @@ def hopper(monkeypatch):
 
 @pytest.mark.parametrize("length,head_dim,dtype,mask,backward,expected", [
     (2048, 128, torch.bfloat16, False, False, "gluon"),
-    (2048, 128, torch.float16, False, True, "gluon"),
+    (2048, 128, torch.float16, False, True, "triton_fwd+gluon_bwd"),  # fp16 forward: online, in Triton
+    (2048, 128, torch.float16, False, False, "triton"),
     (1984, 128, torch.bfloat16, False, False, "gluon"),  # a multiple of 64: the one-warpgroup forward
     (1984, 128, torch.bfloat16, False, True, "gluon_fwd+triton_bwd"),  # the backward needs L % 128 == 0
     (2048, 64, torch.bfloat16, False, True, "triton_fwd+gluon_bwd"),  # d=64 keeps the Triton forward
@@ -114,7 +115,8 @@ def test_config_reaches_gluon(make_cfg):
 
 
 def test_the_run_record_names_the_kernel_and_refuses_gluon_off_hopper(make_cfg):
-    """Through the real runner: attn.impl=triton (the CPU interpreter) records attn_path "triton"; attn.impl=gluon
+    """Through the real runner: attn.impl=triton (the CPU interpreter) records attn_path "triton+trimmed" (a
+    right-padded task with cls pooling: padding rows skipped without packing); attn.impl=gluon
     on the CPU ends as `unsupported` with the Gluon rule as its reason, not a crash or a silent fallback."""
     from lra_sfa.train import run
 
@@ -125,7 +127,7 @@ def test_the_run_record_names_the_kernel_and_refuses_gluon_off_hopper(make_cfg):
              "attn=sfa", "attn.topk=2", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_every=2",
              "trainer.device=cpu"]
     record = run(make_cfg(*small, "attn.impl=triton"))
-    assert record["status"] == "ok" and record["attn_path"] == "triton", record
+    assert record["status"] == "ok" and record["attn_path"] == "triton+trimmed", record  # right padding, cls pooling
     record = run(make_cfg(*small, "attn.impl=gluon"))
     assert record["status"] == "unsupported" and "impl=gluon" in record["reason"], record.get("reason")
 
@@ -139,7 +141,7 @@ def test_sfa_attention_hands_the_kernels_the_choice_sfa_path_reports(monkeypatch
 
     seen = []
     monkeypatch.setattr(api, "resolve_impl", lambda impl, device: "triton" if impl == "auto" else impl)
-    monkeypatch.setattr(autograd, "flash_sfa", lambda q, *args: seen.append(args[-1]) or q)
+    monkeypatch.setattr(autograd, "flash_sfa", lambda q, *args, **kwargs: seen.append(args[-1]) or q)
     q = torch.randn(1, 2, 8, 16)
     api.sfa_attention(q, q, q, topk_q=4, impl=impl)
     assert seen == [kernels]

@@ -8,6 +8,8 @@
 #   short-graph  the same grid with timer=cudagraph (each call captured in a CUDA graph: no host launch cost)
 #   gpu-tests  pytest -m gpu -n 2 tests/test_kernels_gpu.py with its summary (sfa_gpu_checks.csv; two workers
 #              halve the Triton compile time, and two L = 32K float64 references still fit one card)
+#   padded     python -m lab.padded_full_probe: dense engines and SFA (rows computed / skipped) on padded ListOps,
+#              Text and Pathfinder batches (padded_full_probe.csv, about 2 minutes)
 # e.g. one call `... kernel_protocol.sh sweep`, a second `... kernel_protocol.sh short,gpu-tests`.
 # Everything lands in $OUT/kernels (CSVs written row by row, so a time-out keeps the rows done, plus log.txt);
 # at home: python -m lra_sfa.bench.kernels mode=merge src=<the returned kernels folder>, then mode=table.
@@ -31,6 +33,8 @@ for part in ${PARTS//,/ }; do
                    topk_rows=0 budget_s=200 hydra.run.dir=/tmp/bench_kernels ${OVERRIDES:-} 2>&1 | log ;;
     gpu-tests) LRA_SFA_GPU_SUMMARY="$OUT/kernels/sfa_gpu_checks.csv" timeout 320 python3 -m pytest -m gpu -q -n 2 -p no:logging \
                  -p no:cacheprovider tests/test_kernels_gpu.py 2>&1 | tail -40 | log ;;
-    *) echo "kernel_protocol.sh: unknown part '$part' (sweep, short, short-graph, gpu-tests)" | log ;;
+    padded) timeout 200 python3 -m lab.padded_full_probe --out "$OUT/kernels" --shapes listops,text,pathfinder \
+              --compiled 2>&1 | log ;;
+    *) echo "kernel_protocol.sh: unknown part '$part' (sweep, short, short-graph, gpu-tests, padded)" | log ;;
   esac
 done

@@ -51,14 +51,14 @@ def test_backward_stage_ablations_whole_kernels_match_the_real_ones():
     dQ before the support masks; the cut stages run and return finite values."""
     from lab.kernels.bwd_stages import DKDV_STAGES, DQ_STAGES, bwd_stage_runner
     from lra_sfa.kernels.sfa.launcher import launch_backward, launch_forward
-    from lra_sfa.kernels.sfa.tiles import pad_bias
+    from lra_sfa.kernels.sfa.tiles import key_padding
 
     q, k, v = (t[0].contiguous() for t in _inputs(1, 2, 64, HEAD_DIM, torch.float32, seed=19))  # (B*H, L, D)
     (_, q_idx, qd), (_, k_idx, kd) = topk_pack(q, 4), topk_pack(k, 4)
-    bias = pad_bias(None, q.device)
-    out, lse2 = launch_forward(qd, kd, v, bias, 2, False)
+    padding = key_padding(None, q.device)
+    out, lse2 = launch_forward(qd, kd, v, padding, 2, False)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(4))
-    dq, dk, dv = launch_backward((qd, kd, v, out, lse2, bias, q_idx, k_idx), dout, 2, False, 4, 4)
+    dq, dk, dv = launch_backward((qd, kd, v, out, lse2, padding, q_idx, k_idx), dout, 2, False, 4, 4)
     delta = (out * dout).sum(-1)
     stage_out = {(name, stage): bwd_stage_runner(name, stage, qd, kd, v, dout, lse2, delta, 32, 32, 4, 1)()
                  for name, stages in (("dkdv", DKDV_STAGES), ("dq", DQ_STAGES)) for stage in stages}
@@ -82,11 +82,11 @@ def test_forward_stage_ablation_whole_matches_the_bounded_kernel():
     from lab.kernels.fwd_stages import FWD_STAGES, fwd_stage_runner
     from lra_sfa.kernels.sfa import triton_fwd as fwd
     from lra_sfa.kernels.sfa.launcher import launch_forward
-    from lra_sfa.kernels.sfa.tiles import pad_bias
+    from lra_sfa.kernels.sfa.tiles import key_padding
 
     q, k, v = (t[0].contiguous() for t in _inputs(1, 2, 64, HEAD_DIM, torch.float32, seed=23))  # (B*H, L, D)
     (_, _, qd), (_, _, kd) = topk_pack(q, 4), topk_pack(k, 4)
-    out, lse2 = launch_forward(qd, kd, v, pad_bias(None, q.device), 2, False,
+    out, lse2 = launch_forward(qd, kd, v, key_padding(None, q.device), 2, False,
                                config=fwd.fwd_config(32, 32, 4, 1, bounded=True))
     got = {stage: fwd_stage_runner(stage, qd, kd, v, 32, 32, 4, 1)() for stage in FWD_STAGES}
     whole_out, whole_lse = got["whole"]

@@ -56,7 +56,8 @@ def _coverage() -> list[CheckCase]:
 
 CASES = _coverage() + [
     CheckCase(2048, 128, 8, False, torch.bfloat16, 1.0, "auto", "gluon"),  # two-warpgroup Gluon forward
-    CheckCase(4096, 128, 8, False, torch.float16, 1.0, "auto", "gluon"),
+    CheckCase(4096, 128, 8, False, torch.float16, 1.0, "auto", "triton_fwd+gluon_bwd"),
+    CheckCase(256, 32, 8, False, torch.float16, 2.0, "auto", "triton"),  # a loose bound in fp16: runs online
     CheckCase(1024, 128, 8, False, torch.bfloat16, 40.0, "auto", "gluon"),  # a bound so loose every block goes online
     CheckCase(2048, 128, 128, False, torch.bfloat16, 1.0, "auto", "gluon"),  # topk = D
     CheckCase(1984, 128, 16, False, torch.bfloat16, 1.0, "auto", "gluon_fwd+triton_bwd"),  # one-warpgroup forward
@@ -77,8 +78,9 @@ CHECK_COLUMNS = ["L", "head_dim", "topk", "padding", "dtype", "scale", "kernels"
 
 def case_inputs(case: CheckCase, device: str | torch.device = "cuda"):
     """q, k, v (B, H, L, D) and the padding mask (B, L) or None. One head past L = 8K (the plain-PyTorch
-    comparison holds an L x L matrix per head), else two; with padding, a second batch row whose keys are
-    all padding."""
+    comparison holds an L x L matrix per head), else two; with padding, a first batch row with random holes
+    and its last third padding (the kernels' key loops end at its key end, inside a key tile), and a second
+    row whose keys are all padding."""
     heads = 1 if case.length > 8192 else 2
     gen = torch.Generator(device=device).manual_seed(case.length + case.dim)
     q, k, v = (torch.randn(1, heads, case.length, case.dim, device=device, dtype=case.dtype, generator=gen)
@@ -87,6 +89,7 @@ def case_inputs(case: CheckCase, device: str | torch.device = "cuda"):
     if not case.padding:
         return q, k, v, None
     mask = torch.rand(2, case.length, device=device, generator=gen) > 0.3
+    mask[0, max(1, 2 * case.length // 3 + 5):] = False
     mask[1] = False
     q, k, v = (torch.cat([t, t.flip(2)]) for t in (q, k, v))  # (2, H, L, D)
     return q, k, v, mask

@@ -85,6 +85,8 @@ def sfa_attention(
     topk_k: int | None = None,
     key_padding_mask: torch.Tensor | None = None,
     impl: str = "auto",
+    skip_padding: bool = False,
+    padding_is_suffix: bool = False,
 ) -> torch.Tensor:
     """Exact Sparse Feature Attention.
 
@@ -96,22 +98,56 @@ def sfa_attention(
     (the Hopper Gluon kernels; an sm_90 GPU), or "auto" (module docstring).
     The kernels take head dims 16, 32, 64 and 128; a smaller or in-between
     head dim runs them exactly on zero-padded q, k, v (see _padded_flash_sfa).
+    ``skip_padding`` (with a mask): padding rows output 0, constants, as
+    FlashAttention's variable-length path gives them, for models that never
+    read them (their keys are masked in every layer and pooling skips them).
+    The kernels then run on the real tokens packed first (``pack_real_first``),
+    so a batch costs its real tokens squared, not L squared, wherever its
+    padding lies; the real rows are those without the option, up to the
+    order of the sums. ``padding_is_suffix``: the caller's promise that each
+    row's padding follows all its real tokens (right padding); the packing
+    is then the identity and is skipped, and the kernels stop at each row's
+    last real token. Were the promise broken, real rows would still be
+    exact, and padding rows before a row's last real token would hold their
+    attention over the real keys instead of 0.
     Never builds an L x L tensor for the whole sequence.
     """
     topk_k = topk_q if topk_k is None else topk_k
     _validate(q, k, v, topk_q, topk_k, key_padding_mask, impl)
+    skip = skip_padding and key_padding_mask is not None
     chosen = resolve_impl(impl, q.device)
     if chosen == "reference":
-        return sfa_chunked(q, k, v, topk_q, topk_k, key_padding_mask)
+        out = sfa_chunked(q, k, v, topk_q, topk_k, key_padding_mask)
+        return out * key_padding_mask[:, None, :, None] if skip else out
     from lra_sfa.kernels.sfa.autograd import flash_sfa  # imports triton
 
     kernels = kernels_of(impl)  # from impl, not chosen: "auto" chose the kernels, and dispatch picks which
-    if kernel_head_dim(q.shape[-1]) == q.shape[-1]:
-        return flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels)  # (an unsupported size raises there)
-    return _padded_flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels)
+    pack = skip and not padding_is_suffix
+    if pack:
+        order, (q, k, v), key_padding_mask = pack_real_first(key_padding_mask, q, k, v)
+    if kernel_head_dim(q.shape[-1]) == q.shape[-1]:  # (an unsupported size raises in flash_sfa)
+        out = flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows=skip)
+    else:
+        out = _padded_flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows=skip)
+    return unpack(out, order) if pack else out
 
 
-def _padded_flash_sfa(q, k, v, topk_q: int, topk_k: int, key_padding_mask, kernels: str) -> torch.Tensor:
+def pack_real_first(key_padding_mask: torch.Tensor, *tensors: torch.Tensor):
+    """Each batch row's real tokens first, in their order, then its padding: (order (B, L), the (B, H, L, D)
+    tensors gathered along L by it, the mask gathered, whose real tokens now end at each row's count).
+    Attention does not depend on its keys' order, so real rows attend as before (sums in another order)."""
+    order = torch.argsort((~key_padding_mask).to(torch.uint8), dim=1, stable=True)  # (B, L)
+    packed = tuple(t.gather(2, order[:, None, :, None].expand_as(t)) for t in tensors)
+    return order, packed, key_padding_mask.gather(1, order)
+
+
+def unpack(out: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``out`` (B, H, L, D) of packed rows back to the rows' own positions (the inverse of ``pack_real_first``)."""
+    return torch.zeros_like(out).scatter(2, order[:, None, :, None].expand_as(out), out)
+
+
+def _padded_flash_sfa(q, k, v, topk_q: int, topk_k: int, key_padding_mask, kernels: str,
+                      zero_pad_rows: bool = False) -> torch.Tensor:
     """FlashSFA for a head dim between the kernels' sizes (e.g. LRA Pathfinder's 4): exact, by zero padding.
 
     q, k, v are zero-padded to the next kernel size P. Padded features are zero, so they never beat a
@@ -124,4 +160,4 @@ def _padded_flash_sfa(q, k, v, topk_q: int, topk_k: int, key_padding_mask, kerne
     padded = kernel_head_dim(head_dim)
     q = q * (padded / head_dim) ** 0.5
     q, k, v = (torch.nn.functional.pad(t, (0, padded - head_dim)) for t in (q, k, v))  # (B, H, L, P)
-    return flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels)[..., :head_dim]  # (B, H, L, D)
+    return flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows)[..., :head_dim]  # (B, H, L, D)

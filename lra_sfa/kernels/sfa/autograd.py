@@ -19,7 +19,7 @@ import torch
 from lra_sfa.kernels.sfa import triton_fwd as fwd
 from lra_sfa.kernels.sfa.dispatch import check_kernels, uses_gluon
 from lra_sfa.kernels.sfa.launcher import check_inputs, launch_backward, launch_forward
-from lra_sfa.kernels.sfa.tiles import aligned_rows, pad_bias
+from lra_sfa.kernels.sfa.tiles import aligned_rows, key_padding
 from lra_sfa.kernels.sfa.topk_pack import MAX_ROW_GROUPS, index_dtype, topk_pack
 
 
@@ -34,13 +34,13 @@ def _pack_keys(k: torch.Tensor, topk_k: int):
 # one graph: the operators are opaque nodes there (their launchers' dispatch and autotuning are Python,
 # which the compiler does not trace), with fake implementations giving the output shapes. Operator outputs may
 # not alias inputs or one another: the training forward returns fresh codes and recomputes v's flat view and
-# the padding bias in the backward. Every output is contiguous (the fake implementations say so too, whatever
-# the inputs' strides).
+# the key padding tensors in the backward. Every output is contiguous (the fake implementations say so too,
+# whatever the inputs' strides).
 
 
 @torch.library.custom_op("lra_sfa::flash_sfa_train_fwd", mutates_args=())
 def _train_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, topk_k: int,
-                   key_padding_mask: torch.Tensor | None, kernels: str
+                   key_padding_mask: torch.Tensor | None, kernels: str, zero_pad_rows: bool
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                               torch.Tensor]:
     """The training forward: (out (B, H, L, D), the zero-filled codes qd and kd (B*H, L, D), v as (B*H, L, D),
@@ -60,13 +60,13 @@ def _train_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: in
     v_flat = aligned_rows(v).reshape(flat)  # (B*H, L, D)
     if v_flat.untyped_storage().data_ptr() == v.untyped_storage().data_ptr():
         v_flat = v_flat.clone()
-    out, lse2 = launch_forward(qd, kd, v_flat, pad_bias(key_padding_mask, q.device), heads, has_bias,
-                               kernels=kernels, key_range=k_range)
+    out, lse2 = launch_forward(qd, kd, v_flat, key_padding(key_padding_mask, q.device), heads, has_bias,
+                               kernels=kernels, key_range=k_range, zero_pad_rows=zero_pad_rows)
     return out.reshape(q.shape), qd, kd, v_flat, lse2, q_idx, k_idx
 
 
 @_train_forward.register_fake
-def _(q, k, v, topk_q, topk_k, key_padding_mask, kernels):
+def _(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows):
     batch, heads, length, head_dim = q.shape
     flat, ids = (batch * heads, length, head_dim), index_dtype(head_dim)
     return (q.new_empty(q.shape), q.new_empty(flat), q.new_empty(flat), q.new_empty(flat),
@@ -77,34 +77,37 @@ def _(q, k, v, topk_q, topk_k, key_padding_mask, kernels):
 @torch.library.custom_op("lra_sfa::flash_sfa_bwd", mutates_args=())
 def _backward(dout: torch.Tensor, qd: torch.Tensor, kd: torch.Tensor, v_flat: torch.Tensor, out: torch.Tensor,
               lse2: torch.Tensor, q_idx: torch.Tensor, k_idx: torch.Tensor, key_padding_mask: torch.Tensor | None,
-              topk_q: int, topk_k: int, kernels: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              topk_q: int, topk_k: int, kernels: str, zero_pad_rows: bool
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv (B, H, L, D) from the training forward's outputs; dq and dk masked to the top-k supports.
     It has no autograd of its own: a double backward through SFA raises."""
     shape, flat = out.shape, qd.shape
-    saved = (qd, kd, v_flat, out.reshape(flat), lse2, pad_bias(key_padding_mask, out.device), q_idx, k_idx)
-    dq, dk, dv = launch_backward(saved, dout, shape[1], key_padding_mask is not None, topk_q, topk_k, kernels)
+    saved = (qd, kd, v_flat, out.reshape(flat), lse2, key_padding(key_padding_mask, out.device), q_idx, k_idx)
+    dq, dk, dv = launch_backward(saved, dout, shape[1], key_padding_mask is not None, topk_q, topk_k, kernels,
+                                 zero_pad_rows)
     return dq.reshape(shape), dk.reshape(shape), dv.reshape(shape)  # (B, H, L, D)
 
 
 @_backward.register_fake
-def _(dout, qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask, topk_q, topk_k, kernels):
+def _(dout, qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask, topk_q, topk_k, kernels, zero_pad_rows):
     return out.new_empty(out.shape), out.new_empty(out.shape), out.new_empty(out.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    _, _, _, topk_q, topk_k, key_padding_mask, kernels = inputs
+    _, _, _, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows = inputs
     out, qd, kd, v_flat, lse2, q_idx, k_idx = output
     ctx.save_for_backward(qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask)
-    ctx.meta = (topk_q, topk_k, kernels)
+    ctx.meta = (topk_q, topk_k, kernels, zero_pad_rows)
     ctx.set_materialize_grads(False)  # only out's gradient is read: no zero tensors for the other outputs
 
 
 def _train_backward(ctx, dout, *_unused):
     qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask = ctx.saved_tensors
-    topk_q, topk_k, kernels = ctx.meta
+    topk_q, topk_k, kernels, zero_pad_rows = ctx.meta
     dout = torch.zeros_like(out) if dout is None else dout.contiguous()
-    dq, dk, dv = _backward(dout, qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask, topk_q, topk_k, kernels)
-    return dq, dk, dv, None, None, None, None
+    dq, dk, dv = _backward(dout, qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask, topk_q, topk_k, kernels,
+                           zero_pad_rows)
+    return dq, dk, dv, None, None, None, None, None
 
 
 _train_forward.register_autograd(_train_backward, setup_context=_setup_context)
@@ -112,7 +115,8 @@ _train_forward.register_autograd(_train_backward, setup_context=_setup_context)
 
 @torch.library.custom_op("lra_sfa::flash_sfa_fwd", mutates_args=())
 def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, topk_k: int,
-                key_padding_mask: torch.Tensor | None, kernels: str) -> tuple[torch.Tensor, torch.Tensor]:
+                key_padding_mask: torch.Tensor | None, kernels: str, zero_pad_rows: bool
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """No autograd: (out (B, H, L, D), lse2 (B*H, L) base 2). For fp16 / bf16 the forward kernel selects q's
     top-k itself (one pass over q fewer); only k goes through ``topk_pack``."""
     batch, heads, length, head_dim = q.shape
@@ -121,22 +125,23 @@ def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, 
     qd = q if fuse else topk_pack(q, topk_q)[2]
     _, _, kd, k_range = _pack_keys(k, topk_k)
     qd, kd, v_flat = (aligned_rows(t).reshape(flat) for t in (qd, kd, v))  # (B*H, L, D)
-    out, lse2 = launch_forward(qd, kd, v_flat, pad_bias(key_padding_mask, q.device), heads,
-                               key_padding_mask is not None, fuse_topk_q=fuse, kernels=kernels, key_range=k_range)
+    out, lse2 = launch_forward(qd, kd, v_flat, key_padding(key_padding_mask, q.device), heads,
+                               key_padding_mask is not None, fuse_topk_q=fuse, kernels=kernels, key_range=k_range,
+                               zero_pad_rows=zero_pad_rows)
     return out.reshape(q.shape), lse2
 
 
 @_forward_op.register_fake
-def _(q, k, v, topk_q, topk_k, key_padding_mask, kernels):
+def _(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows):
     batch, heads, length, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((batch * heads, length), dtype=torch.float32)
 
 
-def _forward_only(q, k, v, topk_q: int, topk_k: int, key_padding_mask,
-                  kernels: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def _forward_only(q, k, v, topk_q: int, topk_k: int, key_padding_mask, kernels: str = "auto",
+                  zero_pad_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """No autograd: (out (B, H, L, D), lse2 (B*H, L) base 2), by the forward-only operator."""
     with torch.no_grad():
-        return _forward_op(q, k, v, topk_q, topk_k, key_padding_mask, kernels)
+        return _forward_op(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows)
 
 
 def needs_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -145,21 +150,26 @@ def needs_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 
 
 def flash_sfa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, topk_k: int | None = None,
-              key_padding_mask: torch.Tensor | None = None, kernels: str = "auto") -> torch.Tensor:
+              key_padding_mask: torch.Tensor | None = None, kernels: str = "auto",
+              zero_pad_rows: bool = False) -> torch.Tensor:
     """Exact SFA, softmax(Q~K~^T/sqrt(D)) V, by the FlashSFA kernels; differentiable.
 
     q, k, v: (B, H, L, D) fp16/bf16/fp32 with D in 16, 32, 64, 128;
     key_padding_mask: (B, L) bool, True = real token. Rows whose keys are all
     padding give 0. Without autograd (no grad mode, or no input needing a
     gradient) it runs the forward-only path, which fuses q's top-k.
-    ``kernels``: "auto", "gluon" or "triton" (``dispatch``).
+    ``kernels``: "auto", "gluon" or "triton" (``dispatch``). With
+    ``zero_pad_rows`` (and a mask) the rows from each sequence's last real
+    token on output 0, constants, and cost nothing: for a mask whose real
+    tokens come first (right padding, or the mask ``api.sfa_attention(
+    skip_padding=True)`` packs).
     """
     topk_k = topk_q if topk_k is None else topk_k
     check_kernels(kernels)
     check_inputs(q, k, v, topk_q, topk_k, key_padding_mask)
     if not needs_backward(q, k, v):
-        return _forward_only(q, k, v, topk_q, topk_k, key_padding_mask, kernels)[0]
-    return _train_forward(q, k, v, topk_q, topk_k, key_padding_mask, kernels)[0]
+        return _forward_only(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows)[0]
+    return _train_forward(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows)[0]
 
 
 def flash_sfa_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, topk_k: int | None = None,
@@ -169,5 +179,5 @@ def flash_sfa_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q:
     topk_k = topk_q if topk_k is None else topk_k
     check_kernels(kernels)
     check_inputs(q, k, v, topk_q, topk_k, key_padding_mask)
-    out, lse2 = _forward_only(q, k, v, topk_q, topk_k, key_padding_mask, kernels)
+    out, lse2 = _forward_only(q, k, v, topk_q, topk_k, key_padding_mask, kernels, False)
     return out, (lse2 / fwd.LOG2E).reshape(q.shape[:3])  # (B, H, L, D), (B, H, L)

@@ -76,6 +76,9 @@ def gluon_reasons(device: torch.device, dtype: torch.dtype, length: int, head_di
     if not backward and (head_dim != 128 or length % GLUON_TILE):
         reasons.append(f"the Gluon forward takes head_dim 128 and L a multiple of {GLUON_TILE}, got "
                        f"head_dim={head_dim}, L={length}")
+    if not backward and dtype == torch.float16:
+        reasons.append("the Gluon forward's bounded softmax takes bf16, not fp16 (fp16's range loses the "
+                       "weights of a row whose bound is loose; triton_fwd.FP16_CONFIG runs it online)")
     return reasons
 
 

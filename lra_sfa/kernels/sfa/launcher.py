@@ -19,6 +19,7 @@ from lra_sfa.kernels.sfa import triton_bwd as bwd
 from lra_sfa.kernels.sfa import triton_fwd as fwd
 from lra_sfa.kernels.sfa.dispatch import GLUON_DKDV_CONFIG, GLUON_DQ_CONFIG, gluon_config, uses_gluon
 from lra_sfa.kernels.sfa.tiles import (
+    KeyPadding,
     aligned_rows,
     check_key_range,
     key_code_range,
@@ -66,11 +67,14 @@ def check_inputs(q, k, v, topk_q: int, topk_k: int, key_padding_mask) -> None:
 _BOUNDED_CHOICE: dict[tuple, bool] = {}
 
 
-def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, heads: int,
+def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, padding: KeyPadding, heads: int,
                    has_bias: bool, config: triton.Config | None = None,
                    fuse_topk_q: int = 0, kernels: str = "auto",
-                   key_range: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """qd, kd, v: (B*H, L, D) contiguous. Returns out (B*H, L, D) and lse2 (B*H, L) fp32 (base 2).
+                   key_range: torch.Tensor | None = None,
+                   zero_pad_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """qd, kd, v: (B*H, L, D) contiguous; ``padding`` from ``tiles.key_padding`` (read when ``has_bias``).
+    Returns out (B*H, L, D) and lse2 (B*H, L) fp32 (base 2); with ``zero_pad_rows`` (and a mask) the rows
+    from each sequence's key end on are 0 and cost nothing (``triton_fwd``'s ZERO_PAD_ROWS).
 
     With ``fuse_topk_q`` > 0 (16-bit inputs only), qd is the dense q and the
     kernel keeps each row's ``fuse_topk_q`` largest entries itself (the same
@@ -96,18 +100,21 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, bias: to
     descs = {f"{name}_desc": tile_descriptor(t, 16) for name, t in (("Q", qd), ("K", kd), ("V", v), ("O", out))}
     if config is None and fwd.interpreting():
         config = fwd.INTERPRETER_CONFIG
+    elif config is None and qd.dtype == torch.float16:
+        config = fwd.FP16_CONFIG
     l_bucket = min(triton.next_power_of_2(length), TUNE_LENGTH_CAP)
     tune_key = (l_bucket, head_dim, has_bias, qd.dtype, fuse_topk_q)
     if config is not None:
         bounded = config.kwargs["BOUNDED"]
     else:  # a range not given costs a pass over K: skip it once the tuner has chosen an online config
         bounded = _BOUNDED_CHOICE.get(tune_key, any(c.kwargs["BOUNDED"] for c in fwd.GPU_CONFIGS))
-    if key_range is None:
-        key_range = key_code_range(kd) if bounded else bias  # a placeholder pointer when no config reads it
-    args = dict(Bias=bias, Lse=lse2, KBound=key_range, L=length, H=heads,
+    if key_range is None:  # a placeholder pointer when no config reads it
+        key_range = key_code_range(kd) if bounded else padding.bias
+    args = dict(Bias=padding.bias, KEnd=padding.key_end, Lse=lse2, KBound=key_range, L=length, H=heads,
                 qk_scale=fwd.LOG2E / math.sqrt(head_dim), l_bucket=l_bucket,
                 HEAD_DIM=head_dim, HAS_BIAS=has_bias, IEEE=qd.dtype == torch.float32,
-                TOPK_Q=fuse_topk_q if fuse_topk_q < head_dim else 0, **descs)
+                TOPK_Q=fuse_topk_q if fuse_topk_q < head_dim else 0, ZERO_PAD_ROWS=zero_pad_rows and has_bias,
+                **descs)
     grid = lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch_heads)  # noqa: E731
     if config is not None:
         fwd.set_block_shapes({**args, **config.kwargs})
@@ -129,9 +136,11 @@ def _run_bwd_kernel(tuned, plain, grid, args: dict) -> None:
 
 
 def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool, topk_q: int, topk_k: int,
-                    kernels: str = "auto"):
-    """Returns dq, dk, dv as (B*H, L, D), dq/dk masked to the top-k supports; ``kernels`` as in launch_forward."""
-    qd, kd, v, out, lse2, bias, q_idx, k_idx = saved
+                    kernels: str = "auto", zero_pad_rows: bool = False):
+    """``saved``: qd, kd, v, out (B*H, L, D), lse2 (B*H, L), the ``KeyPadding``, q's and k's top-k ids.
+    Returns dq, dk, dv as (B*H, L, D), dq/dk masked to the top-k supports; ``kernels`` and ``zero_pad_rows``
+    as in launch_forward (the rows it zeroed are constants: no gradient flows through them)."""
+    qd, kd, v, out, lse2, padding, q_idx, k_idx = saved
     batch_heads, length, head_dim = qd.shape
     dout = aligned_rows(dout.reshape(batch_heads, length, head_dim))  # (B*H, L, D)
     lse_pad = pad_rows(lse2, float("inf"))  # (B*H, L_PAD): the kernels read lse2 / delta rows without masks
@@ -148,10 +157,11 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
     dq, dk, dv = torch.empty_like(qd), torch.empty_like(kd), torch.empty_like(v)
     descs = {f"{name}_desc": tile_descriptor(t, 16)
              for name, t in (("Q", qd), ("K", kd), ("V", v), ("DO", dout), ("DQ", dq), ("DK", dk), ("DV", dv))}
-    common = dict(Bias=bias, L=length, H=heads,
+    common = dict(Bias=padding.bias, KEnd=padding.key_end, L=length, H=heads,
                   qk_scale=fwd.LOG2E / math.sqrt(head_dim), sm_scale=1.0 / math.sqrt(head_dim),
                   l_bucket=min(triton.next_power_of_2(length), TUNE_LENGTH_CAP), HEAD_DIM=head_dim, HAS_BIAS=has_bias,
-                  IEEE=qd.dtype == torch.float32, **{n: descs[n] for n in ("Q_desc", "K_desc", "V_desc", "DO_desc")})
+                  IEEE=qd.dtype == torch.float32, ZERO_PAD_ROWS=zero_pad_rows and has_bias,
+                  **{n: descs[n] for n in ("Q_desc", "K_desc", "V_desc", "DO_desc")})
     dkdv_args = dict(common, DK_desc=descs["DK_desc"], DV_desc=descs["DV_desc"], Lse_desc=row_descriptor(lse_pad),
                      Delta_desc=row_descriptor(delta), Kidx=k_idx, TOPK=topk_k, FULL_SUPPORT=topk_k == head_dim)
     _run_bwd_kernel(bwd.dkdv_tuned, bwd.dkdv_kernel,

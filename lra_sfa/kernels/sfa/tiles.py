@@ -5,6 +5,8 @@ Host-side helpers shared by the Triton and Gluon launchers (no kernels here).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
@@ -18,12 +20,26 @@ def aligned_rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.data_ptr() % 16 == 0 else x.clone()
 
 
-def pad_bias(key_padding_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-    """(B, L) fp32 additive bias, 0 for real tokens and -inf for padding; a 1-element dummy if no mask."""
+class KeyPadding(NamedTuple):
+    """What the kernels read of a key padding mask: ``bias`` (B, L) fp32, 0 for real tokens and -inf for
+    padding, and ``key_end`` (B,) int32, one past each sequence's last real key (0 when it has none). Key tiles
+    from ``key_end`` on hold padding only, so the Triton kernels stop their key loops there (and skip those
+    key blocks in dK/dV); padding before it is masked by the bias. Without a mask both are 1-element dummies
+    the kernels never read."""
+    bias: torch.Tensor
+    key_end: torch.Tensor
+
+
+def key_padding(key_padding_mask: torch.Tensor | None, device: torch.device) -> KeyPadding:
+    """The kernels' ``KeyPadding`` of a (B, L) bool mask (True = real token), or dummies for None."""
     if key_padding_mask is None:
-        return torch.zeros(1, dtype=torch.float32, device=device)
-    bias = torch.zeros(key_padding_mask.shape, dtype=torch.float32, device=device)
-    return bias.masked_fill_(~key_padding_mask.to(device), float("-inf"))
+        return KeyPadding(torch.zeros(1, dtype=torch.float32, device=device),
+                          torch.zeros(1, dtype=torch.int32, device=device))
+    mask = key_padding_mask.to(device)
+    bias = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_fill_(~mask, float("-inf"))
+    positions = torch.arange(1, mask.shape[1] + 1, dtype=torch.int32, device=device)  # (L,)
+    key_end = torch.where(mask, positions, 0).amax(dim=1).to(torch.int32)  # (B,)
+    return KeyPadding(bias, key_end)
 
 
 def tile_descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:

@@ -25,7 +25,12 @@ Masking
     rows past L get P = 0 (their dO rows are zero as well). Keys past L have
     zero K and V rows (TMA zero-fill): they add nothing to dS K in
     ``_dq_kernel`` and their dK / dV rows are never stored. Padded keys (a
-    key padding mask) get P = 0 in both kernels.
+    key padding mask) get P = 0 in both kernels; ``_dq_kernel``'s key loop
+    ends at the sequence's key end (``tiles.KeyPadding``), and a
+    ``_dkdv_kernel`` program whose key block starts there or later stores
+    zeros without looping over the queries. With ``ZERO_PAD_ROWS`` (the
+    forward's rows from the key end on are 0, constants): their dQ is 0,
+    they add nothing to dK / dV, and the query loops stop at the key end.
 
 Limits
     As the forward: head_dim 16..128, fp16 / bf16 / fp32 (IEEE dots), any L.
@@ -76,10 +81,10 @@ def support_mask(Idx, rows, row_ok, cols, TOPK: tl.constexpr):
 
 @triton.jit
 def _dkdv_kernel(
-    Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse_desc, Delta_desc, Bias, Kidx,
+    Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse_desc, Delta_desc, Bias, KEnd, Kidx,
     L, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr, ZERO_PAD_ROWS: tl.constexpr = False,
 ):
     bh = tl.program_id(1)
     start_n = tl.program_id(0) * BLOCK_N
@@ -88,18 +93,27 @@ def _dkdv_kernel(
     k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
     v = V_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
     key_ok = n_ok
+    row_end = L  # query rows from here on are constants 0 (ZERO_PAD_ROWS): they add nothing
+    query_end = L
     if HAS_BIAS:
         key_ok = tl.load(Bias + (bh // H).to(tl.int64) * L + offs_n, mask=n_ok, other=float("-inf")) == 0.0
+        key_end = tl.load(KEnd + bh // H)
+        if ZERO_PAD_ROWS:
+            row_end = key_end
+        query_end = tl.where(start_n < key_end, row_end, 0)  # a block of padding only: dK = dV = 0
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    for start_m in tl.range(0, L, BLOCK_M):
+    for start_m in tl.range(0, query_end, BLOCK_M):
         q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
         do = DO_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
         lse = Lse_desc.load([bh, start_m]).reshape([BLOCK_M])  # +inf in the padding past L, so P = 0 there
         qk_t = dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
         p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])
         if HAS_BIAS:
-            p_t = tl.where(key_ok[:, None], p_t, 0.0)
+            keep = key_ok[:, None]
+            if ZERO_PAD_ROWS:
+                keep = keep & ((start_m + tl.arange(0, BLOCK_M)) < row_end)[None, :]
+            p_t = tl.where(keep, p_t, 0.0)
         dv = dot(p_t.to(do.dtype), do, dv, IEEE)
         dlt = Delta_desc.load([bh, start_m]).reshape([BLOCK_M])
         dp_t = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
@@ -115,10 +129,10 @@ def _dkdv_kernel(
 
 @triton.jit
 def _dq_kernel(
-    Q_desc, K_desc, V_desc, DO_desc, DQ_desc, Lse, Delta, Bias, Qidx,
+    Q_desc, K_desc, V_desc, DO_desc, DQ_desc, Lse, Delta, Bias, KEnd, Qidx,
     L, L_PAD, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr, ZERO_PAD_ROWS: tl.constexpr = False,
 ):
     bh = tl.program_id(1)
     start_m = tl.program_id(0) * BLOCK_M
@@ -130,7 +144,14 @@ def _dq_kernel(
     lse = tl.load(Lse + bh.to(tl.int64) * L_PAD + offs_m)  # +inf past L (padding), so P = 0 there
     dlt = tl.load(Delta + bh.to(tl.int64) * L_PAD + offs_m)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for start_n in tl.range(0, L, BLOCK_N):
+    key_end = L
+    row_end = L
+    if HAS_BIAS:  # keys from the sequence's key end on are padding
+        key_end = tl.load(KEnd + bh // H)
+        if ZERO_PAD_ROWS:  # and so are the rows, constants 0: a block of them does no work
+            row_end = key_end
+            key_end = tl.where(start_m < row_end, key_end, 0)
+    for start_n in tl.range(0, key_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
         v = V_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
@@ -138,7 +159,10 @@ def _dq_kernel(
         p = tl.math.exp2(qk * qk_scale - lse[:, None])
         if HAS_BIAS:  # without padding no key mask: keys past L have zero K rows (TMA), so dS K gets 0 from them
             key_ok = tl.load(Bias + (bh // H).to(tl.int64) * L + offs_n, mask=offs_n < L, other=float("-inf")) == 0.0
-            p = tl.where(key_ok[None, :], p, 0.0)
+            keep = key_ok[None, :]
+            if ZERO_PAD_ROWS:  # rows from row_end on hold lse2 = 0, not their own: their P is not a softmax
+                keep = keep & (offs_m < row_end)[:, None]
+            p = tl.where(keep, p, 0.0)
         dp = dot(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
         ds = p * (dp - dlt[:, None])
         dq = dot(ds.to(k.dtype), k, dq, IEEE)

@@ -28,9 +28,16 @@ Design and why
 Masking
     Only the last key tile, when L is not a multiple of BLOCK_N, pays for a
     bounds mask; a key padding mask is an additive fp32 bias (0 / -inf) per
-    key. The running max starts at -1e30 (finite), so a fully padded tile
-    yields p = 0 instead of NaN, and a query whose keys are all padding gets
-    output 0 and lse2 = 0 (the reference does the same).
+    key, and the key loop ends at the sequence's ``key_end`` (one past its
+    last real key, ``tiles.KeyPadding``): the tiles after it hold padding
+    only, so a right-padded batch costs its real keys, not L. With
+    ``ZERO_PAD_ROWS`` the query rows from ``key_end`` on are padding too:
+    they output 0 (lse2 0) and a block of them runs no key loop (the
+    callers pack real tokens first, ``api.sfa_attention(skip_padding=True)``,
+    so a batch costs its real tokens squared). The running max
+    starts at -1e30 (finite), so a fully padded tile yields p = 0 instead of
+    NaN, and a query whose keys are all padding gets output 0 and lse2 = 0
+    (the reference does the same).
 
 Limits
     head_dim in 16, 32, 64, 128; fp16 / bf16 (fp32 for tests: dots then run
@@ -94,9 +101,11 @@ def softmax_pv_update(acc, l_i, m_i, qk, v, valid, qk_scale, bias, MASKED: tl.co
 
 
 @triton.jit
-def finish_rows(acc, l_i, m_i, Lse, O_desc, bh, start_m, offs_m, L, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Normalise, zero rows with no valid key, store O (through its descriptor) and lse2."""
-    empty = l_i == 0.0
+def finish_rows(acc, l_i, m_i, Lse, O_desc, bh, start_m, offs_m, L, row_end, BLOCK_M: tl.constexpr,
+                HEAD_DIM: tl.constexpr):
+    """Normalise, zero rows with no valid key and rows from ``row_end`` on, store O (through its descriptor)
+    and lse2."""
+    empty = (l_i == 0.0) | (offs_m >= row_end)
     inv = tl.where(empty, 0.0, 1.0 / tl.where(empty, 1.0, l_i))
     lse2 = tl.where(empty, 0.0, m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
     out = acc * inv[:, None]
@@ -116,7 +125,8 @@ def tile_scores(q, K_desc, V_desc, bh, start_n, BLOCK_M: tl.constexpr, BLOCK_N: 
 @triton.jit
 def online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr):
-    """The classic online softmax over all key tiles: returns acc (M, D), l_i, m_i (base 2)."""
+    """The classic online softmax over the key tiles before L (the caller's key end): returns acc (M, D), l_i,
+    m_i (base 2)."""
     offs_n = tl.arange(0, BLOCK_N)
     m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -174,7 +184,8 @@ def bounded_update(acc, l_acc, m_i, qk, v, bias_row, start_n, offs_n, qk_scale, 
 def bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr,
                  ROWSUM_2D: tl.constexpr):
-    """Softmax with a fixed per-row offset m_i >= every scaled score: no running max, no rescaling.
+    """Softmax with a fixed per-row offset m_i >= every scaled score (keys before L, the caller's key end):
+    no running max, no rescaling.
 
     p = 2^(s - m_i) <= 1 never overflows; the result equals the online
     softmax's whenever the largest p is not far below 1 (the caller checks).
@@ -208,31 +219,39 @@ def bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M: tl.
 
 @triton.jit
 def _flash_sfa_fwd_kernel(
-    Q_desc, K_desc, V_desc, O_desc, Bias, Lse, KBound,
+    Q_desc, K_desc, V_desc, O_desc, Bias, KEnd, Lse, KBound,
     L, H, qk_scale, l_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr,
     BOUNDED: tl.constexpr = False, TOPK_Q: tl.constexpr = 0, ROWSUM_2D: tl.constexpr = False,
+    ZERO_PAD_ROWS: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     bias_row = Bias + (bh // H).to(tl.int64) * L
+    key_end = L
+    row_end = L
+    if HAS_BIAS:  # keys from the sequence's key end on are padding: the loops stop there
+        key_end = tl.load(KEnd + bh // H)
+        if ZERO_PAD_ROWS:  # so are the query rows from there on: output 0, and a block of them does no work
+            row_end = key_end
+            key_end = tl.where(start_m < row_end, key_end, 0)
     q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
     if TOPK_Q > 0:  # Q_desc holds dense q: keep each row's TOPK_Q largest |q| here (16-bit q only)
         q = keep_topk(q, TOPK_Q, HEAD_DIM)
     if BOUNDED:
         m_i = score_bound(q, KBound, bh, qk_scale, HEAD_DIM)
-        acc, l_i = bounded_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, m_i, BLOCK_M, BLOCK_N, HEAD_DIM,
-                                HAS_BIAS, IEEE, WARP_SPEC, ROWSUM_2D)
+        acc, l_i = bounded_rows(q, K_desc, V_desc, bias_row, bh, key_end, qk_scale, m_i, BLOCK_M, BLOCK_N,
+                                HEAD_DIM, HAS_BIAS, IEEE, WARP_SPEC, ROWSUM_2D)
         if tl.min(l_i, 0) < BOUND_MIN_SUM:  # the bound sat far above some row's true max: redo the block
-            acc, l_i, m_i = online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM,
-                                        HAS_BIAS, IEEE, WARP_SPEC)
+            acc, l_i, m_i = online_rows(q, K_desc, V_desc, bias_row, bh, key_end, qk_scale, BLOCK_M, BLOCK_N,
+                                        HEAD_DIM, HAS_BIAS, IEEE, WARP_SPEC)
     else:
-        acc, l_i, m_i = online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM,
+        acc, l_i, m_i = online_rows(q, K_desc, V_desc, bias_row, bh, key_end, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM,
                                     HAS_BIAS, IEEE, WARP_SPEC)
-    finish_rows(acc, l_i, m_i, Lse, O_desc, bh, start_m, offs_m, L, BLOCK_M, HEAD_DIM)
+    finish_rows(acc, l_i, m_i, Lse, O_desc, bh, start_m, offs_m, L, row_end, BLOCK_M, HEAD_DIM)
 
 
 def set_block_shapes(nargs: dict) -> None:
@@ -252,6 +271,11 @@ def fwd_config(block_m: int, block_n: int, warps: int, stages: int, warp_spec: b
 
 
 INTERPRETER_CONFIG = fwd_config(64, 64, 4, 1)
+# fp16 runs the online softmax, never a BOUNDED config: those cast p = 2^(s - bound) to v's dtype, and in fp16
+# (smallest subnormal 2^-24) a row whose bound sits 24+ binades above its largest score loses its weights while
+# its fp32 row sum stays above BOUND_MIN_SUM; bf16 keeps fp32's exponent range. Not autotuned: the tuner's key
+# does not tell fp16 from bf16.
+FP16_CONFIG = fwd_config(64, 64, 4, 3)
 GPU_CONFIGS = [  # the fastest measured at L=16K, d=128; the autotuner picks per length bucket
     fwd_config(64, 64, 4, 3, bounded=True, rowsum_2d=True),
     fwd_config(64, 64, 4, 3, warp_spec=True, bounded=True),

@@ -9,14 +9,15 @@
 # the set-up and the packing come on top, so in a 10-minute device call give at most 8.5, and no outer
 # `timeout` shorter than the call. The campaign itself is killed 60 s after <minutes> whatever it is doing.
 # There: installs the Hydra wheels, unpacks .campaign/work.tgz (the run dirs of cells cut last time),
-# runs the campaign for <minutes>, and returns $OUT/records/ (each new record as soon as it is written, so
-# a killed call keeps them: copy into results/runs/), $OUT/campaign.log (its output, kept the same way)
+# runs the campaign for <minutes>, and returns $OUT/records.tgz (the new records, repacked within 10 s of each
+# being written, so a killed call keeps them; one file, as a call returns at most 8:
+# tar xzf records.tgz -C results/runs), $OUT/campaign.log (its output, kept the same way)
 # and $OUT/work.tgz (run dirs whose checkpoints are under 16 MiB, e.g. Pathfinder's; copy it to
 # .campaign/work.tgz for the next slot). Larger checkpoints (ListOps) cannot travel: those cells restart, so a
 # cell that would be cut and whose checkpoint is larger is not started (checkpoint_travel_mb=16).
-# The compilers' caches travel too (Inductor's graphs, Triton's binaries): $OUT/compile_cache.tgz, when under
-# 40 MiB; copy it to .campaign/compile_cache.tgz, and the next slot's first cells skip most of their
-# compilation (a cache made on another card or torch is simply not hit).
+# The compilers' caches travel too (Inductor's graphs, Triton's binaries): $OUT/compile_cache.tar.xz, when
+# under 16 MiB (the most one file can come back with); copy it to .campaign/compile_cache.tar.xz, and the next
+# slot's first cells skip most of their compilation (a cache made on another card or torch is simply not hit).
 set -u
 campaign=$1; minutes=$2; shift 2
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null; export PYTHONPATH=/tmp/site
@@ -24,11 +25,17 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/n
 export LRA_SFA_CACHE=/tmp/lra_cache PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR=/tmp/compile_cache/inductor TRITON_CACHE_DIR=/tmp/compile_cache/triton
 mkdir -p /tmp/campaign /tmp/records /tmp/compile_cache
-[ -f .campaign/compile_cache.tgz ] && tar xzf .campaign/compile_cache.tgz -C /tmp/compile_cache
+[ -f .campaign/compile_cache.tar.xz ] && python3 -c "import tarfile
+tarfile.open('.campaign/compile_cache.tar.xz').extractall('/tmp/compile_cache', filter='data')"
 [ -f .campaign/work.tgz ] && tar xzf .campaign/work.tgz -C /tmp/campaign
 cp results/runs/*.json /tmp/records/ 2>/dev/null  # finished cells are skipped
-touch /tmp/records.start; mkdir -p "$OUT/records"
-copy_new() { find /tmp/records -name '*.json' -newer /tmp/records.start -exec cp -p {} "$OUT/records/" \; ; }
+touch /tmp/records.start; mkdir -p /tmp/records.new
+copy_new() {  # the new records, repacked whole and swapped in, so $OUT never holds half an archive
+  find /tmp/records -name '*.json' -newer /tmp/records.start -exec cp -p {} /tmp/records.new/ \;
+  if [ -n "$(ls /tmp/records.new)" ]; then
+    tar czf "$OUT/records.tgz.part" -C /tmp/records.new . && mv "$OUT/records.tgz.part" "$OUT/records.tgz"
+  fi
+}
 ( while sleep 10; do copy_new; done ) & copier=$!
 hard_stop=$(python3 -c "print(int(float('$minutes') * 60) + 60)")
 timeout "$hard_stop" python3 -m lra_sfa.campaign campaign="$campaign" deadline_minutes="$minutes" store=/tmp/records \
@@ -36,6 +43,7 @@ timeout "$hard_stop" python3 -m lra_sfa.campaign campaign="$campaign" deadline_m
 kill $copier; copy_new
 find /tmp/campaign -name checkpoint.pt -size +16M -delete
 tar czf "$OUT/work.tgz" -C /tmp/campaign .
-tar czf /tmp/compile_cache.tgz -C /tmp/compile_cache .
-if [ "$(stat -c %s /tmp/compile_cache.tgz)" -le $((40 << 20)) ]; then cp /tmp/compile_cache.tgz "$OUT/"
-else echo "compile cache $(du -h /tmp/compile_cache.tgz | cut -f1): over 40 MiB, not returned" | tee -a "$OUT/campaign.log"; fi
+python3 -c "import tarfile  # xz (Python's lzma, no xz binary needed): the compilers' IR text packs far smaller
+with tarfile.open('/tmp/compile_cache.tar.xz', 'w:xz', preset=1) as t: t.add('/tmp/compile_cache', arcname='.')"
+if [ "$(stat -c %s /tmp/compile_cache.tar.xz)" -le $((16 << 20)) ]; then cp /tmp/compile_cache.tar.xz "$OUT/"
+else echo "compile cache $(du -h /tmp/compile_cache.tar.xz | cut -f1): over 16 MiB, not returned" | tee -a "$OUT/campaign.log"; fi

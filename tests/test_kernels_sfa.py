@@ -154,15 +154,14 @@ def test_key_padding_key_end_is_one_past_the_last_real_key():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_right_padded_batches_stop_at_the_key_end(dtype):
     """Sequences ending at L, on a key-tile boundary (64), inside a tile (37), with no real key, and with a hole
-    before the last real key (the bias masks it): the kernels stop each key loop at the key end and skip dK/dV
-    blocks of padding only. Padded keys and values hold large numbers, which would show if any were read into
-    a score; the forward and all gradients pass the float64 rule, and padded keys get dK = dV = 0 exactly."""
-    length = 150
+    before the last real key (the bias masks it): padded keys and values hold large numbers, and the forward
+    and all gradients pass the float64 rule, padded keys getting dK = dV = 0 exactly. That the kernels stop
+    each key loop at the key end and skip dK/dV blocks of padding only is shown by values that are NaN in
+    every key tile wholly past a row's key end: a tile read there, even under the -inf bias, would make the
+    output or a gradient NaN (0 * NaN)."""
+    length, ends = 150, (150, 64, 37, 0, 90)
     q, k, v = _inputs(5, 2, length, HEAD_DIM, torch.float32, seed=41)
-    mask = torch.zeros(5, length, dtype=torch.bool)
-    for row, end in enumerate((length, 64, 37, 0)):
-        mask[row, :end] = True
-    mask[4, :90] = True
+    mask = torch.arange(length)[None, :] < torch.tensor(ends)[:, None]  # (B, L)
     mask[4, 20:50] = False
     pad = ~mask[:, None, :, None]
     k, v = (torch.where(pad, 30.0 + 5 * t, t).to(dtype) for t in (k, v))
@@ -173,6 +172,18 @@ def test_right_padded_batches_stop_at_the_key_end(dtype):
     flash_sfa(*leaves, 4, 4, mask).float().square().sum().backward()
     for grad in (leaves[1].grad, leaves[2].grad):
         assert torch.equal(grad.masked_select(pad), torch.zeros_like(grad.masked_select(pad)))
+    from lra_sfa.kernels.sfa import triton_bwd, triton_fwd
+
+    tile = max(triton_fwd.INTERPRETER_CONFIG.kwargs["BLOCK_N"], triton_bwd.INTERPRETER_BWD_CONFIG.kwargs["BLOCK_N"])
+    unread = torch.arange(length)[None, :] >= (torch.tensor(ends)[:, None] + tile - 1) // tile * tile  # (B, L)
+    assert unread.any(dim=1).tolist() == [False, True, True, True, True]
+    v_nan = torch.where(unread[:, None, :, None], float("nan"), v.float()).to(dtype)
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q.to(dtype), k, v_nan)]
+    out = flash_sfa(*leaves, 4, 4, mask)
+    out.float().square().sum().backward()
+    assert torch.isfinite(out).all()
+    for grad in (leaves[0].grad, leaves[1].grad, leaves[2].grad):
+        assert torch.isfinite(grad).all()
 
 
 @pytest.mark.parametrize("head_dim", [HEAD_DIM, 8])

@@ -36,14 +36,15 @@ copy_new() {  # the new records, repacked whole and swapped in, so $OUT never ho
     tar czf "$OUT/records.tgz.part" -C /tmp/records.new . && mv "$OUT/records.tgz.part" "$OUT/records.tgz"
   fi
 }
-( while sleep 10; do copy_new; done ) & copier=$!
+rm -f /tmp/records.stop
+( while [ ! -f /tmp/records.stop ]; do sleep 10; copy_new; done ) & copier=$!
 hard_stop=$(python3 -c "print(int(float('$minutes') * 60) + 60)")
 timeout "$hard_stop" python3 -m lra_sfa.campaign campaign="$campaign" deadline_minutes="$minutes" store=/tmp/records \
   checkpoint_travel_mb=16 work_dir=/tmp/campaign "$@" 2>&1 | grep --line-buffered -v WARN | tee -a "$OUT/campaign.log"
-kill $copier; copy_new
+touch /tmp/records.stop; wait $copier; copy_new  # the loop's last pack ends before the final one starts
 find /tmp/campaign -name checkpoint.pt -size +16M -delete
 tar czf "$OUT/work.tgz" -C /tmp/campaign .
-python3 -c "import tarfile  # xz (Python's lzma, no xz binary needed): the compilers' IR text packs far smaller
-with tarfile.open('/tmp/compile_cache.tar.xz', 'w:xz', preset=1) as t: t.add('/tmp/compile_cache', arcname='.')"
-if [ "$(stat -c %s /tmp/compile_cache.tar.xz)" -le $((16 << 20)) ]; then cp /tmp/compile_cache.tar.xz "$OUT/"
-else echo "compile cache $(du -h /tmp/compile_cache.tar.xz | cut -f1): over 16 MiB, not returned" | tee -a "$OUT/campaign.log"; fi
+if timeout 60 python3 -c "import tarfile  # xz (Python's lzma, no xz binary needed): IR text packs far smaller
+with tarfile.open('/tmp/compile_cache.tar.xz', 'w:xz', preset=1) as t: t.add('/tmp/compile_cache', arcname='.')" \
+   && [ "$(stat -c %s /tmp/compile_cache.tar.xz)" -le $((16 << 20)) ]; then cp /tmp/compile_cache.tar.xz "$OUT/"
+else echo "compile cache not returned (over 16 MiB, or not packed within 60 s)" | tee -a "$OUT/campaign.log"; fi

@@ -108,8 +108,9 @@ def sfa_attention(
     row's padding follows all its real tokens (right padding); the packing
     is then the identity and is skipped, and the kernels stop at each row's
     last real token. Were the promise broken, real rows would still be
-    exact, and padding rows before a row's last real token would hold their
-    attention over the real keys instead of 0.
+    exact, and the kernels' padding rows before a row's last real token
+    would hold their attention over the real keys instead of 0 (the
+    reference path zeroes every padding row either way).
     Never builds an L x L tensor for the whole sequence.
     """
     topk_k = topk_q if topk_k is None else topk_k

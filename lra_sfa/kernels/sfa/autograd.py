@@ -159,8 +159,8 @@ def flash_sfa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, to
     padding give 0. Without autograd (no grad mode, or no input needing a
     gradient) it runs the forward-only path, which fuses q's top-k.
     ``kernels``: "auto", "gluon" or "triton" (``dispatch``). With
-    ``zero_pad_rows`` (and a mask) the rows from each sequence's last real
-    token on output 0, constants, and cost nothing: for a mask whose real
+    ``zero_pad_rows`` (and a mask) the rows after each sequence's last real
+    token output 0, constants, and cost nothing: for a mask whose real
     tokens come first (right padding, or the mask ``api.sfa_attention(
     skip_padding=True)`` packs).
     """

@@ -32,9 +32,10 @@ Masking
     last real key, ``tiles.KeyPadding``): the tiles after it hold padding
     only, so a right-padded batch costs its real keys, not L. With
     ``ZERO_PAD_ROWS`` the query rows from ``key_end`` on are padding too:
-    they output 0 (lse2 0) and a block of them runs no key loop (the
-    callers pack real tokens first, ``api.sfa_attention(skip_padding=True)``,
-    so a batch costs its real tokens squared). The running max
+    they output 0 (lse2 0) and a block of them runs no key loop (for a
+    right-padded batch, or one whose real tokens ``api.sfa_attention(
+    skip_padding=True)`` packed first: a batch then costs its real tokens
+    squared). The running max
     starts at -1e30 (finite), so a fully padded tile yields p = 0 instead of
     NaN, and a query whose keys are all padding gets output 0 and lse2 = 0
     (the reference does the same).

@@ -71,6 +71,9 @@ POSITIVE = Range(low=0, low_open=True)
 FRACTION = Range(low=0, high=1, high_open=True)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
 def key(valid: Range | tuple | None = None) -> Any:
     """A schema field with no default (the YAML holds the values) and its range or its tuple of choices."""
     if valid is None:
@@ -142,7 +145,7 @@ class TrainerConfig:
     checkpoint_every: int = key(Range(low=0, hint="0 for none"))
     progress: bool = key()
     test_weights: str = key(("best_val", "final"))
-    compile_mode: str = key()
+    compile_mode: str = key(COMPILE_MODES)
     # auto | true | false (OmegaConf has no union of bool and str; lra_sfa.placement and the DDP wrap check them)
     find_unused_parameters: Any = key()
     compile: Any = key()

@@ -34,6 +34,7 @@ from .test_faults import TINY
     ("+model.proj_bias=sometimes", ("model.proj_bias='sometimes'", "true or false")),
     ("task.max_args=1", ("task.max_args=1", "at least 2")),
     ("trainer.test_weights=last", ("trainer.test_weights='last'", "best_val or final")),
+    ("trainer.compile_mode=fast", ("trainer.compile_mode='fast'", "default, reduce-overhead")),
     ("trainer.max_steps=null", ("trainer.max_steps=None", "expected an integer")),
     ("seed=[1]", ("seed=[1]", "expected an integer")),
 ])

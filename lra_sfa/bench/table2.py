@@ -29,6 +29,7 @@ from lra_sfa.compose import compose_config
 from lra_sfa.model import LRAClassifier, cross_entropy
 from lra_sfa.optim import build_optimizer
 from lra_sfa.placement import compile_wanted
+from lra_sfa.schema import COMPILE_MODES
 
 OPTIMIZER_KEYS = ("lr", "schedule", "warmup_steps", "max_steps", "weight_decay", "betas", "eps")
 
@@ -54,9 +55,6 @@ def _build(attn_cfg: DictConfig, length: int, bench: DictConfig, device: torch.d
     model_args = OmegaConf.to_container(bench.model, resolve=True)
     return LRAClassifier(vocab_size=int(bench.vocab_size), num_classes=int(bench.num_classes), seq_len=length,
                          attn_cfg=attn_cfg, pooling=str(bench.pooling), **model_args).to(device)
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 def _train_step_fn(model: LRAClassifier, bench: DictConfig, length: int, device, dtype, compiled: bool = False):

@@ -4,10 +4,13 @@
 #
 #   LRA_SFA_GIT_COMMIT=<commit> bash lab/gpu/throughput_probe.sh "experiment=lra_listops trainer.max_steps=300" ...
 #
-# Assumes the hydra wheels are installed (lab/gpu/protocol_runs.sh does it) or installs them.
+# Installs the Hydra wheels (.whl, carried) and the project itself, editable: the package maps
+# lra_sfa.tasks and lra_sfa.baselines onto the top-level folders, which a bare PYTHONPATH does not.
 set -u
 python3 -c "import hydra" 2>/dev/null || {
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site; }
+python3 -c "import lra_sfa.tasks" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . \
+  >/dev/null 2>&1 || { echo "throughput_probe: pip install -e . failed" >&2; exit 1; }
 export LRA_SFA_CACHE=/tmp/lra_cache PYTHONUNBUFFERED=1
 mkdir -p "$OUT/probe"
 set -f

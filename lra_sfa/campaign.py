@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -60,7 +61,11 @@ def expand_cells(spec) -> list[Cell]:
 
 
 def is_finished(record: dict) -> bool:
-    """A record that no rerun of its cell should replace."""
+    """A record that no rerun of its cell should replace. Out of memory beside other cells
+    (``trainer.concurrent_runs`` > 1) is not final: alone, the cell may fit."""
+    trainer = record.get("trainer") if isinstance(record.get("trainer"), dict) else {}
+    if record.get("status") == "oom" and int(trainer.get("concurrent_runs") or 1) > 1:
+        return False
     if record.get("status") in FINAL_STATUSES:
         return True
     steps, max_steps = record.get("steps"), record.get("max_steps")
@@ -103,7 +108,8 @@ def cell_estimates(store: Path, work_dir: Path) -> dict[str, Estimate]:
     Seconds: ``max_steps`` at the slowest recorded steps/s plus the time outside the timed steps (data,
     compilation, evaluation: ``wall_seconds - train_seconds``, or a minute for records without it), the
     largest of the records for ``seconds`` and the smallest for ``warm_seconds``.
-    MiB: fp32 weights and AdamW's two moments, 12 bytes a parameter.
+    MiB: fp32 weights and AdamW's two moments, 12 bytes a parameter, and the best-validation weights where
+    the run tests those (``trainer.test_weights=best_val``), 16; and 5% for the rest of the file.
     """
     from lra_sfa.records import load_records
 
@@ -118,7 +124,9 @@ def cell_estimates(store: Path, work_dir: Path) -> dict[str, Estimate]:
         wall, train = record.get("wall_seconds"), record.get("train_seconds") or 0.0
         overhead = wall - train if wall and wall > train else 60.0  # a resumed run's wall is one segment
         seconds = record["max_steps"] / rate
-        megabytes = 12 * (record.get("num_parameters") or 0) / 2**20
+        trainer = record.get("trainer") if isinstance(record.get("trainer"), dict) else {}
+        per_parameter = 16 if trainer.get("test_weights", "best_val") == "best_val" else 12
+        megabytes = 1.05 * per_parameter * (record.get("num_parameters") or 0) / 2**20
         for group in (_sibling_key(key), _experiment_key(key)):
             known = parts.get(group, (0.0, 0.0, float("inf"), 0.0))
             parts[group] = (max(seconds, known[0]), max(overhead, known[1]), min(overhead, known[2]),
@@ -232,7 +240,15 @@ def _run_cell(cell: Cell, cfg: DictConfig, estimates: dict, deadline: float | No
     skip = _cannot_finish(cell, cfg, estimates, seconds_left, concurrent_runs, warm)
     if skip:
         return skip
-    record = run(_cell_config(cell, cfg, seconds_left, concurrent_runs))
+    import torch
+
+    torch._dynamo.reset()  # each cell compiles afresh: past the recompile limit a cell would run eagerly unseen
+    try:
+        record = run(_cell_config(cell, cfg, seconds_left, concurrent_runs))
+    except Exception as exc:  # one broken cell (a bad override, a checkpoint that no longer fits) stops only itself
+        traceback.print_exc()
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        return f"error (not finished; retried next time): {type(exc).__name__}: {first_line}"
     if record.get("stopped_by_time_budget"):
         return _cut_outcome(record, Path(cfg.work_dir) / cell.slug, cfg.get("checkpoint_travel_mb"))
     return f"{record['status']}, test {record.get('test_accuracy')}"
@@ -266,7 +282,7 @@ def main(cfg: DictConfig) -> None:
     with exit_on_bad_input("lra-sfa campaign"):
         outcomes = run_campaign(cfg)
     _print_table(outcomes)
-    left = sum(outcome == "to run" or outcome.startswith(("cut", "not started")) for _, outcome in outcomes)
+    left = sum(outcome == "to run" or outcome.startswith(("cut", "not started", "error")) for _, outcome in outcomes)
     print(f"{len(outcomes) - left} of {len(outcomes)} cells finished" + (f"; {left} left" if left else ""))
 
 

@@ -73,6 +73,8 @@ class TrainState:
     history: list = field(default_factory=list)
     saved_step: int | None = None  # step of the checkpoint on disk (None: none written or read yet)
     resume_forced: dict = field(default_factory=dict)  # key -> {"checkpoint": old, "now": new} under resume=force
+    commits: list = field(default_factory=list)  # the code commit of each stretch of training, in order, once each
+    saved_max_steps: int | None = None  # trainer.max_steps of the checkpoint's run (None: none read, or older file)
 
 
 def _flatten(value, prefix: str, out: dict) -> dict:
@@ -179,7 +181,7 @@ def save(run_dir: Path, model, optimizer, schedule, sampler, state: TrainState, 
         "sampler": sampler.state_dict(), "step": state.step, "best_val": state.best_val,
         "best_step": state.best_step, "best_weights": state.best_weights, "last_loss": state.last_loss,
         "history": state.history, "settings": resume_settings(cfg), "world_size": env.world_size,
-        "rng": rng_states,
+        "rng": rng_states, "commits": state.commits, "max_steps": int(cfg.trainer.max_steps),
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,7 +283,8 @@ def load(run_dir: Path, model, optimizer, schedule, sampler, device, cfg,
     return TrainState(step=payload["step"], start_step=payload["step"], best_val=payload["best_val"],
                       best_step=payload["best_step"], best_weights=payload["best_weights"],
                       last_loss=payload["last_loss"], history=payload["history"], saved_step=payload["step"],
-                      resume_forced=changes)
+                      resume_forced=changes, commits=list(payload.get("commits") or []),
+                      saved_max_steps=payload.get("max_steps"))
 
 
 def finished_record(run_dir: Path, cfg) -> dict | None:

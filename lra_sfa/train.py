@@ -70,6 +70,7 @@ class LoopContext:
     resume: bool
     where: dict = field(default_factory=lambda: {"phase": "setup", "shape": []})
     progress: TrainProgress | None = None
+    started: float = field(default_factory=time.perf_counter)  # the run's start: trainer.max_seconds counts from it
 
 
 @dataclass
@@ -132,6 +133,14 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> LoopOutcome:
                           force=cfg.resume == "force")
         if state.resume_forced:
             record.update(resume_forced=state.resume_forced)
+        if state.saved_max_steps is not None and state.saved_max_steps != int(tcfg.max_steps):  # a schedule that
+            record.update(max_steps_changed_on_resume={"checkpoint": state.saved_max_steps,  # spans max_steps changed
+                                                       "now": int(tcfg.max_steps)})
+    commit = record.data["git_commit"]
+    if state.commits and state.commits[-1] != commit:  # earlier stretches ran other code: the record names them
+        record.update(earlier_commits=list(state.commits))
+    if not state.commits or state.commits[-1] != commit:
+        state.commits.append(commit)
     max_steps, eval_every, log_every = int(tcfg.max_steps), int(tcfg.eval_every), int(tcfg.log_every)
     timing_warmup = min(int(tcfg.timing_warmup_steps), max(0, max_steps - state.step - 1))
     attention = raw_model.attention_modules()
@@ -141,7 +150,7 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> LoopOutcome:
     ctx.progress = progress
     progress.start(state.step)
     model.train()
-    budget = float(tcfg.max_seconds) if tcfg.get("max_seconds") else None
+    budget = float(tcfg.max_seconds) if tcfg.get("max_seconds") else None  # from the run's start: set-up counts
     loop_start, out_of_time = time.perf_counter(), False
     while state.step < max_steps and not out_of_time:
         if state.step - state.start_step == timing_warmup and segment_start is None:
@@ -155,7 +164,7 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> LoopOutcome:
         timed_steps += int(segment_start is not None)
         is_eval = state.step % eval_every == 0 or state.step == max_steps
         if state.step % log_every == 0 or is_eval:  # one host sync (and one all-reduce) per log interval
-            over_budget = budget is not None and time.perf_counter() - loop_start > budget
+            over_budget = budget is not None and time.perf_counter() - ctx.started > budget
             mean_loss, out_of_time = _reduced_loss(loss_sum, loss_count, over_budget, env)
             loss_sum.zero_()
             loss_count = 0
@@ -163,6 +172,9 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> LoopOutcome:
                 raise Diverged(f"loss became {mean_loss} by step {state.step}")
             state.last_loss = mean_loss
             progress.update(state.step, loss=mean_loss, val=state.best_val)
+        cut_here = out_of_time and not is_eval
+        if cut_here and tcfg.checkpoint_every:  # before the cut's evaluation, which an uninterrupted run never makes:
+            _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx, record)  # the resumed run matches it
         if is_eval or out_of_time:
             if segment_start is not None:
                 dist.synchronize(device)
@@ -175,7 +187,7 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> LoopOutcome:
             if segment_start is not None:
                 dist.synchronize(device)
                 segment_start = time.perf_counter()
-        if tcfg.checkpoint_every and (state.step % int(tcfg.checkpoint_every) == 0 or out_of_time):
+        if tcfg.checkpoint_every and not cut_here and (state.step % int(tcfg.checkpoint_every) == 0 or out_of_time):
             _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx, record)  # a cut run resumes here
     return LoopOutcome(state, out_of_time, timed_seconds, timed_steps)
 
@@ -210,7 +222,9 @@ def test_pass(raw_model, outcome: LoopOutcome, ctx: LoopContext, record: RunReco
         **{f"test_{key}": value for key, value in test.items() if key.startswith("accuracy_by_")},
     )
     lengths = list(tcfg.get("test_lengths") or [])
-    if lengths:
+    if lengths and outcome.out_of_time:  # a cut run resumes; its record is no result, so its time goes to training
+        record.update(test_lengths_skipped="the run was cut by trainer.max_seconds")
+    elif lengths:
         ctx.where["phase"] = "test at other lengths"
         by_length, by_depth, unsupported, extra = _test_at_lengths(raw_model, lengths, ctx)
         record.update(test_accuracy_by_length={**record.data.get("test_accuracy_by_length", {}), **by_length},
@@ -329,6 +343,7 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _run(cfg: DictConfig, env: dist.DistEnv) -> dict:
+    started = time.perf_counter()
     device = env.device
     run_dir = Path(dist.broadcast_object(str(Path(str(cfg.run_dir)).expanduser()), env))  # rank 0's folder
     faults.check_writable(run_dir, "run dir")
@@ -350,7 +365,7 @@ def _run(cfg: DictConfig, env: dist.DistEnv) -> dict:
     data = task.load(cfg.paths.cache_dir)
     faults.check_task_data(data, task)
     record.update(data_source=data.source, num_train=len(data.train))
-    ctx = LoopContext(cfg, data, device, dtype, env, run_dir, _resume_mode(cfg, run_dir, env))
+    ctx = LoopContext(cfg, data, device, dtype, env, run_dir, _resume_mode(cfg, run_dir, env), started=started)
     try:
         ctx.where["phase"] = "model set-up"
         record.update(num_parameters=sum(p.numel() for p in model.parameters()))

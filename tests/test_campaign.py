@@ -41,6 +41,7 @@ def test_finished_means_the_last_step_or_a_final_failure():
     assert not is_finished({"status": "ok", "steps": 10, "max_steps": 10, "stopped_by_time_budget": True})
     assert not is_finished({"status": "ok", "steps": 7, "max_steps": 10})
     assert is_finished({"status": "oom", "steps": 0, "max_steps": 10})
+    assert not is_finished({"status": "oom", "steps": 0, "max_steps": 10, "trainer": {"concurrent_runs": 3}})
     assert not is_finished({"status": "error", "steps": 0, "max_steps": 10})
 
 
@@ -73,6 +74,19 @@ def test_a_cut_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
                      key=lambda r: r["steps"])
     assert records[0]["stopped_by_time_budget"] and not records[1]["stopped_by_time_budget"]
     assert records[1]["resumed_from_step"] == records[0]["steps"] and records[1]["steps"] == 12
+    cut_step = records[0]["steps"]  # evaluated for the cut's record, but not in the run that resumed from it
+    assert records[0]["history"][-1]["step"] == cut_step and cut_step % 6
+    assert [point["step"] for point in records[1]["history"]] == [6, 12]
+
+
+def test_a_broken_cell_stops_only_itself(tmp_path, monkeypatch):
+    """A cell that fails before it can run (here an attention choice that does not exist) is reported and left
+    for the next time; the campaign goes on with the next cell."""
+    monkeypatch.setenv("LRA_SFA_GIT_COMMIT", "abc1234")
+    outcomes = run_campaign(_campaign(tmp_path, "campaign.cells=[{experiment: listops_reduced, "
+                                                "attns: [no_such_backend, full], seeds: [0]}]"))
+    assert outcomes[0][1].startswith("error (not finished; retried next time)")
+    assert outcomes[1][1].startswith("ok")
 
 
 def test_a_cut_cell_whose_checkpoint_stays_behind_says_it_restarts(tmp_path, monkeypatch):
@@ -121,7 +135,9 @@ def test_a_cell_that_would_be_cut_and_lose_its_checkpoint_is_not_started(tmp_pat
     path.write_text(json.dumps(record))
     estimates = cell_estimates(tmp_path / "store", tmp_path / "work")
     seconds, warm_seconds, megabytes = estimates["experiment=listops_reduced attn=full"]
-    assert seconds == warm_seconds >= 1000 and megabytes == pytest.approx(12 * record["num_parameters"] / 2**20)
+    per_parameter = 16 if record["trainer"]["test_weights"] == "best_val" else 12  # + the best-val weights
+    assert seconds == warm_seconds >= 1000
+    assert megabytes == pytest.approx(1.05 * per_parameter * record["num_parameters"] / 2**20)
     two_seeds = "campaign.cells=[{experiment: listops_reduced, attns: [full, sfa], seeds: [1]}]"
     planned = run_campaign(_campaign(tmp_path, two_seeds, "deadline_minutes=5", "checkpoint_travel_mb=0"))
     assert planned[0][1].startswith("not started: needs about")

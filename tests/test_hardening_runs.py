@@ -159,6 +159,21 @@ def test_finished_run_is_left_as_it_is(make_cfg, tmp_path, capsys):
     assert strict_json(tmp_path / "run" / "record.json")["resume_forced"] == forced["resume_forced"]
 
 
+def test_a_resumed_run_names_its_earlier_commits_and_a_changed_max_steps(make_cfg, tmp_path, monkeypatch):
+    """Each stretch of training keeps its commit in the checkpoint; the record of a run resumed under other code
+    lists the earlier ones, and one resumed under another max_steps (a schedule that spans the run) says so."""
+    monkeypatch.setenv("LRA_SFA_GIT_COMMIT", "aaaa111")
+    args = (*TINY, "trainer.checkpoint_every=5")
+    assert run(make_cfg(*args, "trainer.max_steps=5"))["status"] == "ok"
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["commits"] == ["aaaa111"]
+    monkeypatch.setenv("LRA_SFA_GIT_COMMIT", "bbbb222")
+    longer = run(make_cfg(*args, "trainer.max_steps=10", "resume=true"))
+    assert longer["status"] == "ok" and longer["resumed_from_step"] == 5 and longer["git_commit"] == "bbbb222"
+    assert longer["earlier_commits"] == ["aaaa111"]
+    assert longer["max_steps_changed_on_resume"] == {"checkpoint": 5, "now": 10}
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["commits"] == ["aaaa111", "bbbb222"]
+
+
 def test_attn_yaml_without_target_gets_build_attention_message(make_cfg, tmp_path):
     with pytest.raises(ValueError, match="has no _target_; set it to an importable AttentionBackend class"):
         run(make_cfg(*TINY, "~attn._target_", "trainer.max_steps=2"))

@@ -286,6 +286,26 @@ def test_headline_is_mean_and_spread_of_protocol_complete_runs_only():
     assert "| lra_listops_2020 | full | 38.00 (n=1) |" in page
 
 
+def test_headline_counts_each_seed_once_and_keeps_attention_variants_apart():
+    """A seed run twice counts once (its latest record); sfa at two topk values is two rows, each labelled
+    by the argument that differs; a run resumed under another max_steps is not protocol-complete."""
+    from lra_sfa.report.headline import headline_markdown, protocol_complete
+
+    rng = random.Random(5)
+    make = lambda attn, acc, seed, date, **args: protocol_record(
+        rng, "lra_listops", attn, acc, seed=seed, date=date, attn_args={"impl": "auto", **args})
+    full = [make("full", 0.30, 0, "2026-12-01"), make("full", 0.36, 0, "2026-12-02"),
+            make("full", 0.38, 1, "2026-12-01")]
+    sfa = [make("sfa", 0.35, 0, "2026-12-01", topk=8), make("sfa", 0.33, 0, "2026-12-01", topk=2)]
+    extended = make("linear", 0.40, 0, "2026-12-01")
+    extended["max_steps_changed_on_resume"] = {"checkpoint": 100, "now": 5000}
+    assert not protocol_complete(extended)
+    page = headline_markdown([*full, *sfa, extended])
+    assert "| full | 37.00 ± 1.41 (n=2) |" in page  # seed 0's later run (36) and seed 1 (38)
+    assert "| sfa (topk=2) | 33.00 (n=1) |" in page and "| sfa (topk=8) | 35.00 (n=1) |" in page
+    assert "| linear |" not in page
+
+
 def test_diverged_seeds_of_a_protocol_are_counted_beside_n_and_left_out_of_the_mean():
     from lra_sfa.report.headline import headline_markdown, protocol_diverged
     from lra_sfa.report.tables import _details, group_runs

@@ -12,8 +12,8 @@
 # runs the campaign for <minutes>, and returns $OUT/records.tgz (the new records, repacked within 10 s of each
 # being written, so a killed call keeps them; one file, as a call returns at most 8:
 # tar xzf records.tgz -C results/runs), $OUT/campaign.log (its output, kept the same way)
-# and $OUT/work.tgz (run dirs whose checkpoints are under 16 MiB, e.g. Pathfinder's; copy it to
-# .campaign/work.tgz for the next slot). Larger checkpoints (ListOps) cannot travel: those cells restart, so a
+# and $OUT/work.tgz (the run dirs of cells the deadline cut, whose checkpoints are under 16 MiB, e.g.
+# Pathfinder's; copy it to .campaign/work.tgz for the next slot). Larger checkpoints (ListOps) cannot travel: those cells restart, so a
 # cell that would be cut and whose checkpoint is larger is not started (checkpoint_travel_mb=16).
 # The compilers' caches travel too (Inductor's graphs, Triton's binaries): $OUT/compile_cache.tar.xz, when
 # under 16 MiB (the most one file can come back with); copy it to .campaign/compile_cache.tar.xz, and the next
@@ -43,7 +43,16 @@ timeout "$hard_stop" python3 -m lra_sfa.campaign campaign="$campaign" deadline_m
   checkpoint_travel_mb=16 work_dir=/tmp/campaign "$@" 2>&1 | grep --line-buffered -v WARN | tee -a "$OUT/campaign.log"
 touch /tmp/records.stop; wait $copier; copy_new  # the loop's last pack ends before the final one starts
 find /tmp/campaign -name checkpoint.pt -size +16M -delete
-tar czf "$OUT/work.tgz" -C /tmp/campaign .
+python3 - <<'PY'  # only cut cells travel back: a finished cell's record is in records.tgz and its checkpoint is dead weight
+import json, pathlib, shutil
+for run_dir in pathlib.Path("/tmp/campaign").iterdir():
+    record = run_dir / "record.json"
+    if run_dir.is_dir() and record.is_file() and not json.loads(record.read_text()).get("stopped_by_time_budget"):
+        shutil.rmtree(run_dir)
+PY
+tar czf "$OUT/work.tgz.part" -C /tmp/campaign . && mv "$OUT/work.tgz.part" "$OUT/work.tgz"
+[ "$(stat -c %s "$OUT/work.tgz")" -le $((16 << 20)) ] || echo "work.tgz is over 16 MiB and will not come back: \
+the cut cells restart next slot (run fewer cells at once)" | tee -a "$OUT/campaign.log"
 if timeout 60 python3 -c "import tarfile  # xz (Python's lzma, no xz binary needed): IR text packs far smaller
 with tarfile.open('/tmp/compile_cache.tar.xz', 'w:xz', preset=1) as t: t.add('/tmp/compile_cache', arcname='.')" \
    && [ "$(stat -c %s /tmp/compile_cache.tar.xz)" -le $((16 << 20)) ]; then cp /tmp/compile_cache.tar.xz "$OUT/"

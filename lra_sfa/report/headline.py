@@ -11,6 +11,9 @@ reads its canonical protocol; the other ``lra_*`` protocols (the 2020 ListOps co
 release's Text length, the paper's Retrieval head) get a table of their own, in the same form.
 A seed that followed its protocol until its loss became NaN (status ``diverged``) is an outcome of
 that protocol: its cell says how many diverged beside the n of the seeds averaged.
+A cell counts each seed once (its latest record), and runs of one protocol and backend whose attention
+arguments differ (``sfa`` at two ``topk``) are separate rows, labelled by the arguments that differ.
+A run resumed under another ``max_steps`` than it started with followed no one schedule: not complete.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import statistics
 from omegaconf import OmegaConf
 
 from lra_sfa.markdown import md_table
-from lra_sfa.report.load import attn_order
+from lra_sfa.report.load import attn_order, latest, variant_labels
 from lra_sfa.report.protocols import TRAINER_KEYS, protocol_settings
 from lra_sfa.report.tables import LRA_COLUMNS
 
@@ -45,6 +48,8 @@ def _defaults() -> tuple[dict, dict]:
 def protocol_complete(record: dict) -> bool:
     """ok at max_steps, not cut, and trained with the settings of its protocol's experiment file."""
     if record.get("status") != "ok" or record.get("stopped_by_time_budget"):
+        return False
+    if record.get("max_steps_changed_on_resume"):
         return False
     return record.get("steps") == record.get("max_steps") and follows_lra_protocol(record)
 
@@ -86,17 +91,24 @@ def mean_std(values: list[float], diverged: int = 0) -> str:
 
 
 def _cells(records: list[dict]) -> tuple[dict[tuple[str, str], list[float]], dict[tuple[str, str], int]]:
-    """(protocol, backend) -> test accuracies of the protocol-complete runs, and -> how many runs of that
-    protocol diverged."""
+    """(protocol, backend label) -> test accuracies of the protocol-complete runs, one per seed (the latest),
+    and -> how many seeds of that protocol diverged. The label is the backend, with the attention arguments
+    that differ among its runs of that protocol (``variant_labels``)."""
+    counted = [record for record in records
+               if (protocol_complete(record) and isinstance(record.get("test_accuracy"), (int, float)))
+               or protocol_diverged(record)]
+    labels = variant_labels(counted, lambda record: (str(record.get("protocol")), str(record.get("attn"))))
+    seed = lambda record: record["seed"] if isinstance(record.get("seed"), int) else f"record {id(record)}"
+    per_seed = latest(counted, lambda record: (str(record.get("protocol")), labels[id(record)], seed(record)))
     cells: dict[tuple[str, str], list[float]] = {}
     diverged: dict[tuple[str, str], int] = {}
-    for record in records:
-        key = (str(record.get("protocol")), str(record.get("attn")))
-        if protocol_complete(record) and isinstance(record.get("test_accuracy"), (int, float)):
-            cells.setdefault(key, []).append(float(record["test_accuracy"]))
-        elif protocol_diverged(record):
+    for (protocol, label, _seed), record in sorted(per_seed.items(), key=lambda item: str(item[0])):
+        key = (protocol, label)
+        cells.setdefault(key, [])
+        if record.get("status") == "diverged":
             diverged[key] = diverged.get(key, 0) + 1
-            cells.setdefault(key, [])
+        else:
+            cells[key].append(float(record["test_accuracy"]))
     return cells, diverged
 
 

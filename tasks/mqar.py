@@ -11,9 +11,9 @@ written at position ``C + 2 * g_j``, where the slots ``g_1..g_P`` are distinct d
 ``0 .. (seq_len - C)/2 - 1`` with probability proportional to ``(g + 1) ** (power_a - 1)`` (a power
 law favouring queries close to the context, ``power_a = 0.01`` as in the paper). The label at a
 query position is the queried key's value; every other position has label ``IGNORE_INDEX`` (-100)
-and is neither trained on nor scored. Unlike Zoology's language-model form (inputs and labels
-shifted by one), the value is not in the input after its query, so a bidirectional encoder sees no
-answer. With ``random_non_queries`` the filler positions hold uniform random tokens ``1 ..
+and is neither trained on nor scored. As in Zoology's generator (whose values after a query are
+in the labels only), no value follows its query in the input, so a bidirectional encoder sees no
+answer. Zoology trains causal language models; the harness's encoders attend both ways. With ``random_non_queries`` the filler positions hold uniform random tokens ``1 ..
 vocab_size - 1`` instead of 0 (Zoology's option; its Figure 2 runs leave it off).
 
 Keys and values are uniform draws without replacement; the query slots are drawn without

@@ -155,3 +155,25 @@ def test_the_debian_package_is_the_default_source(tmp_path):
     assert data.source == str(fmnist.DEBIAN_DIR)
     assert (len(data.train), len(data.val), len(data.test)) == (55000, 5000, 10000)
     assert np.bincount(data.test.labels).tolist() == [1000] * 10
+
+
+def test_seq_fmnist_attention_reaches_the_classifier():
+    """Under seq_fmnist no pixel is padding: with the same weights, two backends give different logits on images
+    whose first pixel is black (with the release's padding the CLS token would copy pixel 0's mask, see no
+    attention, and every backend would give the same logits)."""
+    import torch
+
+    from lra_sfa.compose import compose_config
+    from lra_sfa.train import _build_model
+
+    logits = []
+    tokens = torch.randint(1, 256, (4, 784), generator=torch.Generator().manual_seed(0))
+    tokens[:, 0] = 0
+    for attn in ("full", "linear"):
+        cfg = compose_config(["experiment=seq_fmnist", f"attn={attn}"])
+        assert cfg.model.padding == "task"
+        torch.manual_seed(0)
+        model = _build_model(cfg, build_task(cfg.task), torch.device("cpu")).eval()
+        with torch.no_grad():
+            logits.append(model(tokens))
+    assert not torch.allclose(logits[0], logits[1], atol=1e-4)

@@ -20,6 +20,7 @@ Decoded pixels are cached under ``cache_dir/fmnist`` (unpermuted; the permutatio
 from __future__ import annotations
 
 import gzip
+import hashlib
 import zlib
 from pathlib import Path
 
@@ -119,7 +120,14 @@ class FashionMNIST(Task):
     def describe(self) -> dict:
         return {**super().describe(), "permute": self.permute,
                 "permutation_seed": self.permutation_seed if self.permute else None,
+                "permutation_sha256": self._permutation_digest() if self.permute else None,
                 "split_seed": self.split_seed, "num_val": self.num_val}
+
+    def _permutation_digest(self) -> str:
+        """sha256 of the permutation as little-endian int64: the record pins the positions themselves, so a
+        change of numpy's random stream under the same seed shows as another digest."""
+        perm = positions_permutation(self.permutation_seed).astype("<i8")
+        return hashlib.sha256(perm.tobytes()).hexdigest()
 
     def _folder(self) -> Path | None:
         """The idx folder to read: data_dir (must exist), else the Debian package's folder if present, else None."""

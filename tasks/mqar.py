@@ -13,8 +13,9 @@ law favouring queries close to the context, ``power_a = 0.01`` as in the paper).
 query position is the queried key's value; every other position has label ``IGNORE_INDEX`` (-100)
 and is neither trained on nor scored. As in Zoology's generator (whose values after a query are
 in the labels only), no value follows its query in the input, so a bidirectional encoder sees no
-answer. Zoology trains causal language models; the harness's encoders attend both ways. With ``random_non_queries`` the filler positions hold uniform random tokens ``1 ..
-vocab_size - 1`` instead of 0 (Zoology's option; its Figure 2 runs leave it off).
+answer. Zoology trains causal language models; the harness's encoders attend both ways. With
+``random_non_queries`` the filler positions hold uniform random tokens ``1 .. vocab_size - 1``
+instead of 0 (Zoology's option; its Figure 2 runs leave it off).
 
 Keys and values are uniform draws without replacement; the query slots are drawn without
 replacement under the power law by the Gumbel top-k trick (the top P of ``log p + Gumbel noise`` is

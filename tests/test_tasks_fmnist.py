@@ -82,6 +82,10 @@ def test_permutation_is_fixed_by_its_seed_and_invertible(idx_folder, tmp_path):
     np.testing.assert_array_equal(positions_permutation(3), perm)  # fixed: the same on every call
     assert not np.array_equal(positions_permutation(4), perm)
     assert task.name == "fmnist_perm" and task.describe()["permutation_seed"] == 3
+    import hashlib
+
+    digest = hashlib.sha256(perm.astype("<i8").tobytes()).hexdigest()  # the positions themselves, in the record
+    assert task.describe()["permutation_sha256"] == digest and _task(folder).describe()["permutation_sha256"] is None
 
 
 def test_configs_compose_and_fmnist_perm_inherits(make_cfg, idx_folder):

@@ -73,12 +73,26 @@ def is_finished(record: dict) -> bool:
             and isinstance(steps, int) and steps == max_steps)
 
 
-def finished_cells(store: Path) -> dict[str, dict]:
-    """Cell key -> its finished record, from the store."""
+def finished_cells(store: Path) -> dict[str, list[dict]]:
+    """Cell key -> its finished records, from the store."""
     from lra_sfa.records import load_records
 
     records, _ = load_records(store) if store.is_dir() else ([], [])
-    return {record["cell"]: record for record in records if record.get("cell") and is_finished(record)}
+    finished: dict[str, list[dict]] = {}
+    for record in records:
+        if record.get("cell") and is_finished(record):
+            finished.setdefault(record["cell"], []).append(record)
+    return finished
+
+
+def _finished_as_configured(cell: Cell, cfg: DictConfig, records: list[dict]) -> dict | None:
+    """The record among ``records`` (the cell's finished ones) trained to the ``max_steps`` the cell composes to
+    under this campaign's overrides, or None: a short trial of the same cell (``overrides=[trainer.max_steps=30]``)
+    never stands for the protocol run."""
+    if not records:
+        return None
+    max_steps = int(_cell_config(cell, cfg, None).trainer.max_steps)
+    return next((record for record in reversed(records) if record.get("max_steps") == max_steps), None)
 
 
 def _sibling_key(key: str) -> str:
@@ -187,8 +201,8 @@ def run_campaign(cfg: DictConfig) -> list[tuple[Cell, str]]:
     outcomes: dict[Cell, str] = {}
     pending = []
     for cell in cells:
-        if cell.key in done:
-            record = done[cell.key]
+        record = _finished_as_configured(cell, cfg, done.get(cell.key, []))
+        if record is not None:
             outcomes[cell] = f"finished before ({record['status']}, test {record.get('test_accuracy')})"
         elif cfg.dry_run:
             outcomes[cell] = "to run"

@@ -57,6 +57,8 @@ def test_campaign_runs_then_skips_finished_cells(tmp_path, monkeypatch):
     second = run_campaign(_campaign(tmp_path))
     assert all(outcome.startswith("finished before") for _, outcome in second)
     assert len(list((tmp_path / "store").glob("*.json"))) == 2
+    longer = run_campaign(_campaign(tmp_path, _overrides([*SMALL, "trainer.max_steps=14"]), "dry_run=true"))
+    assert [outcome for _, outcome in longer] == ["to run", "to run"]  # 12 steps do not finish a 14-step cell
 
 
 def test_a_cut_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):

@@ -174,12 +174,18 @@ def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: f
     return f"not started: needs about {seconds:.0f} s, {seconds_left:.0f} s left, checkpoint ~{megabytes:.0f} MiB"
 
 
+def _quoted(key: str, value) -> str:
+    """``key='value'``: a value Hydra's override grammar takes whole (a path with ``~``, spaces or ``=``)."""
+    text = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, str(value))  # backslashes before a quote or the
+    return f"{key}='" + text.replace("'", "\\'") + "'"  # end are escapes in the grammar: doubled; quotes escaped
+
+
 def _cell_config(cell: Cell, cfg: DictConfig, seconds_left: float | None, concurrent_runs: int = 1) -> DictConfig:
     from lra_sfa.compose import compose_config
 
     overrides = [f"experiment={cell.experiment}", f"attn={cell.attn}", f"seed={cell.seed}", *cell.overrides,
-                 *cfg.overrides, f"cell='{cell.key}'", f"run_dir={Path(cfg.work_dir) / cell.slug}",
-                 f"results_dir={cfg.store}", f"paths.cache_dir={cfg.paths.cache_dir}", "resume=auto",
+                 *cfg.overrides, _quoted("cell", cell.key), _quoted("run_dir", Path(cfg.work_dir) / cell.slug),
+                 _quoted("results_dir", cfg.store), _quoted("paths.cache_dir", cfg.paths.cache_dir), "resume=auto",
                  f"trainer.checkpoint_every={int(cfg.checkpoint_every)}", "trainer.progress=false",
                  f"trainer.concurrent_runs={concurrent_runs}"]
     if seconds_left is not None:

@@ -118,6 +118,16 @@ def test_concurrent_cells_run_in_their_own_processes_and_say_so(tmp_path, monkey
         run_campaign(_campaign(tmp_path / "other", "concurrency=0"))
 
 
+@pytest.mark.parametrize("path", ["~/.cache/lra_sfa", "/data/a b=c", "/data/it's", "C:\\data\\"])
+def test_cell_paths_reach_the_run_whole(path):
+    """The campaign passes its folders to each cell as overrides: a home-relative default, spaces, '=', quotes
+    and trailing backslashes all arrive unchanged (the unquoted ``~`` of the default cache folder did not parse)."""
+    from lra_sfa.campaign import _quoted
+    from lra_sfa.compose import compose_config
+
+    assert compose_config([_quoted("paths.cache_dir", path)]).paths.cache_dir == path
+
+
 def test_campaign_needs_a_commit(tmp_path, monkeypatch):
     monkeypatch.setattr("lra_sfa.records.git_commit", lambda: "unknown")
     with pytest.raises(ValueError, match="LRA_SFA_GIT_COMMIT"):

@@ -13,8 +13,9 @@
 # being written, so a killed call keeps them; one file, as a call returns at most 8:
 # tar xzf records.tgz -C results/runs), $OUT/campaign.log (its output, kept the same way)
 # and $OUT/work.tgz (the run dirs of cells the deadline cut, whose checkpoints are under 16 MiB, e.g.
-# Pathfinder's; copy it to .campaign/work.tgz for the next slot). Larger checkpoints (ListOps) cannot travel: those cells restart, so a
-# cell that would be cut and whose checkpoint is larger is not started (checkpoint_travel_mb=16).
+# Pathfinder's; copy it to .campaign/work.tgz for the next slot). Larger checkpoints (ListOps) cannot travel:
+# those cells restart, so a cell that would be cut and whose checkpoint is larger is not started
+# (checkpoint_travel_mb=16).
 # The compilers' caches travel too (Inductor's graphs, Triton's binaries): $OUT/compile_cache.tar.xz, when
 # under 16 MiB (the most one file can come back with); copy it to .campaign/compile_cache.tar.xz, and the next
 # slot's first cells skip most of their compilation (a cache made on another card or torch is simply not hit).

@@ -97,6 +97,21 @@ def test_test_lengths_record_the_attention_stats_at_each_length(make_cfg):
     assert stats["256"]["layer0.mean_candidates"] != stats["64"]["layer0.mean_candidates"]
 
 
+def test_a_time_budget_counts_set_up_and_a_cut_run_skips_the_other_lengths(make_cfg, monkeypatch):
+    """trainer.max_seconds runs from the run's start: set-up that outlasts the budget leaves one step (the first
+    check); the cut run's record is no result, so trainer.test_lengths are not tested."""
+    import time
+
+    from lra_sfa.tasks.needle import Needle
+
+    load = Needle.load
+    monkeypatch.setattr(Needle, "load", lambda self, cache: (time.sleep(1.5), load(self, cache))[1])
+    record = run(make_cfg(*NEEDLE, "trainer.max_seconds=1", "trainer.log_every=1", "trainer.max_steps=200",
+                          "trainer.test_lengths=[200]"))
+    assert record["stopped_by_time_budget"] and record["steps"] == 1
+    assert "200" not in record.get("test_accuracy_by_length", {}) and "max_seconds" in record["test_lengths_skipped"]
+
+
 def test_test_lengths_need_sinusoidal_positions(make_cfg):
     cfg = make_cfg(*NEEDLE, "model.pos=learned", "trainer.test_lengths=[128]")
     record = run(cfg)

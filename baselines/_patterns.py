@@ -17,7 +17,8 @@ always safe (the element mask is evaluated there). Lookup tables are padded to
 ``table_len`` positions so that masks evaluated on the rounded-up last tile
 never index out of bounds.
 
-Patterns are non-causal and symmetric in nothing in particular: global rows
+Patterns are non-causal, except the band's one-sided form (``causal``), and
+symmetric in nothing in particular: global rows
 (queries that attend everything) are listed by ``global_rows`` so that the
 blocked path can compute them densely instead of gathering every tile.
 """
@@ -54,9 +55,10 @@ def _tile_any_all(flags: torch.Tensor, seq_len: int, tile: int) -> tuple[torch.T
 
 
 class SparsePattern:
-    """Base class: a non-causal attention pattern over ``seq_len`` tokens."""
+    """Base class: an attention pattern over ``seq_len`` tokens."""
 
     heads: int = 1  # 1: the same pattern for every head
+    causal: bool = False  # True: no query attends a later key
 
     def __init__(self, seq_len: int, device: torch.device) -> None:
         if seq_len < 1:
@@ -94,14 +96,21 @@ class BandGlobalPattern(SparsePattern):
     """|q - kv| <= radius, or q global, or kv global (windowed, Longformer, SFA-window).
 
     Global tokens that form a prefix {0, .., g-1} (the CLS default) are tested
-    arithmetically; any other set goes through an int32 lookup table.
+    arithmetically; any other set goes through an int32 lookup table. With
+    ``causal`` the band is one-sided, 0 <= q - kv <= radius (the query and the
+    ``radius`` keys before it), and there are no global tokens.
     """
 
-    def __init__(self, seq_len: int, device: torch.device, radius: int, global_tokens: list[int]) -> None:
+    def __init__(self, seq_len: int, device: torch.device, radius: int, global_tokens: list[int],
+                 causal: bool = False) -> None:
         super().__init__(seq_len, device)
         if radius < 0:
             raise ValueError(f"window radius must be >= 0, got {radius}")
+        if causal and global_tokens:
+            raise ValueError(f"a causal band takes no global tokens (a global token attends later keys); got "
+                             f"{global_tokens}")
         self.radius_value = int(radius)
+        self.causal = causal
         positions = sorted({p + seq_len if p < 0 else p for p in global_tokens})
         bad = [p for p in global_tokens if not -seq_len <= p < seq_len]
         if bad:
@@ -113,28 +122,32 @@ class BandGlobalPattern(SparsePattern):
         self.global_table = None if self.global_prefix is not None else self.is_global.to(torch.int32)
 
     def allowed(self, q_idx: torch.Tensor, kv_idx: torch.Tensor, h_idx: torch.Tensor) -> torch.Tensor:
-        return band_global_allowed(q_idx, kv_idx, self.radius_value, self.global_prefix, self.global_table)
+        return band_global_allowed(q_idx, kv_idx, self.radius_value, self.global_prefix, self.global_table,
+                                   self.causal)
 
     def global_rows(self) -> torch.Tensor:
         return torch.nonzero(self.is_global[: self.seq_len]).flatten()
 
     def mask_mod(self, valid: torch.Tensor | None):
-        radius, prefix, table = self.radius_value, self.global_prefix, self.global_table
+        radius, prefix, table, causal = self.radius_value, self.global_prefix, self.global_table, self.causal
 
         if valid is None:
 
             def band_global_mask(b, h, q_idx, kv_idx):
-                return band_global_allowed(q_idx, kv_idx, radius, prefix, table)
+                return band_global_allowed(q_idx, kv_idx, radius, prefix, table, causal)
 
         else:
 
             def band_global_mask(b, h, q_idx, kv_idx):
-                return band_global_allowed(q_idx, kv_idx, radius, prefix, table) & (valid[b, kv_idx] > 0)
+                return band_global_allowed(q_idx, kv_idx, radius, prefix, table, causal) & (valid[b, kv_idx] > 0)
 
         return band_global_mask
 
     def tile_states(self, tile: int, include_global_rows: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        starts, ends = _tile_bounds(self.seq_len, tile, self.device)
+        starts, ends = _tile_bounds(self.seq_len, tile, self.device)  # rows: query tiles, columns: key tiles
+        if self.causal:  # q - kv over a tile pair spans [q start - kv end, q end - kv start]
+            low, high = starts[:, None] - ends[None, :], ends[:, None] - starts[None, :]  # (tiles, tiles)
+            return ((high >= 0) & (low <= self.radius_value))[None], ((low >= 0) & (high <= self.radius_value))[None]
         gap = torch.maximum(starts[None, :] - ends[:, None], starts[:, None] - ends[None, :])  # (tiles, tiles)
         span = torch.maximum(ends[:, None] - starts[None, :], ends[None, :] - starts[:, None])  # (tiles, tiles)
         any_ = gap.clamp(min=0) <= self.radius_value
@@ -149,9 +162,13 @@ class BandGlobalPattern(SparsePattern):
 
 
 def band_global_allowed(
-    q_idx: torch.Tensor, kv_idx: torch.Tensor, radius: int, prefix: int | None, table: torch.Tensor | None
+    q_idx: torch.Tensor, kv_idx: torch.Tensor, radius: int, prefix: int | None, table: torch.Tensor | None,
+    causal: bool = False,
 ) -> torch.Tensor:
-    """The band-plus-global predicate; ``prefix``: globals are {0..prefix-1}, else ``table`` (int32) lists them."""
+    """The band-plus-global predicate; ``prefix``: globals are {0..prefix-1}, else ``table`` (int32) lists them;
+    ``causal``: the one-sided band 0 <= q - kv <= radius (no globals)."""
+    if causal:
+        return (q_idx >= kv_idx) & (q_idx - kv_idx <= radius)
     ok = (q_idx - kv_idx).abs() <= radius
     if prefix:
         ok = ok | (q_idx < prefix) | (kv_idx < prefix)

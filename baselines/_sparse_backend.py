@@ -50,8 +50,8 @@ class BlockSparseAttention(AttentionBackend):
         if impl not in IMPLS:
             raise ValueError(f"{type(self).__name__}: impl={impl!r} is not one of {IMPLS}")
         self.impl = impl
-        self._patterns: dict[tuple[int, str], SparsePattern] = {}
-        self._block_masks: dict[tuple[int, str, int], object] = {}
+        self._patterns: dict[tuple[int, str, bool], SparsePattern] = {}
+        self._block_masks: dict[tuple[int, str, bool, int], object] = {}
 
     def make_pattern(self, seq_len: int, device: torch.device) -> SparsePattern:
         raise NotImplementedError
@@ -61,7 +61,7 @@ class BlockSparseAttention(AttentionBackend):
         return q, k
 
     def pattern(self, seq_len: int, device: torch.device) -> SparsePattern:
-        key = (seq_len, str(device))
+        key = (seq_len, str(device), self.causal)
         if key not in self._patterns:
             self._patterns[key] = self.make_pattern(seq_len, device)
         return self._patterns[key]
@@ -89,7 +89,7 @@ class BlockSparseAttention(AttentionBackend):
     def _block_mask(self, pattern: SparsePattern, key_padding_mask: torch.Tensor | None, batch: int):
         if key_padding_mask is not None:
             return build_block_mask(pattern, key_padding_mask, batch)
-        key = (pattern.seq_len, str(pattern.device), batch)
+        key = (pattern.seq_len, str(pattern.device), pattern.causal, batch)
         if key not in self._block_masks:
             self._block_masks[key] = build_block_mask(pattern, None, batch)
         return self._block_masks[key]

@@ -18,6 +18,11 @@ equal; ``baselines/_padded.py`` describes them):
   compilation or autotuning, and its packing has static shapes, so
   torch.compile traces it whole. The rule is fixed and recorded in
   ``last_path``; nothing is retried on failure.
+
+Causal (``causal`` set by ``model.causal``): without a mask SDPA's own causal
+kernels ("sdpa+causal"); with one, SDPA with the padding and the causal
+triangle as one boolean mask ("sdpa+mask+causal"), any device. A query with no
+real key at or before it gives 0.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ class FullAttention(AttentionBackend):
     """
 
     compile_safe = True  # plain PyTorch ops, aten's flash kernel and FlexAttention: each traces whole
+    supports_causal = True
 
     def __init__(self, padded_path: str = "auto") -> None:
         super().__init__()
@@ -99,6 +105,8 @@ class FullAttention(AttentionBackend):
         return reasons
 
     def forward(self, q, k, v, key_padding_mask=None):
+        if self.causal:
+            return self._causal(q, k, v, key_padding_mask)
         if key_padding_mask is None:
             self.last_path = "sdpa"
             return F.scaled_dot_product_attention(q, k, v)
@@ -109,6 +117,19 @@ class FullAttention(AttentionBackend):
         if path == "flex":
             return flex_padded(q, k, v, key_padding_mask)
         return sdpa_masked(q, k, v, key_padding_mask)
+
+    def _causal(self, q, k, v, key_padding_mask):
+        """Query i attends keys j <= i (see the module docstring)."""
+        if key_padding_mask is None:
+            self.last_path = "sdpa+causal"
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        self.last_path = "sdpa+mask+causal"
+        length = q.shape[2]
+        triangle = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()  # (L, L), True = attend
+        attn_mask = key_padding_mask[:, None, None, :] & triangle  # (B, 1, L, L)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        seen = key_padding_mask.cumsum(1) > 0  # (B, L): some real key at or before the query
+        return out.masked_fill(~seen[:, None, :, None], 0.0)
 
     def extra_repr(self) -> str:
         return f"padded_path={self.padded_path}"

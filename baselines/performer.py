@@ -8,7 +8,7 @@ With x' = x / d^(1/4) and rows w_r of an (m, d) projection W,
 
 so E[phi(q) . phi(k)] = exp(q . k / sqrt(d)) for the softmax kernel. W stacks
 d x d blocks of orthogonal rows (QR of a Gaussian), each row rescaled by the
-norm of a fresh Gaussian vector, so rows keep the Gaussian norm law. Non-causal,
+norm of a fresh Gaussian vector, so rows keep the Gaussian norm law.
 O(L m d) time and O(L m) memory, never L x L; the same PyTorch code on CPU and
 CUDA (``last_path = "torch"``); features and sums in float32 (float64 for
 float64 inputs).
@@ -16,6 +16,13 @@ float64 inputs).
 Stabilisers (they cancel exactly in the ratio): the query row factor
 exp(-|q'|^2/2 - max_r w_r.q') and one key factor per (batch, head), the max
 over real keys. Padded keys get zero features, so a fully padded row gives 0.
+
+Causal (``causal``): the sums run over j <= i, by chunked prefix sums
+(``_prefix.causal_feature_attention``; ``last_path = "torch+causal"``). The
+softmax kernel's keys then carry no additive epsilon, so the key factor, a
+maximum over every key, later ones included, cancels exactly and no key after
+a query changes that query's output beyond rounding (the reference
+implementation's causal FAVOR+ keeps the epsilon, through which later keys leak).
 
 ``redraw_every`` > 0 redraws W every that many training steps (``on_step``),
 deterministically from ``seed`` and the step. Defaults: 256 features as in LRA;
@@ -28,6 +35,7 @@ import torch
 
 from lra_sfa.attention import AttentionBackend
 from lra_sfa.baselines._common import check_inputs, full_precision, working_dtype
+from lra_sfa.baselines._prefix import causal_feature_attention
 
 KERNELS = ("softmax", "relu")
 RELU_EPS = 1e-3
@@ -47,9 +55,10 @@ def orthogonal_features(num_features: int, head_dim: int, generator: torch.Gener
 
 
 class PerformerAttention(AttentionBackend):
-    """FAVOR+ (softmax kernel) or generalized ReLU-kernel Performer attention, non-causal."""
+    """FAVOR+ (softmax kernel) or generalized ReLU-kernel Performer attention."""
 
     compile_safe = True  # plain PyTorch ops
+    supports_causal = True
 
     def __init__(
         self,
@@ -98,7 +107,7 @@ class PerformerAttention(AttentionBackend):
             stab = torch.where(torch.isfinite(stab), stab, torch.zeros_like(stab))
             # exp of the masked logits: a padded key's logit may exceed the real keys' maximum, and its
             # exp would overflow to inf (inf * 0 = NaN where padded keys are zeroed below)
-            feats = torch.exp(masked - stab) + SOFTMAX_EPS
+            feats = torch.exp(masked - stab) + (0.0 if self.causal else SOFTMAX_EPS)
         feats = feats * self.num_features**-0.5
         if real is not None and not is_query:
             feats = feats * real
@@ -112,12 +121,16 @@ class PerformerAttention(AttentionBackend):
         with full_precision(q.device):
             phi_q = self._features(q, True, None)  # (B, H, L, m)
             phi_k = self._features(k, False, real)  # (B, H, L, m)
-            kv = phi_k.transpose(-1, -2) @ v.to(phi_k.dtype)  # (B, H, m, Dv)
-            k_sum = phi_k.sum(-2)  # (B, H, m)
-            num = phi_q @ kv  # (B, H, L, Dv)
-            den = (phi_q @ k_sum[..., None]).clamp_min(torch.finfo(phi_q.dtype).tiny)  # (B, H, L, 1)
-        self.last_path = "torch"
-        return (num / den).to(v.dtype)
+            if self.causal:
+                out = causal_feature_attention(phi_q, phi_k, v.to(phi_k.dtype))  # (B, H, L, Dv)
+            else:
+                kv = phi_k.transpose(-1, -2) @ v.to(phi_k.dtype)  # (B, H, m, Dv)
+                k_sum = phi_k.sum(-2)  # (B, H, m)
+                num = phi_q @ kv  # (B, H, L, Dv)
+                den = (phi_q @ k_sum[..., None]).clamp_min(torch.finfo(phi_q.dtype).tiny)  # (B, H, L, 1)
+                out = num / den
+        self.last_path = "torch+causal" if self.causal else "torch"
+        return out.to(v.dtype)
 
     def extra_repr(self) -> str:
         return (

@@ -1,5 +1,8 @@
 """Sliding-window (local) attention: query i attends keys j with |i - j| <= window.
 
+Causal (``causal``): keys i - window <= j <= i, the query and the ``window``
+keys before it (Zoology's sliding-window attention).
+
 Exact softmax inside the window; memory O(L * window), never L x L. CUDA:
 FlexAttention with a band block mask; CPU: the blocked engine
 (``_engines.py``). LRA's "Local Attention" used blocks of 50 keys; the default
@@ -15,7 +18,9 @@ from lra_sfa.baselines._sparse_backend import BlockSparseAttention, band_tile
 
 
 class WindowedAttention(BlockSparseAttention):
-    """Local attention over a sliding window of ``window`` keys on each side."""
+    """Local attention over a sliding window of ``window`` keys on each side (before the query, causal)."""
+
+    supports_causal = True
 
     def __init__(self, window: int = 25, impl: str = "auto") -> None:
         super().__init__(impl)
@@ -25,7 +30,7 @@ class WindowedAttention(BlockSparseAttention):
         self.blocked_tile = band_tile(window)
 
     def make_pattern(self, seq_len: int, device: torch.device) -> SparsePattern:
-        return BandGlobalPattern(seq_len, device, radius=self.window, global_tokens=[])
+        return BandGlobalPattern(seq_len, device, radius=self.window, global_tokens=[], causal=self.causal)
 
     def extra_repr(self) -> str:
         return f"window={self.window}, impl={self.impl!r}"

@@ -3,7 +3,9 @@
 A backend is an ``nn.Module`` whose ``forward`` maps
 ``q, k, v: (batch, heads, length, head_dim)`` and an optional
 ``key_padding_mask: (batch, length)`` bool tensor (True = a real token) to an
-output of q's shape. Non-causal (encoder) attention throughout.
+output of q's shape. Attention is bidirectional unless the model sets the
+backend's ``causal`` (``model.causal``): query i then attends keys j <= i only,
+which a backend declares it can do with ``supports_causal``.
 
 Each backend declares what it supports through class attributes and answers
 ``unsupported_reasons``; callers skip with those reasons. Nothing falls back
@@ -46,6 +48,8 @@ class AttentionBackend(nn.Module):
     # dense scores: softmax input and output, a clamp's mask, ...). Above 0, a CPU run estimates that memory
     # before training and is recorded as oom when it exceeds the RAM available (lra_sfa/memory.py).
     score_matrices: ClassVar[int] = 0
+    # Whether the backend has a causal form (query i sees keys j <= i), used when the model sets ``causal``.
+    supports_causal: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -57,6 +61,9 @@ class AttentionBackend(nn.Module):
         # Whether each row's padding follows all its real tokens (right padding, as where token 0 is the task's
         # pad token); where rows are skipped, SFA then needs no packing (``sfa_attention(padding_is_suffix=)``).
         self.padding_is_suffix: bool = False
+        # Whether query i attends keys j <= i only (set by the model from model.causal; the backend must
+        # declare supports_causal).
+        self.causal: bool = False
 
     def forward(
         self,
@@ -90,6 +97,8 @@ class AttentionBackend(nn.Module):
             reasons.append(f"{name}: key_padding_mask is not supported")
         if self.requires_cuda and not q.is_cuda:
             reasons.append(f"{name}: needs a CUDA device, got {q.device}")
+        if self.causal and not self.supports_causal:
+            reasons.append(f"{name}: has no causal form (model.causal=true)")
         return reasons
 
     def extra_loss(self) -> torch.Tensor | None:

@@ -23,6 +23,11 @@ mask makes it (every score of that row is the same -1e10). ``padding=task``
 (the default) takes padding from the task and lets padded queries attend as
 any other. PyTorch's defaults stay the defaults elsewhere.
 
+``causal=True`` makes every layer's attention causal (query i attends keys
+j <= i), as the decoder-only models of Zoology's MQAR are; the backend must
+have a causal form (``AttentionBackend.supports_causal``), and pooling must
+not read the CLS token at position 0, which would then see only itself.
+
 The attention backend is built per layer from ``attn_cfg`` (a conf/attn YAML).
 Attention dropout is applied to the attention output (backends do not expose
 their probabilities: a kernel that never forms the weights cannot drop them),
@@ -109,7 +114,7 @@ class LRAClassifier(nn.Module):
                  dropout: float = 0.1, attn_dropout: float = 0.1, pos: str = "sin", dual: bool = False,
                  has_padding: bool = True, qkv_dim: int | None = None, init: str = "torch",
                  norm_eps: float = 1e-5, gelu: str = "exact", proj_bias: bool = True, padding: str = "task",
-                 dual_head: str = "paper", attn_name: str | None = None) -> None:
+                 dual_head: str = "paper", attn_name: str | None = None, causal: bool = False) -> None:
         super().__init__()
         for key, value, valid in (("pooling", pooling, ("cls", "mean", "last", "none")),
                                   ("pos", pos, ("sin", "learned")), ("init", init, ("torch", "lra")),
@@ -119,6 +124,9 @@ class LRAClassifier(nn.Module):
                 raise ValueError(f"model: {key}={value!r} must be one of {', '.join(valid)}")
         if pooling == "none" and dual:
             raise ValueError("model: pooling=none (per-token outputs) does not apply to a dual (pair) task")
+        if causal and pooling == "cls":
+            raise ValueError("model: causal=true with pooling=cls: the CLS token at position 0 would attend only "
+                             "itself; use pooling last, mean or none")
         release_padding = padding == "release"
         self.pooling, self.dual, self.has_padding = pooling, dual, has_padding or release_padding
         self.release_padding = release_padding
@@ -144,6 +152,12 @@ class LRAClassifier(nn.Module):
         for block in self.blocks:
             block.attn.attention.padding_rows_read = not (release_padding or pooling in ("cls", "mean", "last"))
             block.attn.attention.padding_is_suffix = has_padding
+            block.attn.attention.causal = causal
+        attention = self.blocks[0].attn.attention if self.blocks else None
+        if causal and attention is not None and not attention.supports_causal:
+            raise ValueError(f"model: causal=true, but attention '{attn_name or type(attention).__name__}' has no "
+                             f"causal form; causal backends: {', '.join(causal_backends())}")
+        self.causal = causal
         self.norm = nn.LayerNorm(d_model, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.nli_features = dual and dual_head == "paper"
@@ -210,6 +224,26 @@ class LRAClassifier(nn.Module):
                 raise ValueError(f"model: select= needs pooling none (per-token outputs), not {self.pooling!r}")
             features = features[select]  # (B, L, C) -> (M, C)
         return self.head(features)
+
+
+def causal_backends() -> list[str]:
+    """The conf/attn names whose backend class has a causal form (``supports_causal``)."""
+    from importlib.resources import files
+
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    names = []
+    for path in sorted(files("lra_sfa.conf").joinpath("attn").iterdir(), key=lambda entry: entry.name):
+        if not path.name.endswith(".yaml"):
+            continue
+        target = OmegaConf.create(path.read_text()).get("_target_")
+        try:
+            if target and get_class(target).supports_causal:
+                names.append(path.name.removesuffix(".yaml"))
+        except Exception:  # a broken config is reported where it is used, not here
+            continue
+    return names
 
 
 def _xavier_uniform(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:

@@ -119,6 +119,7 @@ class ModelConfig:
     proj_bias: bool = key()
     padding: str = key()
     dual_head: str = key()
+    causal: bool = key()
 
 
 @dataclass

@@ -20,8 +20,11 @@ class SFAAttention(AttentionBackend):
     and backward differ, "triton_fwd+gluon_bwd" / "gluon_fwd+triton_bwd"; "+packed" where the kernels ran on
     real tokens packed first, padding rows skipped (the model reads none: ``padding_rows_read``), and
     "+trimmed" where they skipped the padding rows after each row's last real token without packing (the
-    padding is right padding: ``padding_is_suffix``).
+    padding is right padding: ``padding_is_suffix``). Causal (``causal``) on the Triton kernels or the
+    reference; ``impl=gluon`` refuses it.
     """
+
+    supports_causal = True
 
     def __init__(self, topk: int = 8, topk_k: int | None = None, impl: str = "auto", head_dim: int | None = None):
         super().__init__()
@@ -61,7 +64,8 @@ class SFAAttention(AttentionBackend):
         _, _, length, head_dim = q.shape
         shape = (q.device, q.dtype, length, kernel_head_dim(head_dim), key_padding_mask is not None)
         parts = [False, True] if self.training else [False]
-        reasons = [reason for backward in parts for reason in gluon_reasons(*shape, backward=backward)]
+        reasons = [reason for backward in parts
+                   for reason in gluon_reasons(*shape, backward=backward, causal=self.causal)]
         return [f"SFAAttention: impl=gluon: {reason}" for reason in dict.fromkeys(reasons)]
 
     compile_safe = True  # the kernels are custom operators (kernels.sfa.autograd): opaque nodes in one graph
@@ -70,12 +74,12 @@ class SFAAttention(AttentionBackend):
         # rows nobody reads are skipped: 0 there, the kernels running on the real tokens packed first ("+packed"),
         # or, under right padding, on the rows up to each sequence's last real token ("+trimmed")
         skip = not self.padding_rows_read and key_padding_mask is not None
-        path = sfa_path(q, k, v, key_padding_mask, self.impl)
+        path = sfa_path(q, k, v, key_padding_mask, self.impl, self.causal)
         if skip and path != "reference":
             path += "+trimmed" if self.padding_is_suffix else "+packed"
         self.last_path = path
         return sfa_attention(q, k, v, self.topk, self.topk_k, key_padding_mask, impl=self.impl, skip_padding=skip,
-                             padding_is_suffix=self.padding_is_suffix)
+                             padding_is_suffix=self.padding_is_suffix, causal=self.causal)
 
     def extra_repr(self) -> str:
         return f"topk={self.topk}, topk_k={self.topk_k}, impl={self.impl}"

@@ -203,3 +203,63 @@ def test_skip_padding_matches_float64_on_the_gpu(head_dim, suffix):
     for name, mine, exact in zip("qkv", got, expected):
         assert sfa_check.rel_err(mine, exact) < 2e-2, name
     assert not out[~mask[:, None, :, None].expand_as(out)].any()
+
+
+@pytest.mark.parametrize("length,head_dim,suffix", [(1000, 64, False), (2048, 128, False), (2048, 64, True),
+                                                    (4096, 128, True)])
+def test_causal_matches_float64_on_the_gpu(length, head_dim, suffix):
+    """causal=True in bf16 on the autotuned GPU configs (the interpreter runs only its own): the Triton kernels
+    (even where Gluon runs the bidirectional call), output and gradients against the float64 reference; right
+    padding with trimmed rows in the ``suffix`` cases."""
+    from lra_sfa.kernels import sfa_attention
+    from lra_sfa.kernels.sfa import check as sfa_check
+    from lra_sfa.kernels.sfa.api import sfa_path
+
+    gen = torch.Generator(device="cuda").manual_seed(length + head_dim)
+    leaves = [torch.randn(2, 4, length, head_dim, device="cuda", generator=gen).to(torch.bfloat16)
+              .requires_grad_(True) for _ in range(3)]
+    mask = None
+    if suffix:
+        mask = torch.arange(length, device="cuda")[None, :] < torch.tensor([length, length * 2 // 3 + 5],
+                                                                            device="cuda")[:, None]
+    assert sfa_path(*leaves, mask, "auto", causal=True) == "triton"
+    out = sfa_attention(*leaves, 8, 8, key_padding_mask=mask, skip_padding=suffix, padding_is_suffix=suffix,
+                        causal=True)
+    grad = torch.randn(out.shape, device="cuda", generator=gen).to(out.dtype)
+    if suffix:
+        grad = grad * mask[:, None, :, None]
+    got = torch.autograd.grad(out, leaves, grad)
+    exact_leaves = [t.detach().double().requires_grad_(True) for t in leaves]
+    ref = sfa_attention(*exact_leaves, 8, 8, key_padding_mask=mask, impl="reference", skip_padding=suffix,
+                        causal=True)
+    expected = torch.autograd.grad(ref, exact_leaves, grad.double())
+    assert sfa_check.rel_err(out, ref) < 1e-2
+    for name, mine, exact in zip("qkv", got, expected):
+        assert sfa_check.rel_err(mine, exact) < 2e-2, name
+    with torch.no_grad():
+        fused = sfa_attention(*(t.detach() for t in leaves), 8, 8, key_padding_mask=mask, skip_padding=suffix,
+                              padding_is_suffix=suffix, causal=True)
+    assert sfa_check.rel_err(fused, ref) < 1e-2
+
+
+@pytest.mark.parametrize("attn", ["full", "windowed", "sfa", "linear", "performer"])
+def test_a_causal_model_ignores_later_tokens_on_the_gpu(attn):
+    """The GPU engines (SDPA's causal kernel, FlexAttention's one-sided band, the causal FlashSFA kernels): in
+    bf16 autocast, the outputs before a changed token are those of the unchanged input, to rounding."""
+    from omegaconf import OmegaConf
+
+    from lra_sfa.model import LRAClassifier
+
+    from .conftest import CONF
+
+    torch.manual_seed(0)
+    model = LRAClassifier(vocab_size=50, num_classes=7, seq_len=512, attn_cfg=OmegaConf.load(CONF / "attn" /
+                          f"{attn}.yaml"), d_model=128, num_heads=2, num_layers=2, mlp_dim=128, pooling="none",
+                          dropout=0.0, attn_dropout=0.0, has_padding=False, causal=True, attn_name=attn).cuda().eval()
+    tokens = torch.randint(1, 50, (4, 512), device="cuda")
+    changed = tokens.clone()
+    changed[:, 300:] = torch.randint(1, 50, (4, 212), device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        before, after = model(tokens).float(), model(changed).float()
+    torch.testing.assert_close(before[:, :300], after[:, :300], rtol=1e-3, atol=1e-3)
+    assert (before[:, 300:] - after[:, 300:]).abs().max() > 1e-2

@@ -9,6 +9,7 @@ exact on those codes::
 with D the full head dim. A query-key pair with no shared feature scores 0
 (not -inf) and still takes part in the softmax. Gradients are masked: the
 top-k support is held constant, so only kept entries receive gradient.
+``causal``: query i attends keys j <= i only (the scores of later keys are -inf).
 
 Two implementations live here:
 
@@ -56,17 +57,23 @@ def sfa_dense_reference(
     topk_q: int,
     topk_k: int | None = None,
     key_padding_mask: torch.Tensor | None = None,
+    causal: bool = False,
 ) -> torch.Tensor:
     """softmax(Q~K~^T/sqrt(D)) V with an explicit (B, H, L, L) score matrix."""
     topk_k = topk_q if topk_k is None else topk_k
     qs, ks = sparsify(q, topk_q), sparsify(k, topk_k)
     scores = qs @ ks.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, Lq, Lk)
-    if key_padding_mask is None:
+    length = q.shape[2]
+    if key_padding_mask is None and not causal:
         return torch.softmax(scores, dim=-1) @ v
-    has_key = key_padding_mask.any(-1)  # (B,); rows without any real key give 0 and no gradient
-    attend = key_padding_mask | ~has_key[:, None]  # (B, Lk)
-    scores = scores.masked_fill(~attend[:, None, None, :], float("-inf"))
-    probs = torch.softmax(scores, dim=-1) * has_key[:, None, None, None].to(scores.dtype)
+    real = key_padding_mask if key_padding_mask is not None else torch.ones(
+        q.shape[0], length, dtype=torch.bool, device=q.device)  # (B, Lk)
+    attend = real[:, None, None, :]  # (B, 1, 1, Lk)
+    if causal:
+        attend = attend & torch.ones(length, length, dtype=torch.bool, device=q.device).tril()  # (B, 1, Lq, Lk)
+    has_key = attend.any(-1, keepdim=True)  # rows without any key to attend give 0 and no gradient
+    scores = scores.masked_fill(~(attend | ~has_key), float("-inf"))
+    probs = torch.softmax(scores, dim=-1) * has_key.to(scores.dtype)
     return probs @ v
 
 
@@ -88,7 +95,7 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, scale):  # q, k, v: (B, H, L, D); bias: (B, 1, 1, L) or None
+    def forward(ctx, q, k, v, bias, scale, causal=False):  # q, k, v: (B, H, L, D); bias: (B, 1, 1, L) or None
         B, H, L, _ = q.shape
         step = _chunk_size(B * H, k.shape[2], _budget(q))
         q_scaled, k_t = q * scale, k.transpose(-1, -2)  # (B, H, L, D), (B, H, D, L)
@@ -100,6 +107,8 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
             s = (q_scaled[:, :, rows] @ k_t).to(acc)  # (B, H, c, Lk)
             if bias is not None:
                 s.add_(bias)
+            if causal:
+                s.masked_fill_(_later_keys(start, s.shape[2], L, q.device), float("-inf"))
             row_max = s.amax(-1, keepdim=True).nan_to_num_(0.0, neginf=0.0)  # (B, H, c, 1)
             p = s.sub_(row_max).exp_()  # unnormalised probabilities, in place
             row_sum = p.sum(-1, keepdim=True)  # (B, H, c, 1); 0 where every key is padding
@@ -107,7 +116,7 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
             lse[:, :, rows] = (row_max + row_sum.log()).squeeze(-1).nan_to_num_(posinf=float("inf"))
         lse.masked_fill_(lse == float("-inf"), float("inf"))  # empty rows: exp(s - lse) = 0 in backward
         ctx.save_for_backward(q, k, v, bias if bias is not None else torch.empty(0), out, lse)
-        ctx.scale, ctx.has_bias = scale, bias is not None
+        ctx.scale, ctx.has_bias, ctx.causal = scale, bias is not None, causal
         return out
 
     @staticmethod
@@ -130,13 +139,20 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
             s = qf[:, :, rows] @ k_t  # (B, H, c, Lk)
             if bias is not None:
                 s.add_(bias)
+            if ctx.causal:
+                s.masked_fill_(_later_keys(start, s.shape[2], L, q.device), float("-inf"))
             p = s.sub_(lse[:, :, rows, None]).exp_()  # (B, H, c, Lk)
             g = grad_out[:, :, rows]  # (B, H, c, Dv)
             dv += p.transpose(-1, -2) @ g
             ds = (g @ v_t).sub_(delta[:, :, rows]).mul_(p)  # dS / scale, (B, H, c, Lk)
             dq[:, :, rows] = ((ds @ kf) * scale).to(dq.dtype)
             dk += ds.transpose(-1, -2) @ qf[:, :, rows]  # qf already carries the scale
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None
+
+
+def _later_keys(start: int, rows: int, length: int, device: torch.device) -> torch.Tensor:
+    """(rows, L) bool: True where key j comes after query start + r (the pairs a causal row skips)."""
+    return torch.arange(length, device=device)[None, :] > torch.arange(start, start + rows, device=device)[:, None]
 
 
 def sfa_chunked(
@@ -146,9 +162,10 @@ def sfa_chunked(
     topk_q: int,
     topk_k: int | None = None,
     key_padding_mask: torch.Tensor | None = None,
+    causal: bool = False,
 ) -> torch.Tensor:
     """SFA with memory linear in L (query chunks; backward recomputes)."""
     topk_k = topk_q if topk_k is None else topk_k
     qs, ks = sparsify(q, topk_q), sparsify(k, topk_k)
     bias = _pad_bias(key_padding_mask, torch.promote_types(q.dtype, torch.float32))
-    return _ChunkedSoftmaxAttention.apply(qs, ks, v, bias, 1.0 / math.sqrt(q.shape[-1]))
+    return _ChunkedSoftmaxAttention.apply(qs, ks, v, bias, 1.0 / math.sqrt(q.shape[-1]), causal)

@@ -122,24 +122,35 @@ class BandGlobalPattern(SparsePattern):
         self.global_table = None if self.global_prefix is not None else self.is_global.to(torch.int32)
 
     def allowed(self, q_idx: torch.Tensor, kv_idx: torch.Tensor, h_idx: torch.Tensor) -> torch.Tensor:
-        return band_global_allowed(q_idx, kv_idx, self.radius_value, self.global_prefix, self.global_table,
-                                   self.causal)
+        if self.causal:
+            return causal_band_allowed(q_idx, kv_idx, self.radius_value)
+        return band_global_allowed(q_idx, kv_idx, self.radius_value, self.global_prefix, self.global_table)
 
     def global_rows(self) -> torch.Tensor:
         return torch.nonzero(self.is_global[: self.seq_len]).flatten()
 
     def mask_mod(self, valid: torch.Tensor | None):
-        radius, prefix, table, causal = self.radius_value, self.global_prefix, self.global_table, self.causal
+        radius, prefix, table = self.radius_value, self.global_prefix, self.global_table
 
-        if valid is None:
+        if self.causal and valid is None:
 
             def band_global_mask(b, h, q_idx, kv_idx):
-                return band_global_allowed(q_idx, kv_idx, radius, prefix, table, causal)
+                return causal_band_allowed(q_idx, kv_idx, radius)
+
+        elif self.causal:
+
+            def band_global_mask(b, h, q_idx, kv_idx):
+                return causal_band_allowed(q_idx, kv_idx, radius) & (valid[b, kv_idx] > 0)
+
+        elif valid is None:
+
+            def band_global_mask(b, h, q_idx, kv_idx):
+                return band_global_allowed(q_idx, kv_idx, radius, prefix, table)
 
         else:
 
             def band_global_mask(b, h, q_idx, kv_idx):
-                return band_global_allowed(q_idx, kv_idx, radius, prefix, table, causal) & (valid[b, kv_idx] > 0)
+                return band_global_allowed(q_idx, kv_idx, radius, prefix, table) & (valid[b, kv_idx] > 0)
 
         return band_global_mask
 
@@ -161,14 +172,15 @@ class BandGlobalPattern(SparsePattern):
         return any_[None], full[None]  # (1, tiles, tiles)
 
 
+def causal_band_allowed(q_idx: torch.Tensor, kv_idx: torch.Tensor, radius: int) -> torch.Tensor:
+    """The one-sided band 0 <= q - kv <= radius."""
+    return (q_idx >= kv_idx) & (q_idx - kv_idx <= radius)
+
+
 def band_global_allowed(
-    q_idx: torch.Tensor, kv_idx: torch.Tensor, radius: int, prefix: int | None, table: torch.Tensor | None,
-    causal: bool = False,
+    q_idx: torch.Tensor, kv_idx: torch.Tensor, radius: int, prefix: int | None, table: torch.Tensor | None
 ) -> torch.Tensor:
-    """The band-plus-global predicate; ``prefix``: globals are {0..prefix-1}, else ``table`` (int32) lists them;
-    ``causal``: the one-sided band 0 <= q - kv <= radius (no globals)."""
-    if causal:
-        return (q_idx >= kv_idx) & (q_idx - kv_idx <= radius)
+    """The band-plus-global predicate; ``prefix``: globals are {0..prefix-1}, else ``table`` (int32) lists them."""
     ok = (q_idx - kv_idx).abs() <= radius
     if prefix:
         ok = ok | (q_idx < prefix) | (kv_idx < prefix)

@@ -198,3 +198,22 @@ def test_a_causal_mqar_run_recalls_what_a_bidirectional_one_cannot(tmp_path):
     assert causal["status"] == "ok" and causal["model"]["causal"] is True
     assert causal["test_accuracy"] > 0.9, causal["history"]
     assert bidirectional["model"]["causal"] is False and bidirectional["test_accuracy"] < 0.5
+
+
+@pytest.mark.parametrize("L,tile,radius", [(100, 16, 5), (257, 32, 40), (64, 64, 0)])
+def test_the_causal_band_tiles_are_exact(L, tile, radius):
+    """The one-sided band's (any, full) tile states, which the FlexAttention block mask is built from, agree with
+    its element predicate on every tile pair (full: every pair allowed; not any: none)."""
+    from lra_sfa.baselines._patterns import BandGlobalPattern
+
+    pattern = BandGlobalPattern(L, "cpu", radius=radius, global_tokens=[], causal=True)
+    positions = torch.arange(L)
+    allowed = pattern.allowed(positions[:, None], positions[None, :], torch.zeros(()))  # (L, L)
+    any_, full = pattern.tile_states(tile)
+    tiles = -(-L // tile)
+    for i in range(tiles):
+        for j in range(tiles):
+            block = allowed[i * tile:(i + 1) * tile, j * tile:(j + 1) * tile]
+            assert bool(any_[0, i, j]) == bool(block.any()) and bool(full[0, i, j]) == bool(block.all())
+    with pytest.raises(ValueError, match="causal band takes no global tokens"):
+        BandGlobalPattern(L, "cpu", radius=radius, global_tokens=[0], causal=True)

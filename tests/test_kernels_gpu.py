@@ -157,8 +157,9 @@ def test_a_model_with_sfa_compiles_whole_on_the_gpu(padding):
         assert off.float().mean().item() < 1e-2, f"{name}: {int(off.sum())} of {off.numel()} gradient entries differ"
 
 
-@pytest.mark.parametrize("length,head_dim,padding", [(512, 128, False), (512, 64, True), (300, 32, False)])
-def test_the_flash_sfa_operators_pass_opcheck_on_the_gpu(length, head_dim, padding):
+@pytest.mark.parametrize("length,head_dim,padding,causal", [(512, 128, False, False), (512, 64, True, False),
+                                                             (300, 32, False, False), (512, 128, True, True)])
+def test_the_flash_sfa_operators_pass_opcheck_on_the_gpu(length, head_dim, padding, causal):
     """The operators' fake shapes, schema and autograd registration hold on every kernel pair they dispatch to
     (the Gluon forward and backward at d = 128 on Hopper, the Triton kernels with a padding mask)."""
     from lra_sfa.kernels.sfa import autograd
@@ -167,7 +168,7 @@ def test_the_flash_sfa_operators_pass_opcheck_on_the_gpu(length, head_dim, paddi
     mask = torch.ones(q.shape[0], length, dtype=torch.bool, device="cuda")
     if padding:
         mask[-1, length // 2:] = False
-    args = (q, k, v, 8, 8, mask if padding else None, "auto", padding)
+    args = (q, k, v, 8, 8, mask if padding else None, "auto", padding, causal)
     torch.library.opcheck(autograd._train_forward, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     with torch.no_grad():

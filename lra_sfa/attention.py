@@ -97,9 +97,13 @@ class AttentionBackend(nn.Module):
             reasons.append(f"{name}: key_padding_mask is not supported")
         if self.requires_cuda and not q.is_cuda:
             reasons.append(f"{name}: needs a CUDA device, got {q.device}")
-        if self.causal and not self.supports_causal:
-            reasons.append(f"{name}: has no causal form (model.causal=true)")
+        if self.causal:
+            reasons.extend(f"{name}: {reason} (model.causal=true)" for reason in self.causal_reasons())
         return reasons
+
+    def causal_reasons(self) -> list[str]:
+        """Why this backend, as configured, cannot attend causally; empty when it can."""
+        return [] if self.supports_causal else ["has no causal form"]
 
     def extra_loss(self) -> torch.Tensor | None:
         """An auxiliary loss term from the last forward (e.g. load balance)."""

@@ -153,10 +153,11 @@ class LRAClassifier(nn.Module):
             block.attn.attention.padding_rows_read = not (release_padding or pooling in ("cls", "mean", "last"))
             block.attn.attention.padding_is_suffix = has_padding
             block.attn.attention.causal = causal
-        attention = self.blocks[0].attn.attention if self.blocks else None
-        if causal and attention is not None and not attention.supports_causal:
-            raise ValueError(f"model: causal=true, but attention '{attn_name or type(attention).__name__}' has no "
-                             f"causal form; causal backends: {', '.join(causal_backends())}")
+        reasons = self.blocks[0].attn.attention.causal_reasons() if causal and self.blocks else []
+        if reasons:
+            name = attn_name or type(self.blocks[0].attn.attention).__name__
+            raise ValueError(f"model: causal=true, but attention '{name}' cannot attend causally: "
+                             f"{'; '.join(reasons)}; backends with a causal form: {', '.join(causal_backends())}")
         self.causal = causal
         self.norm = nn.LayerNorm(d_model, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)

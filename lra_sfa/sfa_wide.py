@@ -126,7 +126,10 @@ def _feature_entropy(idx: torch.Tensor, num_features: int) -> torch.Tensor:
 
 
 class SFAWideAttention(AttentionBackend):
-    """Wide-code Sparse Feature Attention through per-feature posting lists."""
+    """Wide-code Sparse Feature Attention through per-feature posting lists; causal (``causal``) in exact
+    overlap (mode overlap, no cap, no capacity) with hard codes (relax ste or gumbel)."""
+
+    supports_causal = True
 
     def __init__(self, num_heads: int, head_dim: int, D: int = 4096, k: int = 16, codes: str = "learned",
                  relax: str = "ste", mode: str = "overlap", cap: int | None = None, mlp_hidden: int = 0,
@@ -206,6 +209,16 @@ class SFAWideAttention(AttentionBackend):
             for name, value in (("k", self.k), ("v head dim", v.shape[-1])):
                 if value & (value - 1):
                     reasons.append(f"SFAWideAttention: impl=triton needs {name}={value} to be a power of two")
+        return reasons
+
+    def causal_reasons(self) -> list[str]:
+        reasons = []
+        if self.mode != "overlap" or self.cap is not None:
+            reasons.append(f"needs mode=overlap and cap=null (got mode={self.mode}, cap={self.cap})")
+        if self.capacity_factor is not None:
+            reasons.append("takes no capacity_factor (a bucket's kept keys would depend on later keys)")
+        if self.relax == "soft":
+            reasons.append("takes no relax=soft (its relaxed training path attends every key)")
         return reasons
 
     def _impl(self, device: torch.device, value_dim: int) -> str:
@@ -320,7 +333,8 @@ class SFAWideAttention(AttentionBackend):
         q_idx, q_val, q_logits = self._encode(q)
         k_idx, k_val, k_logits = self._encode(k)
         out, stats = wide_attention(q_idx, q_val, k_idx, k_val, v, self.D, self.scale, self.mode, self.cap,
-                                    key_padding_mask, impl=impl, capacity=self._capacity(q.shape[2]))
+                                    key_padding_mask, impl=impl, capacity=self._capacity(q.shape[2]),
+                                    causal=self.causal)
         self.last_path = impl
         self._loss = None
         if self.balance_weight > 0 and self.training and self.codes == "learned":

@@ -139,7 +139,7 @@ def _model(attn: str, causal: bool = True, pooling: str = "none", **attn_args):
                          has_padding=False, causal=causal, attn_name=attn).eval()
 
 
-@pytest.mark.parametrize("attn", ["full", "linear", "performer", "performer_relu", "windowed", "sfa"])
+@pytest.mark.parametrize("attn", ["full", "linear", "performer", "performer_relu", "windowed", "sfa", "sfa_wide"])
 def test_a_causal_model_position_ignores_every_later_token(attn):
     model = _model(attn)
     tokens = torch.randint(1, 20, (3, 48), generator=torch.Generator().manual_seed(5))
@@ -156,9 +156,10 @@ def test_a_causal_model_position_ignores_every_later_token(attn):
 
 def test_the_causal_backends_are_listed_and_the_others_refused_by_name():
     names = causal_backends()
-    assert {"full", "linear", "performer", "performer_relu", "sfa", "windowed"} <= set(names)
+    assert {"full", "linear", "performer", "performer_relu", "sfa", "sfa_wide", "windowed"} <= set(names)
     assert "linformer" not in names and "bigbird" not in names
-    with pytest.raises(ValueError, match=r"attention 'linformer' has no causal form; causal backends: .*full"):
+    with pytest.raises(ValueError, match=r"attention 'linformer' cannot attend causally: has no causal form; "
+                                         r"backends with a causal form: .*full"):
         _model("linformer")
 
 

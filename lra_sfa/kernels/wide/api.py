@@ -25,6 +25,7 @@ def wide_attention(
     key_padding_mask: torch.Tensor | None = None,
     impl: str = "posting",
     capacity: int | None = None,
+    causal: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Functional entry point: ``impl`` "posting" (PyTorch) or "triton" (CUDA or TRITON_INTERPRET=1).
 
@@ -34,6 +35,8 @@ def wide_attention(
 
     ``capacity=C`` (overlap mode, no ``cap``): each bucket keeps its C highest-valued keys
     (``capacity``); stats then also hold ``key_entries_total`` and ``key_entries_kept``.
+    ``causal`` (overlap mode, no ``cap``, no ``capacity``, whose choice of keys would depend on later
+    ones): query i attends keys j <= i only.
     """
     if impl not in IMPLS:
         raise ValueError(f"wide_attention: impl={impl!r} must be one of {IMPLS}")
@@ -43,15 +46,18 @@ def wide_attention(
         if not isinstance(capacity, int) or capacity < 1 or mode != "overlap" or cap is not None:
             raise ValueError(f"wide_attention: capacity={capacity!r} must be an int >= 1, with mode='overlap' and "
                              f"cap=None (got mode={mode!r}, cap={cap!r})")
+        if causal:
+            raise ValueError(f"wide_attention: causal=True takes no capacity (a bucket's kept keys would depend "
+                             f"on later keys), got capacity={capacity}")
         k_idx, dropped = _pruned_keys(q_idx, k_idx, k_val, key_padding_mask, num_features, capacity)
     if impl == "posting":
         out, stats = wide_posting_attention(q_idx, q_val, k_idx, k_val, v, num_features, scale, mode, cap,
-                                            key_padding_mask)
+                                            key_padding_mask, causal=causal)
     else:
         from lra_sfa.kernels.wide.triton_kernel import wide_triton_attention  # imports triton
 
         out, stats = wide_triton_attention(q_idx, q_val, k_idx, k_val, v, num_features, scale, mode, cap,
-                                           key_padding_mask)
+                                           key_padding_mask, causal=causal)
     return out, {**stats, **dropped}
 
 

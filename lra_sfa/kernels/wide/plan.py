@@ -5,7 +5,9 @@ entry per active feature f; the entries are sorted by (g * D + f, j), giving
 one posting list per bucket (g, f) in position order (``key_tok``,
 ``bucket_ptr``). Every query entry (token i, slot t) with feature f gets a key
 range [lo, hi) in ``key_tok``: the whole list of (g, f), or with ``cap=C`` the
-window of C entries that holds i's rank in the list (see ``reference``).
+window of C entries that holds i's rank in the list (see ``reference``), or
+with ``causal`` the list's keys at positions up to i (a prefix of the list, as
+it is in position order).
 Key entries with a negative index (``capacity.PRUNED``) are in no list.
 """
 
@@ -43,10 +45,14 @@ class WidePlan:
         return (self.entry_hi - self.entry_lo).sum()
 
 
-def validate_codes(q_idx, q_val, k_idx, k_val, v, num_features: int, mode: str, cap, key_padding_mask) -> None:
+def validate_codes(q_idx, q_val, k_idx, k_val, v, num_features: int, mode: str, cap, key_padding_mask,
+                   causal: bool = False) -> None:
     """Raise ValueError naming the bad argument."""
     if mode not in MODES:
         raise ValueError(f"wide attention: mode={mode!r} must be one of {MODES}")
+    if causal and (mode != "overlap" or cap is not None):
+        raise ValueError(f"wide attention: causal=True needs mode='overlap' and cap=None, got mode={mode!r}, "
+                         f"cap={cap!r}")
     if cap is not None and (not isinstance(cap, int) or cap < 1 or mode != "overlap"):
         raise ValueError(f"wide attention: cap={cap!r} must be None or an int >= 1, and only with mode='overlap'")
     if q_idx.dim() != 4 or q_idx.shape != k_idx.shape or q_val.shape != q_idx.shape or k_val.shape != k_idx.shape:
@@ -67,9 +73,13 @@ def validate_codes(q_idx, q_val, k_idx, k_val, v, num_features: int, mode: str, 
 
 
 def build_plan(
-    q_idx: torch.Tensor, k_idx: torch.Tensor, key_real: torch.Tensor | None, num_features: int, cap: int | None
+    q_idx: torch.Tensor, k_idx: torch.Tensor, key_real: torch.Tensor | None, num_features: int, cap: int | None,
+    causal: bool = False,
 ) -> WidePlan:
-    """Posting lists from flattened codes q_idx, k_idx: (G, L, k); key_real: (G, L) bool or None."""
+    """Posting lists from flattened codes q_idx, k_idx: (G, L, k); key_real: (G, L) bool or None; ``causal``
+    (no cap): each query entry's range ends after the last key at or before its position."""
+    if causal and cap is not None:
+        raise ValueError(f"build_plan: causal=True takes no cap, got cap={cap}")
     G, L, K = k_idx.shape
     dev = k_idx.device
     group = torch.arange(G, device=dev)[:, None, None]
@@ -92,6 +102,9 @@ def build_plan(
     bucket_ptr = torch.searchsorted(sorted_comp, starts)  # (G * D + 1,)
     q_bucket = (group * num_features + q_idx).reshape(-1)  # (N * K,)
     lo, hi = bucket_ptr[q_bucket], bucket_ptr[q_bucket + 1]
+    if causal:  # one past the list's last key at a position <= i: part of the definition, not a drop
+        q_comp = ((group * num_features + q_idx) * L + pos).reshape(-1)  # (N * K,)
+        hi = torch.minimum(hi, torch.searchsorted(sorted_comp, q_comp, right=True))
     full_lo, full_hi = lo, hi
     if cap is not None:
         q_comp = (group * num_features + q_idx) * L + pos  # (G, L, K)

@@ -160,20 +160,21 @@ def wide_posting_attention(
     cap: int | None = None,
     key_padding_mask: torch.Tensor | None = None,
     chunk_incidences: int | None = None,
+    causal: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Posting-list wide attention; returns (out (B, H, L, dv), stats).
+    """Posting-list wide attention; returns (out (B, H, L, dv), stats); ``causal``: keys j <= i only.
 
     ``chunk_incidences`` defaults to 2^17 on the CPU (cache-sized) and 2^22 on CUDA (fewer launches;
     about 0.5 GB of index tensors per chunk).
     """
-    validate_codes(q_idx, q_val, k_idx, k_val, v, num_features, mode, cap, key_padding_mask)
+    validate_codes(q_idx, q_val, k_idx, k_val, v, num_features, mode, cap, key_padding_mask, causal)
     if chunk_incidences is None:
         chunk_incidences = 1 << 22 if v.device.type == "cuda" else 1 << 17
     B, H, L, K = q_idx.shape
     dv = v.shape[-1]
     qi, ki = q_idx.reshape(B * H, L, K), k_idx.reshape(B * H, L, K)  # (G, L, K)
     real = None if key_padding_mask is None else key_padding_mask[:, None, :].expand(B, H, L).reshape(B * H, L)
-    plan = build_plan(qi, ki, real, num_features, cap)
+    plan = build_plan(qi, ki, real, num_features, cap, causal)
     qi, ki = qi.reshape(-1, K), ki.reshape(-1, K)  # (N, K)
     # Gathers from fp32 copies: their backward scatter-adds then sum a key's many candidates in fp32 (in
     # bf16 the dv error was 3x the bf16 dense reference's, and failed the DESIGN.md rule on the H200).

@@ -19,6 +19,7 @@ token; ``val``: (B, H, L, k) float). The score of query i and key j is
 * ``capacity=C`` (overlap mode only): each bucket keeps its C highest-valued
   real keys; the other key entries are dropped from the key codes before
   the rule above (``capacity``).
+* ``causal``: query i attends keys j <= i only.
 * Padding keys (``key_padding_mask`` False) are never attended.
 * A query with no candidate (overlap) or no real key (exact) attends to
   itself: its output is its own value row v[i].
@@ -85,6 +86,7 @@ def wide_dense_reference(
     cap: int | None = None,
     key_padding_mask: torch.Tensor | None = None,
     capacity: int | None = None,
+    causal: bool = False,
 ) -> torch.Tensor:
     """Wide-code attention with an explicit score matrix; returns (B, H, L, dv)."""
     if mode not in MODES:
@@ -113,6 +115,8 @@ def wide_dense_reference(
         else:
             shared = capped_candidates(q_idx, k_idx, num_features, cap, key_padding_mask)
         allowed = allowed & shared
+    if causal:
+        allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=q_idx.device).tril()
     scores = scores.masked_fill(~allowed, float("-inf"))
     has_any = allowed.any(dim=-1, keepdim=True)  # (B, H, L, 1)
     probs = torch.softmax(scores.masked_fill(~has_any, 0.0), dim=-1)

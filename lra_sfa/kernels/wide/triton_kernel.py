@@ -355,6 +355,7 @@ def wide_triton_attention(
     num_warps: int | tuple[int, int] | None = None,
     scores: str = "select",
     max_partial_bytes: int = 2 << 30,
+    causal: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Wide attention with the Triton kernels; same contract as ``api.wide_attention``.
 
@@ -362,7 +363,7 @@ def wide_triton_attention(
     (forward, backward)) default to DEFAULT_BLOCKS and DEFAULT_WARPS; ``scores`` picks the score
     loop (SCORE_DESIGNS).
     """
-    validate_codes(q_idx, q_val, k_idx, k_val, v, num_features, mode, cap, key_padding_mask)
+    validate_codes(q_idx, q_val, k_idx, k_val, v, num_features, mode, cap, key_padding_mask, causal)
     B, H, L, K = q_idx.shape
     DV = v.shape[-1]
     for name, value in (("k", K), ("head dim of v", DV)):
@@ -387,7 +388,8 @@ def wide_triton_attention(
     for g0 in range(0, G, per_chunk):
         sl = slice(g0, min(G, g0 + per_chunk))
         n_groups = sl.stop - sl.start
-        plan = build_plan(qi[sl], ki[sl], None if key_padding_mask is None else real[sl], num_features, cap)
+        plan = build_plan(qi[sl], ki[sl], None if key_padding_mask is None else real[sl], num_features, cap,
+                          causal)
         group = torch.arange(n_groups, device=v.device)[:, None, None]
         q_bucket = (group * num_features + qi[sl]).reshape(-1)  # (N * K,)
         items = _work_items(plan, q_bucket, launch.block_m)

@@ -25,7 +25,7 @@ any other. PyTorch's defaults stay the defaults elsewhere.
 
 ``causal=True`` makes every layer's attention causal (query i attends keys
 j <= i), as the decoder-only models of Zoology's MQAR are; the backend must
-have a causal form (``AttentionBackend.supports_causal``), and pooling must
+have a causal form (``AttentionBackend.supports_causal``, ``causal_reasons``), and pooling must
 not read the CLS token at position 0, which would then see only itself.
 
 The attention backend is built per layer from ``attn_cfg`` (a conf/attn YAML).

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from lra_sfa.attention import AttentionBackend
-from lra_sfa.kernels.sfa.api import IMPLS, causal_reasons, kernel_head_dim, resolve_impl, sfa_attention, sfa_path
+from lra_sfa.kernels.sfa.api import IMPLS, causal_impl_reasons, kernel_head_dim, resolve_impl, sfa_attention, sfa_path
 
 
 class SFAAttention(AttentionBackend):
@@ -54,7 +54,7 @@ class SFAAttention(AttentionBackend):
             if q.dtype not in SUPPORTED_DTYPES:
                 reasons.append(f"SFAAttention: the Triton kernels take dtypes {SUPPORTED_DTYPES}, got {q.dtype}")
         if self.causal:
-            reasons.extend(f"SFAAttention: {reason}" for reason in causal_reasons(self.impl, q.device))
+            reasons.extend(f"SFAAttention: {reason}" for reason in causal_impl_reasons(self.impl, q.device))
         if self.impl == "gluon" and not reasons:
             reasons.extend(self._gluon_reasons(q, key_padding_mask))
         return reasons

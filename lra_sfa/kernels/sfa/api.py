@@ -62,7 +62,7 @@ def kernel_head_dim(head_dim: int) -> int:
     return min(size for size in KERNEL_HEAD_DIMS if size > head_dim)
 
 
-def causal_reasons(impl: str, device: torch.device) -> list[str]:
+def causal_impl_reasons(impl: str, device: torch.device) -> list[str]:
     """Why ``sfa_attention(..., impl=impl, causal=True)`` cannot run on ``device``: the FlashSFA kernels are
     bidirectional, so causal SFA runs on the reference path only; empty when ``impl`` resolves to it."""
     if resolve_impl(impl, device) == "reference":
@@ -122,7 +122,7 @@ def sfa_attention(
     would hold their attention over the real keys instead of 0 (the
     reference path zeroes every padding row either way).
     ``causal``: query i attends keys j <= i only, on the reference path
-    (the FlashSFA kernels are bidirectional: ``causal_reasons``).
+    (the FlashSFA kernels are bidirectional: ``causal_impl_reasons``).
     Never builds an L x L tensor for the whole sequence.
     """
     topk_k = topk_q if topk_k is None else topk_k
@@ -130,7 +130,7 @@ def sfa_attention(
     skip = skip_padding and key_padding_mask is not None
     chosen = resolve_impl(impl, q.device)
     if causal and chosen != "reference":
-        raise ValueError("sfa_attention: " + "; ".join(causal_reasons(impl, q.device)))
+        raise ValueError("sfa_attention: " + "; ".join(causal_impl_reasons(impl, q.device)))
     if chosen == "reference":
         out = sfa_chunked(q, k, v, topk_q, topk_k, key_padding_mask, causal)
         return out * key_padding_mask[:, None, :, None] if skip else out

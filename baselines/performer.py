@@ -21,8 +21,9 @@ Causal (``causal``): the sums run over j <= i, by chunked prefix sums
 (``_prefix.causal_feature_attention``; ``last_path = "torch+causal"``). The
 softmax kernel's keys then carry no additive epsilon, so the key factor, a
 maximum over every key, later ones included, cancels exactly and no key after
-a query changes that query's output beyond rounding (the reference
-implementation's causal FAVOR+ keeps the epsilon, through which later keys leak).
+a query changes that query's output beyond rounding (the Performer authors'
+causal FAVOR+ keeps the epsilon, through which a later key shifts earlier
+outputs at the epsilon's scale).
 
 ``redraw_every`` > 0 redraws W every that many training steps (``on_step``),
 deterministically from ``seed`` and the step. Defaults: 256 features as in LRA;

@@ -158,7 +158,6 @@ class LRAClassifier(nn.Module):
             name = attn_name or type(self.blocks[0].attn.attention).__name__
             raise ValueError(f"model: causal=true, but attention '{name}' cannot attend causally: "
                              f"{'; '.join(reasons)}; backends with a causal form: {', '.join(causal_backends())}")
-        self.causal = causal
         self.norm = nn.LayerNorm(d_model, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.nli_features = dual and dual_head == "paper"

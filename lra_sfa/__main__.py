@@ -48,13 +48,14 @@ def _is_main_rank() -> bool:
 
 @hydra.main(version_base=None, config_path="pkg://lra_sfa.conf", config_name="config")
 def _app(cfg: DictConfig) -> dict | None:
-    from lra_sfa.compose import name_attn
+    from lra_sfa.compose import keep_overrides, name_attn
     from lra_sfa.train import run  # after Hydra has parsed arguments: fast --help
 
     hydra_cfg = HydraConfig.get()
     with open_dict(cfg):
         cfg.run_dir = cfg.run_dir or hydra_cfg.runtime.output_dir
     name_attn(cfg, hydra_cfg.runtime.choices, hydra_cfg.overrides.task)
+    keep_overrides(cfg, hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         record = run(cfg)

@@ -2,10 +2,11 @@
 
 A composed run config names its attention backend in ``attn_name``: the attn
 group's choice (``full``, ``sfa``, ``sfa_wide``, ...), which Hydra knows only
-while it composes (``hydra.runtime.choices``). Both ways in fill it there:
+while it composes (``hydra.runtime.choices``), and keeps the overrides it was
+composed with in ``job_overrides``. Both ways in fill them there:
 ``compose_config`` below and the ``python -m lra_sfa`` app (for each job of a
-multirun too), so the name never depends on which Hydra app is running when
-the record is written (the campaign composes its cells inside its own app).
+multirun too), so neither depends on which Hydra app is running when the
+record is written (the campaign composes its cells inside its own app).
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ def name_attn(cfg: DictConfig, choices: Mapping, overrides: Iterable[str]) -> Di
     return cfg
 
 
+def keep_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
+    """Fill a run config's ``job_overrides`` (declared null in conf/config.yaml) with the overrides it was
+    composed with, which the record lists. A config composed inside another Hydra app (the campaign's cells)
+    would otherwise record that app's command line. Returns ``cfg``."""
+    if "job_overrides" in cfg.keys() and cfg.get("job_overrides") is None:
+        with open_dict(cfg):
+            cfg.job_overrides = [str(item) for item in overrides]
+    return cfg
+
+
 def compose_config(overrides: list[str], config_name: str = "config") -> DictConfig:
     """``config_name`` composed with ``overrides``, inside a running Hydra app (which already holds
     this config module) or outside one; a run config gets its ``attn_name``."""
@@ -50,7 +61,7 @@ def compose_config(overrides: list[str], config_name: str = "config") -> DictCon
     choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
-    return name_attn(cfg, choices, overrides)
+    return keep_overrides(name_attn(cfg, choices, overrides), overrides)
 
 
 def attn_config(name: str) -> DictConfig:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lra_sfa.recording import RecordWriteError, RunRecord, attn_name, hydra_job, peak_memory_mb
+from lra_sfa.recording import RecordWriteError, RunRecord, attn_name, hydra_job, job_overrides, peak_memory_mb
 from lra_sfa.records import REQUIRED_FIELDS, git_commit, now_iso, store_record, write_json_atomic
 from lra_sfa.schema import validate_config
 from lra_sfa.tasks.base import IGNORE_INDEX
@@ -126,7 +126,7 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> dict:
         data["peak_memory_mb"] = peak_memory_mb(torch.device("cpu"))
     except Exception:  # the config itself is what failed: keep what can be read
         data = _minimal_record(cfg)
-    data.update(status="error", reason=reason, overrides=hydra_job()[1])
+    data.update(status="error", reason=reason, overrides=job_overrides(cfg))
     targets = []
     if cfg.get("run_dir"):
         targets.append(lambda: write_json_atomic(Path(str(cfg.run_dir)) / "record.json", data))

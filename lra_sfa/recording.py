@@ -60,6 +60,13 @@ def hydra_job() -> tuple[dict, list[str]]:
     return dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task)
 
 
+def job_overrides(cfg: DictConfig) -> list[str]:
+    """The overrides the run config was composed with (``job_overrides``, see lra_sfa.compose), else the running
+    Hydra job's."""
+    kept = OmegaConf.select(cfg, "job_overrides", default=None, throw_on_missing=False)
+    return [str(item) for item in kept] if kept is not None else hydra_job()[1]
+
+
 def attn_name(cfg: DictConfig) -> str:
     """The record's ``attn``: the attn group's choice that composition put in ``attn_name`` (``full``, ``sfa``,
     ...; see lra_sfa.compose), else the class name of ``attn._target_`` (an attention given by its target alone)."""
@@ -125,7 +132,7 @@ class RunRecord:
             "torch_version": torch.__version__,
             **library_versions(device),
             "cell": cfg.get("cell"),  # the campaign cell this run belongs to (lra_sfa.campaign), or null
-            "overrides": hydra_job()[1],  # the job's command-line overrides (a sweep's axes)
+            "overrides": job_overrides(cfg),  # the overrides it was composed with (a sweep's axes)
         }
         self.device = device
         self.started = time.monotonic()

@@ -165,6 +165,7 @@ class RunConfig:
     run_dir: str | None = key()
     results_dir: str | None = key()
     attn_name: str | None = key()
+    job_overrides: list[str] | None = key()
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -54,6 +54,9 @@ def test_campaign_runs_then_skips_finished_cells(tmp_path, monkeypatch):
         "experiment=listops_reduced attn=full seed=0", "experiment=listops_reduced attn=sfa seed=0"]
     assert all(r["git_commit"] == "abc1234" and r["steps"] == r["max_steps"] == 12 for r in records)
     assert sorted(r["attn"] for r in records) == ["full", "sfa"]  # the cell's attn choice, not the campaign app's
+    for record in records:  # the overrides that composed the cell, not the campaign's command line
+        assert record["overrides"][:3] == ["experiment=listops_reduced", f"attn={record['attn']}", "seed=0"]
+        assert "task.seq_len=16" in record["overrides"] and f"cell='{record['cell']}'" in record["overrides"]
     second = run_campaign(_campaign(tmp_path))
     assert all(outcome.startswith("finished before") for _, outcome in second)
     assert len(list((tmp_path / "store").glob("*.json"))) == 2

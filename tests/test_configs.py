@@ -88,6 +88,8 @@ def test_gpu_presets_inherit_and_differ_only_where_they_say(child, parent, diffe
     from lra_sfa.compose import compose_config
 
     composed = [OmegaConf.to_container(compose_config([item]), resolve=False) for item in (child, parent)]
+    for config in composed:  # the overrides each was composed with (the record's), not a setting
+        assert config.pop("job_overrides") == [child if config is composed[0] else parent]
     assert _differences(*composed) == differs
 
 

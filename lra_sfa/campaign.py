@@ -8,7 +8,9 @@ repeat); a run cut by the deadline is recorded as cut (``stopped_by_time_budget`
 checkpoint in ``work_dir/<cell>`` and resumes from it next time, so it is never mistaken for a
 finished one. Records name their cell (``cell``) and the commit; a tree without ``.git`` must pass
 ``LRA_SFA_GIT_COMMIT``. With ``concurrency`` > 1, that many cells run at once on the device, each in its own
-process (for small models, which leave a GPU idle); their records say ``trainer.concurrent_runs``.
+process (for small models, which leave a GPU idle); their records say ``trainer.concurrent_runs``,
+which also counts ``other_jobs``, processes beside the campaign on the device (a GPU test suite in
+the same slot), so the report never reads a shared device's steps/s as a run's own.
 """
 
 from __future__ import annotations
@@ -218,33 +220,39 @@ def run_campaign(cfg: DictConfig) -> list[tuple[Cell, str]]:
     if not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency={concurrency} must be an integer of at least 1 "
                          "(the cells run at once on the device)")
+    other_jobs = cfg.get("other_jobs", 0)
+    if not isinstance(other_jobs, int) or other_jobs < 0:
+        raise ValueError(f"other_jobs={other_jobs} must be an integer of at least 0 "
+                         "(processes beside the campaign on the same device)")
     if concurrency == 1 or len(pending) < 2:
         ran: set[str] = set()
         for cell in pending:
-            outcomes[cell] = _run_cell(cell, cfg, estimates, deadline, 1, warm=_sibling_key(cell.key) in ran)
+            outcomes[cell] = _run_cell(cell, cfg, estimates, deadline, 1 + other_jobs,
+                                       warm=_sibling_key(cell.key) in ran)
             if not outcomes[cell].startswith(("not started", "to run")):
                 ran.add(_sibling_key(cell.key))
                 estimates = cell_estimates(Path(cfg.store), Path(cfg.work_dir))  # with this cell's record
     else:
-        outcomes.update(_run_concurrently(pending, cfg, estimates, deadline, concurrency))
+        outcomes.update(_run_concurrently(pending, cfg, estimates, deadline, concurrency, other_jobs))
     return [(cell, outcomes[cell]) for cell in cells]
 
 
 def _run_concurrently(cells: list[Cell], cfg: DictConfig, estimates: dict, deadline: float | None,
-                      concurrency: int) -> dict[Cell, str]:
+                      concurrency: int, other_jobs: int = 0) -> dict[Cell, str]:
     """Run ``cells`` in order, ``concurrency`` at a time, each in a fresh (spawned) process on the same device.
 
     Small models leave most of a GPU idle (the step is launch-bound), so several at once finish more cells
-    per slot; each record says how many ran together (``trainer.concurrent_runs``), and the report takes
-    training speed only from runs that had the device alone. A process, not a thread, per run: each run
-    owns its CUDA context, compile caches and random state.
+    per slot; each record says how many ran together (``trainer.concurrent_runs``, with the ``other_jobs``
+    beside the campaign), and the report takes training speed only from runs that had the device alone. A
+    process, not a thread, per run: each run owns its CUDA context, compile caches and random state.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # no interpolation left to resolve there
     with ProcessPoolExecutor(max_workers=concurrency, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {cell: pool.submit(_run_cell, cell, plain, estimates, deadline, concurrency) for cell in cells}
+        futures = {cell: pool.submit(_run_cell, cell, plain, estimates, deadline, concurrency + other_jobs)
+                   for cell in cells}
         return {cell: future.result() for cell, future in futures.items()}
 
 

@@ -227,20 +227,23 @@ class LRAClassifier(nn.Module):
 
 
 def causal_backends() -> list[str]:
-    """The conf/attn names whose backend class has a causal form (``supports_causal``)."""
+    """The conf/attn names whose backend class has a causal form (``supports_causal``), each file read as the run
+    config composes it (a file that inherits another, ``sfa_wide_simhash``, takes its ``_target_`` from there).
+    A configuration of such a backend may still be refused: its ``causal_reasons()`` say why."""
     from importlib.resources import files
 
     from hydra.utils import get_class
-    from omegaconf import OmegaConf
+
+    from lra_sfa.compose import attn_config
 
     names = []
     for path in sorted(files("lra_sfa.conf").joinpath("attn").iterdir(), key=lambda entry: entry.name):
         if not path.name.endswith(".yaml"):
             continue
-        target = OmegaConf.create(path.read_text()).get("_target_")
+        name = path.name.removesuffix(".yaml")
         try:
-            if target and get_class(target).supports_causal:
-                names.append(path.name.removesuffix(".yaml"))
+            if get_class(attn_config(name)._target_).supports_causal:
+                names.append(name)
         except Exception:  # a broken config is reported where it is used, not here
             continue
     return names

@@ -121,6 +121,18 @@ def test_concurrent_cells_run_in_their_own_processes_and_say_so(tmp_path, monkey
         run_campaign(_campaign(tmp_path / "other", "concurrency=0"))
 
 
+def test_jobs_beside_the_campaign_count_as_sharing_the_device(tmp_path, monkeypatch):
+    """other_jobs=1 (a GPU test suite in the same slot): one cell at a time, yet each record says two processes
+    shared the device, so the report reads no speed from it."""
+    monkeypatch.setenv("LRA_SFA_GIT_COMMIT", "abc1234")
+    outcomes = run_campaign(_campaign(tmp_path, "other_jobs=1"))
+    assert [outcome.split(",")[0] for _, outcome in outcomes] == ["ok", "ok"]
+    records = [json.loads(path.read_text()) for path in (tmp_path / "store").glob("*.json")]
+    assert sorted(r["trainer"]["concurrent_runs"] for r in records) == [2, 2]
+    with pytest.raises(ValueError, match="other_jobs=-1 must be an integer of at least 0"):
+        run_campaign(_campaign(tmp_path / "other", "other_jobs=-1"))
+
+
 @pytest.mark.parametrize("path", ["~/.cache/lra_sfa", "/data/a b=c", "/data/it's", "C:\\data\\"])
 def test_cell_paths_reach_the_run_whole(path):
     """The campaign passes its folders to each cell as overrides: a home-relative default, spaces, '=', quotes

@@ -19,6 +19,10 @@
 # The compilers' caches travel too (Inductor's graphs, Triton's binaries): $OUT/compile_cache.tar.xz, when
 # under 16 MiB (the most one file can come back with); copy it to .campaign/compile_cache.tar.xz, and the next
 # slot's first cells skip most of their compilation (a cache made on another card or torch is simply not hit).
+# GPU_TESTS=<seconds> (e.g. after a kernel change): the GPU tests (pytest -m gpu tests/test_kernels_gpu.py) run
+# beside the campaign for at most that long, into $OUT/gpu_tests.log (unbuffered: a cut run keeps the cases done)
+# and $OUT/gpu_summary.csv; the campaign counts them (other_jobs=1), so its records say the device was shared
+# and the tables read no steps/s from them.
 set -u
 campaign=$1; minutes=$2; shift 2
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null; export PYTHONPATH=/tmp/site
@@ -30,6 +34,12 @@ mkdir -p /tmp/campaign /tmp/records /tmp/compile_cache
 tarfile.open('.campaign/compile_cache.tar.xz').extractall('/tmp/compile_cache', filter='data')"
 [ -f .campaign/work.tgz ] && tar xzf .campaign/work.tgz -C /tmp/campaign
 cp results/runs/*.json /tmp/records/ 2>/dev/null  # finished cells are skipped
+suite=
+if [ -n "${GPU_TESTS:-}" ]; then
+  ( LRA_SFA_GPU_SUMMARY="$OUT/gpu_summary.csv" timeout "$GPU_TESTS" python3 -m pytest -m gpu tests/test_kernels_gpu.py \
+      -v -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1; echo "pytest exit status $?" >> "$OUT/gpu_tests.log" ) &
+  suite=$!; set -- "$@" other_jobs=1
+fi
 touch /tmp/records.start; mkdir -p /tmp/records.new
 copy_new() {  # the new records, repacked whole and swapped in, so $OUT never holds half an archive
   find /tmp/records -name '*.json' -newer /tmp/records.start -exec cp -p {} /tmp/records.new/ \;
@@ -43,6 +53,7 @@ hard_stop=$(python3 -c "print(int(float('$minutes') * 60) + 60)")
 timeout "$hard_stop" python3 -m lra_sfa.campaign campaign="$campaign" deadline_minutes="$minutes" store=/tmp/records \
   checkpoint_travel_mb=16 work_dir=/tmp/campaign "$@" 2>&1 | grep --line-buffered -v WARN | tee -a "$OUT/campaign.log"
 touch /tmp/records.stop; wait $copier; copy_new  # the loop's last pack ends before the final one starts
+[ -n "$suite" ] && wait "$suite"
 find /tmp/campaign -name checkpoint.pt -size +16M -delete
 python3 - <<'PY'  # only cut cells travel back: a finished cell's record is in records.tgz and its checkpoint is dead weight
 import json, pathlib, shutil

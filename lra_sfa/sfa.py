@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from lra_sfa.attention import AttentionBackend
-from lra_sfa.kernels.sfa.api import IMPLS, causal_impl_reasons, kernel_head_dim, resolve_impl, sfa_attention, sfa_path
+from lra_sfa.kernels.sfa.api import IMPLS, kernel_head_dim, resolve_impl, sfa_attention, sfa_path
 
 
 class SFAAttention(AttentionBackend):
@@ -20,8 +20,8 @@ class SFAAttention(AttentionBackend):
     and backward differ, "triton_fwd+gluon_bwd" / "gluon_fwd+triton_bwd"; "+packed" where the kernels ran on
     real tokens packed first, padding rows skipped (the model reads none: ``padding_rows_read``), and
     "+trimmed" where they skipped the padding rows after each row's last real token without packing (the
-    padding is right padding: ``padding_is_suffix``). Causal (``causal``) on the reference path only
-    (``impl=reference``; ``unsupported_reasons`` says so where the kernels would run).
+    padding is right padding: ``padding_is_suffix``). Causal (``causal``) on the Triton kernels or the
+    reference; ``impl=gluon`` refuses it.
     """
 
     supports_causal = True
@@ -53,8 +53,6 @@ class SFAAttention(AttentionBackend):
                                "use attn.impl=reference")
             if q.dtype not in SUPPORTED_DTYPES:
                 reasons.append(f"SFAAttention: the Triton kernels take dtypes {SUPPORTED_DTYPES}, got {q.dtype}")
-        if self.causal:
-            reasons.extend(f"SFAAttention: {reason}" for reason in causal_impl_reasons(self.impl, q.device))
         if self.impl == "gluon" and not reasons:
             reasons.extend(self._gluon_reasons(q, key_padding_mask))
         return reasons
@@ -66,7 +64,8 @@ class SFAAttention(AttentionBackend):
         _, _, length, head_dim = q.shape
         shape = (q.device, q.dtype, length, kernel_head_dim(head_dim), key_padding_mask is not None)
         parts = [False, True] if self.training else [False]
-        reasons = [reason for backward in parts for reason in gluon_reasons(*shape, backward=backward)]
+        reasons = [reason for backward in parts
+                   for reason in gluon_reasons(*shape, backward=backward, causal=self.causal)]
         return [f"SFAAttention: impl=gluon: {reason}" for reason in dict.fromkeys(reasons)]
 
     compile_safe = True  # the kernels are custom operators (kernels.sfa.autograd): opaque nodes in one graph
@@ -75,7 +74,7 @@ class SFAAttention(AttentionBackend):
         # rows nobody reads are skipped: 0 there, the kernels running on the real tokens packed first ("+packed"),
         # or, under right padding, on the rows up to each sequence's last real token ("+trimmed")
         skip = not self.padding_rows_read and key_padding_mask is not None
-        path = sfa_path(q, k, v, key_padding_mask, self.impl)
+        path = sfa_path(q, k, v, key_padding_mask, self.impl, self.causal)
         if skip and path != "reference":
             path += "+trimmed" if self.padding_is_suffix else "+packed"
         self.last_path = path

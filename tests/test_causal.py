@@ -169,12 +169,11 @@ def test_causal_with_cls_pooling_is_refused():
         _model("full", pooling="cls")
 
 
-def test_sfa_causal_runs_on_the_reference_path_only():
-    backend = _causal_backend(SFAAttention(topk=4, impl="triton"))
-    q = torch.zeros(1, 1, 64, 16)
-    assert any("causal SFA runs on the reference path only" in reason
+def test_sfa_causal_asks_for_triton_not_gluon():
+    backend = _causal_backend(SFAAttention(topk=4, impl="gluon"))
+    q = torch.zeros(1, 1, 64, 128)
+    assert any("bidirectional; causal attention runs on the Triton kernels" in reason
                for reason in backend.unsupported_reasons(q, q, q))
-    assert not _causal_backend(SFAAttention(topk=4)).unsupported_reasons(q, q, q)  # auto: the reference on CPU
 
 
 def test_mqar_experiment_is_causal(make_cfg):

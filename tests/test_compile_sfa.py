@@ -73,8 +73,9 @@ def test_a_model_with_sfa_compiles_to_one_graph_that_matches_eager(impl, skippin
     assert model.blocks[0].attn.attention.last_path == impl + skipping
 
 
-@pytest.mark.parametrize("head_dim,topk,padding", [(16, 4, True), (32, 32, False), (16, 1, False)])
-def test_the_flash_sfa_operators_pass_opcheck_and_compile_whole(head_dim, topk, padding):
+@pytest.mark.parametrize("head_dim,topk,padding,causal", [(16, 4, True, False), (32, 32, False, False),
+                                                          (16, 1, False, False), (16, 4, True, True)])
+def test_the_flash_sfa_operators_pass_opcheck_and_compile_whole(head_dim, topk, padding, causal):
     """torch.library.opcheck on both operators (schema, fake shapes, autograd registration), then the function
     compiled with fullgraph=True gives the eager output and gradients bit for bit."""
     from lra_sfa.kernels.sfa import autograd
@@ -86,7 +87,7 @@ def test_the_flash_sfa_operators_pass_opcheck_and_compile_whole(head_dim, topk, 
     if padding:
         mask[1, 15:] = False
     mask = mask if padding else None
-    args = (*(t.detach().requires_grad_(True) for t in (q, k, v)), topk, topk, mask, "triton", padding)
+    args = (*(t.detach().requires_grad_(True) for t in (q, k, v)), topk, topk, mask, "triton", padding, causal)
     torch.library.opcheck(autograd._train_forward, args, test_utils=("test_schema", "test_faketensor",
                                                                       "test_autograd_registration"))
     with torch.no_grad():
@@ -96,7 +97,7 @@ def test_the_flash_sfa_operators_pass_opcheck_and_compile_whole(head_dim, topk, 
     for function in (flash_sfa, torch.compile(flash_sfa, backend="aot_eager", fullgraph=True)):
         leaves = [t.detach().clone().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)
                   for t in (q, k, v)]
-        out = function(*leaves, topk, topk, mask)
+        out = function(*leaves, topk, topk, mask, causal=causal)
         (out * out).sum().backward()
         results.append([out.detach(), *(t.grad for t in leaves)])
     for got, expected in zip(*results):

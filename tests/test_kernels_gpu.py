@@ -157,8 +157,9 @@ def test_a_model_with_sfa_compiles_whole_on_the_gpu(padding):
         assert off.float().mean().item() < 1e-2, f"{name}: {int(off.sum())} of {off.numel()} gradient entries differ"
 
 
-@pytest.mark.parametrize("length,head_dim,padding", [(512, 128, False), (512, 64, True), (300, 32, False)])
-def test_the_flash_sfa_operators_pass_opcheck_on_the_gpu(length, head_dim, padding):
+@pytest.mark.parametrize("length,head_dim,padding,causal", [(512, 128, False, False), (512, 64, True, False),
+                                                             (300, 32, False, False), (512, 128, True, True)])
+def test_the_flash_sfa_operators_pass_opcheck_on_the_gpu(length, head_dim, padding, causal):
     """The operators' fake shapes, schema and autograd registration hold on every kernel pair they dispatch to
     (the Gluon forward and backward at d = 128 on Hopper, the Triton kernels with a padding mask)."""
     from lra_sfa.kernels.sfa import autograd
@@ -167,7 +168,7 @@ def test_the_flash_sfa_operators_pass_opcheck_on_the_gpu(length, head_dim, paddi
     mask = torch.ones(q.shape[0], length, dtype=torch.bool, device="cuda")
     if padding:
         mask[-1, length // 2:] = False
-    args = (q, k, v, 8, 8, mask if padding else None, "auto", padding)
+    args = (q, k, v, 8, 8, mask if padding else None, "auto", padding, causal)
     torch.library.opcheck(autograd._train_forward, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     with torch.no_grad():
@@ -203,3 +204,69 @@ def test_skip_padding_matches_float64_on_the_gpu(head_dim, suffix):
     for name, mine, exact in zip("qkv", got, expected):
         assert sfa_check.rel_err(mine, exact) < 2e-2, name
     assert not out[~mask[:, None, :, None].expand_as(out)].any()
+
+
+@pytest.mark.parametrize("length,head_dim,suffix", [(1000, 64, False), (2048, 128, False), (2048, 64, True),
+                                                    (4096, 128, True)])
+def test_causal_matches_float64_on_the_gpu(length, head_dim, suffix):
+    """causal=True in bf16 on the autotuned GPU configs (the interpreter runs only its own): the Triton kernels
+    (even where Gluon runs the bidirectional call), output and gradients against the float64 reference; right
+    padding with trimmed rows in the ``suffix`` cases."""
+    from lra_sfa.kernels import sfa_attention
+    from lra_sfa.kernels.sfa import check as sfa_check
+    from lra_sfa.kernels.sfa.api import sfa_path
+
+    gen = torch.Generator(device="cuda").manual_seed(length + head_dim)
+    leaves = [torch.randn(2, 4, length, head_dim, device="cuda", generator=gen).to(torch.bfloat16)
+              .requires_grad_(True) for _ in range(3)]
+    mask = None
+    if suffix:
+        mask = torch.arange(length, device="cuda")[None, :] < torch.tensor([length, length * 2 // 3 + 5],
+                                                                            device="cuda")[:, None]
+    assert sfa_path(*leaves, mask, "auto", causal=True) == "triton"
+    out = sfa_attention(*leaves, 8, 8, key_padding_mask=mask, skip_padding=suffix, padding_is_suffix=suffix,
+                        causal=True)
+    grad = torch.randn(out.shape, device="cuda", generator=gen).to(out.dtype)
+    if suffix:
+        grad = grad * mask[:, None, :, None]
+    got = torch.autograd.grad(out, leaves, grad)
+    exact_leaves = [t.detach().double().requires_grad_(True) for t in leaves]
+    ref = sfa_attention(*exact_leaves, 8, 8, key_padding_mask=mask, impl="reference", skip_padding=suffix,
+                        causal=True)
+    expected = torch.autograd.grad(ref, exact_leaves, grad.double())
+    assert sfa_check.rel_err(out, ref) < 1e-2
+    for name, mine, exact in zip("qkv", got, expected):
+        assert sfa_check.rel_err(mine, exact) < 2e-2, name
+    with torch.no_grad():
+        fused = sfa_attention(*(t.detach() for t in leaves), 8, 8, key_padding_mask=mask, skip_padding=suffix,
+                              padding_is_suffix=suffix, causal=True)
+    assert sfa_check.rel_err(fused, ref) < 1e-2
+
+
+@pytest.mark.parametrize("attn", ["full", "windowed", "sfa", "linear", "performer"])
+def test_a_causal_model_ignores_later_tokens_on_the_gpu(attn):
+    """The GPU engines (SDPA's causal kernel, FlexAttention's one-sided band, the causal FlashSFA kernels): in
+    bf16 autocast, the outputs before a changed token are those of the unchanged input, to rounding.
+
+    Performer's key stabiliser is a maximum over every key, later ones included: it cancels exactly in the ratio
+    but moves the float32 rounding of the features, which can flip the bf16 rounding of an attention output by
+    one unit in the last place (2^-8 relative) and carry into the next layer; its bound is bf16's own tolerance.
+    A leak of a later token's content moves outputs by far more (the last assert)."""
+    from omegaconf import OmegaConf
+
+    from lra_sfa.model import LRAClassifier
+
+    from .conftest import CONF
+
+    torch.manual_seed(0)
+    model = LRAClassifier(vocab_size=50, num_classes=7, seq_len=512, attn_cfg=OmegaConf.load(CONF / "attn" /
+                          f"{attn}.yaml"), d_model=128, num_heads=2, num_layers=2, mlp_dim=128, pooling="none",
+                          dropout=0.0, attn_dropout=0.0, has_padding=False, causal=True, attn_name=attn).cuda().eval()
+    tokens = torch.randint(1, 50, (4, 512), device="cuda")
+    changed = tokens.clone()
+    changed[:, 300:] = torch.randint(1, 50, (4, 212), device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        before, after = model(tokens).float(), model(changed).float()
+    tol = 1.6e-2 if attn == "performer" else 1e-3  # 1.6e-2: torch.testing's bf16 rtol
+    torch.testing.assert_close(before[:, :300], after[:, :300], rtol=tol, atol=tol)
+    assert (before[:, 300:] - after[:, 300:]).abs().max() > 1e-2

@@ -591,8 +591,34 @@ def test_backward_fp32_takes_small_tiles():
         assert smem <= 160 * 1024
 
 
+@pytest.mark.parametrize("padding", ["none", "holes", "right", "packed"])
+@pytest.mark.parametrize("length", [17, 130])
+def test_causal_kernels_match_the_float64_definition(length, padding):
+    """causal=True: row i attends keys j <= i; forward and gradients against the dense float64 definition, with
+    no padding, scattered padding, right padding whose rows are skipped (trimmed) and scattered padding whose
+    real tokens are packed first (the packing keeps their order, so causality survives it)."""
+    from lra_sfa.kernels.sfa.reference import sfa_dense_reference
 
-def test_causal_is_refused_on_the_kernels_with_the_reference_named():
-    q, k, v = _inputs(1, 2, 17, HEAD_DIM, torch.float32, seed=2)
-    with pytest.raises(ValueError, match="causal SFA runs on the reference path only .* set attn.impl=reference"):
-        sfa_attention(q, k, v, 4, impl="triton", causal=True)
+    q, k, v = (t.requires_grad_(True) for t in _inputs(2, 2, length, HEAD_DIM, torch.float32, seed=length))
+    mask = None if padding == "none" else _mask(2, length, seed=length + 3)
+    if padding == "right":
+        mask = torch.arange(length)[None, :] < torch.tensor([length, length // 2])[:, None]
+    skip = padding in ("right", "packed")
+    out = sfa_attention(q, k, v, 4, 4, key_padding_mask=mask, impl="triton", skip_padding=skip,
+                        padding_is_suffix=padding == "right", causal=True)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    exact = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    ref = sfa_dense_reference(*exact, 4, 4, mask, causal=True)
+    if skip:
+        ref = ref * mask[:, None, :, None]
+    expected = torch.autograd.grad(ref, exact, grad.double())
+    assert sfa_check.rel_err(out, ref) < 1e-5
+    for name, mine, want in zip("qkv", got, expected):
+        assert sfa_check.rel_err(mine, want) < 1e-5, name
+    with torch.no_grad():  # the forward-only operator, 16-bit, q's top-k fused into the kernel
+        fused = sfa_attention(*(t.detach().bfloat16() for t in (q, k, v)), 4, 4, key_padding_mask=mask,
+                              impl="triton", causal=True)
+    codes = [topk_pack(t.detach().bfloat16(), 4)[2].double() for t in (q, k)]
+    exact16 = sfa_dense_reference(*codes, v.detach().bfloat16().double(), HEAD_DIM, HEAD_DIM, mask, causal=True)
+    assert sfa_check.rel_err(fused, exact16) < 1e-2

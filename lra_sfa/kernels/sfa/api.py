@@ -62,17 +62,8 @@ def kernel_head_dim(head_dim: int) -> int:
     return min(size for size in KERNEL_HEAD_DIMS if size > head_dim)
 
 
-def causal_impl_reasons(impl: str, device: torch.device) -> list[str]:
-    """Why ``sfa_attention(..., impl=impl, causal=True)`` cannot run on ``device``: the FlashSFA kernels are
-    bidirectional, so causal SFA runs on the reference path only; empty when ``impl`` resolves to it."""
-    if resolve_impl(impl, device) == "reference":
-        return []
-    return [f"causal SFA runs on the reference path only (the FlashSFA kernels are bidirectional); "
-            f"impl={impl} resolves to the kernels on {device}: set attn.impl=reference"]
-
-
 def sfa_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-             impl: str = "auto") -> str:
+             impl: str = "auto", causal: bool = False) -> str:
     """What ``sfa_attention(q, k, v, ..., impl=impl)`` runs: "reference", "triton", "gluon", or, for a call with
     a backward whose halves differ, "gluon_fwd+triton_bwd" / "triton_fwd+gluon_bwd" (``dispatch.kernel_path``).
     Raises the ValueError the call would raise when impl="gluon" cannot run here."""
@@ -83,7 +74,7 @@ def sfa_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask
 
     _, _, length, head_dim = q.shape
     return kernel_path(q.device, q.dtype, length, kernel_head_dim(head_dim), key_padding_mask is not None,
-                       kernels_of(impl), needs_backward(q, k, v))
+                       kernels_of(impl), needs_backward(q, k, v), causal)
 
 
 def sfa_attention(
@@ -121,16 +112,14 @@ def sfa_attention(
     exact, and the kernels' padding rows before a row's last real token
     would hold their attention over the real keys instead of 0 (the
     reference path zeroes every padding row either way).
-    ``causal``: query i attends keys j <= i only, on the reference path
-    (the FlashSFA kernels are bidirectional: ``causal_impl_reasons``).
+    ``causal``: query i attends keys j <= i only (Triton kernels or the
+    reference; the packing keeps the real tokens' order, so it stays exact).
     Never builds an L x L tensor for the whole sequence.
     """
     topk_k = topk_q if topk_k is None else topk_k
     _validate(q, k, v, topk_q, topk_k, key_padding_mask, impl)
     skip = skip_padding and key_padding_mask is not None
     chosen = resolve_impl(impl, q.device)
-    if causal and chosen != "reference":
-        raise ValueError("sfa_attention: " + "; ".join(causal_impl_reasons(impl, q.device)))
     if chosen == "reference":
         out = sfa_chunked(q, k, v, topk_q, topk_k, key_padding_mask, causal)
         return out * key_padding_mask[:, None, :, None] if skip else out
@@ -141,9 +130,10 @@ def sfa_attention(
     if pack:
         order, (q, k, v), key_padding_mask = pack_real_first(key_padding_mask, q, k, v)
     if kernel_head_dim(q.shape[-1]) == q.shape[-1]:  # (an unsupported size raises in flash_sfa)
-        out = flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows=skip)
+        out = flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows=skip, causal=causal)
     else:
-        out = _padded_flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows=skip)
+        out = _padded_flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows=skip,
+                                causal=causal)
     return unpack(out, order) if pack else out
 
 
@@ -162,7 +152,7 @@ def unpack(out: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 
 def _padded_flash_sfa(q, k, v, topk_q: int, topk_k: int, key_padding_mask, kernels: str,
-                      zero_pad_rows: bool = False) -> torch.Tensor:
+                      zero_pad_rows: bool = False, causal: bool = False) -> torch.Tensor:
     """FlashSFA for a head dim between the kernels' sizes (e.g. LRA Pathfinder's 4): exact, by zero padding.
 
     q, k, v are zero-padded to the next kernel size P. Padded features are zero, so they never beat a
@@ -175,5 +165,5 @@ def _padded_flash_sfa(q, k, v, topk_q: int, topk_k: int, key_padding_mask, kerne
     padded = kernel_head_dim(head_dim)
     q = q * (padded / head_dim) ** 0.5
     q, k, v = (torch.nn.functional.pad(t, (0, padded - head_dim)) for t in (q, k, v))  # (B, H, L, P)
-    out = flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows)  # (B, H, L, P)
+    out = flash_sfa(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows, causal)  # (B, H, L, P)
     return out[..., :head_dim]  # (B, H, L, D)

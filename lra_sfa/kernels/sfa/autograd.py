@@ -40,7 +40,7 @@ def _pack_keys(k: torch.Tensor, topk_k: int):
 
 @torch.library.custom_op("lra_sfa::flash_sfa_train_fwd", mutates_args=())
 def _train_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, topk_k: int,
-                   key_padding_mask: torch.Tensor | None, kernels: str, zero_pad_rows: bool
+                   key_padding_mask: torch.Tensor | None, kernels: str, zero_pad_rows: bool, causal: bool
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                               torch.Tensor]:
     """The training forward: (out (B, H, L, D), the zero-filled codes qd and kd (B*H, L, D), v as (B*H, L, D),
@@ -50,7 +50,7 @@ def _train_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: in
     batch, heads, length, head_dim = q.shape
     has_bias = key_padding_mask is not None
     if kernels == "gluon":  # raise now, not after the forward, if the backward cannot run Gluon
-        uses_gluon(q.device, q.dtype, length, head_dim, has_bias, kernels, backward=True)
+        uses_gluon(q.device, q.dtype, length, head_dim, has_bias, kernels, backward=True, causal=causal)
     flat = (batch * heads, length, head_dim)
     _, q_idx, qd = topk_pack(q, topk_q)
     _, k_idx, kd, k_range = _pack_keys(k, topk_k)
@@ -61,12 +61,12 @@ def _train_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: in
     if v_flat.untyped_storage().data_ptr() == v.untyped_storage().data_ptr():
         v_flat = v_flat.clone()
     out, lse2 = launch_forward(qd, kd, v_flat, key_padding(key_padding_mask, q.device), heads, has_bias,
-                               kernels=kernels, key_range=k_range, zero_pad_rows=zero_pad_rows)
+                               kernels=kernels, key_range=k_range, zero_pad_rows=zero_pad_rows, causal=causal)
     return out.reshape(q.shape), qd, kd, v_flat, lse2, q_idx, k_idx
 
 
 @_train_forward.register_fake
-def _(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows):
+def _(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows, causal):
     batch, heads, length, head_dim = q.shape
     flat, ids = (batch * heads, length, head_dim), index_dtype(head_dim)
     return (q.new_empty(q.shape), q.new_empty(flat), q.new_empty(flat), q.new_empty(flat),
@@ -77,37 +77,38 @@ def _(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows):
 @torch.library.custom_op("lra_sfa::flash_sfa_bwd", mutates_args=())
 def _backward(dout: torch.Tensor, qd: torch.Tensor, kd: torch.Tensor, v_flat: torch.Tensor, out: torch.Tensor,
               lse2: torch.Tensor, q_idx: torch.Tensor, k_idx: torch.Tensor, key_padding_mask: torch.Tensor | None,
-              topk_q: int, topk_k: int, kernels: str, zero_pad_rows: bool
+              topk_q: int, topk_k: int, kernels: str, zero_pad_rows: bool, causal: bool
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv (B, H, L, D) from the training forward's outputs; dq and dk masked to the top-k supports.
     It has no autograd of its own: a double backward through SFA raises."""
     shape, flat = out.shape, qd.shape
     saved = (qd, kd, v_flat, out.reshape(flat), lse2, key_padding(key_padding_mask, out.device), q_idx, k_idx)
     dq, dk, dv = launch_backward(saved, dout, shape[1], key_padding_mask is not None, topk_q, topk_k, kernels,
-                                 zero_pad_rows)
+                                 zero_pad_rows, causal)
     return dq.reshape(shape), dk.reshape(shape), dv.reshape(shape)  # (B, H, L, D)
 
 
 @_backward.register_fake
-def _(dout, qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask, topk_q, topk_k, kernels, zero_pad_rows):
+def _(dout, qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask, topk_q, topk_k, kernels, zero_pad_rows,
+      causal):
     return out.new_empty(out.shape), out.new_empty(out.shape), out.new_empty(out.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    _, _, _, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows = inputs
+    _, _, _, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows, causal = inputs
     out, qd, kd, v_flat, lse2, q_idx, k_idx = output
     ctx.save_for_backward(qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask)
-    ctx.meta = (topk_q, topk_k, kernels, zero_pad_rows)
+    ctx.meta = (topk_q, topk_k, kernels, zero_pad_rows, causal)
     ctx.set_materialize_grads(False)  # only out's gradient is read: no zero tensors for the other outputs
 
 
 def _train_backward(ctx, dout, *_unused):
     qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask = ctx.saved_tensors
-    topk_q, topk_k, kernels, zero_pad_rows = ctx.meta
+    topk_q, topk_k, kernels, zero_pad_rows, causal = ctx.meta
     dout = torch.zeros_like(out) if dout is None else dout.contiguous()
     dq, dk, dv = _backward(dout, qd, kd, v_flat, out, lse2, q_idx, k_idx, key_padding_mask, topk_q, topk_k, kernels,
-                           zero_pad_rows)
-    return dq, dk, dv, None, None, None, None, None
+                           zero_pad_rows, causal)
+    return dq, dk, dv, None, None, None, None, None, None
 
 
 _train_forward.register_autograd(_train_backward, setup_context=_setup_context)
@@ -115,7 +116,7 @@ _train_forward.register_autograd(_train_backward, setup_context=_setup_context)
 
 @torch.library.custom_op("lra_sfa::flash_sfa_fwd", mutates_args=())
 def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, topk_k: int,
-                key_padding_mask: torch.Tensor | None, kernels: str, zero_pad_rows: bool
+                key_padding_mask: torch.Tensor | None, kernels: str, zero_pad_rows: bool, causal: bool
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """No autograd: (out (B, H, L, D), lse2 (B*H, L) base 2). For fp16 / bf16 the forward kernel selects q's
     top-k itself (one pass over q fewer); only k goes through ``topk_pack``."""
@@ -127,21 +128,21 @@ def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, 
     qd, kd, v_flat = (aligned_rows(t).reshape(flat) for t in (qd, kd, v))  # (B*H, L, D)
     out, lse2 = launch_forward(qd, kd, v_flat, key_padding(key_padding_mask, q.device), heads,
                                key_padding_mask is not None, fuse_topk_q=fuse, kernels=kernels, key_range=k_range,
-                               zero_pad_rows=zero_pad_rows)
+                               zero_pad_rows=zero_pad_rows, causal=causal)
     return out.reshape(q.shape), lse2
 
 
 @_forward_op.register_fake
-def _(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows):
+def _(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows, causal):
     batch, heads, length, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((batch * heads, length), dtype=torch.float32)
 
 
 def _forward_only(q, k, v, topk_q: int, topk_k: int, key_padding_mask, kernels: str = "auto",
-                  zero_pad_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                  zero_pad_rows: bool = False, causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """No autograd: (out (B, H, L, D), lse2 (B*H, L) base 2), by the forward-only operator."""
     with torch.no_grad():
-        return _forward_op(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows)
+        return _forward_op(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows, causal)
 
 
 def needs_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -151,7 +152,7 @@ def needs_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 
 def flash_sfa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, topk_k: int | None = None,
               key_padding_mask: torch.Tensor | None = None, kernels: str = "auto",
-              zero_pad_rows: bool = False) -> torch.Tensor:
+              zero_pad_rows: bool = False, causal: bool = False) -> torch.Tensor:
     """Exact SFA, softmax(Q~K~^T/sqrt(D)) V, by the FlashSFA kernels; differentiable.
 
     q, k, v: (B, H, L, D) fp16/bf16/fp32 with D in 16, 32, 64, 128;
@@ -162,14 +163,14 @@ def flash_sfa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, to
     ``zero_pad_rows`` (and a mask) the rows after each sequence's last real
     token output 0, constants, and cost nothing: for a mask whose real
     tokens come first (right padding, or the mask ``api.sfa_attention(
-    skip_padding=True)`` packs).
+    skip_padding=True)`` packs). ``causal``: row i attends keys j <= i only.
     """
     topk_k = topk_q if topk_k is None else topk_k
     check_kernels(kernels)
     check_inputs(q, k, v, topk_q, topk_k, key_padding_mask)
     if not needs_backward(q, k, v):
-        return _forward_only(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows)[0]
-    return _train_forward(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows)[0]
+        return _forward_only(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows, causal)[0]
+    return _train_forward(q, k, v, topk_q, topk_k, key_padding_mask, kernels, zero_pad_rows, causal)[0]
 
 
 def flash_sfa_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q: int, topk_k: int | None = None,
@@ -179,5 +180,5 @@ def flash_sfa_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk_q:
     topk_k = topk_q if topk_k is None else topk_k
     check_kernels(kernels)
     check_inputs(q, k, v, topk_q, topk_k, key_padding_mask)
-    out, lse2 = _forward_only(q, k, v, topk_q, topk_k, key_padding_mask, kernels, False)
+    out, lse2 = _forward_only(q, k, v, topk_q, topk_k, key_padding_mask, kernels, False, False)
     return out, (lse2 / fwd.LOG2E).reshape(q.shape[:3])  # (B, H, L, D), (B, H, L)

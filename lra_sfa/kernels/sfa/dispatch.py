@@ -4,7 +4,8 @@
 "gluon" (Gluon or a ValueError naming the rule that fails) or "triton".
 The Gluon forward needs CUDA sm_90, fp16 / bf16, D = 128, L a multiple of 64
 and no padding mask; the Gluon backward D = 64 or 128 and L a multiple of 128
-with the same device, dtype and mask rules. The d = 64 forward stays on the
+with the same device, dtype and mask rules. Both are bidirectional: causal
+attention runs on the Triton kernels. The d = 64 forward stays on the
 Triton kernel, which is as fast there. Under "auto" the environment variables
 LRA_SFA_GLUON=0 (forward and backward) and LRA_SFA_GLUON_BWD=0 (backward)
 keep every shape on the Triton kernels; "gluon" and "triton" ignore them.
@@ -67,9 +68,11 @@ def _device_reasons(device: torch.device, dtype: torch.dtype, has_bias: bool) ->
 
 
 def gluon_reasons(device: torch.device, dtype: torch.dtype, length: int, head_dim: int, has_bias: bool,
-                  backward: bool) -> list[str]:
+                  backward: bool, causal: bool = False) -> list[str]:
     """Why the Gluon forward (or, with ``backward``, backward) cannot run this shape; empty when it can."""
     reasons = _device_reasons(device, dtype, has_bias)
+    if causal:
+        reasons.append("the Gluon kernels are bidirectional; causal attention runs on the Triton kernels")
     if backward and (head_dim not in (64, 128) or length % 128):
         reasons.append(f"the Gluon backward takes head_dim 64 or 128 and L a multiple of 128, got "
                        f"head_dim={head_dim}, L={length}")
@@ -102,12 +105,12 @@ def check_kernels(kernels: str) -> None:
 
 
 def uses_gluon(device: torch.device, dtype: torch.dtype, length: int, head_dim: int, has_bias: bool,
-               kernels: str, backward: bool) -> bool:
+               kernels: str, backward: bool, causal: bool = False) -> bool:
     """Whether the forward (or backward) runs Gluon under ``kernels``; "gluon" raises where it cannot run."""
     check_kernels(kernels)
     if kernels == "triton":
         return False
-    reasons = gluon_reasons(device, dtype, length, head_dim, has_bias, backward)
+    reasons = gluon_reasons(device, dtype, length, head_dim, has_bias, backward, causal)
     if kernels == "gluon":
         if reasons:
             part = "backward" if backward else "forward"
@@ -118,12 +121,12 @@ def uses_gluon(device: torch.device, dtype: torch.dtype, length: int, head_dim: 
 
 
 def kernel_path(device: torch.device, dtype: torch.dtype, length: int, head_dim: int, has_bias: bool,
-                kernels: str, backward: bool) -> str:
+                kernels: str, backward: bool, causal: bool = False) -> str:
     """The kernels one call runs: "gluon", "triton", or for a call with a backward whose two halves differ,
     "gluon_fwd+triton_bwd" / "triton_fwd+gluon_bwd"."""
     shape = (device, dtype, length, head_dim, has_bias, kernels)
-    fwd = "gluon" if uses_gluon(*shape, backward=False) else "triton"
+    fwd = "gluon" if uses_gluon(*shape, backward=False, causal=causal) else "triton"
     if not backward:
         return fwd
-    bwd = "gluon" if uses_gluon(*shape, backward=True) else "triton"
+    bwd = "gluon" if uses_gluon(*shape, backward=True, causal=causal) else "triton"
     return fwd if fwd == bwd else f"{fwd}_fwd+{bwd}_bwd"

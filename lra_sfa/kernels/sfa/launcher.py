@@ -71,10 +71,11 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, padding:
                    has_bias: bool, config: triton.Config | None = None,
                    fuse_topk_q: int = 0, kernels: str = "auto",
                    key_range: torch.Tensor | None = None,
-                   zero_pad_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   zero_pad_rows: bool = False, causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """qd, kd, v: (B*H, L, D) contiguous; ``padding`` from ``tiles.key_padding`` (read when ``has_bias``).
     Returns out (B*H, L, D) and lse2 (B*H, L) fp32 (base 2); with ``zero_pad_rows`` (and a mask) the rows
-    from each sequence's key end on are 0 and cost nothing (``triton_fwd``'s ZERO_PAD_ROWS).
+    from each sequence's key end on are 0 and cost nothing (``triton_fwd``'s ZERO_PAD_ROWS); with ``causal``
+    row i attends keys j <= i (the Triton kernel's CAUSAL; the Gluon forward is bidirectional only).
 
     With ``fuse_topk_q`` > 0 (16-bit inputs only), qd is the dense q and the
     kernel keeps each row's ``fuse_topk_q`` largest entries itself (the same
@@ -92,7 +93,8 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, padding:
         raise ValueError(f"launch_forward: fuse_topk_q needs fp16/bf16 q, got {qd.dtype}")
     if key_range is not None:
         check_key_range("launch_forward", key_range, kd)
-    if config is None and uses_gluon(qd.device, qd.dtype, length, head_dim, has_bias, kernels, backward=False):
+    if config is None and uses_gluon(qd.device, qd.dtype, length, head_dim, has_bias, kernels, backward=False,
+                                     causal=causal):
         from lra_sfa.kernels.sfa.gluon_fwd import gluon_ws_forward
         return gluon_ws_forward(qd, kd, v, topk_q=fuse_topk_q, key_range=key_range, **gluon_config(length))
     out = torch.empty_like(v)
@@ -103,8 +105,10 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, padding:
     elif config is None and qd.dtype == torch.float16:
         config = fwd.FP16_CONFIG
     l_bucket = min(triton.next_power_of_2(length), TUNE_LENGTH_CAP)
-    tune_key = (l_bucket, head_dim, has_bias, qd.dtype, fuse_topk_q)
-    if config is not None:
+    tune_key = (l_bucket, head_dim, has_bias, qd.dtype, fuse_topk_q, causal)
+    if causal:  # the causal loop runs the online softmax whatever the config
+        bounded = False
+    elif config is not None:
         bounded = config.kwargs["BOUNDED"]
     else:  # a range not given costs a pass over K: skip it once the tuner has chosen an online config
         bounded = _BOUNDED_CHOICE.get(tune_key, any(c.kwargs["BOUNDED"] for c in fwd.GPU_CONFIGS))
@@ -114,7 +118,7 @@ def launch_forward(qd: torch.Tensor, kd: torch.Tensor, v: torch.Tensor, padding:
                 qk_scale=fwd.LOG2E / math.sqrt(head_dim), l_bucket=l_bucket,
                 HEAD_DIM=head_dim, HAS_BIAS=has_bias, IEEE=qd.dtype == torch.float32,
                 TOPK_Q=fuse_topk_q if fuse_topk_q < head_dim else 0, ZERO_PAD_ROWS=zero_pad_rows and has_bias,
-                **descs)
+                CAUSAL=causal, **descs)
     grid = lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch_heads)  # noqa: E731
     if config is not None:
         fwd.set_block_shapes({**args, **config.kwargs})
@@ -136,10 +140,10 @@ def _run_bwd_kernel(tuned, plain, grid, args: dict) -> None:
 
 
 def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool, topk_q: int, topk_k: int,
-                    kernels: str = "auto", zero_pad_rows: bool = False):
+                    kernels: str = "auto", zero_pad_rows: bool = False, causal: bool = False):
     """``saved``: qd, kd, v, out (B*H, L, D), lse2 (B*H, L), the ``KeyPadding``, q's and k's top-k ids.
-    Returns dq, dk, dv as (B*H, L, D), dq/dk masked to the top-k supports; ``kernels`` and ``zero_pad_rows``
-    as in launch_forward (the rows it zeroed are constants: no gradient flows through them)."""
+    Returns dq, dk, dv as (B*H, L, D), dq/dk masked to the top-k supports; ``kernels``, ``zero_pad_rows`` and
+    ``causal`` as in launch_forward (the rows it zeroed are constants: no gradient flows through them)."""
     qd, kd, v, out, lse2, padding, q_idx, k_idx = saved
     batch_heads, length, head_dim = qd.shape
     dout = aligned_rows(dout.reshape(batch_heads, length, head_dim))  # (B*H, L, D)
@@ -150,7 +154,7 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
     block_r = max(1, 4096 // head_dim)
     bwd.delta_kernel[(triton.cdiv(rows, block_r),)](out, dout, delta, rows, length, l_pad, HEAD_DIM=head_dim,
                                                     BLOCK_R=block_r)
-    if uses_gluon(qd.device, qd.dtype, length, head_dim, has_bias, kernels, backward=True):
+    if uses_gluon(qd.device, qd.dtype, length, head_dim, has_bias, kernels, backward=True, causal=causal):
         from lra_sfa.kernels.sfa.gluon_bwd import gluon_dkdv, gluon_dq
         dk, dv = gluon_dkdv(qd, kd, v, dout, lse_pad, delta, k_idx, topk_k, **GLUON_DKDV_CONFIG)
         return gluon_dq(qd, kd, v, dout, lse_pad, delta, q_idx, topk_q, **GLUON_DQ_CONFIG), dk, dv
@@ -160,7 +164,7 @@ def launch_backward(saved: tuple, dout: torch.Tensor, heads: int, has_bias: bool
     common = dict(Bias=padding.bias, KEnd=padding.key_end, L=length, H=heads,
                   qk_scale=fwd.LOG2E / math.sqrt(head_dim), sm_scale=1.0 / math.sqrt(head_dim),
                   l_bucket=min(triton.next_power_of_2(length), TUNE_LENGTH_CAP), HEAD_DIM=head_dim, HAS_BIAS=has_bias,
-                  IEEE=qd.dtype == torch.float32, ZERO_PAD_ROWS=zero_pad_rows and has_bias,
+                  IEEE=qd.dtype == torch.float32, ZERO_PAD_ROWS=zero_pad_rows and has_bias, CAUSAL=causal,
                   **{n: descs[n] for n in ("Q_desc", "K_desc", "V_desc", "DO_desc")})
     dkdv_args = dict(common, DK_desc=descs["DK_desc"], DV_desc=descs["DV_desc"], Lse_desc=row_descriptor(lse_pad),
                      Delta_desc=row_descriptor(delta), Kidx=k_idx, TOPK=topk_k, FULL_SUPPORT=topk_k == head_dim)

@@ -31,6 +31,10 @@ Masking
     zeros without looping over the queries. With ``ZERO_PAD_ROWS`` (the
     forward's rows from the key end on are 0, constants): their dQ is 0,
     they add nothing to dK / dV, and the query loops stop at the key end.
+    With ``CAUSAL`` (row i attends keys j <= i): ``_dq_kernel``'s key loop
+    ends at its block's last row and ``_dkdv_kernel``'s query loop starts at
+    the block holding its first key; only the tiles crossing the diagonal
+    apply the j <= i mask.
 
 Limits
     As the forward: head_dim 16..128, fp16 / bf16 / fp32 (IEEE dots), any L.
@@ -80,11 +84,37 @@ def support_mask(Idx, rows, row_ok, cols, TOPK: tl.constexpr):
 
 
 @triton.jit
+def dkdv_tile(k, v, dk, dv, key_ok, offs_n, start_m, Q_desc, DO_desc, Lse_desc, Delta_desc, bh, row_end,
+              qk_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, ZERO_PAD_ROWS: tl.constexpr, CAUSAL_TILE: tl.constexpr):
+    """dK~ / sm and dV of one key block, plus the query block at start_m; CAUSAL_TILE masks the pairs j > i."""
+    q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
+    do = DO_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
+    lse = Lse_desc.load([bh, start_m]).reshape([BLOCK_M])  # +inf in the padding past L, so P = 0 there
+    qk_t = dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
+    p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    if HAS_BIAS:
+        keep = key_ok[:, None]
+        if ZERO_PAD_ROWS:
+            keep = keep & (offs_m < row_end)[None, :]
+        p_t = tl.where(keep, p_t, 0.0)
+    if CAUSAL_TILE:
+        p_t = tl.where(offs_n[:, None] <= offs_m[None, :], p_t, 0.0)
+    dv = dot(p_t.to(do.dtype), do, dv, IEEE)
+    dlt = Delta_desc.load([bh, start_m]).reshape([BLOCK_M])
+    dp_t = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
+    ds_t = p_t * (dp_t - dlt[None, :])
+    return dot(ds_t.to(q.dtype), q, dk, IEEE), dv
+
+
+@triton.jit
 def _dkdv_kernel(
     Q_desc, K_desc, V_desc, DO_desc, DK_desc, DV_desc, Lse_desc, Delta_desc, Bias, KEnd, Kidx,
     L, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr, ZERO_PAD_ROWS: tl.constexpr = False,
+    CAUSAL: tl.constexpr = False,
 ):
     bh = tl.program_id(1)
     start_n = tl.program_id(0) * BLOCK_N
@@ -103,22 +133,15 @@ def _dkdv_kernel(
         query_end = tl.where(start_n < key_end, row_end, 0)  # a block of padding only: dK = dV = 0
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    for start_m in tl.range(0, query_end, BLOCK_M):
-        q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
-        do = DO_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
-        lse = Lse_desc.load([bh, start_m]).reshape([BLOCK_M])  # +inf in the padding past L, so P = 0 there
-        qk_t = dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
-        p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])
-        if HAS_BIAS:
-            keep = key_ok[:, None]
-            if ZERO_PAD_ROWS:
-                keep = keep & ((start_m + tl.arange(0, BLOCK_M)) < row_end)[None, :]
-            p_t = tl.where(keep, p_t, 0.0)
-        dv = dot(p_t.to(do.dtype), do, dv, IEEE)
-        dlt = Delta_desc.load([bh, start_m]).reshape([BLOCK_M])
-        dp_t = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE)
-        ds_t = p_t * (dp_t - dlt[None, :])
-        dk = dot(ds_t.to(q.dtype), q, dk, IEEE)
+    diag_end = 0  # causal: the query blocks before diag_end cross the diagonal (masked), those after see every key
+    if CAUSAL:
+        diag_end = tl.minimum(query_end, tl.cdiv(start_n + BLOCK_N, BLOCK_M) * BLOCK_M)
+        for start_m in tl.range(start_n // BLOCK_M * BLOCK_M, diag_end, BLOCK_M):
+            dk, dv = dkdv_tile(k, v, dk, dv, key_ok, offs_n, start_m, Q_desc, DO_desc, Lse_desc, Delta_desc, bh,
+                               row_end, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, HAS_BIAS, IEEE, ZERO_PAD_ROWS, True)
+    for start_m in tl.range(diag_end, query_end, BLOCK_M):
+        dk, dv = dkdv_tile(k, v, dk, dv, key_ok, offs_n, start_m, Q_desc, DO_desc, Lse_desc, Delta_desc, bh,
+                           row_end, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, HAS_BIAS, IEEE, ZERO_PAD_ROWS, False)
     dk = dk * sm_scale
     if not FULL_SUPPORT:
         keep = support_mask(Kidx, bh.to(tl.int64) * L + offs_n, n_ok, tl.arange(0, HEAD_DIM), TOPK)
@@ -128,11 +151,35 @@ def _dkdv_kernel(
 
 
 @triton.jit
+def dq_tile(q, do, dq, lse, dlt, offs_m, start_n, K_desc, V_desc, Bias, bh, L, H, row_end, qk_scale,
+            HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr,
+            IEEE: tl.constexpr, ZERO_PAD_ROWS: tl.constexpr, CAUSAL_TILE: tl.constexpr):
+    """dQ~ / sm of one query block, plus the key block at start_n; CAUSAL_TILE masks the pairs j > i."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
+    v = V_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
+    qk = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
+    p = tl.math.exp2(qk * qk_scale - lse[:, None])
+    if HAS_BIAS:  # without padding no key mask: keys past L have zero K rows (TMA), so dS K gets 0 from them
+        key_ok = tl.load(Bias + (bh // H).to(tl.int64) * L + offs_n, mask=offs_n < L, other=float("-inf")) == 0.0
+        keep = key_ok[None, :]
+        if ZERO_PAD_ROWS:  # rows from row_end on hold lse2 = 0, not their own: their P is not a softmax
+            keep = keep & (offs_m < row_end)[:, None]
+        p = tl.where(keep, p, 0.0)
+    if CAUSAL_TILE:
+        p = tl.where(offs_n[None, :] <= offs_m[:, None], p, 0.0)
+    dp = dot(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
+    ds = p * (dp - dlt[:, None])
+    return dot(ds.to(k.dtype), k, dq, IEEE)
+
+
+@triton.jit
 def _dq_kernel(
     Q_desc, K_desc, V_desc, DO_desc, DQ_desc, Lse, Delta, Bias, KEnd, Qidx,
     L, L_PAD, H, qk_scale, sm_scale, l_bucket,
     HEAD_DIM: tl.constexpr, TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, FULL_SUPPORT: tl.constexpr, IEEE: tl.constexpr, ZERO_PAD_ROWS: tl.constexpr = False,
+    CAUSAL: tl.constexpr = False,
 ):
     bh = tl.program_id(1)
     start_m = tl.program_id(0) * BLOCK_M
@@ -151,21 +198,17 @@ def _dq_kernel(
         if ZERO_PAD_ROWS:  # and so are the rows, constants 0: a block of them does no work
             row_end = key_end
             key_end = tl.where(start_m < row_end, key_end, 0)
-    for start_n in tl.range(0, key_end, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = K_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
-        v = V_desc.load([bh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
-        qk = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
-        p = tl.math.exp2(qk * qk_scale - lse[:, None])
-        if HAS_BIAS:  # without padding no key mask: keys past L have zero K rows (TMA), so dS K gets 0 from them
-            key_ok = tl.load(Bias + (bh // H).to(tl.int64) * L + offs_n, mask=offs_n < L, other=float("-inf")) == 0.0
-            keep = key_ok[None, :]
-            if ZERO_PAD_ROWS:  # rows from row_end on hold lse2 = 0, not their own: their P is not a softmax
-                keep = keep & (offs_m < row_end)[:, None]
-            p = tl.where(keep, p, 0.0)
-        dp = dot(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
-        ds = p * (dp - dlt[:, None])
-        dq = dot(ds.to(k.dtype), k, dq, IEEE)
+    diag_start = key_end  # causal: the key blocks from diag_start on cross the diagonal (masked)
+    if CAUSAL:
+        key_end = tl.minimum(key_end, start_m + BLOCK_M)
+        diag_start = tl.minimum(start_m, key_end) // BLOCK_N * BLOCK_N
+    for start_n in tl.range(0, diag_start, BLOCK_N):
+        dq = dq_tile(q, do, dq, lse, dlt, offs_m, start_n, K_desc, V_desc, Bias, bh, L, H, row_end, qk_scale,
+                     HEAD_DIM, BLOCK_M, BLOCK_N, HAS_BIAS, IEEE, ZERO_PAD_ROWS, False)
+    if CAUSAL:
+        for start_n in tl.range(diag_start, key_end, BLOCK_N):
+            dq = dq_tile(q, do, dq, lse, dlt, offs_m, start_n, K_desc, V_desc, Bias, bh, L, H, row_end, qk_scale,
+                         HEAD_DIM, BLOCK_M, BLOCK_N, HAS_BIAS, IEEE, ZERO_PAD_ROWS, True)
     dq = dq * sm_scale
     if not FULL_SUPPORT:
         dq = tl.where(support_mask(Qidx, row0 + offs_m, m_ok, tl.arange(0, HEAD_DIM), TOPK), dq, 0.0)
@@ -192,7 +235,7 @@ INTERPRETER_BWD_CONFIG = bwd_config(64, 64, 4, 1)
 # The fastest launches measured at L=16K, d=128 on an H200 (results/kernels/NOTES.md), three per kernel
 DKDV_CONFIGS = [bwd_config(64, 128, 8, 4), bwd_config(64, 128, 8, 3), bwd_config(32, 64, 4, 4)]
 DQ_CONFIGS = [bwd_config(128, 64, 8, 3), bwd_config(64, 128, 4, 3), bwd_config(128, 32, 4, 3)]
-BWD_KEY = ["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "FULL_SUPPORT"]
+BWD_KEY = ["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "FULL_SUPPORT", "CAUSAL"]
 # lse2 and delta are laid out with rows padded to a multiple of this (lse2 = +inf in the padding), so the
 # kernels read them without masks; every config's BLOCK_M divides it
 ROW_PAD = 128

@@ -40,6 +40,13 @@ Masking
     NaN, and a query whose keys are all padding gets output 0 and lse2 = 0
     (the reference does the same).
 
+Causal
+    With ``CAUSAL`` row i attends keys j <= i: a query block's key loop ends
+    at its last row (or the key end, if sooner); the tiles wholly before the
+    block's first row run unmasked, the few crossing the diagonal with the
+    j <= i mask, always by the online softmax (``causal_rows``; the bounded
+    configs' offset is not used).
+
 Limits
     head_dim in 16, 32, 64, 128; fp16 / bf16 (fp32 for tests: dots then run
     in IEEE fp32); any L >= 1. Launcher checks live in ``launcher.py``.
@@ -81,15 +88,16 @@ def dot(a, b, acc, IEEE: tl.constexpr):
 @triton.jit
 def softmax_pv_update(acc, l_i, m_i, qk, v, valid, qk_scale, bias, MASKED: tl.constexpr, HAS_BIAS: tl.constexpr,
                       IEEE: tl.constexpr):
-    """One online-softmax step: qk (M, N) raw scores, v (N, D); returns acc, l_i, m_i."""
+    """One online-softmax step: qk (M, N) raw scores, v (N, D), valid a mask broadcasting to (M, N) (read when
+    MASKED); returns acc, l_i, m_i."""
     if HAS_BIAS:
         qk = qk * qk_scale + bias[None, :]
         if MASKED:
-            qk = tl.where(valid[None, :], qk, float("-inf"))
+            qk = tl.where(valid, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.math.exp2(qk - m_new[:, None])
     elif MASKED:
-        qk = tl.where(valid[None, :], qk * qk_scale, float("-inf"))
+        qk = tl.where(valid, qk * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.math.exp2(qk - m_new[:, None])
     else:
@@ -138,13 +146,45 @@ def online_rows(q, K_desc, V_desc, bias_row, bh, L, qk_scale, BLOCK_M: tl.conste
         qk, v = tile_scores(q, K_desc, V_desc, bh, start_n, BLOCK_M, BLOCK_N, HEAD_DIM, IEEE)
         if HAS_BIAS:
             bias = tl.load(bias_row + start_n + offs_n)
-        acc, l_i, m_i = softmax_pv_update(acc, l_i, m_i, qk, v, offs_n < BLOCK_N, qk_scale, bias,
+        acc, l_i, m_i = softmax_pv_update(acc, l_i, m_i, qk, v, (offs_n < BLOCK_N)[None, :], qk_scale, bias,
                                           False, HAS_BIAS, IEEE)
     if n_full < L:  # the partial last key tile: bounds mask (TMA zero-fills the rows past L)
         qk, v = tile_scores(q, K_desc, V_desc, bh, n_full, BLOCK_M, BLOCK_N, HEAD_DIM, IEEE)
         valid = (n_full + offs_n) < L
         if HAS_BIAS:
             bias = tl.load(bias_row + n_full + offs_n, mask=valid, other=float("-inf"))
+        acc, l_i, m_i = softmax_pv_update(acc, l_i, m_i, qk, v, valid[None, :], qk_scale, bias, True, HAS_BIAS,
+                                          IEEE)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def causal_rows(q, K_desc, V_desc, bias_row, bh, key_end, start_m, qk_scale, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr):
+    """The online softmax of rows start_m .. start_m + BLOCK_M - 1 over their keys j <= i before key_end:
+    the key tiles before the block's first row unmasked, then the tiles up to its last row under the j <= i
+    mask. Returns acc (M, D), l_i, m_i (base 2)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    hi = tl.minimum(key_end, start_m + BLOCK_M)  # one past the block's last key
+    lo = tl.minimum(start_m, hi) // BLOCK_N * BLOCK_N  # the tiles before it precede every row of the block
+    bias = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start_n in tl.range(0, lo, BLOCK_N):
+        qk, v = tile_scores(q, K_desc, V_desc, bh, start_n, BLOCK_M, BLOCK_N, HEAD_DIM, IEEE)
+        if HAS_BIAS:
+            bias = tl.load(bias_row + start_n + offs_n)
+        acc, l_i, m_i = softmax_pv_update(acc, l_i, m_i, qk, v, (offs_n < BLOCK_N)[None, :], qk_scale, bias,
+                                          False, HAS_BIAS, IEEE)
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        qk, v = tile_scores(q, K_desc, V_desc, bh, start_n, BLOCK_M, BLOCK_N, HEAD_DIM, IEEE)
+        cols = start_n + offs_n
+        in_range = cols < hi
+        if HAS_BIAS:
+            bias = tl.load(bias_row + cols, mask=in_range, other=float("-inf"))
+        valid = in_range[None, :] & (cols[None, :] <= offs_m[:, None])
         acc, l_i, m_i = softmax_pv_update(acc, l_i, m_i, qk, v, valid, qk_scale, bias, True, HAS_BIAS, IEEE)
     return acc, l_i, m_i
 
@@ -225,7 +265,7 @@ def _flash_sfa_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr,
     BOUNDED: tl.constexpr = False, TOPK_Q: tl.constexpr = 0, ROWSUM_2D: tl.constexpr = False,
-    ZERO_PAD_ROWS: tl.constexpr = False,
+    ZERO_PAD_ROWS: tl.constexpr = False, CAUSAL: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -242,7 +282,10 @@ def _flash_sfa_fwd_kernel(
     q = Q_desc.load([bh, start_m, 0]).reshape([BLOCK_M, HEAD_DIM])
     if TOPK_Q > 0:  # Q_desc holds dense q: keep each row's TOPK_Q largest |q| here (16-bit q only)
         q = keep_topk(q, TOPK_Q, HEAD_DIM)
-    if BOUNDED:
+    if CAUSAL:
+        acc, l_i, m_i = causal_rows(q, K_desc, V_desc, bias_row, bh, key_end, start_m, qk_scale, BLOCK_M, BLOCK_N,
+                                    HEAD_DIM, HAS_BIAS, IEEE)
+    elif BOUNDED:
         m_i = score_bound(q, KBound, bh, qk_scale, HEAD_DIM)
         acc, l_i = bounded_rows(q, K_desc, V_desc, bias_row, bh, key_end, qk_scale, m_i, BLOCK_M, BLOCK_N,
                                 HEAD_DIM, HAS_BIAS, IEEE, WARP_SPEC, ROWSUM_2D)
@@ -300,6 +343,6 @@ def prune_fwd_configs(configs, named_args, **kwargs):
 
 flash_sfa_fwd_tuned = triton.autotune(
     configs=GPU_CONFIGS,
-    key=["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "TOPK_Q"],
+    key=["l_bucket", "HEAD_DIM", "HAS_BIAS", "IEEE", "TOPK_Q", "CAUSAL"],
     prune_configs_by={"early_config_prune": prune_fwd_configs},
 )(_flash_sfa_fwd_kernel)

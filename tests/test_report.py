@@ -410,6 +410,22 @@ def test_runs_with_other_attention_arguments_are_not_averaged_as_seeds():
     assert frame.loc["full", "test_pct"] == 100.0
 
 
+def test_runs_at_other_learning_rates_or_pair_counts_are_not_averaged_as_seeds():
+    """A learning-rate sweep (MQAR's) is not a set of seeds: each lr, and each number of key-value pairs, gets a
+    row labelled by what differs; runs that agree on both still average."""
+    from lra_sfa.report.tables import group_runs
+
+    rng = random.Random(1)
+    runs = [run_record(rng, "mqar", "full", 256, "mqar", trainer={"lr": lr}, num_pairs=pairs, test_accuracy=acc,
+                       seed=seed)
+            for lr, pairs, acc, seed in ((4.6e-4, 16, 0.03, 0), (2.2e-3, 16, 1.0, 0), (2.2e-3, 16, 0.9, 1),
+                                         (2.2e-3, 64, 0.5, 0))]
+    frame = group_runs(runs).set_index("attn")
+    assert frame.loc["full (lr=0.00046, pairs=16)", "test_pct"] == 3.0
+    assert frame.loc["full (lr=0.0022, pairs=16)", ["runs", "test_pct"]].tolist() == [2, 95.0]
+    assert frame.loc["full (lr=0.0022, pairs=64)", "test_pct"] == 50.0
+
+
 def test_needle_by_length_plot_draws_runs_tested_at_other_lengths(tmp_path):
     from lra_sfa.report.plots import plot_needle, plot_needle_by_length
 

@@ -143,17 +143,22 @@ def load_published(folder: Path | None) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def variant_labels(records: list[dict], scope) -> dict[int, str]:
-    """id(record) -> backend label. Records in one ``scope(record)`` whose attention arguments differ
-    are different configurations, not seeds: each gets its backend name plus the arguments whose
-    values differ among the records that have them (a key added to the config later does not count),
-    e.g. ``sfa_wide (D=131072, codes=simhash, k=8)``."""
+def attn_args(record: dict) -> dict:
+    """The record's attention arguments (``attn_args``), the default that ``variant_labels`` compares."""
+    return record.get("attn_args") or {}
+
+
+def variant_labels(records: list[dict], scope, settings=attn_args) -> dict[int, str]:
+    """id(record) -> backend label. Records in one ``scope(record)`` whose ``settings(record)`` (by default
+    the attention arguments) differ are different configurations, not seeds: each gets its backend name
+    plus the settings whose values differ among the records that have them (a key added to the config
+    later does not count), e.g. ``sfa_wide (D=131072, codes=simhash, k=8)``."""
     scopes: dict = {}
     for record in records:
         scopes.setdefault(scope(record), []).append(record)
     labels = {}
     for members in scopes.values():
-        args = [record.get("attn_args") or {} for record in members]
+        args = [settings(record) for record in members]
         keys = sorted({key for a in args for key in a})
         differing = [key for key in keys if len({repr(a[key]) for a in args if key in a}) > 1]
         for record, arg in zip(members, args):

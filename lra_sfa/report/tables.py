@@ -17,7 +17,7 @@ import statistics
 import pandas as pd
 
 from lra_sfa.markdown import md_table
-from lra_sfa.report.load import attn_order, length_label, variant_labels
+from lra_sfa.report.load import attn_args, attn_order, length_label, variant_labels
 from lra_sfa.report.protocols import protocol_settings
 
 LRA_COLUMNS = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "image": "Image",
@@ -86,12 +86,25 @@ def _mean(records: list[dict], key: str) -> float | None:
     return statistics.mean(values) if values else None
 
 
+def run_settings(record: dict) -> dict:
+    """What makes two runs of one (task, backend, protocol, length) different configurations rather than
+    seeds: the attention arguments, the learning rate (a swept axis of e.g. MQAR) and MQAR's number of
+    key-value pairs."""
+    settings = dict(attn_args(record))
+    lr = (record.get("trainer") or {}).get("lr")
+    if lr is not None:
+        settings["lr"] = lr
+    if record.get("num_pairs") is not None:
+        settings["pairs"] = record["num_pairs"]
+    return settings
+
+
 def group_runs(runs: list[dict]) -> pd.DataFrame:
     """One row per (task, backend, protocol, length, device, max_steps) with ``summarise``'s fields:
-    only runs made the same way on the same machine average as seeds; runs with other attention
-    arguments in the same cell get a row of their own (``variant_labels``)."""
+    only runs made the same way on the same machine average as seeds; runs with other settings
+    (``run_settings``) in the same cell get a row of their own (``variant_labels``)."""
     labels = variant_labels(runs, lambda r: (str(r["task"]), str(r["attn"]), str(r.get("protocol", "custom")),
-                                             int(r["seq_len"])))
+                                             int(r["seq_len"])), run_settings)
     groups: dict[tuple, list[dict]] = {}
     for record in runs:
         key = (str(record["task"]), labels[id(record)], str(record.get("protocol", "custom")), int(record["seq_len"]),

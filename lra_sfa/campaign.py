@@ -3,7 +3,8 @@
 A cell is one training run: an experiment, an attention backend, a seed and optional overrides
 (``conf/campaign/<name>.yaml``). The campaign skips every cell whose finished record is already in
 the store, so running it again continues where the last slot stopped. A record is finished when the
-run trained to its ``max_steps`` (or ended as oom / unsupported / diverged, which a rerun would
+run trained to its configured end (``max_steps``, or the validation accuracy ``trainer.stop_at_val_accuracy``
+stops at) (or ended as oom / unsupported / diverged, which a rerun would
 repeat); a run cut by the deadline is recorded as cut (``stopped_by_time_budget``), keeps its
 checkpoint in ``work_dir/<cell>`` and resumes from it next time, so it is never mistaken for a
 finished one. Records name their cell (``cell``) and the commit; a tree without ``.git`` must pass
@@ -27,6 +28,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lra_sfa.cli import exit_on_bad_input
+from lra_sfa.records import trained_to_end
 
 FINAL_STATUSES = ("oom", "unsupported", "diverged")  # outcomes a rerun of the same cell would repeat
 
@@ -70,9 +72,7 @@ def is_finished(record: dict) -> bool:
         return False
     if record.get("status") in FINAL_STATUSES:
         return True
-    steps, max_steps = record.get("steps"), record.get("max_steps")
-    return (record.get("status") == "ok" and not record.get("stopped_by_time_budget")
-            and isinstance(steps, int) and steps == max_steps)
+    return record.get("status") == "ok" and trained_to_end(record)
 
 
 def finished_cells(store: Path) -> dict[str, list[dict]]:

@@ -288,8 +288,9 @@ def load(run_dir: Path, model, optimizer, schedule, sampler, device, cfg,
 
 
 def finished_record(run_dir: Path, cfg) -> dict | None:
-    """The run directory's record when it holds a finished run (status ok, ``trainer.max_steps`` reached, not
-    stopped by the time budget), else None: resuming such a run has nothing left to do."""
+    """The run directory's record when it holds a finished run (status ok, ``trainer.max_steps`` reached or
+    stopped at ``trainer.stop_at_val_accuracy``, not stopped by the time budget), else None: resuming such a run
+    has nothing left to do."""
     try:
         record = json.loads((Path(run_dir) / "record.json").read_text())
     except (OSError, ValueError):
@@ -298,5 +299,7 @@ def finished_record(run_dir: Path, cfg) -> dict | None:
         return None
     steps = record.get("steps")
     if isinstance(steps, int) and not isinstance(steps, bool) and steps >= int(cfg.trainer.max_steps):
+        return record
+    if record.get("stopped_at_val_accuracy") is True:
         return record
     return None

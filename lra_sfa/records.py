@@ -43,7 +43,8 @@ FIELD_KINDS = {
     "peak_memory_mb": "number", "steps": "int", "git_commit": "str", "config_hash": "str", "date": "str",
     "max_steps": "int", "seed": "int", "batch_size": "int", "world_size": "int", "num_train": "int",
     "protocol": "str", "reason": "str", "trainer": "dict", "history": "list", "final_train_loss": "number",
-    "stopped_by_time_budget": "bool", "test_accuracy_by_length": "scores", "test_accuracy_by_depth": "scores",
+    "stopped_by_time_budget": "bool", "stopped_at_val_accuracy": "bool", "test_accuracy_by_length": "scores",
+    "test_accuracy_by_depth": "scores",
 }
 NOT_NULL = ("task", "attn", "status")
 
@@ -65,6 +66,15 @@ def git_commit() -> str:
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def trained_to_end(record: dict) -> bool:
+    """Training ended where its configuration ends it: at ``max_steps``, or earlier at the evaluation that
+    reached ``trainer.stop_at_val_accuracy`` (``stopped_at_val_accuracy``); never where a time budget cut it."""
+    if record.get("stopped_by_time_budget"):
+        return False
+    steps, max_steps = record.get("steps"), record.get("max_steps")
+    return record.get("stopped_at_val_accuracy") is True or (isinstance(steps, int) and steps == max_steps)
 
 
 def config_hash(config: dict) -> str:

@@ -130,6 +130,7 @@ class TrainerConfig:
     precision: str = key()
     max_steps: int = key(AT_LEAST_1)
     max_seconds: float | None = key(Range(low=0, low_open=True, hint="or null for none"))
+    stop_at_val_accuracy: float | None = key(Range(low=0, high=1, low_open=True, hint="or null to train to max_steps"))
     batch_size: int = key(AT_LEAST_1)
     eval_batch_size: int | None = key(Range(low=1, hint="or null for batch_size"))
     eval_every: int = key(AT_LEAST_1)

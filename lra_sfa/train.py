@@ -2,7 +2,8 @@
 
 The loop is plain PyTorch so that time and memory are attributable:
 AdamW with warmup and decay, gradient clipping, bf16 autocast on CUDA,
-evaluation on val every ``trainer.eval_every`` steps, and on test the weights
+evaluation on val every ``trainer.eval_every`` steps (training stops after the one
+that reaches ``trainer.stop_at_val_accuracy``, where set), and on test the weights
 ``trainer.test_weights`` names (best_val, or final as the LRA release does).
 On CUDA the model can be compiled (``trainer.compile``) and small splits sit
 on the GPU (``trainer.data_on_device``); neither changes what is computed.
@@ -81,6 +82,7 @@ class LoopOutcome:
     out_of_time: bool
     timed_seconds: float
     timed_steps: int
+    reached_target: bool = False  # stopped at trainer.stop_at_val_accuracy
 
 
 def _train_step(model, raw_model, attention, optimizer, schedule, tokens, labels, ctx: LoopContext, step: int):
@@ -152,7 +154,9 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> LoopOutcome:
     model.train()
     budget = float(tcfg.max_seconds) if tcfg.get("max_seconds") else None  # from the run's start: set-up counts
     loop_start, out_of_time = time.perf_counter(), False
-    while state.step < max_steps and not out_of_time:
+    target = tcfg.get("stop_at_val_accuracy")
+    reached = target is not None and any(point["val_accuracy"] >= target for point in state.history)  # resumed
+    while state.step < max_steps and not out_of_time and not reached:
         if state.step - state.start_step == timing_warmup and segment_start is None:
             dist.synchronize(device)
             segment_start = time.perf_counter()
@@ -180,6 +184,7 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> LoopOutcome:
                 dist.synchronize(device)
                 timed_seconds += time.perf_counter() - segment_start
             _eval_point(raw_model, state, ctx)
+            reached = target is not None and state.history[-1]["val_accuracy"] >= target  # equal on every rank
             progress.update(state.step, loss=state.last_loss, val=state.best_val)
             if not progress.enabled and env.is_main:  # a plain line per evaluation for logs
                 print(f"step {state.step}/{max_steps}  loss {state.last_loss:.4f}  val "
@@ -189,7 +194,7 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> LoopOutcome:
                 segment_start = time.perf_counter()
         if tcfg.checkpoint_every and not cut_here and (state.step % int(tcfg.checkpoint_every) == 0 or out_of_time):
             _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx, record)  # a cut run resumes here
-    return LoopOutcome(state, out_of_time, timed_seconds, timed_steps)
+    return LoopOutcome(state, out_of_time, timed_seconds, timed_steps, reached)
 
 
 def _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx: LoopContext, record: RunRecord) -> None:
@@ -218,6 +223,7 @@ def test_pass(raw_model, outcome: LoopOutcome, ctx: LoopContext, record: RunReco
         test_weights=test_weights, final_val_accuracy=final_val,
         steps=state.step, final_train_loss=state.last_loss, history=state.history,
         resumed_from_step=state.start_step if ctx.resume else None, stopped_by_time_budget=outcome.out_of_time,
+        stopped_at_val_accuracy=outcome.reached_target,
         attn_path=attention[0].last_path, attn_stats=_attention_stats(attention),
         **{f"test_{key}": value for key, value in test.items() if key.startswith("accuracy_by_")},
     )

@@ -45,6 +45,22 @@ def test_sfa_run_records_its_path(make_cfg):
     assert len(record["history"]) == 2 and record["steps"] == 6
 
 
+def test_a_run_stops_at_the_evaluation_that_reaches_its_target(make_cfg, tmp_path):
+    """trainer.stop_at_val_accuracy (Zoology's MQAR stops at 0.99): the first evaluation at or above the target ends
+    training; the record says so and counts as trained to its end, and resuming it has nothing left to do."""
+    from lra_sfa.checkpoint import finished_record
+    from lra_sfa.records import trained_to_end
+
+    cfg = make_cfg(*EASY_LISTOPS, "attn=full", "trainer.max_steps=40", "trainer.eval_every=10",
+                   "trainer.stop_at_val_accuracy=0.01")  # every model of 10 classes beats 1% on 300 samples
+    record = run(cfg)
+    assert record["status"] == "ok" and record["steps"] == 10 and record["stopped_at_val_accuracy"] is True
+    assert [point["step"] for point in record["history"]] == [10]
+    assert trained_to_end(record) and finished_record(tmp_path / "run", cfg) is not None
+    unset = run(make_cfg(*EASY_LISTOPS, "attn=full", "trainer.max_steps=20", "trainer.eval_every=10"))
+    assert unset["steps"] == 20 and unset["stopped_at_val_accuracy"] is False
+
+
 def test_nan_loss_ends_as_diverged_with_record(make_cfg, tmp_path):
     cfg = make_cfg(*EASY_LISTOPS, "attn=full", "trainer.max_steps=40", "trainer.lr=1e12",
                    "trainer.grad_clip=null", "trainer.schedule=constant", "trainer.warmup_steps=0",

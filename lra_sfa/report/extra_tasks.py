@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lra_sfa.markdown import md_table  # noqa: E402
+from lra_sfa.records import trained_to_end  # noqa: E402
 from lra_sfa.report.headline import protocol_settings  # noqa: E402
 from lra_sfa.report.load import attn_order, length_label, variant_labels  # noqa: E402
 
@@ -42,9 +43,8 @@ PLOTS = {"mqar_width.png": "MQAR: accuracy against model width per backend (Zool
 
 
 def _complete(record: dict) -> bool:
-    """Trained to its last step (not cut by the time budget)."""
-    steps, max_steps = record.get("steps") or 0, record.get("max_steps")
-    return not record.get("stopped_by_time_budget") and max_steps is not None and steps >= max_steps
+    """Trained to its configured end (``trained_to_end``), not cut by the time budget."""
+    return record.get("max_steps") is not None and trained_to_end(record)
 
 
 def follows_protocol(record: dict, protocol: str, free_model: tuple[str, ...] = (),
@@ -152,7 +152,8 @@ def mqar_best(frame: pd.DataFrame) -> pd.DataFrame:
 
 def mqar_section(best: pd.DataFrame, plots_made: dict[str, Path | None]) -> str:
     """Markdown: rows backend x width, columns (length, pairs); the lr of each cell in the CSV."""
-    parts = ["Per-query test accuracy (%) from `experiment=mqar` runs trained to the last step with its settings "
+    parts = ["Per-query test accuracy (%) from `experiment=mqar` runs trained to their end (the last step, or the "
+             "evaluation that reached the protocol's validation target) with its settings "
              "(width, lr and length are the sweep's axes); each cell takes the "
              "learning rate with the best validation accuracy (`tables/mqar.csv` names it and the number of runs)."]
     if best.empty:

@@ -24,6 +24,7 @@ import statistics
 from omegaconf import OmegaConf
 
 from lra_sfa.markdown import md_table
+from lra_sfa.records import trained_to_end
 from lra_sfa.report.load import attn_order, latest, variant_labels
 from lra_sfa.report.protocols import TRAINER_KEYS, protocol_settings
 from lra_sfa.report.tables import LRA_COLUMNS
@@ -46,12 +47,11 @@ def _defaults() -> tuple[dict, dict]:
 
 
 def protocol_complete(record: dict) -> bool:
-    """ok at max_steps, not cut, and trained with the settings of its protocol's experiment file."""
-    if record.get("status") != "ok" or record.get("stopped_by_time_budget"):
+    """ok, trained to its configured end (``trained_to_end``: max_steps, or the validation accuracy its protocol
+    stops at), not cut, and trained with the settings of its protocol's experiment file."""
+    if record.get("status") != "ok" or record.get("max_steps_changed_on_resume"):
         return False
-    if record.get("max_steps_changed_on_resume"):
-        return False
-    return record.get("steps") == record.get("max_steps") and follows_lra_protocol(record)
+    return trained_to_end(record) and follows_lra_protocol(record)
 
 
 def protocol_diverged(record: dict) -> bool:

@@ -11,7 +11,7 @@ import functools
 from omegaconf import OmegaConf
 
 TRAINER_KEYS = ("max_steps", "batch_size", "lr", "schedule", "warmup_steps", "weight_decay", "betas", "eps",
-                "grad_clip", "test_weights")
+                "grad_clip", "test_weights", "stop_at_val_accuracy")
 
 
 @functools.cache

@@ -17,6 +17,7 @@ import statistics
 import pandas as pd
 
 from lra_sfa.markdown import md_table
+from lra_sfa.records import trained_to_end
 from lra_sfa.report.load import attn_args, attn_order, length_label, variant_labels
 from lra_sfa.report.protocols import protocol_settings
 
@@ -44,9 +45,10 @@ def is_lra(record: dict) -> bool:
 
 
 def _short(record: dict) -> bool:
-    """Stopped by a time budget, before its configured steps, or configured for fewer than its protocol's."""
-    steps, max_steps = record.get("steps") or 0, record.get("max_steps")
-    if record.get("stopped_by_time_budget") or (max_steps is not None and steps < max_steps):
+    """Stopped by a time budget, before its configured end (``trained_to_end``), or configured for fewer steps
+    than its protocol's."""
+    max_steps = record.get("max_steps")
+    if record.get("stopped_by_time_budget") or (max_steps is not None and not trained_to_end(record)):
         return True
     protocol = str(record.get("protocol") or "")
     settings = protocol_settings(protocol) if protocol.startswith("lra_") else None

@@ -61,6 +61,12 @@ def expand_cells(spec) -> list[Cell]:
         for attn in entry["attns"]:
             for seed in entry["seeds"]:
                 cells.append(Cell(str(entry["experiment"]), str(attn), int(seed), overrides))
+    by_slug: dict[str, Cell] = {}
+    for cell in cells:  # a run dir holds one cell's checkpoint: two cells in one would resume each other's runs
+        other = by_slug.setdefault(cell.slug, cell)
+        if other.key != cell.key:
+            raise ValueError(f"campaign.cells: '{other.key}' and '{cell.key}' share the run dir name {cell.slug!r} "
+                             "(they differ only in characters a directory name drops); write one differently")
     return cells
 
 

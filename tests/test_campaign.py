@@ -34,10 +34,15 @@ def test_cells_expand_and_name_themselves():
     assert cells[1].key == "experiment=lra_listops attn=full seed=1 attn.topk=2"
     with pytest.raises(ValueError, match=r"campaign.cells\[0\] lacks \['seeds'\]"):
         expand_cells([{"experiment": "lra_listops", "attns": ["full"]}])
+    with pytest.raises(ValueError, match="share the run dir name"):  # one run dir would hold both checkpoints
+        expand_cells([{"experiment": "mqar", "attns": ["full"], "seeds": [0], "overrides": ["trainer.lr=[1]"]},
+                      {"experiment": "mqar", "attns": ["full"], "seeds": [0], "overrides": ["trainer.lr=(1)"]}])
 
 
 def test_finished_means_the_last_step_or_a_final_failure():
     assert is_finished({"status": "ok", "steps": 10, "max_steps": 10})
+    assert is_finished({"status": "ok", "steps": 4, "max_steps": 10, "stopped_at_val_accuracy": True})
+    assert not is_finished({"status": "ok", "steps": 4, "max_steps": 10, "stopped_at_val_accuracy": False})
     assert not is_finished({"status": "ok", "steps": 10, "max_steps": 10, "stopped_by_time_budget": True})
     assert not is_finished({"status": "ok", "steps": 7, "max_steps": 10})
     assert is_finished({"status": "oom", "steps": 0, "max_steps": 10})

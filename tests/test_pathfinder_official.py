@@ -4,7 +4,7 @@ Two kinds of check:
 * the mechanism: snakes2's seed test dilates the occupied mask with the seed paddle's mask through
   ``cv2.dilate``; a reference model of that call written here from OpenCV's documented defaults
   (anchor at the kernel centre, pixels outside the image read as -DBL_MAX), is compared with
-  ``Canvas.available`` on every angle, and with OpenCV itself when ``cv2`` is installed;
+  ``Canvas.available`` on every angle, and with OpenCV itself (``cv2``, in the dev extras);
 * the outcome: image statistics at 32 px hard against the table of issue 21, which measured them on
   images of the official snakes2 (run unmodified under Python 2.7, and a faithful Python 3 port) and
   of this project's corrected generator (``clean``), on 500 to 1,300 images each.

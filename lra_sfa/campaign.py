@@ -3,9 +3,9 @@
 A cell is one training run: an experiment, an attention backend, a seed and optional overrides
 (``conf/campaign/<name>.yaml``). The campaign skips every cell whose finished record is already in
 the store, so running it again continues where the last slot stopped. A record is finished when the
-run trained to its configured end (``max_steps``, or the validation accuracy ``trainer.stop_at_val_accuracy``
-stops at) (or ended as oom / unsupported / diverged, which a rerun would
-repeat); a run cut by the deadline is recorded as cut (``stopped_by_time_budget``), keeps its
+run trained to its configured end (``max_steps``, or the evaluation that reached
+``trainer.stop_at_val_accuracy``) or ended as oom / unsupported / diverged, which a rerun would
+repeat; a run cut by the deadline is recorded as cut (``stopped_by_time_budget``), keeps its
 checkpoint in ``work_dir/<cell>`` and resumes from it next time, so it is never mistaken for a
 finished one. Records name their cell (``cell``) and the commit; a tree without ``.git`` must pass
 ``LRA_SFA_GIT_COMMIT``. With ``concurrency`` > 1, that many cells run at once on the device, each in its own

@@ -114,12 +114,19 @@ def _experiment_key(key: str) -> str:
 
 
 class Estimate(NamedTuple):
-    """What a cell costs, from its siblings' records: the whole run's seconds as the first run of its kind in a
-    process (``seconds``: data generation, compilation), the same after a sibling ran in that process
-    (``warm_seconds``: the data cache and the compiled kernels are reused), its checkpoint's MiB."""
-    seconds: float
-    warm_seconds: float
+    """What a cell costs, from its siblings' records: seconds per training step, the seconds outside the timed
+    steps as the first run of its kind in a process (``overhead``: data generation, compilation, evaluation)
+    and after a sibling ran in that process (``warm_overhead``: the data cache and the compiled kernels are
+    reused), and its checkpoint's MiB."""
+    step_seconds: float
+    overhead: float
+    warm_overhead: float
     megabytes: float
+
+    def seconds(self, steps: int, warm: bool = False) -> float:
+        """A run of ``steps`` training steps, whole: a cell's own ``max_steps``, which its siblings' records
+        may not share (a protocol that changed its length)."""
+        return steps * self.step_seconds + (self.warm_overhead if warm else self.overhead)
 
 
 def cell_estimates(store: Path, work_dir: Path) -> dict[str, Estimate]:
@@ -127,9 +134,8 @@ def cell_estimates(store: Path, work_dir: Path) -> dict[str, Estimate]:
     name a cell and a training rate; also, as the prior for backends not yet run, the same without the
     backend (the largest over the experiment's cells).
 
-    Seconds: ``max_steps`` at the slowest recorded steps/s plus the time outside the timed steps (data,
-    compilation, evaluation: ``wall_seconds - train_seconds``, or a minute for records without it), the
-    largest of the records for ``seconds`` and the smallest for ``warm_seconds``.
+    Step seconds: at the slowest recorded steps/s. Overheads: ``wall_seconds - train_seconds`` (a minute for
+    records without it), the largest of the records for ``overhead`` and the smallest for ``warm_overhead``.
     MiB: fp32 weights and AdamW's two moments, 12 bytes a parameter, and the best-validation weights where
     the run tests those (``trainer.test_weights=best_val``), 16; and 5% for the rest of the file.
     """
@@ -138,23 +144,21 @@ def cell_estimates(store: Path, work_dir: Path) -> dict[str, Estimate]:
     records = []
     for folder in (store, work_dir):
         records += load_records(folder)[0] if folder.is_dir() else []
-    parts: dict[str, tuple[float, float, float, float]] = {}  # group -> (train s, overheads max, min; MiB)
+    estimates: dict[str, Estimate] = {}
     for record in records:
         rate, key = record.get("steps_per_second"), record.get("cell")
-        if not key or not rate or not record.get("max_steps"):
+        if not key or not rate:
             continue
         wall, train = record.get("wall_seconds"), record.get("train_seconds") or 0.0
         overhead = wall - train if wall and wall > train else 60.0  # a resumed run's wall is one segment
-        seconds = record["max_steps"] / rate
         trainer = record.get("trainer") if isinstance(record.get("trainer"), dict) else {}
         per_parameter = 16 if trainer.get("test_weights", "best_val") == "best_val" else 12
         megabytes = 1.05 * per_parameter * (record.get("num_parameters") or 0) / 2**20
         for group in (_sibling_key(key), _experiment_key(key)):
-            known = parts.get(group, (0.0, 0.0, float("inf"), 0.0))
-            parts[group] = (max(seconds, known[0]), max(overhead, known[1]), min(overhead, known[2]),
-                            max(megabytes, known[3]))
-    return {group: Estimate(train + most, train + least, megabytes)
-            for group, (train, most, least, megabytes) in parts.items()}
+            known = estimates.get(group, Estimate(0.0, 0.0, float("inf"), 0.0))
+            estimates[group] = Estimate(max(1 / rate, known.step_seconds), max(overhead, known.overhead),
+                                        min(overhead, known.warm_overhead), max(megabytes, known.megabytes))
+    return estimates
 
 
 def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: float | None,
@@ -170,16 +174,31 @@ def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: f
     estimate = estimates.get(_sibling_key(cell.key)) or estimates.get(_experiment_key(cell.key))
     if seconds_left is None or travel_mb is None or estimate is None:
         return None
-    seconds = (estimate.warm_seconds if warm else estimate.seconds) * concurrent_runs
-    megabytes = estimate.megabytes
-    run_dir = Path(cfg.work_dir) / cell.slug
-    if (run_dir / "checkpoint.pt").is_file() and (run_dir / "record.json").is_file():  # resumes: steps left only
-        done = json.loads((run_dir / "record.json").read_text())
-        if done.get("max_steps"):
-            seconds *= 1 - min(int(done.get("steps") or 0), done["max_steps"]) / done["max_steps"]
-    if seconds <= seconds_left or megabytes <= float(travel_mb):
+    seconds = estimate.seconds(_steps_left(cell, cfg), warm) * concurrent_runs
+    if seconds <= seconds_left or estimate.megabytes <= float(travel_mb):
         return None
-    return f"not started: needs about {seconds:.0f} s, {seconds_left:.0f} s left, checkpoint ~{megabytes:.0f} MiB"
+    return (f"not started: needs about {seconds:.0f} s, {seconds_left:.0f} s left, "
+            f"checkpoint ~{estimate.megabytes:.0f} MiB")
+
+
+def _to_run(cell: Cell, cfg: DictConfig, estimates: dict) -> str:
+    """A dry run's outcome for an unfinished cell, with its seconds where its siblings' records give an estimate
+    (at their recorded rates, slower where they shared the device; ``main`` adds them up)."""
+    estimate = estimates.get(_sibling_key(cell.key)) or estimates.get(_experiment_key(cell.key))
+    if estimate is None:
+        return "to run (no estimate yet)"
+    return f"to run (about {estimate.seconds(_steps_left(cell, cfg)):.0f} s)"
+
+
+def _steps_left(cell: Cell, cfg: DictConfig) -> int:
+    """The training steps the cell has still to run: its composed ``max_steps``, less those of the cut run in its
+    run dir that resumes (a checkpoint and a record there)."""
+    steps = int(_cell_config(cell, cfg, None).trainer.max_steps)
+    run_dir = Path(cfg.work_dir) / cell.slug
+    if (run_dir / "checkpoint.pt").is_file() and (run_dir / "record.json").is_file():
+        done = json.loads((run_dir / "record.json").read_text())
+        steps -= min(int(done.get("steps") or 0), steps)
+    return steps
 
 
 def _quoted(key: str, value) -> str:
@@ -219,7 +238,7 @@ def run_campaign(cfg: DictConfig) -> list[tuple[Cell, str]]:
         if record is not None:
             outcomes[cell] = f"finished before ({record['status']}, test {record.get('test_accuracy')})"
         elif cfg.dry_run:
-            outcomes[cell] = "to run"
+            outcomes[cell] = _to_run(cell, cfg, estimates)
         else:
             pending.append(cell)
     concurrency = cfg.get("concurrency", 1)
@@ -316,8 +335,15 @@ def main(cfg: DictConfig) -> None:
     with exit_on_bad_input("lra-sfa campaign"):
         outcomes = run_campaign(cfg)
     _print_table(outcomes)
-    left = sum(outcome == "to run" or outcome.startswith(("cut", "not started", "error")) for _, outcome in outcomes)
+    left = sum(outcome.startswith(("to run", "cut", "not started", "error")) for _, outcome in outcomes)
     print(f"{len(outcomes) - left} of {len(outcomes)} cells finished" + (f"; {left} left" if left else ""))
+    if cfg.dry_run and left:
+        seconds = [float(m.group(1)) for _, outcome in outcomes if (m := re.fullmatch(r"to run \(about (\d+) s\)",
+                                                                                         outcome))]
+        unknown = sum(outcome == "to run (no estimate yet)" for _, outcome in outcomes)
+        print(f"the {len(seconds)} with an estimate: about {sum(seconds) / 60:.0f} device-minutes one at a time, at "
+              "their siblings' recorded rates" + (f"; {unknown} without one (no record of their experiment yet)"
+                                                  if unknown else ""))
 
 
 if __name__ == "__main__":

@@ -622,3 +622,39 @@ def test_causal_kernels_match_the_float64_definition(length, padding):
     codes = [topk_pack(t.detach().bfloat16(), 4)[2].double() for t in (q, k)]
     exact16 = sfa_dense_reference(*codes, v.detach().bfloat16().double(), HEAD_DIM, HEAD_DIM, mask, causal=True)
     assert sfa_check.rel_err(fused, exact16) < 1e-2
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_tuned_tile_config_matches_the_float64_definition(causal, monkeypatch):
+    """The interpreter runs one tile config per kernel; on the GPU the autotuner may pick any of its lists, per
+    length bucket. The tile shapes it tunes over for 16-bit inputs (fp32 data here; the warp-specialised forward
+    is not interpreted; the causal loop runs the online softmax whichever it is): each forward config and each
+    (dK/dV, dQ) pair, forced in turn at a length that no tile divides, forward and gradients against the dense
+    float64 definition."""
+    from lra_sfa.kernels.sfa import launcher
+    from lra_sfa.kernels.sfa import triton_bwd as bwd
+    from lra_sfa.kernels.sfa import triton_fwd as fwd
+    from lra_sfa.kernels.sfa.reference import sfa_dense_reference
+
+    q, k, v = (t.requires_grad_(True) for t in _inputs(1, 2, 130, 32, torch.float32, seed=7))
+    exact = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    ref = sfa_dense_reference(*exact, 8, 8, None, causal=causal)
+    grad = torch.randn_like(q)
+    expected = torch.autograd.grad(ref, exact, grad.double())
+    pairs = list(zip(bwd.DKDV_CONFIGS, bwd.DQ_CONFIGS))
+    for index, fwd_config in enumerate(c for c in fwd.GPU_CONFIGS if not c.kwargs["WARP_SPEC"]):
+        dkdv_config, dq_config = pairs[index % len(pairs)]
+        monkeypatch.setattr(fwd, "INTERPRETER_CONFIG", fwd_config)
+
+        def run_bwd(tuned, plain, grid, args, dkdv_config=dkdv_config, dq_config=dq_config):
+            config = dkdv_config if tuned is bwd.dkdv_tuned else dq_config
+            bwd.set_bwd_block_shapes({**args, **config.kwargs})
+            plain[grid](**args, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+
+        monkeypatch.setattr(launcher, "_run_bwd_kernel", run_bwd)
+        out = sfa_attention(q, k, v, 8, 8, impl="triton", causal=causal)
+        got = torch.autograd.grad(out, (q, k, v), grad)
+        label = f"{fwd_config.kwargs}, {dkdv_config.kwargs}, {dq_config.kwargs}"
+        assert sfa_check.rel_err(out, ref) < 1e-5, label
+        for name, mine, want in zip("qkv", got, expected):
+            assert sfa_check.rel_err(mine, want) < 1e-5, (name, label)

@@ -19,14 +19,15 @@ from pathlib import Path
 import pandas as pd
 
 from lra_sfa.markdown import md_table
-from lra_sfa.report.load import attn_order, latest, length_label
+from lra_sfa.report.load import attn_order, commits_label, latest, length_label, short_commit
 
 SERIES = (("attention", "fwd"), ("attention", "fwd_bwd"), ("block", "fwd"), ("block", "fwd_bwd"))
 SERIES_LABEL = {("attention", "fwd"): "attention fwd", ("attention", "fwd_bwd"): "attention fwd+bwd",
                 ("block", "fwd"): "block fwd", ("block", "fwd_bwd"): "block fwd+bwd"}
 CSV_COLUMNS = ["source", "mode", "attn", "part", "op", "seq_len", "status", "reason", "ms", "steps_per_second",
                "tokens_per_second", "peak_memory_mb", "speedup_vs_full", "memory_vs_full", "batch", "heads",
-               "head_dim", "dtype", "attn_path", "device", "date", "overhead_fraction", "peak_memory_gb"]
+               "head_dim", "dtype", "attn_path", "device", "date", "git_commit", "overhead_fraction",
+               "peak_memory_gb"]
 
 
 def sweep_config(record: dict) -> tuple:
@@ -100,8 +101,9 @@ def sweep_section(records: list[dict]) -> str:
         backends = sorted({attn for attn, _, _ in cells}, key=attn_order)
         lengths = sorted({int(r["seq_len"]) for r in chosen})
         dates = sorted(str(r["date"])[:10] for r in chosen)
+        shown = [r for by_length in cells.values() for r in by_length.values()]
         parts.append(f"### Sweep on {config_title(config)} ({dates[0]}" +
-                     (f" to {dates[-1]})" if dates[-1] != dates[0] else ")"))
+                     (f" to {dates[-1]}" if dates[-1] != dates[0] else "") + f"; commits {commits_label(shown)})")
         present = [s for s in SERIES if any((attn, *s) in cells for attn in backends)]
         rows = [[attn, *[series_reach(cells.get((attn, *s), {})) for s in present]] for attn in backends]
         parts += ["Longest length reached (and what stopped the next one):",
@@ -155,7 +157,9 @@ def table2_section(records: list[dict], published: dict[str, pd.DataFrame]) -> s
                 speed.append(_ratio_cell(record, "steps_per_second", "speedup_vs_full", 2))
                 memory.append(_ratio_cell(record, "peak_memory_mb", "memory_vs_full", 0))
             table.append([attn, *speed, *memory])
+        dates = sorted({str(r["date"])[:10] for r in mine.values()})
         parts += [f"### Measured on {device} ({_table2_setting(next(iter(mine.values())))})",
+                  f"Dates {', '.join(dates)}; commits {commits_label(mine.values())}.",
                   "Steps/s (speed-up vs full) and peak memory MB (ratio to full):",
                   md_table(["backend", *[f"steps/s {length_label(n)}" for n in lengths],
                             *[f"MB {length_label(n)}" for n in lengths]], table)]
@@ -211,11 +215,13 @@ def overhead_section(records: list[dict]) -> str:
         return ("No harness-overhead records yet. On the GPU: `python -m lra_sfa.bench.overhead` "
                 "(runner step vs a loop on pre-staged tensors at L = 4K).")
     table = [[r["device"], r["attn"], length_label(r["seq_len"]), r["batch"], f"{r['runner_step_ms']:.2f}",
-              f"{r['bare_step_ms']:.2f}", f"{100 * r['overhead_fraction']:.1f}%", str(r["date"])[:10]]
+              f"{r['bare_step_ms']:.2f}", f"{100 * r['overhead_fraction']:.1f}%", str(r["date"])[:10],
+              short_commit(r)]
              for r in sorted(rows, key=lambda r: str(r["date"]))]
     return ("Time per training step outside model compute = 1 - (bare loop step) / (runner step); "
             "negative = equal within noise.\n\n" + md_table(
-                ["device", "backend", "L", "batch", "runner ms/step", "bare ms/step", "overhead", "date"], table))
+                ["device", "backend", "L", "batch", "runner ms/step", "bare ms/step", "overhead", "date", "commit"],
+                table))
 
 
 def efficiency_section(records: list[dict], published: dict[str, pd.DataFrame],
@@ -233,8 +239,8 @@ def efficiency_csv(records: list[dict], published: dict[str, pd.DataFrame]) -> p
     others = [r for r in records if r["mode"] != "lra_table2"]
     chosen = latest(others, lambda r: (r["mode"], sweep_config(r), r["attn"], r.get("part"), r.get("op"),
                                        int(r["seq_len"])))
-    rows = [{"source": "measured", **{k: r.get(k) for k in CSV_COLUMNS if k != "source"}}
-            for r in [*table2_rows(records), *chosen.values()]]
+    rows = [{"source": "measured", **{k: r.get(k) for k in CSV_COLUMNS if k != "source"},
+             "git_commit": short_commit(r)} for r in [*table2_rows(records), *chosen.values()]]
     frame = published.get("lra_table2")
     if frame is not None:
         for r in frame.to_dict("records"):

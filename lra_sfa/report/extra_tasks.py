@@ -32,7 +32,7 @@ import pandas as pd  # noqa: E402
 from lra_sfa.markdown import md_table  # noqa: E402
 from lra_sfa.records import trained_to_end  # noqa: E402
 from lra_sfa.report.headline import protocol_settings  # noqa: E402
-from lra_sfa.report.load import attn_order, length_label, variant_labels  # noqa: E402
+from lra_sfa.report.load import attn_order, length_label, short_commit, variant_labels  # noqa: E402
 
 FMNIST_TASKS = ("fmnist", "fmnist_perm")
 MQAR_AXES_MODEL = ("d_model", "num_heads", "mlp_dim")  # the width sweep (heads and MLP follow d_model)
@@ -81,8 +81,15 @@ def fmnist_frame(runs: list[dict]) -> pd.DataFrame:
         "seed": r.get("seed"), "test": _pct(r.get("test_accuracy")), "val": _pct(r.get("val_accuracy")),
         "steps": r.get("steps"), "max_steps": r.get("max_steps"), "complete": follows_protocol(r, "seq_fmnist"),
         "permutation_seed": r.get("permutation_seed"), "device": r.get("device"), "date": str(r.get("date", ""))[:10],
+        "git_commit": short_commit(r),
     } for r in records], columns=["task", "attn", "protocol", "seed", "test", "val", "steps", "max_steps",
-                                  "complete", "permutation_seed", "device", "date"])
+                                  "complete", "permutation_seed", "device", "date", "git_commit"])
+
+
+def _provenance(frame: pd.DataFrame) -> str:
+    """'Runs on <devices>, <dates>, commits <commits>.' for the rows a table was made from."""
+    join = lambda column: ", ".join(sorted({str(value) for value in frame[column]}))
+    return f"From runs on {join('device')}, {join('date')}, commits {join('git_commit')}."
 
 
 def _mean_std(values: pd.Series) -> str:
@@ -103,16 +110,18 @@ def fmnist_section(frame: pd.DataFrame, published: dict[str, pd.DataFrame]) -> s
         rows = [[b, *(_mean_std(head[(head.attn == b) & (head.task == t)].test) for t in FMNIST_TASKS)]
                 for b in backends]
         parts.append(md_table(["backend", *FMNIST_TASKS], rows))
+        parts.append(_provenance(head))
     else:
         parts.append("No protocol-complete seq_fmnist runs yet.")
     if not frame.empty:
         groups = frame.groupby(["task", "attn", "protocol", "device"], sort=True)
         rows = [[t, a, p, len(g), f"{g.test.mean():.2f}", f"{g.val.mean():.2f}",
-                 f"{int(g.steps.min())}-{int(g.steps.max())} of {int(g.max_steps.max())}", d, g.date.max()]
+                 f"{int(g.steps.min())}-{int(g.steps.max())} of {int(g.max_steps.max())}", d, g.date.max(),
+                 ", ".join(sorted(set(g.git_commit)))]
                 for (t, a, p, d), g in groups]
         parts += ["Every group of runs (ad-hoc ones included):",
-                  md_table(["task", "backend", "protocol", "runs", "test %", "val %", "steps", "device", "date"],
-                           rows)]
+                  md_table(["task", "backend", "protocol", "runs", "test %", "val %", "steps", "device", "date",
+                            "commits"], rows)]
     table = published.get("seq_mnist")
     if table is not None and not table.empty:
         rows = [[r["model"], r["task"], r["test_accuracy"], r["dataset"], f"{r['source']}, {r['table']}"]
@@ -132,9 +141,9 @@ def mqar_frame(runs: list[dict]) -> pd.DataFrame:
         "lr": float((r.get("trainer") or {}).get("lr") or math.nan), "seed": r.get("seed"),
         "test": _pct(r.get("test_accuracy")), "val": _pct(r.get("val_accuracy")),
         "complete": follows_protocol(r, "mqar", MQAR_AXES_MODEL, MQAR_AXES_TRAINER),
-        "device": r.get("device"), "date": str(r.get("date", ""))[:10],
+        "device": r.get("device"), "date": str(r.get("date", ""))[:10], "git_commit": short_commit(r),
     } for r in records], columns=["attn", "protocol", "seq_len", "num_pairs", "d_model", "lr", "seed", "test",
-                                  "val", "complete", "device", "date"])
+                                  "val", "complete", "device", "date", "git_commit"])
 
 
 def mqar_best(frame: pd.DataFrame) -> pd.DataFrame:
@@ -170,6 +179,7 @@ def mqar_section(best: pd.DataFrame, plots_made: dict[str, Path | None]) -> str:
                     row.append(f"{hit.test.iloc[0]:.1f}" if len(hit) else "—")
                 rows.append(row)
         parts.append(md_table(["backend", "width", *(f"L={length_label(n)} P={p}" for n, p in cells)], rows))
+        parts.append(_provenance(best))
     for name, title in PLOTS.items():
         if plots_made.get(name) is not None:
             parts.append(f"![{title}](../plots/{name})")

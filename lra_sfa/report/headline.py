@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from lra_sfa.markdown import md_table
 from lra_sfa.records import trained_to_end
-from lra_sfa.report.load import attn_order, latest, variant_labels
+from lra_sfa.report.load import attn_order, commits_label, latest, variant_labels
 from lra_sfa.report.protocols import TRAINER_KEYS, protocol_settings
 from lra_sfa.report.tables import LRA_COLUMNS
 
@@ -90,10 +90,12 @@ def mean_std(values: list[float], diverged: int = 0) -> str:
     return f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f} (n={len(pct)}{note})"
 
 
-def _cells(records: list[dict]) -> tuple[dict[tuple[str, str], list[float]], dict[tuple[str, str], int]]:
+def _cells(records: list[dict]) -> tuple[dict[tuple[str, str], list[float]], dict[tuple[str, str], int],
+                                          dict[tuple[str, str], list[dict]]]:
     """(protocol, backend label) -> test accuracies of the protocol-complete runs, one per seed (the latest),
-    and -> how many seeds of that protocol diverged. The label is the backend, with the attention arguments
-    that differ among its runs of that protocol (``variant_labels``)."""
+    -> how many seeds of that protocol diverged, and -> the records counted (finished and diverged). The label
+    is the backend, with the attention arguments that differ among its runs of that protocol
+    (``variant_labels``)."""
     counted = [record for record in records
                if (protocol_complete(record) and isinstance(record.get("test_accuracy"), (int, float)))
                or protocol_diverged(record)]
@@ -102,19 +104,21 @@ def _cells(records: list[dict]) -> tuple[dict[tuple[str, str], list[float]], dic
     per_seed = latest(counted, lambda record: (str(record.get("protocol")), labels[id(record)], seed(record)))
     cells: dict[tuple[str, str], list[float]] = {}
     diverged: dict[tuple[str, str], int] = {}
+    sources: dict[tuple[str, str], list[dict]] = {}
     for (protocol, label, _seed), record in sorted(per_seed.items(), key=lambda item: str(item[0])):
         key = (protocol, label)
         cells.setdefault(key, [])
+        sources.setdefault(key, []).append(record)
         if record.get("status") == "diverged":
             diverged[key] = diverged.get(key, 0) + 1
         else:
             cells[key].append(float(record["test_accuracy"]))
-    return cells, diverged
+    return cells, diverged, sources
 
 
 def headline_markdown(records: list[dict]) -> str:
     """The headline matrix (canonical protocols) and the protocol-variant table, as markdown."""
-    cells, diverged = _cells(records)
+    cells, diverged, sources = _cells(records)
     cell = lambda key: mean_std(cells[key], diverged.get(key, 0)) if key in cells else ""
     canonical = set(CANONICAL.values())
     backends = sorted({attn for (protocol, attn) in cells if protocol in canonical}, key=attn_order)
@@ -132,4 +136,11 @@ def headline_markdown(records: list[dict]) -> str:
         parts.append("Protocol variants (protocol-complete runs):")
         rows = [[protocol, attn, cell((protocol, attn))] for protocol, attn in variants]
         parts.append(md_table(["protocol", "backend", "test %"], rows))
+    if sources:
+        parts.append("Where each cell's runs come from (seeds counted above, diverged ones included):")
+        rows = [[protocol, attn, ", ".join(str(r.get("seed")) for r in runs),
+                 ", ".join(sorted({str(r.get("device")) for r in runs})),
+                 ", ".join(sorted({str(r.get("date", ""))[:10] for r in runs})), commits_label(runs)]
+                for (protocol, attn), runs in sorted(sources.items(), key=lambda kv: (kv[0][0], attn_order(kv[0][1])))]
+        parts.append(md_table(["protocol", "backend", "seeds", "device", "dates", "commits"], rows))
     return "\n\n".join(parts)

@@ -196,6 +196,18 @@ def latest(records: list[dict], key) -> dict:
     return chosen
 
 
+def short_commit(record: dict) -> str:
+    """The record's ``git_commit`` as 7 hex digits ("+dirty" kept: the tree had uncommitted edits), or "unknown"."""
+    commit = str(record.get("git_commit") or "unknown")
+    head, dirty = commit.split("+", 1) if "+" in commit else (commit, "")
+    return head[:7] + (f"+{dirty}" if dirty else "")
+
+
+def commits_label(records) -> str:
+    """The distinct short commits of ``records``, sorted and comma-joined: the code each figure came from."""
+    return ", ".join(sorted({short_commit(r) for r in records}))
+
+
 def length_label(length: int) -> str:
     """1024 -> 1K, 1048576 -> 1M, 3072 -> 3K, 1000 -> 1K, 64 -> 64."""
     length = int(length)

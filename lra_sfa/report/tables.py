@@ -18,7 +18,7 @@ import pandas as pd
 
 from lra_sfa.markdown import md_table
 from lra_sfa.records import trained_to_end
-from lra_sfa.report.load import attn_args, attn_order, length_label, variant_labels
+from lra_sfa.report.load import attn_args, attn_order, commits_label, length_label, variant_labels
 from lra_sfa.report.protocols import protocol_settings
 
 LRA_COLUMNS = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "image": "Image",
@@ -57,7 +57,7 @@ def _short(record: dict) -> bool:
 
 def summarise(records: list[dict]) -> dict:
     """One group of runs -> mean accuracies (%) with the seeds' test min and max, steps, training speed (runs that
-    had the device alone; the compiled ones among them where there are any), memory, device, date, status."""
+    had the device alone; the compiled ones among them where there are any), memory, device, date, commits, status."""
     ok = [r for r in records if r["status"] == "ok"]
     pct = lambda key: round(100 * statistics.mean(r[key] for r in ok), 2) if ok and all(
         isinstance(r.get(key), (int, float)) for r in ok) else None
@@ -79,6 +79,7 @@ def summarise(records: list[dict]) -> dict:
         "peak_memory_mb": _mean(ok, "peak_memory_mb"), "train_seconds": _mean(alone, "train_seconds"),
         "device": ", ".join(sorted({str(r.get("device")) for r in records})),
         "date": max(str(r.get("date", ""))[:10] for r in records),
+        "git_commit": commits_label(records),
         "num_train": ", ".join(sorted({str(r["num_train"]) for r in records if r.get("num_train")})) or None,
     }
 
@@ -169,7 +170,7 @@ def _lra_matrix(lra: pd.DataFrame, backends: list[str], metric: str) -> str:
 
 def _details(frame: pd.DataFrame) -> str:
     headers = ["task", "backend", "protocol", "L", "runs", "test %", "val %", "steps (of max)", "steps/s",
-               "peak MB", "train size", "device", "date"]
+               "peak MB", "train size", "device", "date", "commit"]
     rows = []
     for row in frame.itertuples():
         steps = "—" if row.steps_max is None else (
@@ -178,7 +179,7 @@ def _details(frame: pd.DataFrame) -> str:
                      f"{row.runs} ({row.failed})" if isinstance(row.failed, str) else row.runs,
                      _fmt(row.test_pct), _fmt(row.val_pct), f"{steps} of {row.max_steps}" + (" †" if row.short else ""),
                      _fmt(row.steps_per_second), _fmt(row.peak_memory_mb, 0), row.num_train or "", row.device,
-                     row.date])
+                     row.date, row.git_commit])
     return md_table(headers, rows)
 
 

@@ -340,6 +340,28 @@ def test_withdrawn_records_stay_out_of_every_table_and_are_listed(tmp_path):
     assert name.startswith("withdrawn/") and reason.startswith("withdrawn: ")
 
 
+def test_a_cut_run_is_superseded_by_its_cells_later_longer_run_and_listed(tmp_path):
+    """A campaign cell cut by its slot and later resumed (or run again) counts once: the longer, later record;
+    a cut run with no later run of its cell, and runs of other cells, stay."""
+    from lra_sfa.report.load import load_inputs
+
+    rng = random.Random(8)
+    cell = "experiment=lra_listops attn=full seed=0"
+    cut = protocol_record(rng, "lra_listops", "full", 0.30, steps=2170, stopped_by_time_budget=True, cell=cell,
+                          date="2026-12-06T10:00:00+00:00")
+    resumed = protocol_record(rng, "lra_listops", "full", 0.36, cell=cell, date="2026-12-06T11:00:00+00:00")
+    alone = protocol_record(rng, "lra_listops", "sfa", 0.31, steps=900, stopped_by_time_budget=True,
+                            cell="experiment=lra_listops attn=sfa seed=0", date="2026-12-06T12:00:00+00:00")
+    earlier = protocol_record(rng, "lra_listops", "sfa", 0.20, steps=800, stopped_by_time_budget=True,
+                              date="2026-12-05T12:00:00+00:00")  # no cell: not from a campaign
+    for record in (cut, resumed, alone, earlier):
+        store_record(record, tmp_path / "runs")
+    inputs = load_inputs(tmp_path, None, None)
+    assert sorted(r["test_accuracy"] for r in inputs.runs) == [0.20, 0.31, 0.36]
+    ((name, reason),) = inputs.skipped
+    assert name.startswith("runs/") and reason.startswith("superseded by runs/") and "step 2170" in reason
+
+
 def test_command_line_is_a_hydra_app_that_leaves_no_files_behind(tmp_path):
     """``python -m lra_sfa.report key=value``: the records' folder in, the tables out, nothing else written
     in the working directory (no outputs/, no .hydra/, no log); bad keys and folders are one line, exit 2."""

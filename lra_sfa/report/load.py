@@ -107,6 +107,7 @@ def load_inputs(in_dir: Path, published_dir: Path | None, kernels_csv: Path | No
     if not in_dir.is_dir():
         raise ValueError(f"report: in_dir={in_dir} is not a folder")
     inputs = Inputs()
+    names: dict[int, str] = {}
     for path in sorted(in_dir.rglob("*.json")):
         name = _relative(path, in_dir)
         if WITHDRAWN in path.relative_to(in_dir).parts[:-1]:
@@ -123,11 +124,41 @@ def load_inputs(in_dir: Path, published_dir: Path | None, kernels_csv: Path | No
             inputs.skipped.append((name, problem))
         elif kind == "run":
             inputs.runs.append(record)
+            names[id(record)] = name
         elif kind == "bench":
             inputs.bench.append(record)
+    superseded = superseded_runs(inputs.runs)
+    for record, by in superseded:
+        inputs.skipped.append((names[id(record)], f"superseded by {names[id(by)]}: a run of the same campaign cell "
+                                                  f"cut by its slot at step {record.get('steps')}, resumed or run "
+                                                  f"again to step {by.get('steps')}"))
+    dropped = {id(record) for record, _ in superseded}
+    inputs.runs = [record for record in inputs.runs if id(record) not in dropped]
     inputs.published = load_published(published_dir)
     inputs.kernels_csv = kernels_csv if kernels_csv is not None and kernels_csv.is_file() else None
     return inputs
+
+
+def superseded_runs(runs: list[dict]) -> list[tuple[dict, dict]]:
+    """(cut run, the run that supersedes it) pairs: a run of a campaign ``cell`` stopped by its time budget
+    is superseded by a later run of the same cell that trained more steps (the cut run resumed from its
+    checkpoint, or started again where the checkpoint could not travel), so one seed counts once."""
+    by_cell: dict[str, list[dict]] = {}
+    for record in runs:
+        if record.get("cell"):
+            by_cell.setdefault(str(record["cell"]), []).append(record)
+    pairs = []
+    for records in by_cell.values():
+        for record in records:
+            if not record.get("stopped_by_time_budget"):
+                continue
+            later = [other for other in records if other is not record
+                     and str(other.get("date", "")) > str(record.get("date", ""))
+                     and int(other.get("steps") or 0) > int(record.get("steps") or 0)]
+            if later:
+                pairs.append((record, max(later, key=lambda other: (int(other.get("steps") or 0),
+                                                                    str(other.get("date", ""))))))
+    return pairs
 
 
 def load_published(folder: Path | None) -> dict[str, pd.DataFrame]:

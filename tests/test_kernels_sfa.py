@@ -670,7 +670,7 @@ def test_mqar_protocol_model_through_the_kernels_equals_the_reference_path():
     from lra_sfa.compose import compose_config
     from lra_sfa.model import LRAClassifier, cross_entropy
     from lra_sfa.tasks.base import IGNORE_INDEX
-    from tasks.mqar import make_block
+    from lra_sfa.tasks.mqar import make_block
 
     length, pairs, vocab = 256, 16, 8192
     cfg = compose_config(["experiment=mqar", "attn=sfa", f"task.seq_len={length}", f"task.num_pairs={pairs}",

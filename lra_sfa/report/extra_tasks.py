@@ -87,7 +87,7 @@ def fmnist_frame(runs: list[dict]) -> pd.DataFrame:
 
 
 def _provenance(frame: pd.DataFrame) -> str:
-    """'Runs on <devices>, <dates>, commits <commits>.' for the rows a table was made from."""
+    """'From runs on <devices>, <dates>, commits <commits>.' for the rows a table was made from."""
     join = lambda column: ", ".join(sorted({str(value) for value in frame[column]}))
     return f"From runs on {join('device')}, {join('date')}, commits {join('git_commit')}."
 

@@ -223,7 +223,8 @@ def plot_mqar_width(best: pd.DataFrame, path: Path) -> Path | None:
     handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
     fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=min(4, len(handles)), fontsize=8,
                bbox_to_anchor=(0.5, 1.0 + 0.06 / len(pairs)))
-    fig.suptitle("MQAR (measured): best lr per point", y=1.0 + 0.12 / len(pairs), fontsize=10)
+    fig.suptitle(f"MQAR (measured): best lr per point. {_provenance(best)}", y=1.0 + 0.12 / len(pairs),
+                 fontsize=10)
     return _save(fig, path)
 
 
@@ -257,7 +258,7 @@ def plot_mqar_heatmap(best: pd.DataFrame, path: Path) -> Path | None:
     for ax in list(axes.flat)[len(backends):]:
         ax.axis("off")
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="per-query test accuracy (%)", pad=0.04)
-    fig.suptitle("MQAR (measured): best width and lr per cell; blank = no run", fontsize=10)
+    fig.suptitle(f"MQAR (measured): best width and lr per cell; blank = no run. {_provenance(best)}", fontsize=10)
     return _save(fig, path)
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lra_sfa.report.load import commits_label
+
 
 def _accuracy_grid(records: list[dict]) -> dict[str, tuple[list[int], list[float], np.ndarray]]:
     """Per backend: sorted lengths, sorted depths, accuracy (lengths, depths) with NaN where no run."""
@@ -77,8 +79,10 @@ def plot_needle_heatmap(records: list[dict], out_png: str | Path, notes: list[st
         if str(record.get("task", "")).startswith("needle") and record.get("device"):
             where.setdefault(int(record["seq_len"]), set()).add(str(record["device"]).split(" (")[0])
     if where:
+        needle = [r for r in records if str(r.get("task", "")).startswith("needle")]
         fig.suptitle("Needle test accuracy by length and depth (" + "; ".join(
-            f"L={n}: {', '.join(sorted(d))}" for n, d in sorted(where.items())) + ")", fontsize=10)
+            f"L={n}: {', '.join(sorted(d))}" for n, d in sorted(where.items())) +
+            f"; commits {commits_label(needle)})", fontsize=10)
     if notes:
         fig.text(0.01, -0.01, "\n".join(notes), fontsize=7, va="top", ha="left", family="monospace")
     out = Path(out_png)

@@ -33,7 +33,7 @@ from lra_sfa.report.efficiency import (  # noqa: E402
     sweep_config,
     sweep_configs,
 )
-from lra_sfa.report.load import attn_order, length_label, run_labels, variant_labels  # noqa: E402
+from lra_sfa.report.load import attn_order, commits_label, length_label, run_labels, variant_labels  # noqa: E402
 from lra_sfa.report.tables import LRA_COLUMNS, group_runs  # noqa: E402
 
 
@@ -79,7 +79,9 @@ def plot_sweep(records: list[dict], key: str, ylabel: str, path: Path) -> Path |
         ax.set_xlabel("sequence length")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=6)
-    fig.suptitle(config_title(config), fontsize=9)
+    shown = [r for by_length in cells.values() for r in by_length.values()]
+    dates = sorted({str(r["date"])[:10] for r in shown})
+    fig.suptitle(f"{config_title(config)}; {', '.join(dates)}; commits {commits_label(shown)}", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -144,7 +146,8 @@ def plot_accuracy_speed_memory(runs: list[dict], path: Path) -> Path | None:
         for handle in legend.legend_handles:
             handle.set_sizes([40])
     devices = ", ".join(sorted({str(d).split(" (")[0] for d in frame["device"]}))
-    fig.suptitle(f"Accuracy vs speed vs memory ({devices}): marker area ~ peak memory "
+    commits = ", ".join(sorted({c for joined in frame["git_commit"] for c in str(joined).split(", ")}))
+    fig.suptitle(f"Accuracy vs speed vs memory ({devices}; commits {commits}): marker area ~ peak memory "
                  f"(largest {largest / 1024:.0f} GB); mean over seeds, bar: lowest to highest seed; "
                  "† = stopped before the protocol's steps", fontsize=10)
     fig.tight_layout()
@@ -211,7 +214,8 @@ def plot_needle_by_length(runs: list[dict], path: Path) -> Path | None:
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     devices = ", ".join(sorted({str(r.get("device")).split(" (")[0] for r in needle}))
     dates = ", ".join(sorted({str(r.get("date", ""))[:10] for r in needle}))
-    ax.set_title(f"needle: trained at one length, tested at others ({devices}; {dates})", fontsize=9)
+    ax.set_title(f"needle: trained at one length, tested at others ({devices}; {dates}; commits "
+                 f"{commits_label(needle)})", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -250,5 +254,6 @@ def plot_kernel_speedup(csv_path: Path | None, path: Path) -> Path | None:
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("speed-up over SDPA (>1 = SFA faster)")
     device = ", ".join(sorted(set(frame["device"].astype(str)))) if "device" in frame else ""
-    fig.suptitle(f"SFA kernels vs SDPA ({device}; {csv_path.name})", fontsize=9)
+    commits = ", ".join(sorted({str(c)[:7] for c in frame["git_commit"]})) if "git_commit" in frame else "unknown"
+    fig.suptitle(f"SFA kernels vs SDPA ({device}; commits {commits}; {csv_path.name})", fontsize=9)
     return _save(fig, path)

@@ -31,6 +31,30 @@ from lra_sfa.cli import exit_on_bad_input
 from lra_sfa.records import trained_to_end
 
 FINAL_STATUSES = ("oom", "unsupported", "diverged")  # outcomes a rerun of the same cell would repeat
+OUTCOME_KINDS = ("finished_before", "ran", "cut", "not_started", "to_run", "error")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a cell in this invocation: ``kind`` (``OUTCOME_KINDS``: finished before, ran to its end
+    here, cut by the deadline, not started because it would be cut and lose its checkpoint, left to run, or an
+    error), the line the campaign prints, and for a dry run's ``to_run`` the estimated device-seconds."""
+
+    kind: str
+    text: str
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in OUTCOME_KINDS:
+            raise ValueError(f"campaign outcome kind {self.kind!r} is not one of {OUTCOME_KINDS}")
+
+    @property
+    def left(self) -> bool:
+        """The cell still has to run in a later invocation."""
+        return self.kind in ("to_run", "cut", "not_started", "error")
+
+    def __str__(self) -> str:
+        return self.text
 
 
 @dataclass(frozen=True)
@@ -162,7 +186,7 @@ def cell_estimates(store: Path, work_dir: Path) -> dict[str, Estimate]:
 
 
 def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: float | None,
-                   concurrent_runs: int = 1, warm: bool = False) -> str | None:
+                   concurrent_runs: int = 1, warm: bool = False) -> Outcome | None:
     """Why the cell is not started in this slot, or None: it would be cut, and its checkpoint is larger than
     what the next slot gets back (``checkpoint_travel_mb``), so the time would be lost. ``warm``: a sibling
     (the same cell but for the seed) ran before it in this process.
@@ -177,17 +201,18 @@ def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: f
     seconds = estimate.seconds(_steps_left(cell, cfg), warm) * concurrent_runs
     if seconds <= seconds_left or estimate.megabytes <= float(travel_mb):
         return None
-    return (f"not started: needs about {seconds:.0f} s, {seconds_left:.0f} s left, "
-            f"checkpoint ~{estimate.megabytes:.0f} MiB")
+    return Outcome("not_started", f"not started: needs about {seconds:.0f} s, {seconds_left:.0f} s left, "
+                                  f"checkpoint ~{estimate.megabytes:.0f} MiB")
 
 
-def _to_run(cell: Cell, cfg: DictConfig, estimates: dict) -> str:
+def _to_run(cell: Cell, cfg: DictConfig, estimates: dict) -> Outcome:
     """A dry run's outcome for an unfinished cell, with its seconds where its siblings' records give an estimate
     (at their recorded rates, slower where they shared the device; ``main`` adds them up)."""
     estimate = estimates.get(_sibling_key(cell.key)) or estimates.get(_experiment_key(cell.key))
     if estimate is None:
-        return "to run (no estimate yet)"
-    return f"to run (about {estimate.seconds(_steps_left(cell, cfg)):.0f} s)"
+        return Outcome("to_run", "to run (no estimate yet)")
+    seconds = estimate.seconds(_steps_left(cell, cfg))
+    return Outcome("to_run", f"to run (about {seconds:.0f} s)", seconds)
 
 
 def _steps_left(cell: Cell, cfg: DictConfig) -> int:
@@ -220,7 +245,7 @@ def _cell_config(cell: Cell, cfg: DictConfig, seconds_left: float | None, concur
     return compose_config(overrides)
 
 
-def run_campaign(cfg: DictConfig) -> list[tuple[Cell, str]]:
+def run_campaign(cfg: DictConfig) -> list[tuple[Cell, Outcome]]:
     """Run every unfinished cell in order (``concurrency`` at a time) until done or past the deadline; returns
     (cell, outcome) rows in the campaign's order."""
     from lra_sfa.records import git_commit
@@ -231,12 +256,13 @@ def run_campaign(cfg: DictConfig) -> list[tuple[Cell, str]]:
     done = finished_cells(Path(cfg.store))
     deadline = time.time() + 60 * float(cfg.deadline_minutes) if cfg.deadline_minutes else None
     estimates = cell_estimates(Path(cfg.store), Path(cfg.work_dir))
-    outcomes: dict[Cell, str] = {}
+    outcomes: dict[Cell, Outcome] = {}
     pending = []
     for cell in cells:
         record = _finished_as_configured(cell, cfg, done.get(cell.key, []))
         if record is not None:
-            outcomes[cell] = f"finished before ({record['status']}, test {record.get('test_accuracy')})"
+            outcomes[cell] = Outcome("finished_before",
+                                     f"finished before ({record['status']}, test {record.get('test_accuracy')})")
         elif cfg.dry_run:
             outcomes[cell] = _to_run(cell, cfg, estimates)
         else:
@@ -254,7 +280,7 @@ def run_campaign(cfg: DictConfig) -> list[tuple[Cell, str]]:
         for cell in pending:
             outcomes[cell] = _run_cell(cell, cfg, estimates, deadline, 1 + other_jobs,
                                        warm=_sibling_key(cell.key) in ran)
-            if not outcomes[cell].startswith(("not started", "to run")):
+            if outcomes[cell].kind not in ("not_started", "to_run"):
                 ran.add(_sibling_key(cell.key))
                 estimates = cell_estimates(Path(cfg.store), Path(cfg.work_dir))  # with this cell's record
     else:
@@ -263,7 +289,7 @@ def run_campaign(cfg: DictConfig) -> list[tuple[Cell, str]]:
 
 
 def _run_concurrently(cells: list[Cell], cfg: DictConfig, estimates: dict, deadline: float | None,
-                      concurrency: int, other_jobs: int = 0) -> dict[Cell, str]:
+                      concurrency: int, other_jobs: int = 0) -> dict[Cell, Outcome]:
     """Run ``cells`` in order, ``concurrency`` at a time, each in a fresh (spawned) process on the same device.
 
     Small models leave most of a GPU idle (the step is launch-bound), so several at once finish more cells
@@ -282,14 +308,14 @@ def _run_concurrently(cells: list[Cell], cfg: DictConfig, estimates: dict, deadl
 
 
 def _run_cell(cell: Cell, cfg: DictConfig, estimates: dict, deadline: float | None, concurrent_runs: int,
-              warm: bool = False) -> str:
+              warm: bool = False) -> Outcome:
     """Run one cell (unless the deadline is near or it would be cut and lose its checkpoint); its outcome.
     ``warm``: a sibling ran before it in this process (see ``Estimate``)."""
     from lra_sfa.train import run
 
     seconds_left = None if deadline is None else deadline - time.time()
     if seconds_left is not None and seconds_left < 60:
-        return "to run"
+        return Outcome("to_run", "to run")
     skip = _cannot_finish(cell, cfg, estimates, seconds_left, concurrent_runs, warm)
     if skip:
         return skip
@@ -301,24 +327,25 @@ def _run_cell(cell: Cell, cfg: DictConfig, estimates: dict, deadline: float | No
     except Exception as exc:  # one broken cell (a bad override, a checkpoint that no longer fits) stops only itself
         traceback.print_exc()
         first_line = str(exc).splitlines()[0] if str(exc) else ""
-        return f"error (not finished; retried next time): {type(exc).__name__}: {first_line}"
+        return Outcome("error", f"error (not finished; retried next time): {type(exc).__name__}: {first_line}")
     if record.get("stopped_by_time_budget"):
         return _cut_outcome(record, Path(cfg.work_dir) / cell.slug, cfg.get("checkpoint_travel_mb"))
-    return f"{record['status']}, test {record.get('test_accuracy')}"
+    kind = "ran" if record["status"] in ("ok", *FINAL_STATUSES) else "error"  # an error record is retried
+    return Outcome(kind, f"{record['status']}, test {record.get('test_accuracy')}")
 
 
-def _cut_outcome(record: dict, run_dir: Path, travel_mb: float | None) -> str:
+def _cut_outcome(record: dict, run_dir: Path, travel_mb: float | None) -> Outcome:
     """What happens to a cell the deadline cut: it resumes from its checkpoint, unless the checkpoint is larger
     than what travels to the next slot (``checkpoint_travel_mb``), where it restarts."""
     cut = f"cut at step {record['steps']} of {record['max_steps']}"
     checkpoint = run_dir / "checkpoint.pt"
     megabytes = checkpoint.stat().st_size / 2**20 if checkpoint.is_file() else 0.0
     if travel_mb is not None and megabytes > float(travel_mb):
-        return f"{cut} (its {megabytes:.0f} MiB checkpoint does not travel: the next slot restarts it)"
-    return f"{cut} (resumes from its checkpoint)"
+        return Outcome("cut", f"{cut} (its {megabytes:.0f} MiB checkpoint does not travel: the next slot restarts it)")
+    return Outcome("cut", f"{cut} (resumes from its checkpoint)")
 
 
-def _print_table(outcomes: list[tuple[Cell, str]]) -> None:
+def _print_table(outcomes: list[tuple[Cell, Outcome]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -326,7 +353,7 @@ def _print_table(outcomes: list[tuple[Cell, str]]) -> None:
     for column in ("experiment", "attn", "seed", "overrides", "outcome"):
         table.add_column(column)
     for cell, outcome in outcomes:
-        table.add_row(cell.experiment, cell.attn, str(cell.seed), " ".join(cell.overrides), outcome)
+        table.add_row(cell.experiment, cell.attn, str(cell.seed), " ".join(cell.overrides), outcome.text)
     Console().print(table)
 
 
@@ -335,12 +362,11 @@ def main(cfg: DictConfig) -> None:
     with exit_on_bad_input("lra-sfa campaign"):
         outcomes = run_campaign(cfg)
     _print_table(outcomes)
-    left = sum(outcome.startswith(("to run", "cut", "not started", "error")) for _, outcome in outcomes)
+    left = sum(outcome.left for _, outcome in outcomes)
     print(f"{len(outcomes) - left} of {len(outcomes)} cells finished" + (f"; {left} left" if left else ""))
     if cfg.dry_run and left:
-        seconds = [float(m.group(1)) for _, outcome in outcomes if (m := re.fullmatch(r"to run \(about (\d+) s\)",
-                                                                                         outcome))]
-        unknown = sum(outcome == "to run (no estimate yet)" for _, outcome in outcomes)
+        seconds = [outcome.seconds for _, outcome in outcomes if outcome.seconds is not None]
+        unknown = sum(outcome.kind == "to_run" and outcome.seconds is None for _, outcome in outcomes)
         print(f"the {len(seconds)} with an estimate: about {sum(seconds) / 60:.0f} device-minutes one at a time, at "
               "their siblings' recorded rates" + (f"; {unknown} without one (no record of their experiment yet)"
                                                   if unknown else ""))

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
-from lra_sfa.campaign import Cell, Estimate, _cannot_finish, cell_estimates, expand_cells, is_finished, run_campaign
+from lra_sfa.campaign import (
+    Cell,
+    Estimate,
+    Outcome,
+    _cannot_finish,
+    cell_estimates,
+    expand_cells,
+    is_finished,
+    run_campaign,
+)
 
 SMALL = ["task.seq_len=16", "task.max_depth=2", "task.min_length=3", "task.max_length=13", "task.num_train=400",
          "task.num_val=64", "task.num_test=64", "task.workers=1", "trainer.max_steps=12", "trainer.eval_every=6",
@@ -54,7 +63,7 @@ def test_finished_means_the_last_step_or_a_final_failure():
 def test_campaign_runs_then_skips_finished_cells(tmp_path, monkeypatch):
     monkeypatch.setenv("LRA_SFA_GIT_COMMIT", "abc1234")
     first = run_campaign(_campaign(tmp_path))
-    assert [outcome.split(",")[0] for _, outcome in first] == ["ok", "ok"]
+    assert [(outcome.kind, outcome.text.split(",")[0]) for _, outcome in first] == [("ran", "ok")] * 2
     records = [json.loads(path.read_text()) for path in (tmp_path / "store").glob("*.json")]
     assert sorted(r["cell"] for r in records) == [
         "experiment=listops_reduced attn=full seed=0", "experiment=listops_reduced attn=sfa seed=0"]
@@ -64,11 +73,12 @@ def test_campaign_runs_then_skips_finished_cells(tmp_path, monkeypatch):
         assert record["overrides"][:3] == ["experiment=listops_reduced", f"attn={record['attn']}", "seed=0"]
         assert "task.seq_len=16" in record["overrides"] and f"cell='{record['cell']}'" in record["overrides"]
     second = run_campaign(_campaign(tmp_path))
-    assert all(outcome.startswith("finished before") for _, outcome in second)
+    assert all(outcome.kind == "finished_before" and not outcome.left for _, outcome in second)
     assert len(list((tmp_path / "store").glob("*.json"))) == 2
     longer = run_campaign(_campaign(tmp_path, _overrides([*SMALL, "trainer.max_steps=14"]), "dry_run=true"))
     # 12 steps do not finish a 14-step cell; the dry run gives each its seconds at its siblings' rate
-    assert all(re.fullmatch(r"to run \(about \d+ s\)", outcome) for _, outcome in longer), longer
+    assert all(outcome.kind == "to_run" and outcome.left and outcome.seconds > 0
+               and re.fullmatch(r"to run \(about \d+ s\)", outcome.text) for _, outcome in longer), longer
 
 
 def test_a_cut_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
@@ -77,11 +87,12 @@ def test_a_cut_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     cfg = _campaign(tmp_path, "campaign.cells=[{experiment: listops_reduced, attns: [full], seeds: [0]}]",
                     _overrides([*SMALL, "trainer.max_seconds=0.001", "trainer.log_every=2"]))
     cut = run_campaign(cfg)
-    assert cut[0][1].startswith("cut at step") and cut[0][1].endswith("(resumes from its checkpoint)")
+    assert cut[0][1].kind == "cut" and cut[0][1].text.startswith("cut at step")
+    assert cut[0][1].text.endswith("(resumes from its checkpoint)")
     assert len(list((tmp_path / "work").glob("*/checkpoint.pt"))) == 1
     finish = run_campaign(_campaign(tmp_path, "campaign.cells=[{experiment: listops_reduced, attns: [full], "
                                               "seeds: [0]}]"))
-    assert finish[0][1].startswith("ok")
+    assert finish[0][1].kind == "ran" and finish[0][1].text.startswith("ok")
     records = sorted((json.loads(p.read_text()) for p in (tmp_path / "store").glob("*.json")),
                      key=lambda r: r["steps"])
     assert records[0]["stopped_by_time_budget"] and not records[1]["stopped_by_time_budget"]
@@ -97,15 +108,16 @@ def test_a_broken_cell_stops_only_itself(tmp_path, monkeypatch):
     monkeypatch.setenv("LRA_SFA_GIT_COMMIT", "abc1234")
     outcomes = run_campaign(_campaign(tmp_path, "campaign.cells=[{experiment: listops_reduced, "
                                                 "attns: [no_such_backend, full], seeds: [0]}]"))
-    assert outcomes[0][1].startswith("error (not finished; retried next time)")
-    assert outcomes[1][1].startswith("ok")
+    assert outcomes[0][1].kind == "error" and outcomes[0][1].left
+    assert outcomes[0][1].text.startswith("error (not finished; retried next time)")
+    assert outcomes[1][1].text.startswith("ok")
 
 
 def test_a_cut_cell_whose_checkpoint_stays_behind_says_it_restarts(tmp_path, monkeypatch):
     monkeypatch.setenv("LRA_SFA_GIT_COMMIT", "abc1234")
     cfg = _campaign(tmp_path, "campaign.cells=[{experiment: listops_reduced, attns: [full], seeds: [0]}]",
                     _overrides([*SMALL, "trainer.max_seconds=0.001", "trainer.log_every=2"]), "checkpoint_travel_mb=0")
-    (outcome,) = [text for _, text in run_campaign(cfg)]
+    (outcome,) = [outcome.text for _, outcome in run_campaign(cfg)]
     assert outcome.startswith("cut at step") and "does not travel: the next slot restarts it" in outcome
 
 
@@ -116,7 +128,7 @@ def test_concurrent_cells_run_in_their_own_processes_and_say_so(tmp_path, monkey
 
     monkeypatch.setenv("LRA_SFA_GIT_COMMIT", "abc1234")
     outcomes = run_campaign(_campaign(tmp_path, "concurrency=2"))
-    assert [outcome.split(",")[0] for _, outcome in outcomes] == ["ok", "ok"]
+    assert [outcome.text.split(",")[0] for _, outcome in outcomes] == ["ok", "ok"]
     records = [json.loads(path.read_text()) for path in (tmp_path / "store").glob("*.json")]
     assert sorted(r["attn"] for r in records) == ["full", "sfa"]
     assert all(r["trainer"]["concurrent_runs"] == 2 and r["steps"] == 12 for r in records)
@@ -133,7 +145,7 @@ def test_jobs_beside_the_campaign_count_as_sharing_the_device(tmp_path, monkeypa
     shared the device, so the report reads no speed from it."""
     monkeypatch.setenv("LRA_SFA_GIT_COMMIT", "abc1234")
     outcomes = run_campaign(_campaign(tmp_path, "other_jobs=1"))
-    assert [outcome.split(",")[0] for _, outcome in outcomes] == ["ok", "ok"]
+    assert [outcome.text.split(",")[0] for _, outcome in outcomes] == ["ok", "ok"]
     records = [json.loads(path.read_text()) for path in (tmp_path / "store").glob("*.json")]
     assert sorted(r["trainer"]["concurrent_runs"] for r in records) == [2, 2]
     with pytest.raises(ValueError, match="other_jobs=-1 must be an integer of at least 0"):
@@ -177,11 +189,11 @@ def test_a_cell_that_would_be_cut_and_lose_its_checkpoint_is_not_started(tmp_pat
     assert megabytes == pytest.approx(1.05 * per_parameter * record["num_parameters"] / 2**20)
     two_seeds = "campaign.cells=[{experiment: listops_reduced, attns: [full, sfa], seeds: [1]}]"
     planned = run_campaign(_campaign(tmp_path, two_seeds, "deadline_minutes=5", "checkpoint_travel_mb=0"))
-    assert planned[0][1].startswith("not started: needs about")
-    assert planned[1][1].startswith("not started")  # no sfa record: the experiment's full record is the prior
+    assert planned[0][1].kind == "not_started" and planned[0][1].text.startswith("not started: needs about")
+    assert planned[1][1].kind == "not_started"  # no sfa record: the experiment's full record is the prior
     kept = run_campaign(_campaign(tmp_path, two_seeds, "deadline_minutes=5",
                                   f"checkpoint_travel_mb={megabytes + 1:.0f}"))
-    assert kept[0][1].startswith("ok")  # its checkpoint would travel: cut or not, the time is not lost
+    assert kept[0][1].text.startswith("ok")  # its checkpoint would travel: cut or not, the time is not lost
 
 
 def test_cells_sharing_the_device_are_planned_at_the_shared_rate(tmp_path):
@@ -190,7 +202,16 @@ def test_cells_sharing_the_device_are_planned_at_the_shared_rate(tmp_path):
     cell = Cell("listops_reduced", "full", 1)  # 12 steps (SMALL)
     estimates = {"experiment=listops_reduced attn=full": Estimate(25.0, 100.0, 0.0, 50.0)}
     assert _cannot_finish(cell, cfg, estimates, 500.0) is None
-    assert _cannot_finish(cell, cfg, estimates, 500.0, concurrent_runs=2).startswith("not started: needs about 800 s")
+    assert _cannot_finish(cell, cfg, estimates, 500.0, concurrent_runs=2).text.startswith(
+        "not started: needs about 800 s")
+
+
+def test_an_outcome_says_whether_its_cell_is_left_and_refuses_unknown_kinds():
+    assert [Outcome(kind, "x").left for kind in ("finished_before", "ran", "cut", "not_started", "to_run", "error")] \
+        == [False, False, True, True, True, True]
+    assert str(Outcome("ran", "ok, test 0.5")) == "ok, test 0.5"
+    with pytest.raises(ValueError, match="'done' is not one of"):
+        Outcome("done", "x")
 
 
 def test_a_cell_after_its_sibling_is_planned_without_the_cold_start(tmp_path):
@@ -198,7 +219,7 @@ def test_a_cell_after_its_sibling_is_planned_without_the_cold_start(tmp_path):
     cfg = _campaign(tmp_path, "checkpoint_travel_mb=1")
     cell = Cell("listops_reduced", "full", 1)  # 12 steps of 25 s, 100 s of set-up when cold
     estimates = {"experiment=listops_reduced attn=full": Estimate(25.0, 100.0, 0.0, 50.0)}
-    assert _cannot_finish(cell, cfg, estimates, 350.0).startswith("not started: needs about 400 s")
+    assert _cannot_finish(cell, cfg, estimates, 350.0).text.startswith("not started: needs about 400 s")
     assert _cannot_finish(cell, cfg, estimates, 350.0, warm=True) is None
 
 
@@ -233,7 +254,8 @@ def test_a_cell_is_warm_only_after_a_sibling_actually_ran_and_estimates_are_rere
 
     def fake_run(cell, cfg, estimates, deadline, concurrent_runs, warm=False):
         seen.append((cell.attn, cell.seed, warm))
-        return "not started: needs about 900 s" if cell.seed == 0 else "ok, test 0.5"
+        return (Outcome("not_started", "not started: needs about 900 s") if cell.seed == 0
+                else Outcome("ran", "ok, test 0.5"))
     monkeypatch.setattr(campaign, "_run_cell", fake_run)
     cells = "campaign.cells=[{experiment: listops_reduced, attns: [full], seeds: [0, 1, 2]}, " \
             "{experiment: listops_reduced, attns: [sfa], seeds: [1]}]"

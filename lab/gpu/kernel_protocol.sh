@@ -26,6 +26,9 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$OUT/kernels"
 log() { grep --line-buffered -v WARN | tee -a "$OUT/kernels/log.txt"; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.limit,temperature.gpu --format=csv 2>&1 | log
+python3 -c "import importlib.util as u, torch  # which dense baselines the machine has (FlashAttention-3 or not)
+print('flash_attn (FA2 package):', u.find_spec('flash_attn') is not None, '| flash_attn_interface (FA3):',
+      u.find_spec('flash_attn_interface') is not None, '| cuDNN', torch.backends.cudnn.version())" 2>&1 | log
 for part in ${PARTS//,/ }; do
   case $part in
     sweep) timeout 570 python3 -m lra_sfa.bench.kernels out="$OUT/kernels" budget_s=450 hydra.run.dir=/tmp/bench_kernels \

@@ -194,7 +194,9 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> LoopOutcome:
                 segment_start = time.perf_counter()
         if tcfg.checkpoint_every and not cut_here and (state.step % int(tcfg.checkpoint_every) == 0 or out_of_time):
             _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx, record)  # a cut run resumes here
-    return LoopOutcome(state, out_of_time, timed_seconds, timed_steps, reached)
+    # a budget that runs out at the last step (or at the evaluation that reached the target) cut nothing
+    cut = out_of_time and state.step < max_steps and not reached
+    return LoopOutcome(state, cut, timed_seconds, timed_steps, reached)
 
 
 def _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx: LoopContext, record: RunRecord) -> None:

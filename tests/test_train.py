@@ -128,6 +128,21 @@ def test_a_time_budget_counts_set_up_and_a_cut_run_skips_the_other_lengths(make_
     assert "200" not in record.get("test_accuracy_by_length", {}) and "max_seconds" in record["test_lengths_skipped"]
 
 
+def test_a_budget_spent_at_the_last_step_is_no_cut(make_cfg, monkeypatch):
+    """Set-up that outlasts the budget makes the first check out of time; with one step to train, that check is
+    the last step's, so the run trained to its end: not stopped by the budget, and its other lengths are tested."""
+    import time
+
+    from lra_sfa.tasks.needle import Needle
+
+    load = Needle.load
+    monkeypatch.setattr(Needle, "load", lambda self, cache: (time.sleep(1.5), load(self, cache))[1])
+    record = run(make_cfg(*NEEDLE, "trainer.max_seconds=1", "trainer.log_every=1", "trainer.max_steps=1",
+                          "trainer.test_lengths=[200]"))
+    assert record["steps"] == record["max_steps"] == 1 and record["stopped_by_time_budget"] is False
+    assert "200" in record["test_accuracy_by_length"] and "test_lengths_skipped" not in record
+
+
 def test_test_lengths_need_sinusoidal_positions(make_cfg):
     cfg = make_cfg(*NEEDLE, "model.pos=learned", "trainer.test_lengths=[128]")
     record = run(cfg)

@@ -123,6 +123,9 @@ def test_table2_protocol_from_the_cli(tmp_path):
         assert record["batch"] == 2 and record["model"]["d_model"] == 32 and "synthetic" in record["data"]
         assert record["experiment"] == "lra_text" and record["model"]["init"] == "lra"  # the composed model
         assert record["tokens_per_second"] == pytest.approx(record["steps_per_second"] * 2 * record["seq_len"])
+        # the bytes hold no padding: no key padding mask, so full attention runs SDPA's unmasked kernels
+        assert record["key_padding_mask"] is False
+        assert record["attn_path"] == {"full": "sdpa", "sfa": "reference"}[record["attn"]]
 
 
 def test_table2_model_and_optimizer_are_the_text_experiments():
@@ -218,3 +221,7 @@ def test_table2_report_sets_compiled_runs_against_compiled_full():
     assert "model under torch.compile (mode reduce-overhead)" in text and "36.00 (1.20x)" in text
     assert "model under torch.compile" in text and "eager" in text
     assert "25.00 (1.25x)" in text and "8.00 (0.80x)" in text and "4.00 (0.80x)" in text
+    unmasked = [{**record("full", 40.0, False, "2026-12-08"), "key_padding_mask": False}]  # no full of its own
+    text = table2_section([*records, unmasked[0], {**unmasked[0], "attn": "sfa", "steps_per_second": 20.0}], {})
+    assert text.count("### Measured on NVIDIA H100 80GB HBM3") == 5 and "no key padding mask" in text
+    assert "20.00 (0.50x)" in text and "8.00 (0.80x)" in text  # each against the full of its own setting

@@ -125,14 +125,20 @@ def compilation(record: dict) -> str | None:
     return str(record.get("compile_mode") or "default") if record["compiled"] else "eager"
 
 
+def table2_setup(record: dict) -> tuple:
+    """What makes Table 2 records comparable: device, ``compilation`` and whether the model attended with a key
+    padding mask (records from before ``key_padding_mask`` existed all did)."""
+    return record["device"], compilation(record), record.get("key_padding_mask", True) is not False
+
+
 def table2_rows(records: list[dict]) -> list[dict]:
-    """Latest Table 2 records with speed and memory relative to full at the same device, length and compilation
-    (``compilation``: eager or the torch.compile mode; None in records from before the option)."""
+    """Latest Table 2 records with speed and memory relative to full at the same length and ``table2_setup``
+    (device, compilation: eager or the torch.compile mode, None in records from before the option; mask)."""
     chosen = latest([r for r in records if r["mode"] == "lra_table2"],
-                    lambda r: (r["device"], compilation(r), r["attn"], int(r["seq_len"])))
+                    lambda r: (*table2_setup(r), r["attn"], int(r["seq_len"])))
     rows = []
-    for (device, compiled, _, length), record in chosen.items():
-        full = chosen.get((device, compiled, "full", length))
+    for (device, compiled, masked, _, length), record in chosen.items():
+        full = chosen.get((device, compiled, masked, "full", length))
         ok = record["status"] == "ok" and full is not None and full["status"] == "ok"
         rows.append({**record, "speedup_vs_full": record["steps_per_second"] / full["steps_per_second"] if ok else None,
                      "memory_vs_full": record["peak_memory_mb"] / full["peak_memory_mb"] if ok else None})
@@ -144,9 +150,9 @@ def table2_section(records: list[dict], published: dict[str, pd.DataFrame]) -> s
     parts = []
     if not rows:
         parts.append("No Table 2 records yet. On the GPU: `python -m lra_sfa.bench bench=lra_table2`.")
-    for device, compiled in sorted({(r["device"], compilation(r)) for r in rows}, key=str):
-        mine = {(r["attn"], int(r["seq_len"])): r for r in rows
-                if r["device"] == device and compilation(r) == compiled}
+    for setup in sorted({table2_setup(r) for r in rows}, key=str):
+        mine = {(r["attn"], int(r["seq_len"])): r for r in rows if table2_setup(r) == setup}
+        device = setup[0]
         lengths = sorted({length for _, length in mine})
         backends = sorted({attn for attn, _ in mine}, key=attn_order)
         table = []
@@ -180,6 +186,8 @@ def _table2_setting(record: dict) -> str:
                      f"MLP {model['mlp_dim']})")
     if record.get("data"):
         parts.append(str(record["data"]))
+    parts.append("no key padding mask" if record.get("key_padding_mask") is False else  # the field is newer than
+                 "a key padding mask (all real tokens) in every layer")  # the mask every earlier model built
     return ", ".join(parts)
 
 

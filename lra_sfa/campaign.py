@@ -53,9 +53,6 @@ class Outcome:
         """The cell still has to run in a later invocation."""
         return self.kind in ("to_run", "cut", "not_started", "error")
 
-    def __str__(self) -> str:
-        return self.text
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -185,6 +182,11 @@ def cell_estimates(store: Path, work_dir: Path) -> dict[str, Estimate]:
     return estimates
 
 
+def _estimate_for(cell: Cell, estimates: dict) -> Estimate | None:
+    """The cell's siblings' estimate, or its experiment's (any backend) as the prior, or None."""
+    return estimates.get(_sibling_key(cell.key)) or estimates.get(_experiment_key(cell.key))
+
+
 def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: float | None,
                    concurrent_runs: int = 1, warm: bool = False) -> Outcome | None:
     """Why the cell is not started in this slot, or None: it would be cut, and its checkpoint is larger than
@@ -195,7 +197,7 @@ def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: f
     the worst case, a device-bound model whose runs split the device evenly; a cell lost to a cut costs more
     than one left for the next slot."""
     travel_mb = cfg.get("checkpoint_travel_mb")
-    estimate = estimates.get(_sibling_key(cell.key)) or estimates.get(_experiment_key(cell.key))
+    estimate = _estimate_for(cell, estimates)
     if seconds_left is None or travel_mb is None or estimate is None:
         return None
     seconds = estimate.seconds(_steps_left(cell, cfg), warm) * concurrent_runs
@@ -208,7 +210,7 @@ def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: f
 def _to_run(cell: Cell, cfg: DictConfig, estimates: dict) -> Outcome:
     """A dry run's outcome for an unfinished cell, with its seconds where its siblings' records give an estimate
     (at their recorded rates, slower where they shared the device; ``main`` adds them up)."""
-    estimate = estimates.get(_sibling_key(cell.key)) or estimates.get(_experiment_key(cell.key))
+    estimate = _estimate_for(cell, estimates)
     if estimate is None:
         return Outcome("to_run", "to run (no estimate yet)")
     seconds = estimate.seconds(_steps_left(cell, cfg))

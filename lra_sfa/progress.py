@@ -1,23 +1,73 @@
-"""Rich progress bars for training and evaluation: step, loss, best val accuracy, steps/s.
+"""Training throughput and the rich progress bars that show it.
 
-The rate is computed here from the wall clock, not by rich's windowed speed
-estimate (which reads 0 until it has samples, so short runs showed
-``0.00 steps/s``). It follows the record's ``steps_per_second``: training
-steps over training seconds, evaluation passes left out, counted from the
-first update (which leaves out the compilation and warm-up of the first
-steps, as the record's ``trainer.timing_warmup_steps`` do); before that first
-update, the steps since start over the time since start.
+:class:`StepClock` holds the one definition of training speed: training
+steps over training seconds, timed from ``trainer.timing_warmup_steps``
+(compilation and warm-up left out) with every evaluation paused out. The bar
+shows it and the record keeps it as ``steps_per_second``, so the bar's last
+reading is the record's number. The rate is computed from the wall clock,
+not by rich's windowed speed estimate (which reads 0 until it has samples,
+so short runs showed ``0.00 steps/s``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 T = TypeVar("T")
+
+
+class StepClock:
+    """Training seconds and steps, counted while the clock runs.
+
+    ``sync`` (the device's synchronize) runs before each reading of the clock
+    that starts or stops a timed segment, so queued GPU work is counted in the
+    segment that launched it.
+    """
+
+    def __init__(self, sync: Callable[[], None] = lambda: None) -> None:
+        self.sync = sync
+        self.seconds = 0.0  # closed timed segments
+        self.steps = 0  # steps taken while running
+        self._since: float | None = None  # start of the open segment
+        self._begun = time.perf_counter()
+        self._untimed_steps = 0
+
+    @property
+    def running(self) -> bool:
+        return self._since is not None
+
+    def resume(self) -> None:
+        if self._since is None:
+            self.sync()
+            self._since = time.perf_counter()
+
+    def pause(self) -> bool:
+        """Close the open segment; returns whether one was open (so the caller knows to resume)."""
+        if self._since is None:
+            return False
+        self.sync()
+        self.seconds += time.perf_counter() - self._since
+        self._since = None
+        return True
+
+    def step(self) -> None:
+        if self.running:
+            self.steps += 1
+        else:
+            self._untimed_steps += 1
+
+    def rate(self) -> float | None:
+        """Timed steps per timed second; before any timed step, steps over the time since the clock was made
+        (so a short run never reads 0 steps/s); None before any step."""
+        if self.steps:
+            seconds = self.seconds + (time.perf_counter() - self._since if self._since is not None else 0.0)
+            return self.steps / seconds if seconds > 0 else None
+        elapsed = time.perf_counter() - self._begun
+        return self._untimed_steps / elapsed if self._untimed_steps and elapsed > 0 else None
 
 
 class TrainProgress:
@@ -31,38 +81,21 @@ class TrainProgress:
         self.total = total
         self.task_id = None
         self.enabled = enabled
-        self.eval_seconds = 0.0
-        self._origin: tuple[int, float, float] | None = None  # (step, clock, eval seconds) the rate counts from
-        self._start: tuple[int, float] = (0, 0.0)
 
     def start(self, step: int) -> None:
-        self._start = (step, time.perf_counter())
         if self.progress is not None:
             self.progress.start()
             self.task_id = self.progress.add_task("train", total=self.total, completed=step, info="")
 
-    def rate(self, step: int) -> float | None:
-        """Training steps per second (evaluation excluded), or None before any step."""
-        now = time.perf_counter()
-        origin_step, origin_clock, origin_eval = self._origin or (*self._start, 0.0)
-        if self._origin is not None and step == origin_step:  # nothing timed since the first update yet
-            origin_step, origin_clock, origin_eval = (*self._start, 0.0)
-        seconds = now - origin_clock - (self.eval_seconds - origin_eval)
-        steps = step - origin_step
-        return steps / seconds if steps > 0 and seconds > 0 else None
-
-    def update(self, step: int, loss: float, val: float) -> None:
-        rate = self.rate(step)
-        if self._origin is None and step > self._start[0]:
-            self._origin = (step, time.perf_counter(), self.eval_seconds)
+    def update(self, step: int, loss: float, val: float, rate: float | None) -> None:
+        """Show ``step``, the loss, the best val accuracy and ``rate`` (a :meth:`StepClock.rate`)."""
         if self.progress is not None:
             speed = f"{rate:.2f} steps/s" if rate is not None else "-- steps/s"
             self.progress.update(self.task_id, completed=step,
                                  info=f"loss {loss:.4f}  best val {max(val, 0.0):.3f}  {speed}")
 
     def track(self, batches: Iterable[T], total: int, label: str) -> Iterator[T]:
-        """Yield ``batches`` under a transient bar named ``label``; their time is left out of the rate."""
-        begin = time.perf_counter()
+        """Yield ``batches`` under a transient bar named ``label``."""
         task = self.progress.add_task(label, total=total, info="") if self.progress is not None else None
         try:
             for batch in batches:
@@ -72,7 +105,6 @@ class TrainProgress:
         finally:
             if task is not None:
                 self.progress.remove_task(task)
-            self.eval_seconds += time.perf_counter() - begin
 
     def stop(self) -> None:
         if self.progress is not None:

@@ -33,7 +33,7 @@ from lra_sfa.evaluation import autocast, evaluate, task_loss
 from lra_sfa.model import LRAClassifier
 from lra_sfa.optim import build_optimizer
 from lra_sfa.placement import compile_choice, place_data
-from lra_sfa.progress import TrainProgress
+from lra_sfa.progress import StepClock, TrainProgress
 from lra_sfa.recording import RunRecord, attn_name, build_task, peak_memory_mb
 
 
@@ -147,7 +147,7 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> LoopOutcome:
     timing_warmup = min(int(tcfg.timing_warmup_steps), max(0, max_steps - state.step - 1))
     attention = raw_model.attention_modules()
     loss_sum, loss_count = torch.zeros((), device=device), 0
-    timed_seconds, timed_steps, segment_start = 0.0, 0, None
+    clock = StepClock(sync=lambda: dist.synchronize(device))  # the record's steps_per_second and the bar's rate
     progress = TrainProgress(max_steps, enabled=env.is_main and bool(tcfg.progress))
     ctx.progress = progress
     progress.start(state.step)
@@ -157,15 +157,14 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> LoopOutcome:
     target = tcfg.get("stop_at_val_accuracy")
     reached = target is not None and any(point["val_accuracy"] >= target for point in state.history)  # resumed
     while state.step < max_steps and not out_of_time and not reached:
-        if state.step - state.start_step == timing_warmup and segment_start is None:
-            dist.synchronize(device)
-            segment_start = time.perf_counter()
+        if state.step - state.start_step == timing_warmup:
+            clock.resume()  # timing starts after the warm-up steps
         tokens, labels = to_tensors(data.train, sampler.next_indices(), device)
         ctx.where.update(phase="train step", shape=list(tokens.shape))
         loss_sum += _train_step(model, raw_model, attention, optimizer, schedule, tokens, labels, ctx, state.step)
         state.step += 1
         loss_count += 1
-        timed_steps += int(segment_start is not None)
+        clock.step()
         is_eval = state.step % eval_every == 0 or state.step == max_steps
         if state.step % log_every == 0 or is_eval:  # one host sync (and one all-reduce) per log interval
             over_budget = budget is not None and time.perf_counter() - ctx.started > budget
@@ -175,28 +174,27 @@ def train_loop(model, ctx: LoopContext, record: RunRecord) -> LoopOutcome:
             if not math.isfinite(mean_loss):
                 raise Diverged(f"loss became {mean_loss} by step {state.step}")
             state.last_loss = mean_loss
-            progress.update(state.step, loss=mean_loss, val=state.best_val)
+            progress.update(state.step, loss=mean_loss, val=state.best_val, rate=clock.rate())
         cut_here = out_of_time and not is_eval
         if cut_here and tcfg.checkpoint_every:  # before the cut's evaluation, which an uninterrupted run never makes:
             _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx, record)  # the resumed run matches it
         if is_eval or out_of_time:
-            if segment_start is not None:
-                dist.synchronize(device)
-                timed_seconds += time.perf_counter() - segment_start
+            timed = clock.pause()  # evaluation is not training time
             _eval_point(raw_model, state, ctx)
             reached = target is not None and state.history[-1]["val_accuracy"] >= target  # equal on every rank
-            progress.update(state.step, loss=state.last_loss, val=state.best_val)
+            progress.update(state.step, loss=state.last_loss, val=state.best_val, rate=clock.rate())
             if not progress.enabled and env.is_main:  # a plain line per evaluation for logs
                 print(f"step {state.step}/{max_steps}  loss {state.last_loss:.4f}  val "
                       f"{state.history[-1]['val_accuracy']:.4f}  {time.perf_counter() - loop_start:.0f} s", flush=True)
-            if segment_start is not None:
-                dist.synchronize(device)
-                segment_start = time.perf_counter()
+            if timed:
+                clock.resume()
         if tcfg.checkpoint_every and not cut_here and (state.step % int(tcfg.checkpoint_every) == 0 or out_of_time):
             _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx, record)  # a cut run resumes here
     # a budget that runs out at the last step (or at the evaluation that reached the target) cut nothing
     cut = out_of_time and state.step < max_steps and not reached
-    return LoopOutcome(state, cut, timed_seconds, timed_steps, reached)
+    # every exit follows an evaluation, so every timed step lies in a closed segment; the segment opened after
+    # the last evaluation holds no step (only, at most, the final checkpoint's write) and is left out
+    return LoopOutcome(state, cut, clock.seconds, clock.steps, reached)
 
 
 def _save_checkpoint(raw_model, optimizer, schedule, sampler, state, ctx: LoopContext, record: RunRecord) -> None:

@@ -7,7 +7,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from omegaconf import OmegaConf
 from lra_sfa.attention import AttentionBackend
 from lra_sfa.fileio import new_file_mode
 from lra_sfa.memory import cpu_refusal, score_bytes
-from lra_sfa.progress import TrainProgress
+from lra_sfa.progress import StepClock
 from lra_sfa.sweep_summary import summary_rows
 
 from .test_faults import cli
@@ -58,18 +57,43 @@ def test_records_checkpoints_and_caches_follow_the_umask(tmp_path, umask_027):
         str(path.relative_to(tmp_path)): oct(0o640) for path in written}
 
 
-def test_progress_rate_counts_training_time_only():
-    progress = TrainProgress(20, enabled=False)
-    progress.start(0)
-    time.sleep(0.05)
-    first = progress.rate(2)
-    assert first is not None and first > 0  # a short run never reads 0 steps/s
-    progress.update(2, loss=1.0, val=0.0)
-    for _ in progress.track(range(3), 3, "eval on val"):
-        time.sleep(0.2)  # 0.6 s of evaluation, left out of the rate
-    time.sleep(0.1)
-    rate = progress.rate(12)  # 10 steps in about 0.1 s of training
-    assert rate > 10 / 0.35, rate  # counting the evaluation would give at most 10 / 0.7
+class _FakeClock:
+    """Stands in for the ``time`` module in lra_sfa.progress: perf_counter reads a number the test sets."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_step_clock_counts_training_time_only(monkeypatch):
+    from lra_sfa import progress as progress_module
+
+    fake = _FakeClock()
+    monkeypatch.setattr(progress_module, "time", fake)
+    syncs = []
+    clock = StepClock(sync=lambda: syncs.append(fake.now))
+    assert clock.rate() is None  # no step yet
+    for _ in range(2):  # warm-up steps, untimed: the rate is steps since the clock was made
+        fake.now += 0.5
+        clock.step()
+    assert clock.rate() == pytest.approx(2 / 1.0)  # a short run never reads 0 steps/s
+    clock.resume()
+    for _ in range(10):
+        fake.now += 0.1
+        clock.step()
+    assert clock.rate() == pytest.approx(10 / 1.0)  # the open segment counts
+    assert clock.pause()
+    fake.now += 5.0  # an evaluation, left out
+    clock.resume()
+    for _ in range(10):
+        fake.now += 0.2
+        clock.step()
+    assert clock.pause() and not clock.pause()  # a second pause closes nothing
+    assert (clock.steps, clock.seconds) == (20, pytest.approx(3.0))
+    assert clock.rate() == pytest.approx(20 / 3.0)
+    assert len(syncs) == 4  # the device is synchronised at every segment boundary, not at every reading
 
 
 def test_progress_rate_agrees_with_the_record(tmp_path):
@@ -79,9 +103,9 @@ def test_progress_rate_agrees_with_the_record(tmp_path):
     rates = []
 
     class Spy(progress_module.TrainProgress):
-        def update(self, step, loss, val):
-            super().update(step, loss, val)
-            rates.append(self.rate(step))
+        def update(self, step, loss, val, rate):
+            super().update(step, loss, val, rate)
+            rates.append(rate)
 
     with initialize_config_module("lra_sfa.conf", version_base=None):
         cfg = compose("config", overrides=[*TINY_LISTOPS, "trainer.max_steps=40", "trainer.eval_every=20",
@@ -96,9 +120,7 @@ def test_progress_rate_agrees_with_the_record(tmp_path):
     finally:
         train.TrainProgress = original
     assert rates and all(rate and rate > 0 for rate in rates)
-    # same definition (training time only); on a 40-step run the bar's window (from step 10) and the record's
-    # (from step 3) differ by a few steps whose cost varies with the machine's load, so only the scale is held
-    assert 1 / 3 < rates[-1] / record["steps_per_second"] < 3
+    assert rates[-1] == pytest.approx(record["steps_per_second"])  # one clock: the bar ends on the record's number
 
 
 def test_multirun_ends_with_a_summary_table(tmp_path):

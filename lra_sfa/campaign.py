@@ -135,19 +135,34 @@ def _experiment_key(key: str) -> str:
 
 
 class Estimate(NamedTuple):
-    """What a cell costs, from its siblings' records: seconds per training step, the seconds outside the timed
-    steps as the first run of its kind in a process (``overhead``: data generation, compilation, evaluation)
-    and after a sibling ran in that process (``warm_overhead``: the data cache and the compiled kernels are
-    reused), and its checkpoint's MiB."""
-    step_seconds: float
+    """What a cell costs, from its siblings' records: seconds per training step by how many runs shared the
+    device (``rates``: (runs, the slowest recorded seconds per step) for each sharing recorded), the seconds
+    outside the timed steps as the first run of its kind in a process (``overhead``: data generation,
+    compilation, evaluation) and after a sibling ran in that process (``warm_overhead``: the data cache and the
+    compiled kernels are reused), and its checkpoint's MiB."""
+    rates: tuple[tuple[int, float], ...]
     overhead: float
     warm_overhead: float
     megabytes: float
 
-    def seconds(self, steps: int, warm: bool = False) -> float:
-        """A run of ``steps`` training steps, whole: a cell's own ``max_steps``, which its siblings' records
-        may not share (a protocol that changed its length)."""
-        return steps * self.step_seconds + (self.warm_overhead if warm else self.overhead)
+    def step_seconds(self, concurrent_runs: int = 1) -> float:
+        """Seconds per step with ``concurrent_runs`` runs on the device: the rate recorded at that sharing, or
+        else the worst case from the others. A rate recorded among c runs is slowed by concurrent_runs / c where
+        more share the device (a device-bound model splits it evenly) and not sped up where fewer do (a
+        launch-bound one gains nothing from having it alone)."""
+        measured = dict(self.rates)
+        if concurrent_runs in measured:
+            return measured[concurrent_runs]
+        return max(seconds * max(1.0, concurrent_runs / runs) for runs, seconds in self.rates)
+
+    def seconds(self, steps: int, warm: bool = False, concurrent_runs: int = 1) -> float:
+        """A run of ``steps`` training steps, whole, beside ``concurrent_runs - 1`` others: a cell's own
+        ``max_steps``, which its siblings' records may not share (a protocol that changed its length). The
+        overhead (evaluation runs on the device too) is slowed like the steps where more runs share the device
+        than any record did."""
+        overhead = self.warm_overhead if warm else self.overhead
+        shared = max(1.0, concurrent_runs / max(runs for runs, _ in self.rates))
+        return steps * self.step_seconds(concurrent_runs) + overhead * shared
 
 
 def cell_estimates(store: Path, work_dir: Path) -> dict[str, Estimate]:
@@ -155,8 +170,10 @@ def cell_estimates(store: Path, work_dir: Path) -> dict[str, Estimate]:
     name a cell and a training rate; also, as the prior for backends not yet run, the same without the
     backend (the largest over the experiment's cells).
 
-    Step seconds: at the slowest recorded steps/s. Overheads: ``wall_seconds - train_seconds`` (a minute for
-    records without it), the largest of the records for ``overhead`` and the smallest for ``warm_overhead``.
+    Step seconds: at the slowest recorded steps/s among the records that shared the device with as many runs
+    (``trainer.concurrent_runs``), so a rate measured beside others is never scaled for sharing again.
+    Overheads: ``wall_seconds - train_seconds`` (a minute for records without it), the largest of the records
+    for ``overhead`` and the smallest for ``warm_overhead``.
     MiB: fp32 weights and AdamW's two moments, 12 bytes a parameter, and the best-validation weights where
     the run tests those (``trainer.test_weights=best_val``), 16; and 5% for the rest of the file.
     """
@@ -175,9 +192,12 @@ def cell_estimates(store: Path, work_dir: Path) -> dict[str, Estimate]:
         trainer = record.get("trainer") if isinstance(record.get("trainer"), dict) else {}
         per_parameter = 16 if trainer.get("test_weights", "best_val") == "best_val" else 12
         megabytes = 1.05 * per_parameter * (record.get("num_parameters") or 0) / 2**20
+        runs = int(trainer.get("concurrent_runs") or 1)
         for group in (_sibling_key(key), _experiment_key(key)):
-            known = estimates.get(group, Estimate(0.0, 0.0, float("inf"), 0.0))
-            estimates[group] = Estimate(max(1 / rate, known.step_seconds), max(overhead, known.overhead),
+            known = estimates.get(group, Estimate((), 0.0, float("inf"), 0.0))
+            rates = dict(known.rates)
+            rates[runs] = max(1 / rate, rates.get(runs, 0.0))
+            estimates[group] = Estimate(tuple(sorted(rates.items())), max(overhead, known.overhead),
                                         min(overhead, known.warm_overhead), max(megabytes, known.megabytes))
     return estimates
 
@@ -193,14 +213,14 @@ def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: f
     what the next slot gets back (``checkpoint_travel_mb``), so the time would be lost. ``warm``: a sibling
     (the same cell but for the seed) ran before it in this process.
 
-    With ``concurrent_runs`` cells sharing the device, the estimate (from solo runs) is scaled by that count:
-    the worst case, a device-bound model whose runs split the device evenly; a cell lost to a cut costs more
-    than one left for the next slot."""
+    With ``concurrent_runs`` cells sharing the device, the estimate is the siblings' rate at that sharing where
+    one was recorded, else the worst case (``Estimate.step_seconds``): a cell lost to a cut costs more than one
+    left for the next slot."""
     travel_mb = cfg.get("checkpoint_travel_mb")
     estimate = _estimate_for(cell, estimates)
     if seconds_left is None or travel_mb is None or estimate is None:
         return None
-    seconds = estimate.seconds(_steps_left(cell, cfg), warm) * concurrent_runs
+    seconds = estimate.seconds(_steps_left(cell, cfg), warm, concurrent_runs)
     if seconds <= seconds_left or estimate.megabytes <= float(travel_mb):
         return None
     return Outcome("not_started", f"not started: needs about {seconds:.0f} s, {seconds_left:.0f} s left, "

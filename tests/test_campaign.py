@@ -183,7 +183,7 @@ def test_a_cell_that_would_be_cut_and_lose_its_checkpoint_is_not_started(tmp_pat
     estimate = estimates["experiment=listops_reduced attn=full"]
     megabytes = estimate.megabytes
     per_parameter = 16 if record["trainer"]["test_weights"] == "best_val" else 12  # + the best-val weights
-    assert estimate.step_seconds == pytest.approx(1000 / 12)
+    assert estimate.step_seconds() == pytest.approx(1000 / 12)
     assert estimate.seconds(12) == estimate.seconds(12, warm=True) >= 1000
     assert estimate.seconds(24) - estimate.seconds(12) == pytest.approx(1000)  # a longer protocol costs its steps
     assert megabytes == pytest.approx(1.05 * per_parameter * record["num_parameters"] / 2**20)
@@ -200,10 +200,33 @@ def test_cells_sharing_the_device_are_planned_at_the_shared_rate(tmp_path):
     """A 400 s cell fits 500 s alone; two at once may each take twice as long, so it is not started."""
     cfg = _campaign(tmp_path, "checkpoint_travel_mb=1")
     cell = Cell("listops_reduced", "full", 1)  # 12 steps (SMALL)
-    estimates = {"experiment=listops_reduced attn=full": Estimate(25.0, 100.0, 0.0, 50.0)}
+    estimates = {"experiment=listops_reduced attn=full": Estimate(((1, 25.0),), 100.0, 0.0, 50.0)}
     assert _cannot_finish(cell, cfg, estimates, 500.0) is None
     assert _cannot_finish(cell, cfg, estimates, 500.0, concurrent_runs=2).text.startswith(
         "not started: needs about 800 s")
+
+
+def test_a_rate_recorded_beside_other_runs_is_not_scaled_for_sharing_again(tmp_path, monkeypatch):
+    """Siblings that ran two at a time give the two-at-a-time rate as measured; three at a time is scaled from
+    it (the worst case), and a cell alone is not assumed faster than measured beside another."""
+    import lra_sfa.records
+
+    def record(attn, runs, rate):
+        return {"cell": f"experiment=x attn={attn} seed=0", "steps_per_second": rate, "wall_seconds": 120.0,
+                "train_seconds": 100.0, "trainer": {"concurrent_runs": runs}, "num_parameters": 1000}
+
+    records = [record("full", 2, 0.5), record("full", 2, 0.4), record("sfa", 1, 1.0)]
+    monkeypatch.setattr(lra_sfa.records, "load_records", lambda folder: (records, []))
+    store = tmp_path / "store"
+    store.mkdir()
+    estimate = cell_estimates(store, tmp_path / "work")["experiment=x attn=full"]
+    assert estimate.rates == ((2, 2.5),)  # the slower of the two
+    assert estimate.step_seconds(2) == pytest.approx(2.5)
+    assert estimate.step_seconds(3) == pytest.approx(2.5 * 3 / 2)
+    assert estimate.step_seconds(1) == pytest.approx(2.5)
+    assert estimate.seconds(10, concurrent_runs=2) == pytest.approx(10 * 2.5 + 20.0)
+    prior = cell_estimates(store, tmp_path / "work")["experiment=x"]  # every backend: solo and shared rates
+    assert prior.rates == ((1, 1.0), (2, 2.5)) and prior.step_seconds(4) == pytest.approx(5.0)
 
 
 def test_an_outcome_says_whether_its_cell_is_left_and_refuses_unknown_kinds():
@@ -217,7 +240,7 @@ def test_a_cell_after_its_sibling_is_planned_without_the_cold_start(tmp_path):
     """After a sibling ran in the same process (data cached, kernels compiled), the warm estimate applies."""
     cfg = _campaign(tmp_path, "checkpoint_travel_mb=1")
     cell = Cell("listops_reduced", "full", 1)  # 12 steps of 25 s, 100 s of set-up when cold
-    estimates = {"experiment=listops_reduced attn=full": Estimate(25.0, 100.0, 0.0, 50.0)}
+    estimates = {"experiment=listops_reduced attn=full": Estimate(((1, 25.0),), 100.0, 0.0, 50.0)}
     assert _cannot_finish(cell, cfg, estimates, 350.0).text.startswith("not started: needs about 400 s")
     assert _cannot_finish(cell, cfg, estimates, 350.0, warm=True) is None
 

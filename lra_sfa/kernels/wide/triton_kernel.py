@@ -27,7 +27,10 @@ that a code holds each feature once, so query slot t meets at most one key slot:
 selects picks that slot's key value (NaN if none), and the product and the below-f test are
 taken once per query slot.
 
-Limits: indices int32 inside the kernel; per-call partial states take
+Limits: indices int32 inside the kernel; v's head dim a power of two, zero-padded
+to at least 16 by the launcher (the backward's dP = dO V^T is a ``tl.dot`` whose
+inner dimension is that head dim, and tensor-core dots need 16; the padded
+columns of the output are 0 and dropped, so nothing else changes); per-call partial states take
 N * k * (dv + 3) floats, so groups are processed in chunks of about
 ``max_partial_bytes``. Scores are fp32; P.V uses the input dtype (bf16/fp16
 on tensor cores, fp32 as IEEE fp32). Tests use 16 x 16 tiles under
@@ -226,6 +229,7 @@ SCORE_DESIGNS = ("select", "compare")  # _block_scores_select, _block_scores
 
 # Default launch (module docstring)
 DEFAULT_BLOCKS = (16, 16)  # (BLOCK_M query entries, BLOCK_N keys)
+MIN_DOT = 16  # the least inner dimension of a tensor-core tl.dot: v's head dim is padded to it
 DEFAULT_WARPS = (2, 1)  # (forward, backward)
 
 
@@ -379,11 +383,15 @@ def wide_triton_attention(
     launch = Launch(*blocks, *warps, scores == "select")
     scale = 1.0 / math.sqrt(K) if scale is None else scale
     G = B * H
+    dv_kernel = max(DV, MIN_DOT)  # v zero-padded to the tensor-core dots' least inner dimension
     qi, ki = q_idx.reshape(G, L, K), k_idx.reshape(G, L, K)  # (G, L, K)
-    qv, kv, vf = q_val.reshape(G, L, K), k_val.reshape(G, L, K), v.reshape(G, L, DV)
+    qv, kv = q_val.reshape(G, L, K), k_val.reshape(G, L, K)
+    vf = v.reshape(G, L, DV)
+    if dv_kernel > DV:
+        vf = torch.nn.functional.pad(vf, (0, dv_kernel - DV))  # (G, L, dv_kernel)
     real = (torch.ones(G, L, dtype=torch.bool, device=v.device) if key_padding_mask is None
             else key_padding_mask[:, None, :].expand(B, H, L).reshape(G, L))  # (G, L)
-    per_chunk = max(1, max_partial_bytes // max(1, L * K * (DV + 3) * 4))
+    per_chunk = max(1, max_partial_bytes // max(1, L * K * (dv_kernel + 3) * 4))
     outs, stats = [], {"candidates": 0, "incidences_total": 0, "incidences_kept": 0}
     for g0 in range(0, G, per_chunk):
         sl = slice(g0, min(G, g0 + per_chunk))
@@ -396,10 +404,10 @@ def wide_triton_attention(
         real_f = real[sl].reshape(-1).to(torch.float32)  # (N,)
         sink: dict[str, torch.Tensor] = {}
         out = _WideTritonFunction.apply(
-            qv[sl].reshape(-1, K), kv[sl].reshape(-1, K), vf[sl].reshape(-1, DV),
+            qv[sl].reshape(-1, K), kv[sl].reshape(-1, K), vf[sl].reshape(-1, dv_kernel),
             qi[sl].reshape(-1, K).to(torch.int32).contiguous(), ki[sl].reshape(-1, K).to(torch.int32).contiguous(),
             plan, items, real_f, scale, mode == "exact", launch, sink)
-        outs.append(out.view(n_groups, L, DV))  # (g, L, DV)
+        outs.append(out.view(n_groups, L, dv_kernel)[..., :DV])  # (g, L, DV)
         stats["incidences_total"] = stats["incidences_total"] + plan.incidences_total
         stats["incidences_kept"] = stats["incidences_kept"] + plan.incidences_kept
         stats["candidates"] = stats["candidates"] + sink["candidates"]

@@ -11,7 +11,8 @@
 #   padded     python -m lab.padded_full_probe: dense engines and SFA (rows computed / skipped) on padded ListOps,
 #              Text and Pathfinder batches (padded_full_probe.csv, about 2 minutes)
 #   table2     the LRA Table 2 protocol (python -m lra_sfa.bench bench=lra_table2), every backend eager, into
-#              $OUT/kernels/table2/ (bench records: copy them to results/bench; at most 5.5 minutes)
+#              $OUT/kernels/table2.tgz (bench records, one per backend and length, packed because a call returns
+#              at most 8 files: tar xzf table2.tgz -C results/bench; at most 5.5 minutes)
 #   table2-compiled  the same for full and sfa under torch.compile, as training runs them (at most 4 minutes;
 #              `table2,table2-compiled` fits one call)
 # e.g. one call `... kernel_protocol.sh sweep`, a second `... kernel_protocol.sh short,gpu-tests`.
@@ -42,12 +43,14 @@ for part in ${PARTS//,/ }; do
                  -p no:cacheprovider tests/test_kernels_gpu.py 2>&1 | tail -40 | log ;;
     padded) timeout 200 python3 -m lab.padded_full_probe --out "$OUT/kernels" --shapes listops,text,pathfinder \
               --compiled 2>&1 | log ;;
-    table2) timeout 330 python3 -m lra_sfa.bench bench=lra_table2 out_dir="$OUT/kernels/table2" \
+    table2) timeout 330 python3 -m lra_sfa.bench bench=lra_table2 out_dir=/tmp/table2 \
               hydra.run.dir=/tmp/bench_table2 bench.budget_seconds=270 2>&1 | tail -20 | log ;;
-    table2-compiled) timeout 240 python3 -m lra_sfa.bench bench=lra_table2 out_dir="$OUT/kernels/table2" \
+    table2-compiled) timeout 240 python3 -m lra_sfa.bench bench=lra_table2 out_dir=/tmp/table2 \
               hydra.run.dir=/tmp/bench_table2c 'bench.attns=[full,sfa]' bench.compile=true \
               bench.budget_seconds=180 2>&1 | tail -20 | log ;;
     *) echo "kernel_protocol.sh: unknown part '$part' (sweep, short, short-graph, gpu-tests, padded, table2," \
             "table2-compiled)" | log ;;
   esac
+  # the Table 2 records so far, repacked after each part (a later part's time-out keeps the earlier ones)
+  [ -d /tmp/table2 ] && tar czf "$OUT/kernels/table2.tgz" -C /tmp/table2 .
 done

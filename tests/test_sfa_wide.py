@@ -554,3 +554,31 @@ def test_causal_wide_codes_refuse_what_would_see_later_keys():
         wide_attention(q_idx, q_val, k_idx, k_val, v, 8, capacity=2, causal=True)
     assert build(capacity_factor=2.0).causal_reasons() and build(mode="exact").causal_reasons()
     assert build().causal_reasons() == []
+
+
+@pytest.mark.parametrize("num_features", [16, 4096])  # G * D below and above the query entries' count
+@pytest.mark.parametrize("causal", [False, True])
+def test_plan_ranges_hold_exactly_each_query_entrys_bucket_list(num_features, causal):
+    """Each query entry's [lo, hi) in the posting lists holds the real keys of its group that carry its
+    feature, in position order (up to its own position when causal), and nothing else; whichever way the
+    plan finds the lists (a table of every bucket's start, or a binary search per query entry)."""
+    from lra_sfa.kernels.wide.plan import build_plan
+
+    gen = torch.Generator().manual_seed(num_features)
+    G, L, K = 3, 40, 4
+    q_idx = torch.rand(G, L, num_features, generator=gen).topk(K, dim=-1).indices
+    k_idx = torch.rand(G, L, num_features, generator=gen).topk(K, dim=-1).indices
+    k_idx[:, ::3] = q_idx[:, ::3]  # shared features, so the lists are not all empty where D is wide
+    real = torch.rand(G, L, generator=gen) > 0.25
+    plan = build_plan(q_idx, k_idx, real, num_features, None, causal)
+    for g in range(G):
+        for i in range(L):
+            for t in range(K):
+                entry = (g * L + i) * K + t
+                lo, hi = int(plan.entry_lo[entry]), int(plan.entry_hi[entry])
+                holds = (k_idx[g] == q_idx[g, i, t]).any(-1) & real[g]  # (L,) keys carrying the feature
+                assert int(plan.list_len[entry]) == int(holds.sum())
+                if causal:
+                    holds[i + 1:] = False
+                want = [g * L + j for j in torch.nonzero(holds).flatten().tolist()]
+                assert plan.key_tok[lo:hi].tolist() == want

@@ -2,13 +2,17 @@
 
 Per flattened group g = (batch, head): every real key token j contributes one
 entry per active feature f; the entries are sorted by (g * D + f, j), giving
-one posting list per bucket (g, f) in position order (``key_tok``,
-``bucket_ptr``). Every query entry (token i, slot t) with feature f gets a key
-range [lo, hi) in ``key_tok``: the whole list of (g, f), or with ``cap=C`` the
+one posting list per bucket (g, f) in position order (``key_tok``). Every
+query entry (token i, slot t) with feature f gets a key range [lo, hi) in
+``key_tok``: the whole list of (g, f), or with ``cap=C`` the
 window of C entries that holds i's rank in the list (see ``reference``), or
 with ``causal`` the list's keys at positions up to i (a prefix of the list, as
 it is in position order).
 Key entries with a negative index (``capacity.PRUNED``) are in no list.
+The lists are found per query entry, by a table of every bucket's start where
+the G * D buckets are no more than the query entries, else by binary search:
+with wide codes (D = 131072) almost every bucket is empty, and a pass over all
+of them would take much of a training step.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class WidePlan:
     length: int
     key_tok: torch.Tensor  # (E,) flat token id (g * L + j) of each posting entry
     key_ent: torch.Tensor  # (E,) flat code entry id ((g * L + j) * k + u) of each posting entry
-    bucket_ptr: torch.Tensor  # (G * D + 1,) start of each bucket's list in key_tok
+    list_len: torch.Tensor  # (N * k,) length of query entry tok * k + t's whole bucket list
     entry_lo: torch.Tensor  # (N * k,) first key_tok position for query entry tok * k + t
     entry_hi: torch.Tensor  # (N * k,) one past the last
     key_count: torch.Tensor  # (G,) real keys per group
@@ -98,10 +102,14 @@ def build_plan(
     bucket_of = torch.div(sorted_comp, L, rounding_mode="floor")  # (E,) g * D + f
     key_tok = torch.div(bucket_of, num_features, rounding_mode="floor") * L + sorted_comp % L
     key_tok = torch.where(sorted_comp < past_all, key_tok, 0)  # dropped entries: a valid token, never in a range
-    starts = torch.arange(G * num_features + 1, device=dev) * L
-    bucket_ptr = torch.searchsorted(sorted_comp, starts)  # (G * D + 1,)
     q_bucket = (group * num_features + q_idx).reshape(-1)  # (N * K,)
-    lo, hi = bucket_ptr[q_bucket], bucket_ptr[q_bucket + 1]
+    if G * num_features <= q_bucket.numel():  # each bucket's start, in order, then read by the query entries
+        bucket_ptr = torch.searchsorted(sorted_comp, torch.arange(G * num_features + 1, device=dev) * L)
+        lo, hi = bucket_ptr[q_bucket], bucket_ptr[q_bucket + 1]
+    else:  # most of the G * D buckets are empty: two binary searches per query entry instead
+        lo = torch.searchsorted(sorted_comp, q_bucket * L)
+        hi = torch.searchsorted(sorted_comp, (q_bucket + 1) * L)
+    list_len = hi - lo
     if causal:  # one past the list's last key at a position <= i: part of the definition, not a drop
         q_comp = ((group * num_features + q_idx) * L + pos).reshape(-1)  # (N * K,)
         hi = torch.minimum(hi, torch.searchsorted(sorted_comp, q_comp, right=True))
@@ -114,4 +122,4 @@ def build_plan(
         lo = torch.minimum(lo + window * cap, hi)
         hi = torch.minimum(lo + cap, hi)
     key_count = torch.full((G,), L, device=dev) if key_real is None else key_real.sum(1)
-    return WidePlan(num_features, G, L, key_tok, key_ent, bucket_ptr, lo, hi, key_count, full_lo, full_hi)
+    return WidePlan(num_features, G, L, key_tok, key_ent, list_len, lo, hi, key_count, full_lo, full_hi)

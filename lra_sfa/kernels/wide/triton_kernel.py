@@ -244,31 +244,43 @@ class Launch(NamedTuple):
 
 
 def _work_items(plan: WidePlan, q_bucket: torch.Tensor, block_m: int):
-    """Work items (bucket, first row in q_order) over query entries grouped by bucket."""
+    """Work items (bucket, first row in q_order) over query entries grouped by bucket.
+
+    Returns tile_bucket, tile_start, tile_lo, tile_hi (T,) and bucket_qptr (G * D + 1,) as int32, and q_order
+    (N * K,): the query entries sorted by bucket, tile t taking rows tile_start[t] onwards of its bucket's
+    run in q_order (at most ``block_m``; the kernels stop at bucket_qptr[bucket + 1]) and its queries' key
+    ranges' union [tile_lo, tile_hi). A bucket whose list is empty gets no tile. Apart from the row pointers
+    the kernels read (one count and one prefix sum over the G * D buckets), everything is computed over the
+    runs of the query entries' buckets, which are few where D is wide and most buckets empty."""
+    dev = q_bucket.device
     n_buckets = plan.groups * plan.num_features
-    q_order = torch.argsort(q_bucket, stable=True).to(torch.int32)
-    n_q = torch.bincount(q_bucket, minlength=n_buckets)
-    bucket_qptr = torch.zeros(n_buckets + 1, dtype=torch.long, device=q_bucket.device)
-    bucket_qptr[1:] = torch.cumsum(n_q, 0)
-    n_k = plan.bucket_ptr[1:] - plan.bucket_ptr[:-1]
-    n_tiles = torch.where(n_k > 0, torch.div(n_q + block_m - 1, block_m, rounding_mode="floor"), 0)
-    tile_bucket = torch.repeat_interleave(torch.arange(n_buckets, device=q_bucket.device), n_tiles)
-    tile_first = torch.cumsum(n_tiles, 0) - n_tiles
-    within = torch.arange(tile_bucket.numel(), device=q_bucket.device) - tile_first[tile_bucket]
-    tile_start = bucket_qptr[tile_bucket] + within * block_m
-    row_bucket = q_bucket[q_order.long()]  # (N * K,) bucket of each row of q_order
-    row_has_tile = n_tiles[row_bucket] > 0
-    row_tile = tile_first[row_bucket] + torch.div(
-        torch.arange(q_order.numel(), device=q_bucket.device) - bucket_qptr[row_bucket], block_m, rounding_mode="floor")
-    row_tile, rows = row_tile[row_has_tile], q_order.long()[row_has_tile]
-    n_items = tile_bucket.numel()
+    q_order = torch.argsort(q_bucket, stable=True)  # (N * K,)
+    bucket_qptr = torch.zeros(n_buckets + 1, dtype=torch.long, device=dev)
+    bucket_qptr[1:] = torch.cumsum(torch.bincount(q_bucket, minlength=n_buckets), 0)
+    sorted_bucket = q_bucket[q_order]  # (N * K,) ascending: runs of equal buckets
+    run_first = torch.ones_like(sorted_bucket, dtype=torch.bool)
+    run_first[1:] = sorted_bucket[1:] != sorted_bucket[:-1]
+    run_of_row = torch.cumsum(run_first, 0) - 1  # (N * K,) run index of each row of q_order
+    run_start = torch.nonzero(run_first).squeeze(1)  # (R,) first row of each run
+    run_size = torch.diff(run_start, append=run_start.new_tensor([q_order.numel()]))  # (R,) query entries
+    run_has_keys = plan.list_len[q_order[run_start]] > 0  # (R,) one bucket, one list: any entry's length
+    n_tiles = torch.where(run_has_keys, torch.div(run_size + block_m - 1, block_m, rounding_mode="floor"), 0)
+    tile_run = torch.repeat_interleave(torch.arange(run_start.numel(), device=dev), n_tiles)  # (T,)
+    tile_first = torch.cumsum(n_tiles, 0) - n_tiles  # (R,) first tile of each run
+    within = torch.arange(tile_run.numel(), device=dev) - tile_first[tile_run]
+    tile_bucket = sorted_bucket[run_start][tile_run]
+    tile_start = run_start[tile_run] + within * block_m
+    row_has_tile = n_tiles[run_of_row] > 0
+    row_tile = tile_first[run_of_row] + torch.div(
+        torch.arange(q_order.numel(), device=dev) - run_start[run_of_row], block_m, rounding_mode="floor")
+    row_tile, rows = row_tile[row_has_tile], q_order[row_has_tile]
+    n_items = tile_run.numel()
     big = torch.iinfo(torch.long).max
-    tile_lo = torch.full((n_items,), big, device=q_bucket.device)
-    tile_lo = tile_lo.scatter_reduce(0, row_tile, plan.entry_lo[rows], "amin")
-    tile_hi = torch.zeros(n_items, dtype=torch.long, device=q_bucket.device).scatter_reduce(
+    tile_lo = torch.full((n_items,), big, device=dev).scatter_reduce(0, row_tile, plan.entry_lo[rows], "amin")
+    tile_hi = torch.zeros(n_items, dtype=torch.long, device=dev).scatter_reduce(
         0, row_tile, plan.entry_hi[rows], "amax")
     as32 = (tile_bucket, tile_start, tile_lo, tile_hi, bucket_qptr)
-    return (*(x.to(torch.int32) for x in as32), q_order)
+    return (*(x.to(torch.int32) for x in as32), q_order.to(torch.int32))
 
 
 class _WideTritonFunction(torch.autograd.Function):

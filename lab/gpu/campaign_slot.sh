@@ -22,7 +22,7 @@
 # GPU_TESTS=<seconds> (e.g. after a kernel change): the GPU tests (pytest -m gpu tests/test_kernels_gpu.py) run
 # beside the campaign for at most that long, into $OUT/gpu_tests.log (unbuffered: a cut run keeps the cases done)
 # and $OUT/gpu_summary.csv; the campaign counts them (other_jobs=1), so its records say the device was shared
-# and the tables read no steps/s from them.
+# and the tables read no steps/s from them. GPU_TESTS_ARGS: more pytest arguments for them (e.g. "-n 2" or "-k wide").
 set -u
 campaign=$1; minutes=$2; shift 2
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null; export PYTHONPATH=/tmp/site
@@ -37,7 +37,7 @@ cp results/runs/*.json /tmp/records/ 2>/dev/null  # finished cells are skipped
 suite=
 if [ -n "${GPU_TESTS:-}" ]; then
   ( LRA_SFA_GPU_SUMMARY="$OUT/gpu_summary.csv" timeout "$GPU_TESTS" python3 -m pytest -m gpu tests/test_kernels_gpu.py \
-      -v -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1; echo "pytest exit status $?" >> "$OUT/gpu_tests.log" ) &
+      -v -p no:cacheprovider ${GPU_TESTS_ARGS:-} > "$OUT/gpu_tests.log" 2>&1; echo "pytest exit status $?" >> "$OUT/gpu_tests.log" ) &
   suite=$!; set -- "$@" other_jobs=1
 fi
 touch /tmp/records.start; mkdir -p /tmp/records.new

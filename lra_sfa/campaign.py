@@ -71,8 +71,13 @@ class Cell:
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.key.replace("experiment=", "").replace("attn=", ""))
 
 
-def expand_cells(spec) -> list[Cell]:
-    """The campaign YAML's ``cells`` list, one Cell per (entry, attn, seed); ValueError naming a bad entry."""
+def expand_cells(spec, attn_overrides=None) -> list[Cell]:
+    """The campaign YAML's ``cells`` list, one Cell per (entry, attn, seed); ValueError naming a bad entry.
+
+    ``attn_overrides`` (the YAML's optional ``attn_overrides``, backend -> overrides) holds a backend's settings
+    for the whole campaign (e.g. a wide-code SFA size): they follow the entry's own overrides in every cell of
+    that backend, so the cell keys of entries that spelled them out themselves stay the same."""
+    attn_overrides = {str(attn): tuple(str(item) for item in items) for attn, items in (attn_overrides or {}).items()}
     cells = []
     for index, entry in enumerate(spec):
         missing = [key for key in ("experiment", "attns", "seeds") if key not in entry]
@@ -81,7 +86,12 @@ def expand_cells(spec) -> list[Cell]:
         overrides = tuple(str(item) for item in entry.get("overrides", []))
         for attn in entry["attns"]:
             for seed in entry["seeds"]:
-                cells.append(Cell(str(entry["experiment"]), str(attn), int(seed), overrides))
+                cells.append(Cell(str(entry["experiment"]), str(attn), int(seed),
+                                  overrides + attn_overrides.get(str(attn), ())))
+    unused = sorted(set(attn_overrides) - {cell.attn for cell in cells})
+    if unused:
+        raise ValueError(f"campaign.attn_overrides names {unused}, which no cell runs; the cells' backends are "
+                         f"{sorted({cell.attn for cell in cells})}")
     by_slug: dict[str, Cell] = {}
     for cell in cells:  # a run dir holds one cell's checkpoint: two cells in one would resume each other's runs
         other = by_slug.setdefault(cell.slug, cell)
@@ -274,7 +284,7 @@ def run_campaign(cfg: DictConfig) -> list[tuple[Cell, Outcome]]:
 
     if git_commit() == "unknown":
         raise ValueError("the campaign's records must name their commit: no .git here, so set LRA_SFA_GIT_COMMIT")
-    cells = expand_cells(cfg.campaign.cells)
+    cells = expand_cells(cfg.campaign.cells, cfg.campaign.get("attn_overrides"))
     done = finished_cells(Path(cfg.store))
     deadline = time.time() + 60 * float(cfg.deadline_minutes) if cfg.deadline_minutes else None
     estimates = cell_estimates(Path(cfg.store), Path(cfg.work_dir))

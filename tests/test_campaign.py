@@ -49,6 +49,14 @@ def test_cells_expand_and_name_themselves():
                       {"experiment": "mqar", "attns": ["full"], "seeds": [0], "overrides": ["trainer.lr=(1)"]}])
 
 
+def test_a_backends_campaign_settings_follow_each_cells_own_overrides():
+    spec = [{"experiment": "mqar", "attns": ["full", "sfa_wide"], "seeds": [0], "overrides": ["task.seq_len=256"]}]
+    cells = expand_cells(spec, {"sfa_wide": ["attn.D=1024", "attn.k=8"]})
+    assert [cell.overrides for cell in cells] == [("task.seq_len=256",), ("task.seq_len=256", "attn.D=1024", "attn.k=8")]
+    with pytest.raises(ValueError, match=r"attn_overrides names \['sfa_wdie'\], which no cell runs.*'sfa_wide'"):
+        expand_cells(spec, {"sfa_wdie": ["attn.D=1024"]})
+
+
 def test_finished_means_the_last_step_or_a_final_failure():
     assert is_finished({"status": "ok", "steps": 10, "max_steps": 10})
     assert is_finished({"status": "ok", "steps": 4, "max_steps": 10, "stopped_at_val_accuracy": True})
@@ -256,8 +264,8 @@ def test_every_shipped_campaign_cell_composes_and_validates(name):
     from lra_sfa.schema import validate_config
 
     with initialize_config_module("lra_sfa.conf", version_base=None):
-        spec = compose("campaign", overrides=[f"campaign={name}"]).campaign.cells
-    cells = expand_cells(spec)
+        spec = compose("campaign", overrides=[f"campaign={name}"]).campaign
+    cells = expand_cells(spec.cells, spec.get("attn_overrides"))
     assert cells, name
     for experiment, attn, overrides in sorted({(c.experiment, c.attn, c.overrides) for c in cells}):
         cfg = compose_config([f"experiment={experiment}", f"attn={attn}", *overrides])

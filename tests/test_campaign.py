@@ -52,7 +52,8 @@ def test_cells_expand_and_name_themselves():
 def test_a_backends_campaign_settings_follow_each_cells_own_overrides():
     spec = [{"experiment": "mqar", "attns": ["full", "sfa_wide"], "seeds": [0], "overrides": ["task.seq_len=256"]}]
     cells = expand_cells(spec, {"sfa_wide": ["attn.D=1024", "attn.k=8"]})
-    assert [cell.overrides for cell in cells] == [("task.seq_len=256",), ("task.seq_len=256", "attn.D=1024", "attn.k=8")]
+    assert [cell.overrides for cell in cells] == [("task.seq_len=256",),
+                                                  ("task.seq_len=256", "attn.D=1024", "attn.k=8")]
     with pytest.raises(ValueError, match=r"attn_overrides names \['sfa_wdie'\], which no cell runs.*'sfa_wide'"):
         expand_cells(spec, {"sfa_wdie": ["attn.D=1024"]})
 

@@ -61,6 +61,12 @@ def test_fmnist_table_is_protocol_complete_mean_std_with_published_context(tmp_p
     frame = pd.read_csv(tmp_path / "tables" / "fmnist.csv")
     assert len(frame) == len(runs) and set(frame.task) == {"fmnist", "fmnist_perm"}
     assert "Sequential Fashion-MNIST" in text and not (tmp_path / "plots" / "mqar_width.png").exists()
+    plot = tmp_path / "plots" / "fmnist_accuracy.png"  # the headline as a dot plot, linked from both documents
+    assert plot.stat().st_size > 10_000 and "(../plots/fmnist_accuracy.png)" in table
+    assert "(plots/fmnist_accuracy.png)" in text
+    extra_tasks_section([r for r in runs if r["attn"] == "windowed"], {}, tmp_path)  # no complete run: no plot
+    assert not plot.exists()
+    assert "No protocol-complete seq_fmnist runs yet." in (tmp_path / "tables" / "fmnist.md").read_text()
 
 
 def test_mqar_cells_take_the_lr_with_the_best_validation_accuracy(tmp_path):

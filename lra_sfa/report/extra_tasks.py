@@ -7,6 +7,8 @@ Both stand beside the LRA table and are never averaged into it. Written under ``
                                           (last step, the settings of conf/experiment/seq_fmnist.yaml),
                                           every group with steps and device, published sMNIST / psMNIST
                                           Transformer numbers as context (MNIST digits: another data set)
+    plots/fmnist_accuracy.png             the same headline as a dot plot: per backend, the mean test accuracy
+                                          on each order with a bar from its lowest to its highest seed
     tables/mqar.md, tables/mqar.csv       per-query test accuracy (%) per backend and width for each
                                           (length, pairs): the learning rate with the best validation
                                           accuracy of each cell (Zoology reports the best lr of its sweep)
@@ -38,6 +40,7 @@ FMNIST_TASKS = ("fmnist", "fmnist_perm")
 MQAR_AXES_MODEL = ("d_model", "num_heads", "mlp_dim")  # the width sweep (heads and MLP follow d_model)
 MQAR_AXES_TRAINER = ("lr", "batch_size")  # the lr sweep; the batch follows the length
 PUBLISHED_TASK = {"fmnist": "sMNIST", "fmnist_perm": "pMNIST"}
+FMNIST_PLOT = "fmnist_accuracy.png"
 PLOTS = {"mqar_width.png": "MQAR: accuracy against model width per backend (Zoology Figure 2 form)",
          "mqar_heatmap.png": "MQAR: accuracy over (pairs, length) per backend (best width and lr)"}
 
@@ -99,18 +102,25 @@ def _mean_std(values: pd.Series) -> str:
     return f"{values.mean():.2f}{std} (n={len(values)})"
 
 
-def fmnist_section(frame: pd.DataFrame, published: dict[str, pd.DataFrame]) -> str:
+def fmnist_headline(frame: pd.DataFrame) -> pd.DataFrame:
+    """The protocol-complete seq_fmnist runs, the rows of the headline table and plot."""
+    return frame[(frame.protocol == "seq_fmnist") & frame.complete]
+
+
+def fmnist_section(frame: pd.DataFrame, published: dict[str, pd.DataFrame], plot: Path | None = None) -> str:
     """Markdown: the headline table (protocol-complete seq_fmnist runs), every group, published context."""
     parts = ["Test accuracy (%), mean ± std over seeds (n), from runs trained to the last step with the "
              "settings of `experiment=seq_fmnist` (other runs: in the list below). Fashion-MNIST pixels, "
              "784 tokens; fmnist_perm: one fixed permutation of the positions (its seed is in each record)."]
-    head = frame[(frame.protocol == "seq_fmnist") & frame.complete]
+    head = fmnist_headline(frame)
     backends = sorted(set(head.attn), key=attn_order)
     if backends:
         rows = [[b, *(_mean_std(head[(head.attn == b) & (head.task == t)].test) for t in FMNIST_TASKS)]
                 for b in backends]
         parts.append(md_table(["backend", *FMNIST_TASKS], rows))
         parts.append(_provenance(head))
+        if plot is not None:
+            parts.append(f"![Fashion-MNIST: test accuracy per backend and order](../plots/{plot.name})")
     else:
         parts.append("No protocol-complete seq_fmnist runs yet.")
     if not frame.empty:
@@ -193,6 +203,42 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def plot_fmnist(head: pd.DataFrame, path: Path) -> Path | None:
+    """Dot plot of the headline: one row per backend, a marker per order (raster, permuted) at the mean test
+    accuracy over seeds with a bar from the lowest to the highest seed, and full attention's mean as lines.
+    No speed axis: the campaign ran these small models several to a GPU, so their steps/s are not their own."""
+    if head.empty:
+        return None
+    backends = sorted(set(head.attn), key=attn_order)
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(backends) + 1.6))
+    styles = {"fmnist": ("o", "tab:blue", -0.12, "raster order (fmnist)"),
+              "fmnist_perm": ("s", "tab:orange", 0.12, "permuted (fmnist_perm)")}
+    for task, (marker, colour, offset, label) in styles.items():
+        for row, backend in enumerate(backends):
+            tests = head[(head.attn == backend) & (head.task == task)].test
+            if tests.empty:
+                continue
+            y = row + offset
+            ax.plot([tests.min(), tests.max()], [y, y], color=colour, lw=1.5)
+            ax.plot(tests.mean(), y, marker, color=colour, label=label if row == 0 or backend == "full" else None)
+        full = head[(head.attn == "full") & (head.task == task)].test
+        if not full.empty:
+            ax.axvline(full.mean(), color=colour, ls="--", lw=0.8, alpha=0.7)
+    seeds = lambda backend: ", ".join(str(int(((head.attn == backend) & (head.task == t)).sum())) for t in styles)
+    labels = [f"{b} (n = {seeds(b)})" for b in backends]
+    ax.set_yticks(range(len(backends)), labels, fontsize=8)
+    ax.invert_yaxis()
+    low = max(0.0, math.floor(head.test.min() / 10) * 10 - 5)
+    ax.set_xlim(low, min(100.0, math.ceil(head.test.max() / 10) * 10 + 5))
+    ax.set_xlabel("test accuracy (%): mean over seeds, bar from the lowest to the highest; dashed: full's mean")
+    ax.grid(axis="x", alpha=0.3)
+    handles, names = ax.get_legend_handles_labels()
+    unique = dict(zip(names, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
+    ax.set_title(f"Sequential Fashion-MNIST, experiment=seq_fmnist (measured). {_provenance(head)}", fontsize=8)
+    return _save(fig, path)
+
+
 def plot_mqar_width(best: pd.DataFrame, path: Path) -> Path | None:
     """Accuracy against d_model per backend; columns of panels = lengths, rows = numbers of pairs."""
     if best.empty:
@@ -273,11 +319,13 @@ def extra_tasks_section(runs: list[dict], published: dict[str, pd.DataFrame], ou
     """Write the fmnist and mqar tables and plots under ``out_dir``; return the markdown for RESULTS.md."""
     out_dir = Path(out_dir)
     fmnist = fmnist_frame(runs)
-    fmnist_md = fmnist_section(fmnist, published)
+    fmnist_plot = plot_fmnist(fmnist_headline(fmnist), out_dir / "plots" / FMNIST_PLOT)
+    fmnist_md = fmnist_section(fmnist, published, fmnist_plot)
     mqar = mqar_frame(runs)
     best = mqar_best(mqar)
     plots = {"mqar_width.png": plot_mqar_width(best, out_dir / "plots" / "mqar_width.png"),
-             "mqar_heatmap.png": plot_mqar_heatmap(best, out_dir / "plots" / "mqar_heatmap.png")}
+             "mqar_heatmap.png": plot_mqar_heatmap(best, out_dir / "plots" / "mqar_heatmap.png"),
+             FMNIST_PLOT: fmnist_plot}
     for name, made in plots.items():
         if made is None and (out_dir / "plots" / name).exists():
             (out_dir / "plots" / name).unlink()
@@ -286,5 +334,5 @@ def extra_tasks_section(runs: list[dict], published: dict[str, pd.DataFrame], ou
     _write(out_dir / "tables" / "mqar.md", "# MQAR, multi-query associative recall (not LRA)\n\n" + mqar_md + "\n")
     _write(out_dir / "tables" / "fmnist.csv", fmnist.convert_dtypes().to_csv(index=False))
     _write(out_dir / "tables" / "mqar.csv", best.convert_dtypes().to_csv(index=False))
-    return "\n\n".join(["### Sequential Fashion-MNIST", fmnist_md,
+    return "\n\n".join(["### Sequential Fashion-MNIST", fmnist_md.replace("../plots/", "plots/"),
                         "### MQAR (multi-query associative recall)", mqar_md.replace("../plots/", "plots/")])

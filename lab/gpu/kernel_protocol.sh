@@ -15,6 +15,9 @@
 #              at most 8 files: tar xzf table2.tgz -C results/bench; at most 5.5 minutes)
 #   table2-compiled  the same for full and sfa under torch.compile, as training runs them (at most 4 minutes;
 #              `table2,table2-compiled` fits one call)
+#   profile    python -m lab.short_seq_profile at L = 1K and 4K, d = 64 and 128: each SFA call's kernels, launches
+#              and host time beside cuDNN's (results/kernels/short_seq/), packed as $OUT/kernels/profile.tgz
+#              (summary.csv, kernels.csv; about 1 minute)
 # e.g. one call `... kernel_protocol.sh sweep`, a second `... kernel_protocol.sh short,gpu-tests`.
 # Everything lands in $OUT/kernels (CSVs written row by row, so a time-out keeps the rows done, plus log.txt);
 # at home: python -m lra_sfa.bench.kernels mode=merge src=<the returned kernels folder>, then mode=table.
@@ -48,8 +51,11 @@ for part in ${PARTS//,/ }; do
     table2-compiled) timeout 240 python3 -m lra_sfa.bench bench=lra_table2 out_dir=/tmp/table2 \
               hydra.run.dir=/tmp/bench_table2c 'bench.attns=[full,sfa]' bench.compile=true \
               bench.budget_seconds=180 2>&1 | tail -20 | log ;;
+    profile) timeout 150 python3 -m lab.short_seq_profile --out /tmp/profile --lengths 1024,4096 --dims 64,128 \
+               2>&1 | tail -20 | log
+             tar czf "$OUT/kernels/profile.tgz" -C /tmp/profile . ;;
     *) echo "kernel_protocol.sh: unknown part '$part' (sweep, short, short-graph, gpu-tests, padded, table2," \
-            "table2-compiled)" | log ;;
+            "table2-compiled, profile)" | log ;;
   esac
   # the Table 2 records so far, repacked after each part (a later part's time-out keeps the earlier ones)
   [ -d /tmp/table2 ] && tar czf "$OUT/kernels/table2.tgz" -C /tmp/table2 .

@@ -4,10 +4,12 @@ Learned wide codes keep the k largest of every token's D code logits (``lra_sfa.
 layer). At MQAR's protocol shape (batch 256 x 2 heads x 256 tokens = 131,072 rows) this times, on the same
 bf16 logits, ``torch.topk`` and each candidate (``chunked`` with several chunk sizes, ``triton`` with several
 rows per program and warps) by interleaved repeats (``triton.testing.do_bench`` medians, the candidates'
-order reversed every other repeat), and checks each against torch.topk's values. CSV to
-``--out``/wide_topk_probe.csv: card, versions, commit, shape, method, config, median ms, its ratio to
-torch.topk's median in the same repeat (median, min and max over repeats: a ratio whose range spans 1.0 is a
-tie), and whether the selection matched.
+order reversed every other repeat), and checks each against torch.topk's values. Then, at the same width,
+the forward+backward of the kept values (``value_paths``: the selected code-map columns per token, as the
+backend computes them, against a gather from the whole logits) with peak memory. CSV to
+``--out``/wide_topk_probe.csv: card, versions, commit, shape, method, config, median ms, the baseline
+(torch.topk, or the backend's value path) and the speed-up over it in the same repeat (median, min and max
+over repeats: a range that spans 1.0 is a tie), and whether the result matched.
 
     python -m lab.wide_topk_probe --out $OUT [--shapes 131072x1024x8,131072x4096x16] [--repeats 5]
 
@@ -28,8 +30,8 @@ import triton
 from lab.kernels.row_topk import chunked_topk, triton_row_topk
 from lra_sfa.records import git_commit
 
-COLUMNS = ["card", "torch", "triton", "commit", "rows", "width", "k", "dtype", "method", "config", "ms",
-           "vs_torch_median", "vs_torch_min", "vs_torch_max", "repeats", "ok"]
+COLUMNS = ["card", "torch", "triton", "commit", "rows", "width", "k", "dtype", "method", "config", "ms", "baseline",
+           "speedup_median", "speedup_min", "speedup_max", "repeats", "ok"]
 
 
 def candidates(width: int, k: int) -> dict[tuple[str, str], Callable]:
@@ -44,6 +46,12 @@ def candidates(width: int, k: int) -> dict[tuple[str, str], Callable]:
                 table[("triton", f"rows={rows},warps={warps}")] = (
                     lambda z, r=rows, w=warps: triton_row_topk(z, k, block_rows=r, num_warps=w))
     return table
+
+
+def _speedup(ratios: list[float]) -> dict[str, str]:
+    """Median, min and max over repeats of baseline ms / this ms (> 1: faster than the baseline)."""
+    return {"speedup_median": f"{statistics.median(ratios):.3f}", "speedup_min": f"{min(ratios):.3f}",
+            "speedup_max": f"{max(ratios):.3f}"}
 
 
 def matches(z: torch.Tensor, result: tuple[torch.Tensor, torch.Tensor], k: int) -> bool:
@@ -69,8 +77,64 @@ def probe(rows: int, width: int, k: int, repeats: int) -> list[dict]:
     for (method, config), ms in times.items():
         ratios = [b / t for b, t in zip(base, ms)]  # > 1: faster than torch.topk in the same repeat
         out.append({**meta, "method": method, "config": config, "ms": f"{statistics.median(ms):.4f}",
-                    "vs_torch_median": f"{statistics.median(ratios):.3f}", "vs_torch_min": f"{min(ratios):.3f}",
-                    "vs_torch_max": f"{max(ratios):.3f}", "ok": ok[(method, config)]})
+                    "baseline": "torch.topk", **_speedup(ratios), "ok": ok[(method, config)]})
+    return out
+
+
+def value_paths(heads: int, width: int, k: int) -> dict[str, Callable]:
+    """name -> function of (h (B, H, L, e), code_map (H, e, D), idx (B, H, L, k)) returning the kept values
+    (B, H, L, k) with autograd to h and code_map: ``columns`` as ``SFAWideAttention._selected_codes`` computes
+    them (the k selected columns of the code map, gathered per token), ``dense`` through the whole logits
+    (one GEMM each way, and a (B, H, L, D) gradient)."""
+    def columns(h, code_map, idx):
+        rows = (torch.arange(heads, device=idx.device)[:, None, None] * width + idx).reshape(-1)
+        picked = code_map.to(h.dtype).transpose(1, 2).reshape(heads * width, -1).index_select(0, rows)
+        return (h.unsqueeze(-2) * picked.view(*idx.shape, -1)).sum(-1)
+
+    def dense(h, code_map, idx):
+        return torch.einsum("bhle,hef->bhlf", h, code_map.to(h.dtype)).gather(-1, idx)
+
+    return {"columns": columns, "dense": dense}
+
+
+def probe_values(batch: int, heads: int, length: int, dim: int, width: int, k: int, repeats: int) -> list[dict]:
+    """Forward+backward of the kept values by each path of ``value_paths`` on the same inputs; checked against
+    the ``columns`` path (outputs and both gradients within bf16 rounding)."""
+    h = torch.randn(batch, heads, length, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    code_map = (torch.randn(heads, dim, width, device="cuda") / dim ** 0.5).requires_grad_()
+    with torch.no_grad():
+        idx = torch.einsum("bhle,hef->bhlf", h, code_map.to(h.dtype)).topk(k, dim=-1).indices
+    grad = torch.randn(batch, heads, length, k, device="cuda", dtype=torch.bfloat16)
+    paths = value_paths(heads, width, k)
+
+    def step(fn):
+        h.grad = code_map.grad = None
+        fn(h, code_map, idx).backward(grad)
+
+    results = {}
+    for name, fn in paths.items():
+        step(fn)
+        results[name] = (fn(h, code_map, idx).detach().float(), h.grad.float(), code_map.grad.float())
+    reference = results["columns"]
+    ok = {name: all(torch.allclose(a, b, rtol=2e-2, atol=2e-2 * b.abs().max().item())
+                    for a, b in zip(got, reference)) for name, got in results.items()}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    memory: dict[str, float] = {}
+    for repeat in range(repeats):
+        for name in list(paths) if repeat % 2 == 0 else list(paths)[::-1]:
+            torch.cuda.reset_peak_memory_stats()
+            times[name].append(triton.testing.do_bench(lambda f=paths[name]: step(f), warmup=5, rep=40))
+            memory[name] = torch.cuda.max_memory_allocated() / 2**20
+    meta = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "commit": git_commit(), "rows": batch * heads * length, "width": width, "k": k, "dtype": "bfloat16",
+            "repeats": repeats}
+    base = times["columns"]
+    out = []
+    for name, ms in times.items():
+        ratios = [b / t for b, t in zip(base, ms)]
+        out.append({**meta, "method": f"values_{name}", "config": f"e={dim},peak_mb={memory[name]:.0f}",
+                    "ms": f"{statistics.median(ms):.4f}", "baseline": "values_columns", **_speedup(ratios),
+                    "ok": ok[name]})
     return out
 
 
@@ -87,14 +151,19 @@ def main() -> None:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
+        jobs = []
         for shape in args.shapes.split(","):
             rows, width, k = (int(part) for part in shape.split("x"))
-            for row in probe(rows, width, k, args.repeats):
+            jobs.append(lambda r=rows, w=width, kk=k: probe(r, w, kk, args.repeats))
+            # MQAR's value path at the same width: batch 256, 2 heads of 64, rows / 512 tokens
+            jobs.append(lambda r=rows, w=width, kk=k: probe_values(256, 2, r // 512, 64, w, kk, args.repeats))
+        for job in jobs:
+            for row in job():
                 writer.writerow(row)
                 handle.flush()
-                print(f"{rows}x{width} k={k} {row['method']:8s} {row['config']:18s} {row['ms']} ms "
-                      f"x{row['vs_torch_median']} torch.topk ({row['vs_torch_min']}-{row['vs_torch_max']}) "
-                      f"ok={row['ok']}")
+                print(f"{row['rows']}x{row['width']} k={row['k']} {row['method']:14s} {row['config']:18s} "
+                      f"{row['ms']} ms, x{row['speedup_median']} {row['baseline']} "
+                      f"({row['speedup_min']}-{row['speedup_max']}) ok={row['ok']}")
 
 
 if __name__ == "__main__":

@@ -58,3 +58,21 @@ def test_every_candidate_of_the_probe_selects_what_torch_topk_selects():
     table = candidates(512, 8)
     assert {method for method, _ in table} == {"torch", "chunked", "triton"}
     assert all(matches(z, fn(z), 8) for fn in table.values())
+
+
+def test_the_two_value_paths_agree_with_their_gradients():
+    from lab.wide_topk_probe import value_paths
+
+    gen = torch.Generator().manual_seed(7)
+    code_map = torch.randn(2, 16, 128, generator=gen)
+    h = torch.randn(3, 2, 10, 16, generator=gen)
+    idx = torch.einsum("bhle,hef->bhlf", h, code_map).topk(4, dim=-1).indices
+    grad = torch.randn(3, 2, 10, 4, generator=gen)
+    results = []
+    for fn in value_paths(2, 128, 4).values():
+        leaves = (h.clone().requires_grad_(), code_map.clone().requires_grad_())
+        out = fn(*leaves, idx)
+        out.backward(grad)
+        results.append((out.detach(), leaves[0].grad, leaves[1].grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)

@@ -15,6 +15,8 @@
 #              at most 8 files: tar xzf table2.tgz -C results/bench; at most 5.5 minutes)
 #   table2-compiled  the same for full and sfa under torch.compile, as training runs them (at most 4 minutes;
 #              `table2,table2-compiled` fits one call)
+#   table2-graphs  the same with compile_mode=reduce-overhead (forward and backward replayed as CUDA graphs: no
+#              host launch time in the step, the larger share of an SFA call at 1K; at most 4 minutes)
 #   profile    python -m lab.short_seq_profile at L = 1K and 4K, d = 64 and 128: each SFA call's kernels, launches
 #              and host time beside cuDNN's (results/kernels/short_seq/), packed as $OUT/kernels/profile.tgz
 #              (summary.csv, kernels.csv; about 1 minute)
@@ -51,11 +53,14 @@ for part in ${PARTS//,/ }; do
     table2-compiled) timeout 240 python3 -m lra_sfa.bench bench=lra_table2 out_dir=/tmp/table2 \
               hydra.run.dir=/tmp/bench_table2c 'bench.attns=[full,sfa]' bench.compile=true \
               bench.budget_seconds=180 2>&1 | tail -20 | log ;;
+    table2-graphs) timeout 240 python3 -m lra_sfa.bench bench=lra_table2 out_dir=/tmp/table2 \
+              hydra.run.dir=/tmp/bench_table2g 'bench.attns=[full,sfa]' bench.compile=true \
+              bench.compile_mode=reduce-overhead bench.budget_seconds=180 2>&1 | tail -20 | log ;;
     profile) timeout 150 python3 -m lab.short_seq_profile --out /tmp/profile --lengths 1024,4096 --dims 64,128 \
                2>&1 | tail -20 | log
              tar czf "$OUT/kernels/profile.tgz" -C /tmp/profile . ;;
     *) echo "kernel_protocol.sh: unknown part '$part' (sweep, short, short-graph, gpu-tests, padded, table2," \
-            "table2-compiled, profile)" | log ;;
+            "table2-compiled, table2-graphs, profile)" | log ;;
   esac
   # the Table 2 records so far, repacked after each part (a later part's time-out keeps the earlier ones)
   [ -d /tmp/table2 ] && tar czf "$OUT/kernels/table2.tgz" -C /tmp/table2 .

@@ -22,11 +22,11 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from lra_sfa.campaign_estimates import cell_estimates, estimate_for, sibling_key
 from lra_sfa.cli import exit_on_bad_input
 from lra_sfa.records import trained_to_end
 
@@ -134,89 +134,6 @@ def _finished_as_configured(cell: Cell, cfg: DictConfig, records: list[dict]) ->
     return next((record for record in reversed(records) if record.get("max_steps") == max_steps), None)
 
 
-def _sibling_key(key: str) -> str:
-    """A cell key without its seed: cells that differ only in the seed take the same time."""
-    return re.sub(r" seed=-?\d+", "", key)
-
-
-def _experiment_key(key: str) -> str:
-    """A cell key without its seed and backend: the prior for a backend not yet run in that experiment."""
-    return re.sub(r" attn=\S+", "", _sibling_key(key))
-
-
-class Estimate(NamedTuple):
-    """What a cell costs, from its siblings' records: seconds per training step by how many runs shared the
-    device (``rates``: (runs, the slowest recorded seconds per step) for each sharing recorded), the seconds
-    outside the timed steps as the first run of its kind in a process (``overhead``: data generation,
-    compilation, evaluation) and after a sibling ran in that process (``warm_overhead``: the data cache and the
-    compiled kernels are reused), and its checkpoint's MiB."""
-    rates: tuple[tuple[int, float], ...]
-    overhead: float
-    warm_overhead: float
-    megabytes: float
-
-    def step_seconds(self, concurrent_runs: int = 1) -> float:
-        """Seconds per step with ``concurrent_runs`` runs on the device: the rate recorded at that sharing, or
-        else the worst case from the others. A rate recorded among c runs is slowed by concurrent_runs / c where
-        more share the device (a device-bound model splits it evenly) and not sped up where fewer do (a
-        launch-bound one gains nothing from having it alone)."""
-        measured = dict(self.rates)
-        if concurrent_runs in measured:
-            return measured[concurrent_runs]
-        return max(seconds * max(1.0, concurrent_runs / runs) for runs, seconds in self.rates)
-
-    def seconds(self, steps: int, warm: bool = False, concurrent_runs: int = 1) -> float:
-        """A run of ``steps`` training steps, whole, beside ``concurrent_runs - 1`` others: a cell's own
-        ``max_steps``, which its siblings' records may not share (a protocol that changed its length). The
-        overhead (evaluation runs on the device too) is slowed like the steps where more runs share the device
-        than any record did."""
-        overhead = self.warm_overhead if warm else self.overhead
-        shared = max(1.0, concurrent_runs / max(runs for runs, _ in self.rates))
-        return steps * self.step_seconds(concurrent_runs) + overhead * shared
-
-
-def cell_estimates(store: Path, work_dir: Path) -> dict[str, Estimate]:
-    """Seed-free cell key -> its Estimate, from the records of the store and of the work dir's cut cells that
-    name a cell and a training rate; also, as the prior for backends not yet run, the same without the
-    backend (the largest over the experiment's cells).
-
-    Step seconds: at the slowest recorded steps/s among the records that shared the device with as many runs
-    (``trainer.concurrent_runs``), so a rate measured beside others is never scaled for sharing again.
-    Overheads: ``wall_seconds - train_seconds`` (a minute for records without it), the largest of the records
-    for ``overhead`` and the smallest for ``warm_overhead``.
-    MiB: fp32 weights and AdamW's two moments, 12 bytes a parameter, and the best-validation weights where
-    the run tests those (``trainer.test_weights=best_val``), 16; and 5% for the rest of the file.
-    """
-    from lra_sfa.records import load_records
-
-    records = []
-    for folder in (store, work_dir):
-        records += load_records(folder)[0] if folder.is_dir() else []
-    estimates: dict[str, Estimate] = {}
-    for record in records:
-        rate, key = record.get("steps_per_second"), record.get("cell")
-        if not key or not rate:
-            continue
-        wall, train = record.get("wall_seconds"), record.get("train_seconds") or 0.0
-        overhead = wall - train if wall and wall > train else 60.0  # a resumed run's wall is one segment
-        trainer = record.get("trainer") if isinstance(record.get("trainer"), dict) else {}
-        per_parameter = 16 if trainer.get("test_weights", "best_val") == "best_val" else 12
-        megabytes = 1.05 * per_parameter * (record.get("num_parameters") or 0) / 2**20
-        runs = int(trainer.get("concurrent_runs") or 1)
-        for group in (_sibling_key(key), _experiment_key(key)):
-            known = estimates.get(group, Estimate((), 0.0, float("inf"), 0.0))
-            rates = dict(known.rates)
-            rates[runs] = max(1 / rate, rates.get(runs, 0.0))
-            estimates[group] = Estimate(tuple(sorted(rates.items())), max(overhead, known.overhead),
-                                        min(overhead, known.warm_overhead), max(megabytes, known.megabytes))
-    return estimates
-
-
-def _estimate_for(cell: Cell, estimates: dict) -> Estimate | None:
-    """The cell's siblings' estimate, or its experiment's (any backend) as the prior, or None."""
-    return estimates.get(_sibling_key(cell.key)) or estimates.get(_experiment_key(cell.key))
-
-
 def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: float | None,
                    concurrent_runs: int = 1, warm: bool = False) -> Outcome | None:
     """Why the cell is not started in this slot, or None: it would be cut, and its checkpoint is larger than
@@ -227,7 +144,7 @@ def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: f
     one was recorded, else the worst case (``Estimate.step_seconds``): a cell lost to a cut costs more than one
     left for the next slot."""
     travel_mb = cfg.get("checkpoint_travel_mb")
-    estimate = _estimate_for(cell, estimates)
+    estimate = estimate_for(cell.key, estimates)
     if seconds_left is None or travel_mb is None or estimate is None:
         return None
     seconds = estimate.seconds(_steps_left(cell, cfg), warm, concurrent_runs)
@@ -240,7 +157,7 @@ def _cannot_finish(cell: Cell, cfg: DictConfig, estimates: dict, seconds_left: f
 def _to_run(cell: Cell, cfg: DictConfig, estimates: dict) -> Outcome:
     """A dry run's outcome for an unfinished cell, with its seconds where its siblings' records give an estimate
     (at their recorded rates, slower where they shared the device; ``main`` adds them up)."""
-    estimate = _estimate_for(cell, estimates)
+    estimate = estimate_for(cell.key, estimates)
     if estimate is None:
         return Outcome("to_run", "to run (no estimate yet)")
     seconds = estimate.seconds(_steps_left(cell, cfg))
@@ -311,9 +228,9 @@ def run_campaign(cfg: DictConfig) -> list[tuple[Cell, Outcome]]:
         ran: set[str] = set()
         for cell in pending:
             outcomes[cell] = _run_cell(cell, cfg, estimates, deadline, 1 + other_jobs,
-                                       warm=_sibling_key(cell.key) in ran)
+                                       warm=sibling_key(cell.key) in ran)
             if outcomes[cell].kind not in ("not_started", "to_run"):
-                ran.add(_sibling_key(cell.key))
+                ran.add(sibling_key(cell.key))
                 estimates = cell_estimates(Path(cfg.store), Path(cfg.work_dir))  # with this cell's record
     else:
         outcomes.update(_run_concurrently(pending, cfg, estimates, deadline, concurrency, other_jobs))

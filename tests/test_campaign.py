@@ -9,16 +9,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
-from lra_sfa.campaign import (
-    Cell,
-    Estimate,
-    Outcome,
-    _cannot_finish,
-    cell_estimates,
-    expand_cells,
-    is_finished,
-    run_campaign,
-)
+from lra_sfa.campaign import Cell, Outcome, _cannot_finish, expand_cells, is_finished, run_campaign
+from lra_sfa.campaign_estimates import Estimate, cell_estimates
 
 SMALL = ["task.seq_len=16", "task.max_depth=2", "task.min_length=3", "task.max_length=13", "task.num_train=400",
          "task.num_val=64", "task.num_test=64", "task.workers=1", "trainer.max_steps=12", "trainer.eval_every=6",

@@ -157,6 +157,49 @@ def test_a_model_with_sfa_compiles_whole_on_the_gpu(padding):
         assert off.float().mean().item() < 1e-2, f"{name}: {int(off.sum())} of {off.numel()} gradient entries differ"
 
 
+@pytest.mark.parametrize("shape", ["pathfinder", "listops"])
+def test_a_model_with_sfa_trains_the_same_under_cuda_graphs(shape):
+    """torch.compile(mode="reduce-overhead") replays the compiled forward and backward as CUDA graphs, which takes
+    the host's launch time (half of a Pathfinder step with SFA) out of the step. Four AdamW steps of a model with
+    SFA under it give the eager model's losses, to bf16 rounding and top-k near-ties: at Pathfinder's protocol
+    shape (head dim 4, SFA k = 2, value-0 pixels as padding anywhere: packed) and at ListOps' (head dim 64, k = 8,
+    right padding: trimmed)."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    from lra_sfa.model import LRAClassifier
+
+    torch.manual_seed(0)
+    pathfinder = shape == "pathfinder"
+    attn = OmegaConf.create({"_target_": "lra_sfa.sfa.SFAAttention", "topk": 2 if pathfinder else 8, "impl": "auto"})
+    size = dict(d_model=32, qkv_dim=16, num_heads=4, mlp_dim=32) if pathfinder else dict(d_model=128, num_heads=2,
+                                                                                          mlp_dim=128)
+    padding = dict(has_padding=False, padding="release", pooling="mean") if pathfinder else {}
+    eager = LRAClassifier(vocab_size=20, num_classes=4, seq_len=256, attn_cfg=attn, num_layers=2, dropout=0.0,
+                          attn_dropout=0.0, **size, **padding).cuda()
+    graphed = copy.deepcopy(eager)
+    compiled = torch.compile(graphed, mode="reduce-overhead")
+    tokens = torch.randint(1, 20, (4, 8, 256), device="cuda")  # (steps, B, L)
+    if pathfinder:
+        tokens[tokens < 6] = 0  # value-0 pixels anywhere
+    else:
+        tokens[:, 1, 200:] = 0  # right padding
+    labels = torch.randint(0, 4, (4, 8), device="cuda")
+    losses = {}
+    for name, model, forward in (("eager", eager, eager), ("graphed", graphed, compiled)):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        losses[name] = []
+        for step in range(4):
+            with torch.autocast("cuda", torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(forward(tokens[step]).float(), labels[step])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses[name].append(loss.item())
+    torch.testing.assert_close(torch.tensor(losses["graphed"]), torch.tensor(losses["eager"]), rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("length,head_dim,padding,causal", [(512, 128, False, False), (512, 64, True, False),
                                                              (300, 32, False, False), (512, 128, True, True)])
 def test_the_flash_sfa_operators_pass_opcheck_on_the_gpu(length, head_dim, padding, causal):

@@ -220,7 +220,7 @@ def plot_fmnist(head: pd.DataFrame, path: Path) -> Path | None:
                 continue
             y = row + offset
             ax.plot([tests.min(), tests.max()], [y, y], color=colour, lw=1.5)
-            ax.plot(tests.mean(), y, marker, color=colour, label=label if row == 0 or backend == "full" else None)
+            ax.plot(tests.mean(), y, marker, color=colour, label=label)
         full = head[(head.attn == "full") & (head.task == task)].test
         if not full.empty:
             ax.axvline(full.mean(), color=colour, ls="--", lw=0.8, alpha=0.7)
@@ -233,7 +233,7 @@ def plot_fmnist(head: pd.DataFrame, path: Path) -> Path | None:
     ax.set_xlabel("test accuracy (%): mean over seeds, bar from the lowest to the highest; dashed: full's mean")
     ax.grid(axis="x", alpha=0.3)
     handles, names = ax.get_legend_handles_labels()
-    unique = dict(zip(names, handles))
+    unique = dict(zip(names, handles))  # one entry per order
     ax.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
     ax.set_title(f"Sequential Fashion-MNIST, experiment=seq_fmnist (measured). {_provenance(head)}", fontsize=8)
     return _save(fig, path)

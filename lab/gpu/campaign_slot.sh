@@ -37,7 +37,7 @@ cp results/runs/*.json /tmp/records/ 2>/dev/null  # finished cells are skipped
 suite=
 if [ -n "${GPU_TESTS:-}" ]; then
   ( LRA_SFA_GPU_SUMMARY="$OUT/gpu_summary.csv" timeout "$GPU_TESTS" python3 -m pytest -m gpu tests/test_kernels_gpu.py \
-      -v -p no:cacheprovider ${GPU_TESTS_ARGS:-} 2>&1 | grep --line-buffered -v "session starts" > "$OUT/gpu_tests.log"
+      -v -p no:cacheprovider ${GPU_TESTS_ARGS:-} 2>&1 | grep --line-buffered -v "^=* test s.* starts =*$" > "$OUT/gpu_tests.log"
     echo "pytest exit status ${PIPESTATUS[0]}" >> "$OUT/gpu_tests.log" ) &
   suite=$!; set -- "$@" other_jobs=1
 fi

@@ -14,9 +14,11 @@ class SFAAttention(AttentionBackend):
     """Sparse Feature Attention, paper form (top-k of each d-dim q and k).
 
     topk: features kept per query (and per key unless ``topk_k`` is given).
-    impl: "auto" (on CUDA the Gluon kernels where ``kernels.sfa.dispatch`` allows, else Triton; the
-    reference on CPU), "gluon" (Gluon or an unsupported reason saying why not), "triton" or "reference".
-    ``last_path`` names what ran: "reference", "triton", "gluon", or for a training call whose forward
+    impl: "auto" (on CUDA SDPA on the zero-filled codes where ``kernels.sfa.dispatch.uses_sdpa`` measured it
+    faster, else the Gluon kernels where ``kernels.sfa.dispatch`` allows, else Triton; the reference on CPU),
+    "gluon" (Gluon or an unsupported reason saying why not), "triton", "sdpa" or "reference".
+    ``last_path`` names what ran: "reference", "sdpa" ("sdpa+mask" with a padding mask), "triton", "gluon",
+    or for a training call whose forward
     and backward differ, "triton_fwd+gluon_bwd" / "gluon_fwd+triton_bwd"; "+packed" where the kernels ran on
     real tokens packed first, padding rows skipped (the model reads none: ``padding_rows_read``), and
     "+trimmed" where they skipped the padding rows after each row's last real token without packing (the
@@ -53,6 +55,8 @@ class SFAAttention(AttentionBackend):
                                "use attn.impl=reference")
             if q.dtype not in SUPPORTED_DTYPES:
                 reasons.append(f"SFAAttention: the Triton kernels take dtypes {SUPPORTED_DTYPES}, got {q.dtype}")
+        if resolve_impl(self.impl, q.device) == "sdpa" and q.shape[-1] > 256:
+            reasons.append(f"SFAAttention: impl=sdpa takes head_dim up to 256 (its top-k kernel), got {q.shape[-1]}")
         if self.impl == "gluon" and not reasons:
             reasons.extend(self._gluon_reasons(q, key_padding_mask))
         return reasons
@@ -75,7 +79,9 @@ class SFAAttention(AttentionBackend):
         # or, under right padding, on the rows up to each sequence's last real token ("+trimmed")
         skip = not self.padding_rows_read and key_padding_mask is not None
         path = sfa_path(q, k, v, key_padding_mask, self.impl, self.causal)
-        if skip and path != "reference":
+        if path == "sdpa" and key_padding_mask is not None:
+            path = "sdpa+mask"  # SDPA visits every key; padding rows are zeroed, not skipped
+        elif skip and path != "reference":
             path += "+trimmed" if self.padding_is_suffix else "+packed"
         self.last_path = path
         return sfa_attention(q, k, v, self.topk, self.topk_k, key_padding_mask, impl=self.impl, skip_padding=skip,

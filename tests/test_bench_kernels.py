@@ -115,7 +115,8 @@ def test_sweep_writes_protocol_rows_that_name_commit_versions_and_card(tmp_path,
     from lra_sfa.bench.kernels.sweep import run_sweep
 
     cfg = _cfg(tmp_path, "dims=[16]", "topks=[4]", "lengths=[64]", "ops=[fwd,fwd_bwd,decode]", "decode_lengths=[96]",
-               "tokens=128", "decode_tokens=192", "topk_rows=64", "date=2026-12-01")
+               "tokens=128", "decode_tokens=192", "topk_rows=64", "date=2026-12-01",
+               "sfa_impl=triton")  # on the CPU, impl=auto is the reference: the kernels run by name
     timer = FakeTimer()
     assert run_sweep(cfg, timer=timer, device="cpu") == []
     rows = list(csv.DictReader((tmp_path / "sfa_vs_sdpa.csv").open()))
@@ -296,6 +297,8 @@ def test_check_cases_cover_gluon_and_triton_at_every_asked_shape():
     for length in (1024, 8192, 32768):
         assert {("auto", 128, length, "gluon"), ("auto", 64, length, "triton_fwd+gluon_bwd"),
                 ("triton", 128, length, "triton"), ("triton", 64, length, "triton")} <= bf16
+    for length in (1024, 8192):  # SDPA on the codes, where impl="auto" may take it
+        assert {("sdpa", 64, length, "sdpa"), ("sdpa", 128, length, "sdpa")} <= bf16
     assert len({c.label for c in CASES}) == len(CASES)
 
 
@@ -309,6 +312,8 @@ def test_a_check_row_names_the_forward_and_backward_kernels(cpu_sdpa, tmp_path):
         assert (row["fwd_path"], row["bwd_path"], row["path"], row["git_commit"]) == ("triton", "triton", "triton",
                                                                                       COMMIT)
         assert row["ok"] and res["ok"] and all(float(row[f"{n}_err"]) < 0.05 for n in ("out", "dq", "dk", "dv"))
+    row, res = check_case(CheckCase(64, 16, 4, True, torch.float32, 1.0, "sdpa", "sdpa"), "cpu")
+    assert (row["fwd_path"], row["bwd_path"], row["path"]) == ("sdpa", "sdpa", "sdpa") and row["ok"] and res["ok"]
 
 
 def test_the_report_reads_the_median_and_verdict_per_card(tmp_path):

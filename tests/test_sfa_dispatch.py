@@ -100,8 +100,8 @@ def test_attn_path_names_the_cpu_paths():
     assert api.sfa_path(q, k, v, impl="reference") == "reference"
 
 
-def test_impl_choices_name_gluon():
-    assert api.IMPLS == ("auto", "reference", "triton", "gluon")
+def test_impl_choices_name_gluon_and_sdpa():
+    assert api.IMPLS == ("auto", "reference", "triton", "gluon", "sdpa")
     with pytest.raises(ValueError, match="'gluon'"):
         SFAAttention(impl="flash")
 

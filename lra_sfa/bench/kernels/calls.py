@@ -13,6 +13,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lra_sfa.bench import timing
+from lra_sfa.kernels.sfa.api import sfa_attention
 from lra_sfa.kernels.sfa.autograd import flash_sfa
 
 time_ms = partial(timing.time_ms, queued=True)
@@ -44,12 +45,18 @@ def sdpa_call(backend: str, q, k, v, grad_out=None):
     return run
 
 
-def sfa_call(q, k, v, topk: int, grad_out=None):
+def sfa_call(q, k, v, topk: int, grad_out=None, impl: str = "auto"):
+    """A closure running ``sfa_attention(impl=impl)`` (top-k included), what a model runs; with grad_out,
+    forward and backward. impl="kernels" calls the FlashSFA kernels (``flash_sfa``, Gluon or Triton as
+    dispatch picks) whatever ``sfa_attention``'s own dispatch would choose."""
+    attend = (lambda *t: flash_sfa(*t, topk, topk)) if impl == "kernels" else (
+        lambda *t: sfa_attention(*t, topk, topk, impl=impl))
+
     def run():
         if grad_out is None:
             with torch.no_grad():
-                return flash_sfa(q, k, v, topk, topk)
-        flash_sfa(q, k, v, topk, topk).backward(grad_out)
+                return attend(q, k, v)
+        attend(q, k, v).backward(grad_out)
     return run
 
 

@@ -5,7 +5,9 @@
 runs the same cases as tests. It covers every dispatched path: Gluon
 (``kernels="auto"`` on sm_90) and Triton (``kernels="triton"``) at d = 64 and
 128 and L = 1K, 8K and 32K in bf16, plus the Gluon forward's two launches and
-its loose-bound fallback, top-k = D, padding, fp16 / fp32, d = 32 and L = 1.
+its loose-bound fallback, top-k = D, padding, fp16 / fp32, d = 32 and L = 1;
+and SDPA on the codes (``kernels="sdpa"``: ``codes.sdpa_sfa``, which
+``sfa_attention(impl="auto")`` runs where ``dispatch.uses_sdpa`` allows).
 Each row names the forward and the backward kernels (``dispatch.uses_gluon``,
 the launcher's own choice) and the errors of out, dQ, dK, dV and the
 forward-only output; the pass rule is DESIGN.md's (``kernels.sfa.check``).
@@ -22,6 +24,7 @@ import torch
 from lra_sfa.bench.kernels.rows import RowWriter
 from lra_sfa.kernels.sfa import check as sfa_check
 from lra_sfa.kernels.sfa.autograd import flash_sfa
+from lra_sfa.kernels.sfa.codes import sdpa_sfa
 from lra_sfa.kernels.sfa.dispatch import kernel_path, uses_gluon
 from lra_sfa.kernels.sfa.topk_pack import topk_pack
 
@@ -29,7 +32,8 @@ ERRORS = ("out", "dq", "dk", "dv", "out_nograd")
 
 
 class CheckCase(NamedTuple):
-    """One float64 check: shape, dtype, input scale, the ``kernels`` asked for and the path expected on sm_90."""
+    """One float64 check: shape, dtype, input scale, the ``kernels`` asked for ("auto", "triton", or "sdpa": SDPA
+    on the codes) and the path expected on sm_90."""
 
     length: int
     dim: int
@@ -70,6 +74,10 @@ CASES = _coverage() + [
     CheckCase(777, 32, 4, True, torch.float16, 1.0, "auto", "triton"),
     CheckCase(300, 128, 8, True, torch.float32, 1.0, "auto", "triton"),
     CheckCase(1, 64, 8, False, torch.bfloat16, 1.0, "auto", "triton"),
+] + [CheckCase(length, dim, 8, False, torch.bfloat16, 1.0, "sdpa", "sdpa") for length in (1024, 8192)
+     for dim in (64, 128)] + [
+    CheckCase(1000, 64, 8, True, torch.bfloat16, 1.0, "sdpa", "sdpa"),
+    CheckCase(2048, 32, 4, False, torch.float16, 2.0, "sdpa", "sdpa"),
 ]
 CHECK_COLUMNS = ["L", "head_dim", "topk", "padding", "dtype", "scale", "kernels", "path", "fwd_path", "bwd_path",
                  "device", "git_commit", "torch_version", "triton_version", "cudnn_version"] + [
@@ -101,14 +109,18 @@ def check_case(case: CheckCase, device: str | torch.device = "cuda") -> tuple[di
     from lra_sfa.bench.kernels.protocol import provenance
 
     q, k, v, mask = case_inputs(case, device)
-    shape = (q.device, q.dtype, case.length, case.dim, mask is not None, case.kernels)
-    sides = {f"{part}_path": "gluon" if uses_gluon(*shape, backward=part == "bwd") else "triton"
-             for part in ("fwd", "bwd")}
-    res = sfa_check.full_check(q, k, v, case.topk, mask, partial(flash_sfa, kernels=case.kernels))
+    if case.kernels == "sdpa":
+        sides, path, fn = {"fwd_path": "sdpa", "bwd_path": "sdpa"}, "sdpa", sdpa_sfa
+    else:
+        shape = (q.device, q.dtype, case.length, case.dim, mask is not None, case.kernels)
+        sides = {f"{part}_path": "gluon" if uses_gluon(*shape, backward=part == "bwd") else "triton"
+                 for part in ("fwd", "bwd")}
+        path, fn = kernel_path(*shape, backward=True), partial(flash_sfa, kernels=case.kernels)
+    res = sfa_check.full_check(q, k, v, case.topk, mask, fn)
     info = provenance(q.device, "")
     row = dict(L=case.length, head_dim=case.dim, topk=case.topk, padding=case.padding,
                dtype=str(case.dtype).removeprefix("torch."), scale=case.scale, kernels=case.kernels,
-               path=kernel_path(*shape, backward=True), **sides, topk_ok=res["topk_ok"], ok=res["ok"],
+               path=path, **sides, topk_ok=res["topk_ok"], ok=res["ok"],
                **{key: info[key] for key in ("device", "git_commit", "torch_version", "triton_version",
                                              "cudnn_version")},
                **{f"{n}_{kind}": f"{res[f'{n}_{kind}']:.2e}" for n in ERRORS for kind in ("err", "torch_err")})

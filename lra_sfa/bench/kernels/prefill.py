@@ -10,6 +10,7 @@ sampled query rows recomputed in float64 (``kernels.sfa.check``).
 from __future__ import annotations
 
 import statistics
+from functools import partial
 
 import torch
 
@@ -17,6 +18,7 @@ from lra_sfa.bench.kernels import protocol
 from lra_sfa.bench.kernels.calls import leaf, random_qkv, sdpa_call, sfa_call
 from lra_sfa.bench.kernels.rows import SFA_IMPL, RowWriter
 from lra_sfa.kernels.sfa import check as sfa_check
+from lra_sfa.kernels.sfa.api import sfa_attention, sfa_path
 from lra_sfa.kernels.sfa.autograd import flash_sfa
 from lra_sfa.kernels.sfa.dispatch import gluon_config, gluon_eligible, kernel_path
 from lra_sfa.kernels.sfa.topk_pack import topk_pack
@@ -69,7 +71,7 @@ def forward_config(q: torch.Tensor) -> str:
     return "gluon ws " + " ".join(f"{name}={value}" for name, value in gluon_config(q.shape[-2]).items())
 
 
-def prefill_calls(q, k, v, topk: int, grad, backends: list[str]) -> dict[str, protocol.Call]:
+def prefill_calls(q, k, v, topk: int, grad, backends: list[str], impl: str = "auto") -> dict[str, protocol.Call]:
     """The cell's timed calls on one set of inputs: "sfa" (top-k included) and, per SDPA backend,
     "<name>_random" (q, k as given) and "<name>_sparse" (their top-k codes). With ``grad``, each call runs
     forward and backward on leaves of its own, whose gradients the timer resets between runs."""
@@ -80,7 +82,7 @@ def prefill_calls(q, k, v, topk: int, grad, backends: list[str]) -> dict[str, pr
         return tensors if grad is None else tuple(leaf(t) for t in tensors)
 
     sfa_leaves = leaves(q, k, v)
-    calls = {"sfa": (sfa_call(*sfa_leaves, topk, grad), sfa_leaves if grad is not None else ())}
+    calls = {"sfa": (sfa_call(*sfa_leaves, topk, grad, impl), sfa_leaves if grad is not None else ())}
     for name in backends:
         for inputs, tensors in (("random", (q, k, v)), ("sparse", (qd, kd, v))):
             args = leaves(*tensors)
@@ -88,32 +90,35 @@ def prefill_calls(q, k, v, topk: int, grad, backends: list[str]) -> dict[str, pr
     return calls
 
 
-def _sfa_outputs(q, k, v, topk: int, grad) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _sfa_outputs(q, k, v, topk: int, grad, impl: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """SFA's output (and, with ``grad``, dQ) once more, on fresh leaves, for the float64 check."""
+    attend = flash_sfa if impl == "kernels" else partial(sfa_attention, impl=impl)
     if grad is None:
         with torch.no_grad():
-            return flash_sfa(q, k, v, topk, topk), None
+            return attend(q, k, v, topk, topk), None
     leaves = tuple(leaf(t) for t in (q, k, v))
-    out = flash_sfa(*leaves, topk, topk)
+    out = attend(*leaves, topk, topk)
     out.backward(grad)
     return out.detach(), leaves[0].grad
 
 
 def bench_prefill(out_rows: RowWriter, checks: RowWriter, meta: dict, op: str, timer: protocol.Timer,
-                  repeats: int, backends: list[str], device: torch.device) -> None:
-    """One cell: SFA against each SDPA backend at meta's shape, ``repeats`` interleaved rounds, one row each."""
+                  repeats: int, backends: list[str], device: torch.device, impl: str = "auto") -> None:
+    """One cell: SFA against each SDPA backend at meta's shape, ``repeats`` interleaved rounds, one row each.
+    ``impl``: ``sfa_attention``'s (what a model runs), or "kernels" for the FlashSFA kernels alone."""
     batch, heads, length, dim, topk = (meta[k] for k in ("batch", "heads", "seq_len", "head_dim", "topk"))
     q, k, v = random_qkv(batch, heads, length, dim, torch.bfloat16, seed=length + dim, device=device)
     grad = None if op == "fwd" else torch.randn_like(q)
     sfa_leaves = (q, k, v) if grad is None else tuple(leaf(t) for t in (q, k, v))
-    peak = protocol.peak_mib(sfa_call(*sfa_leaves, topk, grad), device)  # before the baselines' inputs exist
+    peak = protocol.peak_mib(sfa_call(*sfa_leaves, topk, grad, impl), device)  # before the baselines' inputs exist
+    path = (kernel_path(q.device, q.dtype, length, dim, False, "auto", backward=grad is not None)
+            if impl == "kernels" else sfa_path(*sfa_leaves, impl=impl))
     del sfa_leaves
-    calls = prefill_calls(q, k, v, topk, grad, backends)
+    calls = prefill_calls(q, k, v, topk, grad, backends, impl)
     times = protocol.interleaved(calls, repeats, timer)
-    out, dq = _sfa_outputs(q, k, v, topk, grad)
+    out, dq = _sfa_outputs(q, k, v, topk, grad, impl)
     check = check_prefill(q, k, v, topk, out, dq, grad)
-    path = kernel_path(q.device, q.dtype, length, dim, False, "auto", backward=grad is not None)
-    fwd_config = forward_config(q)
+    fwd_config = "sdpa on topk_pack codes" if path == "sdpa" else forward_config(q)
     for name in backends:
         stats = protocol.ratio_summary(times["sfa"], protocol.faster_input(times, name))
         row = dict(meta, impl=SFA_IMPL, op=op, sfa_path=path, baseline=f"sdpa_{name}", **stats,

@@ -24,6 +24,7 @@ from lra_sfa.bench.kernels.decode import bench_decode
 from lra_sfa.bench.kernels.prefill import bench_prefill
 from lra_sfa.bench.kernels.rows import CHECK_COLUMNS, COLUMNS, KERNEL_KEY, TOPK_COLUMNS, TOPK_KEY, RowWriter
 from lra_sfa.bench.kernels.table import plot
+from lra_sfa.kernels.sfa.api import IMPLS
 from lra_sfa.kernels.sfa.topk_pack import topk_pack
 
 OPS = ("fwd", "fwd_bwd", "decode")
@@ -69,6 +70,9 @@ def run_sweep(cfg: DictConfig, timer: protocol.Timer | None = None, device: str 
     if (cfg.batch is None) != (cfg.heads is None):
         raise ValueError(f"batch={cfg.batch}, heads={cfg.heads}: set both (one shape at every length) or neither "
                          "(batch x heads from tokens)")
+    impls = [impl for impl in IMPLS if impl != "reference"] + ["kernels"]
+    if str(cfg.get("sfa_impl", "auto")) not in impls:
+        raise ValueError(f"sfa_impl={cfg.get('sfa_impl')!r} must be one of {impls}")
     if cfg.repeats < protocol.MIN_REPEATS:
         raise ValueError(f"repeats={cfg.repeats}: a ratio needs at least {protocol.MIN_REPEATS} interleaved repeats")
     where = torch.device(device)
@@ -100,7 +104,8 @@ def run_sweep(cfg: DictConfig, timer: protocol.Timer | None = None, device: str 
             config = tuple(cfg.decode_config) if cfg.decode_config else None
             bench_decode(rows, checks, meta, timer, cfg.repeats, backends, where, config)
         else:
-            bench_prefill(rows, checks, meta, op, timer, cfg.repeats, backends, where)
+            bench_prefill(rows, checks, meta, op, timer, cfg.repeats, backends, where,
+                          str(cfg.get("sfa_impl", "auto")))
     if skipped:
         print(f"budget_s={cfg.budget_s} spent: skipped {len(skipped)} cells: {', '.join(skipped)}", flush=True)
     if rows.rows:

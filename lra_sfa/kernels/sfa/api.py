@@ -2,8 +2,10 @@
 
 ``impl`` picks the implementation: "reference" (chunked PyTorch, any
 device), "triton" (the FlashSFA Triton kernels), "gluon" (the Hopper Gluon
-kernels, or a ValueError saying why they cannot run), "auto" (Gluon where
-``dispatch`` allows, else Triton, on CUDA; the reference elsewhere).
+kernels, or a ValueError saying why they cannot run), "sdpa" (torch SDPA on
+the zero-filled codes, ``codes``), "auto" (on CUDA: "sdpa" where
+``dispatch.uses_sdpa`` measured it faster, else Gluon where ``dispatch``
+allows, else Triton; the reference elsewhere).
 ``sfa_path`` names what a call runs, for the run record's ``attn_path``.
 """
 
@@ -13,7 +15,7 @@ import torch
 
 from lra_sfa.kernels.sfa.reference import sfa_chunked
 
-IMPLS = ("auto", "reference", "triton", "gluon")
+IMPLS = ("auto", "reference", "triton", "gluon", "sdpa")
 KERNEL_HEAD_DIMS = (16, 32, 64, 128)  # launcher.SUPPORTED_HEAD_DIMS, without importing triton
 
 
@@ -44,7 +46,8 @@ def _validate(q, k, v, topk_q: int, topk_k: int, key_padding_mask, impl: str) ->
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
-    """``auto`` is the kernels ("triton": Triton or Gluon) on CUDA and the PyTorch reference elsewhere."""
+    """``auto`` is the kernels ("triton": Triton or Gluon, or SDPA on the codes where ``_auto_sdpa`` says) on
+    CUDA and the PyTorch reference elsewhere."""
     if impl == "auto":
         return "triton" if device.type == "cuda" else "reference"
     return impl
@@ -64,17 +67,28 @@ def kernel_head_dim(head_dim: int) -> int:
 
 def sfa_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
              impl: str = "auto", causal: bool = False) -> str:
-    """What ``sfa_attention(q, k, v, ..., impl=impl)`` runs: "reference", "triton", "gluon", or, for a call with
-    a backward whose halves differ, "gluon_fwd+triton_bwd" / "triton_fwd+gluon_bwd" (``dispatch.kernel_path``).
-    Raises the ValueError the call would raise when impl="gluon" cannot run here."""
-    if resolve_impl(impl, q.device) == "reference":
-        return "reference"
+    """What ``sfa_attention(q, k, v, ..., impl=impl)`` runs: "reference", "sdpa", "triton", "gluon", or, for a
+    call with a backward whose halves differ, "gluon_fwd+triton_bwd" / "triton_fwd+gluon_bwd"
+    (``dispatch.kernel_path``). Raises the ValueError the call would raise when impl="gluon" cannot run here."""
+    if resolve_impl(impl, q.device) in ("reference", "sdpa"):
+        return resolve_impl(impl, q.device)
     from lra_sfa.kernels.sfa.autograd import needs_backward  # imports triton
     from lra_sfa.kernels.sfa.dispatch import kernel_path
 
+    if impl == "auto" and _auto_sdpa(q, k, v, key_padding_mask, causal):
+        return "sdpa"
     _, _, length, head_dim = q.shape
     return kernel_path(q.device, q.dtype, length, kernel_head_dim(head_dim), key_padding_mask is not None,
                        kernels_of(impl), needs_backward(q, k, v), causal)
+
+
+def _auto_sdpa(q, k, v, key_padding_mask, causal: bool) -> bool:
+    """Whether impl="auto" runs this CUDA call as SDPA on the codes (``dispatch.uses_sdpa``)."""
+    from lra_sfa.kernels.sfa.autograd import needs_backward  # imports triton
+    from lra_sfa.kernels.sfa.dispatch import uses_sdpa
+
+    return uses_sdpa(q.device, q.dtype, q.shape[2], q.shape[3], key_padding_mask is not None,
+                     needs_backward(q, k, v), causal)
 
 
 def sfa_attention(
@@ -96,7 +110,9 @@ def sfa_attention(
     entries by magnitude (signs kept); gradients are masked to that support.
     ``impl``: "reference" (chunked PyTorch, any device), "triton" (the
     FlashSFA Triton kernels; CUDA, or CPU under TRITON_INTERPRET=1), "gluon"
-    (the Hopper Gluon kernels; an sm_90 GPU), or "auto" (module docstring).
+    (the Hopper Gluon kernels; an sm_90 GPU), "sdpa" (torch SDPA on the
+    zero-filled codes, ``codes.sdpa_sfa``; the codes by the Triton top-k
+    kernel), or "auto" (module docstring).
     The kernels take head dims 16, 32, 64 and 128; a smaller or in-between
     head dim runs them exactly on zero-padded q, k, v (see _padded_flash_sfa).
     ``skip_padding`` (with a mask): padding rows output 0, constants, as
@@ -123,6 +139,10 @@ def sfa_attention(
     if chosen == "reference":
         out = sfa_chunked(q, k, v, topk_q, topk_k, key_padding_mask, causal)
         return out * key_padding_mask[:, None, :, None] if skip else out
+    if chosen == "sdpa" or (impl == "auto" and _auto_sdpa(q, k, v, key_padding_mask, causal)):
+        from lra_sfa.kernels.sfa.codes import sdpa_sfa  # imports triton
+
+        return sdpa_sfa(q, k, v, topk_q, topk_k, key_padding_mask, zero_pad_rows=skip, causal=causal)
     from lra_sfa.kernels.sfa.autograd import flash_sfa  # imports triton
 
     kernels = kernels_of(impl)  # from impl, not chosen: "auto" chose the kernels, and dispatch picks which

@@ -9,7 +9,8 @@ attention runs on the Triton kernels. The d = 64 forward stays on the
 Triton kernel, which is as fast there. Under "auto" the environment variables
 LRA_SFA_GLUON=0 (forward and backward) and LRA_SFA_GLUON_BWD=0 (backward)
 keep every shape on the Triton kernels; "gluon" and "triton" ignore them.
-Launch choices were measured on an H200 (results/kernels/README.md).
+Launch choices were measured on an H200 (results/kernels/README.md). ``uses_sdpa``: where
+``sfa_attention(impl="auto")`` leaves the kernels for SDPA on the codes (``codes``), LRA_SFA_SDPA=0 keeps it off.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from lra_sfa.kernels.sfa.triton_fwd import interpreting
 KERNELS = ("auto", "gluon", "triton")
 USE_GLUON = os.environ.get("LRA_SFA_GLUON", "1") != "0"
 USE_GLUON_BWD = os.environ.get("LRA_SFA_GLUON_BWD", "1") != "0"
+USE_SDPA = os.environ.get("LRA_SFA_SDPA", "1") != "0"
+# impl="auto" runs SFA as SDPA on the zero-filled codes (``codes.sdpa_sfa``) up to these lengths, per call kind
+# ("fwd": no autograd; "train": forward for a backward; "causal": either, causal) and head dim; longer calls and
+# other head dims run the FlashSFA kernels. From the interleaved comparison of both paths on an H100
+# (results/kernels/short_seq/README.md).
+SDPA_MAX_LENGTH = {"fwd": {32: 0, 64: 0, 128: 0}, "train": {32: 0, 64: 0, 128: 0}, "causal": {32: 0, 64: 0, 128: 0}}
 GLUON_TILE = 64  # L must be a multiple of this for the Gluon forward
 # The Gluon forward's launch (``gluon_fwd.gluon_ws_forward`` arguments) by L's alignment, first match: two compute
 # warpgroups of 64 query rows over 128-key tiles where L allows, else one over 64-key tiles.
@@ -118,6 +125,19 @@ def uses_gluon(device: torch.device, dtype: torch.dtype, length: int, head_dim: 
                              "(use impl=triton or impl=auto)")
         return True
     return USE_GLUON and (USE_GLUON_BWD or not backward) and not reasons
+
+
+def uses_sdpa(device: torch.device, dtype: torch.dtype, length: int, head_dim: int, has_bias: bool,
+              backward: bool, causal: bool = False) -> bool:
+    """Whether ``sfa_attention(impl="auto")`` runs this call as SDPA on the codes rather than the FlashSFA
+    kernels: a CUDA fp16 / bf16 call without a padding mask (the kernels skip padding, SDPA with a mask does
+    not) no longer than ``SDPA_MAX_LENGTH`` allows for its kind and head dim. LRA_SFA_SDPA=0 turns it off."""
+    if not USE_SDPA or has_bias or device.type != "cuda" or interpreting():
+        return False
+    if dtype not in (torch.float16, torch.bfloat16):
+        return False
+    kind = "causal" if causal else "train" if backward else "fwd"
+    return length <= SDPA_MAX_LENGTH[kind].get(head_dim, 0)
 
 
 def kernel_path(device: torch.device, dtype: torch.dtype, length: int, head_dim: int, has_bias: bool,

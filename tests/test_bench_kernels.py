@@ -150,7 +150,7 @@ def test_sweep_skips_cells_past_the_budget_and_refuses_bad_grids(tmp_path, cpu_s
     assert run_sweep(cfg, timer=FakeTimer(), device="cpu") == [
         "fwd L=64 d=16 k=4", "fwd_bwd L=64 d=16 k=4", "fwd L=128 d=16 k=4", "fwd_bwd L=128 d=16 k=4"]
     for bad, match in (("repeats=3", "at least 5"), ("ops=[fwd,bwd]", "not among"), ("baselines=[flash3]", "one of"),
-                       ("batch=4", "set both")):
+                       ("batch=4", "set both"), ("sfa_impl=flash", "sfa_impl='flash' must be one of")):
         with pytest.raises(ValueError, match=match):
             run_sweep(_cfg(tmp_path, bad), timer=FakeTimer(), device="cpu")
 

@@ -48,7 +48,8 @@ def test_auto_compiles_models_with_sfa_on_one_cuda_device():
     assert not compile_choice(cfg, _model(FULL, OpaqueBackend()), cuda, world_size=1)
 
 
-@pytest.mark.parametrize("impl,skipping", [("reference", ""), ("triton", "+trimmed"), ("triton", "+packed")])
+@pytest.mark.parametrize("impl,skipping", [("reference", ""), ("triton", "+trimmed"), ("triton", "+packed"),
+                                           ("sdpa", "+mask")])
 def test_a_model_with_sfa_compiles_to_one_graph_that_matches_eager(impl, skipping):
     """No graph break anywhere in the model (the kernels are opaque operators in the graph), and the compiled
     model's output and gradients equal the eager model's, with padding rows skipped by trimming (right padding)
@@ -98,6 +99,25 @@ def test_the_flash_sfa_operators_pass_opcheck_and_compile_whole(head_dim, topk, 
         leaves = [t.detach().clone().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)
                   for t in (q, k, v)]
         out = function(*leaves, topk, topk, mask, causal=causal)
+        (out * out).sum().backward()
+        results.append([out.detach(), *(t.grad for t in leaves)])
+    for got, expected in zip(*results):
+        assert torch.equal(got, expected)
+
+
+def test_the_sparse_codes_operator_passes_opcheck_and_sdpa_sfa_compiles_whole():
+    """SDPA on the codes: the top-k operator's schema, fake shapes and autograd registration (opcheck), then
+    ``sdpa_sfa`` compiled with fullgraph=True gives the eager output and gradients bit for bit."""
+    from lra_sfa.kernels.sfa.codes import sdpa_sfa, sparse_codes
+
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 24, 2, 16, generator=generator).transpose(1, 2) for _ in range(3))  # (B, H, L, D)
+    torch.library.opcheck(sparse_codes, (q.detach().requires_grad_(True), 4),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    results = []
+    for function in (sdpa_sfa, torch.compile(sdpa_sfa, backend="aot_eager", fullgraph=True)):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+        out = function(*leaves, 4, 4, causal=True)
         (out * out).sum().backward()
         results.append([out.detach(), *(t.grad for t in leaves)])
     for got, expected in zip(*results):

@@ -253,8 +253,8 @@ def test_skip_padding_matches_float64_on_the_gpu(head_dim, suffix):
                                                     (4096, 128, True)])
 def test_causal_matches_float64_on_the_gpu(length, head_dim, suffix):
     """causal=True in bf16 on the autotuned GPU configs (the interpreter runs only its own): the Triton kernels
-    (even where Gluon runs the bidirectional call), output and gradients against the float64 reference; right
-    padding with trimmed rows in the ``suffix`` cases."""
+    (even where Gluon runs the bidirectional call, and where impl=auto would run SDPA on the codes), output and
+    gradients against the float64 reference; right padding with trimmed rows in the ``suffix`` cases."""
     from lra_sfa.kernels import sfa_attention
     from lra_sfa.kernels.sfa import check as sfa_check
     from lra_sfa.kernels.sfa.api import sfa_path
@@ -266,9 +266,9 @@ def test_causal_matches_float64_on_the_gpu(length, head_dim, suffix):
     if suffix:
         mask = torch.arange(length, device="cuda")[None, :] < torch.tensor([length, length * 2 // 3 + 5],
                                                                             device="cuda")[:, None]
-    assert sfa_path(*leaves, mask, "auto", causal=True) == "triton"
-    out = sfa_attention(*leaves, 8, 8, key_padding_mask=mask, skip_padding=suffix, padding_is_suffix=suffix,
-                        causal=True)
+    assert sfa_path(*leaves, mask, "triton", causal=True) == "triton"
+    out = sfa_attention(*leaves, 8, 8, key_padding_mask=mask, impl="triton", skip_padding=suffix,
+                        padding_is_suffix=suffix, causal=True)
     grad = torch.randn(out.shape, device="cuda", generator=gen).to(out.dtype)
     if suffix:
         grad = grad * mask[:, None, :, None]
@@ -281,8 +281,8 @@ def test_causal_matches_float64_on_the_gpu(length, head_dim, suffix):
     for name, mine, exact in zip("qkv", got, expected):
         assert sfa_check.rel_err(mine, exact) < 2e-2, name
     with torch.no_grad():
-        fused = sfa_attention(*(t.detach() for t in leaves), 8, 8, key_padding_mask=mask, skip_padding=suffix,
-                              padding_is_suffix=suffix, causal=True)
+        fused = sfa_attention(*(t.detach() for t in leaves), 8, 8, key_padding_mask=mask, impl="triton",
+                              skip_padding=suffix, padding_is_suffix=suffix, causal=True)
     assert sfa_check.rel_err(fused, ref) < 1e-2
 
 

@@ -80,16 +80,18 @@ def test_codes_of_a_head_dim_past_the_top_k_kernel_is_refused():
 
 @pytest.fixture
 def cuda_call(monkeypatch):
-    """dispatch sees a CUDA device outside the interpreter, with every SDPA limit at 4096."""
+    """dispatch sees a CUDA device outside the interpreter; SDPA at d = 64 up to 4096 and from 16384 on."""
     monkeypatch.setattr(dispatch, "interpreting", lambda: False)
     monkeypatch.setattr(dispatch, "USE_SDPA", True)
-    monkeypatch.setattr(dispatch, "SDPA_MAX_LENGTH", {kind: {64: 4096} for kind in ("fwd", "train", "causal")})
+    monkeypatch.setattr(dispatch, "SDPA_LENGTHS", {kind: {64: ((1, 4096), (16384, None))}
+                                                   for kind in ("fwd", "train", "causal")})
 
 
 @pytest.mark.parametrize("length,head_dim,dtype,mask,expected", [
     (4096, 64, torch.bfloat16, False, True),
     (4096, 64, torch.float16, False, True),
-    (8192, 64, torch.bfloat16, False, False),  # past the measured crossover: the kernels
+    (8192, 64, torch.bfloat16, False, False),  # between the ranges: the kernels
+    (65536, 64, torch.bfloat16, False, True),  # an open-ended range
     (1024, 128, torch.bfloat16, False, False),  # a head dim with no limit set
     (1024, 64, torch.float32, False, False),  # fp32 SDPA is no vendor engine
     (1024, 64, torch.bfloat16, True, False),  # a padding mask: the kernels skip it, SDPA would not

@@ -26,11 +26,16 @@ KERNELS = ("auto", "gluon", "triton")
 USE_GLUON = os.environ.get("LRA_SFA_GLUON", "1") != "0"
 USE_GLUON_BWD = os.environ.get("LRA_SFA_GLUON_BWD", "1") != "0"
 USE_SDPA = os.environ.get("LRA_SFA_SDPA", "1") != "0"
-# impl="auto" runs SFA as SDPA on the zero-filled codes (``codes.sdpa_sfa``) up to these lengths, per call kind
-# ("fwd": no autograd; "train": forward for a backward; "causal": either, causal) and head dim; longer calls and
-# other head dims run the FlashSFA kernels. From the interleaved comparison of both paths on an H100
-# (results/kernels/short_seq/README.md).
-SDPA_MAX_LENGTH = {"fwd": {32: 0, 64: 0, 128: 0}, "train": {32: 0, 64: 0, 128: 0}, "causal": {32: 0, 64: 0, 128: 0}}
+# impl="auto" runs SFA as SDPA on the zero-filled codes (``codes.sdpa_sfa``) at the lengths of these inclusive
+# ranges, per call kind ("fwd": no autograd; "train": forward for a backward; "causal": causal, either) and head
+# dim; other lengths and head dims run the FlashSFA kernels. From the interleaved comparison of both paths
+# (lab.sfa_sdpa_probe, batch x heads = 256 up to 8K; results/kernels/short_seq/README.md): SDPA where its whole
+# spread was faster or its median clearly so, the kernels where they were or the two tied.
+SDPA_LENGTHS = {
+    "fwd": {64: ((1, 1024),), 128: ((1, 2048),)},
+    "train": {64: ((1, 1024), (8192, None)), 128: ((4096, None),)},
+    "causal": {64: ((1, None),)},
+}
 GLUON_TILE = 64  # L must be a multiple of this for the Gluon forward
 # The Gluon forward's launch (``gluon_fwd.gluon_ws_forward`` arguments) by L's alignment, first match: two compute
 # warpgroups of 64 query rows over 128-key tiles where L allows, else one over 64-key tiles.
@@ -131,13 +136,14 @@ def uses_sdpa(device: torch.device, dtype: torch.dtype, length: int, head_dim: i
               backward: bool, causal: bool = False) -> bool:
     """Whether ``sfa_attention(impl="auto")`` runs this call as SDPA on the codes rather than the FlashSFA
     kernels: a CUDA fp16 / bf16 call without a padding mask (the kernels skip padding, SDPA with a mask does
-    not) no longer than ``SDPA_MAX_LENGTH`` allows for its kind and head dim. LRA_SFA_SDPA=0 turns it off."""
+    not) whose length lies in a range of ``SDPA_LENGTHS`` for its kind and head dim. LRA_SFA_SDPA=0 turns it off."""
     if not USE_SDPA or has_bias or device.type != "cuda" or interpreting():
         return False
     if dtype not in (torch.float16, torch.bfloat16):
         return False
     kind = "causal" if causal else "train" if backward else "fwd"
-    return length <= SDPA_MAX_LENGTH[kind].get(head_dim, 0)
+    return any(low <= length and (high is None or length <= high)
+               for low, high in SDPA_LENGTHS[kind].get(head_dim, ()))
 
 
 def kernel_path(device: torch.device, dtype: torch.dtype, length: int, head_dim: int, has_bias: bool,

@@ -1,9 +1,10 @@
-"""GPU probe: the top-k of learned wide codes' logits, torch.topk against the designs of ``lab.kernels.row_topk``.
+"""GPU probe: the top-k of learned wide codes' logits, torch.topk against the package's kernel and a PyTorch design.
 
 Learned wide codes keep the k largest of every token's D code logits (``lra_sfa.sfa_wide``, q and k in every
 layer). At MQAR's protocol shape (batch 256 x 2 heads x 256 tokens = 131,072 rows) this times, on the same
-bf16 logits, ``torch.topk`` and each candidate (``chunked`` with several chunk sizes, ``triton`` with several
-rows per program and warps) by interleaved repeats (``triton.testing.do_bench`` medians, the candidates'
+bf16 logits, ``torch.topk`` and each candidate (``chunked``: ``lab.kernels.row_topk.chunked_topk`` with several
+chunk sizes; ``triton``: ``lra_sfa.kernels.wide.topk_triton.triton_row_topk``, which ``code_topk`` runs on CUDA,
+with several rows per program and warps) by interleaved repeats (``triton.testing.do_bench`` medians, the candidates'
 order reversed every other repeat), and checks each against torch.topk's values. Then, at the same width,
 the forward+backward of the kept values (``value_paths``: the selected code-map columns per token, as the
 backend computes them, against a gather from the whole logits) with peak memory. CSV to
@@ -27,7 +28,8 @@ from pathlib import Path
 import torch
 import triton
 
-from lab.kernels.row_topk import chunked_topk, triton_row_topk
+from lab.kernels.row_topk import chunked_topk
+from lra_sfa.kernels.wide.topk_triton import triton_row_topk
 from lra_sfa.records import git_commit
 
 COLUMNS = ["card", "torch", "triton", "commit", "rows", "width", "k", "dtype", "method", "config", "ms", "baseline",
@@ -35,8 +37,8 @@ COLUMNS = ["card", "torch", "triton", "commit", "rows", "width", "k", "dtype", "
 
 
 def candidates(width: int, k: int) -> dict[tuple[str, str], Callable]:
-    """(method, config) -> function of z returning (values, indices)."""
-    table: dict[tuple[str, str], Callable] = {("torch", "topk"): lambda z: z.topk(k, dim=-1)}
+    """(method, config) -> function of z returning the indices of its k largest, largest first."""
+    table: dict[tuple[str, str], Callable] = {("torch", "topk"): lambda z: z.topk(k, dim=-1).indices}
     for chunk in (64, 128, 256, 512):
         if width % chunk == 0 and chunk >= k and chunk < width:
             table[("chunked", f"chunk={chunk}")] = lambda z, c=chunk: chunked_topk(z, k, c)
@@ -54,11 +56,9 @@ def _speedup(ratios: list[float]) -> dict[str, str]:
             "speedup_max": f"{max(ratios):.3f}"}
 
 
-def matches(z: torch.Tensor, result: tuple[torch.Tensor, torch.Tensor], k: int) -> bool:
-    """Values equal torch.topk's and the indices select them."""
-    values, index = result
-    expected = z.topk(k, dim=-1).values
-    return bool(torch.equal(values, expected) and torch.equal(z.gather(-1, index), expected))
+def matches(z: torch.Tensor, index: torch.Tensor, k: int) -> bool:
+    """The indices select torch.topk's values, in its order."""
+    return bool(torch.equal(z.gather(-1, index), z.topk(k, dim=-1).values))
 
 
 def probe(rows: int, width: int, k: int, repeats: int) -> list[dict]:

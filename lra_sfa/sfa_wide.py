@@ -63,6 +63,7 @@ from lra_sfa.attention import AttentionBackend
 from lra_sfa.kernels.wide.api import wide_attention
 from lra_sfa.kernels.wide.capacity import capacity_for
 from lra_sfa.kernels.wide.soft import sign_buckets, simhash_soft_attention
+from lra_sfa.kernels.wide.topk import code_topk
 
 CODES = ("learned", "lsh", "simhash")
 RELAXES = ("ste", "gumbel", "soft")
@@ -262,11 +263,11 @@ class SFAWideAttention(AttentionBackend):
         if self.relax == "gumbel":
             uniform = torch.rand_like(z, dtype=torch.float32).clamp(1e-10, 1.0 - 1e-7)
             gumbel = -torch.log(-torch.log(uniform)).to(z.dtype)
-            idx = torch.topk((z + self.tau * gumbel).detach(), self.k, dim=-1).indices
+            idx = code_topk((z + self.tau * gumbel).detach(), self.k)
             soft = torch.softmax(z.float() / self.tau + gumbel.float(), dim=-1).gather(-1, idx)
             gate = 1.0 + soft - soft.detach()
             return idx, z.gather(-1, idx) * gate.to(z.dtype), z
-        idx = torch.topk(z.detach(), self.k, dim=-1).indices
+        idx = code_topk(z.detach(), self.k)
         return idx, z.gather(-1, idx), z  # the balance loss needs the logits' gradient
 
     def _selected_codes(self, h: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,7 +277,7 @@ class SFAWideAttention(AttentionBackend):
         (same values and gradients as z.gather; 2x faster forward+backward on the CPU, and it frees the
         logits right after the top-k)."""
         with torch.no_grad():
-            idx = torch.topk(z, self.k, dim=-1).indices  # (B, H, L, k)
+            idx = code_topk(z, self.k)  # (B, H, L, k)
         heads, width = self.code_map.shape[:2]
         rows = (torch.arange(heads, device=idx.device)[:, None, None] * self.D + idx).reshape(-1)
         columns = self.code_map.to(h.dtype).transpose(1, 2).reshape(heads * self.D, width).index_select(0, rows)

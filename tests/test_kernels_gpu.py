@@ -349,3 +349,17 @@ def test_wide_code_kernels_compile_and_match_float64_on_the_gpu(dtype, value_dim
                                        run(reference, torch.float64)):
         err, base = (got - exact).abs().max().item(), (plain - exact).abs().max().item()
         assert err <= 2 * base + margin, f"{name}: kernels err {err:.3g} vs plain {dtype} err {base:.3g}"
+
+
+@pytest.mark.parametrize("rows,width,k,dtype", [(131072, 1024, 8, torch.bfloat16), (4096, 4096, 16, torch.float32),
+                                                (1000, 96, 8, torch.bfloat16)])
+def test_code_topk_kernel_selects_what_torch_topk_selects_on_the_gpu(rows, width, k, dtype):
+    """Learned wide codes' top-k (``code_topk``, the Triton row kernel under impl=auto on CUDA) at MQAR's shape
+    (batch 256 x 2 heads x 256 tokens, D = 1024, k = 8), at the backend's default D = 4096, k = 16, and at a
+    width that is no power of two: its indices select torch.topk's values, in its order."""
+    from lra_sfa.kernels.wide.topk import code_topk
+
+    z = torch.randn(rows, width, device="cuda", generator=torch.Generator(device="cuda").manual_seed(k)).to(dtype)
+    index = code_topk(z, k)
+    assert index.shape == (rows, k) and index.dtype == torch.int64
+    assert torch.equal(z.gather(-1, index), z.topk(k, dim=-1).values)

@@ -582,3 +582,27 @@ def test_plan_ranges_hold_exactly_each_query_entrys_bucket_list(num_features, ca
                     holds[i + 1:] = False
                 want = [g * L + j for j in torch.nonzero(holds).flatten().tolist()]
                 assert plan.key_tok[lo:hi].tolist() == want
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("width,k", [(1024, 8), (4096, 16), (96, 8)])
+def test_code_topk_kernel_selects_what_torch_topk_selects(dtype, width, k):
+    """The Triton row top-k (interpreter) against torch.topk on fresh random logits: the same values in the same
+    order, each index once; among tied values the lower index first."""
+    from lra_sfa.kernels.wide.topk import code_topk
+
+    z = torch.randn(2, 3, 7, width, generator=torch.Generator().manual_seed(width + k)).to(dtype)
+    index = code_topk(z, k, impl="triton")
+    assert index.shape == (2, 3, 7, k) and index.dtype == torch.int64
+    assert torch.equal(z.gather(-1, index), z.topk(k, dim=-1).values)
+    assert torch.equal(code_topk(z, k), z.topk(k, dim=-1).indices)  # auto on the CPU: torch.topk
+    ties = torch.randint(0, 3, (5, width), generator=torch.Generator().manual_seed(1)).float()
+    picked = code_topk(ties, k, impl="triton")
+    assert torch.equal(ties.gather(-1, picked), ties.topk(k, dim=-1).values)
+    for row, kept in zip(ties, picked):  # the kernel takes equal values left to right
+        top = (row == row.max()).nonzero().flatten()
+        assert torch.equal(kept[:len(top)], top[:k])
+    with pytest.raises(ValueError, match="impl 'cuda' is not one of"):
+        code_topk(z, k, impl="cuda")
+    with pytest.raises(ValueError, match=f"k = {width + 1} of {width}"):
+        code_topk(z, width + 1, impl="triton")

@@ -3,7 +3,8 @@
 ``reference`` (dense, the ground truth), ``plan`` (posting lists), ``posting``
 (PyTorch over the lists, any device), ``triton_kernel`` (CUDA or the
 interpreter), ``soft`` (the relaxed-bucket training path), ``capacity``
-(each bucket keeps its C highest-valued keys) and ``api``
+(each bucket keeps its C highest-valued keys), ``topk`` (``code_topk``: learned
+codes' top-k, with its Triton kernel in ``topk_triton``) and ``api``
 (``wide_attention``). Importing this package does not import Triton.
 """
 

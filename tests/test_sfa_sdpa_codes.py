@@ -116,3 +116,16 @@ def test_the_backend_names_the_sdpa_path():
     attn(q, k, v, torch.ones(2, 20, dtype=torch.bool))
     assert attn.last_path == "sdpa+mask"
     assert api.sfa_path(q, k, v, impl="sdpa") == "sdpa"
+
+
+@pytest.mark.parametrize("length,head_dim,backward,causal,expected", [
+    (1024, 64, True, False, True), (1025, 64, True, False, True),  # the Text model's CLS token: L + 1 goes with L
+    (2048, 64, True, False, False), (2049, 64, True, False, False), (8193, 64, True, False, True),
+    (1025, 128, True, False, False), (4097, 128, True, False, True),
+    (2049, 128, False, False, True), (4097, 128, False, False, False),
+    (257, 64, True, True, True), (1024, 32, True, False, False),  # an unmeasured head dim keeps the kernels
+])
+def test_the_measured_table_puts_l_plus_one_with_l(monkeypatch, length, head_dim, backward, causal, expected):
+    monkeypatch.setattr(dispatch, "interpreting", lambda: False)
+    monkeypatch.setattr(dispatch, "USE_SDPA", True)
+    assert dispatch.uses_sdpa(CUDA, torch.bfloat16, length, head_dim, False, backward, causal) == expected

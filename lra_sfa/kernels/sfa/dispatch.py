@@ -28,12 +28,14 @@ USE_GLUON_BWD = os.environ.get("LRA_SFA_GLUON_BWD", "1") != "0"
 USE_SDPA = os.environ.get("LRA_SFA_SDPA", "1") != "0"
 # impl="auto" runs SFA as SDPA on the zero-filled codes (``codes.sdpa_sfa``) at the lengths of these inclusive
 # ranges, per call kind ("fwd": no autograd; "train": forward for a backward; "causal": causal, either) and head
-# dim; other lengths and head dims run the FlashSFA kernels. From the interleaved comparison of both paths
-# (lab.sfa_sdpa_probe, batch x heads = 256 up to 8K; results/kernels/short_seq/README.md): SDPA where its whole
-# spread was faster or its median clearly so, the kernels where they were or the two tied.
+# dim; other lengths and head dims run the FlashSFA kernels. From the interleaved comparison of both paths at
+# powers of two (lab.sfa_sdpa_probe, batch x heads = 256 up to 8K; results/kernels/short_seq/README.md): SDPA where
+# its whole spread was faster or its median clearly so, the kernels where they were or the two tied. A range
+# ends (or starts) halfway, geometrically, between the measured lengths where the faster path changes, so a
+# model's L + 1 (a CLS token) falls with L.
 SDPA_LENGTHS = {
-    "fwd": {64: ((1, 1024),), 128: ((1, 2048),)},
-    "train": {64: ((1, 1024), (8192, None)), 128: ((4096, None),)},
+    "fwd": {64: ((1, 1536),), 128: ((1, 3072),)},
+    "train": {64: ((1, 1536), (6144, None)), 128: ((3072, None),)},
     "causal": {64: ((1, None),)},
 }
 GLUON_TILE = 64  # L must be a multiple of this for the Gluon forward

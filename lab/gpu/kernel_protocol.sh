@@ -7,7 +7,8 @@
 #   short      bench_kernels=short: L = 1K..8K at batch x heads = 256 (LRA's lengths)
 #   short-graph  the same grid with timer=cudagraph (each call captured in a CUDA graph: no host launch cost)
 #   gpu-tests  pytest -m gpu -n 2 tests/test_kernels_gpu.py with its summary (sfa_gpu_checks.csv; two workers
-#              halve the Triton compile time, and two L = 32K float64 references still fit one card)
+#              halve the Triton compile time, and two L = 32K float64 references still fit one card); it needs
+#              a call of its own (at 0afcb08, 42 tests in 310 s did not finish)
 #   padded     python -m lab.padded_full_probe: dense engines and SFA (rows computed / skipped) on padded ListOps,
 #              Text and Pathfinder batches (padded_full_probe.csv, about 2 minutes)
 #   table2     the LRA Table 2 protocol (python -m lra_sfa.bench bench=lra_table2), every backend eager, into
@@ -20,7 +21,7 @@
 #   profile    python -m lab.short_seq_profile at L = 1K and 4K, d = 64 and 128: each SFA call's kernels, launches
 #              and host time beside cuDNN's (results/kernels/short_seq/), packed as $OUT/kernels/profile.tgz
 #              (summary.csv, kernels.csv; about 1 minute)
-# e.g. one call `... kernel_protocol.sh sweep`, a second `... kernel_protocol.sh short,gpu-tests`.
+# e.g. one call `... kernel_protocol.sh sweep`, a second `... kernel_protocol.sh gpu-tests`, a third `short,profile`.
 # Everything lands in $OUT/kernels (CSVs written row by row, so a time-out keeps the rows done, plus log.txt);
 # at home: python -m lra_sfa.bench.kernels mode=merge src=<the returned kernels folder>, then mode=table.
 # Extra Hydra overrides for the sweeps go in $OVERRIDES (e.g. OVERRIDES='repeats=7 budget_s=300').
@@ -44,7 +45,7 @@ for part in ${PARTS//,/ }; do
              hydra.run.dir=/tmp/bench_kernels ${OVERRIDES:-} 2>&1 | log ;;
     short-graph) timeout 250 python3 -m lra_sfa.bench.kernels bench_kernels=short timer=cudagraph out="$OUT/kernels" \
                    topk_rows=0 budget_s=200 hydra.run.dir=/tmp/bench_kernels ${OVERRIDES:-} 2>&1 | log ;;
-    gpu-tests) LRA_SFA_GPU_SUMMARY="$OUT/kernels/sfa_gpu_checks.csv" timeout 320 python3 -m pytest -m gpu -q -n 2 -p no:logging \
+    gpu-tests) LRA_SFA_GPU_SUMMARY="$OUT/kernels/sfa_gpu_checks.csv" timeout 540 python3 -m pytest -m gpu -q -n 2 -p no:logging \
                  -p no:cacheprovider tests/test_kernels_gpu.py 2>&1 | tail -40 | log ;;
     padded) timeout 200 python3 -m lab.padded_full_probe --out "$OUT/kernels" --shapes listops,text,pathfinder \
               --compiled 2>&1 | log ;;

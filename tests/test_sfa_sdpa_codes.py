@@ -10,7 +10,11 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton")
 
-from lra_sfa.kernels.sfa import api, dispatch  # noqa: E402
+from lra_sfa.kernels.sfa import (  # noqa: E402
+    api,
+    codes,  # noqa: E402
+    dispatch,
+)
 from lra_sfa.kernels.sfa import check as sfa_check  # noqa: E402
 from lra_sfa.kernels.sfa.codes import codes_of, sparse_codes  # noqa: E402
 from lra_sfa.kernels.sfa.reference import sfa_dense_reference  # noqa: E402
@@ -73,9 +77,12 @@ def test_sparse_codes_keep_the_top_k_and_pass_gradients_on_their_support_only():
     assert torch.equal(x.grad, expected)
 
 
-def test_codes_of_a_head_dim_past_the_top_k_kernel_is_refused():
+def test_codes_of_a_head_dim_past_the_top_k_kernel_or_off_cuda_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="head_dim 512 exceeds"):
         codes_of(torch.randn(2, 512), 4)
+    monkeypatch.setattr(codes, "interpreting", lambda: False)
+    with pytest.raises(ValueError, match="needs CUDA .* on cpu"):
+        codes_of(torch.randn(2, 16), 4)
 
 
 @pytest.fixture

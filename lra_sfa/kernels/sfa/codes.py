@@ -35,6 +35,7 @@ import torch
 from torch.nn import functional as F
 
 from lra_sfa.kernels.sfa.topk_pack import SUPPORTED_PACK_DIMS, index_dtype, topk_pack
+from lra_sfa.kernels.sfa.triton_fwd import interpreting
 
 
 @torch.library.custom_op("lra_sfa::sparse_codes", mutates_args=())
@@ -68,6 +69,9 @@ sparse_codes.register_autograd(_backward, setup_context=_setup_context)
 
 def codes_of(x: torch.Tensor, topk: int) -> torch.Tensor:
     """x's zero-filled top-k codes (..., D) for any D up to the largest ``topk_pack`` size; differentiable."""
+    if x.device.type != "cuda" and not interpreting():
+        raise ValueError(f"sfa_attention(impl='sdpa'): its top-k is a Triton kernel, which needs CUDA (or "
+                         f"TRITON_INTERPRET=1 for the CPU interpreter); the tensors are on {x.device}")
     head_dim = x.shape[-1]
     if head_dim in SUPPORTED_PACK_DIMS:
         return sparse_codes(x, topk)[0]

@@ -143,6 +143,20 @@ def test_sweep_writes_protocol_rows_that_name_commit_versions_and_card(tmp_path,
     assert (tmp_path / "sfa_vs_sdpa.png").is_file()
 
 
+def test_sweep_with_sfa_impl_sdpa_times_and_checks_sdpa_on_the_codes(tmp_path, cpu_sdpa):
+    """sfa_impl=sdpa: the SFA side is SDPA on the zero-filled codes, named so in every row and passing the float64
+    check of the sampled rows, forward and forward+backward."""
+    from lra_sfa.bench.kernels.sweep import run_sweep
+
+    cfg = _cfg(tmp_path, "dims=[16]", "topks=[4]", "lengths=[64]", "tokens=128", "topk_rows=0", "sfa_impl=sdpa")
+    assert run_sweep(cfg, timer=FakeTimer(), device="cpu") == []
+    rows = list(csv.DictReader((tmp_path / "sfa_vs_sdpa.csv").open()))
+    checks = list(csv.DictReader((tmp_path / "sfa_checks.csv").open()))
+    assert {r["op"] for r in rows} == {"fwd", "fwd_bwd"} and {r["sfa_path"] for r in rows} == {"sdpa"}
+    assert all(r["passes"] == "True" for r in checks) and {r["fwd_config"] for r in checks} == {
+        "sdpa on topk_pack codes"}
+
+
 def test_sweep_skips_cells_past_the_budget_and_refuses_bad_grids(tmp_path, cpu_sdpa):
     from lra_sfa.bench.kernels.sweep import run_sweep
 

@@ -44,6 +44,25 @@ def _mask(batch, length, seed):
     return mask
 
 
+def assert_matches_float64_definition(out, leaves, topk: int, mask, causal: bool, zero_padding_rows: bool):
+    """``out`` and the gradients of its inputs ``leaves`` (q, k, v) against the dense float64 definition of SFA
+    (``sfa_dense_reference``; padding rows 0 where ``zero_padding_rows``), for a random output gradient.
+    Returns the gradients of q, k and v."""
+    from lra_sfa.kernels.sfa.reference import sfa_dense_reference
+
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, leaves, grad)
+    exact = [t.detach().double().requires_grad_(True) for t in leaves]
+    ref = sfa_dense_reference(*exact, topk, topk, mask, causal=causal)
+    if zero_padding_rows:
+        ref = ref * mask[:, None, :, None]
+    expected = torch.autograd.grad(ref, exact, grad.double())
+    assert sfa_check.rel_err(out, ref) < 1e-5
+    for name, mine, want in zip("qkv", got, expected):
+        assert sfa_check.rel_err(mine, want) < 1e-5, name
+    return got
+
+
 @pytest.fixture(autouse=True)
 def _require_interpreter():
     if not _jit_is_interpreted():
@@ -606,16 +625,7 @@ def test_causal_kernels_match_the_float64_definition(length, padding):
     skip = padding in ("right", "packed")
     out = sfa_attention(q, k, v, 4, 4, key_padding_mask=mask, impl="triton", skip_padding=skip,
                         padding_is_suffix=padding == "right", causal=True)
-    grad = torch.randn_like(out)
-    got = torch.autograd.grad(out, (q, k, v), grad)
-    exact = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
-    ref = sfa_dense_reference(*exact, 4, 4, mask, causal=True)
-    if skip:
-        ref = ref * mask[:, None, :, None]
-    expected = torch.autograd.grad(ref, exact, grad.double())
-    assert sfa_check.rel_err(out, ref) < 1e-5
-    for name, mine, want in zip("qkv", got, expected):
-        assert sfa_check.rel_err(mine, want) < 1e-5, name
+    assert_matches_float64_definition(out, (q, k, v), 4, mask, causal=True, zero_padding_rows=skip)
     with torch.no_grad():  # the forward-only operator, 16-bit, q's top-k fused into the kernel
         fused = sfa_attention(*(t.detach().bfloat16() for t in (q, k, v)), 4, 4, key_padding_mask=mask,
                               impl="triton", causal=True)

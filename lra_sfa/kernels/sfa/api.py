@@ -70,8 +70,9 @@ def sfa_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask
     """What ``sfa_attention(q, k, v, ..., impl=impl)`` runs: "reference", "sdpa", "triton", "gluon", or, for a
     call with a backward whose halves differ, "gluon_fwd+triton_bwd" / "triton_fwd+gluon_bwd"
     (``dispatch.kernel_path``). Raises the ValueError the call would raise when impl="gluon" cannot run here."""
-    if resolve_impl(impl, q.device) in ("reference", "sdpa"):
-        return resolve_impl(impl, q.device)
+    chosen = resolve_impl(impl, q.device)
+    if chosen in ("reference", "sdpa"):
+        return chosen
     from lra_sfa.kernels.sfa.autograd import needs_backward  # imports triton
     from lra_sfa.kernels.sfa.dispatch import kernel_path
 

@@ -21,9 +21,10 @@ holds features [t D/k, (t+1) D/k); other codes: one table), over every (sequence
   needle task (``tasks/needle.py``): cls, filler, needle_key, needle_value, other_key, other_value,
   query_marker, query_key (the final token, which repeats the needle's key).
 
-``--attn KEY=VALUE`` changes the attention at analysis time (e.g. ``capacity_factor=2.0`` on a model
-trained without it). Writes ``<label>.csv`` and ``<label>_types.csv`` under ``--out``, then draws
-``wide_codes.png`` from every ``*.csv`` there (occupancy and candidates against L).
+``--attn KEY=VALUE`` changes the attention at analysis time (e.g. ``capacity_factor=2.0`` or
+``D_grow_from=256`` on a model trained without it; with ``D_grow_from`` the column ``D`` and the isotropic
+counts are those of the grown space D(L)). Writes ``<label>.csv`` and ``<label>_types.csv`` under
+``--out``, then draws ``wide_codes.png`` from every ``*.csv`` there (occupancy and candidates against L).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class CodeTap:
             B, H, L, K = k_idx.shape
             real = None if mask is None else mask[:, None, :].expand(B, H, L).reshape(B * H, L)
             pruned = apply_capacity(q_idx.reshape(B * H, L, K), k_idx.reshape(B * H, L, K),
-                                    k_val.reshape(B * H, L, K), real, module.D, capacity)[0]  # (G, L, K)
+                                    k_val.reshape(B * H, L, K), real, module.num_features(L), capacity)[0]
             self.attended = (q_idx, q_val, pruned.view(B, H, L, K), k_val)
         self.stats = module.stats()
 
@@ -211,6 +212,7 @@ def analyse_length(model, cfg, length: int, examples: int, batch: int, cache_dir
     split = task.load(cache_dir).test
     model.extend_positions(length)
     first = taps[0].module
+    space = first.num_features(length + 1)  # D, or D(L) with attn.D_grow_from (the CLS token makes L + 1)
     tables = first.k if first.codes == "simhash" else 1
     per_layer: dict = {}
     correct = 0
@@ -223,16 +225,16 @@ def analyse_length(model, cfg, length: int, examples: int, batch: int, cache_dir
         positions = sampled_queries(types.cpu(), rng).to(device)
         for layer, tap in enumerate(taps):
             acc = per_layer.setdefault(layer, {"tables": [], "types": [], "stats": []})
-            acc["tables"].append(table_rows(tap.codes, types, tokens, first.D, tables))
+            acc["tables"].append(table_rows(tap.codes, types, tokens, space, tables))
             acc["types"].append(type_rows(tap.attended, types, positions))
             acc["stats"].append(tap.stats)
-    base = {"seq_len": length, "attn_len": length + 1, "D": first.D, "k": first.k, "examples": examples,
+    base = {"seq_len": length, "attn_len": length + 1, "D": space, "k": first.k, "examples": examples,
             "accuracy": correct / examples}
     rows, trows = [], []
     for layer, acc in per_layer.items():
         stats = pd.DataFrame(acc["stats"]).mean().to_dict()
         extra = {f"stat_{key}": value for key, value in stats.items()}
-        iso = (length + 1) * first.k ** 2 / first.D
+        iso = (length + 1) * first.k ** 2 / space
         head = {**base, "layer": layer, "candidates_per_query": stats["mean_candidates"],
                 "isotropic_candidates": iso, "candidates_ratio": stats["mean_candidates"] / iso}
         table_frame = pd.DataFrame([r for batch_rows in acc["tables"] for r in batch_rows])

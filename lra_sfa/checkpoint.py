@@ -49,7 +49,7 @@ RESUME_FREE = frozenset({"max_steps", "max_seconds", "checkpoint_every", "progre
 RETIRED_SETTINGS = frozenset({"attn.name"})
 # settings newer than some checkpoints, with the value that computes what those checkpoints ran: a checkpoint
 # without the key is taken to hold that value
-ADDED_SETTINGS = {"attn.capacity_factor": None, "attn.padded_path": "auto"}
+ADDED_SETTINGS = {"attn.capacity_factor": None, "attn.D_grow_from": None, "attn.padded_path": "auto"}
 # attention keys that pick a kernel for the same function (full's padded path): free to change on resume
 KERNEL_CHOICES = frozenset({"attn.padded_path"})
 

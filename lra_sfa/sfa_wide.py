@@ -30,6 +30,12 @@ Attention is then computed only from the codes (``lra_sfa.kernels.wide.posting``
   keys (c times an isotropic bucket's mean load; ``lra_sfa.kernels.wide.capacity``), so a query meets at
   most k C keys on any codes; the dropped key entries leave the key's code (also in the relaxed training
   path), counted in ``stats()`` (``dropped_frac``, ``key_entries_dropped_frac``, ``capacity``).
+* ``D_grow_from=L0`` (codes=simhash): the code space grows with the sequence, D(L) = D 2^e with
+  e = round(log2(L / L0)) >= 0 more sign bits per table (fixed random hyperplanes orthonormal to the table's
+  own), so the isotropic candidates per query, L k^2 / D(L), stay at those of L0 (``grown_simhash_ids``). The
+  extra bits only split buckets: pairs that share a grown bucket keep their scores, the rest are the drop,
+  visible in ``stats()`` (``mean_candidates``, ``num_features`` = D(L)). The kernels see the features
+  renumbered per group (``lra_sfa.kernels.wide.relabel``), as D(L) outgrows what they can index.
 * Defined fallback: a query with no candidate key (overlap), or with no real
   key at all (exact), attends to itself: its output is its own value row.
   Padding keys are never attended.
@@ -62,6 +68,7 @@ from torch import nn
 from lra_sfa.attention import AttentionBackend
 from lra_sfa.kernels.wide.api import wide_attention
 from lra_sfa.kernels.wide.capacity import capacity_for
+from lra_sfa.kernels.wide.relabel import relabel_features
 from lra_sfa.kernels.wide.soft import sign_buckets, simhash_soft_attention
 from lra_sfa.kernels.wide.topk import code_topk
 
@@ -115,14 +122,37 @@ def simhash_codes(h: torch.Tensor, planes: torch.Tensor, k: int,
     return sign_buckets(proj, full)  # (B, H, L, k) feature ids and values
 
 
-def _feature_entropy(idx: torch.Tensor, num_features: int) -> torch.Tensor:
-    """Mean over heads of the normalised entropy of feature usage; idx: (B, H, L, k)."""
+def grown_simhash_ids(h: torch.Tensor, planes: torch.Tensor, grow_planes: torch.Tensor, idx: torch.Tensor, k: int,
+                      extra: int) -> torch.Tensor:
+    """Feature ids (B, H, L, k) of SimHash codes of h (B, H, L, e) refined by ``extra`` more sign bits per table.
+
+    idx: the ids from ``simhash_codes`` with ``planes`` (H, e, k * b) (table t: t 2^b + its bits). Table t's
+    extra hyperplanes are the first ``extra`` of its m columns of grow_planes (H, e, k * m), made orthonormal
+    to the table's own planes (which training may have moved) and to each other, so that for isotropic
+    inputs every extra bit halves a bucket. Their sign bits go above the b bits: the new id is
+    t 2^(b + extra) + (extra bits) 2^b + (old bits), so a pair sharing a grown bucket shares its old one.
+    """
+    B, H, L, e = h.shape
+    b, m = planes.shape[-1] // k, grow_planes.shape[-1] // k
+    own = planes.detach().float().view(H, e, k, b).permute(0, 2, 1, 3)  # (H, k, e, b)
+    fresh = grow_planes.float().view(H, e, k, m)[..., :extra].permute(0, 2, 1, 3)  # (H, k, e, extra)
+    basis = torch.linalg.qr(torch.cat([own, fresh], dim=-1)).Q[..., b:]  # (H, k, e, extra), orthogonal to own
+    with torch.no_grad():
+        proj = torch.einsum("bhle,hked->bhlkd", h.detach(), basis.to(h.dtype))  # (B, H, L, k, extra)
+        high = ((proj > 0).long() * 2 ** torch.arange(extra, device=h.device)).sum(-1)  # (B, H, L, k)
+        table = torch.arange(k, device=h.device)
+        return table * (1 << (b + extra)) + high * (1 << b) + (idx - table * (1 << b))
+
+
+def _feature_entropy(idx: torch.Tensor, num_features: int, space: int | None = None) -> torch.Tensor:
+    """Mean over heads of the entropy of feature usage over log(space) (default num_features); idx: (B, H, L, k)
+    in 0..num_features - 1 (relabelled ids of a grown space: the entropy does not depend on the labels)."""
     heads = idx.shape[1]
     flat = idx.transpose(0, 1).reshape(heads, -1)  # (H, B * L * k)
     counts = torch.zeros(heads, num_features, device=idx.device).scatter_add_(
         1, flat, torch.ones_like(flat, dtype=torch.float32))
     p = counts / counts.sum(1, keepdim=True)
-    ent = -(p * torch.log(p.clamp_min(1e-30))).sum(1) / math.log(num_features)
+    ent = -(p * torch.log(p.clamp_min(1e-30))).sum(1) / math.log(space or num_features)
     return ent.mean()
 
 
@@ -136,7 +166,8 @@ class SFAWideAttention(AttentionBackend):
                  relax: str = "ste", mode: str = "overlap", cap: int | None = None, mlp_hidden: int = 0,
                  balance_weight: float = 0.0, tau_start: float = 1.0, tau_end: float = 0.1,
                  scale: float | None = None, impl: str = "auto", bits_start: int | None = None,
-                 bits_anneal: float = 0.5, train_planes: bool = False, capacity_factor: float | None = None) -> None:
+                 bits_anneal: float = 0.5, train_planes: bool = False, capacity_factor: float | None = None,
+                 D_grow_from: int | None = None) -> None:
         super().__init__()
         for key, value, valid in (("codes", codes, CODES), ("relax", relax, RELAXES), ("mode", mode, MODES),
                                   ("impl", impl, IMPLS)):
@@ -166,6 +197,10 @@ class SFAWideAttention(AttentionBackend):
                 capacity_factor, (int, float)) or capacity_factor <= 0 or mode != "overlap" or cap is not None):
             raise ValueError(f"attn sfa_wide: capacity_factor={capacity_factor!r} must be null or a number > 0, and "
                              f"needs mode=overlap and cap=null (got mode={mode!r}, cap={cap!r})")
+        if D_grow_from is not None and (codes != "simhash" or isinstance(D_grow_from, bool)
+                                        or not isinstance(D_grow_from, int) or D_grow_from < 1):
+            raise ValueError(f"attn sfa_wide: D_grow_from={D_grow_from!r} must be null or an int >= 1 (the length "
+                             f"from which D doubles per doubling of L), and needs codes=simhash (got codes={codes!r})")
         if train_planes and codes != "simhash":
             raise ValueError(f"attn sfa_wide: train_planes=true needs codes=simhash, got codes={codes!r}")
         if not 0 < bits_anneal <= 1:
@@ -179,6 +214,7 @@ class SFAWideAttention(AttentionBackend):
         self.tau = tau_start
         self.bits_start, self.bits_anneal, self.train_planes = bits_start, bits_anneal, train_planes
         self.capacity_factor = capacity_factor
+        self.D_grow_from = D_grow_from
         self.table_bits = bits  # log2(D / k): SimHash bits per table at eval
         self.bits = bits if codes == "simhash" else None  # SimHash bits per table in use (training anneal)
         width = mlp_hidden if mlp_hidden > 0 else head_dim
@@ -194,6 +230,10 @@ class SFAWideAttention(AttentionBackend):
                 self.planes = nn.Parameter(planes)
             else:
                 self.register_buffer("planes", planes)
+            if D_grow_from is not None:  # the extra bits' hyperplanes: fixed, seeded, never in a checkpoint
+                spare = width - bits
+                fresh = torch.randn(num_heads, width, k * spare, generator=torch.Generator().manual_seed(0))
+                self.register_buffer("grow_planes", fresh, persistent=False)
         elif codes == "lsh":
             self.register_buffer("code_map", unit_columns(torch.randn(num_heads, width, D)))  # (H, e, D)
         else:
@@ -231,6 +271,22 @@ class SFAWideAttention(AttentionBackend):
         powers = all(x & (x - 1) == 0 for x in (self.k, value_dim))
         return "triton" if device.type == "cuda" and powers else "posting"
 
+    def extra_bits(self, length: int) -> int:
+        """Sign bits added per table at sequence length ``length`` (``D_grow_from``): round(log2(L / L0)) >= 0."""
+        if self.D_grow_from is None or length <= self.D_grow_from:
+            return 0
+        extra = max(0, round(math.log2(length / self.D_grow_from)))
+        spare = self.grow_planes.shape[-1] // self.k
+        if extra > spare:
+            raise ValueError(f"attn sfa_wide: D_grow_from={self.D_grow_from} at L={length} needs {extra} more sign "
+                             f"bits per table, but the code input width {self.grow_planes.shape[1]} leaves "
+                             f"{spare} beyond log2(D/k)={self.table_bits} (raise D_grow_from or lower D)")
+        return extra
+
+    def num_features(self, length: int) -> int:
+        """The code space's size D(L) at sequence length ``length``: D, times 2^extra_bits(L)."""
+        return self.D << self.extra_bits(length)
+
     def on_step(self, step: int, max_steps: int) -> None:
         frac = min(1.0, step / max(1, max_steps))
         self.tau = self.tau_start * (self.tau_end / self.tau_start) ** frac
@@ -249,10 +305,16 @@ class SFAWideAttention(AttentionBackend):
         return torch.einsum("bhle,hef->bhlf", self._features(x), self.code_map.to(x.dtype))
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Codes of x: indices (B, H, L, k) int64, values (B, H, L, k), logits (B, H, L, D) (None for simhash)."""
+        """Codes of x: indices (B, H, L, k) int64 in 0..num_features(L) - 1, values (B, H, L, k), logits
+        (B, H, L, D) (None for simhash)."""
         if self.codes == "simhash":
             bits = self.bits if self.training else None  # eval: always every bit
-            return (*simhash_codes(self._features(x), self.planes, self.k, bits), None)
+            h = self._features(x)
+            idx, values = simhash_codes(h, self.planes, self.k, bits)
+            extra = self.extra_bits(x.shape[2])
+            if extra:
+                idx = grown_simhash_ids(h, self.planes, self.grow_planes, idx, self.k, extra)
+            return idx, values, None
         learned_training = self.codes == "learned" and self.training
         if not (learned_training and (self.relax == "gumbel" or self.balance_weight > 0)):
             h = self._features(x)
@@ -315,7 +377,7 @@ class SFAWideAttention(AttentionBackend):
         """Keys a bucket keeps at this length (``capacity_factor``), None without a capacity."""
         if self.capacity_factor is None:
             return None
-        return capacity_for(length, self.k, self.D, float(self.capacity_factor))
+        return capacity_for(length, self.k, self.num_features(length), float(self.capacity_factor))
 
     def _dropped(self, stats: dict, length: int) -> dict[str, torch.Tensor]:
         """What the cap or the capacity dropped: (query, key, feature) incidences, and key entries (capacity)."""
@@ -329,11 +391,18 @@ class SFAWideAttention(AttentionBackend):
 
     def forward(self, q, k, v, key_padding_mask=None):
         if self.relax == "soft" and self.training:
+            if self.extra_bits(q.shape[2]):
+                raise ValueError(f"attn sfa_wide: relax=soft trains at a fixed D; D_grow_from={self.D_grow_from} "
+                                 f"would grow it at the training length {q.shape[2]} (set D_grow_from >= it)")
             return self._soft_forward(q, k, v, key_padding_mask)
         impl = self._impl(q.device, v.shape[-1])
         q_idx, q_val, q_logits = self._encode(q)
         k_idx, k_val, k_logits = self._encode(k)
-        out, stats = wide_attention(q_idx, q_val, k_idx, k_val, v, self.D, self.scale, self.mode, self.cap,
+        space = self.num_features(q.shape[2])
+        features = space
+        if space > self.D:  # a grown space: renumbered per group to what the kernels can index
+            q_idx, k_idx, features = relabel_features(q_idx, k_idx)
+        out, stats = wide_attention(q_idx, q_val, k_idx, k_val, v, features, self.scale, self.mode, self.cap,
                                     key_padding_mask, impl=impl, capacity=self._capacity(q.shape[2]),
                                     causal=self.causal)
         self.last_path = impl
@@ -344,11 +413,13 @@ class SFAWideAttention(AttentionBackend):
         with torch.no_grad():
             queries = q.shape[0] * q.shape[1] * q.shape[2]
             self._diag = {
-                "feature_entropy_q": _feature_entropy(q_idx, self.D),
-                "feature_entropy_k": _feature_entropy(k_idx, self.D),
+                "feature_entropy_q": _feature_entropy(q_idx, features, space),
+                "feature_entropy_k": _feature_entropy(k_idx, features, space),
                 "mean_candidates": stats["candidates"] / queries,
                 **self._dropped(stats, q.shape[2]),
             }
+            if self.D_grow_from is not None:
+                self._diag["num_features"] = torch.tensor(float(space))
         return out
 
     def extra_loss(self) -> torch.Tensor | None:
@@ -364,6 +435,7 @@ class SFAWideAttention(AttentionBackend):
 
     def extra_repr(self) -> str:
         return (f"D={self.D}, k={self.k}, codes={self.codes}, relax={self.relax}, mode={self.mode}, "
-                f"cap={self.cap}, capacity_factor={self.capacity_factor}, bits_start={self.bits_start}, "
+                f"cap={self.cap}, capacity_factor={self.capacity_factor}, D_grow_from={self.D_grow_from}, "
+                f"bits_start={self.bits_start}, "
                 f"train_planes={self.train_planes}, "
                 f"scale={self.scale:.4g}, impl={self.impl}")

@@ -23,10 +23,18 @@ def plot_dir(out: Path) -> Path:
                     label=f"{label}, layer {layer}: mean")
         occ_ax.plot(frame["seq_len"], frame["occupancy_max"], "^:", color=line.get_color(),
                     label=f"{label}, layer {layer}: max")
-    iso = data.drop_duplicates("seq_len")
-    cand_ax.plot(iso["seq_len"], iso["isotropic_candidates"], "k--", label="isotropic L k^2 / D")
-    cand_ax.plot(iso["seq_len"], 2 * iso["isotropic_candidates"], "k:", label="2 x isotropic")
-    occ_ax.plot(iso["seq_len"], iso["occupancy_isotropic"], "k--", label="isotropic (Poisson, non-empty)")
+    # one isotropic reference per code space: fixed D, and D(L) for labels analysed with attn.D_grow_from
+    grown = data.groupby("label")["D"].transform("nunique") > 1
+    for is_grown, name, colour in ((False, "D", "k"), (True, "D(L)", "0.5")):
+        iso = data[grown == is_grown].drop_duplicates("seq_len")
+        if iso.empty:
+            continue
+        cand_ax.plot(iso["seq_len"], iso["isotropic_candidates"], "--", color=colour,
+                     label=f"isotropic L k^2 / {name}")
+        cand_ax.plot(iso["seq_len"], 2 * iso["isotropic_candidates"], ":", color=colour,
+                     label=f"2 x isotropic ({name})")
+        occ_ax.plot(iso["seq_len"], iso["occupancy_isotropic"], "--", color=colour,
+                    label=f"isotropic (Poisson, non-empty, {name})")
     cand_ax.set(xscale="log", yscale="log", xlabel="sequence length L", ylabel="candidates per query (kernel count)",
                 title="Candidates per query")
     occ_ax.set(xscale="log", yscale="log", xlabel="sequence length L", ylabel="keys per non-empty bucket",

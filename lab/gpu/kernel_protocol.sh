@@ -8,7 +8,11 @@
 #   short-graph  the same grid with timer=cudagraph (each call captured in a CUDA graph: no host launch cost)
 #   gpu-tests  pytest -m gpu -n 2 tests/test_kernels_gpu.py with its summary (sfa_gpu_checks.csv; two workers
 #              halve the Triton compile time, and two L = 32K float64 references still fit one card); it needs
-#              a call of its own (at 0afcb08, 42 tests in 310 s did not finish)
+#              a call of its own (at 0afcb08, 42 of its 73 tests in 310 s did not finish)
+#   gpu-checks   the same for the float64 check table alone (test_kernels_match_float64: every dispatched
+#              path, fwd/dQ/dK/dV, d = 64 and 128, L = 1K, 8K, 32K; sfa_gpu_checks.csv)
+#   gpu-rest     the other GPU tests (causal, padding, wide codes, top-k, opcheck, compile, CUDA graphs);
+#              gpu-checks and gpu-rest together are gpu-tests, each small enough to share a call
 #   padded     python -m lab.padded_full_probe: dense engines and SFA (rows computed / skipped) on padded ListOps,
 #              Text and Pathfinder batches (padded_full_probe.csv, about 2 minutes)
 #   table2     the LRA Table 2 protocol (python -m lra_sfa.bench bench=lra_table2), every backend eager, into
@@ -45,8 +49,11 @@ for part in ${PARTS//,/ }; do
              hydra.run.dir=/tmp/bench_kernels ${OVERRIDES:-} 2>&1 | log ;;
     short-graph) timeout 250 python3 -m lra_sfa.bench.kernels bench_kernels=short timer=cudagraph out="$OUT/kernels" \
                    topk_rows=0 budget_s=200 hydra.run.dir=/tmp/bench_kernels ${OVERRIDES:-} 2>&1 | log ;;
-    gpu-tests) LRA_SFA_GPU_SUMMARY="$OUT/kernels/sfa_gpu_checks.csv" timeout 540 python3 -m pytest -m gpu -q -n 2 -p no:logging \
-                 -p no:cacheprovider tests/test_kernels_gpu.py 2>&1 | tail -40 | log ;;
+    gpu-tests|gpu-checks|gpu-rest)
+      case $part in gpu-checks) select=(-k test_kernels_match_float64) ;; gpu-rest) select=(-k "not test_kernels_match_float64") ;;
+        *) select=() ;; esac
+      LRA_SFA_GPU_SUMMARY="$OUT/kernels/sfa_gpu_checks.csv" timeout 540 python3 -m pytest -m gpu -q -n 2 -p no:logging \
+        -p no:cacheprovider "${select[@]}" tests/test_kernels_gpu.py 2>&1 | tail -40 | log ;;
     padded) timeout 200 python3 -m lab.padded_full_probe --out "$OUT/kernels" --shapes listops,text,pathfinder \
               --compiled 2>&1 | log ;;
     table2) timeout 330 python3 -m lra_sfa.bench bench=lra_table2 out_dir=/tmp/table2 \
@@ -60,7 +67,7 @@ for part in ${PARTS//,/ }; do
     profile) timeout 150 python3 -m lab.short_seq_profile --out /tmp/profile --lengths 1024,4096 --dims 64,128 \
                2>&1 | tail -20 | log
              tar czf "$OUT/kernels/profile.tgz" -C /tmp/profile . ;;
-    *) echo "kernel_protocol.sh: unknown part '$part' (sweep, short, short-graph, gpu-tests, padded, table2," \
+    *) echo "kernel_protocol.sh: unknown part '$part' (sweep, short, short-graph, gpu-tests, gpu-checks, gpu-rest, padded, table2," \
             "table2-compiled, table2-graphs, profile)" | log ;;
   esac
   # the Table 2 records so far, repacked after each part (a later part's time-out keeps the earlier ones)

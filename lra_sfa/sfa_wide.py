@@ -134,11 +134,11 @@ def grown_simhash_ids(h: torch.Tensor, planes: torch.Tensor, grow_planes: torch.
     """
     B, H, L, e = h.shape
     b, m = planes.shape[-1] // k, grow_planes.shape[-1] // k
-    own = planes.detach().float().view(H, e, k, b).permute(0, 2, 1, 3)  # (H, k, e, b)
-    fresh = grow_planes.float().view(H, e, k, m)[..., :extra].permute(0, 2, 1, 3)  # (H, k, e, extra)
-    basis = torch.linalg.qr(torch.cat([own, fresh], dim=-1)).Q[..., b:]  # (H, k, e, extra), orthogonal to own
-    with torch.no_grad():
-        proj = torch.einsum("bhle,hked->bhlkd", h.detach(), basis.to(h.dtype))  # (B, H, L, k, extra)
+    with torch.no_grad():  # ids only: no gradient flows through a bucket choice
+        own = planes.float().view(H, e, k, b).permute(0, 2, 1, 3)  # (H, k, e, b)
+        fresh = grow_planes.float().view(H, e, k, m)[..., :extra].permute(0, 2, 1, 3)  # (H, k, e, extra)
+        basis = torch.linalg.qr(torch.cat([own, fresh], dim=-1)).Q[..., b:]  # (H, k, e, extra), orthogonal to own
+        proj = torch.einsum("bhle,hked->bhlkd", h, basis.to(h.dtype))  # (B, H, L, k, extra)
         high = ((proj > 0).long() * 2 ** torch.arange(extra, device=h.device)).sum(-1)  # (B, H, L, k)
         table = torch.arange(k, device=h.device)
         return table * (1 << (b + extra)) + high * (1 << b) + (idx - table * (1 << b))

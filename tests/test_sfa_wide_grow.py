@@ -92,11 +92,14 @@ def test_extra_bits_are_independent_of_moved_trained_bits():
     isotropic inputs every extra sign is a fair coin independent of the table's own bits: each grown bucket
     takes 1 / 2^extra of its old bucket."""
     module = grown_module(1024, train_planes=True)
+    b, m = module.table_bits, module.grow_planes.shape[-1] // module.k
     with torch.no_grad():
         module.planes.add_(0.3 * torch.randn_like(module.planes))  # as training moves them
+        for t in range(module.k):  # a random extra direction close to a trained plane must still split fairly
+            module.grow_planes[:, :, t * m] = module.planes[:, :, t * b] + 0.1 * torch.randn(2, 16)
     x = torch.randn(1, 2, 4096, 16)
     idx, _, _ = module._encode(x)  # (1, 2, 4096, 4)
-    b, extra = module.table_bits, module.extra_bits(4096)
+    extra = module.extra_bits(4096)
     assert extra == 2
     own = torch.stack([(idx >> j) & 1 for j in range(b)], -1).float().reshape(-1, b)  # (N, b)
     new = torch.stack([(idx >> (b + j)) & 1 for j in range(extra)], -1).float().reshape(-1, extra)  # (N, extra)

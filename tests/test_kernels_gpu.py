@@ -363,3 +363,18 @@ def test_code_topk_kernel_selects_what_torch_topk_selects_on_the_gpu(rows, width
     index = code_topk(z, k)
     assert index.shape == (rows, k) and index.dtype == torch.int64
     assert torch.equal(z.gather(-1, index), z.topk(k, dim=-1).values)
+
+
+def test_code_topk_kernel_reads_rows_past_two_to_the_31_logits_on_the_gpu():
+    """The Text model's Table 2 cell at 4K tokens (batch 32 x 4 heads x 4096 tokens, D = 4096) holds exactly
+    2^31 logits: the kernel's offsets must not wrap there (int32 offsets read outside the tensor), and the rows
+    after the boundary get torch.topk's values like the first ones."""
+    from lra_sfa.kernels.wide.topk import code_topk
+
+    rows, width, k = 2**31 // 4096 + 100, 4096, 16
+    z = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16,
+                    generator=torch.Generator(device="cuda").manual_seed(0))  # (rows, D): 4 GiB
+    index = code_topk(z, k)
+    torch.cuda.synchronize()
+    for part in (slice(0, 1000), slice(rows - 1000, rows)):  # before and past the 2^31-th logit
+        assert torch.equal(z[part].gather(-1, index[part]), z[part].topk(k, dim=-1).values)

@@ -19,7 +19,9 @@ MAX_K = 32
 @triton.jit
 def _row_topk_kernel(Z, Index, rows, D: tl.constexpr, K: tl.constexpr, BLOCK_R: tl.constexpr,
                      BLOCK_D: tl.constexpr):
-    row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # (BLOCK_R,)
+    # int64 row numbers: rows x D passes 2^31 at real shapes (batch 32 x 4 heads x 4096 tokens x D = 4096 is
+    # exactly 2^31), where int32 offsets would wrap and read outside z
+    row = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)  # (BLOCK_R,)
     col = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
     live = row < rows
     x = tl.load(Z + row[:, None] * D + col[None, :], mask=live[:, None] & (col[None, :] < D),

@@ -189,6 +189,7 @@ def test_table2_compiles_the_model_as_training_does(monkeypatch):
     assert record["compile_mode"] == "default" and modes == ["default"]
     record = run_train_cell(attn, 64, bench("true", "reduce-overhead"), torch.device("cpu"), torch.float32)
     assert record["compile_mode"] == "reduce-overhead" and modes[-1] == "reduce-overhead"
+    assert record["memory_source"].endswith("_from_capture")  # graph replays allocate nothing: the window opens early
     record = run_train_cell(attn, 64, bench("auto"), torch.device("cpu"), torch.float32)
     assert record["status"] == "ok" and record["compiled"] is False and len(compiled) == 2
     assert record["compile_mode"] is None
@@ -225,3 +226,21 @@ def test_table2_report_sets_compiled_runs_against_compiled_full():
     text = table2_section([*records, unmasked[0], {**unmasked[0], "attn": "sfa", "steps_per_second": 20.0}], {})
     assert text.count("### Measured on NVIDIA H100 80GB HBM3") == 5 and "no key padding mask" in text
     assert "20.00 (0.50x)" in text and "8.00 (0.80x)" in text  # each against the full of its own setting
+
+
+def test_table2_report_shows_no_memory_for_graph_replays_measured_without_their_capture():
+    """A CUDA-graph replay (reduce-overhead) allocates nothing: its peak memory means the step's only where the
+    window opened before the capture (memory_source ..._from_capture); otherwise the table says so."""
+    from lra_sfa.report.efficiency import table2_section
+
+    def record(attn, source):
+        return {"mode": "lra_table2", "device": "NVIDIA H100 80GB HBM3", "attn": attn, "seq_len": 1024,
+                "status": "ok", "steps_per_second": 10.0, "peak_memory_mb": 41.0, "dtype": "bfloat16", "batch": 32,
+                "date": "2026-12-07", "compiled": True, "compile_mode": "reduce-overhead", "memory_source": source}
+
+    text = table2_section([record("full", "cuda_max_memory_allocated"), record("sfa", "cuda_max_memory_allocated")],
+                          {})
+    assert "not measured" in text and "41" not in text
+    source = "cuda_max_memory_allocated_from_capture"
+    text = table2_section([record("full", source), record("sfa", source)], {})
+    assert "not measured" not in text and "41 (1.00x)" in text

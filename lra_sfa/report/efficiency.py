@@ -131,6 +131,13 @@ def table2_setup(record: dict) -> tuple:
     return record["device"], compilation(record), record.get("key_padding_mask", True) is not False
 
 
+def step_memory_measured(record: dict) -> bool:
+    """Whether a Table 2 record's peak memory covers its training step: CUDA-graph replays (reduce-overhead)
+    allocate nothing, so their peak counts only where the window opened before the capture
+    (``memory_source`` ending in ``_from_capture``); records from before that measured almost nothing."""
+    return compilation(record) != "reduce-overhead" or str(record.get("memory_source", "")).endswith("_from_capture")
+
+
 def table2_rows(records: list[dict]) -> list[dict]:
     """Latest Table 2 records with speed and memory relative to full at the same length and ``table2_setup``
     (device, compilation: eager or the torch.compile mode, None in records from before the option; mask)."""
@@ -140,8 +147,9 @@ def table2_rows(records: list[dict]) -> list[dict]:
     for (device, compiled, masked, _, length), record in chosen.items():
         full = chosen.get((device, compiled, masked, "full", length))
         ok = record["status"] == "ok" and full is not None and full["status"] == "ok"
+        memory_ok = ok and step_memory_measured(record) and step_memory_measured(full)
         rows.append({**record, "speedup_vs_full": record["steps_per_second"] / full["steps_per_second"] if ok else None,
-                     "memory_vs_full": record["peak_memory_mb"] / full["peak_memory_mb"] if ok else None})
+                     "memory_vs_full": record["peak_memory_mb"] / full["peak_memory_mb"] if memory_ok else None})
     return rows
 
 
@@ -196,6 +204,8 @@ def _ratio_cell(record: dict | None, key: str, ratio_key: str, digits: int) -> s
         return ""
     if record["status"] != "ok":
         return record["status"]
+    if key == "peak_memory_mb" and not step_memory_measured(record):
+        return "not measured"  # a CUDA-graph replay's peak without its capture
     ratio = record.get(ratio_key)
     return f"{record[key]:.{digits}f}" + (f" ({ratio:.2f}x)" if ratio is not None else "")
 

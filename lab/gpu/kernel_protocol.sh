@@ -29,6 +29,11 @@
 # Everything lands in $OUT/kernels (CSVs written row by row, so a time-out keeps the rows done, plus log.txt);
 # at home: python -m lra_sfa.bench.kernels mode=merge src=<the returned kernels folder>, then mode=table.
 # Extra Hydra overrides for the sweeps go in $OVERRIDES (e.g. OVERRIDES='repeats=7 budget_s=300').
+# One table at one commit over several calls (main moves on between them): run the script from that commit's
+# tree. Here: git archive --format=tar.gz -o .campaign/tree.tgz <commit>   (carry [".whl", ".campaign"]); there:
+#   mkdir /tmp/tree && tar xzf .campaign/tree.tgz -C /tmp/tree && cp -r .whl /tmp/tree/ && cd /tmp/tree &&
+#   LRA_SFA_GIT_COMMIT=<commit> bash lab/gpu/kernel_protocol.sh sweep
+# (the script must be that commit's too: a part it does not know is reported as unknown).
 set -u
 PARTS=${1:-sweep}
 [ -n "${LRA_SFA_GIT_COMMIT:-}" ] || echo "warning: LRA_SFA_GIT_COMMIT is not set: rows will say git_commit=unknown"

@@ -398,8 +398,7 @@ class SFAWideAttention(AttentionBackend):
         impl = self._impl(q.device, v.shape[-1])
         q_idx, q_val, q_logits = self._encode(q)
         k_idx, k_val, k_logits = self._encode(k)
-        space = self.num_features(q.shape[2])
-        features = space
+        space = features = self.num_features(q.shape[2])
         if space > self.D:  # a grown space: renumbered per group to what the kernels can index
             q_idx, k_idx, features = relabel_features(q_idx, k_idx)
         out, stats = wide_attention(q_idx, q_val, k_idx, k_val, v, features, self.scale, self.mode, self.cap,
@@ -436,6 +435,5 @@ class SFAWideAttention(AttentionBackend):
     def extra_repr(self) -> str:
         return (f"D={self.D}, k={self.k}, codes={self.codes}, relax={self.relax}, mode={self.mode}, "
                 f"cap={self.cap}, capacity_factor={self.capacity_factor}, D_grow_from={self.D_grow_from}, "
-                f"bits_start={self.bits_start}, "
-                f"train_planes={self.train_planes}, "
-                f"scale={self.scale:.4g}, impl={self.impl}")
+                f"bits_start={self.bits_start}, train_planes={self.train_planes}, scale={self.scale:.4g}, "
+                f"impl={self.impl}")
